@@ -1,0 +1,72 @@
+//! The one error type of this crate.
+
+use std::io;
+
+/// Everything that can go wrong reading or writing a format.
+///
+/// Each variant names the structure involved and, for readers, the byte offset
+/// and what was expected, so a corrupted file can be diagnosed from the message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O error while reading or writing a named structure.
+    #[error("I/O error {context}")]
+    Io {
+        /// What was being done, e.g. "reading qcow2 L2 table at offset 0x30000".
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A qcow2 image is malformed or inconsistent.
+    #[error("corrupt qcow2 image: {what} at offset {offset:#x}")]
+    Qcow2Corrupt {
+        /// Byte offset in the image file where the problem is.
+        offset: u64,
+        /// What was found and what was expected.
+        what: String,
+    },
+    /// A qcow2 image uses a feature this reader does not support.
+    #[error("unsupported qcow2 image: {0}")]
+    Qcow2Unsupported(String),
+    /// A VMDK file is malformed.
+    #[error("corrupt VMDK: {what} at offset {offset:#x}")]
+    VmdkCorrupt {
+        /// Byte offset where the problem is.
+        offset: u64,
+        /// What was found and what was expected.
+        what: String,
+    },
+    /// A value given to a writer is out of the range its format can express.
+    #[error("invalid input for {format}: {what}")]
+    InvalidInput {
+        /// The format being written ("OVA", "VMDK", …).
+        format: &'static str,
+        /// What is wrong.
+        what: String,
+    },
+    /// The input ended before the writer received the promised number of bytes,
+    /// or went on past it.
+    #[error("{format} stream length mismatch: expected {expected} bytes, got {actual}")]
+    LengthMismatch {
+        /// The format being written.
+        format: &'static str,
+        /// Bytes declared up front.
+        expected: u64,
+        /// Bytes actually received.
+        actual: u64,
+    },
+}
+
+impl Error {
+    /// Wraps an I/O error with a description of what was being done.
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,40 @@
+//! Byte-level readers and writers for the artifacts of VM export.
+//!
+//! This crate knows bytes, not platforms, and has no async runtime: every
+//! writer works over [`std::io::Write`] and every reader over
+//! [`std::io::Read`] + [`std::io::Seek`], so it can run on a blocking thread of
+//! any executor.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`ovf`] | OVF 1.x envelope writer |
+//! | [`ova`] | ustar layout of an OVA, in spec order |
+//! | [`manifest`] | `.mf` manifests (`SHA256(name)= hex`) |
+//! | [`vmdk`] | streamOptimized VMDK writer (VMware layout) |
+//! | [`qcow2`] | qcow2 v2/v3 reader |
+//!
+//! # Example: a streamOptimized VMDK of a small disk
+//!
+//! ```
+//! use hypersdk_formats::vmdk::{StreamOptimizedWriter, VmdkWriterOptions};
+//!
+//! let capacity = 1 << 20; // 1 MiB disk
+//! let mut w = StreamOptimizedWriter::new(Vec::new(), capacity, &VmdkWriterOptions::default())?;
+//! let mut data = vec![0u8; capacity as usize];
+//! data[4096..8192].fill(0x5a);
+//! w.write(&data)?;
+//! let (vmdk, stats) = w.finish()?;
+//! assert_eq!(&vmdk[..4], b"KDMV");
+//! assert_eq!(stats.populated_bytes, 64 * 1024); // one non-zero grain
+//! # Ok::<(), hypersdk_formats::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod manifest;
+pub mod ova;
+pub mod ovf;
+pub mod qcow2;
+pub mod vmdk;
+
+pub use error::{Error, Result};

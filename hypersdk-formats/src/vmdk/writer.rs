@@ -1,0 +1,370 @@
+//! The streamOptimized VMDK writer.
+
+use std::io::Write;
+
+use flate2::write::ZlibEncoder;
+use flate2::Compression;
+
+use super::*;
+use crate::error::{Error, Result};
+
+/// Marker types of a stream-optimized extent.
+const MARKER_EOS: u32 = 0;
+const MARKER_GT: u32 = 1;
+const MARKER_GD: u32 = 2;
+const MARKER_FOOTER: u32 = 3;
+
+/// Sectors reserved before the first grain (header + descriptor), as VMware writes.
+const OVERHEAD_SECTORS: u64 = 128;
+/// Sectors reserved for the embedded descriptor.
+const DESCRIPTOR_SECTORS: u64 = 20;
+
+/// Options of [`StreamOptimizedWriter`].
+#[derive(Debug, Clone)]
+pub struct VmdkWriterOptions {
+    /// `ddb.adapterType`: "lsilogic", "ide", "buslogic" or "legacyESX".
+    pub adapter_type: String,
+    /// zlib level 0–9 for grain compression (1 is fast and what we default to).
+    pub compression_level: u32,
+    /// The descriptor's content ID; any 32-bit value.
+    pub cid: u32,
+}
+
+impl Default for VmdkWriterOptions {
+    fn default() -> Self {
+        VmdkWriterOptions {
+            adapter_type: "lsilogic".into(),
+            compression_level: 1,
+            cid: 0xfffffffe,
+        }
+    }
+}
+
+/// What a finished writer produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmdkWriterStats {
+    /// Bytes of the VMDK file.
+    pub file_size: u64,
+    /// Guest bytes in grains that were written (non-zero grains × grain size).
+    pub populated_bytes: u64,
+}
+
+/// Writes a streamOptimized VMDK of a fixed capacity to any [`Write`], fed with
+/// the guest-visible disk contents in order through [`write`](Self::write).
+///
+/// Memory: one 64 KiB grain buffer, one compression buffer, one 2 KiB grain
+/// table and the grain directory (4 bytes per 32 MiB of capacity).
+pub struct StreamOptimizedWriter<W: Write> {
+    out: W,
+    /// Bytes written to `out` so far; always a multiple of 512 between calls.
+    pos: u64,
+    capacity: u64,
+    /// Guest bytes received so far.
+    received: u64,
+    grain: Vec<u8>,
+    compressed: Vec<u8>,
+    level: Compression,
+    gt: Vec<u32>,
+    gt_index: u64,
+    gt_dirty: bool,
+    gd: Vec<u32>,
+    header: [u8; 512],
+    populated: u64,
+}
+
+impl<W: Write> std::fmt::Debug for StreamOptimizedWriter<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamOptimizedWriter")
+            .field("capacity", &self.capacity)
+            .field("received", &self.received)
+            .field("pos", &self.pos)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W: Write> StreamOptimizedWriter<W> {
+    /// Starts a VMDK for a disk of `capacity` bytes (a multiple of 512), writing
+    /// the header and descriptor at once.
+    pub fn new(out: W, capacity: u64, options: &VmdkWriterOptions) -> Result<Self> {
+        if capacity == 0 || capacity % SECTOR_SIZE != 0 {
+            return Err(Error::InvalidInput {
+                format: "VMDK",
+                what: format!("capacity {capacity} is not a positive multiple of 512"),
+            });
+        }
+        let capacity_sectors = capacity / SECTOR_SIZE;
+        let grains = capacity_sectors.div_ceil(GRAIN_SECTORS);
+        let gt_count = grains.div_ceil(GTES_PER_GT);
+        let gd_len = usize::try_from(gt_count).map_err(|_| Error::InvalidInput {
+            format: "VMDK",
+            what: format!("capacity {capacity} is too large"),
+        })?;
+        let header = sparse_header(capacity_sectors, GD_AT_END);
+        let descriptor = descriptor_text(capacity_sectors, options);
+        if descriptor.len() as u64 > DESCRIPTOR_SECTORS * SECTOR_SIZE {
+            return Err(Error::InvalidInput {
+                format: "VMDK",
+                what: "descriptor does not fit its reserved sectors".into(),
+            });
+        }
+        let mut w = StreamOptimizedWriter {
+            out,
+            pos: 0,
+            capacity,
+            received: 0,
+            grain: Vec::with_capacity(GRAIN_SIZE),
+            compressed: Vec::with_capacity(GRAIN_SIZE + 1024),
+            level: Compression::new(options.compression_level.min(9)),
+            gt: vec![0; GTES_PER_GT as usize],
+            gt_index: 0,
+            gt_dirty: false,
+            gd: vec![0; gd_len],
+            header,
+            populated: 0,
+        };
+        let mut head = vec![0u8; (OVERHEAD_SECTORS * SECTOR_SIZE) as usize];
+        head[..512].copy_from_slice(&header);
+        head[512..512 + descriptor.len()].copy_from_slice(descriptor.as_bytes());
+        w.emit(&head)?;
+        Ok(w)
+    }
+
+    /// Feeds the next guest bytes. Fails if more than the capacity is fed.
+    pub fn write(&mut self, mut data: &[u8]) -> Result<()> {
+        if self.received + data.len() as u64 > self.capacity {
+            return Err(Error::LengthMismatch {
+                format: "VMDK",
+                expected: self.capacity,
+                actual: self.received + data.len() as u64,
+            });
+        }
+        while !data.is_empty() {
+            let take = (GRAIN_SIZE - self.grain.len()).min(data.len());
+            self.grain.extend_from_slice(&data[..take]);
+            self.received += take as u64;
+            data = &data[take..];
+            if self.grain.len() == GRAIN_SIZE {
+                self.flush_grain()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Guest bytes fed so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Writes the last grain, tables, directory, footer and end-of-stream marker.
+    /// Fails unless exactly the capacity was fed.
+    pub fn finish(mut self) -> Result<(W, VmdkWriterStats)> {
+        if self.received != self.capacity {
+            return Err(Error::LengthMismatch {
+                format: "VMDK",
+                expected: self.capacity,
+                actual: self.received,
+            });
+        }
+        if !self.grain.is_empty() {
+            // A partial last grain is zero-padded: readers inflate whole grains.
+            self.grain.resize(GRAIN_SIZE, 0);
+            self.flush_grain()?;
+        }
+        self.flush_gt()?;
+        // grain directory
+        let gd_bytes = self.gd.len() as u64 * 4;
+        let gd_sectors = gd_bytes.div_ceil(SECTOR_SIZE);
+        self.emit(&marker(gd_sectors, MARKER_GD))?;
+        let gd_offset = self.pos / SECTOR_SIZE;
+        let mut buf = Vec::with_capacity((gd_sectors * SECTOR_SIZE) as usize);
+        for e in &self.gd {
+            buf.extend_from_slice(&e.to_le_bytes());
+        }
+        buf.resize((gd_sectors * SECTOR_SIZE) as usize, 0);
+        self.emit(&buf)?;
+        // footer: header copy with the real gdOffset
+        self.emit(&marker(1, MARKER_FOOTER))?;
+        let mut footer = self.header;
+        footer[56..64].copy_from_slice(&gd_offset.to_le_bytes());
+        self.emit(&footer)?;
+        self.emit(&marker(0, MARKER_EOS))?;
+        self.out
+            .flush()
+            .map_err(|e| Error::io("flushing VMDK output", e))?;
+        let stats = VmdkWriterStats {
+            file_size: self.pos,
+            populated_bytes: self.populated,
+        };
+        Ok((self.out, stats))
+    }
+
+    fn emit(&mut self, bytes: &[u8]) -> Result<()> {
+        let pos = self.pos;
+        self.out
+            .write_all(bytes)
+            .map_err(|e| Error::io(format!("writing VMDK at offset {pos:#x}"), e))?;
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn flush_grain(&mut self) -> Result<()> {
+        let grain_no = (self.received - 1) / GRAIN_SIZE as u64;
+        let gt_index = grain_no / GTES_PER_GT;
+        if gt_index != self.gt_index {
+            self.flush_gt()?;
+            self.gt_index = gt_index;
+        }
+        if !is_zero(&self.grain) {
+            let lba = grain_no * GRAIN_SECTORS;
+            self.compressed.clear();
+            self.compressed.extend_from_slice(&lba.to_le_bytes());
+            self.compressed.extend_from_slice(&[0; 4]);
+            let mut enc = ZlibEncoder::new(std::mem::take(&mut self.compressed), self.level);
+            enc.write_all(&self.grain)
+                .map_err(|e| Error::io("compressing VMDK grain", e))?;
+            let mut c = enc
+                .finish()
+                .map_err(|e| Error::io("compressing VMDK grain", e))?;
+            let size = (c.len() - 12) as u32;
+            c[8..12].copy_from_slice(&size.to_le_bytes());
+            let padded = c.len().next_multiple_of(SECTOR_SIZE as usize);
+            c.resize(padded, 0);
+            let sector = self.pos / SECTOR_SIZE;
+            self.gt[(grain_no % GTES_PER_GT) as usize] =
+                u32::try_from(sector).map_err(|_| Error::InvalidInput {
+                    format: "VMDK",
+                    what: "output exceeds the 2 TiB a 32-bit grain table entry can address"
+                        .into(),
+                })?;
+            self.gt_dirty = true;
+            self.populated += GRAIN_SIZE as u64;
+            self.emit(&c)?;
+            self.compressed = c;
+        }
+        self.grain.clear();
+        Ok(())
+    }
+
+    fn flush_gt(&mut self) -> Result<()> {
+        if !self.gt_dirty {
+            return Ok(());
+        }
+        let gt_sectors = GTES_PER_GT * 4 / SECTOR_SIZE;
+        self.emit(&marker(gt_sectors, MARKER_GT))?;
+        let offset = u32::try_from(self.pos / SECTOR_SIZE).map_err(|_| Error::InvalidInput {
+            format: "VMDK",
+            what: "output exceeds the 2 TiB a 32-bit grain directory entry can address".into(),
+        })?;
+        self.gd[self.gt_index as usize] = offset;
+        let mut buf = Vec::with_capacity(GTES_PER_GT as usize * 4);
+        for e in &self.gt {
+            buf.extend_from_slice(&e.to_le_bytes());
+        }
+        self.emit(&buf)?;
+        self.gt.iter_mut().for_each(|e| *e = 0);
+        self.gt_dirty = false;
+        Ok(())
+    }
+}
+
+/// Whether a buffer is all zero bytes (the inner fold vectorises).
+fn is_zero(buf: &[u8]) -> bool {
+    buf.chunks(64)
+        .all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
+fn marker(val: u64, kind: u32) -> [u8; 512] {
+    let mut m = [0u8; 512];
+    m[..8].copy_from_slice(&val.to_le_bytes());
+    // size (bytes 8..12) is 0 for metadata markers
+    m[12..16].copy_from_slice(&kind.to_le_bytes());
+    m
+}
+
+fn sparse_header(capacity_sectors: u64, gd_offset: u64) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    h[0..4].copy_from_slice(&SPARSE_MAGIC.to_le_bytes());
+    h[4..8].copy_from_slice(&3u32.to_le_bytes());
+    let flags = FLAG_VALID_NEWLINE | FLAG_COMPRESSED | FLAG_MARKERS;
+    h[8..12].copy_from_slice(&flags.to_le_bytes());
+    h[12..20].copy_from_slice(&capacity_sectors.to_le_bytes());
+    h[20..28].copy_from_slice(&GRAIN_SECTORS.to_le_bytes());
+    h[28..36].copy_from_slice(&1u64.to_le_bytes()); // descriptorOffset
+    h[36..44].copy_from_slice(&DESCRIPTOR_SECTORS.to_le_bytes());
+    h[44..48].copy_from_slice(&(GTES_PER_GT as u32).to_le_bytes());
+    h[48..56].copy_from_slice(&0u64.to_le_bytes()); // rgdOffset
+    h[56..64].copy_from_slice(&gd_offset.to_le_bytes());
+    h[64..72].copy_from_slice(&OVERHEAD_SECTORS.to_le_bytes());
+    h[72] = 0; // uncleanShutdown
+    h[73] = b'\n';
+    h[74] = b' ';
+    h[75] = b'\r';
+    h[76] = b'\n';
+    h[77..79].copy_from_slice(&1u16.to_le_bytes()); // deflate
+    h
+}
+
+fn descriptor_text(capacity_sectors: u64, options: &VmdkWriterOptions) -> String {
+    // BIOS geometry as VMware computes it for SCSI disks: 255 heads, 63 sectors.
+    let cylinders = (capacity_sectors / (255 * 63)).clamp(1, 65535);
+    format!(
+        "# Disk DescriptorFile\n\
+         version=1\n\
+         encoding=\"UTF-8\"\n\
+         CID={cid:08x}\n\
+         parentCID=ffffffff\n\
+         createType=\"streamOptimized\"\n\
+         \n\
+         # Extent description\n\
+         RW {capacity_sectors} SPARSE \"disk.vmdk\"\n\
+         \n\
+         # The Disk Data Base\n\
+         #DDB\n\
+         \n\
+         ddb.adapterType = \"{adapter}\"\n\
+         ddb.geometry.cylinders = \"{cylinders}\"\n\
+         ddb.geometry.heads = \"255\"\n\
+         ddb.geometry.sectors = \"63\"\n\
+         ddb.virtualHWVersion = \"4\"\n",
+        cid = options.cid,
+        adapter = options.adapter_type,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_of_small_disk() {
+        let cap = 3 * GRAIN_SIZE as u64 + 1024; // partial last grain
+        let mut w = StreamOptimizedWriter::new(Vec::new(), cap, &Default::default()).unwrap();
+        let mut data = vec![0u8; cap as usize];
+        data[GRAIN_SIZE + 5] = 7; // grain 1 non-zero
+        data[cap as usize - 1] = 9; // last partial grain non-zero
+        w.write(&data).unwrap();
+        let (out, stats) = w.finish().unwrap();
+        assert_eq!(out.len() as u64, stats.file_size);
+        assert_eq!(stats.populated_bytes, 2 * GRAIN_SIZE as u64);
+        assert_eq!(&out[0..4], b"KDMV");
+        // footer: last 1536 bytes are footer marker, footer, EOS
+        let n = out.len();
+        assert_eq!(u32::from_le_bytes(out[n - 1536 + 12..n - 1536 + 16].try_into().unwrap()), MARKER_FOOTER);
+        assert_eq!(&out[n - 1024..n - 1020], b"KDMV");
+        assert!(out[n - 512..].iter().all(|&b| b == 0));
+        let gd = u64::from_le_bytes(out[n - 1024 + 56..n - 1024 + 64].try_into().unwrap());
+        assert_ne!(gd, GD_AT_END);
+        // first grain marker right after the overhead carries LBA 128
+        let g = (OVERHEAD_SECTORS * SECTOR_SIZE) as usize;
+        assert_eq!(u64::from_le_bytes(out[g..g + 8].try_into().unwrap()), GRAIN_SECTORS);
+    }
+
+    #[test]
+    fn length_is_enforced() {
+        let mut w = StreamOptimizedWriter::new(Vec::new(), 1024, &Default::default()).unwrap();
+        assert!(w.write(&[0; 2048]).is_err());
+        w.write(&[0; 512]).unwrap();
+        assert!(matches!(w.finish(), Err(Error::LengthMismatch { .. })));
+        assert!(StreamOptimizedWriter::new(Vec::new(), 1000, &Default::default()).is_err());
+    }
+}
