@@ -1,0 +1,146 @@
+//! The error type of the SDK's traits and pipeline.
+
+use std::io;
+
+/// A boxed error from a lower layer (a format reader, an HTTP client, …).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything an export can fail with. Each variant names what was being done
+/// and to what; [`Error::is_retryable`] tells transient failures from permanent ones.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The provider has no VM by that name or id.
+    #[error("VM '{vm}' not found by provider {provider}")]
+    VmNotFound {
+        /// Provider name, e.g. "local".
+        provider: String,
+        /// The name or id that was asked for.
+        vm: String,
+    },
+    /// The provider could not describe or reach a VM.
+    #[error("provider {provider}: {message}")]
+    Provider {
+        /// Provider name.
+        provider: String,
+        /// What failed.
+        message: String,
+        /// Whether trying again may succeed.
+        retryable: bool,
+        /// The cause, if any.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// Reading a disk of a VM failed (open, read, or decode).
+    #[error("cannot read disk '{disk}' of VM '{vm}' ({location})")]
+    DiskRead {
+        /// VM name.
+        vm: String,
+        /// Disk name, e.g. "vda".
+        disk: String,
+        /// Where the disk lives (file path or URL without credentials).
+        location: String,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
+    /// A disk's stream delivered a different number of bytes than its capacity.
+    #[error("disk '{disk}' of VM '{vm}' delivered {actual} bytes, expected {expected}")]
+    DiskLength {
+        /// VM name.
+        vm: String,
+        /// Disk name.
+        disk: String,
+        /// Declared capacity.
+        expected: u64,
+        /// Bytes received.
+        actual: u64,
+    },
+    /// Encoding an output format failed.
+    #[error("cannot write {what}")]
+    Format {
+        /// What was being written, e.g. "VMDK of disk 'vda'".
+        what: String,
+        /// The cause.
+        #[source]
+        source: hypersdk_formats::Error,
+    },
+    /// Writing to, reading back from, or publishing in the sink failed.
+    #[error("{action} {target}")]
+    Sink {
+        /// What was being done, e.g. "cannot write".
+        action: String,
+        /// The object, file or directory.
+        target: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The export's destination already exists and overwriting was not asked for.
+    #[error("{target} already exists (pass --overwrite / ExportOptions::overwrite to replace it)")]
+    AlreadyExists {
+        /// The existing destination.
+        target: String,
+    },
+    /// An argument or option is invalid.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The export was cancelled.
+    #[error("export cancelled")]
+    Cancelled,
+    /// A bug: an internal invariant did not hold.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Whether the operation may succeed if tried again (network hiccups,
+    /// timeouts, busy resources). Missing VMs, bad input, corrupt data and
+    /// cancellation are permanent.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Provider { retryable, .. } => *retryable,
+            Error::DiskRead { source, .. } => source
+                .downcast_ref::<io::Error>()
+                .is_some_and(io_is_transient),
+            Error::Sink { source, .. } => io_is_transient(source),
+            _ => false,
+        }
+    }
+
+    /// Shorthand for a [`Error::Sink`] error.
+    pub fn sink(action: impl Into<String>, target: impl Into<String>, source: io::Error) -> Self {
+        Error::Sink {
+            action: action.into(),
+            target: target.into(),
+            source,
+        }
+    }
+}
+
+fn io_is_transient(e: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionReset | ConnectionAborted | ConnectionRefused | TimedOut | Interrupted | BrokenPipe | WouldBlock
+    )
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_retryable() {
+        let reset = Error::sink("cannot write", "x", io::Error::from(io::ErrorKind::ConnectionReset));
+        assert!(reset.is_retryable());
+        let full = Error::sink("cannot write", "x", io::Error::other("disk full"));
+        assert!(!full.is_retryable());
+        assert!(!Error::Cancelled.is_retryable());
+        let nf = Error::VmNotFound { provider: "local".into(), vm: "x".into() };
+        assert!(!nf.is_retryable());
+    }
+}

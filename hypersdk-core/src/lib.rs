@@ -1,0 +1,112 @@
+//! The core of hypersdk: the VM model, the traits every platform and
+//! destination implements, and the export pipeline.
+//!
+//! ```text
+//! Provider ──open_export──▶ ExportSource ──disk streams──▶ Exporter ──▶ Sink
+//! ```
+//!
+//! - A [`Provider`] knows one platform: it lists VMs ([`VmInfo`]), describes
+//!   them ([`VmSpec`]) and opens an [`ExportSource`] whose disks are byte
+//!   streams ([`DiskStream`]).
+//! - The [`Exporter`] turns a source into a package (OVA or OVF directory with
+//!   streamOptimized VMDKs and a SHA-256 manifest), hashing as bytes pass, with
+//!   bounded memory, progress events and cancellation.
+//! - A [`Sink`] stores the package: writes go to a staging area and are
+//!   published whole on commit, or dropped on failure.
+//!
+//! Errors are one [`Error`] enum; [`Error::is_retryable`] separates transient
+//! failures from permanent ones.
+//!
+//! # Example
+//!
+//! A provider with one in-memory VM, exported into a sink that keeps objects
+//! in memory (real code uses `hypersdk-local` and `hypersdk-sinks`):
+//!
+//! ```
+//! # use std::collections::BTreeMap;
+//! # use std::sync::{Arc, Mutex};
+//! # use async_trait::async_trait;
+//! # use bytes::Bytes;
+//! # use futures_util::stream;
+//! use hypersdk_core::*;
+//!
+//! #[derive(Debug)]
+//! struct OneVm(VmSpec);
+//!
+//! #[async_trait]
+//! impl ExportSource for OneVm {
+//!     fn spec(&self) -> &VmSpec { &self.0 }
+//!     async fn open_disk(&self, _index: usize, _offset: u64) -> Result<DiskStream> {
+//!         let chunk = Bytes::from(vec![0x42u8; 1 << 20]);
+//!         Ok(Box::pin(stream::iter(vec![Ok(chunk)])))
+//!     }
+//! }
+//! # #[derive(Debug, Default, Clone)]
+//! # struct MemSink(Arc<Mutex<BTreeMap<String, Vec<u8>>>>);
+//! # #[derive(Debug)] struct MemStaging(MemSink);
+//! # #[derive(Debug)] struct MemWriter(MemSink, String);
+//! # #[async_trait] impl Sink for MemSink {
+//! #     fn describe(&self) -> String { "memory".into() }
+//! #     async fn begin(&self, _: &Artifact, _: bool) -> Result<Box<dyn Staging>> { Ok(Box::new(MemStaging(self.clone()))) }
+//! # }
+//! # #[async_trait] impl Staging for MemStaging {
+//! #     async fn create(&mut self, name: &str) -> Result<Box<dyn SinkWriter>> {
+//! #         self.0 .0.lock().unwrap().insert(name.into(), Vec::new());
+//! #         Ok(Box::new(MemWriter(self.0.clone(), name.into())))
+//! #     }
+//! #     async fn open(&self, name: &str) -> Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>> {
+//! #         Ok(Box::new(std::io::Cursor::new(self.0 .0.lock().unwrap()[name].clone())))
+//! #     }
+//! #     async fn remove(&mut self, name: &str) -> Result<()> { self.0 .0.lock().unwrap().remove(name); Ok(()) }
+//! #     async fn commit(self: Box<Self>) -> Result<String> { Ok("memory".into()) }
+//! #     async fn abort(self: Box<Self>) -> Result<()> { Ok(()) }
+//! # }
+//! # #[async_trait] impl SinkWriter for MemWriter {
+//! #     async fn write(&mut self, d: &[u8]) -> Result<()> { self.0 .0.lock().unwrap().get_mut(&self.1).unwrap().extend_from_slice(d); Ok(()) }
+//! #     async fn finish(self: Box<Self>) -> Result<u64> { Ok(self.0 .0.lock().unwrap()[&self.1].len() as u64) }
+//! # }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let spec = VmSpec {
+//!     id: "1".into(), name: "demo".into(), power_state: PowerState::Off,
+//!     cpus: 2, memory_mib: 1024, firmware: Firmware::Bios,
+//!     guest_os: GuestOs::default(), nics: vec![], annotation: None,
+//!     disks: vec![DiskSpec {
+//!         name: "disk0".into(), capacity: 1 << 20, format: DiskFormat::Raw,
+//!         controller: ControllerKind::Scsi, unit: 0, location: "memory".into(),
+//!     }],
+//! };
+//! let sink = MemSink::default();
+//! let report = Exporter::new(ExportOptions::new(PackageFormat::Ova))
+//!     .export_source(&OneVm(spec), "memory", &sink)
+//!     .await?;
+//! assert_eq!(report.files[0].name, "demo.ovf");
+//! assert!(report.manifest.starts_with("SHA256(demo.ovf)= "));
+//! assert!(sink.0.lock().unwrap().contains_key("demo.ova"));
+//! # Ok::<(), Error>(())
+//! # }).unwrap();
+//! ```
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod exporter;
+pub mod options;
+pub mod package;
+pub mod progress;
+pub mod provider;
+pub mod report;
+pub mod sink;
+pub mod vm;
+
+pub use error::{BoxError, Error, Result};
+pub use exporter::Exporter;
+pub use options::{ExportOptions, PackageFormat};
+pub use progress::{Phase, ProgressEvent, ProgressFn};
+pub use provider::{DiskStream, ExportSource, Provider};
+pub use report::{DiskReport, ExportReport, FileReport};
+pub use sink::{Artifact, Sink, SinkWriter, Staging};
+pub use tokio_util::sync::CancellationToken;
+pub use vm::{
+    ControllerKind, DiskFormat, DiskSpec, Firmware, GuestOs, NicSpec, OsFamily, PowerState, VmInfo, VmQuery,
+    VmSpec,
+};

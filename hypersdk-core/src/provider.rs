@@ -1,0 +1,57 @@
+//! Providers: one per platform. They describe VMs and open their disks as byte
+//! streams; they never write files, hash or package.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+
+use crate::error::Result;
+use crate::vm::{VmInfo, VmQuery, VmSpec};
+
+/// The guest-visible bytes of one disk, in order, in chunks of any size.
+/// The stream ends after exactly the disk's capacity (from the opening offset).
+pub type DiskStream = BoxStream<'static, Result<Bytes>>;
+
+/// A platform that holds VMs.
+#[async_trait]
+pub trait Provider: Send + Sync + std::fmt::Debug {
+    /// Short name, e.g. "local" or "vsphere".
+    fn name(&self) -> &str;
+
+    /// Every VM the provider can see.
+    async fn list_vms(&self) -> Result<Vec<VmInfo>>;
+
+    /// VMs matching `query`. The default filters [`list_vms`](Self::list_vms);
+    /// providers with server-side search override it.
+    async fn search_vms(&self, query: &VmQuery) -> Result<Vec<VmInfo>> {
+        Ok(self
+            .list_vms()
+            .await?
+            .into_iter()
+            .filter(|vm| query.matches(vm))
+            .collect())
+    }
+
+    /// The full description of one VM, by name or id.
+    async fn vm_spec(&self, vm: &str) -> Result<VmSpec>;
+
+    /// Prepares an export of one VM (a snapshot, lease or export task, as the
+    /// platform needs) and returns its source.
+    async fn open_export(&self, vm: &str) -> Result<Box<dyn ExportSource>>;
+}
+
+/// One VM being exported: its description and its disks as streams.
+#[async_trait]
+pub trait ExportSource: Send + Sync + std::fmt::Debug {
+    /// The VM's hardware, with one entry per disk in `disks`.
+    fn spec(&self) -> &VmSpec;
+
+    /// Opens disk `index` (into `spec().disks`) for reading from byte `offset`.
+    async fn open_disk(&self, index: usize, offset: u64) -> Result<DiskStream>;
+
+    /// Releases whatever the export holds on the platform (lease, snapshot,
+    /// task). Called on every path, success, failure or cancellation.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,279 @@
+//! The platform-neutral description of a virtual machine.
+
+use serde::{Deserialize, Serialize};
+
+/// Whether a VM is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum PowerState {
+    /// Running.
+    On,
+    /// Stopped.
+    Off,
+    /// Paused or suspended.
+    Suspended,
+    /// The provider cannot tell.
+    Unknown,
+}
+
+impl std::fmt::Display for PowerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PowerState::On => "on",
+            PowerState::Off => "off",
+            PowerState::Suspended => "suspended",
+            PowerState::Unknown => "unknown",
+        })
+    }
+}
+
+/// Boot firmware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    /// Legacy BIOS.
+    Bios,
+    /// UEFI.
+    Uefi,
+}
+
+/// Broad guest OS family, for choosing device models and OS ids on export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OsFamily {
+    /// Linux distributions.
+    Linux,
+    /// Microsoft Windows.
+    Windows,
+    /// Anything else or unknown.
+    Other,
+}
+
+/// The guest operating system, as far as the platform knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestOs {
+    /// The platform's identifier (a libosinfo URI, a vSphere guest id, …), or "".
+    pub id: String,
+    /// Family.
+    pub family: OsFamily,
+    /// Human-readable description.
+    pub description: String,
+}
+
+impl Default for GuestOs {
+    fn default() -> Self {
+        GuestOs {
+            id: String::new(),
+            family: OsFamily::Other,
+            description: "Unknown operating system".into(),
+        }
+    }
+}
+
+/// The bus a disk is attached to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ControllerKind {
+    /// IDE.
+    Ide,
+    /// SATA.
+    Sata,
+    /// SCSI.
+    Scsi,
+    /// virtio-blk (exported as SCSI to platforms without virtio).
+    Virtio,
+    /// NVMe.
+    Nvme,
+}
+
+/// The format a disk is stored in on its platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum DiskFormat {
+    /// Raw bytes.
+    Raw,
+    /// QEMU qcow2.
+    Qcow2,
+    /// VMware VMDK.
+    Vmdk,
+}
+
+/// One virtual disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskSpec {
+    /// Name on the platform, e.g. "vda" or "Hard disk 1".
+    pub name: String,
+    /// Guest-visible capacity in bytes.
+    pub capacity: u64,
+    /// Storage format on the platform.
+    pub format: DiskFormat,
+    /// Controller the disk hangs off.
+    pub controller: ControllerKind,
+    /// Unit number on its controller.
+    pub unit: u32,
+    /// Where it is stored (file path or URL, never with credentials).
+    pub location: String,
+}
+
+/// One network adapter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicSpec {
+    /// The network or bridge it connects to.
+    pub network: String,
+    /// MAC address, if known.
+    pub mac: Option<String>,
+    /// Device model on the platform, e.g. "virtio", "e1000", "vmxnet3".
+    pub model: String,
+}
+
+/// The full hardware description of a VM, enough to write an OVF for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    /// Stable id on the platform (UUID, moref, …).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Power state when described.
+    pub power_state: PowerState,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Boot firmware.
+    pub firmware: Firmware,
+    /// Guest OS.
+    pub guest_os: GuestOs,
+    /// Network adapters.
+    pub nics: Vec<NicSpec>,
+    /// Disks, in boot order.
+    pub disks: Vec<DiskSpec>,
+    /// Free-text notes.
+    pub annotation: Option<String>,
+}
+
+/// A one-line summary of a VM, for listings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
+    /// Stable id on the platform.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Power state.
+    pub power_state: PowerState,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Guest OS description.
+    pub guest_os: String,
+    /// Number of disks.
+    pub disks: usize,
+    /// Sum of disk capacities in bytes.
+    pub total_capacity: u64,
+}
+
+impl From<&VmSpec> for VmInfo {
+    fn from(s: &VmSpec) -> Self {
+        VmInfo {
+            id: s.id.clone(),
+            name: s.name.clone(),
+            power_state: s.power_state,
+            cpus: s.cpus,
+            memory_mib: s.memory_mib,
+            guest_os: s.guest_os.description.clone(),
+            disks: s.disks.len(),
+            total_capacity: s.disks.iter().map(|d| d.capacity).sum(),
+        }
+    }
+}
+
+/// A search over VM listings. Empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmQuery {
+    /// Glob on the name (`*` any run, `?` one character); case-insensitive.
+    pub name: Option<String>,
+    /// Only VMs in this power state.
+    pub power_state: Option<PowerState>,
+    /// Case-insensitive substring of the guest OS description.
+    pub guest_os: Option<String>,
+    /// At least this many CPUs.
+    pub min_cpus: Option<u32>,
+    /// At least this much memory, MiB.
+    pub min_memory_mib: Option<u64>,
+}
+
+impl VmQuery {
+    /// Whether `vm` satisfies every set field.
+    pub fn matches(&self, vm: &VmInfo) -> bool {
+        self.name
+            .as_deref()
+            .is_none_or(|p| glob_match(&p.to_lowercase(), &vm.name.to_lowercase()))
+            && self.power_state.is_none_or(|p| p == vm.power_state)
+            && self
+                .guest_os
+                .as_deref()
+                .is_none_or(|g| vm.guest_os.to_lowercase().contains(&g.to_lowercase()))
+            && self.min_cpus.is_none_or(|c| vm.cpus >= c)
+            && self.min_memory_mib.is_none_or(|m| vm.memory_mib >= m)
+    }
+}
+
+/// Glob matching with `*` and `?`, linear time (no backtracking blow-up).
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globbing() {
+        assert!(glob_match("web-*", "web-01"));
+        assert!(glob_match("*db?", "prod-db1"));
+        assert!(!glob_match("web-*", "db-01"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("a*b*c", "aXXbYY"));
+    }
+
+    #[test]
+    fn query_matches_fields() {
+        let vm = VmInfo {
+            id: "1".into(),
+            name: "Web-01".into(),
+            power_state: PowerState::Off,
+            cpus: 2,
+            memory_mib: 2048,
+            guest_os: "Ubuntu 22.04".into(),
+            disks: 1,
+            total_capacity: 1,
+        };
+        let q = VmQuery { name: Some("web*".into()), guest_os: Some("ubuntu".into()), ..Default::default() };
+        assert!(q.matches(&vm));
+        assert!(!VmQuery { min_cpus: Some(4), ..Default::default() }.matches(&vm));
+        assert!(!VmQuery { power_state: Some(PowerState::On), ..Default::default() }.matches(&vm));
+    }
+}
