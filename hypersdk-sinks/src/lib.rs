@@ -1,0 +1,30 @@
+//! Destinations for hypersdk exports.
+//!
+//! [`LocalDirSink`] writes into a directory of the local file system. Every
+//! export is staged in a hidden directory next to its destination,
+//! `.<artifact>.partial-<pid>-<n>/`, and published with a `rename` only when
+//! complete, so a crash, an error or a cancellation never leaves a file under
+//! the final name. Objects are `fsync`ed before they count as finished.
+//!
+//! ```
+//! use hypersdk_core::{Artifact, Sink};
+//! use hypersdk_sinks::LocalDirSink;
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let dir = tempfile::tempdir().unwrap();
+//! let sink = LocalDirSink::new(dir.path());
+//! let mut staging = sink.begin(&Artifact::File("vm.ova".into()), false).await?;
+//! let mut w = staging.create("vm.ova").await?;
+//! w.write(b"hello").await?;
+//! assert_eq!(w.finish().await?, 5);
+//! assert!(!dir.path().join("vm.ova").exists()); // not yet published
+//! let location = staging.commit().await?;
+//! assert_eq!(std::fs::read(&location).unwrap(), b"hello");
+//! # Ok::<(), hypersdk_core::Error>(())
+//! # }).unwrap();
+//! ```
+#![deny(missing_docs)]
+
+mod local;
+
+pub use local::LocalDirSink;

@@ -1,0 +1,281 @@
+//! The local directory sink.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncWriteExt};
+
+use hypersdk_core::{Artifact, Error, Result, Sink, SinkWriter, Staging};
+
+static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Writes exports into a local directory (created if missing).
+#[derive(Debug, Clone)]
+pub struct LocalDirSink {
+    root: PathBuf,
+}
+
+impl LocalDirSink {
+    /// A sink writing into `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalDirSink { root: root.into() }
+    }
+
+    /// The directory exports land in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+fn show(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Object names are single path components: no separators, no `..`.
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
+        return Err(Error::InvalidArgument(format!("object name {name:?} is not a plain file name")));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Sink for LocalDirSink {
+    fn describe(&self) -> String {
+        format!("local directory {}", self.root.display())
+    }
+
+    async fn begin(&self, artifact: &Artifact, overwrite: bool) -> Result<Box<dyn Staging>> {
+        check_name(artifact.name())?;
+        tokio::fs::create_dir_all(&self.root)
+            .await
+            .map_err(|e| Error::sink("cannot create output directory", show(&self.root), e))?;
+        let target = self.root.join(artifact.name());
+        if !overwrite && tokio::fs::symlink_metadata(&target).await.is_ok() {
+            return Err(Error::AlreadyExists { target: show(&target) });
+        }
+        let n = STAGING_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = self
+            .root
+            .join(format!(".{}.partial-{}-{n}", artifact.name(), std::process::id()));
+        tokio::fs::create_dir(&dir)
+            .await
+            .map_err(|e| Error::sink("cannot create staging directory", show(&dir), e))?;
+        tracing::debug!(staging = %dir.display(), "staging area created");
+        Ok(Box::new(LocalStaging {
+            dir,
+            target,
+            artifact: artifact.clone(),
+            overwrite,
+            done: false,
+        }))
+    }
+}
+
+/// A staging directory next to the destination.
+#[derive(Debug)]
+struct LocalStaging {
+    dir: PathBuf,
+    target: PathBuf,
+    artifact: Artifact,
+    overwrite: bool,
+    done: bool,
+}
+
+impl LocalStaging {
+    fn path(&self, name: &str) -> Result<PathBuf> {
+        check_name(name)?;
+        Ok(self.dir.join(name))
+    }
+}
+
+#[async_trait]
+impl Staging for LocalStaging {
+    async fn create(&mut self, name: &str) -> Result<Box<dyn SinkWriter>> {
+        let path = self.path(name)?;
+        let file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| Error::sink("cannot create", show(&path), e))?;
+        Ok(Box::new(LocalWriter { file, path, size: 0 }))
+    }
+
+    async fn open(&self, name: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>> {
+        let path = self.path(name)?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| Error::sink("cannot open", show(&path), e))?;
+        Ok(Box::new(file))
+    }
+
+    async fn remove(&mut self, name: &str) -> Result<()> {
+        let path = self.path(name)?;
+        tokio::fs::remove_file(&path)
+            .await
+            .map_err(|e| Error::sink("cannot remove", show(&path), e))
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<String> {
+        let exists = tokio::fs::symlink_metadata(&self.target).await.is_ok();
+        if exists && !self.overwrite {
+            return Err(Error::AlreadyExists { target: show(&self.target) });
+        }
+        let source = match &self.artifact {
+            Artifact::Directory(_) => self.dir.clone(),
+            Artifact::File(name) => self.dir.join(name),
+        };
+        if exists {
+            // Move the old artifact aside first so the new one appears in one rename.
+            let old = self.dir.with_extension("replaced");
+            tokio::fs::rename(&self.target, &old)
+                .await
+                .map_err(|e| Error::sink("cannot move aside existing", show(&self.target), e))?;
+            remove_any(&old).await;
+        }
+        tokio::fs::rename(&source, &self.target)
+            .await
+            .map_err(|e| Error::sink("cannot publish", show(&self.target), e))?;
+        if matches!(self.artifact, Artifact::File(_)) {
+            remove_any(&self.dir).await;
+        }
+        // Make the rename durable.
+        if let Ok(d) = tokio::fs::File::open(self.target.parent().unwrap_or(Path::new("."))).await {
+            let _ = d.sync_all().await;
+        }
+        self.done = true;
+        Ok(show(&self.target))
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        self.done = true;
+        match tokio::fs::remove_dir_all(&self.dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::sink("cannot remove staging directory", show(&self.dir), e)),
+        }
+    }
+}
+
+impl Drop for LocalStaging {
+    fn drop(&mut self) {
+        // A staging area dropped without commit or abort (a cancelled future):
+        // remove it so nothing half-written remains.
+        if !self.done {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+async fn remove_any(path: &Path) {
+    let result = match tokio::fs::symlink_metadata(path).await {
+        Ok(m) if m.is_dir() => tokio::fs::remove_dir_all(path).await,
+        Ok(_) => tokio::fs::remove_file(path).await,
+        Err(_) => Ok(()),
+    };
+    if let Err(e) = result {
+        tracing::warn!(path = %path.display(), error = %e, "could not remove");
+    }
+}
+
+/// One file being written in the staging directory.
+#[derive(Debug)]
+struct LocalWriter {
+    file: tokio::fs::File,
+    path: PathBuf,
+    size: u64,
+}
+
+#[async_trait]
+impl SinkWriter for LocalWriter {
+    async fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.file
+            .write_all(data)
+            .await
+            .map_err(|e| Error::sink("cannot write", show(&self.path), e))?;
+        self.size += data.len() as u64;
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<u64> {
+        self.file
+            .flush()
+            .await
+            .map_err(|e| Error::sink("cannot write", show(&self.path), e))?;
+        self.file
+            .sync_all()
+            .await
+            .map_err(|e| Error::sink("cannot sync", show(&self.path), e))?;
+        Ok(self.size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn directory_artifact_appears_whole_on_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = LocalDirSink::new(dir.path().join("out"));
+        let mut st = sink.begin(&Artifact::Directory("vm".into()), false).await.unwrap();
+        for name in ["vm.ovf", "vm.mf"] {
+            let mut w = st.create(name).await.unwrap();
+            w.write(name.as_bytes()).await.unwrap();
+            w.finish().await.unwrap();
+        }
+        assert_eq!(entries(&dir.path().join("out")).len(), 1);
+        assert!(entries(&dir.path().join("out"))[0].starts_with(".vm.partial-"));
+        let loc = st.commit().await.unwrap();
+        assert_eq!(entries(Path::new(&loc)), vec!["vm.mf", "vm.ovf"]);
+        assert_eq!(entries(&dir.path().join("out")), vec!["vm"]);
+    }
+
+    #[tokio::test]
+    async fn abort_and_drop_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = LocalDirSink::new(dir.path());
+        let mut st = sink.begin(&Artifact::File("a.ova".into()), false).await.unwrap();
+        st.create("a.ova").await.unwrap().write(b"x").await.unwrap();
+        st.abort().await.unwrap();
+        assert!(entries(dir.path()).is_empty());
+        let st = sink.begin(&Artifact::File("a.ova".into()), false).await.unwrap();
+        drop(st);
+        assert!(entries(dir.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn refuses_existing_unless_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.ova"), b"old").unwrap();
+        let sink = LocalDirSink::new(dir.path());
+        let err = sink.begin(&Artifact::File("a.ova".into()), false).await.unwrap_err();
+        assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
+        let mut st = sink.begin(&Artifact::File("a.ova".into()), true).await.unwrap();
+        let mut w = st.create("a.ova").await.unwrap();
+        w.write(b"new").await.unwrap();
+        w.finish().await.unwrap();
+        st.commit().await.unwrap();
+        assert_eq!(std::fs::read(dir.path().join("a.ova")).unwrap(), b"new");
+        assert_eq!(entries(dir.path()), vec!["a.ova"]);
+    }
+
+    #[tokio::test]
+    async fn unwritable_destination_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plain-file");
+        std::fs::write(&file, b"").unwrap();
+        let sink = LocalDirSink::new(&file);
+        let err = sink.begin(&Artifact::File("a.ova".into()), false).await.unwrap_err();
+        assert!(err.to_string().contains("plain-file"), "{err}");
+        assert!(matches!(check_name("../x"), Err(Error::InvalidArgument(_))));
+    }
+}
