@@ -1,0 +1,268 @@
+//! libvirt domain XML (as `virsh dumpxml` writes it) to a [`VmSpec`].
+
+use std::path::{Path, PathBuf};
+
+use hypersdk_core::{ControllerKind, DiskFormat, DiskSpec, Firmware, GuestOs, NicSpec, OsFamily, PowerState, VmSpec};
+
+use crate::xml::{parse, Element};
+use crate::LocalError;
+
+/// The largest domain XML we read: real ones are a few KiB.
+pub const MAX_DOMAIN_XML: u64 = 4 << 20;
+
+/// A parsed domain: its spec (disk capacities still unknown) and the files of its disks.
+#[derive(Debug, Clone)]
+pub struct Domain {
+    /// The XML file it came from.
+    pub xml_path: PathBuf,
+    /// The VM description; `disks[i].capacity` is filled by the provider.
+    pub spec: VmSpec,
+    /// Absolute path of each disk's image, parallel to `spec.disks`.
+    pub disk_paths: Vec<PathBuf>,
+}
+
+/// Bytes of a libvirt memory value in `unit` (libvirt's default is KiB).
+fn memory_bytes(value: &str, unit: Option<&str>) -> Option<u64> {
+    let v: u64 = value.trim().parse().ok()?;
+    let mult: u64 = match unit.unwrap_or("KiB") {
+        "b" | "bytes" => 1,
+        "KB" => 1000,
+        "k" | "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "M" | "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "G" | "GiB" => 1 << 30,
+        "TB" => 1_000_000_000_000,
+        "T" | "TiB" => 1 << 40,
+        _ => return None,
+    };
+    v.checked_mul(mult)
+}
+
+fn guest_os(root: &Element) -> GuestOs {
+    let id = root
+        .child("metadata")
+        .and_then(|m| {
+            m.children
+                .iter()
+                .find(|c| c.local_name() == "libosinfo")
+                .and_then(|l| l.children.iter().find(|c| c.local_name() == "os"))
+        })
+        .and_then(|os| os.attr("id"))
+        .unwrap_or("")
+        .to_string();
+    let lower = id.to_ascii_lowercase();
+    let family = if lower.contains("microsoft") || lower.contains("/win") {
+        OsFamily::Windows
+    } else if ["linux", "ubuntu", "debian", "fedora", "redhat", "rhel", "centos", "suse", "alpine", "arch", "rocky", "alma"]
+        .iter()
+        .any(|k| lower.contains(k))
+    {
+        OsFamily::Linux
+    } else {
+        OsFamily::Other
+    };
+    // "http://ubuntu.com/ubuntu/22.04" -> "ubuntu 22.04"
+    let description = {
+        let parts: Vec<&str> = id.trim_end_matches('/').rsplit('/').take(2).collect();
+        match parts.as_slice() {
+            [version, distro] if !id.is_empty() => format!("{distro} {version}"),
+            _ if !id.is_empty() => id.clone(),
+            _ => "Unknown operating system".into(),
+        }
+    };
+    GuestOs { id, family, description }
+}
+
+fn controller(bus: &str) -> ControllerKind {
+    match bus {
+        "ide" => ControllerKind::Ide,
+        "sata" => ControllerKind::Sata,
+        "scsi" => ControllerKind::Scsi,
+        "nvme" => ControllerKind::Nvme,
+        _ => ControllerKind::Virtio,
+    }
+}
+
+/// Parses domain XML text read from `xml_path`. Relative disk paths are
+/// resolved against the XML file's directory.
+pub fn parse_domain(text: &str, xml_path: &Path) -> Result<Domain, LocalError> {
+    let bad = |what: String| LocalError::BadDomainXml {
+        path: xml_path.to_path_buf(),
+        what,
+    };
+    let root = parse(text).map_err(bad)?;
+    if root.name != "domain" {
+        return Err(bad(format!("root element is <{}>, not <domain>", root.name)));
+    }
+    let name = root
+        .child_text("name")
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| bad("missing <name>".into()))?
+        .to_string();
+    let id = root.child_text("uuid").unwrap_or(&name).to_string();
+    let memory = root
+        .child("memory")
+        .ok_or_else(|| bad("missing <memory>".into()))?;
+    let memory_bytes = memory_bytes(&memory.text, memory.attr("unit"))
+        .ok_or_else(|| bad(format!("bad <memory> value {:?}", memory.text.trim())))?;
+    let cpus = match root.child_text("vcpu") {
+        Some(v) => v.parse::<u32>().map_err(|_| bad(format!("bad <vcpu> value {v:?}")))?,
+        None => 1,
+    };
+    let os = root.child("os");
+    let efi = os.is_some_and(|os| {
+        os.attr("firmware") == Some("efi")
+            || os.child("loader").is_some_and(|l| {
+                l.attr("type") == Some("pflash")
+                    || l.text.to_ascii_lowercase().contains("ovmf")
+                    || l.text.to_ascii_lowercase().contains("edk2")
+            })
+    });
+    // libvirt writes id='N' on <domain> only while the domain runs.
+    let power_state = if root.attr("id").is_some_and(|i| i != "-1") {
+        PowerState::On
+    } else {
+        PowerState::Off
+    };
+    let base_dir = xml_path.parent().unwrap_or(Path::new("."));
+    let mut disks = Vec::new();
+    let mut disk_paths = Vec::new();
+    let mut nics = Vec::new();
+    if let Some(devices) = root.child("devices") {
+        let mut units: Vec<(ControllerKind, u32)> = Vec::new();
+        for d in devices.children_named("disk") {
+            if d.attr("device").unwrap_or("disk") != "disk" {
+                continue; // cdrom, floppy, lun
+            }
+            let target = d.child("target");
+            let dev = target.and_then(|t| t.attr("dev")).unwrap_or("disk").to_string();
+            let source = d.child("source");
+            let file = match d.attr("type").unwrap_or("file") {
+                "file" => source.and_then(|s| s.attr("file")),
+                "block" => source.and_then(|s| s.attr("dev")),
+                other => return Err(bad(format!("disk {dev} has type '{other}'; only file and block disks can be exported"))),
+            }
+            .ok_or_else(|| bad(format!("disk {dev} has no source file")))?;
+            let format = match d.child("driver").and_then(|dr| dr.attr("type")).unwrap_or("raw") {
+                "qcow2" => DiskFormat::Qcow2,
+                "raw" => DiskFormat::Raw,
+                other => return Err(bad(format!("disk {dev} has driver type '{other}'; qcow2 and raw are supported"))),
+            };
+            let bus = target.and_then(|t| t.attr("bus")).unwrap_or("virtio");
+            let kind = controller(bus);
+            let unit = match d.child("address").and_then(|a| a.attr("unit")).and_then(|u| u.parse().ok()) {
+                Some(u) => u,
+                None => {
+                    let n = units.iter().filter(|(k, _)| *k == kind).count() as u32;
+                    n
+                }
+            };
+            units.push((kind, unit));
+            let path = base_dir.join(file);
+            disks.push(DiskSpec {
+                name: dev,
+                capacity: 0,
+                format,
+                controller: kind,
+                unit,
+                location: path.display().to_string(),
+            });
+            disk_paths.push(path);
+        }
+        for i in devices.children_named("interface") {
+            let source = i.child("source");
+            let network = match i.attr("type").unwrap_or("network") {
+                "network" => source.and_then(|s| s.attr("network")),
+                "bridge" => source.and_then(|s| s.attr("bridge")),
+                "direct" => source.and_then(|s| s.attr("dev")),
+                _ => None,
+            }
+            .unwrap_or("default")
+            .to_string();
+            nics.push(NicSpec {
+                network,
+                mac: i.child("mac").and_then(|m| m.attr("address")).map(str::to_string),
+                model: i.child("model").and_then(|m| m.attr("type")).unwrap_or("rtl8139").to_string(),
+            });
+        }
+    }
+    Ok(Domain {
+        xml_path: xml_path.to_path_buf(),
+        spec: VmSpec {
+            id,
+            name,
+            power_state,
+            cpus,
+            memory_mib: memory_bytes.div_ceil(1 << 20),
+            firmware: if efi { Firmware::Uefi } else { Firmware::Bios },
+            guest_os: guest_os(&root),
+            nics,
+            disks,
+            annotation: root.child_text("description").filter(|d| !d.is_empty()).map(str::to_string),
+        },
+        disk_paths,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const XML: &str = r#"<domain type='kvm' id='7'>
+  <name>web01</name>
+  <uuid>8a8e1a3a-0000-4000-8000-000000000001</uuid>
+  <description>front end</description>
+  <metadata>
+    <libosinfo:libosinfo xmlns:libosinfo="http://libosinfo.org/xmlns/libvirt/domain/1.0">
+      <libosinfo:os id="http://ubuntu.com/ubuntu/22.04"/>
+    </libosinfo:libosinfo>
+  </metadata>
+  <memory unit='KiB'>2097152</memory>
+  <vcpu placement='static'>2</vcpu>
+  <os firmware='efi'><type arch='x86_64' machine='q35'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='disks/web01.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='cdrom'>
+      <source file='/iso/x.iso'/><target dev='sda' bus='sata'/>
+    </disk>
+    <interface type='network'>
+      <mac address='52:54:00:12:34:56'/>
+      <source network='default'/>
+      <model type='virtio'/>
+    </interface>
+  </devices>
+</domain>"#;
+
+    #[test]
+    fn reads_domain() {
+        let d = parse_domain(XML, Path::new("/vms/web01.xml")).unwrap();
+        let s = &d.spec;
+        assert_eq!(s.name, "web01");
+        assert_eq!(s.power_state, PowerState::On);
+        assert_eq!(s.cpus, 2);
+        assert_eq!(s.memory_mib, 2048);
+        assert_eq!(s.firmware, Firmware::Uefi);
+        assert_eq!(s.guest_os.family, OsFamily::Linux);
+        assert_eq!(s.guest_os.description, "ubuntu 22.04");
+        assert_eq!(s.disks.len(), 1);
+        assert_eq!(s.disks[0].format, DiskFormat::Qcow2);
+        assert_eq!(d.disk_paths[0], Path::new("/vms/disks/web01.qcow2"));
+        assert_eq!(s.nics[0].mac.as_deref(), Some("52:54:00:12:34:56"));
+        assert_eq!(s.annotation.as_deref(), Some("front end"));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_problem() {
+        let err = parse_domain("<domain><memory>1</memory></domain>", Path::new("/x.xml")).unwrap_err();
+        assert!(err.to_string().contains("/x.xml") && err.to_string().contains("<name>"), "{err}");
+        let err = parse_domain("<network/>", Path::new("/x.xml")).unwrap_err();
+        assert!(err.to_string().contains("not <domain>"), "{err}");
+        assert_eq!(memory_bytes("2", Some("GiB")), Some(2 << 30));
+        assert_eq!(memory_bytes("2", Some("parsecs")), None);
+    }
+}

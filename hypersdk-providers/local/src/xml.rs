@@ -1,0 +1,159 @@
+//! A small element tree over quick-xml, enough to read libvirt domain XML.
+
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::Reader;
+
+/// Deepest nesting accepted; libvirt domains are shallow.
+const MAX_DEPTH: usize = 64;
+
+/// One element: qualified name, attributes, child elements and text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Element {
+    pub name: String,
+    pub attrs: Vec<(String, String)>,
+    pub children: Vec<Element>,
+    pub text: String,
+}
+
+impl Element {
+    /// The value of attribute `name`.
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The first child named `name`.
+    pub fn child(&self, name: &str) -> Option<&Element> {
+        self.children.iter().find(|c| c.name == name)
+    }
+
+    /// All children named `name`.
+    pub fn children_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Element> + 'a {
+        self.children.iter().filter(move |c| c.name == name)
+    }
+
+    /// Trimmed text of child `name`.
+    pub fn child_text(&self, name: &str) -> Option<&str> {
+        self.child(name).map(|c| c.text.trim())
+    }
+
+    /// The name without a namespace prefix.
+    pub fn local_name(&self) -> &str {
+        self.name.rsplit(':').next().unwrap_or(&self.name)
+    }
+}
+
+fn start(e: &BytesStart<'_>) -> Result<Element, String> {
+    let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+    let mut attrs = Vec::new();
+    for a in e.attributes() {
+        let a = a.map_err(|err| format!("bad attribute in <{name}>: {err}"))?;
+        let key = String::from_utf8_lossy(a.key.as_ref()).into_owned();
+        let value = a
+            .unescape_value()
+            .map_err(|err| format!("bad value of attribute {key} in <{name}>: {err}"))?
+            .into_owned();
+        attrs.push((key, value));
+    }
+    Ok(Element {
+        name,
+        attrs,
+        ..Default::default()
+    })
+}
+
+/// Parses a document and returns its root element, or a message naming the
+/// byte position of the first problem.
+pub fn parse(text: &str) -> Result<Element, String> {
+    let mut reader = Reader::from_str(text);
+    let mut stack: Vec<Element> = Vec::new();
+    let mut root: Option<Element> = None;
+    loop {
+        let pos = reader.buffer_position();
+        let event = reader
+            .read_event()
+            .map_err(|e| format!("malformed XML at byte {pos}: {e}"))?;
+        match event {
+            Event::Start(e) => {
+                if stack.len() >= MAX_DEPTH {
+                    return Err(format!("XML nested deeper than {MAX_DEPTH} levels at byte {pos}"));
+                }
+                stack.push(start(&e)?);
+            }
+            Event::Empty(e) => {
+                let el = start(&e)?;
+                match stack.last_mut() {
+                    Some(parent) => parent.children.push(el),
+                    None if root.is_none() => root = Some(el),
+                    None => return Err(format!("second root element at byte {pos}")),
+                }
+            }
+            Event::Text(t) => {
+                if let Some(top) = stack.last_mut() {
+                    let s = t
+                        .xml_content()
+                        .map_err(|e| format!("bad text at byte {pos}: {e}"))?;
+                    top.text.push_str(&s);
+                }
+            }
+            Event::GeneralRef(r) => {
+                if let Some(top) = stack.last_mut() {
+                    let name = String::from_utf8_lossy(r.as_ref()).into_owned();
+                    let resolved = match name.as_str() {
+                        "lt" => "<".to_string(),
+                        "gt" => ">".to_string(),
+                        "amp" => "&".to_string(),
+                        "apos" => "'".to_string(),
+                        "quot" => "\"".to_string(),
+                        _ => match r.resolve_char_ref() {
+                            Ok(Some(c)) => c.to_string(),
+                            _ => return Err(format!("unknown entity &{name}; at byte {pos}")),
+                        },
+                    };
+                    top.text.push_str(&resolved);
+                }
+            }
+            Event::CData(c) => {
+                if let Some(top) = stack.last_mut() {
+                    top.text.push_str(&String::from_utf8_lossy(&c));
+                }
+            }
+            Event::End(_) => {
+                let Some(el) = stack.pop() else {
+                    return Err(format!("unexpected closing tag at byte {pos}"));
+                };
+                match stack.last_mut() {
+                    Some(parent) => parent.children.push(el),
+                    None if root.is_none() => root = Some(el),
+                    None => return Err(format!("second root element at byte {pos}")),
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    if !stack.is_empty() {
+        return Err(format!("document ends inside <{}>", stack[stack.len() - 1].name));
+    }
+    root.ok_or_else(|| "document has no root element".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_tree() {
+        let r = parse("<a x='1'><b>t &amp; u</b><c/><!-- c --></a>").unwrap();
+        assert_eq!(r.attr("x"), Some("1"));
+        assert_eq!(r.child_text("b"), Some("t & u"));
+        assert!(r.child("c").is_some());
+    }
+
+    #[test]
+    fn rejects_broken() {
+        assert!(parse("<a><b></a>").is_err());
+        assert!(parse("<a>").is_err());
+        assert!(parse("").is_err());
+        assert!(parse(&"<a>".repeat(100)).is_err());
+    }
+}
