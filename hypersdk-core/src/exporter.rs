@@ -267,6 +267,7 @@ impl Exporter {
         let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(depth);
         let vmdk_options = VmdkWriterOptions {
             compression_level: self.options.compression_level,
+            extent_name: name.to_string(),
             ..Default::default()
         };
         let what = format!("VMDK of disk '{}'", disk.name);

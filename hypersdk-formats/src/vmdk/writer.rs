@@ -28,6 +28,8 @@ pub struct VmdkWriterOptions {
     pub compression_level: u32,
     /// The descriptor's content ID; any 32-bit value.
     pub cid: u32,
+    /// File name recorded in the descriptor's extent line: the VMDK's own name.
+    pub extent_name: String,
 }
 
 impl Default for VmdkWriterOptions {
@@ -36,6 +38,7 @@ impl Default for VmdkWriterOptions {
             adapter_type: "lsilogic".into(),
             compression_level: 1,
             cid: 0xfffffffe,
+            extent_name: "disk.vmdk".into(),
         }
     }
 }
@@ -316,7 +319,7 @@ fn descriptor_text(capacity_sectors: u64, options: &VmdkWriterOptions) -> String
          createType=\"streamOptimized\"\n\
          \n\
          # Extent description\n\
-         RW {capacity_sectors} SPARSE \"disk.vmdk\"\n\
+         RW {capacity_sectors} SPARSE \"{extent}\"\n\
          \n\
          # The Disk Data Base\n\
          #DDB\n\
@@ -328,6 +331,7 @@ fn descriptor_text(capacity_sectors: u64, options: &VmdkWriterOptions) -> String
          ddb.virtualHWVersion = \"4\"\n",
         cid = options.cid,
         adapter = options.adapter_type,
+        extent = options.extent_name.replace('"', "_"),
     )
 }
 

@@ -1,0 +1,338 @@
+//! `hyperctl`: the command-line shell over the hypersdk library.
+
+mod progress;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use hypersdk_core::{
+    CancellationToken, Error, ExportOptions, ExportReport, Exporter, PackageFormat, PowerState, Provider, VmInfo,
+    VmQuery, VmSpec,
+};
+use hypersdk_local::{LocalProvider, DEFAULT_DOMAIN_DIR};
+use hypersdk_sinks::LocalDirSink;
+
+#[derive(Parser, Debug)]
+#[command(name = "hyperctl", version, about = "Export virtual machines to verified OVF/OVA packages")]
+struct Cli {
+    /// Log filter (error, warn, info, debug, trace or a tracing directive); logs go to stderr.
+    #[arg(long, global = true, env = "HYPERSDK_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List, show and search VMs of a provider.
+    Vms {
+        #[command(subcommand)]
+        command: VmsCommand,
+    },
+    /// Export a VM to an OVA file or an OVF directory.
+    Export(ExportArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum VmsCommand {
+    /// List every VM.
+    List {
+        #[command(flatten)]
+        provider: ProviderArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one VM's hardware.
+    Show {
+        /// VM name, UUID or (local) domain XML path.
+        vm: String,
+        #[command(flatten)]
+        provider: ProviderArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Search VMs by name glob, power state, guest OS, CPUs and memory.
+    Search {
+        /// Name glob, e.g. 'web-*' (case-insensitive).
+        #[arg(long)]
+        name: Option<String>,
+        /// Power state.
+        #[arg(long, value_enum)]
+        power: Option<Power>,
+        /// Substring of the guest OS description.
+        #[arg(long)]
+        os: Option<String>,
+        /// At least this many CPUs.
+        #[arg(long)]
+        min_cpus: Option<u32>,
+        /// At least this much memory, MiB.
+        #[arg(long)]
+        min_memory: Option<u64>,
+        #[command(flatten)]
+        provider: ProviderArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Power {
+    On,
+    Off,
+    Suspended,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ProviderKind {
+    /// KVM/libvirt VMs described by domain XML files.
+    Local,
+}
+
+#[derive(Args, Debug)]
+struct ProviderArgs {
+    /// Platform the VM lives on.
+    #[arg(long, value_enum, default_value = "local")]
+    provider: ProviderKind,
+    /// local: directory of libvirt domain XML files.
+    #[arg(long, env = "HYPERSDK_LOCAL_DIR", default_value = DEFAULT_DOMAIN_DIR)]
+    dir: PathBuf,
+}
+
+impl ProviderArgs {
+    fn build(&self) -> Box<dyn Provider> {
+        match self.provider {
+            ProviderKind::Local => Box::new(LocalProvider::new(&self.dir)),
+        }
+    }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Format {
+    /// One .ova file (tar: .ovf, .mf, disks).
+    Ova,
+    /// A directory with .ovf, .mf and disks.
+    Ovf,
+}
+
+#[derive(Args, Debug)]
+struct ExportArgs {
+    /// VM name, UUID or (local) domain XML path.
+    vm: String,
+    #[command(flatten)]
+    provider: ProviderArgs,
+    /// Package format.
+    #[arg(long, value_enum, default_value = "ova")]
+    format: Format,
+    /// Directory the export is written into (created if missing).
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Artifact name (default: the VM name, made file-safe).
+    #[arg(long)]
+    name: Option<String>,
+    /// Replace an existing export of the same name.
+    #[arg(long)]
+    overwrite: bool,
+    /// zlib level of VMDK grains, 0-9.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9))]
+    compression_level: u32,
+    /// Print the export report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let cancelled = matches!(e.downcast_ref::<Error>(), Some(Error::Cancelled));
+            // One line: the whole cause chain joined by ": ".
+            eprintln!("error: {e:#}");
+            if cancelled {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Vms { command } => vms(command).await,
+        Command::Export(args) => export(args).await,
+    }
+}
+
+async fn vms(command: VmsCommand) -> anyhow::Result<()> {
+    match command {
+        VmsCommand::List { provider, json } => {
+            let p = provider.build();
+            let vms = p.list_vms().await.context("cannot list VMs")?;
+            print_vms(&vms, json)
+        }
+        VmsCommand::Show { vm, provider, json } => {
+            let p = provider.build();
+            let spec = p.vm_spec(&vm).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&spec)?);
+            } else {
+                print_spec(&spec);
+            }
+            Ok(())
+        }
+        VmsCommand::Search { name, power, os, min_cpus, min_memory, provider, json } => {
+            let query = VmQuery {
+                name,
+                power_state: power.map(|p| match p {
+                    Power::On => PowerState::On,
+                    Power::Off => PowerState::Off,
+                    Power::Suspended => PowerState::Suspended,
+                }),
+                guest_os: os,
+                min_cpus,
+                min_memory_mib: min_memory,
+            };
+            let p = provider.build();
+            let vms = p.search_vms(&query).await.context("cannot search VMs")?;
+            print_vms(&vms, json)
+        }
+    }
+}
+
+fn print_vms(vms: &[VmInfo], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(vms)?);
+        return Ok(());
+    }
+    println!("{:<24} {:<8} {:>4} {:>9} {:>5} {:>10}  GUEST OS", "NAME", "POWER", "CPUS", "MEMORY", "DISKS", "CAPACITY");
+    for vm in vms {
+        println!(
+            "{:<24} {:<8} {:>4} {:>6}MiB {:>5} {:>10}  {}",
+            vm.name,
+            vm.power_state,
+            vm.cpus,
+            vm.memory_mib,
+            vm.disks,
+            human_bytes(vm.total_capacity),
+            vm.guest_os
+        );
+    }
+    Ok(())
+}
+
+fn print_spec(s: &VmSpec) {
+    println!("name:      {}", s.name);
+    println!("id:        {}", s.id);
+    println!("power:     {}", s.power_state);
+    println!("cpus:      {}", s.cpus);
+    println!("memory:    {} MiB", s.memory_mib);
+    println!("firmware:  {:?}", s.firmware);
+    println!("guest os:  {} ({:?})", s.guest_os.description, s.guest_os.family);
+    for d in &s.disks {
+        println!(
+            "disk:      {} {} {:?} on {:?} unit {} — {}",
+            d.name,
+            human_bytes(d.capacity),
+            d.format,
+            d.controller,
+            d.unit,
+            d.location
+        );
+    }
+    for n in &s.nics {
+        println!("nic:       {} on {} mac {}", n.model, n.network, n.mac.as_deref().unwrap_or("-"));
+    }
+}
+
+/// Bytes in binary units with one decimal.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+async fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let provider = args.provider.build();
+    let sink = LocalDirSink::new(&args.output);
+    let mut options = ExportOptions::new(match args.format {
+        Format::Ova => PackageFormat::Ova,
+        Format::Ovf => PackageFormat::Ovf,
+    })
+    .with_overwrite(args.overwrite);
+    options.compression_level = args.compression_level;
+    if let Some(n) = &args.name {
+        options = options.with_name(n);
+    }
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_signal.cancel();
+        }
+    });
+    let display = Arc::new(progress::Display::new(std::io::stderr().is_terminal()));
+    let shown = display.clone();
+    let exporter = Exporter::new(options)
+        .with_cancel(cancel)
+        .on_progress(Arc::new(move |e| shown.event(e)));
+    let result = exporter.export(provider.as_ref(), &args.vm, &sink).await;
+    display.finish();
+    let report = result.with_context(|| format!("export of VM '{}' failed", args.vm))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+fn print_report(r: &ExportReport) {
+    println!("exported VM '{}' ({} provider) to {}", r.vm, r.provider, r.location);
+    println!(
+        "size: {} ({} bytes); read {} in {:.2} s ({:.1} MB/s)",
+        human_bytes(r.size),
+        r.size,
+        human_bytes(r.bytes_read),
+        r.duration_secs,
+        r.throughput_mb_s
+    );
+    if let Some(d) = &r.ova_sha256 {
+        println!("sha256 of the OVA: {d}");
+    }
+    println!("manifest:");
+    for line in r.manifest.lines() {
+        println!("  {line}");
+    }
+}
