@@ -4,53 +4,17 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
+use hypersdk_testsupport::mixed_content;
 
 use hypersdk_formats::qcow2::Qcow2Reader;
 use hypersdk_formats::vmdk::{StreamOptimizedWriter, VmdkWriterOptions};
 
 fn qemu(tool: &str, args: &[&str]) -> String {
-    let out = Command::new(tool)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {tool} (install qemu-utils: tests/peers/install.sh): {e}"));
-    assert!(
-        out.status.success(),
-        "{tool} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Deterministic disk-like content: text, pseudo-random and zero regions.
-fn mixed_content(len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for (i, chunk) in v.chunks_mut(256 * 1024).enumerate() {
-        match i % 4 {
-            0 => {
-                for (j, b) in chunk.iter_mut().enumerate() {
-                    *b = b"the quick brown fox jumps over the lazy dog\n"[j % 44];
-                }
-            }
-            1 => {
-                for b in chunk.iter_mut() {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    *b = x as u8;
-                }
-            }
-            2 => {} // zeros
-            _ => chunk[..4096].fill(0xee),
-        }
-    }
-    v
+    hypersdk_testsupport::run_tool(tool, args)
 }
 
 fn p(path: &Path) -> &str {
-    path.to_str().expect("utf-8 temp path")
+    hypersdk_testsupport::path_str(path)
 }
 
 #[test]

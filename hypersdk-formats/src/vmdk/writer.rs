@@ -16,6 +16,9 @@ const MARKER_FOOTER: u32 = 3;
 
 /// Sectors reserved before the first grain (header + descriptor), as VMware writes.
 const OVERHEAD_SECTORS: u64 = 128;
+/// Largest capacity we write: 256 TiB (VMware's own limit is 62 TiB), which
+/// bounds the in-memory grain directory to 32 MiB.
+pub const MAX_CAPACITY: u64 = 256 << 40;
 /// Sectors reserved for the embedded descriptor.
 const DESCRIPTOR_SECTORS: u64 = 20;
 
@@ -93,6 +96,12 @@ impl<W: Write> StreamOptimizedWriter<W> {
             return Err(Error::InvalidInput {
                 format: "VMDK",
                 what: format!("capacity {capacity} is not a positive multiple of 512"),
+            });
+        }
+        if capacity > MAX_CAPACITY {
+            return Err(Error::InvalidInput {
+                format: "VMDK",
+                what: format!("capacity {capacity} exceeds the {MAX_CAPACITY}-byte maximum"),
             });
         }
         let capacity_sectors = capacity / SECTOR_SIZE;
@@ -370,5 +379,6 @@ mod tests {
         w.write(&[0; 512]).unwrap();
         assert!(matches!(w.finish(), Err(Error::LengthMismatch { .. })));
         assert!(StreamOptimizedWriter::new(Vec::new(), 1000, &Default::default()).is_err());
+        assert!(StreamOptimizedWriter::new(Vec::new(), MAX_CAPACITY + 512, &Default::default()).is_err());
     }
 }

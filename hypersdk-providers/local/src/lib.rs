@@ -188,6 +188,14 @@ impl LocalProvider {
 /// Guest-visible size of a disk image.
 fn disk_capacity(path: &Path, format: DiskFormat) -> std::result::Result<u64, hypersdk_core::BoxError> {
     let mut file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    let kind = meta.file_type();
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if !(kind.is_file() || kind.is_block_device()) {
+            return Err("not a regular file or block device".into());
+        }
+    }
     match format {
         DiskFormat::Qcow2 => Ok(Qcow2Reader::open(file)?.virtual_size()),
         _ => {

@@ -1,0 +1,90 @@
+//! Helpers shared by the integration tests of every crate: running the real
+//! peers (`qemu-img`, `qemu-io`) and making deterministic disk-like data.
+//!
+//! The peers are installed by `tests/peers/install.sh` (run by `.ci/run`). A
+//! missing peer fails the test with a message saying so; tests never skip.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::Path;
+use std::process::Command;
+
+/// Runs `tool args…`, panics with its output unless it succeeds, returns stdout.
+pub fn run_tool(tool: &str, args: &[&str]) -> String {
+    let out = Command::new(tool).args(args).output().unwrap_or_else(|e| {
+        panic!("cannot run {tool}: {e} (install the test peers: bash tests/peers/install.sh)")
+    });
+    assert!(
+        out.status.success(),
+        "{tool} {args:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `qemu-img args…`.
+pub fn qemu_img(args: &[&str]) -> String {
+    run_tool("qemu-img", args)
+}
+
+/// `qemu-io args…`.
+pub fn qemu_io(args: &[&str]) -> String {
+    run_tool("qemu-io", args)
+}
+
+/// Asserts `qemu-img check` passes on `image`.
+pub fn assert_image_ok(image: &Path) {
+    qemu_img(&["check", path_str(image)]);
+}
+
+/// Asserts `qemu-img compare` finds the guest data of `a` and `b` identical
+/// (formats are probed unless given as `Some("raw")` etc.).
+pub fn assert_same_guest_data(a: &Path, a_fmt: Option<&str>, b: &Path, b_fmt: Option<&str>) {
+    let mut args = vec!["compare"];
+    if let Some(f) = a_fmt {
+        args.extend(["-f", f]);
+    }
+    if let Some(f) = b_fmt {
+        args.extend(["-F", f]);
+    }
+    args.extend([path_str(a), path_str(b)]);
+    qemu_img(&args);
+}
+
+/// A path as `&str` (test paths are UTF-8).
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+/// Deterministic disk-like content in 256 KiB stripes: text, pseudo-random
+/// bytes, zeros, and a mostly-zero stripe with a 4 KiB pattern.
+pub fn mixed_content(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let text = b"the quick brown fox jumps over the lazy dog\n";
+    for (i, chunk) in v.chunks_mut(256 * 1024).enumerate() {
+        match i % 4 {
+            0 => chunk.iter_mut().enumerate().for_each(|(j, b)| *b = text[j % text.len()]),
+            1 => {
+                for b in chunk.iter_mut() {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *b = x as u8;
+                }
+            }
+            2 => {}
+            _ => {
+                let n = chunk.len().min(4096);
+                chunk[..n].fill(0xee)
+            }
+        }
+    }
+    v
+}
+
+/// The workspace root (for the bundled example VM).
+pub fn workspace_root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
