@@ -11,14 +11,18 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use hypersdk_core::{
-    CancellationToken, Error, ExportOptions, ExportReport, Exporter, PackageFormat, PowerState, Provider, VmInfo,
-    VmQuery, VmSpec,
+    CancellationToken, Error, ExportOptions, ExportReport, Exporter, PackageFormat, PowerState,
+    Provider, VmInfo, VmQuery, VmSpec,
 };
 use hypersdk_local::{LocalProvider, DEFAULT_DOMAIN_DIR};
 use hypersdk_sinks::LocalDirSink;
 
 #[derive(Parser, Debug)]
-#[command(name = "hyperctl", version, about = "Export virtual machines to verified OVF/OVA packages")]
+#[command(
+    name = "hyperctl",
+    version,
+    about = "Export virtual machines to verified OVF/OVA packages"
+)]
 struct Cli {
     /// Log filter (error, warn, info, debug, trace or a tracing directive); logs go to stderr.
     #[arg(long, global = true, env = "HYPERSDK_LOG", default_value = "warn")]
@@ -157,7 +161,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -203,7 +210,15 @@ async fn vms(command: VmsCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        VmsCommand::Search { name, power, os, min_cpus, min_memory, provider, json } => {
+        VmsCommand::Search {
+            name,
+            power,
+            os,
+            min_cpus,
+            min_memory,
+            provider,
+            json,
+        } => {
             let query = VmQuery {
                 name,
                 power_state: power.map(|p| match p {
@@ -227,7 +242,10 @@ fn print_vms(vms: &[VmInfo], json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(vms)?);
         return Ok(());
     }
-    println!("{:<24} {:<8} {:>4} {:>9} {:>5} {:>10}  GUEST OS", "NAME", "POWER", "CPUS", "MEMORY", "DISKS", "CAPACITY");
+    println!(
+        "{:<24} {:<8} {:>4} {:>9} {:>5} {:>10}  GUEST OS",
+        "NAME", "POWER", "CPUS", "MEMORY", "DISKS", "CAPACITY"
+    );
     for vm in vms {
         println!(
             "{:<24} {:<8} {:>4} {:>6}MiB {:>5} {:>10}  {}",
@@ -250,7 +268,10 @@ fn print_spec(s: &VmSpec) {
     println!("cpus:      {}", s.cpus);
     println!("memory:    {} MiB", s.memory_mib);
     println!("firmware:  {:?}", s.firmware);
-    println!("guest os:  {} ({:?})", s.guest_os.description, s.guest_os.family);
+    println!(
+        "guest os:  {} ({:?})",
+        s.guest_os.description, s.guest_os.family
+    );
     for d in &s.disks {
         println!(
             "disk:      {} {} {:?} on {:?} unit {} — {}",
@@ -263,7 +284,12 @@ fn print_spec(s: &VmSpec) {
         );
     }
     for n in &s.nics {
-        println!("nic:       {} on {} mac {}", n.model, n.network, n.mac.as_deref().unwrap_or("-"));
+        println!(
+            "nic:       {} on {} mac {}",
+            n.model,
+            n.network,
+            n.mac.as_deref().unwrap_or("-")
+        );
     }
 }
 
@@ -319,7 +345,10 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
 }
 
 fn print_report(r: &ExportReport) {
-    println!("exported VM '{}' ({} provider) to {}", r.vm, r.provider, r.location);
+    println!(
+        "exported VM '{}' ({} provider) to {}",
+        r.vm, r.provider, r.location
+    );
     println!(
         "size: {} ({} bytes); read {} in {:.2} s ({:.1} MB/s)",
         human_bytes(r.size),

@@ -33,7 +33,9 @@ impl Display {
     }
 
     pub fn event(&self, e: &ProgressEvent) {
-        let Ok(mut state) = self.state.lock() else { return };
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
         let key = match e.phase {
             Phase::Packaging => format!("package {}", e.disk),
             Phase::Done => return,
@@ -63,8 +65,15 @@ impl Display {
                 .is_none_or(|t| now - *t >= LINE_INTERVAL);
             if due || e.phase == Phase::DiskDone {
                 state.last_line.insert(key.clone(), now);
-                let pct = if e.bytes_total > 0 { e.bytes_done as f64 * 100.0 / e.bytes_total as f64 } else { 100.0 };
-                let eta = e.eta_secs.map(|s| format!(", eta {s:.0} s")).unwrap_or_default();
+                let pct = if e.bytes_total > 0 {
+                    e.bytes_done as f64 * 100.0 / e.bytes_total as f64
+                } else {
+                    100.0
+                };
+                let eta = e
+                    .eta_secs
+                    .map(|s| format!(", eta {s:.0} s"))
+                    .unwrap_or_default();
                 eprintln!(
                     "{key}: {}/{} bytes ({pct:.0}%), {:.1} MB/s{eta}",
                     e.bytes_done,

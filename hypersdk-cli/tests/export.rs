@@ -2,12 +2,16 @@
 //! result with the real tools (tar, qemu-img); break things and check that
 //! each failure is one clear line and leaves nothing that looks finished.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use hypersdk_testsupport::{assert_image_ok, assert_same_guest_data, path_str, run_tool, workspace_root};
+use hypersdk_testsupport::{
+    assert_image_ok, assert_same_guest_data, path_str, run_tool, workspace_root,
+};
 use quick_xml::events::Event;
 use sha2::{Digest, Sha256};
 
@@ -33,7 +37,11 @@ fn stderr(o: &Output) -> String {
 
 fn ok(args: &[&str]) -> String {
     let o = hyperctl(args);
-    assert!(o.status.success(), "hyperctl {args:?} failed: {}", stderr(&o));
+    assert!(
+        o.status.success(),
+        "hyperctl {args:?} failed: {}",
+        stderr(&o)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -41,12 +49,19 @@ fn ok(args: &[&str]) -> String {
 /// progress lines may precede it) ends with exactly one `error: ` line.
 fn fails(args: &[&str]) -> String {
     let o = hyperctl(args);
-    assert!(!o.status.success(), "hyperctl {args:?} unexpectedly succeeded");
+    assert!(
+        !o.status.success(),
+        "hyperctl {args:?} unexpectedly succeeded"
+    );
     assert!(o.stdout.is_empty(), "nothing on stdout after a failure");
     let err = stderr(&o);
     let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
     assert_eq!(errors.len(), 1, "expected one error line, got: {err}");
-    assert_eq!(err.lines().last(), Some(errors[0]), "the error is the last line: {err}");
+    assert_eq!(
+        err.lines().last(),
+        Some(errors[0]),
+        "the error is the last line: {err}"
+    );
     errors[0].to_string()
 }
 
@@ -58,7 +73,9 @@ fn sha256_hex(path: &Path) -> String {
 
 fn listing(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = match fs::read_dir(dir) {
-        Ok(rd) => rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
         Err(_) => Vec::new(),
     };
     v.sort();
@@ -71,7 +88,10 @@ fn check_manifest(dir: &Path, mf: &str) {
     let text = fs::read_to_string(dir.join(mf)).unwrap();
     let entries = hypersdk_formats::manifest::parse_manifest(&text).unwrap();
     for line in text.lines() {
-        assert!(line.starts_with("SHA256(") && line.contains(")= "), "strict manifest line: {line}");
+        assert!(
+            line.starts_with("SHA256(") && line.contains(")= "),
+            "strict manifest line: {line}"
+        );
     }
     for (algo, name, hex) in &entries {
         assert_eq!(algo, "SHA256");
@@ -85,7 +105,13 @@ fn check_manifest(dir: &Path, mf: &str) {
 
 /// Parses the OVF and returns (rasd fields per Item, Disk attributes, Network names).
 #[allow(clippy::type_complexity)]
-fn parse_ovf(path: &Path) -> (Vec<HashMap<String, String>>, Vec<HashMap<String, String>>, Vec<String>) {
+fn parse_ovf(
+    path: &Path,
+) -> (
+    Vec<HashMap<String, String>>,
+    Vec<HashMap<String, String>>,
+    Vec<String>,
+) {
     let text = fs::read_to_string(path).unwrap();
     let mut reader = quick_xml::Reader::from_str(&text);
     let (mut items, mut disks, mut networks) = (Vec::new(), Vec::new(), Vec::new());
@@ -115,11 +141,7 @@ fn parse_ovf(path: &Path) -> (Vec<HashMap<String, String>>, Vec<HashMap<String, 
                     _ => {}
                 }
             }
-            Event::Empty(e) => {
-                if e.name().as_ref() == b"Disk" {
-                    disks.push(attrs(&e));
-                }
-            }
+            Event::Empty(e) if e.name().as_ref() == b"Disk" => disks.push(attrs(&e)),
             Event::Text(t) => {
                 if let (Some(item), Some(f)) = (current.as_mut(), field.as_ref()) {
                     item.insert(f.clone(), String::from_utf8_lossy(&t).into_owned());
@@ -142,7 +164,12 @@ fn parse_ovf(path: &Path) -> (Vec<HashMap<String, String>>, Vec<HashMap<String, 
 
 fn check_ovf_declares_example_vm(ovf: &Path) {
     let (items, disks, networks) = parse_ovf(ovf);
-    let by_type = |t: &str| items.iter().filter(|i| i.get("ResourceType").map(String::as_str) == Some(t)).collect::<Vec<_>>();
+    let by_type = |t: &str| {
+        items
+            .iter()
+            .filter(|i| i.get("ResourceType").map(String::as_str) == Some(t))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(by_type("3")[0]["VirtualQuantity"], "2", "CPUs");
     assert_eq!(by_type("4")[0]["VirtualQuantity"], "1024", "memory MiB");
     assert_eq!(by_type("17").len(), 2, "two disks");
@@ -159,23 +186,54 @@ fn check_ovf_declares_example_vm(ovf: &Path) {
 #[test]
 fn exports_example_vm_to_a_verified_ova() {
     let out = tempfile::tempdir().unwrap();
-    let json = ok(&["export", path_str(&example_xml()), "--provider", "local", "--format", "ova", "--output", path_str(out.path()), "--json"]);
+    let json = ok(&[
+        "export",
+        path_str(&example_xml()),
+        "--provider",
+        "local",
+        "--format",
+        "ova",
+        "--output",
+        path_str(out.path()),
+        "--json",
+    ]);
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();
     let ova = out.path().join("demo-vm.ova");
     assert_eq!(report["location"], path_str(&ova));
-    assert_eq!(listing(out.path()), vec!["demo-vm.ova"], "only the finished OVA remains");
-    assert_eq!(report["size"].as_u64().unwrap(), fs::metadata(&ova).unwrap().len());
+    assert_eq!(
+        listing(out.path()),
+        vec!["demo-vm.ova"],
+        "only the finished OVA remains"
+    );
+    assert_eq!(
+        report["size"].as_u64().unwrap(),
+        fs::metadata(&ova).unwrap().len()
+    );
     assert_eq!(report["ova_sha256"].as_str().unwrap(), sha256_hex(&ova));
 
     let members = run_tool("tar", &["-tf", path_str(&ova)]);
     let members: Vec<&str> = members.lines().collect();
-    assert_eq!(members, vec!["demo-vm.ovf", "demo-vm.mf", "demo-vm-disk1.vmdk", "demo-vm-disk2.vmdk"]);
+    assert_eq!(
+        members,
+        vec![
+            "demo-vm.ovf",
+            "demo-vm.mf",
+            "demo-vm-disk1.vmdk",
+            "demo-vm-disk2.vmdk"
+        ]
+    );
 
     let x = tempfile::tempdir().unwrap();
     run_tool("tar", &["-xf", path_str(&ova), "-C", path_str(x.path())]);
     check_manifest(x.path(), "demo-vm.mf");
-    assert_eq!(report["manifest"].as_str().unwrap(), fs::read_to_string(x.path().join("demo-vm.mf")).unwrap());
-    for (vmdk, src, fmt) in [("demo-vm-disk1.vmdk", "demo-root.qcow2", "qcow2"), ("demo-vm-disk2.vmdk", "demo-data.raw", "raw")] {
+    assert_eq!(
+        report["manifest"].as_str().unwrap(),
+        fs::read_to_string(x.path().join("demo-vm.mf")).unwrap()
+    );
+    for (vmdk, src, fmt) in [
+        ("demo-vm-disk1.vmdk", "demo-root.qcow2", "qcow2"),
+        ("demo-vm-disk2.vmdk", "demo-data.raw", "raw"),
+    ] {
         let vmdk = x.path().join(vmdk);
         assert_image_ok(&vmdk);
         let info = run_tool("qemu-img", &["info", "--output=json", path_str(&vmdk)]);
@@ -189,18 +247,51 @@ fn exports_example_vm_to_a_verified_ova() {
 fn exports_example_vm_to_an_ovf_directory_by_name() {
     let out = tempfile::tempdir().unwrap();
     let vms_dir = workspace_root().join("examples/vms");
-    let stdout = ok(&["export", "demo-vm", "--dir", path_str(&vms_dir), "--format", "ovf", "--output", path_str(out.path())]);
+    let stdout = ok(&[
+        "export",
+        "demo-vm",
+        "--dir",
+        path_str(&vms_dir),
+        "--format",
+        "ovf",
+        "--output",
+        path_str(out.path()),
+    ]);
     assert!(stdout.contains("SHA256(demo-vm.ovf)= "), "{stdout}");
     assert_eq!(listing(out.path()), vec!["demo-vm"]);
     let dir = out.path().join("demo-vm");
     check_manifest(&dir, "demo-vm.mf");
-    assert_same_guest_data(&example_disk("demo-root.qcow2"), Some("qcow2"), &dir.join("demo-vm-disk1.vmdk"), Some("vmdk"));
+    assert_same_guest_data(
+        &example_disk("demo-root.qcow2"),
+        Some("qcow2"),
+        &dir.join("demo-vm-disk1.vmdk"),
+        Some("vmdk"),
+    );
     check_ovf_declares_example_vm(&dir.join("demo-vm.ovf"));
 
     // A second export of the same name is refused, then allowed with --overwrite.
-    let line = fails(&["export", "demo-vm", "--dir", path_str(&vms_dir), "--format", "ovf", "--output", path_str(out.path())]);
+    let line = fails(&[
+        "export",
+        "demo-vm",
+        "--dir",
+        path_str(&vms_dir),
+        "--format",
+        "ovf",
+        "--output",
+        path_str(out.path()),
+    ]);
     assert!(line.contains("already exists"), "{line}");
-    ok(&["export", "demo-vm", "--dir", path_str(&vms_dir), "--format", "ovf", "--output", path_str(out.path()), "--overwrite"]);
+    ok(&[
+        "export",
+        "demo-vm",
+        "--dir",
+        path_str(&vms_dir),
+        "--format",
+        "ovf",
+        "--output",
+        path_str(out.path()),
+        "--overwrite",
+    ]);
     assert_eq!(listing(out.path()), vec!["demo-vm"]);
 }
 
@@ -208,16 +299,47 @@ fn exports_example_vm_to_an_ovf_directory_by_name() {
 fn vms_list_show_and_search() {
     let dir = workspace_root().join("examples/vms");
     let list = ok(&["vms", "list", "--dir", path_str(&dir)]);
-    assert!(list.contains("demo-vm") && list.contains("debian 12"), "{list}");
-    let show: serde_json::Value = serde_json::from_str(&ok(&["vms", "show", "demo-vm", "--dir", path_str(&dir), "--json"])).unwrap();
+    assert!(
+        list.contains("demo-vm") && list.contains("debian 12"),
+        "{list}"
+    );
+    let show: serde_json::Value = serde_json::from_str(&ok(&[
+        "vms",
+        "show",
+        "demo-vm",
+        "--dir",
+        path_str(&dir),
+        "--json",
+    ]))
+    .unwrap();
     assert_eq!(show["cpus"], 2);
     assert_eq!(show["memory_mib"], 1024);
     assert_eq!(show["disks"][0]["capacity"], 67108864);
     assert_eq!(show["disks"][1]["controller"], "sata");
     assert_eq!(show["nics"][1]["model"], "e1000e");
-    let hit: serde_json::Value = serde_json::from_str(&ok(&["vms", "search", "--name", "DEMO-*", "--min-cpus", "2", "--dir", path_str(&dir), "--json"])).unwrap();
+    let hit: serde_json::Value = serde_json::from_str(&ok(&[
+        "vms",
+        "search",
+        "--name",
+        "DEMO-*",
+        "--min-cpus",
+        "2",
+        "--dir",
+        path_str(&dir),
+        "--json",
+    ]))
+    .unwrap();
     assert_eq!(hit.as_array().unwrap().len(), 1);
-    let miss: serde_json::Value = serde_json::from_str(&ok(&["vms", "search", "--min-memory", "4096", "--dir", path_str(&dir), "--json"])).unwrap();
+    let miss: serde_json::Value = serde_json::from_str(&ok(&[
+        "vms",
+        "search",
+        "--min-memory",
+        "4096",
+        "--dir",
+        path_str(&dir),
+        "--json",
+    ]))
+    .unwrap();
     assert_eq!(miss.as_array().unwrap().len(), 0);
 }
 
@@ -239,7 +361,12 @@ fn domain_with_disk(dir: &Path, disk: &Path, fmt: &str) -> PathBuf {
 
 fn export_fails(xml: &Path, out: &Path) -> String {
     let line = fails(&["export", path_str(xml), "--output", path_str(out)]);
-    assert!(listing(out).is_empty(), "nothing may be left in {}: {:?}", out.display(), listing(out));
+    assert!(
+        listing(out).is_empty(),
+        "nothing may be left in {}: {:?}",
+        out.display(),
+        listing(out)
+    );
     line
 }
 
@@ -247,10 +374,28 @@ fn export_fails(xml: &Path, out: &Path) -> String {
 fn missing_vm_is_one_clear_line() {
     let out = tempfile::tempdir().unwrap();
     let dir = workspace_root().join("examples/vms");
-    let line = fails(&["export", "no-such-vm", "--dir", path_str(&dir), "--output", path_str(out.path())]);
-    assert!(line.contains("'no-such-vm") && line.contains("not found"), "{line}");
-    let line = fails(&["export", "/nonexistent/vm.xml", "--output", path_str(out.path())]);
-    assert!(line.contains("/nonexistent/vm.xml") && line.contains("not found"), "{line}");
+    let line = fails(&[
+        "export",
+        "no-such-vm",
+        "--dir",
+        path_str(&dir),
+        "--output",
+        path_str(out.path()),
+    ]);
+    assert!(
+        line.contains("VM 'no-such-vm' not found") && line.contains("examples/vms"),
+        "{line}"
+    );
+    let line = fails(&[
+        "export",
+        "/nonexistent/vm.xml",
+        "--output",
+        path_str(out.path()),
+    ]);
+    assert!(
+        line.contains("/nonexistent/vm.xml") && line.contains("not found"),
+        "{line}"
+    );
     assert!(listing(out.path()).is_empty());
 }
 
@@ -260,12 +405,20 @@ fn unreadable_disks_are_one_clear_line() {
     let out = tmp.path().join("out");
     let missing = tmp.path().join("missing.qcow2");
     let line = export_fails(&domain_with_disk(tmp.path(), &missing, "qcow2"), &out);
-    assert!(line.contains("cannot read disk 'vda'") && line.contains("missing.qcow2") && line.contains("No such file"), "{line}");
+    assert!(
+        line.contains("cannot read disk 'vda'")
+            && line.contains("missing.qcow2")
+            && line.contains("No such file"),
+        "{line}"
+    );
     // A directory where the image should be: opening works, reading does not.
     let dir_disk = tmp.path().join("a-directory.raw");
     fs::create_dir(&dir_disk).unwrap();
     let line = export_fails(&domain_with_disk(tmp.path(), &dir_disk, "raw"), &out);
-    assert!(line.contains("cannot read disk 'vda'") && line.contains("a-directory.raw"), "{line}");
+    assert!(
+        line.contains("cannot read disk 'vda'") && line.contains("a-directory.raw"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -273,12 +426,25 @@ fn unwritable_output_is_one_clear_line() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("not-a-dir");
     fs::write(&file, b"x").unwrap();
-    let line = fails(&["export", path_str(&example_xml()), "--output", path_str(&file)]);
+    let line = fails(&[
+        "export",
+        path_str(&example_xml()),
+        "--output",
+        path_str(&file),
+    ]);
     assert!(line.contains("not-a-dir"), "{line}");
     assert_eq!(fs::read(&file).unwrap(), b"x");
     let below = file.join("sub");
-    let line = fails(&["export", path_str(&example_xml()), "--output", path_str(&below)]);
-    assert!(line.contains("not-a-dir/sub") && line.contains("Not a directory"), "{line}");
+    let line = fails(&[
+        "export",
+        path_str(&example_xml()),
+        "--output",
+        path_str(&below),
+    ]);
+    assert!(
+        line.contains("not-a-dir/sub") && line.contains("Not a directory"),
+        "{line}"
+    );
 }
 
 /// Offset of the L2 table that maps guest cluster 0 in a qcow2 file.
@@ -301,7 +467,12 @@ fn corrupted_qcow2_is_one_clear_line_and_leaves_nothing() {
     bad[..4].copy_from_slice(b"QFIX");
     fs::write(&img, &bad).unwrap();
     let line = export_fails(&xml, &out);
-    assert!(line.contains("cannot read disk 'vda'") && line.contains("corrupt qcow2") && line.contains("magic"), "{line}");
+    assert!(
+        line.contains("cannot read disk 'vda'")
+            && line.contains("corrupt qcow2")
+            && line.contains("magic"),
+        "{line}"
+    );
 
     // The data cluster at 20 MiB points past the end of the file: caught mid-export,
     // after 20 MiB went through the pipeline.
@@ -310,7 +481,10 @@ fn corrupted_qcow2_is_one_clear_line_and_leaves_nothing() {
     bad[entry..entry + 8].copy_from_slice(&(0x8000_0000_0000_0000u64 | (1u64 << 40)).to_be_bytes());
     fs::write(&img, &bad).unwrap();
     let line = export_fails(&xml, &out);
-    assert!(line.contains("corrupt qcow2") && line.contains("past the end"), "{line}");
+    assert!(
+        line.contains("corrupt qcow2") && line.contains("past the end"),
+        "{line}"
+    );
 
     // Truncated image: the L1 table is gone.
     fs::write(&img, &good[..4096]).unwrap();
@@ -323,6 +497,14 @@ fn malformed_domain_xml_is_one_clear_line() {
     let tmp = tempfile::tempdir().unwrap();
     let xml = tmp.path().join("vm.xml");
     fs::write(&xml, "<domain><name>x</name><memory>1</memory><devices>").unwrap();
-    let line = fails(&["export", path_str(&xml), "--output", path_str(&tmp.path().join("out"))]);
-    assert!(line.contains("bad domain XML") && line.contains("vm.xml"), "{line}");
+    let line = fails(&[
+        "export",
+        path_str(&xml),
+        "--output",
+        path_str(&tmp.path().join("out")),
+    ]);
+    assert!(
+        line.contains("bad domain XML") && line.contains("vm.xml"),
+        "{line}"
+    );
 }

@@ -11,12 +11,14 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[non_exhaustive]
 pub enum Error {
     /// The provider has no VM by that name or id.
-    #[error("VM '{vm}' not found by provider {provider}")]
+    #[error("VM '{vm}' not found: {detail}")]
     VmNotFound {
         /// Provider name, e.g. "local".
         provider: String,
         /// The name or id that was asked for.
         vm: String,
+        /// Where it was looked for, e.g. "no domain named so in /etc/libvirt/qemu".
+        detail: String,
     },
     /// The provider could not describe or reach a VM.
     #[error("provider {provider}: {message}")]
@@ -122,7 +124,13 @@ fn io_is_transient(e: &io::Error) -> bool {
     use io::ErrorKind::*;
     matches!(
         e.kind(),
-        ConnectionReset | ConnectionAborted | ConnectionRefused | TimedOut | Interrupted | BrokenPipe | WouldBlock
+        ConnectionReset
+            | ConnectionAborted
+            | ConnectionRefused
+            | TimedOut
+            | Interrupted
+            | BrokenPipe
+            | WouldBlock
     )
 }
 
@@ -135,12 +143,20 @@ mod tests {
 
     #[test]
     fn classifies_retryable() {
-        let reset = Error::sink("cannot write", "x", io::Error::from(io::ErrorKind::ConnectionReset));
+        let reset = Error::sink(
+            "cannot write",
+            "x",
+            io::Error::from(io::ErrorKind::ConnectionReset),
+        );
         assert!(reset.is_retryable());
         let full = Error::sink("cannot write", "x", io::Error::other("disk full"));
         assert!(!full.is_retryable());
         assert!(!Error::Cancelled.is_retryable());
-        let nf = Error::VmNotFound { provider: "local".into(), vm: "x".into() };
+        let nf = Error::VmNotFound {
+            provider: "local".into(),
+            vm: "x".into(),
+            detail: "gone".into(),
+        };
         assert!(!nf.is_retryable());
     }
 }

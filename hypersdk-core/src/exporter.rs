@@ -105,9 +105,16 @@ impl Exporter {
     }
 
     /// Exports VM `vm` of `provider` into `sink`.
-    pub async fn export(&self, provider: &dyn Provider, vm: &str, sink: &dyn Sink) -> Result<ExportReport> {
+    pub async fn export(
+        &self,
+        provider: &dyn Provider,
+        vm: &str,
+        sink: &dyn Sink,
+    ) -> Result<ExportReport> {
         let source = provider.open_export(vm).await?;
-        let result = self.export_source(source.as_ref(), provider.name(), sink).await;
+        let result = self
+            .export_source(source.as_ref(), provider.name(), sink)
+            .await;
         let closed = source.close().await;
         let report = result?;
         closed?;
@@ -177,7 +184,11 @@ impl Exporter {
         for index in 0..spec.disks.len() {
             let name = disk_file_name(base, index);
             let span = info_span!("disk", index, disk = %spec.disks[index].name);
-            outcomes.push(self.export_disk(spec, source, index, &name, staging).instrument(span).await?);
+            outcomes.push(
+                self.export_disk(spec, source, index, &name, staging)
+                    .instrument(span)
+                    .await?,
+            );
         }
         let written: Vec<WrittenDisk> = outcomes
             .iter()
@@ -208,12 +219,20 @@ impl Exporter {
             PackageFormat::Ovf => {
                 write_object(staging, &ovf_file.name, ovf.as_bytes()).await?;
                 write_object(staging, &mf_file.name, manifest.as_bytes()).await?;
-                let total = ovf_file.size + mf_file.size + outcomes.iter().map(|o| o.file.size).sum::<u64>();
+                let total = ovf_file.size
+                    + mf_file.size
+                    + outcomes.iter().map(|o| o.file.size).sum::<u64>();
                 (total, None)
             }
             PackageFormat::Ova => {
                 let (size, digest) = self
-                    .write_ova(staging, base, (&ovf_file, ovf.as_bytes()), (&mf_file, manifest.as_bytes()), &outcomes)
+                    .write_ova(
+                        staging,
+                        base,
+                        (&ovf_file, ovf.as_bytes()),
+                        (&mf_file, manifest.as_bytes()),
+                        &outcomes,
+                    )
                     .await?;
                 (size, Some(digest))
             }
@@ -278,12 +297,18 @@ impl Exporter {
                 source,
             };
             let out = ChannelWriter::new(out_tx, chunk);
-            let mut w = StreamOptimizedWriter::new(out, vmdk_capacity, &vmdk_options).map_err(fmt_err)?;
+            let mut w =
+                StreamOptimizedWriter::new(out, vmdk_capacity, &vmdk_options).map_err(fmt_err)?;
             while let Some(data) = in_rx.blocking_recv() {
                 w.write(&data).map_err(fmt_err)?;
             }
             let (out, stats) = w.finish().map_err(fmt_err)?;
-            out.close().map_err(|e| fmt_err(hypersdk_formats::Error::io("handing VMDK bytes to the sink", e)))?;
+            out.close().map_err(|e| {
+                fmt_err(hypersdk_formats::Error::io(
+                    "handing VMDK bytes to the sink",
+                    e,
+                ))
+            })?;
             Ok(stats)
         });
 
@@ -353,7 +378,9 @@ impl Exporter {
             Err(None) => {
                 write_result?;
                 encoded??;
-                return Err(Error::Internal(format!("{what} encoder stopped without an error")));
+                return Err(Error::Internal(format!(
+                    "{what} encoder stopped without an error"
+                )));
             }
             Ok(n) => n,
         };
@@ -397,7 +424,8 @@ impl Exporter {
         };
         let mut out = HashingWriter::new(staging.create(&ova_name).await?);
         for (file, bytes) in [ovf, mf] {
-            out.write(&tar_header(&file.name, file.size, mtime).map_err(fmt_err)?).await?;
+            out.write(&tar_header(&file.name, file.size, mtime).map_err(fmt_err)?)
+                .await?;
             out.write(bytes).await?;
             out.write(&[0u8; 512][..tar_padding(file.size)]).await?;
         }
@@ -406,7 +434,8 @@ impl Exporter {
         let mut copied_all: u64 = 0;
         let mut buf = vec![0u8; self.options.chunk_size.max(64 * 1024)];
         for d in disks {
-            out.write(&tar_header(&d.file.name, d.file.size, mtime).map_err(fmt_err)?).await?;
+            out.write(&tar_header(&d.file.name, d.file.size, mtime).map_err(fmt_err)?)
+                .await?;
             let mut spool = staging.open(&d.file.name).await?;
             let mut copied: u64 = 0;
             loop {
@@ -486,7 +515,10 @@ impl HashingWriter {
     async fn finish(self) -> Result<(u64, String)> {
         let stored = self.inner.finish().await?;
         if stored != self.size {
-            return Err(Error::Internal(format!("wrote {} bytes but the sink stored {stored}", self.size)));
+            return Err(Error::Internal(format!(
+                "wrote {} bytes but the sink stored {stored}",
+                self.size
+            )));
         }
         Ok((self.size, to_hex(&self.hasher.finalize())))
     }
@@ -514,9 +546,9 @@ impl ChannelWriter {
             return Ok(());
         }
         let full = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk));
-        self.tx
-            .blocking_send(full)
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the sink stage stopped"))
+        self.tx.blocking_send(full).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the sink stage stopped")
+        })
     }
 
     /// Sends what is buffered and closes the channel.

@@ -107,6 +107,6 @@ pub use report::{DiskReport, ExportReport, FileReport};
 pub use sink::{Artifact, Sink, SinkWriter, Staging};
 pub use tokio_util::sync::CancellationToken;
 pub use vm::{
-    ControllerKind, DiskFormat, DiskSpec, Firmware, GuestOs, NicSpec, OsFamily, PowerState, VmInfo, VmQuery,
-    VmSpec,
+    ControllerKind, DiskFormat, DiskSpec, Firmware, GuestOs, NicSpec, OsFamily, PowerState, VmInfo,
+    VmQuery, VmSpec,
 };

@@ -16,7 +16,13 @@ use crate::vm::{ControllerKind, Firmware, GuestOs, OsFamily, VmSpec};
 pub fn safe_name(name: &str) -> String {
     let mut s: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(64)
         .collect();
     if s.trim_matches('.').is_empty() {

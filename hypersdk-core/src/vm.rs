@@ -271,9 +271,21 @@ mod tests {
             disks: 1,
             total_capacity: 1,
         };
-        let q = VmQuery { name: Some("web*".into()), guest_os: Some("ubuntu".into()), ..Default::default() };
+        let q = VmQuery {
+            name: Some("web*".into()),
+            guest_os: Some("ubuntu".into()),
+            ..Default::default()
+        };
         assert!(q.matches(&vm));
-        assert!(!VmQuery { min_cpus: Some(4), ..Default::default() }.matches(&vm));
-        assert!(!VmQuery { power_state: Some(PowerState::On), ..Default::default() }.matches(&vm));
+        assert!(!VmQuery {
+            min_cpus: Some(4),
+            ..Default::default()
+        }
+        .matches(&vm));
+        assert!(!VmQuery {
+            power_state: Some(PowerState::On),
+            ..Default::default()
+        }
+        .matches(&vm));
     }
 }

@@ -84,7 +84,11 @@ pub fn parse_manifest(text: &str) -> Result<Vec<(String, String, String)>, usize
             {
                 return None;
             }
-            Some((algo.to_ascii_uppercase(), name.to_string(), hex.to_ascii_lowercase()))
+            Some((
+                algo.to_ascii_uppercase(),
+                name.to_string(),
+                hex.to_ascii_lowercase(),
+            ))
         })();
         match parsed {
             Some(p) => out.push(p),

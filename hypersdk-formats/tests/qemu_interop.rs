@@ -2,9 +2,11 @@
 //! every image we read is produced by it. Needs `qemu-img` and `qemu-io`
 //! (apt package qemu-utils; `tests/peers/install.sh` installs it).
 
+#![allow(clippy::unwrap_used)]
+
+use hypersdk_testsupport::mixed_content;
 use std::fs;
 use std::path::Path;
-use hypersdk_testsupport::mixed_content;
 
 use hypersdk_formats::qcow2::Qcow2Reader;
 use hypersdk_formats::vmdk::{StreamOptimizedWriter, VmdkWriterOptions};
@@ -44,7 +46,10 @@ fn stream_optimized_vmdk_is_accepted_by_qemu_img() {
     assert!(info.contains("streamOptimized"), "{info}");
     assert!(info.contains(&format!("\"virtual-size\": {len}")), "{info}");
     qemu("qemu-img", &["check", p(&vmdk)]);
-    qemu("qemu-img", &["compare", "-f", "raw", "-F", "vmdk", p(&raw), p(&vmdk)]);
+    qemu(
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "vmdk", p(&raw), p(&vmdk)],
+    );
 }
 
 #[test]
@@ -54,13 +59,50 @@ fn qcow2_reader_matches_qemu_for_plain_and_compressed_images() {
     let raw = dir.path().join("src.raw");
     fs::write(&raw, mixed_content(len)).unwrap();
     let plain = dir.path().join("plain.qcow2");
-    qemu("qemu-img", &["convert", "-f", "raw", "-O", "qcow2", p(&raw), p(&plain)]);
+    qemu(
+        "qemu-img",
+        &["convert", "-f", "raw", "-O", "qcow2", p(&raw), p(&plain)],
+    );
     // punch a zero cluster (v3 zero flag) and write a pattern over unallocated space
-    qemu("qemu-io", &["-f", "qcow2", "-c", "write -z 0 1M", "-c", "write -P 0xab 9M 300k", p(&plain)]);
+    qemu(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -z 0 1M",
+            "-c",
+            "write -P 0xab 9M 300k",
+            p(&plain),
+        ],
+    );
     let compressed = dir.path().join("comp.qcow2");
-    qemu("qemu-img", &["convert", "-c", "-f", "qcow2", "-O", "qcow2", p(&plain), p(&compressed)]);
+    qemu(
+        "qemu-img",
+        &[
+            "convert",
+            "-c",
+            "-f",
+            "qcow2",
+            "-O",
+            "qcow2",
+            p(&plain),
+            p(&compressed),
+        ],
+    );
     let expected = dir.path().join("expected.raw");
-    qemu("qemu-img", &["convert", "-f", "qcow2", "-O", "raw", p(&plain), p(&expected)]);
+    qemu(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "qcow2",
+            "-O",
+            "raw",
+            p(&plain),
+            p(&expected),
+        ],
+    );
     let expected = fs::read(&expected).unwrap();
     for img in [&plain, &compressed] {
         let mut r = Qcow2Reader::open(fs::File::open(img).unwrap()).unwrap();
@@ -73,7 +115,11 @@ fn qcow2_reader_matches_qemu_for_plain_and_compressed_images() {
             r.read_at(off as u64, &mut got[off..off + n]).unwrap();
             off += n;
         }
-        assert!(got == expected, "{} decoded differently from qemu-img", img.display());
+        assert!(
+            got == expected,
+            "{} decoded differently from qemu-img",
+            img.display()
+        );
     }
 }
 
@@ -83,7 +129,19 @@ fn qcow2_with_backing_file_is_refused_clearly() {
     let base = dir.path().join("base.qcow2");
     let top = dir.path().join("top.qcow2");
     qemu("qemu-img", &["create", "-f", "qcow2", p(&base), "1M"]);
-    qemu("qemu-img", &["create", "-f", "qcow2", "-F", "qcow2", "-b", p(&base), p(&top)]);
+    qemu(
+        "qemu-img",
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            p(&base),
+            p(&top),
+        ],
+    );
     let err = Qcow2Reader::open(fs::File::open(&top).unwrap()).unwrap_err();
     assert!(err.to_string().contains("backing file"), "{err}");
 }

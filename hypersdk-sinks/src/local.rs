@@ -35,7 +35,9 @@ fn show(p: &Path) -> String {
 /// Object names are single path components: no separators, no `..`.
 fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
-        return Err(Error::InvalidArgument(format!("object name {name:?} is not a plain file name")));
+        return Err(Error::InvalidArgument(format!(
+            "object name {name:?} is not a plain file name"
+        )));
     }
     Ok(())
 }
@@ -48,17 +50,30 @@ impl Sink for LocalDirSink {
 
     async fn begin(&self, artifact: &Artifact, overwrite: bool) -> Result<Box<dyn Staging>> {
         check_name(artifact.name())?;
+        if let Ok(meta) = tokio::fs::metadata(&self.root).await {
+            if !meta.is_dir() {
+                return Err(Error::sink(
+                    "cannot write into output directory",
+                    show(&self.root),
+                    std::io::Error::new(std::io::ErrorKind::NotADirectory, "it is not a directory"),
+                ));
+            }
+        }
         tokio::fs::create_dir_all(&self.root)
             .await
             .map_err(|e| Error::sink("cannot create output directory", show(&self.root), e))?;
         let target = self.root.join(artifact.name());
         if !overwrite && tokio::fs::symlink_metadata(&target).await.is_ok() {
-            return Err(Error::AlreadyExists { target: show(&target) });
+            return Err(Error::AlreadyExists {
+                target: show(&target),
+            });
         }
         let n = STAGING_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = self
-            .root
-            .join(format!(".{}.partial-{}-{n}", artifact.name(), std::process::id()));
+        let dir = self.root.join(format!(
+            ".{}.partial-{}-{n}",
+            artifact.name(),
+            std::process::id()
+        ));
         tokio::fs::create_dir(&dir)
             .await
             .map_err(|e| Error::sink("cannot create staging directory", show(&dir), e))?;
@@ -97,7 +112,11 @@ impl Staging for LocalStaging {
         let file = tokio::fs::File::create(&path)
             .await
             .map_err(|e| Error::sink("cannot create", show(&path), e))?;
-        Ok(Box::new(LocalWriter { file, path, size: 0 }))
+        Ok(Box::new(LocalWriter {
+            file,
+            path,
+            size: 0,
+        }))
     }
 
     async fn open(&self, name: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>> {
@@ -118,7 +137,9 @@ impl Staging for LocalStaging {
     async fn commit(mut self: Box<Self>) -> Result<String> {
         let exists = tokio::fs::symlink_metadata(&self.target).await.is_ok();
         if exists && !self.overwrite {
-            return Err(Error::AlreadyExists { target: show(&self.target) });
+            return Err(Error::AlreadyExists {
+                target: show(&self.target),
+            });
         }
         let source = match &self.artifact {
             Artifact::Directory(_) => self.dir.clone(),
@@ -151,7 +172,11 @@ impl Staging for LocalStaging {
         match tokio::fs::remove_dir_all(&self.dir).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::sink("cannot remove staging directory", show(&self.dir), e)),
+            Err(e) => Err(Error::sink(
+                "cannot remove staging directory",
+                show(&self.dir),
+                e,
+            )),
         }
     }
 }
@@ -226,7 +251,10 @@ mod tests {
     async fn directory_artifact_appears_whole_on_commit() {
         let dir = tempfile::tempdir().unwrap();
         let sink = LocalDirSink::new(dir.path().join("out"));
-        let mut st = sink.begin(&Artifact::Directory("vm".into()), false).await.unwrap();
+        let mut st = sink
+            .begin(&Artifact::Directory("vm".into()), false)
+            .await
+            .unwrap();
         for name in ["vm.ovf", "vm.mf"] {
             let mut w = st.create(name).await.unwrap();
             w.write(name.as_bytes()).await.unwrap();
@@ -243,11 +271,17 @@ mod tests {
     async fn abort_and_drop_leave_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let sink = LocalDirSink::new(dir.path());
-        let mut st = sink.begin(&Artifact::File("a.ova".into()), false).await.unwrap();
+        let mut st = sink
+            .begin(&Artifact::File("a.ova".into()), false)
+            .await
+            .unwrap();
         st.create("a.ova").await.unwrap().write(b"x").await.unwrap();
         st.abort().await.unwrap();
         assert!(entries(dir.path()).is_empty());
-        let st = sink.begin(&Artifact::File("a.ova".into()), false).await.unwrap();
+        let st = sink
+            .begin(&Artifact::File("a.ova".into()), false)
+            .await
+            .unwrap();
         drop(st);
         assert!(entries(dir.path()).is_empty());
     }
@@ -257,9 +291,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.ova"), b"old").unwrap();
         let sink = LocalDirSink::new(dir.path());
-        let err = sink.begin(&Artifact::File("a.ova".into()), false).await.unwrap_err();
+        let err = sink
+            .begin(&Artifact::File("a.ova".into()), false)
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
-        let mut st = sink.begin(&Artifact::File("a.ova".into()), true).await.unwrap();
+        let mut st = sink
+            .begin(&Artifact::File("a.ova".into()), true)
+            .await
+            .unwrap();
         let mut w = st.create("a.ova").await.unwrap();
         w.write(b"new").await.unwrap();
         w.finish().await.unwrap();
@@ -274,7 +314,10 @@ mod tests {
         let file = dir.path().join("plain-file");
         std::fs::write(&file, b"").unwrap();
         let sink = LocalDirSink::new(&file);
-        let err = sink.begin(&Artifact::File("a.ova".into()), false).await.unwrap_err();
+        let err = sink
+            .begin(&Artifact::File("a.ova".into()), false)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("plain-file"), "{err}");
         assert!(matches!(check_name("../x"), Err(Error::InvalidArgument(_))));
     }

@@ -19,7 +19,10 @@ const MAX_OCTAL_SIZE: u64 = (1 << 33) - 1;
 /// Names are limited to 100 bytes of ASCII without `/`-leading, `..` or NUL:
 /// an OVA is flat, and we never write a name a safe reader would reject.
 pub fn tar_header(name: &str, size: u64, mtime: u64) -> Result<[u8; BLOCK_SIZE]> {
-    let bad = |what: String| Error::InvalidInput { format: "OVA", what };
+    let bad = |what: String| Error::InvalidInput {
+        format: "OVA",
+        what,
+    };
     if name.is_empty() || name.len() > 100 {
         return Err(bad(format!(
             "member name {name:?} must be 1 to 100 bytes long"
@@ -30,7 +33,9 @@ pub fn tar_header(name: &str, size: u64, mtime: u64) -> Result<[u8; BLOCK_SIZE]>
         || name.starts_with('/')
         || name.split('/').any(|c| c == ".." || c.is_empty())
     {
-        return Err(bad(format!("member name {name:?} is not a safe relative path")));
+        return Err(bad(format!(
+            "member name {name:?} is not a safe relative path"
+        )));
     }
     let mut h = [0u8; BLOCK_SIZE];
     h[..name.len()].copy_from_slice(name.as_bytes());

@@ -179,22 +179,28 @@ pub fn write_envelope(sys: &OvfSystem) -> String {
         instance += 1;
         instance
     };
-    item(&mut x, &[
-        ("AllocationUnits", "hertz * 10^6".into()),
-        ("Description", "Number of Virtual CPUs".into()),
-        ("ElementName", format!("{} virtual CPU(s)", sys.cpus)),
-        ("InstanceID", next_id().to_string()),
-        ("ResourceType", "3".into()),
-        ("VirtualQuantity", sys.cpus.to_string()),
-    ]);
-    item(&mut x, &[
-        ("AllocationUnits", "byte * 2^20".into()),
-        ("Description", "Memory Size".into()),
-        ("ElementName", format!("{}MB of memory", sys.memory_mib)),
-        ("InstanceID", next_id().to_string()),
-        ("ResourceType", "4".into()),
-        ("VirtualQuantity", sys.memory_mib.to_string()),
-    ]);
+    item(
+        &mut x,
+        &[
+            ("AllocationUnits", "hertz * 10^6".into()),
+            ("Description", "Number of Virtual CPUs".into()),
+            ("ElementName", format!("{} virtual CPU(s)", sys.cpus)),
+            ("InstanceID", next_id().to_string()),
+            ("ResourceType", "3".into()),
+            ("VirtualQuantity", sys.cpus.to_string()),
+        ],
+    );
+    item(
+        &mut x,
+        &[
+            ("AllocationUnits", "byte * 2^20".into()),
+            ("Description", "Memory Size".into()),
+            ("ElementName", format!("{}MB of memory", sys.memory_mib)),
+            ("InstanceID", next_id().to_string()),
+            ("ResourceType", "4".into()),
+            ("VirtualQuantity", sys.memory_mib.to_string()),
+        ],
+    );
     let mut controller_ids = Vec::new();
     for c in &sys.controllers {
         let id = next_id();
@@ -231,14 +237,17 @@ pub fn write_envelope(sys: &OvfSystem) -> String {
             .get(d.controller)
             .map(|p| p.to_string())
             .unwrap_or_else(|| "0".into());
-        item(&mut x, &[
-            ("AddressOnParent", d.address_on_parent.to_string()),
-            ("ElementName", format!("Hard disk {}", i + 1)),
-            ("HostResource", format!("ovf:/disk/vmdisk{}", i + 1)),
-            ("InstanceID", next_id().to_string()),
-            ("Parent", parent),
-            ("ResourceType", "17".into()),
-        ]);
+        item(
+            &mut x,
+            &[
+                ("AddressOnParent", d.address_on_parent.to_string()),
+                ("ElementName", format!("Hard disk {}", i + 1)),
+                ("HostResource", format!("ovf:/disk/vmdisk{}", i + 1)),
+                ("InstanceID", next_id().to_string()),
+                ("Parent", parent),
+                ("ResourceType", "17".into()),
+            ],
+        );
     }
     for (i, n) in sys.nics.iter().enumerate() {
         let mut fields = Vec::new();
@@ -249,7 +258,10 @@ pub fn write_envelope(sys: &OvfSystem) -> String {
             ("AddressOnParent", (7 + i).to_string()),
             ("AutomaticAllocation", "true".into()),
             ("Connection", n.network.clone()),
-            ("Description", format!("{} ethernet adapter on \"{}\"", n.adapter, n.network)),
+            (
+                "Description",
+                format!("{} ethernet adapter on \"{}\"", n.adapter, n.network),
+            ),
             ("ElementName", format!("Network adapter {}", i + 1)),
             ("InstanceID", next_id().to_string()),
             ("ResourceSubType", n.adapter.clone()),
@@ -292,7 +304,10 @@ mod tests {
             memory_mib: 2048,
             efi: true,
             system_type: "vmx-14".into(),
-            controllers: vec![OvfController { kind: OvfControllerKind::Scsi("lsilogic".into()), bus: 0 }],
+            controllers: vec![OvfController {
+                kind: OvfControllerKind::Scsi("lsilogic".into()),
+                bus: 0,
+            }],
             disks: vec![OvfDisk {
                 file_href: "d1.vmdk".into(),
                 file_size: 10,
@@ -302,7 +317,11 @@ mod tests {
                 controller: 0,
                 address_on_parent: 0,
             }],
-            nics: vec![OvfNic { network: "VM Network".into(), mac: Some("52:54:00:aa:bb:cc".into()), adapter: "E1000".into() }],
+            nics: vec![OvfNic {
+                network: "VM Network".into(),
+                mac: Some("52:54:00:aa:bb:cc".into()),
+                adapter: "E1000".into(),
+            }],
         };
         let xml = write_envelope(&sys);
         assert!(xml.contains("web&lt;1&gt;&amp;"));

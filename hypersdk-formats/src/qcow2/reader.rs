@@ -93,22 +93,33 @@ impl<R: Read + Seek> Qcow2Reader<R> {
             .map_err(|e| Error::io("finding the qcow2 file length", e))?;
         let mut h = [0u8; 112];
         if file_len < 72 {
-            return Err(corrupt(0, format!("file of {file_len} bytes is too short for a qcow2 header (72 bytes)")));
+            return Err(corrupt(
+                0,
+                format!("file of {file_len} bytes is too short for a qcow2 header (72 bytes)"),
+            ));
         }
         let want = (h.len() as u64).min(file_len) as usize;
         read_exact_at(&mut file, 0, &mut h[..want], "reading the qcow2 header")?;
         if h[0..4] != QCOW2_MAGIC {
-            return Err(corrupt(0, format!("magic {:02x?} is not QFI\\xfb", &h[0..4])));
+            return Err(corrupt(
+                0,
+                format!("magic {:02x?} is not QFI\\xfb", &h[0..4]),
+            ));
         }
         let version = be32(&h, 4);
         if version != 2 && version != 3 {
-            return Err(Error::Qcow2Unsupported(format!("version {version} (2 and 3 are supported)")));
+            return Err(Error::Qcow2Unsupported(format!(
+                "version {version} (2 and 3 are supported)"
+            )));
         }
         let backing_file_offset = be64(&h, 8);
         let backing_file_size = be32(&h, 16);
         let cluster_bits = be32(&h, 20);
         if !(9..=21).contains(&cluster_bits) {
-            return Err(corrupt(20, format!("cluster_bits {cluster_bits} outside 9..=21")));
+            return Err(corrupt(
+                20,
+                format!("cluster_bits {cluster_bits} outside 9..=21"),
+            ));
         }
         let size = be64(&h, 24);
         let crypt_method = be32(&h, 32);
@@ -118,7 +129,9 @@ impl<R: Read + Seek> Qcow2Reader<R> {
         let l2_entries = cluster_size / 8;
 
         if crypt_method != 0 {
-            return Err(Error::Qcow2Unsupported(format!("encrypted image (crypt_method {crypt_method})")));
+            return Err(Error::Qcow2Unsupported(format!(
+                "encrypted image (crypt_method {crypt_method})"
+            )));
         }
         if version == 3 {
             if file_len < 104 {
@@ -127,20 +140,30 @@ impl<R: Read + Seek> Qcow2Reader<R> {
             let incompatible = be64(&h, 72);
             let header_length = be32(&h, 100);
             if incompatible & 2 != 0 {
-                return Err(corrupt(72, "image is marked corrupt by its writer (incompatible feature bit 1)"));
+                return Err(corrupt(
+                    72,
+                    "image is marked corrupt by its writer (incompatible feature bit 1)",
+                ));
             }
             if incompatible & 4 != 0 {
                 return Err(Error::Qcow2Unsupported("external data file".into()));
             }
             if incompatible & 16 != 0 {
-                return Err(Error::Qcow2Unsupported("extended L2 entries (subclusters)".into()));
+                return Err(Error::Qcow2Unsupported(
+                    "extended L2 entries (subclusters)".into(),
+                ));
             }
             if incompatible & 8 != 0 && header_length > 104 && file_len > 104 && h[104] != 0 {
-                return Err(Error::Qcow2Unsupported(format!("compression type {} (only deflate is supported)", h[104])));
+                return Err(Error::Qcow2Unsupported(format!(
+                    "compression type {} (only deflate is supported)",
+                    h[104]
+                )));
             }
             let unknown = incompatible & !0x1f;
             if unknown != 0 {
-                return Err(Error::Qcow2Unsupported(format!("unknown incompatible features {unknown:#x}")));
+                return Err(Error::Qcow2Unsupported(format!(
+                    "unknown incompatible features {unknown:#x}"
+                )));
             }
         }
         let backing_file = if backing_file_offset != 0 && backing_file_size != 0 {
@@ -149,7 +172,12 @@ impl<R: Read + Seek> Qcow2Reader<R> {
                 return Err(corrupt(8, "backing file name lies outside the file"));
             }
             let mut name = vec![0u8; backing_file_size as usize];
-            read_exact_at(&mut file, backing_file_offset, &mut name, "reading the backing file name")?;
+            read_exact_at(
+                &mut file,
+                backing_file_offset,
+                &mut name,
+                "reading the backing file name",
+            )?;
             Some(String::from_utf8_lossy(&name).into_owned())
         } else {
             None
@@ -163,23 +191,42 @@ impl<R: Read + Seek> Qcow2Reader<R> {
         let bytes_per_l1 = cluster_size * l2_entries;
         let needed = size.div_ceil(bytes_per_l1);
         if u64::from(l1_size) < needed {
-            return Err(corrupt(36, format!("L1 table of {l1_size} entries cannot map a {size}-byte disk ({needed} needed)")));
+            return Err(corrupt(
+                36,
+                format!(
+                    "L1 table of {l1_size} entries cannot map a {size}-byte disk ({needed} needed)"
+                ),
+            ));
         }
         let l1_bytes = u64::from(l1_size) * 8;
         if l1_bytes > MAX_L1_BYTES {
-            return Err(corrupt(36, format!("L1 table of {l1_bytes} bytes exceeds the 32 MiB limit")));
+            return Err(corrupt(
+                36,
+                format!("L1 table of {l1_bytes} bytes exceeds the 32 MiB limit"),
+            ));
         }
         if l1_size > 0 {
             if l1_table_offset % cluster_size != 0 {
-                return Err(corrupt(40, format!("L1 table offset {l1_table_offset:#x} is not cluster aligned")));
+                return Err(corrupt(
+                    40,
+                    format!("L1 table offset {l1_table_offset:#x} is not cluster aligned"),
+                ));
             }
-            if l1_table_offset.checked_add(l1_bytes).is_none_or(|e| e > file_len) {
+            if l1_table_offset
+                .checked_add(l1_bytes)
+                .is_none_or(|e| e > file_len)
+            {
                 return Err(corrupt(40, format!("L1 table at {l1_table_offset:#x} ({l1_bytes} bytes) extends past the end of the {file_len}-byte file")));
             }
         }
         // Read only the entries needed to map the virtual size.
         let mut raw = vec![0u8; (needed * 8) as usize];
-        read_exact_at(&mut file, l1_table_offset, &mut raw, "reading the qcow2 L1 table")?;
+        read_exact_at(
+            &mut file,
+            l1_table_offset,
+            &mut raw,
+            "reading the qcow2 L1 table",
+        )?;
         let l1: Vec<u64> = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
         Ok(Qcow2Reader {
             file,
@@ -222,7 +269,10 @@ impl<R: Read + Seek> Qcow2Reader<R> {
         let l1_index = (cluster / self.l2_entries) as usize;
         let l2_index = (cluster % self.l2_entries) as usize;
         let Some(&l1_entry) = self.l1.get(l1_index) else {
-            return Err(corrupt(self.header.l1_table_offset, format!("guest offset {offset:#x} is beyond the L1 table")));
+            return Err(corrupt(
+                self.header.l1_table_offset,
+                format!("guest offset {offset:#x} is beyond the L1 table"),
+            ));
         };
         let l2_offset = l1_entry & OFFSET_MASK;
         if l2_offset == 0 {
@@ -230,14 +280,22 @@ impl<R: Read + Seek> Qcow2Reader<R> {
         }
         let entry_pos = self.header.l1_table_offset + l1_index as u64 * 8;
         if l2_offset % self.cluster_size != 0 {
-            return Err(corrupt(entry_pos, format!("L1 entry {l1_index} points to unaligned L2 table {l2_offset:#x}")));
+            return Err(corrupt(
+                entry_pos,
+                format!("L1 entry {l1_index} points to unaligned L2 table {l2_offset:#x}"),
+            ));
         }
         if l2_offset.saturating_add(self.cluster_size) > self.file_len {
             return Err(corrupt(entry_pos, format!("L1 entry {l1_index} points to L2 table {l2_offset:#x} past the end of the {}-byte file", self.file_len)));
         }
         if self.l2_cache.as_ref().map(|(o, _)| *o) != Some(l2_offset) {
             let mut raw = vec![0u8; self.cluster_size as usize];
-            read_exact_at(&mut self.file, l2_offset, &mut raw, "reading a qcow2 L2 table")?;
+            read_exact_at(
+                &mut self.file,
+                l2_offset,
+                &mut raw,
+                "reading a qcow2 L2 table",
+            )?;
             let table = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
             self.l2_cache = Some((l2_offset, table));
         }
@@ -252,7 +310,13 @@ impl<R: Read + Seek> Qcow2Reader<R> {
             let sectors = ((entry >> x) & ((1u64 << (self.header.cluster_bits - 8)) - 1)) + 1;
             let len = sectors * 512 - (host & 511);
             if host >= self.file_len {
-                return Err(corrupt(entry_pos, format!("compressed cluster at {host:#x} lies past the end of the {}-byte file", self.file_len)));
+                return Err(corrupt(
+                    entry_pos,
+                    format!(
+                        "compressed cluster at {host:#x} lies past the end of the {}-byte file",
+                        self.file_len
+                    ),
+                ));
             }
             return Ok(ClusterMapping::Compressed(host, len));
         }
@@ -264,10 +328,19 @@ impl<R: Read + Seek> Qcow2Reader<R> {
             return Ok(ClusterMapping::Zero);
         }
         if host % self.cluster_size != 0 {
-            return Err(corrupt(entry_pos, format!("L2 entry points to unaligned data cluster {host:#x}")));
+            return Err(corrupt(
+                entry_pos,
+                format!("L2 entry points to unaligned data cluster {host:#x}"),
+            ));
         }
         if host >= self.file_len {
-            return Err(corrupt(entry_pos, format!("data cluster at {host:#x} lies past the end of the {}-byte file", self.file_len)));
+            return Err(corrupt(
+                entry_pos,
+                format!(
+                    "data cluster at {host:#x} lies past the end of the {}-byte file",
+                    self.file_len
+                ),
+            ));
         }
         Ok(ClusterMapping::Data(host))
     }
@@ -275,10 +348,17 @@ impl<R: Read + Seek> Qcow2Reader<R> {
     /// Fills `buf` with guest data from `offset`. Reading past the virtual size
     /// is an error.
     pub fn read_at(&mut self, mut offset: u64, mut buf: &mut [u8]) -> Result<()> {
-        if offset.checked_add(buf.len() as u64).is_none_or(|e| e > self.header.size) {
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|e| e > self.header.size)
+        {
             return Err(Error::InvalidInput {
                 format: "qcow2",
-                what: format!("read of {} bytes at {offset:#x} exceeds the virtual size {}", buf.len(), self.header.size),
+                what: format!(
+                    "read of {} bytes at {offset:#x} exceeds the virtual size {}",
+                    buf.len(),
+                    self.header.size
+                ),
             });
         }
         while !buf.is_empty() {
@@ -291,7 +371,12 @@ impl<R: Read + Seek> Qcow2Reader<R> {
                     let pos = host + in_cluster;
                     // Data past the end of the file reads as zeros, as in QEMU.
                     let avail = self.file_len.saturating_sub(pos).min(n as u64) as usize;
-                    read_exact_at(&mut self.file, pos, &mut chunk[..avail], "reading a qcow2 data cluster")?;
+                    read_exact_at(
+                        &mut self.file,
+                        pos,
+                        &mut chunk[..avail],
+                        "reading a qcow2 data cluster",
+                    )?;
                     chunk[avail..].fill(0);
                 }
                 ClusterMapping::Compressed(host, len) => {
@@ -309,17 +394,36 @@ impl<R: Read + Seek> Qcow2Reader<R> {
         if self.compressed_cache.as_ref().map(|(o, _)| *o) != Some(host) {
             let len = len.min(self.file_len - host) as usize;
             let mut input = vec![0u8; len];
-            read_exact_at(&mut self.file, host, &mut input, "reading a compressed qcow2 cluster")?;
+            read_exact_at(
+                &mut self.file,
+                host,
+                &mut input,
+                "reading a compressed qcow2 cluster",
+            )?;
             let mut out = vec![0u8; self.cluster_size as usize];
             self.inflater.reset(false);
-            let status = self.inflater.decompress(&input, &mut out, FlushDecompress::Finish);
+            let status = self
+                .inflater
+                .decompress(&input, &mut out, FlushDecompress::Finish);
             let produced = self.inflater.total_out();
             match status {
-                Ok(Status::StreamEnd | Status::Ok | Status::BufError) if produced == self.cluster_size => {}
+                Ok(Status::StreamEnd | Status::Ok | Status::BufError)
+                    if produced == self.cluster_size => {}
                 Ok(_) => {
-                    return Err(corrupt(host, format!("compressed cluster inflates to {produced} bytes, expected {}", self.cluster_size)))
+                    return Err(corrupt(
+                        host,
+                        format!(
+                            "compressed cluster inflates to {produced} bytes, expected {}",
+                            self.cluster_size
+                        ),
+                    ))
                 }
-                Err(e) => return Err(corrupt(host, format!("compressed cluster does not inflate: {e}"))),
+                Err(e) => {
+                    return Err(corrupt(
+                        host,
+                        format!("compressed cluster does not inflate: {e}"),
+                    ))
+                }
             }
             self.compressed_cache = Some((host, out));
         }
@@ -330,12 +434,20 @@ impl<R: Read + Seek> Qcow2Reader<R> {
     }
 }
 
-fn read_exact_at<R: Read + Seek>(file: &mut R, offset: u64, buf: &mut [u8], what: &str) -> Result<()> {
+fn read_exact_at<R: Read + Seek>(
+    file: &mut R,
+    offset: u64,
+    buf: &mut [u8],
+    what: &str,
+) -> Result<()> {
     file.seek(SeekFrom::Start(offset))
         .and_then(|_| file.read_exact(buf))
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                corrupt(offset, format!("file ends while {what} ({} bytes)", buf.len()))
+                corrupt(
+                    offset,
+                    format!("file ends while {what} ({} bytes)", buf.len()),
+                )
             } else {
                 Error::io(format!("{what} at offset {offset:#x}"), e)
             }
@@ -382,7 +494,10 @@ mod tests {
     fn reports_corruption_with_offsets() {
         let mut img = tiny_image();
         img[0] = b'X';
-        assert!(matches!(Qcow2Reader::open(Cursor::new(img)), Err(Error::Qcow2Corrupt { offset: 0, .. })));
+        assert!(matches!(
+            Qcow2Reader::open(Cursor::new(img)),
+            Err(Error::Qcow2Corrupt { offset: 0, .. })
+        ));
 
         let mut img = tiny_image();
         img[65536..65544].copy_from_slice(&(1u64 << 40).to_be_bytes());

@@ -24,7 +24,7 @@
 
 mod writer;
 
-pub use writer::{StreamOptimizedWriter, MAX_CAPACITY, VmdkWriterOptions, VmdkWriterStats};
+pub use writer::{StreamOptimizedWriter, VmdkWriterOptions, VmdkWriterStats, MAX_CAPACITY};
 
 /// Bytes in a sector.
 pub const SECTOR_SIZE: u64 = 512;

@@ -245,8 +245,7 @@ impl<W: Write> StreamOptimizedWriter<W> {
             self.gt[(grain_no % GTES_PER_GT) as usize] =
                 u32::try_from(sector).map_err(|_| Error::InvalidInput {
                     format: "VMDK",
-                    what: "output exceeds the 2 TiB a 32-bit grain table entry can address"
-                        .into(),
+                    what: "output exceeds the 2 TiB a 32-bit grain table entry can address".into(),
                 })?;
             self.gt_dirty = true;
             self.populated += GRAIN_SIZE as u64;
@@ -362,14 +361,20 @@ mod tests {
         assert_eq!(&out[0..4], b"KDMV");
         // footer: last 1536 bytes are footer marker, footer, EOS
         let n = out.len();
-        assert_eq!(u32::from_le_bytes(out[n - 1536 + 12..n - 1536 + 16].try_into().unwrap()), MARKER_FOOTER);
+        assert_eq!(
+            u32::from_le_bytes(out[n - 1536 + 12..n - 1536 + 16].try_into().unwrap()),
+            MARKER_FOOTER
+        );
         assert_eq!(&out[n - 1024..n - 1020], b"KDMV");
         assert!(out[n - 512..].iter().all(|&b| b == 0));
         let gd = u64::from_le_bytes(out[n - 1024 + 56..n - 1024 + 64].try_into().unwrap());
         assert_ne!(gd, GD_AT_END);
         // first grain marker right after the overhead carries LBA 128
         let g = (OVERHEAD_SECTORS * SECTOR_SIZE) as usize;
-        assert_eq!(u64::from_le_bytes(out[g..g + 8].try_into().unwrap()), GRAIN_SECTORS);
+        assert_eq!(
+            u64::from_le_bytes(out[g..g + 8].try_into().unwrap()),
+            GRAIN_SECTORS
+        );
     }
 
     #[test]
@@ -379,6 +384,9 @@ mod tests {
         w.write(&[0; 512]).unwrap();
         assert!(matches!(w.finish(), Err(Error::LengthMismatch { .. })));
         assert!(StreamOptimizedWriter::new(Vec::new(), 1000, &Default::default()).is_err());
-        assert!(StreamOptimizedWriter::new(Vec::new(), MAX_CAPACITY + 512, &Default::default()).is_err());
+        assert!(
+            StreamOptimizedWriter::new(Vec::new(), MAX_CAPACITY + 512, &Default::default())
+                .is_err()
+        );
     }
 }

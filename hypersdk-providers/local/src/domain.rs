@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use hypersdk_core::{ControllerKind, DiskFormat, DiskSpec, Firmware, GuestOs, NicSpec, OsFamily, PowerState, VmSpec};
+use hypersdk_core::{
+    ControllerKind, DiskFormat, DiskSpec, Firmware, GuestOs, NicSpec, OsFamily, PowerState, VmSpec,
+};
 
 use crate::xml::{parse, Element};
 use crate::LocalError;
@@ -54,9 +56,12 @@ fn guest_os(root: &Element) -> GuestOs {
     let lower = id.to_ascii_lowercase();
     let family = if lower.contains("microsoft") || lower.contains("/win") {
         OsFamily::Windows
-    } else if ["linux", "ubuntu", "debian", "fedora", "redhat", "rhel", "centos", "suse", "alpine", "arch", "rocky", "alma"]
-        .iter()
-        .any(|k| lower.contains(k))
+    } else if [
+        "linux", "ubuntu", "debian", "fedora", "redhat", "rhel", "centos", "suse", "alpine",
+        "arch", "rocky", "alma",
+    ]
+    .iter()
+    .any(|k| lower.contains(k))
     {
         OsFamily::Linux
     } else {
@@ -71,7 +76,11 @@ fn guest_os(root: &Element) -> GuestOs {
             _ => "Unknown operating system".into(),
         }
     };
-    GuestOs { id, family, description }
+    GuestOs {
+        id,
+        family,
+        description,
+    }
 }
 
 fn controller(bus: &str) -> ControllerKind {
@@ -93,7 +102,10 @@ pub fn parse_domain(text: &str, xml_path: &Path) -> Result<Domain, LocalError> {
     };
     let root = parse(text).map_err(bad)?;
     if root.name != "domain" {
-        return Err(bad(format!("root element is <{}>, not <domain>", root.name)));
+        return Err(bad(format!(
+            "root element is <{}>, not <domain>",
+            root.name
+        )));
     }
     let name = root
         .child_text("name")
@@ -107,7 +119,9 @@ pub fn parse_domain(text: &str, xml_path: &Path) -> Result<Domain, LocalError> {
     let memory_bytes = memory_bytes(&memory.text, memory.attr("unit"))
         .ok_or_else(|| bad(format!("bad <memory> value {:?}", memory.text.trim())))?;
     let cpus = match root.child_text("vcpu") {
-        Some(v) => v.parse::<u32>().map_err(|_| bad(format!("bad <vcpu> value {v:?}")))?,
+        Some(v) => v
+            .parse::<u32>()
+            .map_err(|_| bad(format!("bad <vcpu> value {v:?}")))?,
         None => 1,
     };
     let os = root.child("os");
@@ -136,22 +150,41 @@ pub fn parse_domain(text: &str, xml_path: &Path) -> Result<Domain, LocalError> {
                 continue; // cdrom, floppy, lun
             }
             let target = d.child("target");
-            let dev = target.and_then(|t| t.attr("dev")).unwrap_or("disk").to_string();
+            let dev = target
+                .and_then(|t| t.attr("dev"))
+                .unwrap_or("disk")
+                .to_string();
             let source = d.child("source");
             let file = match d.attr("type").unwrap_or("file") {
                 "file" => source.and_then(|s| s.attr("file")),
                 "block" => source.and_then(|s| s.attr("dev")),
-                other => return Err(bad(format!("disk {dev} has type '{other}'; only file and block disks can be exported"))),
+                other => {
+                    return Err(bad(format!(
+                        "disk {dev} has type '{other}'; only file and block disks can be exported"
+                    )))
+                }
             }
             .ok_or_else(|| bad(format!("disk {dev} has no source file")))?;
-            let format = match d.child("driver").and_then(|dr| dr.attr("type")).unwrap_or("raw") {
+            let format = match d
+                .child("driver")
+                .and_then(|dr| dr.attr("type"))
+                .unwrap_or("raw")
+            {
                 "qcow2" => DiskFormat::Qcow2,
                 "raw" => DiskFormat::Raw,
-                other => return Err(bad(format!("disk {dev} has driver type '{other}'; qcow2 and raw are supported"))),
+                other => {
+                    return Err(bad(format!(
+                        "disk {dev} has driver type '{other}'; qcow2 and raw are supported"
+                    )))
+                }
             };
             let bus = target.and_then(|t| t.attr("bus")).unwrap_or("virtio");
             let kind = controller(bus);
-            let unit = match d.child("address").and_then(|a| a.attr("unit")).and_then(|u| u.parse().ok()) {
+            let unit = match d
+                .child("address")
+                .and_then(|a| a.attr("unit"))
+                .and_then(|u| u.parse().ok())
+            {
                 Some(u) => u,
                 None => {
                     let n = units.iter().filter(|(k, _)| *k == kind).count() as u32;
@@ -182,8 +215,15 @@ pub fn parse_domain(text: &str, xml_path: &Path) -> Result<Domain, LocalError> {
             .to_string();
             nics.push(NicSpec {
                 network,
-                mac: i.child("mac").and_then(|m| m.attr("address")).map(str::to_string),
-                model: i.child("model").and_then(|m| m.attr("type")).unwrap_or("rtl8139").to_string(),
+                mac: i
+                    .child("mac")
+                    .and_then(|m| m.attr("address"))
+                    .map(str::to_string),
+                model: i
+                    .child("model")
+                    .and_then(|m| m.attr("type"))
+                    .unwrap_or("rtl8139")
+                    .to_string(),
             });
         }
     }
@@ -199,7 +239,10 @@ pub fn parse_domain(text: &str, xml_path: &Path) -> Result<Domain, LocalError> {
             guest_os: guest_os(&root),
             nics,
             disks,
-            annotation: root.child_text("description").filter(|d| !d.is_empty()).map(str::to_string),
+            annotation: root
+                .child_text("description")
+                .filter(|d| !d.is_empty())
+                .map(str::to_string),
         },
         disk_paths,
     })
@@ -258,8 +301,12 @@ mod tests {
 
     #[test]
     fn errors_name_the_file_and_problem() {
-        let err = parse_domain("<domain><memory>1</memory></domain>", Path::new("/x.xml")).unwrap_err();
-        assert!(err.to_string().contains("/x.xml") && err.to_string().contains("<name>"), "{err}");
+        let err =
+            parse_domain("<domain><memory>1</memory></domain>", Path::new("/x.xml")).unwrap_err();
+        assert!(
+            err.to_string().contains("/x.xml") && err.to_string().contains("<name>"),
+            "{err}"
+        );
         let err = parse_domain("<network/>", Path::new("/x.xml")).unwrap_err();
         assert!(err.to_string().contains("not <domain>"), "{err}");
         assert_eq!(memory_bytes("2", Some("GiB")), Some(2 << 30));

@@ -129,7 +129,10 @@ impl LocalProvider {
         if len > domain::MAX_DOMAIN_XML {
             return Err(LocalError::BadDomainXml {
                 path: path.to_path_buf(),
-                what: format!("file of {len} bytes is larger than the {} accepted", domain::MAX_DOMAIN_XML),
+                what: format!(
+                    "file of {len} bytes is larger than the {} accepted",
+                    domain::MAX_DOMAIN_XML
+                ),
             }
             .into());
         }
@@ -146,7 +149,8 @@ impl LocalProvider {
             }
             return Err(Error::VmNotFound {
                 provider: PROVIDER_NAME.into(),
-                vm: format!("{vm} (no such domain XML file)"),
+                vm: vm.into(),
+                detail: "no such domain XML file".into(),
             });
         }
         let mut found: Vec<Domain> = Vec::new();
@@ -154,14 +158,17 @@ impl LocalProvider {
             match Self::read_domain(&file) {
                 Ok(d) if d.spec.name == vm || d.spec.id.eq_ignore_ascii_case(vm) => found.push(d),
                 Ok(_) => {}
-                Err(e) => tracing::warn!(file = %file.display(), error = %e, "skipping unreadable domain XML"),
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), error = %e, "skipping unreadable domain XML")
+                }
             }
         }
         match found.len() {
             1 => Ok(found.remove(0)),
             0 => Err(Error::VmNotFound {
                 provider: PROVIDER_NAME.into(),
-                vm: format!("{vm} (searched {})", self.dir.display()),
+                vm: vm.into(),
+                detail: format!("no domain of that name or UUID in {}", self.dir.display()),
             }),
             n => Err(Error::InvalidArgument(format!(
                 "{n} domain XML files in {} are named '{vm}'; name the file or the UUID instead",
@@ -186,7 +193,10 @@ impl LocalProvider {
 }
 
 /// Guest-visible size of a disk image.
-fn disk_capacity(path: &Path, format: DiskFormat) -> std::result::Result<u64, hypersdk_core::BoxError> {
+fn disk_capacity(
+    path: &Path,
+    format: DiskFormat,
+) -> std::result::Result<u64, hypersdk_core::BoxError> {
     let mut file = std::fs::File::open(path)?;
     let meta = file.metadata()?;
     let kind = meta.file_type();

@@ -37,7 +37,10 @@ impl ExportSource for LocalSource {
 
     async fn open_disk(&self, index: usize, offset: u64) -> Result<DiskStream> {
         let (Some(disk), Some(path)) = (self.spec.disks.get(index), self.paths.get(index)) else {
-            return Err(Error::InvalidArgument(format!("VM '{}' has no disk {index}", self.spec.name)));
+            return Err(Error::InvalidArgument(format!(
+                "VM '{}' has no disk {index}",
+                self.spec.name
+            )));
         };
         if offset > disk.capacity {
             return Err(Error::InvalidArgument(format!(
@@ -62,9 +65,10 @@ impl ExportSource for LocalSource {
                 let _ = tx.blocking_send(Err(to_err(e)));
             }
         });
-        Ok(Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        })))
+        Ok(Box::pin(futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
+        )))
     }
 }
 
@@ -108,7 +112,11 @@ fn pump(
                 while filled < n {
                     let r = file.read(&mut buf[filled..])?;
                     if r == 0 {
-                        return Err(format!("file ended at byte {}, expected {capacity}", pos + filled as u64).into());
+                        return Err(format!(
+                            "file ended at byte {}, expected {capacity}",
+                            pos + filled as u64
+                        )
+                        .into());
                     }
                     filled += r;
                 }

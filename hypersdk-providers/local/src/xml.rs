@@ -18,7 +18,10 @@ pub struct Element {
 impl Element {
     /// The value of attribute `name`.
     pub fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The first child named `name`.
@@ -75,7 +78,9 @@ pub fn parse(text: &str) -> Result<Element, String> {
         match event {
             Event::Start(e) => {
                 if stack.len() >= MAX_DEPTH {
-                    return Err(format!("XML nested deeper than {MAX_DEPTH} levels at byte {pos}"));
+                    return Err(format!(
+                        "XML nested deeper than {MAX_DEPTH} levels at byte {pos}"
+                    ));
                 }
                 stack.push(start(&e)?);
             }
@@ -132,7 +137,10 @@ pub fn parse(text: &str) -> Result<Element, String> {
         }
     }
     if !stack.is_empty() {
-        return Err(format!("document ends inside <{}>", stack[stack.len() - 1].name));
+        return Err(format!(
+            "document ends inside <{}>",
+            stack[stack.len() - 1].name
+        ));
     }
     root.ok_or_else(|| "document has no root element".to_string())
 }

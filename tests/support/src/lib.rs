@@ -65,7 +65,10 @@ pub fn mixed_content(len: usize) -> Vec<u8> {
     let text = b"the quick brown fox jumps over the lazy dog\n";
     for (i, chunk) in v.chunks_mut(256 * 1024).enumerate() {
         match i % 4 {
-            0 => chunk.iter_mut().enumerate().for_each(|(j, b)| *b = text[j % text.len()]),
+            0 => chunk
+                .iter_mut()
+                .enumerate()
+                .for_each(|(j, b)| *b = text[j % text.len()]),
             1 => {
                 for b in chunk.iter_mut() {
                     x ^= x << 13;

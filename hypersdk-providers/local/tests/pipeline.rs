@@ -1,0 +1,187 @@
+//! The export pipeline through the library API: local provider → Exporter →
+//! local directory sink, including cancellation and sources that misbehave.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use hypersdk_core::{
+    DiskStream, Error, ExportOptions, ExportSource, Exporter, PackageFormat, Phase, Provider,
+    Result, VmSpec,
+};
+use hypersdk_local::LocalProvider;
+use hypersdk_sinks::LocalDirSink;
+use hypersdk_testsupport::{
+    assert_image_ok, assert_same_guest_data, mixed_content, path_str, qemu_img,
+};
+
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// A VM with one raw disk of `len` mixed bytes and one qcow2 disk made by qemu-img.
+fn make_vm(dir: &std::path::Path, len: usize) -> std::path::PathBuf {
+    std::fs::write(dir.join("a.raw"), mixed_content(len)).unwrap();
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        path_str(&dir.join("a.raw")),
+        path_str(&dir.join("b.qcow2")),
+    ]);
+    let xml = dir.join("vm.xml");
+    std::fs::write(
+        &xml,
+        "<domain type='kvm'><name>pipe</name><memory unit='GiB'>1</memory><vcpu>1</vcpu><devices>\
+         <disk type='file' device='disk'><driver type='raw'/><source file='a.raw'/><target dev='vda' bus='scsi'/></disk>\
+         <disk type='file' device='disk'><driver type='qcow2'/><source file='b.qcow2'/><target dev='vdb' bus='ide'/></disk>\
+         </devices></domain>",
+    )
+    .unwrap();
+    xml
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn library_export_with_progress_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let len = (24 << 20) + 512 * 3; // not a multiple of the grain size
+    let xml = make_vm(tmp.path(), len);
+    let provider = LocalProvider::new(tmp.path());
+    let out = tmp.path().join("out");
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let report = Exporter::new(ExportOptions::new(PackageFormat::Ovf))
+        .on_progress(Arc::new(move |e| seen.lock().unwrap().push(e.clone())))
+        .export(&provider, xml.to_str().unwrap(), &LocalDirSink::new(&out))
+        .await
+        .unwrap();
+    assert_eq!(report.bytes_read, 2 * len as u64);
+    assert_eq!(report.files.len(), 4);
+    let dir = out.join("pipe");
+    for (i, src, fmt) in [(1, "a.raw", "raw"), (2, "b.qcow2", "qcow2")] {
+        let vmdk = dir.join(format!("pipe-disk{i}.vmdk"));
+        assert_image_ok(&vmdk);
+        assert_same_guest_data(&tmp.path().join(src), Some(fmt), &vmdk, Some("vmdk"));
+    }
+    let events = events.lock().unwrap();
+    let done: Vec<_> = events
+        .iter()
+        .filter(|e| e.phase == Phase::DiskDone)
+        .collect();
+    assert_eq!(done.len(), 2);
+    assert!(done
+        .iter()
+        .all(|e| e.bytes_done == len as u64 && e.bytes_total == len as u64));
+    assert_eq!(events.last().unwrap().phase, Phase::Done);
+    // bytes_done never goes backwards within a disk
+    for d in ["vda", "vdb"] {
+        let v: Vec<u64> = events
+            .iter()
+            .filter(|e| e.disk == d)
+            .map(|e| e.bytes_done)
+            .collect();
+        assert!(v.windows(2).all(|w| w[0] <= w[1]), "{d}: {v:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_stops_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let xml = make_vm(tmp.path(), 32 << 20);
+    let provider = LocalProvider::new(tmp.path());
+    let out = tmp.path().join("out");
+    let exporter = Exporter::new(ExportOptions::new(PackageFormat::Ova));
+    let token = exporter.cancel_token();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let exporter = exporter.on_progress(Arc::new(move |_| {
+        // cancel as soon as the first disk reports progress
+        if c.fetch_add(1, Ordering::SeqCst) == 0 {
+            token.cancel();
+        }
+    }));
+    let err = exporter
+        .export(&provider, xml.to_str().unwrap(), &LocalDirSink::new(&out))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+    assert!(listing(&out).is_empty(), "{:?}", listing(&out));
+}
+
+/// A source whose single disk yields `good` bytes and then an error, or ends short.
+#[derive(Debug)]
+struct Flaky {
+    spec: VmSpec,
+    fail: bool,
+}
+
+#[async_trait]
+impl ExportSource for Flaky {
+    fn spec(&self) -> &VmSpec {
+        &self.spec
+    }
+
+    async fn open_disk(&self, _index: usize, _offset: u64) -> Result<DiskStream> {
+        let mut items: Vec<Result<Bytes>> = vec![Ok(Bytes::from(vec![7u8; 3 << 20]))];
+        if self.fail {
+            items.push(Err(Error::DiskRead {
+                vm: "flaky".into(),
+                disk: "d0".into(),
+                location: "test".into(),
+                source: Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+            }));
+        }
+        Ok(Box::pin(futures_util::stream::iter(items)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_errors_and_short_disks_fail_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    make_vm(tmp.path(), 1 << 20);
+    let mut spec = LocalProvider::new(tmp.path())
+        .vm_spec("pipe")
+        .await
+        .unwrap();
+    spec.disks.truncate(1);
+    spec.disks[0].capacity = 8 << 20;
+    let out = tmp.path().join("out");
+    let sink = LocalDirSink::new(&out);
+    let exporter = Exporter::new(ExportOptions::new(PackageFormat::Ova));
+
+    let err = exporter
+        .export_source(
+            &Flaky {
+                spec: spec.clone(),
+                fail: true,
+            },
+            "test",
+            &sink,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DiskRead { .. }), "{err}");
+    assert!(err.is_retryable(), "a reset connection is worth retrying");
+    assert!(listing(&out).is_empty());
+
+    let err = exporter
+        .export_source(&Flaky { spec, fail: false }, "test", &sink)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::DiskLength { expected, actual, .. } if expected == 8 << 20 && actual == 3 << 20),
+        "{err}"
+    );
+    assert!(listing(&out).is_empty());
+}

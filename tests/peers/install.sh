@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the real peers the test suite talks to, idempotently and without
+# prompting. Today: qemu-img and qemu-io (Debian package qemu-utils).
+set -euo pipefail
+
+need_apt=()
+command -v qemu-img >/dev/null 2>&1 && command -v qemu-io >/dev/null 2>&1 || need_apt+=(qemu-utils)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing test peers: ${need_apt[*]}" >&2
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "need root or sudo to install ${need_apt[*]}" >&2; exit 1; }
+    sudo="sudo -n"
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+qemu-img --version | head -n1 >&2
