@@ -27,7 +27,7 @@ use anyhow::{bail, Context, Result};
 use hypersdk_core::{ExportOptions, Exporter, PackageFormat};
 use hypersdk_local::LocalProvider;
 use hypersdk_sinks::LocalDirSink;
-use hypersdk_testsupport::{mixed_content, path_str, qemu_img, run_tool};
+use hypersdk_testsupport::{assert_same_guest_data, mixed_content, path_str, qemu_img, run_tool};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -131,29 +131,13 @@ fn main() -> Result<()> {
             .context("child peak RSS")?;
         let produced = if format == "ovf" {
             let v = out.join(vm).join(format!("{vm}-disk1.vmdk"));
-            qemu_img(&[
-                "compare",
-                "-f",
-                "raw",
-                "-F",
-                "vmdk",
-                path_str(&raw),
-                path_str(&v),
-            ]);
+            assert_same_guest_data(&raw, Some("raw"), &v, Some("vmdk"));
             size(&v)?
         } else {
             let ova = out.join(format!("{vm}.ova"));
             run_tool("tar", &["-xf", path_str(&ova), "-C", path_str(&out)]);
             let v = out.join(format!("{vm}-disk1.vmdk"));
-            qemu_img(&[
-                "compare",
-                "-f",
-                "raw",
-                "-F",
-                "vmdk",
-                path_str(&raw),
-                path_str(&v),
-            ]);
+            assert_same_guest_data(&raw, Some("raw"), &v, Some("vmdk"));
             size(&ova)?
         };
         rows.push((label.to_string(), secs, produced, Some(hwm_kib)));

@@ -247,7 +247,7 @@ fn exports_example_vm_to_a_verified_ova() {
 fn exports_example_vm_to_an_ovf_directory_by_name() {
     let out = tempfile::tempdir().unwrap();
     let vms_dir = workspace_root().join("examples/vms");
-    let stdout = ok(&[
+    let args = [
         "export",
         "demo-vm",
         "--dir",
@@ -256,7 +256,8 @@ fn exports_example_vm_to_an_ovf_directory_by_name() {
         "ovf",
         "--output",
         path_str(out.path()),
-    ]);
+    ];
+    let stdout = ok(&args);
     assert!(stdout.contains("SHA256(demo-vm.ovf)= "), "{stdout}");
     assert_eq!(listing(out.path()), vec!["demo-vm"]);
     let dir = out.path().join("demo-vm");
@@ -270,28 +271,9 @@ fn exports_example_vm_to_an_ovf_directory_by_name() {
     check_ovf_declares_example_vm(&dir.join("demo-vm.ovf"));
 
     // A second export of the same name is refused, then allowed with --overwrite.
-    let line = fails(&[
-        "export",
-        "demo-vm",
-        "--dir",
-        path_str(&vms_dir),
-        "--format",
-        "ovf",
-        "--output",
-        path_str(out.path()),
-    ]);
+    let line = fails(&args);
     assert!(line.contains("already exists"), "{line}");
-    ok(&[
-        "export",
-        "demo-vm",
-        "--dir",
-        path_str(&vms_dir),
-        "--format",
-        "ovf",
-        "--output",
-        path_str(out.path()),
-        "--overwrite",
-    ]);
+    ok(&[&args[..], &["--overwrite"]].concat());
     assert_eq!(listing(out.path()), vec!["demo-vm"]);
 }
 
