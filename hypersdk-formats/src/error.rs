@@ -37,6 +37,9 @@ pub enum Error {
         /// What was found and what was expected.
         what: String,
     },
+    /// A VMDK uses a feature this reader does not support.
+    #[error("unsupported VMDK: {0}")]
+    VmdkUnsupported(String),
     /// A value given to a writer is out of the range its format can express.
     #[error("invalid input for {format}: {what}")]
     InvalidInput {

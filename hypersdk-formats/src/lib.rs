@@ -10,8 +10,11 @@
 //! | [`ovf`] | OVF 1.x envelope writer |
 //! | [`ova`] | ustar layout of an OVA, in spec order |
 //! | [`manifest`] | `.mf` manifests (`SHA256(name)= hex`) |
-//! | [`vmdk`] | streamOptimized VMDK writer (VMware layout) |
+//! | [`vmdk`] | streamOptimized VMDK writer (VMware layout), sparse extent reader (both stream layouts, monolithicSparse) |
 //! | [`qcow2`] | qcow2 v2/v3 reader |
+//! | [`raw`] | raw images (reader; writer leaving holes) |
+//! | [`image`] | the [`DiskImage`] trait, format detection, [`open_image`] |
+//! | [`convert`] | any readable image to VMDK or raw, skipping zero regions |
 //!
 //! # Example: a streamOptimized VMDK of a small disk
 //!
@@ -30,11 +33,15 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod convert;
 pub mod error;
+pub mod image;
 pub mod manifest;
 pub mod ova;
 pub mod ovf;
 pub mod qcow2;
+pub mod raw;
 pub mod vmdk;
 
 pub use error::{Error, Result};
+pub use image::{detect_format, open_image, DiskImage, ImageFormat, Region};

@@ -145,3 +145,131 @@ fn qcow2_with_backing_file_is_refused_clearly() {
     let err = Qcow2Reader::open(fs::File::open(&top).unwrap()).unwrap_err();
     assert!(err.to_string().contains("backing file"), "{err}");
 }
+
+#[test]
+fn vmdk_reader_reads_qemu_img_layouts() {
+    use hypersdk_formats::DiskImage;
+    let dir = tempfile::tempdir().unwrap();
+    let len = (36 << 20) + 4096;
+    let data = mixed_content(len);
+    let raw = dir.path().join("src.raw");
+    fs::write(&raw, &data).unwrap();
+    for sub in ["streamOptimized", "monolithicSparse"] {
+        let vmdk = dir.path().join(format!("{sub}.vmdk"));
+        qemu(
+            "qemu-img",
+            &[
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                "vmdk",
+                "-o",
+                &format!("subformat={sub}"),
+                p(&raw),
+                p(&vmdk),
+            ],
+        );
+        let mut r =
+            hypersdk_formats::vmdk::SparseExtentReader::open(fs::File::open(&vmdk).unwrap())
+                .unwrap();
+        // qemu-img rounds the capacity up to whole sectors
+        assert_eq!(r.virtual_size(), len as u64, "{sub}");
+        let mut got = vec![0u8; len];
+        r.read_at(0, &mut got).unwrap();
+        assert!(got == data, "{sub} decoded differently from the raw source");
+    }
+}
+
+#[test]
+fn convert_between_formats_matches_qemu_img() {
+    use hypersdk_formats::convert::{convert, TargetFormat};
+    let dir = tempfile::tempdir().unwrap();
+    let len = 20 << 20;
+    let raw = dir.path().join("src.raw");
+    fs::write(&raw, mixed_content(len)).unwrap();
+    let qcow2 = dir.path().join("src.qcow2");
+    qemu("qemu-img", &["create", "-f", "qcow2", p(&qcow2), "3G"]);
+    // data at the start, in the middle and at the end of a mostly empty 3 GiB disk
+    qemu(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x11 0 2M",
+            "-c",
+            "write -P 0x22 1G 1M",
+            "-c",
+            "write -P 0x33 3071M 1M",
+            p(&qcow2),
+        ],
+    );
+
+    // qcow2 -> VMDK: only the 4 MiB of data is read
+    let vmdk = dir.path().join("out.vmdk");
+    let mut src = hypersdk_formats::open_image(&qcow2).unwrap();
+    let stats = convert(
+        src.as_mut(),
+        TargetFormat::VmdkStreamOptimized,
+        fs::File::create(&vmdk).unwrap(),
+        &Default::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(stats.data_read, 4 << 20);
+    assert_eq!(stats.zero_skipped, (3 << 30) - (4 << 20));
+    qemu("qemu-img", &["check", p(&vmdk)]);
+    qemu(
+        "qemu-img",
+        &["compare", "-f", "qcow2", "-F", "vmdk", p(&qcow2), p(&vmdk)],
+    );
+
+    // VMDK (ours) -> raw, sparse
+    let back = dir.path().join("back.raw");
+    let mut src = hypersdk_formats::open_image(&vmdk).unwrap();
+    let stats = convert(
+        src.as_mut(),
+        TargetFormat::Raw,
+        fs::File::create(&back).unwrap(),
+        &Default::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(stats.output_size, 3 << 30);
+    qemu(
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "qcow2", p(&back), p(&qcow2)],
+    );
+    {
+        use std::os::unix::fs::MetadataExt;
+        let allocated = fs::metadata(&back).unwrap().blocks() * 512;
+        assert!(
+            allocated < 64 << 20,
+            "raw output is sparse, {allocated} bytes allocated"
+        );
+    }
+
+    // raw (odd size) -> VMDK pads to a whole sector
+    let odd = dir.path().join("odd.raw");
+    fs::write(&odd, &mixed_content(len)[..len - 100]).unwrap();
+    let vmdk2 = dir.path().join("odd.vmdk");
+    let mut src = hypersdk_formats::open_image(&odd).unwrap();
+    convert(
+        src.as_mut(),
+        TargetFormat::VmdkStreamOptimized,
+        fs::File::create(&vmdk2).unwrap(),
+        &Default::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    qemu("qemu-img", &["check", p(&vmdk2)]);
+    let raw_src = dir.path().join("odd-expected.raw");
+    let mut padded = mixed_content(len);
+    padded[len - 100..].fill(0);
+    fs::write(&raw_src, padded).unwrap();
+    qemu(
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "vmdk", p(&raw_src), p(&vmdk2)],
+    );
+}

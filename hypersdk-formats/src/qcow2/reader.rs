@@ -6,6 +6,7 @@ use flate2::{Decompress, FlushDecompress, Status};
 
 use super::QCOW2_MAGIC;
 use crate::error::{Error, Result};
+use crate::image::{DiskImage, Region};
 
 /// Offset bits of L1 and standard L2 entries.
 const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
@@ -431,6 +432,45 @@ impl<R: Read + Seek> Qcow2Reader<R> {
             Some((_, data)) => Ok(data),
             None => Err(corrupt(host, "compressed cluster cache is empty")),
         }
+    }
+}
+
+impl<R: Read + Seek + Send + std::fmt::Debug> DiskImage for Qcow2Reader<R> {
+    fn format_name(&self) -> &'static str {
+        "qcow2"
+    }
+
+    fn virtual_size(&self) -> u64 {
+        self.header.size
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        Qcow2Reader::read_at(self, offset, buf)
+    }
+
+    fn region(&mut self, offset: u64) -> Result<Region> {
+        let size = self.header.size;
+        if offset >= size {
+            return Err(Error::InvalidInput {
+                format: "qcow2",
+                what: format!("offset {offset:#x} is past the virtual size {size}"),
+            });
+        }
+        let zero = self.mapping(offset)? == ClusterMapping::Zero;
+        let mut end = (offset / self.cluster_size + 1) * self.cluster_size;
+        // Merge neighbouring clusters of the same kind, up to 64 MiB.
+        while end < size && end - offset < (64 << 20) {
+            if (self.mapping(end)? == ClusterMapping::Zero) != zero {
+                break;
+            }
+            end += self.cluster_size;
+        }
+        let len = end.min(size) - offset;
+        Ok(if zero {
+            Region::Zero(len)
+        } else {
+            Region::Data(len)
+        })
     }
 }
 

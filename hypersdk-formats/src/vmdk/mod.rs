@@ -1,5 +1,9 @@
 //! VMDK: VMware virtual disks.
 //!
+//! [`SparseExtentReader`] reads hosted sparse extents: streamOptimized in both
+//! layouts (VMware's, with the grain directory found through the footer, and
+//! qemu-img's, with it in the header) and monolithicSparse.
+//!
 //! This module writes the *streamOptimized* sparse extent, the disk format of
 //! OVF/OVA packages, in the layout VMware's own tools write (VMware Virtual
 //! Disk Format 5.0, "Stream-Optimized Compressed Sparse Extents"):
@@ -22,7 +26,10 @@
 //! regions cost nothing. Only the grain directory (4 bytes per 32 MiB of disk)
 //! is held in memory, so memory does not grow with the data written.
 
+mod reader;
 mod writer;
+
+pub use reader::{SparseExtentReader, SparseHeader};
 
 pub use writer::{StreamOptimizedWriter, VmdkWriterOptions, VmdkWriterStats, MAX_CAPACITY};
 

@@ -162,6 +162,34 @@ impl<W: Write> StreamOptimizedWriter<W> {
         Ok(())
     }
 
+    /// Feeds `len` zero bytes without touching them: whole zero grains are
+    /// skipped outright, so sparse regions cost nothing.
+    pub fn write_zeroes(&mut self, mut len: u64) -> Result<()> {
+        if self.received + len > self.capacity {
+            return Err(Error::LengthMismatch {
+                format: "VMDK",
+                expected: self.capacity,
+                actual: self.received + len,
+            });
+        }
+        if !self.grain.is_empty() {
+            let n = ((GRAIN_SIZE - self.grain.len()) as u64).min(len);
+            self.grain.resize(self.grain.len() + n as usize, 0);
+            self.received += n;
+            len -= n;
+            if self.grain.len() == GRAIN_SIZE {
+                self.flush_grain()?;
+            }
+        }
+        // The grain buffer is empty here unless `len` is already used up.
+        let whole = len / GRAIN_SIZE as u64 * GRAIN_SIZE as u64;
+        self.received += whole;
+        let rest = (len - whole) as usize;
+        self.grain.resize(self.grain.len() + rest, 0);
+        self.received += rest as u64;
+        Ok(())
+    }
+
     /// Guest bytes fed so far.
     pub fn received(&self) -> u64 {
         self.received
@@ -375,6 +403,22 @@ mod tests {
             u64::from_le_bytes(out[g..g + 8].try_into().unwrap()),
             GRAIN_SECTORS
         );
+    }
+
+    #[test]
+    fn zero_runs_match_written_zeros() {
+        let cap = 70u64 << 20;
+        let mut data = vec![0u8; cap as usize];
+        data[100] = 1;
+        data[(50 << 20) + 7] = 2;
+        let mut a = StreamOptimizedWriter::new(Vec::new(), cap, &Default::default()).unwrap();
+        a.write(&data).unwrap();
+        let mut b = StreamOptimizedWriter::new(Vec::new(), cap, &Default::default()).unwrap();
+        b.write(&data[..1000]).unwrap();
+        b.write_zeroes((50 << 20) - 1000).unwrap();
+        b.write(&data[50 << 20..(50 << 20) + 4096]).unwrap();
+        b.write_zeroes(cap - (50 << 20) - 4096).unwrap();
+        assert_eq!(a.finish().unwrap().0, b.finish().unwrap().0);
     }
 
     #[test]

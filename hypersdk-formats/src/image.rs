@@ -1,0 +1,86 @@
+//! Disk images as guest-visible byte ranges, whatever their container format.
+//!
+//! A [`DiskImage`] reads guest bytes at any offset and says, for any offset,
+//! how far the surrounding region is known to read as zeros without reading
+//! it, so conversions skip unallocated space instead of inflating it.
+
+use crate::error::Result;
+
+/// What a region of a disk image holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Region {
+    /// Stored data (which may still happen to be zeros): `len` bytes from the offset.
+    Data(u64),
+    /// Reads as zeros without touching the file: `len` bytes from the offset.
+    Zero(u64),
+}
+
+/// Random-access reading of a disk image's guest-visible contents.
+pub trait DiskImage: std::fmt::Debug + Send {
+    /// The container format's name, e.g. "qcow2".
+    fn format_name(&self) -> &'static str;
+
+    /// Guest-visible size in bytes.
+    fn virtual_size(&self) -> u64;
+
+    /// Fills `buf` with guest bytes from `offset`; reading past the virtual size fails.
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()>;
+
+    /// The region starting at `offset` (< virtual size): its kind and length,
+    /// which never crosses the virtual size and is at least 1.
+    fn region(&mut self, offset: u64) -> Result<Region>;
+}
+
+/// The container format of a disk image file, from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ImageFormat {
+    /// qcow2 (`QFI\xfb`).
+    Qcow2,
+    /// A hosted sparse VMDK extent (`KDMV`): streamOptimized or monolithicSparse.
+    VmdkSparse,
+    /// A VMDK text descriptor (`# Disk DescriptorFile`), whose data is in other files.
+    VmdkDescriptor,
+    /// Anything else is read as raw.
+    Raw,
+}
+
+/// Detects the format of `head`, the first bytes of a file (at least 21 to
+/// recognise a VMDK descriptor).
+pub fn detect_format(head: &[u8]) -> ImageFormat {
+    if head.starts_with(b"QFI\xfb") {
+        ImageFormat::Qcow2
+    } else if head.starts_with(b"KDMV") {
+        ImageFormat::VmdkSparse
+    } else if head.starts_with(b"# Disk DescriptorFile") {
+        ImageFormat::VmdkDescriptor
+    } else {
+        ImageFormat::Raw
+    }
+}
+
+/// Opens the disk image at `path`, detecting its format.
+pub fn open_image(path: &std::path::Path) -> Result<Box<dyn DiskImage>> {
+    use std::io::Read;
+    let ctx = |e| crate::Error::io(format!("opening {}", path.display()), e);
+    let mut file = std::fs::File::open(path).map_err(ctx)?;
+    let mut head = [0u8; 32];
+    let mut n = 0;
+    while n < head.len() {
+        match file.read(&mut head[n..]).map_err(ctx)? {
+            0 => break,
+            r => n += r,
+        }
+    }
+    Ok(match detect_format(&head[..n]) {
+        ImageFormat::Qcow2 => Box::new(crate::qcow2::Qcow2Reader::open(file)?),
+        ImageFormat::VmdkSparse => Box::new(crate::vmdk::SparseExtentReader::open(file)?),
+        ImageFormat::VmdkDescriptor => {
+            return Err(crate::Error::VmdkUnsupported(format!(
+                "{} is a VMDK descriptor; multi-file VMDKs (monolithicFlat, twoGbMaxExtent*) are not readable yet",
+                path.display()
+            )))
+        }
+        ImageFormat::Raw => Box::new(crate::raw::RawImage::open(file)?),
+    })
+}

@@ -1,0 +1,124 @@
+//! Raw disk images: the guest bytes as they are.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+
+use crate::error::{Error, Result};
+use crate::image::{DiskImage, Region};
+
+/// A raw image over any `Read + Seek`; the virtual size is the file size.
+#[derive(Debug)]
+pub struct RawImage<R> {
+    file: R,
+    size: u64,
+}
+
+impl<R: Read + Seek> RawImage<R> {
+    /// Opens a raw image.
+    pub fn open(mut file: R) -> Result<Self> {
+        let size = file
+            .seek(SeekFrom::End(0))
+            .map_err(|e| Error::io("finding the raw image size", e))?;
+        Ok(RawImage { file, size })
+    }
+}
+
+impl<R: Read + Seek + Send + std::fmt::Debug> DiskImage for RawImage<R> {
+    fn format_name(&self) -> &'static str {
+        "raw"
+    }
+
+    fn virtual_size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|e| e > self.size)
+        {
+            return Err(Error::InvalidInput {
+                format: "raw",
+                what: format!(
+                    "read of {} bytes at {offset:#x} exceeds the size {}",
+                    buf.len(),
+                    self.size
+                ),
+            });
+        }
+        self.file
+            .seek(SeekFrom::Start(offset))
+            .and_then(|_| self.file.read_exact(buf))
+            .map_err(|e| Error::io(format!("reading raw image at offset {offset:#x}"), e))
+    }
+
+    fn region(&mut self, offset: u64) -> Result<Region> {
+        Ok(Region::Data(self.size.saturating_sub(offset).max(1)))
+    }
+}
+
+/// Writes a raw image, leaving zero runs as holes (the file is extended by
+/// seeking, so a sparse-capable file system stores nothing for them).
+#[derive(Debug)]
+pub struct RawWriter<W> {
+    out: W,
+    pos: u64,
+    capacity: u64,
+}
+
+impl<W: Write + Seek> RawWriter<W> {
+    /// A writer of a `capacity`-byte raw image.
+    pub fn new(out: W, capacity: u64) -> Self {
+        RawWriter {
+            out,
+            pos: 0,
+            capacity,
+        }
+    }
+
+    /// Appends guest bytes.
+    pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.check(data.len() as u64)?;
+        self.out
+            .write_all(data)
+            .map_err(|e| Error::io(format!("writing raw image at offset {:#x}", self.pos), e))?;
+        self.pos += data.len() as u64;
+        Ok(())
+    }
+
+    /// Appends `len` zero bytes as a hole.
+    pub fn write_zeroes(&mut self, len: u64) -> Result<()> {
+        self.check(len)?;
+        self.pos += len;
+        self.out
+            .seek(SeekFrom::Start(self.pos))
+            .map_err(|e| Error::io(format!("seeking raw image to {:#x}", self.pos), e))?;
+        Ok(())
+    }
+
+    fn check(&self, len: u64) -> Result<()> {
+        if self.pos + len > self.capacity {
+            return Err(Error::LengthMismatch {
+                format: "raw",
+                expected: self.capacity,
+                actual: self.pos + len,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the length and returns the output; the caller sets the final file
+    /// length (a trailing hole needs `File::set_len`).
+    pub fn finish(mut self) -> Result<W> {
+        if self.pos != self.capacity {
+            return Err(Error::LengthMismatch {
+                format: "raw",
+                expected: self.capacity,
+                actual: self.pos,
+            });
+        }
+        self.out
+            .flush()
+            .map_err(|e| Error::io("flushing raw image", e))?;
+        Ok(self.out)
+    }
+}
