@@ -172,9 +172,10 @@ pub fn parse_domain(text: &str, xml_path: &Path) -> Result<Domain, LocalError> {
             {
                 "qcow2" => DiskFormat::Qcow2,
                 "raw" => DiskFormat::Raw,
+                "vmdk" => DiskFormat::Vmdk,
                 other => {
                     return Err(bad(format!(
-                        "disk {dev} has driver type '{other}'; qcow2 and raw are supported"
+                        "disk {dev} has driver type '{other}'; qcow2, raw and vmdk are supported"
                     )))
                 }
             };

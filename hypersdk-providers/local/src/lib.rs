@@ -1,9 +1,10 @@
 //! The `local` provider: KVM/libvirt VMs on this machine, described by libvirt
 //! domain XML files (as `virsh dumpxml` writes them, or as libvirt keeps them in
-//! `/etc/libvirt/qemu/`), whose disks are qcow2 or raw files. No libvirt
+//! `/etc/libvirt/qemu/`), whose disks are qcow2, raw or sparse VMDK (streamOptimized,
+//! monolithicSparse) files. No libvirt
 //! daemon is needed: the provider reads the XML for the [`VmSpec`] and streams
-//! each disk's guest-visible bytes, decoding qcow2 (unallocated and zero
-//! clusters become zeros without being read).
+//! each disk's guest-visible bytes, decoding qcow2 and sparse VMDK
+//! (unallocated and zero clusters become zeros without being read).
 //!
 //! A VM is named either by the path of its XML file or by its name or UUID
 //! among the `*.xml` files of the provider's directory.
@@ -42,7 +43,6 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use hypersdk_core::{DiskFormat, Error, ExportSource, Provider, Result, VmInfo, VmSpec};
-use hypersdk_formats::qcow2::Qcow2Reader;
 
 pub use domain::{parse_domain, Domain};
 pub use source::LocalSource;
@@ -197,22 +197,7 @@ fn disk_capacity(
     path: &Path,
     format: DiskFormat,
 ) -> std::result::Result<u64, hypersdk_core::BoxError> {
-    let mut file = std::fs::File::open(path)?;
-    let meta = file.metadata()?;
-    let kind = meta.file_type();
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if !(kind.is_file() || kind.is_block_device()) {
-            return Err("not a regular file or block device".into());
-        }
-    }
-    match format {
-        DiskFormat::Qcow2 => Ok(Qcow2Reader::open(file)?.virtual_size()),
-        _ => {
-            use std::io::Seek;
-            Ok(file.seek(std::io::SeekFrom::End(0))?)
-        }
-    }
+    Ok(source::open_disk_image(path, format)?.virtual_size())
 }
 
 #[async_trait]

@@ -1,7 +1,7 @@
 //! Streaming the disks of a local VM.
 
-use std::io::{Read, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -9,6 +9,9 @@ use tokio::sync::mpsc;
 
 use hypersdk_core::{BoxError, DiskFormat, DiskStream, Error, ExportSource, Result, VmSpec};
 use hypersdk_formats::qcow2::Qcow2Reader;
+use hypersdk_formats::raw::RawImage;
+use hypersdk_formats::vmdk::SparseExtentReader;
+use hypersdk_formats::{DiskImage, Region};
 
 /// Chunk size of disk streams.
 const CHUNK: usize = 1 << 20;
@@ -72,59 +75,61 @@ impl ExportSource for LocalSource {
     }
 }
 
-/// Reads `[offset, capacity)` of the image in chunks into `tx`. Returns early,
-/// without error, if the receiver goes away.
+/// A shared buffer of zeros handed out for unallocated regions without copying.
+static ZEROS: [u8; CHUNK] = [0; CHUNK];
+
+/// Opens the image of a disk in its declared format.
+pub(crate) fn open_disk_image(
+    path: &Path,
+    format: DiskFormat,
+) -> std::result::Result<Box<dyn DiskImage>, BoxError> {
+    let file = std::fs::File::open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !(kind.is_file() || kind.is_block_device()) {
+        return Err("not a regular file or block device".into());
+    }
+    Ok(match format {
+        DiskFormat::Qcow2 => Box::new(Qcow2Reader::open(file)?),
+        DiskFormat::Vmdk => Box::new(SparseExtentReader::open(file)?),
+        _ => Box::new(RawImage::open(file)?),
+    })
+}
+
+/// Reads `[offset, capacity)` of the image in chunks into `tx`; zero regions
+/// are sent from a shared zero buffer without reading. Returns early, without
+/// error, if the receiver goes away.
 fn pump(
-    path: &PathBuf,
+    path: &Path,
     format: DiskFormat,
     capacity: u64,
     offset: u64,
     tx: &mpsc::Sender<Result<Bytes>>,
 ) -> std::result::Result<(), BoxError> {
-    let mut file = std::fs::File::open(path)?;
+    let mut image = open_disk_image(path, format)?;
+    if image.virtual_size() != capacity {
+        return Err(format!(
+            "image changed: its size is now {}, was {capacity}",
+            image.virtual_size()
+        )
+        .into());
+    }
     let mut pos = offset;
-    match format {
-        DiskFormat::Qcow2 => {
-            let mut reader = Qcow2Reader::open(file)?;
-            if reader.virtual_size() != capacity {
-                return Err(format!(
-                    "image changed: virtual size is now {}, was {capacity}",
-                    reader.virtual_size()
-                )
-                .into());
+    while pos < capacity {
+        let chunk = match image.region(pos)? {
+            Region::Zero(len) => {
+                let n = len.min(capacity - pos).min(CHUNK as u64) as usize;
+                Bytes::from_static(&ZEROS[..n])
             }
-            while pos < capacity {
-                let n = (capacity - pos).min(CHUNK as u64) as usize;
+            Region::Data(len) => {
+                let n = len.min(capacity - pos).min(CHUNK as u64) as usize;
                 let mut buf = BytesMut::zeroed(n);
-                reader.read_at(pos, &mut buf)?;
-                pos += n as u64;
-                if tx.blocking_send(Ok(buf.freeze())).is_err() {
-                    return Ok(());
-                }
+                image.read_at(pos, &mut buf)?;
+                buf.freeze()
             }
-        }
-        _ => {
-            file.seek(SeekFrom::Start(offset))?;
-            while pos < capacity {
-                let n = (capacity - pos).min(CHUNK as u64) as usize;
-                let mut buf = BytesMut::zeroed(n);
-                let mut filled = 0;
-                while filled < n {
-                    let r = file.read(&mut buf[filled..])?;
-                    if r == 0 {
-                        return Err(format!(
-                            "file ended at byte {}, expected {capacity}",
-                            pos + filled as u64
-                        )
-                        .into());
-                    }
-                    filled += r;
-                }
-                pos += n as u64;
-                if tx.blocking_send(Ok(buf.freeze())).is_err() {
-                    return Ok(());
-                }
-            }
+        };
+        pos += chunk.len() as u64;
+        if tx.blocking_send(Ok(chunk)).is_err() {
+            return Ok(());
         }
     }
     Ok(())

@@ -185,3 +185,40 @@ async fn source_errors_and_short_disks_fail_cleanly() {
     );
     assert!(listing(&out).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vmdk_backed_disks_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("src.raw");
+    std::fs::write(&raw, mixed_content(9 << 20)).unwrap();
+    let vmdk = tmp.path().join("disk.vmdk");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=monolithicSparse",
+        path_str(&raw),
+        path_str(&vmdk),
+    ]);
+    std::fs::write(
+        tmp.path().join("v.xml"),
+        "<domain><name>v</name><memory>1048576</memory><devices><disk type='file' device='disk'>\
+         <driver type='vmdk'/><source file='disk.vmdk'/><target dev='sda' bus='sata'/></disk></devices></domain>",
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    Exporter::new(ExportOptions::new(PackageFormat::Ovf))
+        .export(
+            &LocalProvider::new(tmp.path()),
+            "v",
+            &LocalDirSink::new(&out),
+        )
+        .await
+        .unwrap();
+    let exported = out.join("v/v-disk1.vmdk");
+    assert_image_ok(&exported);
+    assert_same_guest_data(&raw, Some("raw"), &exported, Some("vmdk"));
+}
