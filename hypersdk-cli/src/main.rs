@@ -1,5 +1,6 @@
 //! `hyperctl`: the command-line shell over the hypersdk library.
 
+mod image;
 mod progress;
 
 use std::io::IsTerminal;
@@ -40,6 +41,10 @@ enum Command {
     },
     /// Export a VM to an OVA file or an OVF directory.
     Export(ExportArgs),
+    /// Convert a disk image (qcow2, VMDK, raw) to another format.
+    Convert(image::ConvertArgs),
+    /// Show a disk image's format, virtual size and allocated bytes.
+    Inspect(image::InspectArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -190,6 +195,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Vms { command } => vms(command).await,
         Command::Export(args) => export(args).await,
+        Command::Convert(args) => image::convert(args).await,
+        Command::Inspect(args) => image::inspect(args).await,
     }
 }
 
@@ -294,7 +301,7 @@ fn print_spec(s: &VmSpec) {
 }
 
 /// Bytes in binary units with one decimal.
-fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut v = n as f64;
     let mut u = 0;

@@ -1,0 +1,227 @@
+//! `hyperctl convert` and `hyperctl inspect`: disk images on their own.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use hypersdk_formats::convert::{convert as convert_image, TargetFormat};
+use hypersdk_formats::vmdk::VmdkWriterOptions;
+use hypersdk_formats::{open_image, Region};
+
+use crate::human_bytes;
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum To {
+    /// streamOptimized VMDK (what OVF/OVA packages carry).
+    Vmdk,
+    /// Raw, sparse where the source is unallocated.
+    Raw,
+}
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// Source image (format detected: qcow2, VMDK sparse/streamOptimized, raw).
+    input: PathBuf,
+    /// Output file; written under a temporary name and renamed when complete.
+    output: PathBuf,
+    /// Target format.
+    #[arg(long, value_enum)]
+    to: To,
+    /// Replace an existing output file.
+    #[arg(long)]
+    overwrite: bool,
+    /// zlib level of VMDK grains, 0-9.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9))]
+    compression_level: u32,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Disk image to describe.
+    file: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct ConvertReport {
+    input: String,
+    input_format: &'static str,
+    output: String,
+    virtual_size: u64,
+    data_read: u64,
+    zero_skipped: u64,
+    output_size: u64,
+    duration_secs: f64,
+}
+
+pub async fn convert(args: ConvertArgs) -> anyhow::Result<()> {
+    if args.output.exists() && !args.overwrite {
+        bail!(
+            "{} already exists (pass --overwrite to replace it)",
+            args.output.display()
+        );
+    }
+    let Some(name) = args
+        .output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+    else {
+        bail!("output path {} has no file name", args.output.display());
+    };
+    let partial = args
+        .output
+        .with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    let input = args.input.clone();
+    let output = args.output.clone();
+    let to = match args.to {
+        To::Vmdk => TargetFormat::VmdkStreamOptimized,
+        To::Raw => TargetFormat::Raw,
+    };
+    let vmdk = VmdkWriterOptions {
+        compression_level: args.compression_level,
+        extent_name: name.clone(),
+        ..Default::default()
+    };
+    let terminal = std::io::stderr().is_terminal();
+    let partial_in_task = partial.clone();
+    let started = std::time::Instant::now();
+    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<ConvertReport> {
+        let mut src =
+            open_image(&input).with_context(|| format!("cannot read {}", input.display()))?;
+        let input_format = src.format_name();
+        let out = std::fs::File::create(&partial_in_task)
+            .with_context(|| format!("cannot create {}", partial_in_task.display()))?;
+        let bar = terminal.then(|| {
+            let b = ProgressBar::new(src.virtual_size());
+            if let Ok(style) = ProgressStyle::with_template(
+                "[{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            ) {
+                b.set_style(style.progress_chars("=> "));
+            }
+            b
+        });
+        let stats = convert_image(src.as_mut(), to, out, &vmdk, &mut |done, _| {
+            if let Some(b) = &bar {
+                b.set_position(done);
+            }
+        })
+        .with_context(|| format!("cannot convert {} to {}", input.display(), output.display()))?;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        Ok(ConvertReport {
+            input: input.display().to_string(),
+            input_format,
+            output: output.display().to_string(),
+            virtual_size: stats.virtual_size,
+            data_read: stats.data_read,
+            zero_skipped: stats.zero_skipped,
+            output_size: stats.output_size,
+            duration_secs: 0.0,
+        })
+    })
+    .await
+    .context("conversion task failed")
+    .and_then(|r| r);
+    let mut report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    if let Err(e) = std::fs::rename(&partial, &args.output) {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e).with_context(|| format!("cannot publish {}", args.output.display()));
+    }
+    report.duration_secs = started.elapsed().as_secs_f64();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "converted {} ({}, {}) to {} ({}) in {:.2} s: read {} of data, skipped {} of zeros",
+            report.input,
+            report.input_format,
+            human_bytes(report.virtual_size),
+            report.output,
+            human_bytes(report.output_size),
+            report.duration_secs,
+            human_bytes(report.data_read),
+            human_bytes(report.zero_skipped)
+        );
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct InspectReport {
+    file: String,
+    format: &'static str,
+    virtual_size: u64,
+    /// Guest bytes in allocated (stored) regions.
+    allocated: u64,
+    file_size: u64,
+}
+
+pub async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
+    let file = args.file.clone();
+    let report = tokio::task::spawn_blocking(move || -> anyhow::Result<InspectReport> {
+        let mut img =
+            open_image(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        let size = img.virtual_size();
+        let mut allocated = 0;
+        let mut pos = 0;
+        while pos < size {
+            match img
+                .region(pos)
+                .with_context(|| format!("cannot read {}", file.display()))?
+            {
+                Region::Data(n) => {
+                    allocated += n;
+                    pos += n;
+                }
+                Region::Zero(n) => pos += n,
+            }
+        }
+        Ok(InspectReport {
+            file: file.display().to_string(),
+            format: img.format_name(),
+            virtual_size: size,
+            allocated,
+            file_size: std::fs::metadata(&file)?.len(),
+        })
+    })
+    .await
+    .context("inspect task failed")??;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("file:          {}", report.file);
+        println!("format:        {}", report.format);
+        println!(
+            "virtual size:  {} ({} bytes)",
+            human_bytes(report.virtual_size),
+            report.virtual_size
+        );
+        println!(
+            "allocated:     {} ({} bytes)",
+            human_bytes(report.allocated),
+            report.allocated
+        );
+        println!(
+            "file size:     {} ({} bytes)",
+            human_bytes(report.file_size),
+            report.file_size
+        );
+    }
+    Ok(())
+}
