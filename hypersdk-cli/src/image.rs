@@ -18,6 +18,8 @@ use crate::human_bytes;
 pub enum To {
     /// streamOptimized VMDK (what OVF/OVA packages carry).
     Vmdk,
+    /// qcow2 v3, sparse (the KVM target); see --compressed.
+    Qcow2,
     /// Raw, sparse where the source is unallocated.
     Raw,
 }
@@ -34,6 +36,9 @@ pub struct ConvertArgs {
     /// Replace an existing output file.
     #[arg(long)]
     overwrite: bool,
+    /// qcow2: store clusters deflate-compressed (like qemu-img convert -c).
+    #[arg(long)]
+    compressed: bool,
     /// zlib level of VMDK grains, 0-9.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9))]
     compression_level: u32,
@@ -85,6 +90,8 @@ pub async fn convert(args: ConvertArgs) -> anyhow::Result<()> {
     let to = match args.to {
         To::Vmdk => TargetFormat::VmdkStreamOptimized,
         To::Raw => TargetFormat::Raw,
+        To::Qcow2 if args.compressed => TargetFormat::Qcow2Compressed,
+        To::Qcow2 => TargetFormat::Qcow2,
     };
     let vmdk = VmdkWriterOptions {
         compression_level: args.compression_level,

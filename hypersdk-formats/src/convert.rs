@@ -10,6 +10,7 @@ use std::io::{BufWriter, Write};
 
 use crate::error::{Error, Result};
 use crate::image::{DiskImage, Region};
+use crate::qcow2::{Qcow2Writer, Qcow2WriterOptions};
 use crate::raw::RawWriter;
 use crate::vmdk::{StreamOptimizedWriter, VmdkWriterOptions};
 
@@ -24,6 +25,10 @@ pub enum TargetFormat {
     VmdkStreamOptimized,
     /// Raw, with zero runs left as holes.
     Raw,
+    /// qcow2 v3, sparse.
+    Qcow2,
+    /// qcow2 v3 with deflate-compressed clusters.
+    Qcow2Compressed,
 }
 
 /// What a conversion did.
@@ -46,6 +51,15 @@ trait Target {
 }
 
 impl<W: Write> Target for StreamOptimizedWriter<W> {
+    fn data(&mut self, buf: &[u8]) -> Result<()> {
+        self.write(buf)
+    }
+    fn zeroes(&mut self, len: u64) -> Result<()> {
+        self.write_zeroes(len)
+    }
+}
+
+impl<W: Write + std::io::Seek> Target for Qcow2Writer<W> {
     fn data(&mut self, buf: &[u8]) -> Result<()> {
         self.write(buf)
     }
@@ -119,6 +133,23 @@ pub fn convert(
             let file = buf
                 .into_inner()
                 .map_err(|e| Error::io("flushing the VMDK", e.into_error()))?;
+            (stats, file)
+        }
+        TargetFormat::Qcow2 | TargetFormat::Qcow2Compressed => {
+            let cap = size.next_multiple_of(512).max(512);
+            let opts = Qcow2WriterOptions {
+                compress: to == TargetFormat::Qcow2Compressed,
+                ..Default::default()
+            };
+            let mut w = Qcow2Writer::new(BufWriter::with_capacity(1 << 20, out), cap, &opts)?;
+            let stats = pump(src, &mut w, progress)?;
+            w.write_zeroes(cap - size)?;
+            let (buf, file_size) = w.finish()?;
+            let file = buf
+                .into_inner()
+                .map_err(|e| Error::io("flushing the qcow2 image", e.into_error()))?;
+            file.set_len(file_size)
+                .map_err(|e| Error::io("setting the qcow2 file length", e))?;
             (stats, file)
         }
         TargetFormat::Raw => {

@@ -1,5 +1,8 @@
 //! qcow2: QEMU copy-on-write disk images (versions 2 and 3).
 //!
+//! [`Qcow2Writer`] writes sparse v3 images in one pass (see its module for the
+//! layout), optionally with compressed clusters.
+//!
 //! The reader maps guest offsets through the two-level table of the format
 //! (docs/interop/qcow2.txt in QEMU):
 //!
@@ -24,8 +27,10 @@
 //! [`Error::Qcow2Corrupt`] with the offset involved.
 
 mod reader;
+mod writer;
 
 pub use reader::{ClusterMapping, Qcow2Header, Qcow2Reader};
+pub use writer::{Qcow2Writer, Qcow2WriterOptions};
 
 /// The magic at the start of a qcow2 file.
 pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";

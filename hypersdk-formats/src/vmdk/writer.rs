@@ -2,8 +2,7 @@
 
 use std::io::Write;
 
-use flate2::write::ZlibEncoder;
-use flate2::Compression;
+use flate2::{Compress, Compression, FlushCompress, Status};
 
 use super::*;
 use crate::error::{Error, Result};
@@ -19,6 +18,8 @@ const OVERHEAD_SECTORS: u64 = 128;
 /// Largest capacity we write: 256 TiB (VMware's own limit is 62 TiB), which
 /// bounds the in-memory grain directory to 32 MiB.
 pub const MAX_CAPACITY: u64 = 256 << 40;
+/// Grains each compression thread gets per batch (32 × 64 KiB = 2 MiB).
+const GRAINS_PER_THREAD: usize = 32;
 /// Sectors reserved for the embedded descriptor.
 const DESCRIPTOR_SECTORS: u64 = 20;
 
@@ -33,6 +34,8 @@ pub struct VmdkWriterOptions {
     pub cid: u32,
     /// File name recorded in the descriptor's extent line: the VMDK's own name.
     pub extent_name: String,
+    /// Threads compressing grains; 0 means one per core.
+    pub threads: usize,
 }
 
 impl Default for VmdkWriterOptions {
@@ -42,6 +45,7 @@ impl Default for VmdkWriterOptions {
             compression_level: 1,
             cid: 0xfffffffe,
             extent_name: "disk.vmdk".into(),
+            threads: 0,
         }
     }
 }
@@ -58,8 +62,12 @@ pub struct VmdkWriterStats {
 /// Writes a streamOptimized VMDK of a fixed capacity to any [`Write`], fed with
 /// the guest-visible disk contents in order through [`write`](Self::write).
 ///
-/// Memory: one 64 KiB grain buffer, one compression buffer, one 2 KiB grain
-/// table and the grain directory (4 bytes per 32 MiB of capacity).
+/// Non-zero grains are compressed in batches of 32 grains per thread on
+/// `threads` scoped threads, then written in order.
+///
+/// Memory: a batch of grains and their compressed copies (2 MiB per thread
+/// each), one 2 KiB grain table and the grain directory (4 bytes per 32 MiB of
+/// capacity).
 pub struct StreamOptimizedWriter<W: Write> {
     out: W,
     /// Bytes written to `out` so far; always a multiple of 512 between calls.
@@ -68,7 +76,13 @@ pub struct StreamOptimizedWriter<W: Write> {
     /// Guest bytes received so far.
     received: u64,
     grain: Vec<u8>,
-    compressed: Vec<u8>,
+    /// Non-zero grains waiting for compression, in LBA order.
+    pending: Vec<(u64, Vec<u8>)>,
+    /// Grain buffers to reuse.
+    spare: Vec<Vec<u8>>,
+    /// Grains per compression batch.
+    batch: usize,
+    threads: usize,
     level: Compression,
     gt: Vec<u32>,
     gt_index: u64,
@@ -112,6 +126,13 @@ impl<W: Write> StreamOptimizedWriter<W> {
             what: format!("capacity {capacity} is too large"),
         })?;
         let header = sparse_header(capacity_sectors, GD_AT_END);
+        let threads = if options.threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            options.threads
+        };
         let descriptor = descriptor_text(capacity_sectors, options);
         if descriptor.len() as u64 > DESCRIPTOR_SECTORS * SECTOR_SIZE {
             return Err(Error::InvalidInput {
@@ -125,7 +146,10 @@ impl<W: Write> StreamOptimizedWriter<W> {
             capacity,
             received: 0,
             grain: Vec::with_capacity(GRAIN_SIZE),
-            compressed: Vec::with_capacity(GRAIN_SIZE + 1024),
+            pending: Vec::new(),
+            spare: Vec::new(),
+            batch: threads * GRAINS_PER_THREAD,
+            threads,
             level: Compression::new(options.compression_level.min(9)),
             gt: vec![0; GTES_PER_GT as usize],
             gt_index: 0,
@@ -210,6 +234,7 @@ impl<W: Write> StreamOptimizedWriter<W> {
             self.grain.resize(GRAIN_SIZE, 0);
             self.flush_grain()?;
         }
+        self.flush_batch()?;
         self.flush_gt()?;
         // grain directory
         let gd_bytes = self.gd.len() as u64 * 4;
@@ -247,28 +272,73 @@ impl<W: Write> StreamOptimizedWriter<W> {
         Ok(())
     }
 
+    /// Queues the full grain buffer for compression unless it is all zeros.
     fn flush_grain(&mut self) -> Result<()> {
         let grain_no = (self.received - 1) / GRAIN_SIZE as u64;
-        let gt_index = grain_no / GTES_PER_GT;
-        if gt_index != self.gt_index {
-            self.flush_gt()?;
-            self.gt_index = gt_index;
+        if is_zero(&self.grain) {
+            self.grain.clear();
+            return Ok(());
         }
-        if !is_zero(&self.grain) {
-            let lba = grain_no * GRAIN_SECTORS;
-            self.compressed.clear();
-            self.compressed.extend_from_slice(&lba.to_le_bytes());
-            self.compressed.extend_from_slice(&[0; 4]);
-            let mut enc = ZlibEncoder::new(std::mem::take(&mut self.compressed), self.level);
-            enc.write_all(&self.grain)
-                .map_err(|e| Error::io("compressing VMDK grain", e))?;
-            let mut c = enc
-                .finish()
-                .map_err(|e| Error::io("compressing VMDK grain", e))?;
-            let size = (c.len() - 12) as u32;
-            c[8..12].copy_from_slice(&size.to_le_bytes());
-            let padded = c.len().next_multiple_of(SECTOR_SIZE as usize);
-            c.resize(padded, 0);
+        let next = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(GRAIN_SIZE));
+        let full = std::mem::replace(&mut self.grain, next);
+        self.pending.push((grain_no, full));
+        if self.pending.len() >= self.batch {
+            self.flush_batch()?;
+        }
+        Ok(())
+    }
+
+    /// Compresses the queued grains on up to `threads` threads, then writes
+    /// them in LBA order with their grain tables.
+    fn flush_batch(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let level = self.level;
+        let workers = self.threads.min(pending.len()).max(1);
+        let compressed: Vec<Result<Vec<u8>>> = if workers == 1 {
+            let mut c = Compress::new(level, true);
+            pending
+                .iter()
+                .map(|(n, g)| compress_grain(&mut c, *n, g))
+                .collect()
+        } else {
+            let per = pending.len().div_ceil(workers);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = pending
+                    .chunks(per)
+                    .map(|part| {
+                        scope.spawn(move || {
+                            let mut c = Compress::new(level, true);
+                            part.iter()
+                                .map(|(n, g)| compress_grain(&mut c, *n, g))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| match h.join() {
+                        Ok(v) => v,
+                        Err(_) => vec![Err(Error::InvalidInput {
+                            format: "VMDK",
+                            what: "a grain compression thread panicked".into(),
+                        })],
+                    })
+                    .collect()
+            })
+        };
+        for ((grain_no, mut buf), c) in pending.into_iter().zip(compressed) {
+            let c = c?;
+            let gt_index = grain_no / GTES_PER_GT;
+            if gt_index != self.gt_index {
+                self.flush_gt()?;
+                self.gt_index = gt_index;
+            }
             let sector = self.pos / SECTOR_SIZE;
             self.gt[(grain_no % GTES_PER_GT) as usize] =
                 u32::try_from(sector).map_err(|_| Error::InvalidInput {
@@ -278,9 +348,9 @@ impl<W: Write> StreamOptimizedWriter<W> {
             self.gt_dirty = true;
             self.populated += GRAIN_SIZE as u64;
             self.emit(&c)?;
-            self.compressed = c;
+            buf.clear();
+            self.spare.push(buf);
         }
-        self.grain.clear();
         Ok(())
     }
 
@@ -304,6 +374,29 @@ impl<W: Write> StreamOptimizedWriter<W> {
         self.gt_dirty = false;
         Ok(())
     }
+}
+
+/// One grain framed for the stream: marker {lba, size} + zlib data, padded
+/// to a whole sector.
+fn compress_grain(c: &mut Compress, grain_no: u64, data: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 512 + 1024);
+    out.extend_from_slice(&(grain_no * GRAIN_SECTORS).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    c.reset();
+    loop {
+        let consumed = c.total_in() as usize;
+        let status = c
+            .compress_vec(&data[consumed..], &mut out, FlushCompress::Finish)
+            .map_err(|e| Error::io("compressing a VMDK grain", std::io::Error::other(e)))?;
+        match status {
+            Status::StreamEnd => break,
+            _ => out.reserve(64 * 1024),
+        }
+    }
+    let size = (out.len() - 12) as u32;
+    out[8..12].copy_from_slice(&size.to_le_bytes());
+    out.resize(out.len().next_multiple_of(SECTOR_SIZE as usize), 0);
+    Ok(out)
 }
 
 /// Whether a buffer is all zero bytes (the inner fold vectorises).
