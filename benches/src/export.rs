@@ -17,7 +17,6 @@
 //! (VmHWM), so the figure covers the pipeline alone. Results are checked with
 //! `qemu-img compare` before they are printed.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -27,7 +26,7 @@ use anyhow::{bail, Context, Result};
 use hypersdk_core::{ExportOptions, Exporter, PackageFormat};
 use hypersdk_local::LocalProvider;
 use hypersdk_sinks::LocalDirSink;
-use hypersdk_testsupport::{assert_same_guest_data, mixed_content, path_str, qemu_img, run_tool};
+use hypersdk_testsupport::{assert_same_guest_data, path_str, qemu_img, run_tool, write_mixed_file};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -48,7 +47,7 @@ fn main() -> Result<()> {
     );
 
     let raw = work.join("disk.raw");
-    write_mixed(&raw, bytes)?;
+    write_mixed_file(&raw, bytes)?;
     let qcow2 = work.join("disk.qcow2");
     qemu_img(&[
         "convert",
@@ -171,20 +170,6 @@ fn main() -> Result<()> {
         );
     }
     let _ = std::fs::remove_dir_all(&work);
-    Ok(())
-}
-
-/// Writes `bytes` of mixed content in 64 MiB blocks.
-fn write_mixed(path: &Path, bytes: u64) -> Result<()> {
-    let block = mixed_content(64 << 20);
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(block.len() as u64) as usize;
-        f.write_all(&block[..n])?;
-        left -= n as u64;
-    }
-    f.flush()?;
     Ok(())
 }
 

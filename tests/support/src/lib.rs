@@ -91,3 +91,17 @@ pub fn mixed_content(len: usize) -> Vec<u8> {
 pub fn workspace_root() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
+
+/// Writes `bytes` of [`mixed_content`] to `path`, in 64 MiB blocks.
+pub fn write_mixed_file(path: &Path, bytes: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let block = mixed_content(64 << 20);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    f.flush()
+}
