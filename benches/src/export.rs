@@ -26,7 +26,9 @@ use anyhow::{bail, Context, Result};
 use hypersdk_core::{ExportOptions, Exporter, PackageFormat};
 use hypersdk_local::LocalProvider;
 use hypersdk_sinks::LocalDirSink;
-use hypersdk_testsupport::{assert_same_guest_data, path_str, qemu_img, run_tool, write_mixed_file};
+use hypersdk_testsupport::{
+    assert_same_guest_data, path_str, qemu_img, run_tool, write_mixed_file,
+};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();

@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use hypersdk_formats::convert::{convert as convert_image, TargetFormat};
+use hypersdk_formats::convert::{convert as convert_image, ConvertOptions, TargetFormat};
 use hypersdk_formats::vmdk::VmdkWriterOptions;
 use hypersdk_formats::{open_image, Region};
 
@@ -93,10 +93,13 @@ pub async fn convert(args: ConvertArgs) -> anyhow::Result<()> {
         To::Qcow2 if args.compressed => TargetFormat::Qcow2Compressed,
         To::Qcow2 => TargetFormat::Qcow2,
     };
-    let vmdk = VmdkWriterOptions {
-        compression_level: args.compression_level,
-        extent_name: name.clone(),
-        ..Default::default()
+    let options = ConvertOptions {
+        vmdk: VmdkWriterOptions {
+            compression_level: args.compression_level,
+            extent_name: name.clone(),
+            ..Default::default()
+        },
+        sync: true,
     };
     let terminal = std::io::stderr().is_terminal();
     let partial_in_task = partial.clone();
@@ -116,7 +119,7 @@ pub async fn convert(args: ConvertArgs) -> anyhow::Result<()> {
             }
             b
         });
-        let stats = convert_image(src.as_mut(), to, out, &vmdk, &mut |done, _| {
+        let stats = convert_image(src.as_mut(), to, out, &options, &mut |done, _| {
             if let Some(b) = &bar {
                 b.set_position(done);
             }

@@ -3,7 +3,10 @@
 //! The source is walked region by region ([`DiskImage::region`]): stored data is
 //! read in chunks of at most [`CHUNK`] bytes, zero and unallocated regions are
 //! passed to the target as zero runs without being read, so a mostly-empty
-//! 1 TiB qcow2 converts in the time its data takes.
+//! 1 TiB qcow2 converts in the time its data takes. When the source is costly
+//! to decode (compressed grains), reading and decoding run on their own
+//! thread while the caller's writes and encodes; otherwise one thread does
+//! both, which measured faster than handing chunks between cores.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -16,6 +19,8 @@ use crate::vmdk::{StreamOptimizedWriter, VmdkWriterOptions};
 
 /// Largest read from the source at once.
 pub const CHUNK: usize = 4 << 20;
+/// Chunks queued between the reading and the writing thread.
+const QUEUE: usize = 2;
 
 /// Formats [`convert`] can write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +34,25 @@ pub enum TargetFormat {
     Qcow2,
     /// qcow2 v3 with deflate-compressed clusters.
     Qcow2Compressed,
+}
+
+/// Options of [`convert`].
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    /// VMDK writer options (when writing VMDK).
+    pub vmdk: VmdkWriterOptions,
+    /// `fsync` the output before returning, so a finished conversion survives
+    /// a crash (default true; `qemu-img convert` does not by default).
+    pub sync: bool,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        ConvertOptions {
+            vmdk: VmdkWriterOptions::default(),
+            sync: true,
+        }
+    }
 }
 
 /// What a conversion did.
@@ -77,7 +101,8 @@ impl Target for RawWriter<File> {
     }
 }
 
-fn pump(
+/// The one-thread loop: read a region, write it.
+fn pump_serial(
     src: &mut dyn DiskImage,
     target: &mut dyn Target,
     progress: &mut dyn FnMut(u64, u64),
@@ -90,8 +115,7 @@ fn pump(
     let mut buf = vec![0u8; CHUNK.min(size as usize).max(1)];
     let mut offset = 0;
     while offset < size {
-        let region = src.region(offset)?;
-        match region {
+        match src.region(offset)? {
             Region::Zero(len) => {
                 let len = len.min(size - offset).max(1);
                 target.zeroes(len)?;
@@ -111,15 +135,102 @@ fn pump(
     Ok(stats)
 }
 
+/// A piece of the source on its way to the target.
+enum Piece {
+    Data(Vec<u8>, usize),
+    Zero(u64),
+}
+
+/// Reads the source on a second thread while the target is written on this
+/// one, joined by a bounded queue of [`QUEUE`] chunks (memory: about
+/// `(QUEUE + 2) × CHUNK`).
+fn pump(
+    src: &mut dyn DiskImage,
+    target: &mut dyn Target,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ConvertStats> {
+    // A second thread pays off only when decoding costs more than the
+    // hand-off between cores (measured: plain qcow2 → raw is a third faster
+    // on one thread; inflating VMDK grains gains from two).
+    if !src.decode_is_costly() {
+        return pump_serial(src, target, progress);
+    }
+    let size = src.virtual_size();
+    let chunk = CHUNK.min(size as usize).max(1);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Piece>>(QUEUE);
+    let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut offset = 0;
+            while offset < size {
+                let piece = match src.region(offset) {
+                    Err(e) => Err(e),
+                    Ok(Region::Zero(len)) => {
+                        let len = len.min(size - offset).max(1);
+                        offset += len;
+                        Ok(Piece::Zero(len))
+                    }
+                    Ok(Region::Data(len)) => {
+                        let n = len.min(size - offset).min(chunk as u64).max(1) as usize;
+                        let mut buf = recycle_rx.try_recv().unwrap_or_else(|_| vec![0u8; chunk]);
+                        match src.read_at(offset, &mut buf[..n]) {
+                            Ok(()) => {
+                                offset += n as u64;
+                                Ok(Piece::Data(buf, n))
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                };
+                let failed = piece.is_err();
+                if tx.send(piece).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let mut stats = ConvertStats {
+            virtual_size: size,
+            ..Default::default()
+        };
+        let mut done = 0;
+        // Dropping `rx` on an early return stops the reader at its next send.
+        for piece in rx {
+            match piece? {
+                Piece::Zero(len) => {
+                    target.zeroes(len)?;
+                    stats.zero_skipped += len;
+                    done += len;
+                }
+                Piece::Data(buf, n) => {
+                    target.data(&buf[..n])?;
+                    stats.data_read += n as u64;
+                    done += n as u64;
+                    let _ = recycle_tx.send(buf);
+                }
+            }
+            progress(done, size);
+        }
+        if done != size {
+            return Err(Error::LengthMismatch {
+                format: "source image",
+                expected: size,
+                actual: done,
+            });
+        }
+        Ok(stats)
+    })
+}
+
 /// Converts `src` into `to`, writing `out` from its start. `progress` gets
 /// (bytes done, total) after each step.
 pub fn convert(
     src: &mut dyn DiskImage,
     to: TargetFormat,
     out: File,
-    vmdk: &VmdkWriterOptions,
+    options: &ConvertOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<ConvertStats> {
+    let vmdk = &options.vmdk;
     let size = src.virtual_size();
     let (mut stats, file) = match to {
         TargetFormat::VmdkStreamOptimized => {
@@ -161,8 +272,10 @@ pub fn convert(
             (stats, file)
         }
     };
-    file.sync_all()
-        .map_err(|e| Error::io("syncing the output", e))?;
+    if options.sync {
+        file.sync_all()
+            .map_err(|e| Error::io("syncing the output", e))?;
+    }
     stats.output_size = file
         .metadata()
         .map_err(|e| Error::io("reading the output size", e))?

@@ -29,6 +29,12 @@ pub trait DiskImage: std::fmt::Debug + Send {
     /// The region starting at `offset` (< virtual size): its kind and length,
     /// which never crosses the virtual size and is at least 1.
     fn region(&mut self, offset: u64) -> Result<Region>;
+
+    /// Whether reading costs real CPU (decompression), so that reading on a
+    /// thread of its own pays off.
+    fn decode_is_costly(&self) -> bool {
+        false
+    }
 }
 
 /// The container format of a disk image file, from its first bytes.

@@ -56,13 +56,26 @@ impl<R: Read + Seek + Send + std::fmt::Debug> DiskImage for RawImage<R> {
     }
 }
 
-/// Writes a raw image, leaving zero runs as holes (the file is extended by
-/// seeking, so a sparse-capable file system stores nothing for them).
+/// Writes a raw image into an empty output, leaving zero runs as holes (the
+/// file is extended by seeking, so a sparse-capable file system stores nothing
+/// for them). The caller sets the final length (`File::set_len`) so a
+/// trailing hole counts.
 #[derive(Debug)]
 pub struct RawWriter<W> {
     out: W,
+    /// Guest bytes accounted for.
     pos: u64,
+    /// Where the output's position is.
+    cursor: u64,
     capacity: u64,
+}
+
+/// Granularity of hole detection.
+const SPARSE_BLOCK: usize = 4096;
+
+fn is_zero(buf: &[u8]) -> bool {
+    buf.chunks(64)
+        .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
 }
 
 impl<W: Write + Seek> RawWriter<W> {
@@ -71,27 +84,51 @@ impl<W: Write + Seek> RawWriter<W> {
         RawWriter {
             out,
             pos: 0,
+            cursor: 0,
             capacity,
         }
     }
 
-    /// Appends guest bytes.
+    /// Appends guest bytes. Aligned 4 KiB blocks of zeros become holes, as
+    /// `qemu-img convert` does by default.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
         self.check(data.len() as u64)?;
-        self.out
-            .write_all(data)
-            .map_err(|e| Error::io(format!("writing raw image at offset {:#x}", self.pos), e))?;
-        self.pos += data.len() as u64;
+        let mut rest = data;
+        while !rest.is_empty() {
+            // Up to the next 4 KiB boundary, then whole blocks.
+            let first = (SPARSE_BLOCK - (self.pos % SPARSE_BLOCK as u64) as usize).min(rest.len());
+            let zero = is_zero(&rest[..first]) && first == SPARSE_BLOCK;
+            let mut n = first;
+            while n < rest.len() {
+                let m = SPARSE_BLOCK.min(rest.len() - n);
+                if (m == SPARSE_BLOCK && is_zero(&rest[n..n + m])) != zero {
+                    break;
+                }
+                n += m;
+            }
+            if zero {
+                self.write_zeroes(n as u64)?;
+            } else {
+                if self.pos != self.cursor {
+                    self.out.seek(SeekFrom::Start(self.pos)).map_err(|e| {
+                        Error::io(format!("seeking raw image to {:#x}", self.pos), e)
+                    })?;
+                }
+                self.out.write_all(&rest[..n]).map_err(|e| {
+                    Error::io(format!("writing raw image at offset {:#x}", self.pos), e)
+                })?;
+                self.pos += n as u64;
+                self.cursor = self.pos;
+            }
+            rest = &rest[n..];
+        }
         Ok(())
     }
 
-    /// Appends `len` zero bytes as a hole.
+    /// Appends `len` zero bytes as a hole (the output must start empty).
     pub fn write_zeroes(&mut self, len: u64) -> Result<()> {
         self.check(len)?;
         self.pos += len;
-        self.out
-            .seek(SeekFrom::Start(self.pos))
-            .map_err(|e| Error::io(format!("seeking raw image to {:#x}", self.pos), e))?;
         Ok(())
     }
 

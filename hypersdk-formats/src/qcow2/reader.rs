@@ -364,9 +364,19 @@ impl<R: Read + Seek> Qcow2Reader<R> {
         }
         while !buf.is_empty() {
             let in_cluster = offset % self.cluster_size;
-            let n = ((self.cluster_size - in_cluster) as usize).min(buf.len());
+            let mut n = ((self.cluster_size - in_cluster) as usize).min(buf.len());
+            let mapping = self.mapping(offset)?;
+            if let ClusterMapping::Data(host) = mapping {
+                // Coalesce clusters stored back to back into one read.
+                while n < buf.len()
+                    && self.mapping(offset + n as u64)?
+                        == ClusterMapping::Data(host + in_cluster + n as u64)
+                {
+                    n += (self.cluster_size as usize).min(buf.len() - n);
+                }
+            }
             let (chunk, rest) = buf.split_at_mut(n);
-            match self.mapping(offset)? {
+            match mapping {
                 ClusterMapping::Zero => chunk.fill(0),
                 ClusterMapping::Data(host) => {
                     let pos = host + in_cluster;

@@ -60,6 +60,8 @@ pub struct Qcow2Writer<W: Write + Seek> {
     rc_window: u64,
     compressor: Option<Compress>,
     compressed: Vec<u8>,
+    /// Where the output's position is.
+    cursor: u64,
 }
 
 impl<W: Write + Seek> std::fmt::Debug for Qcow2Writer<W> {
@@ -113,6 +115,7 @@ impl<W: Write + Seek> Qcow2Writer<W> {
             rc_window: 0,
             compressor,
             compressed: Vec::with_capacity(CLUSTER as usize + 1024),
+            cursor: (1 + l1_clusters) * CLUSTER,
         };
         for c in 0..1 + l1_clusters {
             w.add_ref(c)?;
@@ -123,6 +126,13 @@ impl<W: Write + Seek> Qcow2Writer<W> {
     /// Feeds guest bytes.
     pub fn write(&mut self, mut data: &[u8]) -> Result<()> {
         self.check(data.len() as u64)?;
+        // Whole clusters straight from the caller's buffer, without a copy.
+        while self.cluster.is_empty() && data.len() >= CLUSTER as usize {
+            let (whole, rest) = data.split_at(CLUSTER as usize);
+            self.received += CLUSTER;
+            self.store_cluster(whole)?;
+            data = rest;
+        }
         while !data.is_empty() {
             let take = (CLUSTER as usize - self.cluster.len()).min(data.len());
             self.cluster.extend_from_slice(&data[..take]);
@@ -194,16 +204,23 @@ impl<W: Write + Seek> Qcow2Writer<W> {
         for r in &self.rc_block {
             raw.extend_from_slice(&r.to_be_bytes());
         }
-        self.out
-            .seek(SeekFrom::Start(at))
-            .map_err(io("refcount block"))?;
-        self.out.write_all(&raw).map_err(io("refcount block"))?;
+        self.write_at(at, &raw, "refcount block")?;
         self.rc_block.iter_mut().for_each(|r| *r = 0);
         self.rc_table.push(at);
         self.rc_window += 1;
         if own >= window_end {
             self.add_ref(own)?;
         }
+        Ok(())
+    }
+
+    /// Writes `bytes` at file offset `at`, seeking only when not already there.
+    fn write_at(&mut self, at: u64, bytes: &[u8], what: &str) -> Result<()> {
+        if at != self.cursor {
+            self.out.seek(SeekFrom::Start(at)).map_err(io(what))?;
+        }
+        self.out.write_all(bytes).map_err(io(what))?;
+        self.cursor = at + bytes.len() as u64;
         Ok(())
     }
 
@@ -214,63 +231,65 @@ impl<W: Write + Seek> Qcow2Writer<W> {
         at
     }
 
+    /// Stores the buffered cluster (zero-padded if short).
     fn flush_cluster(&mut self) -> Result<()> {
+        if self.cluster.len() < CLUSTER as usize {
+            self.cluster.resize(CLUSTER as usize, 0);
+        }
+        let cluster = std::mem::take(&mut self.cluster);
+        let stored = self.store_cluster(&cluster);
+        self.cluster = cluster;
+        self.cluster.clear();
+        stored
+    }
+
+    /// Stores the guest cluster that ends at `self.received` unless it is all zeros.
+    fn store_cluster(&mut self, data: &[u8]) -> Result<()> {
         let guest_cluster = (self.received - 1) / CLUSTER;
         let l2_index = guest_cluster / L2_ENTRIES;
         if l2_index != self.l2_index {
             self.flush_l2()?;
             self.l2_index = l2_index;
         }
-        if self.cluster.len() < CLUSTER as usize {
-            self.cluster.resize(CLUSTER as usize, 0);
-        }
-        if !self
-            .cluster
+        if data
             .chunks(64)
             .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
         {
-            let entry = match self.compress_cluster()? {
-                Some(entry) => entry,
-                None => {
-                    let at = self.alloc_cluster();
-                    self.out
-                        .seek(SeekFrom::Start(at))
-                        .map_err(io("data cluster"))?;
-                    self.out
-                        .write_all(&self.cluster)
-                        .map_err(io("data cluster"))?;
-                    self.add_ref(at / CLUSTER)?;
-                    at | COPIED
-                }
-            };
-            self.l2[(guest_cluster % L2_ENTRIES) as usize] = entry;
-            self.l2_dirty = true;
+            return Ok(());
         }
-        self.cluster.clear();
+        let entry = match self.compress_cluster(data)? {
+            Some(entry) => entry,
+            None => {
+                let at = self.alloc_cluster();
+                self.write_at(at, data, "data cluster")?;
+                self.add_ref(at / CLUSTER)?;
+                at | COPIED
+            }
+        };
+        self.l2[(guest_cluster % L2_ENTRIES) as usize] = entry;
+        self.l2_dirty = true;
         Ok(())
     }
 
     /// Stores the cluster compressed if that saves space; returns its L2 entry.
-    fn compress_cluster(&mut self) -> Result<Option<u64>> {
+    fn compress_cluster(&mut self, data: &[u8]) -> Result<Option<u64>> {
         let Some(c) = self.compressor.as_mut() else {
             return Ok(None);
         };
         c.reset();
         self.compressed.clear();
         let status = c
-            .compress_vec(&self.cluster, &mut self.compressed, FlushCompress::Finish)
+            .compress_vec(data, &mut self.compressed, FlushCompress::Finish)
             .map_err(|e| Error::io("compressing a qcow2 cluster", std::io::Error::other(e)))?;
         if status != Status::StreamEnd || self.compressed.len() as u64 >= CLUSTER - 512 {
             return Ok(None); // incompressible: store as is
         }
         let at = self.end.next_multiple_of(512);
         let len = self.compressed.len() as u64;
-        self.out
-            .seek(SeekFrom::Start(at))
-            .map_err(io("compressed cluster"))?;
-        self.out
-            .write_all(&self.compressed)
-            .map_err(io("compressed cluster"))?;
+        let compressed = std::mem::take(&mut self.compressed);
+        let written = self.write_at(at, &compressed, "compressed cluster");
+        self.compressed = compressed;
+        written?;
         self.end = at + len;
         for host in at / CLUSTER..=(at + len - 1) / CLUSTER {
             self.add_ref(host)?;
@@ -290,8 +309,7 @@ impl<W: Write + Seek> Qcow2Writer<W> {
         for e in &self.l2 {
             raw.extend_from_slice(&e.to_be_bytes());
         }
-        self.out.seek(SeekFrom::Start(at)).map_err(io("L2 table"))?;
-        self.out.write_all(&raw).map_err(io("L2 table"))?;
+        self.write_at(at, &raw, "L2 table")?;
         self.add_ref(at / CLUSTER)?;
         self.l1[self.l2_index as usize] = at | COPIED;
         self.l2.iter_mut().for_each(|e| *e = 0);
@@ -358,19 +376,13 @@ impl<W: Write + Seek> Qcow2Writer<W> {
         for (i, off) in self.rc_table.iter().enumerate() {
             raw[i * 8..i * 8 + 8].copy_from_slice(&off.to_be_bytes());
         }
-        self.out
-            .seek(SeekFrom::Start(table_at))
-            .map_err(io("refcount table"))?;
-        self.out.write_all(&raw).map_err(io("refcount table"))?;
+        self.write_at(table_at, &raw, "refcount table")?;
         // L1 table
         let mut l1 = Vec::with_capacity(self.l1.len() * 8);
         for e in &self.l1 {
             l1.extend_from_slice(&e.to_be_bytes());
         }
-        self.out
-            .seek(SeekFrom::Start(self.l1_offset))
-            .map_err(io("L1 table"))?;
-        self.out.write_all(&l1).map_err(io("L1 table"))?;
+        self.write_at(self.l1_offset, &l1, "L1 table")?;
         // header
         let mut h = vec![0u8; 112];
         h[0..4].copy_from_slice(&QCOW2_MAGIC);
@@ -383,8 +395,7 @@ impl<W: Write + Seek> Qcow2Writer<W> {
         h[56..60].copy_from_slice(&(table_len as u32).to_be_bytes());
         h[96..100].copy_from_slice(&4u32.to_be_bytes()); // refcount_order: 16-bit
         h[100..104].copy_from_slice(&104u32.to_be_bytes()); // header_length
-        self.out.seek(SeekFrom::Start(0)).map_err(io("header"))?;
-        self.out.write_all(&h).map_err(io("header"))?;
+        self.write_at(0, &h, "header")?;
         let file_size = self.end;
         self.out.flush().map_err(io("image"))?;
         Ok((self.out, file_size))

@@ -12,6 +12,8 @@ use crate::image::{DiskImage, Region};
 
 /// Largest grain accepted: 1 MiB (VMware uses 64 KiB).
 const MAX_GRAIN_SECTORS: u64 = 2048;
+/// Bytes read ahead when a grain is not in the window.
+const READ_AHEAD: usize = 1 << 20;
 /// Largest grain directory read into memory.
 const MAX_GD_BYTES: u64 = 64 << 20;
 /// Header flag: zeroed-grain GTEs (entry value 1) are used.
@@ -122,7 +124,8 @@ fn parse_header(h: &[u8; 512], at: u64) -> Result<SparseHeader> {
 /// Reads the guest contents of one hosted sparse extent from any `Read + Seek`.
 ///
 /// Memory: the grain directory (4 bytes per grain table, at most 64 MiB),
-/// one cached grain table and one decompressed grain.
+/// one cached grain table, one decompressed grain and a 1 MiB read-ahead
+/// window (compressed grains are read in file order).
 pub struct SparseExtentReader<R> {
     file: R,
     file_len: u64,
@@ -131,7 +134,9 @@ pub struct SparseExtentReader<R> {
     gd: Vec<u32>,
     gt_cache: Option<(u32, Vec<u32>)>,
     grain_cache: Option<(u64, Vec<u8>)>,
-    compressed_buf: Vec<u8>,
+    /// Read-ahead window over the file: grains of a stream are read in order.
+    ahead: Vec<u8>,
+    ahead_start: u64,
     inflater: Decompress,
 }
 
@@ -231,7 +236,8 @@ impl<R: Read + Seek> SparseExtentReader<R> {
             gd,
             gt_cache: None,
             grain_cache: None,
-            compressed_buf: Vec::new(),
+            ahead: Vec::new(),
+            ahead_start: 0,
             inflater: Decompress::new(true),
         })
     }
@@ -292,57 +298,74 @@ impl<R: Read + Seek> SparseExtentReader<R> {
         }
     }
 
-    /// The decompressed bytes of the grain stored at `at`.
+    /// Makes `[at, at + len)` of the file available in the read-ahead window.
+    fn window(&mut self, at: u64, len: usize, what: &str) -> Result<()> {
+        let start = self.ahead_start;
+        if at >= start && at + len as u64 <= start + self.ahead.len() as u64 {
+            return Ok(());
+        }
+        let want = (len.max(READ_AHEAD) as u64).min(self.file_len.saturating_sub(at)) as usize;
+        if want < len {
+            return Err(corrupt(at, format!("file ends while {what} ({len} bytes)")));
+        }
+        self.ahead.resize(want, 0);
+        read_exact_at(&mut self.file, at, &mut self.ahead, what)?;
+        self.ahead_start = at;
+        Ok(())
+    }
+
+    /// Inflates the compressed grain `grain_no` stored at `at` into `out`
+    /// (one grain long); a short last grain is zero-filled.
+    fn inflate_into(&mut self, grain_no: u64, at: u64, out: &mut [u8]) -> Result<()> {
+        self.window(at, 12, "reading a VMDK grain marker")?;
+        let o = (at - self.ahead_start) as usize;
+        let lba = le64(&self.ahead[o..], 0);
+        let size = u64::from(le32(&self.ahead[o..], 8));
+        if lba != grain_no * self.header.grain_size {
+            return Err(corrupt(
+                at,
+                format!(
+                    "grain marker says LBA {lba}, the grain table says {}",
+                    grain_no * self.header.grain_size
+                ),
+            ));
+        }
+        if size == 0 || at + 12 + size > self.file_len || size > 2 * self.grain_bytes + 1024 {
+            return Err(corrupt(
+                at + 8,
+                format!("compressed grain size {size} is impossible here"),
+            ));
+        }
+        self.window(at + 12, size as usize, "reading a VMDK compressed grain")?;
+        let o = (at + 12 - self.ahead_start) as usize;
+        let input = &self.ahead[o..o + size as usize];
+        self.inflater.reset(true);
+        let status = self
+            .inflater
+            .decompress(input, out, FlushDecompress::Finish);
+        let produced = self.inflater.total_out() as usize;
+        match status {
+            Ok(Status::StreamEnd) => out[produced..].fill(0), // a short last grain
+            Ok(_) if produced == out.len() => {}
+            Ok(_) => return Err(corrupt(at + 12, "compressed grain ends early")),
+            Err(e) => {
+                return Err(corrupt(
+                    at + 12,
+                    format!("compressed grain does not inflate: {e}"),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// The decompressed bytes of the grain stored at `at`, cached for partial reads.
     fn inflate_grain(&mut self, grain_no: u64, at: u64) -> Result<&[u8]> {
         if self.grain_cache.as_ref().map(|(a, _)| *a) != Some(at) {
-            let mut head = [0u8; 12];
-            read_exact_at(&mut self.file, at, &mut head, "reading a VMDK grain marker")?;
-            let lba = le64(&head, 0);
-            let size = u64::from(le32(&head, 8));
-            if lba != grain_no * self.header.grain_size {
-                return Err(corrupt(
-                    at,
-                    format!(
-                        "grain marker says LBA {lba}, the grain table says {}",
-                        grain_no * self.header.grain_size
-                    ),
-                ));
-            }
-            if size == 0 || at + 12 + size > self.file_len || size > 2 * self.grain_bytes + 1024 {
-                return Err(corrupt(
-                    at + 8,
-                    format!("compressed grain size {size} is impossible here"),
-                ));
-            }
-            self.compressed_buf.resize(size as usize, 0);
-            let mut input = std::mem::take(&mut self.compressed_buf);
-            read_exact_at(
-                &mut self.file,
-                at + 12,
-                &mut input,
-                "reading a VMDK compressed grain",
-            )?;
             let mut out = match self.grain_cache.take() {
                 Some((_, v)) => v,
                 None => vec![0u8; self.grain_bytes as usize],
             };
-            self.inflater.reset(true);
-            let status = self
-                .inflater
-                .decompress(&input, &mut out, FlushDecompress::Finish);
-            self.compressed_buf = input;
-            let produced = self.inflater.total_out() as usize;
-            match status {
-                Ok(Status::StreamEnd) => out[produced..].fill(0), // a short last grain
-                Ok(_) if produced == out.len() => {}
-                Ok(_) => return Err(corrupt(at + 12, "compressed grain ends early")),
-                Err(e) => {
-                    return Err(corrupt(
-                        at + 12,
-                        format!("compressed grain does not inflate: {e}"),
-                    ))
-                }
-            }
+            self.inflate_into(grain_no, at, &mut out)?;
             self.grain_cache = Some((at, out));
         }
         match &self.grain_cache {
@@ -359,6 +382,10 @@ impl<R: Read + Seek + Send + std::fmt::Debug> DiskImage for SparseExtentReader<R
 
     fn virtual_size(&self) -> u64 {
         self.header.capacity * SECTOR_SIZE
+    }
+
+    fn decode_is_costly(&self) -> bool {
+        self.header.compressed()
     }
 
     fn read_at(&mut self, mut offset: u64, mut buf: &mut [u8]) -> Result<()> {
@@ -382,6 +409,9 @@ impl<R: Read + Seek + Send + std::fmt::Debug> DiskImage for SparseExtentReader<R
             let (chunk, rest) = buf.split_at_mut(n);
             match self.grain(grain_no)? {
                 Grain::Zero => chunk.fill(0),
+                Grain::At(at) if self.header.compressed() && n as u64 == self.grain_bytes => {
+                    self.inflate_into(grain_no, at, chunk)?;
+                }
                 Grain::At(at) if self.header.compressed() => {
                     let g = self.inflate_grain(grain_no, at)?;
                     chunk.copy_from_slice(&g[within as usize..within as usize + n]);
