@@ -183,7 +183,7 @@ fn vmdk_reader_reads_qemu_img_layouts() {
 
 #[test]
 fn convert_between_formats_matches_qemu_img() {
-    use hypersdk_formats::convert::{convert, ConvertOptions, TargetFormat};
+    use hypersdk_formats::convert::{convert, TargetFormat};
     let dir = tempfile::tempdir().unwrap();
     let len = 20 << 20;
     let raw = dir.path().join("src.raw");
@@ -276,7 +276,7 @@ fn convert_between_formats_matches_qemu_img() {
 
 #[test]
 fn qcow2_writer_output_passes_qemu_img_check() {
-    use hypersdk_formats::convert::{convert, ConvertOptions, TargetFormat};
+    use hypersdk_formats::convert::{convert, TargetFormat};
     let dir = tempfile::tempdir().unwrap();
     // 1.1 GiB virtual: data in the first, second and third L2 ranges (512 MiB each),
     // plus an odd tail.
