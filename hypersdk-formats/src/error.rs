@@ -40,6 +40,23 @@ pub enum Error {
     /// A VMDK uses a feature this reader does not support.
     #[error("unsupported VMDK: {0}")]
     VmdkUnsupported(String),
+    /// An OVA member is unsafe or unusable: a link, device, path outside the
+    /// target, duplicate name, …
+    #[error("unsafe OVA member {member:?}: {what}")]
+    OvaUnsafe {
+        /// The member name as stored.
+        member: String,
+        /// Why it is refused.
+        what: String,
+    },
+    /// An OVA (tar) archive is malformed.
+    #[error("corrupt OVA: {what} at offset {offset:#x}")]
+    OvaCorrupt {
+        /// Byte offset in the archive.
+        offset: u64,
+        /// What is wrong.
+        what: String,
+    },
     /// A value given to a writer is out of the range its format can express.
     #[error("invalid input for {format}: {what}")]
     InvalidInput {

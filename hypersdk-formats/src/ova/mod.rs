@@ -6,10 +6,15 @@
 //! 512-byte ustar header followed by its data padded to 512 bytes; the archive
 //! ends with two zero blocks.
 //!
+//! [`OvaReader`] lists, validates, reads in place and extracts archives from
+//! untrusted sources; see its module for what it refuses.
+//!
 //! Sizes up to 8 GiB − 1 are written as 11 octal digits; larger sizes use the
 //! base-256 size encoding (high bit of the first byte set) that GNU tar, Go's
 //! `archive/tar`, Python's `tarfile` and VMware's tools read.
 
+mod reader;
 mod writer;
 
+pub use reader::{safe_member_name, OvaEntry, OvaReader, SubFile};
 pub use writer::{tar_header, tar_padding, OvaWriter, BLOCK_SIZE, END_OF_ARCHIVE};
