@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use hypersdk_formats::convert::{convert as convert_image, ConvertOptions, TargetFormat};
+use hypersdk_formats::package::{inspect_package, is_ova, PackageReport};
 use hypersdk_formats::vmdk::VmdkWriterOptions;
 use hypersdk_formats::{open_image, Region};
 
@@ -48,8 +49,17 @@ pub struct ConvertArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// An .ova, an .ovf, or a directory holding one .ovf.
+    path: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// Disk image to describe.
+    /// Disk image (qcow2, VMDK, raw) or package (.ova, .ovf, OVF directory) to describe.
     file: PathBuf,
     /// Print JSON.
     #[arg(long)]
@@ -182,7 +192,145 @@ struct InspectReport {
     file_size: u64,
 }
 
+#[derive(Serialize)]
+struct PackageJson {
+    kind: &'static str,
+    path: String,
+    verified: bool,
+    failures: Vec<String>,
+    files: Vec<(String, u64)>,
+    manifest: Option<String>,
+    systems: Vec<SystemJson>,
+    disks: Vec<(String, u64, String)>,
+    networks: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct SystemJson {
+    name: String,
+    os: String,
+    cpus: u64,
+    memory_mib: u64,
+    disks: usize,
+    nics: usize,
+    firmware: Option<String>,
+}
+
+fn package_json(r: &PackageReport) -> PackageJson {
+    PackageJson {
+        kind: r.kind,
+        path: r.path.display().to_string(),
+        verified: r.verified(),
+        failures: r.failures(),
+        files: r.files.clone(),
+        manifest: r.manifest.clone(),
+        systems: r
+            .summary
+            .systems
+            .iter()
+            .map(|s| SystemJson {
+                name: s.name.clone(),
+                os: s.os.clone(),
+                cpus: s.cpus,
+                memory_mib: s.memory_mib,
+                disks: s.disks.len(),
+                nics: s.nics.len(),
+                firmware: s.firmware.clone(),
+            })
+            .collect(),
+        disks: r
+            .summary
+            .disks
+            .iter()
+            .map(|d| (d.disk_id.clone(), d.capacity, d.format.clone()))
+            .collect(),
+        networks: r.summary.networks.clone(),
+    }
+}
+
+fn print_package(r: &PackageReport) {
+    println!("package:   {} ({})", r.path.display(), r.kind);
+    for s in &r.summary.systems {
+        println!(
+            "vm:        {} — {} vCPU, {} MiB, os {}, {} disk(s), {} NIC(s), firmware {}",
+            s.name,
+            s.cpus,
+            s.memory_mib,
+            if s.os.is_empty() { "?" } else { &s.os },
+            s.disks.len(),
+            s.nics.len(),
+            s.firmware.as_deref().unwrap_or("bios")
+        );
+    }
+    for d in &r.summary.disks {
+        println!(
+            "disk:      {} {} ({})",
+            d.disk_id,
+            human_bytes(d.capacity),
+            d.format.rsplit('#').next().unwrap_or("")
+        );
+    }
+    for (name, size) in &r.files {
+        println!("file:      {name} ({size} bytes)");
+    }
+    if r.verified() {
+        println!(
+            "manifest:  {} verified ({} files)",
+            r.manifest.as_deref().unwrap_or(""),
+            r.checks.len()
+        );
+    } else {
+        for f in r.failures() {
+            println!("problem:   {f}");
+        }
+    }
+}
+
+async fn package(path: PathBuf) -> anyhow::Result<PackageReport> {
+    let shown = path.display().to_string();
+    tokio::task::spawn_blocking(move || inspect_package(&path))
+        .await
+        .context("inspect task failed")?
+        .with_context(|| format!("cannot read package {shown}"))
+}
+
+fn looks_like_package(p: &std::path::Path) -> bool {
+    p.is_dir() || p.extension().is_some_and(|e| e == "ovf" || e == "ova") || is_ova(p)
+}
+
+pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    let report = package(args.path.clone()).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&package_json(&report))?);
+    }
+    if !report.verified() {
+        bail!(
+            "verification of {} failed: {}",
+            args.path.display(),
+            report.failures().join("; ")
+        );
+    }
+    if !args.json {
+        println!(
+            "{}: verified — {} files match {}",
+            args.path.display(),
+            report.checks.len(),
+            report.manifest.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
 pub async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
+    if looks_like_package(&args.file) {
+        let report = package(args.file.clone()).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&package_json(&report))?);
+        } else {
+            print_package(&report);
+        }
+        return Ok(());
+    }
     let file = args.file.clone();
     let report = tokio::task::spawn_blocking(move || -> anyhow::Result<InspectReport> {
         let mut img =

@@ -43,8 +43,10 @@ enum Command {
     Export(ExportArgs),
     /// Convert a disk image (qcow2, VMDK, raw) to another format.
     Convert(image::ConvertArgs),
-    /// Show a disk image's format, virtual size and allocated bytes.
+    /// Describe a disk image (format, sizes) or a package (VM, files, manifest check).
     Inspect(image::InspectArgs),
+    /// Verify an OVA or OVF package against its manifest; non-zero exit on any mismatch.
+    Verify(image::VerifyArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -197,6 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => export(args).await,
         Command::Convert(args) => image::convert(args).await,
         Command::Inspect(args) => image::inspect(args).await,
+        Command::Verify(args) => image::verify(args).await,
     }
 }
 

@@ -57,6 +57,22 @@ pub enum Error {
         /// What is wrong.
         what: String,
     },
+    /// An OVF descriptor is malformed or uses what the reader cannot read.
+    #[error("invalid OVF descriptor: {what} at byte {offset}")]
+    OvfInvalid {
+        /// Byte offset in the descriptor.
+        offset: u64,
+        /// What is wrong.
+        what: String,
+    },
+    /// A manifest line cannot be used.
+    #[error("invalid manifest line {line}: {what}")]
+    ManifestInvalid {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        what: String,
+    },
     /// A value given to a writer is out of the range its format can express.
     #[error("invalid input for {format}: {what}")]
     InvalidInput {

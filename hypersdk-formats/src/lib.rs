@@ -7,9 +7,10 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`ovf`] | OVF 1.x envelope writer |
-//! | [`ova`] | ustar layout of an OVA, in spec order |
-//! | [`manifest`] | `.mf` manifests (`SHA256(name)= hex`) |
+//! | [`ovf`] | OVF 1.x envelope writer; descriptor summary reader |
+//! | [`ova`] | OVA writer in spec order; safe reader/extractor for untrusted archives |
+//! | [`manifest`] | `.mf` manifests: strict writer, tolerant reader, verification (SHA1/256/512) |
+//! | [`package`] | a whole OVA or OVF directory inspected and verified against its manifest |
 //! | [`vmdk`] | streamOptimized VMDK writer (VMware layout), sparse extent reader (both stream layouts, monolithicSparse) |
 //! | [`qcow2`] | qcow2 v2/v3 reader |
 //! | [`raw`] | raw images (reader; writer leaving holes) |
@@ -39,6 +40,7 @@ pub mod image;
 pub mod manifest;
 pub mod ova;
 pub mod ovf;
+pub mod package;
 pub mod qcow2;
 pub mod raw;
 pub mod vmdk;

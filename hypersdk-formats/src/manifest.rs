@@ -10,7 +10,9 @@
 //! We write strictly this shape — algorithm name in capitals, the file name in
 //! parentheses with no surrounding spaces, `= `, lower-case hex, `\n` — because
 //! ESXi rejects lines with spaces around the name. The manifest covers every
-//! file of the package except itself and a `.cert`.
+//! file of the package except itself and a `.cert`. Reading is tolerant
+//! (SHA1, SHA256 and SHA512; spaces around the name and `=`; CRLF), and
+//! [`verify_manifest`] checks files against it.
 
 use std::fmt::Write as _;
 
@@ -98,6 +100,114 @@ pub fn parse_manifest(text: &str) -> Result<Vec<(String, String, String)>, usize
     Ok(out)
 }
 
+/// A running digest of one of the algorithms manifests use; `Write` feeds it.
+#[derive(Debug, Clone)]
+pub enum Hasher {
+    /// SHA-1 (older OVF tools).
+    Sha1(sha1::Sha1),
+    /// SHA-256.
+    Sha256(sha2::Sha256),
+    /// SHA-512.
+    Sha512(sha2::Sha512),
+}
+
+impl Hasher {
+    /// A hasher for a manifest algorithm name (`SHA1`, `SHA256`, `SHA512`,
+    /// any case), or None if unknown.
+    pub fn for_name(name: &str) -> Option<Hasher> {
+        use sha2::Digest;
+        match name.to_ascii_uppercase().as_str() {
+            "SHA1" => Some(Hasher::Sha1(sha1::Sha1::new())),
+            "SHA256" => Some(Hasher::Sha256(sha2::Sha256::new())),
+            "SHA512" => Some(Hasher::Sha512(sha2::Sha512::new())),
+            _ => None,
+        }
+    }
+
+    /// Feeds bytes.
+    pub fn update(&mut self, data: &[u8]) {
+        use sha2::Digest;
+        match self {
+            Hasher::Sha1(h) => h.update(data),
+            Hasher::Sha256(h) => h.update(data),
+            Hasher::Sha512(h) => h.update(data),
+        }
+    }
+
+    /// The digest as lower-case hex.
+    pub fn finish_hex(self) -> String {
+        use sha2::Digest;
+        match self {
+            Hasher::Sha1(h) => to_hex(&h.finalize()),
+            Hasher::Sha256(h) => to_hex(&h.finalize()),
+            Hasher::Sha512(h) => to_hex(&h.finalize()),
+        }
+    }
+}
+
+impl std::io::Write for Hasher {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The outcome for one manifest line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestCheck {
+    /// File name.
+    pub name: String,
+    /// Algorithm as written.
+    pub algorithm: String,
+    /// Digest the manifest gives.
+    pub expected: String,
+    /// Digest computed, or None if the file is missing.
+    pub actual: Option<String>,
+}
+
+impl ManifestCheck {
+    /// Whether the file exists and matches.
+    pub fn ok(&self) -> bool {
+        self.actual.as_deref() == Some(self.expected.as_str())
+    }
+}
+
+/// Checks every line of manifest `text`. `feed(name, hasher)` writes the
+/// bytes of file `name` into the hasher and returns false if there is no such
+/// file. Fails on a line that does not parse or names an unknown algorithm.
+pub fn verify_manifest(
+    text: &str,
+    mut feed: impl FnMut(&str, &mut Hasher) -> crate::Result<bool>,
+) -> crate::Result<Vec<ManifestCheck>> {
+    let lines = parse_manifest(text).map_err(|line| crate::Error::ManifestInvalid {
+        line,
+        what: "not of the form ALGO(name)= hex".into(),
+    })?;
+    let mut out = Vec::with_capacity(lines.len());
+    for (i, (algorithm, name, expected)) in lines.into_iter().enumerate() {
+        let mut hasher =
+            Hasher::for_name(&algorithm).ok_or_else(|| crate::Error::ManifestInvalid {
+                line: i + 1,
+                what: format!("unknown digest algorithm {algorithm}"),
+            })?;
+        let actual = if feed(&name, &mut hasher)? {
+            Some(hasher.finish_hex())
+        } else {
+            None
+        };
+        out.push(ManifestCheck {
+            name,
+            algorithm,
+            expected,
+            actual,
+        });
+    }
+    Ok(out)
+}
+
 /// Lower-case hex of `bytes`.
 pub fn to_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -121,6 +231,22 @@ mod tests {
             digest: vec![0xab, 0x01],
         }]);
         assert_eq!(text, "SHA256(a.ovf)= ab01\n");
+    }
+
+    #[test]
+    fn verifies_digests() {
+        let text = "SHA256(a)= ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\nSHA1(b)= a9993e364706816aba3e25717850c26c9cd0d89d\nSHA512(c)= 00\n";
+        let checks = verify_manifest(text, |name, h| {
+            if name == "c" {
+                return Ok(false);
+            }
+            h.update(b"abc");
+            Ok(true)
+        })
+        .unwrap();
+        assert!(checks[0].ok() && checks[1].ok());
+        assert!(!checks[2].ok() && checks[2].actual.is_none());
+        assert!(verify_manifest("MD5(a)= 00\n", |_, _| Ok(true)).is_err());
     }
 
     #[test]

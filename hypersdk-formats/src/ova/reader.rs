@@ -73,8 +73,10 @@ fn number(field: &[u8], offset: u64) -> Result<u64> {
     if text.is_empty() {
         return Ok(0);
     }
-    let s = std::str::from_utf8(&text).map_err(|_| corrupt(offset, "numeric field is not ASCII"))?;
-    u64::from_str_radix(s, 8).map_err(|_| corrupt(offset, format!("numeric field {s:?} is not octal")))
+    let s =
+        std::str::from_utf8(&text).map_err(|_| corrupt(offset, "numeric field is not ASCII"))?;
+    u64::from_str_radix(s, 8)
+        .map_err(|_| corrupt(offset, format!("numeric field {s:?} is not octal")))
 }
 
 /// Validates a member name and returns it without a leading `./`.
@@ -122,7 +124,10 @@ impl<R: Read + Seek> OvaReader<R> {
             sum -= header[148..156].iter().map(|&b| u64::from(b)).sum::<u64>();
             sum += 8 * u64::from(b' ');
             if sum != stored {
-                return Err(corrupt(pos + 148, format!("header checksum {stored} does not match {sum}")));
+                return Err(corrupt(
+                    pos + 148,
+                    format!("header checksum {stored} does not match {sum}"),
+                ));
             }
             let field = |r: std::ops::Range<usize>| {
                 let f = &header[r];
@@ -139,13 +144,23 @@ impl<R: Read + Seek> OvaReader<R> {
             let kind = header[156];
             match kind {
                 b'0' | 0 => {}
-                b'x' | b'g' => return Err(unsafe_member(&raw_name, "pax extended header (not written by OVF tools)")),
+                b'x' | b'g' => {
+                    return Err(unsafe_member(
+                        &raw_name,
+                        "pax extended header (not written by OVF tools)",
+                    ))
+                }
                 b'L' | b'K' => return Err(unsafe_member(&raw_name, "GNU long name or link")),
                 b'1' | b'2' => return Err(unsafe_member(&raw_name, "hard or symbolic link")),
                 b'3' | b'4' => return Err(unsafe_member(&raw_name, "device file")),
                 b'5' => return Err(unsafe_member(&raw_name, "directory")),
                 b'6' => return Err(unsafe_member(&raw_name, "FIFO")),
-                other => return Err(unsafe_member(&raw_name, format!("member type {:?}", other as char))),
+                other => {
+                    return Err(unsafe_member(
+                        &raw_name,
+                        format!("member type {:?}", other as char),
+                    ))
+                }
             }
             let name = safe_member_name(&raw_name)?;
             let size = number(&header[124..136], pos + 124)?;
@@ -153,14 +168,23 @@ impl<R: Read + Seek> OvaReader<R> {
             let end = data_offset
                 .checked_add(size)
                 .filter(|&e| e <= len)
-                .ok_or_else(|| corrupt(pos + 124, format!("member {name} claims {size} bytes but the archive ends at {len}")))?;
+                .ok_or_else(|| {
+                    corrupt(
+                        pos + 124,
+                        format!("member {name} claims {size} bytes but the archive ends at {len}"),
+                    )
+                })?;
             if entries.iter().any(|e| e.name == name) {
                 return Err(unsafe_member(&name, "name appears twice"));
             }
             if entries.len() >= MAX_MEMBERS {
                 return Err(corrupt(pos, format!("more than {MAX_MEMBERS} members")));
             }
-            entries.push(OvaEntry { name, size, data_offset });
+            entries.push(OvaEntry {
+                name,
+                size,
+                data_offset,
+            });
             pos = end.next_multiple_of(BLOCK_SIZE as u64);
         }
         if entries.is_empty() {
@@ -186,7 +210,10 @@ impl<R: Read + Seek> OvaReader<R> {
             .cloned()
             .ok_or_else(|| unsafe_member(name, "no such member"))?;
         if e.size > limit {
-            return Err(unsafe_member(name, format!("{} bytes is more than the {limit} accepted", e.size)));
+            return Err(unsafe_member(
+                name,
+                format!("{} bytes is more than the {limit} accepted", e.size),
+            ));
         }
         let mut buf = vec![0u8; e.size as usize];
         self.file
@@ -208,7 +235,10 @@ impl<R: Read + Seek> OvaReader<R> {
         let copied = io::copy(&mut (&mut self.file).take(e.size), out)
             .map_err(|err| Error::io(format!("copying OVA member {name}"), err))?;
         if copied != e.size {
-            return Err(corrupt(e.data_offset, format!("member {name} ended after {copied} of {} bytes", e.size)));
+            return Err(corrupt(
+                e.data_offset,
+                format!("member {name} ended after {copied} of {} bytes", e.size),
+            ));
         }
         Ok(copied)
     }
@@ -231,7 +261,8 @@ impl<R: Read + Seek> OvaReader<R> {
     /// outside `dir` and never replaces an existing file; on failure the
     /// files it created are removed.
     pub fn extract_to(&mut self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let mut created = Vec::new();
         let result = (|| {
             for e in self.entries.clone() {
@@ -292,7 +323,10 @@ impl<R: Read + Seek> Seek for SubFile<R> {
                 self.pos = p;
                 Ok(p)
             }
-            None => Err(io::Error::new(io::ErrorKind::InvalidInput, "seek before the start of the member")),
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the member",
+            )),
         }
     }
 }
@@ -342,7 +376,15 @@ mod tests {
 
     #[test]
     fn refuses_hostile_archives() {
-        for (name, kind) in [("../evil", b'0'), ("/etc/passwd", b'0'), ("a/b", b'0'), ("link", b'2'), ("dev", b'3'), ("d", b'5'), ("h", b'1')] {
+        for (name, kind) in [
+            ("../evil", b'0'),
+            ("/etc/passwd", b'0'),
+            ("a/b", b'0'),
+            ("link", b'2'),
+            ("dev", b'3'),
+            ("d", b'5'),
+            ("h", b'1'),
+        ] {
             let err = OvaReader::open(Cursor::new(raw_header(name, kind, 0))).unwrap_err();
             assert!(matches!(err, Error::OvaUnsafe { .. }), "{name}: {err}");
         }
@@ -358,7 +400,10 @@ mod tests {
         // broken checksum
         let mut a = archive(&[("a", b"1")]);
         a[0] = b'b';
-        assert!(matches!(OvaReader::open(Cursor::new(a)), Err(Error::OvaCorrupt { .. })));
+        assert!(matches!(
+            OvaReader::open(Cursor::new(a)),
+            Err(Error::OvaCorrupt { .. })
+        ));
         // not a tar at all
         assert!(OvaReader::open(Cursor::new(vec![7u8; 100])).is_err());
     }
@@ -367,11 +412,17 @@ mod tests {
     fn extraction_stays_inside_and_never_overwrites() {
         let dir = tempfile::tempdir().unwrap();
         let a = archive(&[("vm.ovf", b"x"), ("d.vmdk", b"yy")]);
-        OvaReader::open(Cursor::new(a.clone())).unwrap().extract_to(dir.path()).unwrap();
+        OvaReader::open(Cursor::new(a.clone()))
+            .unwrap()
+            .extract_to(dir.path())
+            .unwrap();
         assert_eq!(std::fs::read(dir.path().join("d.vmdk")).unwrap(), b"yy");
         // a second extraction meets existing files: refused, nothing changed, nothing left behind
         std::fs::remove_file(dir.path().join("vm.ovf")).unwrap();
-        let err = OvaReader::open(Cursor::new(a)).unwrap().extract_to(dir.path()).unwrap_err();
+        let err = OvaReader::open(Cursor::new(a))
+            .unwrap()
+            .extract_to(dir.path())
+            .unwrap_err();
         assert!(err.to_string().contains("d.vmdk"), "{err}");
         assert!(!dir.path().join("vm.ovf").exists());
         assert_eq!(std::fs::read(dir.path().join("d.vmdk")).unwrap(), b"yy");

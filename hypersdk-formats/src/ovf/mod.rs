@@ -13,10 +13,20 @@
 //!   controllers (IDE 5, SCSI 6, SATA 20), disks (17), NICs (10), and the
 //!   firmware as `vmw:Config firmware=efi|bios`.
 //!
+//! [`read_summary`] reads any OVF 1.x/2.x descriptor (vendor sections skipped)
+//! into an [`OvfSummary`]: files, disks with capacities, networks, and per
+//! virtual system its name, OS, CPUs, memory, disks, NICs and firmware.
+//!
 //! Inside an `Item`, the `rasd:` elements are written in alphabetical order,
 //! as the CIM schema's sequence requires.
 
+mod reader;
 mod writer;
+
+pub use reader::{
+    allocation_units, read_summary, OvfDiskInfo, OvfFileRef, OvfNicInfo, OvfSummary, OvfSystemInfo,
+    MAX_OVF_BYTES,
+};
 
 pub use writer::{
     write_envelope, OvfController, OvfControllerKind, OvfDisk, OvfNic, OvfOs, OvfSystem,
