@@ -220,11 +220,9 @@ pub fn read_summary(xml: &str) -> Result<OvfSummary> {
                         }
                     }
                     "Item" | "StorageItem" | "EthernetPortItem" => item = Some(Item::default()),
-                    "Config" => {
-                        if attr(e, "key")?.as_deref() == Some("firmware") {
-                            if let Some(sys) = out.systems.last_mut() {
-                                sys.firmware = attr(e, "value")?;
-                            }
+                    "Config" if attr(e, "key")?.as_deref() == Some("firmware") => {
+                        if let Some(sys) = out.systems.last_mut() {
+                            sys.firmware = attr(e, "value")?;
                         }
                     }
                     _ => {}
