@@ -23,11 +23,13 @@ pub enum To {
     Qcow2,
     /// Raw, sparse where the source is unallocated.
     Raw,
+    /// Fixed VHD (Azure, Hyper-V generation 1).
+    Vhd,
 }
 
 #[derive(Args, Debug)]
 pub struct ConvertArgs {
-    /// Source image (format detected: qcow2, VMDK sparse/streamOptimized, raw).
+    /// Source image (format detected: qcow2, VMDK sparse/streamOptimized, VHD, raw).
     input: PathBuf,
     /// Output file; written under a temporary name and renamed when complete.
     output: PathBuf,
@@ -102,6 +104,7 @@ pub async fn convert(args: ConvertArgs) -> anyhow::Result<()> {
         To::Raw => TargetFormat::Raw,
         To::Qcow2 if args.compressed => TargetFormat::Qcow2Compressed,
         To::Qcow2 => TargetFormat::Qcow2,
+        To::Vhd => TargetFormat::VhdFixed,
     };
     let options = ConvertOptions {
         vmdk: VmdkWriterOptions {

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::image::{DiskImage, Region};
 use crate::qcow2::{Qcow2Writer, Qcow2WriterOptions};
 use crate::raw::RawWriter;
+use crate::vhd::VhdFixedWriter;
 use crate::vmdk::{StreamOptimizedWriter, VmdkWriterOptions};
 
 /// Largest read from the source at once.
@@ -34,6 +35,8 @@ pub enum TargetFormat {
     Qcow2,
     /// qcow2 v3 with deflate-compressed clusters.
     Qcow2Compressed,
+    /// Fixed VHD (Azure, Hyper-V generation 1).
+    VhdFixed,
 }
 
 /// Options of [`convert`].
@@ -84,6 +87,15 @@ impl<W: Write> Target for StreamOptimizedWriter<W> {
 }
 
 impl<W: Write + std::io::Seek> Target for Qcow2Writer<W> {
+    fn data(&mut self, buf: &[u8]) -> Result<()> {
+        self.write(buf)
+    }
+    fn zeroes(&mut self, len: u64) -> Result<()> {
+        self.write_zeroes(len)
+    }
+}
+
+impl<W: Write + std::io::Seek> Target for VhdFixedWriter<W> {
     fn data(&mut self, buf: &[u8]) -> Result<()> {
         self.write(buf)
     }
@@ -263,6 +275,18 @@ pub fn convert(
                 .map_err(|e| Error::io("setting the qcow2 file length", e))?;
             (stats, file)
         }
+        TargetFormat::VhdFixed => {
+            let cap = size.next_multiple_of(512).max(512);
+            let mut w =
+                VhdFixedWriter::new(BufWriter::with_capacity(1 << 20, out), cap, unique_id())?;
+            let stats = pump(src, &mut w, progress)?;
+            w.write_zeroes(cap - size)?;
+            let file = w
+                .finish()?
+                .into_inner()
+                .map_err(|e| Error::io("flushing the VHD", e.into_error()))?;
+            (stats, file)
+        }
         TargetFormat::Raw => {
             let mut w = RawWriter::new(out, size);
             let stats = pump(src, &mut w, progress)?;
@@ -281,4 +305,23 @@ pub fn convert(
         .map_err(|e| Error::io("reading the output size", e))?
         .len();
     Ok(stats)
+}
+
+/// A unique id for a new disk: SHA-256 of the time, the process and a counter.
+fn unique_id() -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = Sha256::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    h.update(now.to_le_bytes());
+    h.update(std::process::id().to_le_bytes());
+    h.update(COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    let d = h.finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&d[..16]);
+    id
 }

@@ -65,6 +65,17 @@ pub enum Error {
         /// What is wrong.
         what: String,
     },
+    /// A VHD is malformed.
+    #[error("corrupt VHD: {what} at offset {offset:#x}")]
+    VhdCorrupt {
+        /// Byte offset in the file.
+        offset: u64,
+        /// What is wrong.
+        what: String,
+    },
+    /// A VHD uses a feature this reader does not support.
+    #[error("unsupported VHD: {0}")]
+    VhdUnsupported(String),
     /// A manifest line cannot be used.
     #[error("invalid manifest line {line}: {what}")]
     ManifestInvalid {

@@ -47,6 +47,9 @@ pub enum ImageFormat {
     VmdkSparse,
     /// A VMDK text descriptor (`# Disk DescriptorFile`), whose data is in other files.
     VmdkDescriptor,
+    /// VHD (`conectix` footer copy at the start of a dynamic disk, or the
+    /// footer at the end of a fixed one).
+    Vhd,
     /// Anything else is read as raw.
     Raw,
 }
@@ -60,6 +63,8 @@ pub fn detect_format(head: &[u8]) -> ImageFormat {
         ImageFormat::VmdkSparse
     } else if head.starts_with(b"# Disk DescriptorFile") {
         ImageFormat::VmdkDescriptor
+    } else if head.starts_with(b"conectix") {
+        ImageFormat::Vhd
     } else {
         ImageFormat::Raw
     }
@@ -78,7 +83,24 @@ pub fn open_image(path: &std::path::Path) -> Result<Box<dyn DiskImage>> {
             r => n += r,
         }
     }
-    Ok(match detect_format(&head[..n]) {
+    let mut format = detect_format(&head[..n]);
+    if format == ImageFormat::Raw {
+        // A fixed VHD carries its footer only at the end.
+        use std::io::{Seek, SeekFrom};
+        let mut tail = [0u8; 8];
+        let len = file.seek(SeekFrom::End(0)).map_err(ctx)?;
+        if len >= 1024
+            && file
+                .seek(SeekFrom::Start(len - 512))
+                .and_then(|_| file.read_exact(&mut tail))
+                .is_ok()
+            && &tail == b"conectix"
+        {
+            format = ImageFormat::Vhd;
+        }
+    }
+    Ok(match format {
+        ImageFormat::Vhd => Box::new(crate::vhd::VhdReader::open(file)?),
         ImageFormat::Qcow2 => Box::new(crate::qcow2::Qcow2Reader::open(file)?),
         ImageFormat::VmdkSparse => Box::new(crate::vmdk::SparseExtentReader::open(file)?),
         ImageFormat::VmdkDescriptor => {

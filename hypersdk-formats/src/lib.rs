@@ -14,6 +14,7 @@
 //! | [`vmdk`] | streamOptimized VMDK writer (VMware layout), sparse extent reader (both stream layouts, monolithicSparse) |
 //! | [`qcow2`] | qcow2 v2/v3 reader |
 //! | [`raw`] | raw images (reader; writer leaving holes) |
+//! | [`vhd`] | VHD: fixed and dynamic reader, fixed writer |
 //! | [`image`] | the [`DiskImage`] trait, format detection, [`open_image`] |
 //! | [`convert`] | any readable image to VMDK or raw, skipping zero regions |
 //!
@@ -43,6 +44,7 @@ pub mod ovf;
 pub mod package;
 pub mod qcow2;
 pub mod raw;
+pub mod vhd;
 pub mod vmdk;
 
 pub use error::{Error, Result};

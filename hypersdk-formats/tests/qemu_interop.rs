@@ -329,3 +329,59 @@ fn qcow2_writer_output_passes_qemu_img_check() {
     let comp = fs::metadata(dir.path().join("comp.qcow2")).unwrap().len();
     assert!(comp < plain, "compressed {comp} < plain {plain}");
 }
+
+#[test]
+fn vhd_read_and_write_agree_with_qemu_img() {
+    use hypersdk_formats::convert::{convert, TargetFormat};
+    let dir = tempfile::tempdir().unwrap();
+    let len: usize = 48 << 20;
+    let raw = dir.path().join("src.raw");
+    let mut data = mixed_content(len);
+    data[(40 << 20)..(44 << 20)].fill(0);
+    fs::write(&raw, &data).unwrap();
+    // qemu-written dynamic and fixed VHDs (force_size keeps the exact size)
+    for sub in ["dynamic", "fixed"] {
+        let vhd = dir.path().join(format!("{sub}.vhd"));
+        qemu(
+            "qemu-img",
+            &[
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                "vpc",
+                "-o",
+                &format!("subformat={sub},force_size=on"),
+                p(&raw),
+                p(&vhd),
+            ],
+        );
+        let mut img = hypersdk_formats::open_image(&vhd).unwrap();
+        assert_eq!(img.format_name(), "vhd", "{sub}");
+        assert_eq!(img.virtual_size(), len as u64, "{sub}");
+        let mut got = vec![0u8; len];
+        img.read_at(0, &mut got).unwrap();
+        assert!(got == data, "{sub} VHD decoded differently");
+    }
+    // our fixed VHD, read by qemu-img
+    let ours = dir.path().join("ours.vhd");
+    let mut src = hypersdk_formats::open_image(&raw).unwrap();
+    convert(
+        src.as_mut(),
+        TargetFormat::VhdFixed,
+        fs::File::create(&ours).unwrap(),
+        &Default::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(fs::metadata(&ours).unwrap().len(), len as u64 + 512);
+    let info = qemu(
+        "qemu-img",
+        &["info", "--output=json", "-f", "vpc", p(&ours)],
+    );
+    assert!(info.contains(&format!("\"virtual-size\": {len}")), "{info}");
+    qemu(
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "vpc", p(&raw), p(&ours)],
+    );
+}
