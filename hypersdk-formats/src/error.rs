@@ -37,6 +37,14 @@ pub enum Error {
         /// What was found and what was expected.
         what: String,
     },
+    /// A VMDK descriptor line is malformed.
+    #[error("bad VMDK descriptor line {line}: {what}")]
+    VmdkDescriptor {
+        /// 1-based line number (0 for the whole descriptor).
+        line: usize,
+        /// What is wrong.
+        what: String,
+    },
     /// A VMDK uses a feature this reader does not support.
     #[error("unsupported VMDK: {0}")]
     VmdkUnsupported(String),

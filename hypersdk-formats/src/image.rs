@@ -102,12 +102,8 @@ pub fn open_image(path: &std::path::Path) -> Result<Box<dyn DiskImage>> {
     Ok(match format {
         ImageFormat::Vhd => Box::new(crate::vhd::VhdReader::open(file)?),
         ImageFormat::Qcow2 => Box::new(crate::qcow2::Qcow2Reader::open(file)?),
-        ImageFormat::VmdkSparse => Box::new(crate::vmdk::SparseExtentReader::open(file)?),
-        ImageFormat::VmdkDescriptor => {
-            return Err(crate::Error::VmdkUnsupported(format!(
-                "{} is a VMDK descriptor; multi-file VMDKs (monolithicFlat, twoGbMaxExtent*) are not readable yet",
-                path.display()
-            )))
+        ImageFormat::VmdkSparse | ImageFormat::VmdkDescriptor => {
+            Box::new(crate::vmdk::VmdkImage::open(path)?)
         }
         ImageFormat::Raw => Box::new(crate::raw::RawImage::open(file)?),
     })

@@ -385,3 +385,82 @@ fn vhd_read_and_write_agree_with_qemu_img() {
         &["compare", "-f", "raw", "-F", "vpc", p(&raw), p(&ours)],
     );
 }
+
+#[test]
+fn multi_extent_vmdks_read_like_qemu_img_and_deltas_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in [
+        "monolithicFlat",
+        "twoGbMaxExtentSparse",
+        "twoGbMaxExtentFlat",
+    ] {
+        let vmdk = dir.path().join(format!("{sub}.vmdk"));
+        qemu(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "vmdk",
+                "-o",
+                &format!("subformat={sub}"),
+                p(&vmdk),
+                "4100M",
+            ],
+        );
+        // data on both sides of the 2 GiB extent boundaries
+        qemu(
+            "qemu-io",
+            &[
+                "-f",
+                "vmdk",
+                "-c",
+                "write -P 0x11 0 1M",
+                "-c",
+                "write -P 0x22 2047M 2M",
+                "-c",
+                "write -P 0x33 4095M 5M",
+                p(&vmdk),
+            ],
+        );
+        let mut img = hypersdk_formats::open_image(&vmdk).unwrap();
+        assert_eq!(img.virtual_size(), 4100 << 20, "{sub}");
+        // read around the extent boundaries and check the patterns qemu-io wrote
+        for (at, len, pattern) in [
+            (0u64, 1u64 << 20, 0x11u8),
+            (2047 << 20, 2 << 20, 0x22),
+            (4095 << 20, 5 << 20, 0x33),
+            (1 << 30, 1 << 20, 0),
+        ] {
+            let mut buf = vec![0xffu8; len as usize];
+            img.read_at(at, &mut buf).unwrap();
+            assert!(buf.iter().all(|&b| b == pattern), "{sub} at {at:#x}");
+        }
+        // the region map skips what is unallocated in sparse extents
+        if sub == "twoGbMaxExtentSparse" {
+            assert!(matches!(
+                img.region(1 << 30).unwrap(),
+                hypersdk_formats::Region::Zero(_)
+            ));
+        }
+    }
+    let base = dir.path().join("base.vmdk");
+    let delta = dir.path().join("delta.vmdk");
+    qemu("qemu-img", &["create", "-q", "-f", "vmdk", p(&base), "1M"]);
+    qemu(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-b",
+            p(&base),
+            "-F",
+            "vmdk",
+            p(&delta),
+        ],
+    );
+    let err = hypersdk_formats::open_image(&delta).unwrap_err();
+    assert!(err.to_string().contains("delta disk"), "{err}");
+}

@@ -1,5 +1,10 @@
 //! VMDK: VMware virtual disks.
 //!
+//! [`VmdkImage`] reads a whole disk: a single sparse file, or a text
+//! descriptor ([`parse_descriptor`]) whose FLAT, SPARSE and ZERO extents are
+//! other files (monolithicFlat, twoGbMaxExtentSparse/Flat). Delta disks (with
+//! a parent) are refused rather than read as if their parent were empty.
+//!
 //! [`SparseExtentReader`] reads hosted sparse extents: streamOptimized in both
 //! layouts (VMware's, with the grain directory found through the footer, and
 //! qemu-img's, with it in the header) and monolithicSparse.
@@ -26,9 +31,13 @@
 //! regions cost nothing. Only the grain directory (4 bytes per 32 MiB of disk)
 //! is held in memory, so memory does not grow with the data written.
 
+mod descriptor;
+mod image;
 mod reader;
 mod writer;
 
+pub use descriptor::{parse_descriptor, Descriptor, Extent, ExtentKind};
+pub use image::VmdkImage;
 pub use reader::{SparseExtentReader, SparseHeader};
 
 pub use writer::{StreamOptimizedWriter, VmdkWriterOptions, VmdkWriterStats, MAX_CAPACITY};

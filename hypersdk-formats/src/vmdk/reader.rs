@@ -209,6 +209,33 @@ impl<R: Read + Seek> SparseExtentReader<R> {
                 ));
             }
         }
+        // A delta disk's grains fall through to its parent: refuse it rather
+        // than read the parent's data as zeros.
+        let (desc_at, desc_sectors) = header.descriptor;
+        if desc_at > 0 && desc_sectors > 0 {
+            let at = desc_at.saturating_mul(SECTOR_SIZE);
+            let len = desc_sectors
+                .saturating_mul(SECTOR_SIZE)
+                .min(super::descriptor::MAX_DESCRIPTOR_BYTES as u64);
+            if at.saturating_add(len) <= file_len {
+                let mut raw = vec![0u8; len as usize];
+                read_exact_at(
+                    &mut file,
+                    at,
+                    &mut raw,
+                    "reading the embedded VMDK descriptor",
+                )?;
+                let text = String::from_utf8_lossy(&raw);
+                if let Ok(d) = super::descriptor::parse_descriptor(&text) {
+                    if d.has_parent() {
+                        return Err(Error::VmdkUnsupported(format!(
+                            "delta disk (parentCID {}); export the consolidated disk",
+                            d.parent_cid.as_deref().unwrap_or("")
+                        )));
+                    }
+                }
+            }
+        }
         let grain_bytes = header.grain_size * SECTOR_SIZE;
         let gt_coverage = header.grain_size * u64::from(header.gtes_per_gt);
         let gd_entries = header.capacity.div_ceil(gt_coverage);

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use hypersdk_core::{BoxError, DiskFormat, DiskStream, Error, ExportSource, Result, VmSpec};
 use hypersdk_formats::qcow2::Qcow2Reader;
 use hypersdk_formats::raw::RawImage;
-use hypersdk_formats::vmdk::SparseExtentReader;
+use hypersdk_formats::vmdk::VmdkImage;
 use hypersdk_formats::{DiskImage, Region};
 
 /// Chunk size of disk streams.
@@ -90,7 +90,7 @@ pub(crate) fn open_disk_image(
     }
     Ok(match format {
         DiskFormat::Qcow2 => Box::new(Qcow2Reader::open(file)?),
-        DiskFormat::Vmdk => Box::new(SparseExtentReader::open(file)?),
+        DiskFormat::Vmdk => Box::new(VmdkImage::open(path)?),
         _ => Box::new(RawImage::open(file)?),
     })
 }
