@@ -13,6 +13,11 @@
 //!   controllers (IDE 5, SCSI 6, SATA 20), disks (17), NICs (10), and the
 //!   firmware as `vmw:Config firmware=efi|bios`.
 //!
+//! [`model::Envelope`] is the typed model: it reads real-world descriptors
+//! (vCenter/ovftool with `vmw:` extensions and vApp properties, VirtualBox,
+//! the DMTF examples, VirtualSystemCollections), reports every element it
+//! does not keep, and writes OVF 1.0, 1.1 or 2.0.
+//!
 //! [`read_summary`] reads any OVF 1.x/2.x descriptor (vendor sections skipped)
 //! into an [`OvfSummary`]: files, disks with capacities, networks, and per
 //! virtual system its name, OS, CPUs, memory, disks, NICs and firmware.
@@ -20,6 +25,7 @@
 //! Inside an `Item`, the `rasd:` elements are written in alphabetical order,
 //! as the CIM schema's sequence requires.
 
+pub mod model;
 mod reader;
 mod writer;
 
