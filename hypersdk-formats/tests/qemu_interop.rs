@@ -147,6 +147,59 @@ fn qcow2_with_backing_file_is_refused_clearly() {
 }
 
 #[test]
+fn qcow2_with_a_backing_image_given_reads_the_chain() {
+    use hypersdk_formats::DiskImage;
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.qcow2");
+    let top = dir.path().join("top.qcow2");
+    qemu("qemu-img", &["create", "-q", "-f", "qcow2", p(&base), "4M"]);
+    qemu(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x11 0 4M", p(&base)],
+    );
+    // the overlay is larger than its base and overrides parts of it
+    qemu(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            p(&base),
+            p(&top),
+            "6M",
+        ],
+    );
+    qemu(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x22 1M 64k",
+            "-c",
+            "write -z 2M 64k",
+            "-c",
+            "write -P 0x33 5M 4k",
+            p(&top),
+        ],
+    );
+    let expected = dir.path().join("flat.raw");
+    qemu("qemu-img", &["convert", "-O", "raw", p(&top), p(&expected)]);
+    let backing = hypersdk_formats::open_image(&base).unwrap();
+    let mut r = Qcow2Reader::open_with_backing(fs::File::open(&top).unwrap(), backing).unwrap();
+    let mut got = vec![0u8; 6 << 20];
+    DiskImage::read_at(&mut r, 0, &mut got).unwrap();
+    assert!(
+        got == fs::read(&expected).unwrap(),
+        "chain decoded differently from qemu-img"
+    );
+}
+
+#[test]
 fn vmdk_reader_reads_qemu_img_layouts() {
     use hypersdk_formats::DiskImage;
     let dir = tempfile::tempdir().unwrap();

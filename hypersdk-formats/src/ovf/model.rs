@@ -188,10 +188,7 @@ fn local(q: &str) -> &str {
 type Attrs = Vec<(String, String)>;
 
 /// Attributes and `xmlns:` declarations of an element.
-fn attrs_of(
-    e: &BytesStart<'_>,
-    pos: u64,
-) -> Result<(Attrs, Attrs)> {
+fn attrs_of(e: &BytesStart<'_>, pos: u64) -> Result<(Attrs, Attrs)> {
     let mut v = Vec::new();
     let mut ns = Vec::new();
     for a in e.attributes() {

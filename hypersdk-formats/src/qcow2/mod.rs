@@ -20,8 +20,10 @@
 //! ```
 //!
 //! Unallocated and zero clusters read as zeros without touching the file.
-//! Compressed clusters (raw deflate) are inflated. Images with a backing file,
-//! encryption, an external data file, extended L2 entries or zstd compression
+//! Compressed clusters (raw deflate) are inflated. An image with a backing
+//! file is refused by [`Qcow2Reader::open`] (reading it alone would show the
+//! base's data as zeros); [`Qcow2Reader::open_with_backing`] takes the base,
+//! opened by the caller, and reads the chain. Images with encryption, an external data file, extended L2 entries or zstd compression
 //! are refused with [`Error::Qcow2Unsupported`]; structural damage (bad magic,
 //! tables outside the file, misaligned offsets, undersized L1) is reported as
 //! [`Error::Qcow2Corrupt`] with the offset involved.

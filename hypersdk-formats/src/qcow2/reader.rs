@@ -37,8 +37,10 @@ pub struct Qcow2Header {
 /// Where a guest cluster's data lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClusterMapping {
-    /// Reads as zeros (unallocated or a zero cluster); nothing to read.
+    /// A zero cluster (or unallocated with no backing file): reads as zeros.
     Zero,
+    /// Not allocated in this image: reads from the backing file.
+    Backing,
     /// Stored uncompressed at this file offset.
     Data(u64),
     /// Stored deflate-compressed: file offset and maximum compressed length.
@@ -60,6 +62,7 @@ pub struct Qcow2Reader<R> {
     l2_cache: Option<(u64, Vec<u64>)>,
     compressed_cache: Option<(u64, Vec<u8>)>,
     inflater: Decompress,
+    backing: Option<Box<dyn DiskImage>>,
 }
 
 impl<R> std::fmt::Debug for Qcow2Reader<R> {
@@ -88,7 +91,18 @@ fn be64(b: &[u8], at: usize) -> u64 {
 
 impl<R: Read + Seek> Qcow2Reader<R> {
     /// Opens an image: reads and validates the header and the L1 table.
-    pub fn open(mut file: R) -> Result<Self> {
+    /// An image with a backing file is refused (use [`open_with_backing`](Self::open_with_backing)).
+    pub fn open(file: R) -> Result<Self> {
+        Self::open_inner(file, None)
+    }
+
+    /// Opens an image whose backing file the caller has opened: clusters this
+    /// image does not hold are read from `backing` (zeros past its end).
+    pub fn open_with_backing(file: R, backing: Box<dyn DiskImage>) -> Result<Self> {
+        Self::open_inner(file, Some(backing))
+    }
+
+    fn open_inner(mut file: R, backing: Option<Box<dyn DiskImage>>) -> Result<Self> {
         let file_len = file
             .seek(SeekFrom::End(0))
             .map_err(|e| Error::io("finding the qcow2 file length", e))?;
@@ -183,7 +197,13 @@ impl<R: Read + Seek> Qcow2Reader<R> {
         } else {
             None
         };
-        if let Some(b) = &backing_file {
+        if backing.is_some() && backing_file.is_none() {
+            return Err(Error::InvalidInput {
+                format: "qcow2",
+                what: "a backing image was given but the image has no backing file".into(),
+            });
+        }
+        if let (Some(b), None) = (&backing_file, &backing) {
             return Err(Error::Qcow2Unsupported(format!(
                 "image has backing file {b:?}; export the flattened chain (qemu-img convert) or the base image"
             )));
@@ -246,6 +266,7 @@ impl<R: Read + Seek> Qcow2Reader<R> {
             l2_cache: None,
             compressed_cache: None,
             inflater: Decompress::new(false),
+            backing,
         })
     }
 
@@ -264,6 +285,14 @@ impl<R: Read + Seek> Qcow2Reader<R> {
         self.cluster_size
     }
 
+    fn unallocated(&self) -> ClusterMapping {
+        if self.backing.is_some() {
+            ClusterMapping::Backing
+        } else {
+            ClusterMapping::Zero
+        }
+    }
+
     /// Where the cluster holding guest offset `offset` lives.
     pub fn mapping(&mut self, offset: u64) -> Result<ClusterMapping> {
         let cluster = offset / self.cluster_size;
@@ -277,7 +306,7 @@ impl<R: Read + Seek> Qcow2Reader<R> {
         };
         let l2_offset = l1_entry & OFFSET_MASK;
         if l2_offset == 0 {
-            return Ok(ClusterMapping::Zero);
+            return Ok(self.unallocated());
         }
         let entry_pos = self.header.l1_table_offset + l1_index as u64 * 8;
         if l2_offset % self.cluster_size != 0 {
@@ -326,7 +355,7 @@ impl<R: Read + Seek> Qcow2Reader<R> {
         }
         let host = entry & OFFSET_MASK;
         if host == 0 {
-            return Ok(ClusterMapping::Zero);
+            return Ok(self.unallocated());
         }
         if host % self.cluster_size != 0 {
             return Err(corrupt(
@@ -378,6 +407,15 @@ impl<R: Read + Seek> Qcow2Reader<R> {
             let (chunk, rest) = buf.split_at_mut(n);
             match mapping {
                 ClusterMapping::Zero => chunk.fill(0),
+                ClusterMapping::Backing => {
+                    // The backing image may be smaller than this one: zeros past its end.
+                    let bsize = self.backing.as_ref().map_or(0, |b| b.virtual_size());
+                    let avail = bsize.saturating_sub(offset).min(n as u64) as usize;
+                    if let (Some(b), true) = (self.backing.as_mut(), avail > 0) {
+                        b.read_at(offset, &mut chunk[..avail])?;
+                    }
+                    chunk[avail..].fill(0);
+                }
                 ClusterMapping::Data(host) => {
                     let pos = host + in_cluster;
                     // Data past the end of the file reads as zeros, as in QEMU.
