@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use flate2::{Compress, Compression, FlushCompress, Status};
+use libdeflater::{CompressionLvl, Compressor};
 
 use super::*;
 use crate::error::{Error, Result};
@@ -83,7 +83,7 @@ pub struct StreamOptimizedWriter<W: Write> {
     /// Grains per compression batch.
     batch: usize,
     threads: usize,
-    level: Compression,
+    level: i32,
     gt: Vec<u32>,
     gt_index: u64,
     gt_dirty: bool,
@@ -150,7 +150,7 @@ impl<W: Write> StreamOptimizedWriter<W> {
             spare: Vec::new(),
             batch: threads * GRAINS_PER_THREAD,
             threads,
-            level: Compression::new(options.compression_level.min(9)),
+            level: options.compression_level.min(9) as i32,
             gt: vec![0; GTES_PER_GT as usize],
             gt_index: 0,
             gt_dirty: false,
@@ -301,11 +301,10 @@ impl<W: Write> StreamOptimizedWriter<W> {
         let level = self.level;
         let workers = self.threads.min(pending.len()).max(1);
         let compressed: Vec<Result<Vec<u8>>> = if workers == 1 {
-            let mut c = Compress::new(level, true);
-            pending
-                .iter()
-                .map(|(n, g)| compress_grain(&mut c, *n, g))
-                .collect()
+            match compressor(level) {
+                Ok(mut c) => pending.iter().map(|(n, g)| compress_grain(&mut c, *n, g)).collect(),
+                Err(e) => vec![Err(e)],
+            }
         } else {
             let per = pending.len().div_ceil(workers);
             std::thread::scope(|scope| {
@@ -313,10 +312,10 @@ impl<W: Write> StreamOptimizedWriter<W> {
                     .chunks(per)
                     .map(|part| {
                         scope.spawn(move || {
-                            let mut c = Compress::new(level, true);
-                            part.iter()
-                                .map(|(n, g)| compress_grain(&mut c, *n, g))
-                                .collect::<Vec<_>>()
+                            match compressor(level) {
+                                Ok(mut c) => part.iter().map(|(n, g)| compress_grain(&mut c, *n, g)).collect::<Vec<_>>(),
+                                Err(e) => vec![Err(e)],
+                            }
                         })
                     })
                     .collect();
@@ -378,25 +377,27 @@ impl<W: Write> StreamOptimizedWriter<W> {
 
 /// One grain framed for the stream: marker {lba, size} + zlib data, padded
 /// to a whole sector.
-fn compress_grain(c: &mut Compress, grain_no: u64, data: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(data.len() + data.len() / 512 + 1024);
-    out.extend_from_slice(&(grain_no * GRAIN_SECTORS).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    c.reset();
-    loop {
-        let consumed = c.total_in() as usize;
-        let status = c
-            .compress_vec(&data[consumed..], &mut out, FlushCompress::Finish)
-            .map_err(|e| Error::io("compressing a VMDK grain", std::io::Error::other(e)))?;
-        match status {
-            Status::StreamEnd => break,
-            _ => out.reserve(64 * 1024),
-        }
-    }
-    let size = (out.len() - 12) as u32;
-    out[8..12].copy_from_slice(&size.to_le_bytes());
+fn compress_grain(c: &mut Compressor, grain_no: u64, data: &[u8]) -> Result<Vec<u8>> {
+    let bound = c.zlib_compress_bound(data.len());
+    let mut out = vec![0u8; 12 + bound];
+    out[..8].copy_from_slice(&(grain_no * GRAIN_SECTORS).to_le_bytes());
+    let n = c
+        .zlib_compress(data, &mut out[12..])
+        .map_err(|e| Error::io("compressing a VMDK grain", std::io::Error::other(format!("{e:?}"))))?;
+    out.truncate(12 + n);
+    out[8..12].copy_from_slice(&(n as u32).to_le_bytes());
     out.resize(out.len().next_multiple_of(SECTOR_SIZE as usize), 0);
     Ok(out)
+}
+
+/// A zlib compressor at `level` (0–12 for libdeflate; we pass 0–9).
+fn compressor(level: i32) -> Result<Compressor> {
+    CompressionLvl::new(level)
+        .map(Compressor::new)
+        .map_err(|e| Error::InvalidInput {
+            format: "VMDK",
+            what: format!("compression level {level}: {e:?}"),
+        })
 }
 
 /// Whether a buffer is all zero bytes (the inner fold vectorises).
