@@ -1,10 +1,15 @@
-//! Reads an OVF descriptor summary from arbitrary text.
+//! Reads arbitrary text as an OVF descriptor (summary and typed model); what
+//! the model reads it must write back as a descriptor it can read again.
 #![no_main]
 
+use hypersdk_formats::ovf::model::{Envelope, OvfVersion};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        let _ = hypersdk_formats::ovf::read_summary(text);
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let _ = hypersdk_formats::ovf::read_summary(text);
+    if let Ok(parsed) = Envelope::parse(text) {
+        let again = Envelope::parse(&parsed.envelope.to_xml(OvfVersion::V1_0)).expect("rewritten descriptor parses");
+        assert_eq!(again.envelope.systems.len(), parsed.envelope.systems.len());
     }
 });
