@@ -19,12 +19,25 @@ use hypersdk_testsupport::mixed_content;
 const GRAIN: usize = 64 * 1024;
 
 fn main() {
-    let mib: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(512);
+    let mib: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(512);
     let data = mixed_content(mib << 20);
-    let grains: Vec<&[u8]> = data.chunks(GRAIN).filter(|g| g.iter().any(|&b| b != 0)).collect();
+    let grains: Vec<&[u8]> = data
+        .chunks(GRAIN)
+        .filter(|g| g.iter().any(|&b| b != 0))
+        .collect();
     let bytes: usize = grains.iter().map(|g| g.len()).sum();
-    println!("deflate-bench: {} non-zero 64 KiB grains ({} MiB) of mixed data, one thread", grains.len(), bytes >> 20);
-    println!("{:<28} {:>14} {:>14} {:>8}", "implementation, level", "deflate MB/s", "inflate MB/s", "ratio");
+    println!(
+        "deflate-bench: {} non-zero 64 KiB grains ({} MiB) of mixed data, one thread",
+        grains.len(),
+        bytes >> 20
+    );
+    println!(
+        "{:<28} {:>14} {:>14} {:>8}",
+        "implementation, level", "deflate MB/s", "inflate MB/s", "ratio"
+    );
     for level in [1u32, 2, 3, 6] {
         // flate2 + zlib-rs
         let mut c = Compress::new(Compression::new(level), true);
@@ -36,7 +49,10 @@ fn main() {
                 let mut o = Vec::with_capacity(GRAIN + 1024);
                 loop {
                     let done = c.total_in() as usize;
-                    match c.compress_vec(&g[done..], &mut o, FlushCompress::Finish).expect("deflate") {
+                    match c
+                        .compress_vec(&g[done..], &mut o, FlushCompress::Finish)
+                        .expect("deflate")
+                    {
                         flate2::Status::StreamEnd => break,
                         _ => o.reserve(GRAIN),
                     }
@@ -50,15 +66,24 @@ fn main() {
         let t = Instant::now();
         for (o, g) in out.iter().zip(&grains) {
             d.reset(true);
-            d.decompress(o, &mut buf, FlushDecompress::Finish).expect("inflate");
+            d.decompress(o, &mut buf, FlushDecompress::Finish)
+                .expect("inflate");
             assert!(&buf[..g.len()] == *g, "flate2 round trip");
         }
         let dt = t.elapsed().as_secs_f64();
         let csize: usize = out.iter().map(Vec::len).sum();
-        row(&format!("flate2/zlib-rs, level {level}"), bytes, ct, dt, csize);
+        row(
+            &format!("flate2/zlib-rs, level {level}"),
+            bytes,
+            ct,
+            dt,
+            csize,
+        );
 
         // libdeflate
-        let mut c = libdeflater::Compressor::new(libdeflater::CompressionLvl::new(level as i32).expect("level"));
+        let mut c = libdeflater::Compressor::new(
+            libdeflater::CompressionLvl::new(level as i32).expect("level"),
+        );
         let t = Instant::now();
         let out: Vec<Vec<u8>> = grains
             .iter()

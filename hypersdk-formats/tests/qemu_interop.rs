@@ -517,3 +517,48 @@ fn multi_extent_vmdks_read_like_qemu_img_and_deltas_are_refused() {
     let err = hypersdk_formats::open_image(&delta).unwrap_err();
     assert!(err.to_string().contains("delta disk"), "{err}");
 }
+
+#[test]
+fn vmdk_inside_an_ova_is_read_in_place() {
+    use hypersdk_formats::ova::{OvaReader, OvaWriter};
+    use hypersdk_formats::vmdk::SparseExtentReader;
+    use hypersdk_formats::DiskImage;
+    let dir = tempfile::tempdir().unwrap();
+    let len = 5 << 20;
+    let raw = dir.path().join("src.raw");
+    let data = mixed_content(len);
+    fs::write(&raw, &data).unwrap();
+    let vmdk = dir.path().join("d.vmdk");
+    qemu(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            "-o",
+            "subformat=streamOptimized",
+            p(&raw),
+            p(&vmdk),
+        ],
+    );
+    let ova = dir.path().join("x.ova");
+    let mut w = OvaWriter::new(fs::File::create(&ova).unwrap(), 0);
+    w.append("x.ovf", 11, &mut &b"<Envelope/>"[..]).unwrap();
+    w.append(
+        "x-disk1.vmdk",
+        fs::metadata(&vmdk).unwrap().len(),
+        &mut fs::File::open(&vmdk).unwrap(),
+    )
+    .unwrap();
+    w.finish().unwrap();
+    let member = OvaReader::open(fs::File::open(&ova).unwrap())
+        .unwrap()
+        .member("x-disk1.vmdk")
+        .unwrap();
+    let mut disk = SparseExtentReader::open(member).unwrap();
+    let mut got = vec![0u8; len];
+    disk.read_at(0, &mut got).unwrap();
+    assert!(got == data, "disk read in place from the OVA differs");
+}

@@ -302,7 +302,10 @@ impl<W: Write> StreamOptimizedWriter<W> {
         let workers = self.threads.min(pending.len()).max(1);
         let compressed: Vec<Result<Vec<u8>>> = if workers == 1 {
             match compressor(level) {
-                Ok(mut c) => pending.iter().map(|(n, g)| compress_grain(&mut c, *n, g)).collect(),
+                Ok(mut c) => pending
+                    .iter()
+                    .map(|(n, g)| compress_grain(&mut c, *n, g))
+                    .collect(),
                 Err(e) => vec![Err(e)],
             }
         } else {
@@ -311,11 +314,12 @@ impl<W: Write> StreamOptimizedWriter<W> {
                 let handles: Vec<_> = pending
                     .chunks(per)
                     .map(|part| {
-                        scope.spawn(move || {
-                            match compressor(level) {
-                                Ok(mut c) => part.iter().map(|(n, g)| compress_grain(&mut c, *n, g)).collect::<Vec<_>>(),
-                                Err(e) => vec![Err(e)],
-                            }
+                        scope.spawn(move || match compressor(level) {
+                            Ok(mut c) => part
+                                .iter()
+                                .map(|(n, g)| compress_grain(&mut c, *n, g))
+                                .collect::<Vec<_>>(),
+                            Err(e) => vec![Err(e)],
                         })
                     })
                     .collect();
@@ -381,9 +385,12 @@ fn compress_grain(c: &mut Compressor, grain_no: u64, data: &[u8]) -> Result<Vec<
     let bound = c.zlib_compress_bound(data.len());
     let mut out = vec![0u8; 12 + bound];
     out[..8].copy_from_slice(&(grain_no * GRAIN_SECTORS).to_le_bytes());
-    let n = c
-        .zlib_compress(data, &mut out[12..])
-        .map_err(|e| Error::io("compressing a VMDK grain", std::io::Error::other(format!("{e:?}"))))?;
+    let n = c.zlib_compress(data, &mut out[12..]).map_err(|e| {
+        Error::io(
+            "compressing a VMDK grain",
+            std::io::Error::other(format!("{e:?}")),
+        )
+    })?;
     out.truncate(12 + n);
     out[8..12].copy_from_slice(&(n as u32).to_le_bytes());
     out.resize(out.len().next_multiple_of(SECTOR_SIZE as usize), 0);
