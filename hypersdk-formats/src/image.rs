@@ -37,6 +37,61 @@ pub trait DiskImage: std::fmt::Debug + Send {
     }
 }
 
+/// Longest run [`merge_regions`] reports at once.
+const MAX_REGION: u64 = 64 << 20;
+
+/// The region at `offset` of a disk of `size` bytes whose allocation unit is
+/// `unit` bytes (cluster, grain, block): neighbouring units of the same kind
+/// (as `is_zero(unit_offset)` says) are merged, up to 64 MiB.
+pub(crate) fn merge_regions(
+    offset: u64,
+    size: u64,
+    unit: u64,
+    mut is_zero: impl FnMut(u64) -> Result<bool>,
+) -> Result<Region> {
+    if offset >= size {
+        return Err(crate::Error::InvalidInput {
+            format: "disk image",
+            what: format!("offset {offset:#x} is past the virtual size {size}"),
+        });
+    }
+    let zero = is_zero(offset)?;
+    let mut end = (offset / unit + 1) * unit;
+    while end < size && end - offset < MAX_REGION && is_zero(end)? == zero {
+        end += unit;
+    }
+    let len = end.min(size) - offset;
+    Ok(if zero {
+        Region::Zero(len)
+    } else {
+        Region::Data(len)
+    })
+}
+
+/// Seeks to `offset` and fills `buf`; a short file becomes the format's
+/// corruption error (`corrupt(offset, what)`), other failures an I/O error.
+pub(crate) fn read_exact_at<R: std::io::Read + std::io::Seek>(
+    file: &mut R,
+    offset: u64,
+    buf: &mut [u8],
+    what: &str,
+    corrupt: fn(u64, String) -> crate::Error,
+) -> Result<()> {
+    use std::io::SeekFrom;
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.read_exact(buf))
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                corrupt(
+                    offset,
+                    format!("file ends while {what} ({} bytes)", buf.len()),
+                )
+            } else {
+                crate::Error::io(format!("{what} at offset {offset:#x}"), e)
+            }
+        })
+}
+
 /// The container format of a disk image file, from its first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

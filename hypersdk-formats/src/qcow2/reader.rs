@@ -497,27 +497,9 @@ impl<R: Read + Seek + Send + std::fmt::Debug> DiskImage for Qcow2Reader<R> {
     }
 
     fn region(&mut self, offset: u64) -> Result<Region> {
-        let size = self.header.size;
-        if offset >= size {
-            return Err(Error::InvalidInput {
-                format: "qcow2",
-                what: format!("offset {offset:#x} is past the virtual size {size}"),
-            });
-        }
-        let zero = self.mapping(offset)? == ClusterMapping::Zero;
-        let mut end = (offset / self.cluster_size + 1) * self.cluster_size;
-        // Merge neighbouring clusters of the same kind, up to 64 MiB.
-        while end < size && end - offset < (64 << 20) {
-            if (self.mapping(end)? == ClusterMapping::Zero) != zero {
-                break;
-            }
-            end += self.cluster_size;
-        }
-        let len = end.min(size) - offset;
-        Ok(if zero {
-            Region::Zero(len)
-        } else {
-            Region::Data(len)
+        let (size, unit) = (self.header.size, self.cluster_size);
+        crate::image::merge_regions(offset, size, unit, |o| {
+            Ok(self.mapping(o)? == ClusterMapping::Zero)
         })
     }
 }
@@ -528,18 +510,7 @@ fn read_exact_at<R: Read + Seek>(
     buf: &mut [u8],
     what: &str,
 ) -> Result<()> {
-    file.seek(SeekFrom::Start(offset))
-        .and_then(|_| file.read_exact(buf))
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                corrupt(
-                    offset,
-                    format!("file ends while {what} ({} bytes)", buf.len()),
-                )
-            } else {
-                Error::io(format!("{what} at offset {offset:#x}"), e)
-            }
-        })
+    crate::image::read_exact_at(file, offset, buf, what, |o, w| corrupt(o, w))
 }
 
 #[cfg(test)]

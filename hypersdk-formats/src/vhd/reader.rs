@@ -290,19 +290,9 @@ impl<R: Read + Seek + Send + std::fmt::Debug> DiskImage for VhdReader<R> {
             Kind::Fixed => return Ok(Region::Data(self.size.saturating_sub(offset).max(1))),
             Kind::Dynamic { block_size, .. } => *block_size,
         };
-        let zero = self.block(offset / block_size)?.is_none();
-        let mut end = (offset / block_size + 1) * block_size;
-        while end < self.size
-            && end - offset < (64 << 20)
-            && self.block(end / block_size)?.is_none() == zero
-        {
-            end += block_size;
-        }
-        let len = end.min(self.size) - offset;
-        Ok(if zero {
-            Region::Zero(len)
-        } else {
-            Region::Data(len)
+        let size = self.size;
+        crate::image::merge_regions(offset, size, block_size, |o| {
+            Ok(self.block(o / block_size)?.is_none())
         })
     }
 }
@@ -313,18 +303,7 @@ fn read_exact_at<R: Read + Seek>(
     buf: &mut [u8],
     what: &str,
 ) -> Result<()> {
-    file.seek(SeekFrom::Start(offset))
-        .and_then(|_| file.read_exact(buf))
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                corrupt(
-                    offset,
-                    format!("file ends while {what} ({} bytes)", buf.len()),
-                )
-            } else {
-                Error::io(format!("{what} at offset {offset:#x}"), e)
-            }
-        })
+    crate::image::read_exact_at(file, offset, buf, what, |o, w| corrupt(o, w))
 }
 
 #[cfg(test)]

@@ -462,21 +462,9 @@ impl<R: Read + Seek + Send + std::fmt::Debug> DiskImage for SparseExtentReader<R
     }
 
     fn region(&mut self, offset: u64) -> Result<Region> {
-        let size = self.virtual_size();
-        let mut end = offset;
-        let kind_zero = self.grain(offset / self.grain_bytes)? == Grain::Zero;
-        // Merge neighbouring grains of the same kind, up to 64 MiB.
-        while end < size && end - offset < (64 << 20) {
-            if (self.grain(end / self.grain_bytes)? == Grain::Zero) != kind_zero {
-                break;
-            }
-            end = ((end / self.grain_bytes) + 1) * self.grain_bytes;
-        }
-        let len = end.min(size) - offset;
-        Ok(if kind_zero {
-            Region::Zero(len)
-        } else {
-            Region::Data(len)
+        let (size, unit) = (self.virtual_size(), self.grain_bytes);
+        crate::image::merge_regions(offset, size, unit, |o| {
+            Ok(self.grain(o / unit)? == Grain::Zero)
         })
     }
 }
@@ -487,18 +475,7 @@ fn read_exact_at<R: Read + Seek>(
     buf: &mut [u8],
     what: &str,
 ) -> Result<()> {
-    file.seek(SeekFrom::Start(offset))
-        .and_then(|_| file.read_exact(buf))
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                corrupt(
-                    offset,
-                    format!("file ends while {what} ({} bytes)", buf.len()),
-                )
-            } else {
-                Error::io(format!("{what} at offset {offset:#x}"), e)
-            }
-        })
+    crate::image::read_exact_at(file, offset, buf, what, |o, w| corrupt(o, w))
 }
 
 #[cfg(test)]
