@@ -303,7 +303,7 @@ fn read_exact_at<R: Read + Seek>(
     buf: &mut [u8],
     what: &str,
 ) -> Result<()> {
-    crate::image::read_exact_at(file, offset, buf, what, corrupt::<String>)
+    crate::image::read_exact_at(file, offset, buf, what, corrupt)
 }
 
 #[cfg(test)]
