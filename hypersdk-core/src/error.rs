@@ -87,6 +87,10 @@ pub enum Error {
     /// An argument or option is invalid.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// Encryption or decryption failed: wrong key, damaged or altered data,
+    /// unsupported format version.
+    #[error("{0}")]
+    Crypto(String),
     /// The export was cancelled.
     #[error("export cancelled")]
     Cancelled,

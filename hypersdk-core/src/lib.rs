@@ -96,6 +96,7 @@ pub mod progress;
 pub mod provider;
 pub mod report;
 pub mod sink;
+pub mod transforms;
 pub mod vm;
 
 pub use error::{BoxError, Error, Result};

@@ -1,0 +1,6 @@
+//! Byte-stream transforms usable on their own or inside the Exporter.
+//!
+//! - [`encrypt`]: AES-256-GCM in a chunked STREAM construction, with keys from
+//!   a key file or a passphrase (argon2id).
+
+pub mod encrypt;
