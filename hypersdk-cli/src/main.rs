@@ -1,5 +1,6 @@
 //! `hyperctl`: the command-line shell over the hypersdk library.
 
+mod crypt;
 mod image;
 mod progress;
 
@@ -47,6 +48,10 @@ enum Command {
     Inspect(image::InspectArgs),
     /// Verify an OVA or OVF package against its manifest; non-zero exit on any mismatch.
     Verify(image::VerifyArgs),
+    /// Encrypt a file (AES-256-GCM, chunked and authenticated) with a key or passphrase file.
+    Encrypt(crypt::CryptArgs),
+    /// Decrypt a file made by `hyperctl encrypt`; fails without output on any tampering.
+    Decrypt(crypt::CryptArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -200,6 +205,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(args) => image::convert(args).await,
         Command::Inspect(args) => image::inspect(args).await,
         Command::Verify(args) => image::verify(args).await,
+        Command::Encrypt(args) => crypt::encrypt(args).await,
+        Command::Decrypt(args) => crypt::decrypt(args).await,
     }
 }
 

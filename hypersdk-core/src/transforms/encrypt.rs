@@ -431,7 +431,7 @@ impl<R: Read> DecryptReader<R> {
         let n = read_full(&mut input, &mut h)
             .map_err(|e| Error::sink("cannot read", "encrypted file header", e))?;
         if n < HEADER_LEN {
-            if n >= 8 && &h[..8] == MAGIC || n < 8 {
+            if n < 8 || &h[..8] == MAGIC {
                 return Err(Error::Crypto(format!(
                     "encrypted file is truncated inside its header ({n} of {HEADER_LEN} bytes)"
                 )));
@@ -594,7 +594,7 @@ mod tests {
         assert!(err(&swapped).contains("chunk 0 failed"));
         // duplicated chunk
         let mut dup = ct[..HEADER_LEN + c].to_vec();
-        dup.extend_from_slice(&body[..]);
+        dup.extend_from_slice(body);
         assert!(err(&dup).contains("chunk 1 failed"));
         // one bit flipped in the data
         let mut flipped = ct.clone();
