@@ -14,6 +14,9 @@
 //! - A [`Sink`] stores the package: writes go to a staging area and are
 //!   published whole on commit, or dropped on failure.
 //!
+//! [`transforms`] holds the byte-stream transforms usable on their own:
+//! [`transforms::encrypt`] (AES-256-GCM STREAM, key file or passphrase).
+//!
 //! Errors are one [`Error`] enum; [`Error::is_retryable`] separates transient
 //! failures from permanent ones.
 //!
