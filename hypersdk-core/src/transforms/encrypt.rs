@@ -399,6 +399,8 @@ pub struct DecryptReader<R: Read> {
     pos: usize,
     /// The next ciphertext chunk, read ahead.
     next: Vec<u8>,
+    /// A buffer to reuse.
+    spare: Vec<u8>,
     done: bool,
 }
 
@@ -458,6 +460,7 @@ impl<R: Read> DecryptReader<R> {
             plain: Vec::new(),
             pos: 0,
             next: Vec::with_capacity(chunk + TAG_LEN),
+            spare: Vec::new(),
             done: false,
         };
         r.fill_next()
@@ -482,7 +485,9 @@ impl<R: Read> DecryptReader<R> {
                 self.index
             )));
         }
-        let mut ct = std::mem::replace(&mut self.next, Vec::with_capacity(self.chunk + TAG_LEN));
+        // Three buffers rotate (read-ahead, being returned, spare): no
+        // allocation per chunk.
+        let mut ct = std::mem::replace(&mut self.next, std::mem::take(&mut self.spare));
         // A full chunk is the last one only if nothing follows it.
         let last = if ct.len() == self.chunk + TAG_LEN {
             self.fill_next()?;
@@ -502,8 +507,9 @@ impl<R: Read> DecryptReader<R> {
             })?
             .len();
         ct.truncate(plain_len);
-        self.plain.zeroize();
-        self.plain = ct;
+        // Plaintext buffers are reused, not zeroed per chunk: they hold the
+        // data being written out anyway; key material is what gets zeroed.
+        self.spare = std::mem::replace(&mut self.plain, ct);
         self.pos = 0;
         self.index = self
             .index
@@ -535,7 +541,9 @@ impl<R: Read> Read for DecryptReader<R> {
 
 impl<R: Read> Drop for DecryptReader<R> {
     fn drop(&mut self) {
+        // The last plaintext chunk is cleared once, when the reader goes away.
         self.plain.zeroize();
+        self.spare.zeroize();
     }
 }
 
