@@ -30,7 +30,7 @@ use anyhow::{bail, Context, Result};
 use hypersdk_formats::convert::{convert, ConvertOptions, TargetFormat};
 use hypersdk_formats::open_image;
 use hypersdk_testsupport::{
-    assert_same_guest_data, path_str, qemu_img, run_tool, write_mixed_file,
+    assert_same_guest_data, path_str, peak_rss_kib, qemu_img, run_tool, write_mixed_file,
 };
 
 fn main() -> Result<()> {
@@ -183,13 +183,7 @@ fn child(args: &[String]) -> Result<()> {
         &options,
         &mut |_, _| {},
     )?;
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let hwm = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .context("VmHWM")?;
-    println!("{hwm}");
+    println!("{}", peak_rss_kib().context("VmHWM in /proc/self/status")?);
     Ok(())
 }
 

@@ -27,7 +27,7 @@ use hypersdk_core::{ExportOptions, Exporter, PackageFormat};
 use hypersdk_local::LocalProvider;
 use hypersdk_sinks::LocalDirSink;
 use hypersdk_testsupport::{
-    assert_same_guest_data, path_str, qemu_img, run_tool, write_mixed_file,
+    assert_same_guest_data, path_str, peak_rss_kib, qemu_img, run_tool, write_mixed_file,
 };
 
 fn main() -> Result<()> {
@@ -198,12 +198,6 @@ fn child_export(args: &[String]) -> Result<()> {
             .export(&provider, xml, &LocalDirSink::new(out))
             .await
     })?;
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let hwm = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .context("VmHWM in /proc/self/status")?;
-    println!("{hwm}");
+    println!("{}", peak_rss_kib().context("VmHWM in /proc/self/status")?);
     Ok(())
 }

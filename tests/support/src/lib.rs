@@ -105,3 +105,12 @@ pub fn write_mixed_file(path: &Path, bytes: u64) -> std::io::Result<()> {
     }
     f.flush()
 }
+
+/// This process's peak resident set size in KiB (VmHWM from /proc/self/status).
+pub fn peak_rss_kib() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
