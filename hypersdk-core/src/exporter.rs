@@ -277,7 +277,7 @@ impl Exporter {
         let disk = &spec.disks[index];
         let capacity = disk.capacity;
         // VMDK capacities are whole sectors; a raw disk of odd size is zero-padded.
-        let vmdk_capacity = capacity.next_multiple_of(512).max(512);
+        let vmdk_capacity = hypersdk_formats::image::sector_capacity(capacity);
         let mut stream = source.open_disk(index, 0).await?;
         let mut writer = staging.create(name).await?;
         let depth = self.options.queue_depth.max(1);

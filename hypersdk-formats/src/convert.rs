@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 
 use crate::error::{Error, Result};
-use crate::image::{DiskImage, Region};
+use crate::image::{sector_capacity, DiskImage, Region};
 use crate::qcow2::{Qcow2Writer, Qcow2WriterOptions};
 use crate::raw::RawWriter;
 use crate::vhd::VhdFixedWriter;
@@ -153,10 +153,24 @@ enum Piece {
     Zero(u64),
 }
 
+/// Copies `src` into `target`, then `pad` zero bytes (sector padding).
+fn pump(
+    src: &mut dyn DiskImage,
+    target: &mut dyn Target,
+    pad: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ConvertStats> {
+    let stats = copy_regions(src, target, progress)?;
+    if pad > 0 {
+        target.zeroes(pad)?;
+    }
+    Ok(stats)
+}
+
 /// Reads the source on a second thread while the target is written on this
 /// one, joined by a bounded queue of [`QUEUE`] chunks (memory: about
 /// `(QUEUE + 2) × CHUNK`).
-fn pump(
+fn copy_regions(
     src: &mut dyn DiskImage,
     target: &mut dyn Target,
     progress: &mut dyn FnMut(u64, u64),
@@ -244,14 +258,13 @@ pub fn convert(
 ) -> Result<ConvertStats> {
     let vmdk = &options.vmdk;
     let size = src.virtual_size();
+    // Sector-based formats: an odd-sized source is padded with zeros.
+    let cap = sector_capacity(size);
     let (mut stats, file) = match to {
         TargetFormat::VmdkStreamOptimized => {
-            // VMDK capacities are whole sectors: pad an odd-sized source with zeros.
-            let cap = size.next_multiple_of(512).max(512);
             let mut w =
                 StreamOptimizedWriter::new(BufWriter::with_capacity(1 << 20, out), cap, vmdk)?;
-            let stats = pump(src, &mut w, progress)?;
-            w.write_zeroes(cap - size)?;
+            let stats = pump(src, &mut w, cap - size, progress)?;
             let (buf, _) = w.finish()?;
             let file = buf
                 .into_inner()
@@ -259,14 +272,12 @@ pub fn convert(
             (stats, file)
         }
         TargetFormat::Qcow2 | TargetFormat::Qcow2Compressed => {
-            let cap = size.next_multiple_of(512).max(512);
             let opts = Qcow2WriterOptions {
                 compress: to == TargetFormat::Qcow2Compressed,
                 ..Default::default()
             };
             let mut w = Qcow2Writer::new(BufWriter::with_capacity(1 << 20, out), cap, &opts)?;
-            let stats = pump(src, &mut w, progress)?;
-            w.write_zeroes(cap - size)?;
+            let stats = pump(src, &mut w, cap - size, progress)?;
             let (buf, file_size) = w.finish()?;
             let file = buf
                 .into_inner()
@@ -276,11 +287,9 @@ pub fn convert(
             (stats, file)
         }
         TargetFormat::VhdFixed => {
-            let cap = size.next_multiple_of(512).max(512);
             let mut w =
                 VhdFixedWriter::new(BufWriter::with_capacity(1 << 20, out), cap, unique_id())?;
-            let stats = pump(src, &mut w, progress)?;
-            w.write_zeroes(cap - size)?;
+            let stats = pump(src, &mut w, cap - size, progress)?;
             let file = w
                 .finish()?
                 .into_inner()
@@ -289,7 +298,7 @@ pub fn convert(
         }
         TargetFormat::Raw => {
             let mut w = RawWriter::new(out, size);
-            let stats = pump(src, &mut w, progress)?;
+            let stats = pump(src, &mut w, 0, progress)?;
             let file = w.finish()?;
             file.set_len(size)
                 .map_err(|e| Error::io("setting the raw image length", e))?;

@@ -37,6 +37,24 @@ pub trait DiskImage: std::fmt::Debug + Send {
     }
 }
 
+/// Checks that a read of `len` bytes at `offset` stays within a disk of
+/// `size` bytes.
+pub(crate) fn check_read(format: &'static str, offset: u64, len: usize, size: u64) -> Result<()> {
+    if offset.checked_add(len as u64).is_none_or(|e| e > size) {
+        return Err(crate::Error::InvalidInput {
+            format,
+            what: format!("read of {len} bytes at {offset:#x} exceeds the virtual size {size}"),
+        });
+    }
+    Ok(())
+}
+
+/// The capacity of a disk of `size` bytes in formats that count whole
+/// 512-byte sectors (VMDK, qcow2, VHD): rounded up, at least one sector.
+pub fn sector_capacity(size: u64) -> u64 {
+    size.next_multiple_of(512).max(512)
+}
+
 /// Longest run [`merge_regions`] reports at once.
 const MAX_REGION: u64 = 64 << 20;
 

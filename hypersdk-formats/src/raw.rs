@@ -32,19 +32,7 @@ impl<R: Read + Seek + Send + std::fmt::Debug> DiskImage for RawImage<R> {
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        if offset
-            .checked_add(buf.len() as u64)
-            .is_none_or(|e| e > self.size)
-        {
-            return Err(Error::InvalidInput {
-                format: "raw",
-                what: format!(
-                    "read of {} bytes at {offset:#x} exceeds the size {}",
-                    buf.len(),
-                    self.size
-                ),
-            });
-        }
+        crate::image::check_read("raw", offset, buf.len(), self.size)?;
         self.file
             .seek(SeekFrom::Start(offset))
             .and_then(|_| self.file.read_exact(buf))

@@ -378,19 +378,7 @@ impl<R: Read + Seek> Qcow2Reader<R> {
     /// Fills `buf` with guest data from `offset`. Reading past the virtual size
     /// is an error.
     pub fn read_at(&mut self, mut offset: u64, mut buf: &mut [u8]) -> Result<()> {
-        if offset
-            .checked_add(buf.len() as u64)
-            .is_none_or(|e| e > self.header.size)
-        {
-            return Err(Error::InvalidInput {
-                format: "qcow2",
-                what: format!(
-                    "read of {} bytes at {offset:#x} exceeds the virtual size {}",
-                    buf.len(),
-                    self.header.size
-                ),
-            });
-        }
+        crate::image::check_read("qcow2", offset, buf.len(), self.header.size)?;
         while !buf.is_empty() {
             let in_cluster = offset % self.cluster_size;
             let mut n = ((self.cluster_size - in_cluster) as usize).min(buf.len());

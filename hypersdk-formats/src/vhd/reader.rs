@@ -210,19 +210,7 @@ impl<R: Read + Seek + Send + std::fmt::Debug> DiskImage for VhdReader<R> {
     }
 
     fn read_at(&mut self, mut offset: u64, mut buf: &mut [u8]) -> Result<()> {
-        if offset
-            .checked_add(buf.len() as u64)
-            .is_none_or(|e| e > self.size)
-        {
-            return Err(Error::InvalidInput {
-                format: "VHD",
-                what: format!(
-                    "read of {} bytes at {offset:#x} exceeds the size {}",
-                    buf.len(),
-                    self.size
-                ),
-            });
-        }
+        crate::image::check_read("VHD", offset, buf.len(), self.size)?;
         let (block_size, bitmap_bytes) = match &self.kind {
             Kind::Fixed => return read_exact_at(&mut self.file, offset, buf, "reading VHD data"),
             Kind::Dynamic {

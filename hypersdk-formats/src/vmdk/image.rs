@@ -176,19 +176,7 @@ impl DiskImage for VmdkImage {
     }
 
     fn read_at(&mut self, mut offset: u64, mut buf: &mut [u8]) -> Result<()> {
-        if offset
-            .checked_add(buf.len() as u64)
-            .is_none_or(|e| e > self.size)
-        {
-            return Err(Error::InvalidInput {
-                format: "VMDK",
-                what: format!(
-                    "read of {} bytes at {offset:#x} exceeds the size {}",
-                    buf.len(),
-                    self.size
-                ),
-            });
-        }
+        crate::image::check_read("VMDK", offset, buf.len(), self.size)?;
         while !buf.is_empty() {
             let i = self.part(offset).ok_or_else(|| Error::InvalidInput {
                 format: "VMDK",

@@ -417,18 +417,7 @@ impl<R: Read + Seek + Send + std::fmt::Debug> DiskImage for SparseExtentReader<R
 
     fn read_at(&mut self, mut offset: u64, mut buf: &mut [u8]) -> Result<()> {
         let size = self.virtual_size();
-        if offset
-            .checked_add(buf.len() as u64)
-            .is_none_or(|e| e > size)
-        {
-            return Err(Error::InvalidInput {
-                format: "VMDK",
-                what: format!(
-                    "read of {} bytes at {offset:#x} exceeds the virtual size {size}",
-                    buf.len()
-                ),
-            });
-        }
+        crate::image::check_read("VMDK", offset, buf.len(), size)?;
         while !buf.is_empty() {
             let grain_no = offset / self.grain_bytes;
             let within = offset % self.grain_bytes;
