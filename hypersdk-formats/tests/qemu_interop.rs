@@ -15,6 +15,22 @@ fn qemu(tool: &str, args: &[&str]) -> String {
     hypersdk_testsupport::run_tool(tool, args)
 }
 
+/// Converts `src` into a new file at `out` with default options.
+fn convert_to(
+    src: &mut dyn hypersdk_formats::DiskImage,
+    to: hypersdk_formats::convert::TargetFormat,
+    out: &Path,
+) -> hypersdk_formats::convert::ConvertStats {
+    hypersdk_formats::convert::convert(
+        src,
+        to,
+        fs::File::create(out).unwrap(),
+        &Default::default(),
+        &mut |_, _| {},
+    )
+    .unwrap()
+}
+
 fn p(path: &Path) -> &str {
     hypersdk_testsupport::path_str(path)
 }
@@ -236,7 +252,7 @@ fn vmdk_reader_reads_qemu_img_layouts() {
 
 #[test]
 fn convert_between_formats_matches_qemu_img() {
-    use hypersdk_formats::convert::{convert, TargetFormat};
+    use hypersdk_formats::convert::TargetFormat;
     let dir = tempfile::tempdir().unwrap();
     let len = 20 << 20;
     let raw = dir.path().join("src.raw");
@@ -262,14 +278,7 @@ fn convert_between_formats_matches_qemu_img() {
     // qcow2 -> VMDK: only the 4 MiB of data is read
     let vmdk = dir.path().join("out.vmdk");
     let mut src = hypersdk_formats::open_image(&qcow2).unwrap();
-    let stats = convert(
-        src.as_mut(),
-        TargetFormat::VmdkStreamOptimized,
-        fs::File::create(&vmdk).unwrap(),
-        &Default::default(),
-        &mut |_, _| {},
-    )
-    .unwrap();
+    let stats = convert_to(src.as_mut(), TargetFormat::VmdkStreamOptimized, &vmdk);
     assert_eq!(stats.data_read, 4 << 20);
     assert_eq!(stats.zero_skipped, (3 << 30) - (4 << 20));
     qemu("qemu-img", &["check", p(&vmdk)]);
@@ -281,14 +290,7 @@ fn convert_between_formats_matches_qemu_img() {
     // VMDK (ours) -> raw, sparse
     let back = dir.path().join("back.raw");
     let mut src = hypersdk_formats::open_image(&vmdk).unwrap();
-    let stats = convert(
-        src.as_mut(),
-        TargetFormat::Raw,
-        fs::File::create(&back).unwrap(),
-        &Default::default(),
-        &mut |_, _| {},
-    )
-    .unwrap();
+    let stats = convert_to(src.as_mut(), TargetFormat::Raw, &back);
     assert_eq!(stats.output_size, 3 << 30);
     qemu(
         "qemu-img",
@@ -308,14 +310,7 @@ fn convert_between_formats_matches_qemu_img() {
     fs::write(&odd, &mixed_content(len)[..len - 100]).unwrap();
     let vmdk2 = dir.path().join("odd.vmdk");
     let mut src = hypersdk_formats::open_image(&odd).unwrap();
-    convert(
-        src.as_mut(),
-        TargetFormat::VmdkStreamOptimized,
-        fs::File::create(&vmdk2).unwrap(),
-        &Default::default(),
-        &mut |_, _| {},
-    )
-    .unwrap();
+    convert_to(src.as_mut(), TargetFormat::VmdkStreamOptimized, &vmdk2);
     qemu("qemu-img", &["check", p(&vmdk2)]);
     let raw_src = dir.path().join("odd-expected.raw");
     let mut padded = mixed_content(len);
@@ -329,7 +324,7 @@ fn convert_between_formats_matches_qemu_img() {
 
 #[test]
 fn qcow2_writer_output_passes_qemu_img_check() {
-    use hypersdk_formats::convert::{convert, TargetFormat};
+    use hypersdk_formats::convert::TargetFormat;
     let dir = tempfile::tempdir().unwrap();
     // 1.1 GiB virtual: data in the first, second and third L2 ranges (512 MiB each),
     // plus an odd tail.
@@ -357,14 +352,7 @@ fn qcow2_writer_output_passes_qemu_img_check() {
     ] {
         let out = dir.path().join(name);
         let mut src = hypersdk_formats::open_image(&raw).unwrap();
-        convert(
-            src.as_mut(),
-            to,
-            fs::File::create(&out).unwrap(),
-            &Default::default(),
-            &mut |_, _| {},
-        )
-        .unwrap();
+        convert_to(src.as_mut(), to, &out);
         qemu("qemu-img", &["check", p(&out)]);
         qemu(
             "qemu-img",
@@ -385,7 +373,7 @@ fn qcow2_writer_output_passes_qemu_img_check() {
 
 #[test]
 fn vhd_read_and_write_agree_with_qemu_img() {
-    use hypersdk_formats::convert::{convert, TargetFormat};
+    use hypersdk_formats::convert::TargetFormat;
     let dir = tempfile::tempdir().unwrap();
     let len: usize = 48 << 20;
     let raw = dir.path().join("src.raw");
@@ -419,14 +407,7 @@ fn vhd_read_and_write_agree_with_qemu_img() {
     // our fixed VHD, read by qemu-img
     let ours = dir.path().join("ours.vhd");
     let mut src = hypersdk_formats::open_image(&raw).unwrap();
-    convert(
-        src.as_mut(),
-        TargetFormat::VhdFixed,
-        fs::File::create(&ours).unwrap(),
-        &Default::default(),
-        &mut |_, _| {},
-    )
-    .unwrap();
+    convert_to(src.as_mut(), TargetFormat::VhdFixed, &ours);
     assert_eq!(fs::metadata(&ours).unwrap().len(), len as u64 + 512);
     let info = qemu(
         "qemu-img",
