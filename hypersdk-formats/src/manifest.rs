@@ -22,6 +22,10 @@ use std::fmt::Write as _;
 pub enum DigestAlgorithm {
     /// SHA-256, the default and what current vSphere expects.
     Sha256,
+    /// SHA-1, for older OVF tools (vSphere 5.x, VirtualBox).
+    Sha1,
+    /// SHA-512.
+    Sha512,
 }
 
 impl DigestAlgorithm {
@@ -29,6 +33,24 @@ impl DigestAlgorithm {
     pub fn manifest_name(self) -> &'static str {
         match self {
             DigestAlgorithm::Sha256 => "SHA256",
+            DigestAlgorithm::Sha1 => "SHA1",
+            DigestAlgorithm::Sha512 => "SHA512",
+        }
+    }
+}
+
+impl std::str::FromStr for DigestAlgorithm {
+    type Err = String;
+
+    /// `sha256`, `sha1` or `sha512`, any case, with or without the dash.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().replace('-', "").as_str() {
+            "sha256" => Ok(DigestAlgorithm::Sha256),
+            "sha1" => Ok(DigestAlgorithm::Sha1),
+            "sha512" => Ok(DigestAlgorithm::Sha512),
+            _ => Err(format!(
+                "unknown digest algorithm '{s}' (expected sha256, sha512 or sha1)"
+            )),
         }
     }
 }
@@ -112,6 +134,16 @@ pub enum Hasher {
 }
 
 impl Hasher {
+    /// A hasher for `algorithm`.
+    pub fn new(algorithm: DigestAlgorithm) -> Hasher {
+        use sha2::Digest;
+        match algorithm {
+            DigestAlgorithm::Sha1 => Hasher::Sha1(sha1::Sha1::new()),
+            DigestAlgorithm::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
+            DigestAlgorithm::Sha512 => Hasher::Sha512(sha2::Sha512::new()),
+        }
+    }
+
     /// A hasher for a manifest algorithm name (`SHA1`, `SHA256`, `SHA512`,
     /// any case), or None if unknown.
     pub fn for_name(name: &str) -> Option<Hasher> {

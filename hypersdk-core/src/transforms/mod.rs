@@ -6,3 +6,4 @@
 //!   any zstd/gzip stream.
 pub mod compress;
 pub mod encrypt;
+pub mod pipeline;
