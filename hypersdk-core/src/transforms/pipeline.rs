@@ -20,13 +20,15 @@
 //!
 //! ```text
 //! chunks in flight ≤ 2 × queue_depth (input and output queues)
-//!                  + 2 × workers     (one queued to and one from each compressor)
+//!                  + 3 × workers     (two queued to and one from each compressor)
 //!                  + workers + 2     (one being worked on per thread)
 //! ```
 //!
 //! With the defaults (1 MiB chunks, depth 4, 2 workers) that is at most 18
 //! MiB, plus about 1.3 MiB of zstd state per worker at level 1, whatever the
-//! input size.
+//! input size. (Two chunks queued to each compressor, not one, keep the
+//! digest thread — the one stage that cannot be split — from waiting on a
+//! compressor that the scheduler has briefly set aside.)
 //!
 //! A failing stage drops its channels, so the stages around it stop too and
 //! writes to the input fail; [`PipelineOutput::finish`] then returns the
@@ -102,7 +104,7 @@ impl TransformSpec {
         } else {
             0
         };
-        self.chunk_size.max(1 << 16) * (2 * self.queue_depth.max(1) + 3 * workers + 2)
+        self.chunk_size.max(1 << 16) * (2 * self.queue_depth.max(1) + 4 * workers + 2)
     }
 }
 
@@ -169,6 +171,32 @@ impl PipelineInput {
             }
         }
         Ok(())
+    }
+
+    /// Hands over a buffer without copying it (async). A buffer of exactly
+    /// `chunk_size` bytes, given when nothing is pending, goes on as one
+    /// chunk; anything else is cut like [`write`](Self::write).
+    pub async fn write_owned(&mut self, data: Vec<u8>) -> std::io::Result<()> {
+        if self.buf.is_empty() && data.len() == self.chunk {
+            let tx = self.tx.as_ref().ok_or_else(stopped)?;
+            return tx.send(data).await.map_err(|_| stopped());
+        }
+        self.write(&data).await
+    }
+
+    /// The same, from a thread.
+    pub fn write_owned_blocking(&mut self, data: Vec<u8>) -> std::io::Result<()> {
+        if self.buf.is_empty() && data.len() == self.chunk {
+            let tx = self.tx.as_ref().ok_or_else(stopped)?;
+            return tx.blocking_send(data).map_err(|_| stopped());
+        }
+        std::io::Write::write_all(self, &data)
+    }
+
+    /// The chunk size: buffers of this size pass through
+    /// [`write_owned`](Self::write_owned) without a copy.
+    pub fn chunk_size(&self) -> usize {
+        self.chunk
     }
 
     /// Sends the last partial chunk and closes the input (async).
@@ -300,7 +328,7 @@ pub fn start(spec: &TransformSpec) -> Result<(PipelineInput, PipelineOutput)> {
     if let Some(c) = spec.compression {
         for _ in 0..spec.workers.max(1) {
             let mut encoder = c.frame_encoder()?;
-            let (wtx, wrx) = sync_channel::<Vec<u8>>(1);
+            let (wtx, wrx) = sync_channel::<Vec<u8>>(2);
             let (ftx, frx) = sync_channel::<Vec<u8>>(1);
             to_workers.push(wtx);
             from_workers.push(frx);
@@ -308,7 +336,7 @@ pub fn start(spec: &TransformSpec) -> Result<(PipelineInput, PipelineOutput)> {
                 "compress",
                 Box::new(move || {
                     while let Ok(data) = wrx.recv() {
-                        let mut frame = Vec::with_capacity(data.len() / 2 + 1024);
+                        let mut frame = Vec::new();
                         encoder.encode(&data, &mut frame)?;
                         if ftx.send(frame).is_err() {
                             break; // downstream stopped; its error tells why
@@ -748,7 +776,7 @@ mod tests {
             workers: 2,
             ..Default::default()
         };
-        assert_eq!(spec.memory_bound(), (1 << 20) * 16);
+        assert_eq!(spec.memory_bound(), (1 << 20) * 18);
         assert_eq!(spec.extension(), ".zst");
     }
 }
