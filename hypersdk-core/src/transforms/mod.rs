@@ -1,9 +1,16 @@
 //! Byte-stream transforms usable on their own or inside the Exporter.
 //!
 //! - [`encrypt`]: AES-256-GCM in a chunked STREAM construction, with keys from
-//!   a key file or a passphrase (argon2id).
+//!   a key file or a passphrase (argon2id); `Write`/`Read` adapters.
 //! - [`compress`]: zstd and gzip as independent frames, and decompression of
-//!   any zstd/gzip stream.
+//!   any zstd/gzip stream; `Write`/`Read` adapters.
+//! - [`pipeline`]: digest, compression and encryption run at once on threads
+//!   joined by bounded queues of fixed-size chunks; a blocking or async
+//!   writing end, and [`transform_stream`](pipeline::transform_stream) as an
+//!   adapter over an async byte stream.
+//! - [`ratelimit`]: byte token buckets, the process-wide limiter, and
+//!   rclone-style `--bwlimit` timetables.
 pub mod compress;
 pub mod encrypt;
 pub mod pipeline;
+pub mod ratelimit;
