@@ -12,6 +12,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use hypersdk_core::transforms::encrypt::KeySource;
+use hypersdk_core::transforms::ratelimit::RateLimiter;
 use hypersdk_core::{
     CancellationToken, Error, ExportOptions, ExportReport, Exporter, PackageFormat, PowerState,
     Provider, VmInfo, VmQuery, VmSpec,
@@ -52,6 +54,9 @@ enum Command {
     Encrypt(crypt::CryptArgs),
     /// Decrypt a file made by `hyperctl encrypt`; fails without output on any tampering.
     Decrypt(crypt::CryptArgs),
+    /// Undo an export's --compress/--encrypt-* wrapping: decrypt and decompress
+    /// a file, or every file of an OVF directory.
+    Unwrap(crypt::UnwrapArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -159,6 +164,27 @@ struct ExportArgs {
     /// zlib level of VMDK grains, 0-9.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9))]
     compression_level: u32,
+    /// Compress the stored files: zstd[:LEVEL] or gzip[:LEVEL] (adds .zst/.gz).
+    #[arg(long, value_name = "ALGO[:LEVEL]")]
+    compress: Option<String>,
+    /// Encrypt the stored files (AES-256-GCM, adds .enc) with the 32-byte key
+    /// in this file (raw, hex or base64).
+    #[arg(long, value_name = "FILE", conflicts_with = "encrypt_passphrase_file")]
+    encrypt_key_file: Option<PathBuf>,
+    /// Encrypt the stored files with the passphrase on the first line of this
+    /// file (argon2id).
+    #[arg(long, value_name = "FILE")]
+    encrypt_passphrase_file: Option<PathBuf>,
+    /// Bandwidth limit on reading the source: a rate (10M, 512K, off) or an
+    /// rclone-style timetable ("Mon-08:00,10M 18:00,off").
+    #[arg(long, value_name = "RATE|TIMETABLE")]
+    bwlimit: Option<String>,
+    /// Manifest digest: sha256, sha512 or sha1.
+    #[arg(long, default_value = "sha256")]
+    digest: String,
+    /// Read every stored file back and check it before publishing the export.
+    #[arg(long)]
+    verify: bool,
     /// Print the export report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -207,6 +233,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(args) => image::verify(args).await,
         Command::Encrypt(args) => crypt::encrypt(args).await,
         Command::Decrypt(args) => crypt::decrypt(args).await,
+        Command::Unwrap(args) => crypt::unwrap(args).await,
     }
 }
 
@@ -335,6 +362,23 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
     })
     .with_overwrite(args.overwrite);
     options.compression_level = args.compression_level;
+    options.digest = args
+        .digest
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
+    if let Some(c) = &args.compress {
+        options = options.with_compression(c.parse()?);
+    }
+    if let Some(f) = &args.encrypt_key_file {
+        options = options.with_encryption(KeySource::from_key_file(f)?);
+    }
+    if let Some(f) = &args.encrypt_passphrase_file {
+        options = options.with_encryption(KeySource::from_passphrase_file(f)?);
+    }
+    if let Some(b) = &args.bwlimit {
+        options = options.with_bwlimit(RateLimiter::from_spec(b)?);
+    }
+    options = options.with_verify(args.verify);
     if let Some(n) = &args.name {
         options = options.with_name(n);
     }
@@ -374,8 +418,29 @@ fn print_report(r: &ExportReport) {
         r.duration_secs,
         r.throughput_mb_s
     );
-    if let Some(d) = &r.ova_sha256 {
-        println!("sha256 of the OVA: {d}");
+    if let Some(ova) = &r.ova {
+        println!(
+            "{} of {}: {}",
+            r.digest_algorithm.to_lowercase(),
+            ova.name,
+            ova.digest
+        );
+    }
+    let mut layers = Vec::new();
+    if let Some(c) = &r.compression {
+        layers.push(format!("compressed ({c})"));
+    }
+    if r.encrypted {
+        layers.push("encrypted (AES-256-GCM)".to_string());
+    }
+    if !layers.is_empty() {
+        println!(
+            "stored {}; `hyperctl unwrap` restores the plain package",
+            layers.join(", ")
+        );
+    }
+    if r.verified {
+        println!("verified: every stored file read back and matched");
     }
     println!("manifest:");
     for line in r.manifest.lines() {

@@ -209,7 +209,7 @@ fn exports_example_vm_to_a_verified_ova() {
         report["size"].as_u64().unwrap(),
         fs::metadata(&ova).unwrap().len()
     );
-    assert_eq!(report["ova_sha256"].as_str().unwrap(), sha256_hex(&ova));
+    assert_eq!(report["ova"]["digest"].as_str().unwrap(), sha256_hex(&ova));
 
     let members = run_tool("tar", &["-tf", path_str(&ova)]);
     let members: Vec<&str> = members.lines().collect();

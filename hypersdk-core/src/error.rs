@@ -91,6 +91,16 @@ pub enum Error {
     /// unsupported format version.
     #[error("{0}")]
     Crypto(String),
+    /// Bytes read back do not match what was written or what a manifest
+    /// says: a digest mismatch, or an encrypted/compressed layer that fails
+    /// its checks.
+    #[error("verification of {file} failed: {detail}")]
+    Integrity {
+        /// The file (as stored) that failed.
+        file: String,
+        /// What did not match.
+        detail: String,
+    },
     /// The export was cancelled.
     #[error("export cancelled")]
     Cancelled,

@@ -1,35 +1,43 @@
 //! The Exporter: drives one VM export from an [`ExportSource`] into a [`Sink`].
 //!
-//! Per disk, three stages run concurrently, joined by bounded channels:
+//! Per disk, the stages run concurrently, joined by bounded queues:
 //!
 //! ```text
-//! source stream ──chunks──▶ encoder thread ──VMDK bytes──▶ hash + sink write
-//!  (async task)   queue      (blocking pool:   queue        (async task)
-//!                            zero-grain skip,
-//!                            zlib)
+//! source stream ─▶ encoder thread ─▶ transform pipeline ──────────▶ sink write
+//!  (async task,     (blocking pool:   (threads: digest, then         (async task)
+//!   rate limit)      zero-grain skip,  compression ×N and
+//!                    deflate)          encryption when asked)
 //! ```
 //!
-//! Each queue holds `queue_depth` chunks of about `chunk_size` bytes, so memory
-//! per disk is bounded by roughly `chunk_size × (2 × queue_depth + 3)` (≈ 11 MiB
-//! with the defaults) plus the VMDK writer's grain buffers, whatever the disk size.
+//! The transform pipeline is [`transforms::pipeline`](crate::transforms::pipeline):
+//! the digest for the manifest is computed as the bytes pass, never by
+//! re-reading. Memory per disk is bounded by the source→encoder queue
+//! (`queue_depth` chunks), the encoder's grain buffers, and the pipeline's
+//! bound (`chunk_size × (2 × queue_depth + 4 × workers + 2)`, see
+//! [`TransformSpec::memory_bound`]); with the defaults (1 MiB chunks, depth 4,
+//! 2 cores) about 30 MiB, whatever the disk size.
 //!
 //! An OVA needs every disk's size and digest before its first member (the
 //! `.ovf`, then the `.mf`), and a compressed disk's size is known only once it
 //! is written. So for OVA output the disks are first written to the sink's
-//! staging area (a spool), then the OVA is assembled from them and the spools
-//! are removed. OVF directory output writes each disk once, in place.
+//! staging area (a spool), then the OVA is assembled from them — through the
+//! transforms, if any — and the spools are removed. OVF directory output
+//! writes each disk once, in place, each file through the transforms.
+//!
+//! With [`ExportOptions::verify`], every stored file is then read back from
+//! the staging area, unwrapped (decrypted, decompressed) and digested again,
+//! and the export is published only if each digest matches.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, Instrument};
 
-use hypersdk_formats::manifest::{to_hex, write_manifest, DigestAlgorithm, ManifestEntry};
+use hypersdk_formats::manifest::{write_manifest, DigestAlgorithm, Hasher, ManifestEntry};
 use hypersdk_formats::ova::{tar_header, tar_padding, END_OF_ARCHIVE};
 use hypersdk_formats::ovf::write_envelope;
 use hypersdk_formats::vmdk::{StreamOptimizedWriter, VmdkWriterOptions, VmdkWriterStats};
@@ -41,6 +49,10 @@ use crate::progress::{Phase, ProgressEvent, ProgressFn, ProgressTracker};
 use crate::provider::{ExportSource, Provider};
 use crate::report::{DiskReport, ExportReport, FileReport};
 use crate::sink::{Artifact, Sink, SinkWriter, Staging};
+use crate::transforms::compress::decompress_reader;
+use crate::transforms::encrypt::DecryptReader;
+use crate::transforms::pipeline::{self, PipelineInput, PipelineOutput, TransformSpec};
+use crate::transforms::ratelimit::acquire_all;
 use crate::vm::VmSpec;
 
 /// How often progress events are sent per disk, at most.
@@ -131,14 +143,22 @@ impl Exporter {
         let spec = source.spec().clone();
         let base = safe_name(self.options.name.as_deref().unwrap_or(&spec.name));
         let artifact = match self.options.format {
-            PackageFormat::Ova => Artifact::File(format!("{base}.ova")),
+            PackageFormat::Ova => {
+                Artifact::File(format!("{base}.ova{}", self.options.stored_extension()))
+            }
             PackageFormat::Ovf => Artifact::Directory(base.clone()),
         };
         let span = info_span!("export", vm = %spec.name, provider, artifact = artifact.name());
         async {
             let start = Instant::now();
             let mut staging = sink.begin(&artifact, self.options.overwrite).await?;
-            let built = self.build(&spec, source, staging.as_mut(), &base).await;
+            let mut built = self.build(&spec, source, staging.as_mut(), &base).await;
+            if let (Ok(report), true) = (&mut built, self.options.verify) {
+                match self.verify(staging.as_ref(), report).await {
+                    Ok(()) => report.verified = true,
+                    Err(e) => built = Err(e),
+                }
+            }
             let mut report = match built {
                 Ok(r) => r,
                 Err(e) => {
@@ -199,33 +219,44 @@ impl Exporter {
             })
             .collect();
         let ovf = write_envelope(&ovf_system(spec, &written));
-        let ovf_file = FileReport {
-            name: format!("{base}.ovf"),
-            size: ovf.len() as u64,
-            sha256: to_hex(&Sha256::digest(ovf.as_bytes())),
-        };
-        let mut manifest_entries = vec![manifest_entry(&ovf_file)?];
+        let ovf_name = format!("{base}.ovf");
+        let mf_name = format!("{base}.mf");
+        let mut manifest_entries = vec![manifest_entry(
+            self.options.digest,
+            &ovf_name,
+            &digest_hex(self.options.digest, ovf.as_bytes()),
+        )?];
         for o in &outcomes {
-            manifest_entries.push(manifest_entry(&o.file)?);
+            manifest_entries.push(manifest_entry(
+                self.options.digest,
+                &o.file.name,
+                &o.file.digest,
+            )?);
         }
         let manifest = write_manifest(&manifest_entries);
-        let mf_file = FileReport {
-            name: format!("{base}.mf"),
-            size: manifest.len() as u64,
-            sha256: to_hex(&Sha256::digest(manifest.as_bytes())),
-        };
 
-        let (size, ova_sha256) = match self.options.format {
+        let (size, ova_digest, ovf_file, mf_file) = match self.options.format {
             PackageFormat::Ovf => {
-                write_object(staging, &ovf_file.name, ovf.as_bytes()).await?;
-                write_object(staging, &mf_file.name, manifest.as_bytes()).await?;
-                let total = ovf_file.size
-                    + mf_file.size
-                    + outcomes.iter().map(|o| o.file.size).sum::<u64>();
-                (total, None)
+                let ovf_file = self.write_small(staging, &ovf_name, ovf.as_bytes()).await?;
+                let mf_file = self
+                    .write_small(staging, &mf_name, manifest.as_bytes())
+                    .await?;
+                let total = ovf_file.stored_size
+                    + mf_file.stored_size
+                    + outcomes.iter().map(|o| o.file.stored_size).sum::<u64>();
+                (total, None, ovf_file, mf_file)
             }
             PackageFormat::Ova => {
-                let (size, digest) = self
+                let plain = |name: &str, bytes: &[u8]| FileReport {
+                    name: name.to_string(),
+                    size: bytes.len() as u64,
+                    digest: digest_hex(self.options.digest, bytes),
+                    stored_name: name.to_string(),
+                    stored_size: bytes.len() as u64,
+                };
+                let ovf_file = plain(&ovf_name, ovf.as_bytes());
+                let mf_file = plain(&mf_name, manifest.as_bytes());
+                let ova = self
                     .write_ova(
                         staging,
                         base,
@@ -234,7 +265,7 @@ impl Exporter {
                         &outcomes,
                     )
                     .await?;
-                (size, Some(digest))
+                (ova.stored_size, Some(ova), ovf_file, mf_file)
             }
         };
         let mut files = vec![ovf_file, mf_file];
@@ -245,7 +276,11 @@ impl Exporter {
             format: self.options.format,
             location: String::new(),
             size,
-            ova_sha256,
+            digest_algorithm: self.options.digest.manifest_name().to_string(),
+            ova: ova_digest,
+            compression: self.options.compression.map(|c| c.to_string()),
+            encrypted: self.options.encryption.is_some(),
+            verified: false,
             files,
             manifest,
             disks: spec
@@ -265,6 +300,61 @@ impl Exporter {
         })
     }
 
+    /// The transforms for a stored object: the digest always; compression
+    /// and encryption when `wrapped` (the stored form, not a spool).
+    fn transform_spec(&self, wrapped: bool) -> TransformSpec {
+        TransformSpec {
+            digest: Some(self.options.digest),
+            compression: self.options.compression.filter(|_| wrapped),
+            encryption: self.options.encryption.clone().filter(|_| wrapped),
+            chunk_size: self.options.chunk_size.max(64 * 1024),
+            queue_depth: self.options.queue_depth.max(1),
+            workers: self.options.workers.max(1),
+        }
+    }
+
+    /// Creates object `name` (plus the transforms' suffix when `wrapped`)
+    /// and starts its pipeline.
+    async fn open_object(
+        &self,
+        staging: &mut dyn Staging,
+        name: &str,
+        wrapped: bool,
+    ) -> Result<(PipelineInput, ObjectSink)> {
+        let spec = self.transform_spec(wrapped);
+        let stored_name = format!("{name}{}", spec.extension());
+        let writer = staging.create(&stored_name).await?;
+        let (input, output) = pipeline::start(&spec)?;
+        Ok((
+            input,
+            ObjectSink {
+                name: name.to_string(),
+                stored_name,
+                writer,
+                output,
+            },
+        ))
+    }
+
+    /// Writes a small object (descriptor, manifest) through the transforms.
+    async fn write_small(
+        &self,
+        staging: &mut dyn Staging,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<FileReport> {
+        let (mut input, object) = self.open_object(staging, name, true).await?;
+        let feed = async move {
+            input.write(bytes).await?;
+            input.close().await
+        };
+        let (fed, drained) = tokio::join!(feed, object.drain());
+        first_cause(
+            fed.map_err(|e| Error::sink("cannot write", name, e)),
+            drained,
+        )
+    }
+
     /// Streams disk `index` through the VMDK encoder into object `name`.
     async fn export_disk(
         &self,
@@ -279,11 +369,11 @@ impl Exporter {
         // VMDK capacities are whole sectors; a raw disk of odd size is zero-padded.
         let vmdk_capacity = hypersdk_formats::image::sector_capacity(capacity);
         let mut stream = source.open_disk(index, 0).await?;
-        let mut writer = staging.create(name).await?;
+        // An OVA's disks are spools: the OVA as a whole is wrapped later.
+        let wrapped = self.options.format == PackageFormat::Ovf;
+        let (mut input, object) = self.open_object(staging, name, wrapped).await?;
         let depth = self.options.queue_depth.max(1);
-        let chunk = self.options.chunk_size.max(64 * 1024);
         let (in_tx, mut in_rx) = mpsc::channel::<Bytes>(depth);
-        let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(depth);
         let vmdk_options = VmdkWriterOptions {
             compression_level: self.options.compression_level,
             extent_name: name.to_string(),
@@ -296,14 +386,13 @@ impl Exporter {
                 what: encoder_what.clone(),
                 source,
             };
-            let out = ChannelWriter::new(out_tx, chunk);
-            let mut w =
-                StreamOptimizedWriter::new(out, vmdk_capacity, &vmdk_options).map_err(fmt_err)?;
+            let mut w = StreamOptimizedWriter::new(&mut input, vmdk_capacity, &vmdk_options)
+                .map_err(fmt_err)?;
             while let Some(data) = in_rx.blocking_recv() {
                 w.write(&data).map_err(fmt_err)?;
             }
-            let (out, stats) = w.finish().map_err(fmt_err)?;
-            out.close().map_err(|e| {
+            let (_, stats) = w.finish().map_err(fmt_err)?;
+            input.close_blocking().map_err(|e| {
                 fmt_err(hypersdk_formats::Error::io(
                     "handing VMDK bytes to the sink",
                     e,
@@ -312,7 +401,9 @@ impl Exporter {
             Ok(stats)
         });
 
-        // Stage 1: read the source, report progress, feed the encoder.
+        // Stage 1: read the source (within the bandwidth limits), report
+        // progress, feed the encoder.
+        let limiter = self.options.bwlimit.as_deref();
         let reader = async move {
             let mut tracker = ProgressTracker::new(PROGRESS_INTERVAL);
             let mut done: u64 = 0;
@@ -332,6 +423,11 @@ impl Exporter {
                         expected: capacity,
                         actual: done,
                     }));
+                }
+                tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => return Err(Some(Error::Cancelled)),
+                    _ = acquire_all(limiter, data.len() as u64) => {}
                 }
                 self.emit(tracker.event(Phase::Disk, index, &disk.name, done, capacity, false));
                 if in_tx.send(data).await.is_err() {
@@ -356,55 +452,52 @@ impl Exporter {
             Ok(done)
         };
 
-        // Stage 3: hash and write the encoded bytes.
-        let sink_stage = async {
-            let mut hasher = Sha256::new();
-            let mut size: u64 = 0;
-            while let Some(buf) = out_rx.recv().await {
-                hasher.update(&buf);
-                writer.write(&buf).await?;
-                size += buf.len() as u64;
-            }
-            Ok::<_, Error>((hasher, size))
-        };
-
-        let (read_result, write_result) = tokio::join!(reader, sink_stage);
+        // Stages 2 and 3 (digest, transforms) run on the pipeline's threads;
+        // this drains their output into the sink.
+        let (read_result, write_result) = tokio::join!(reader, object.drain());
         let encoded = encoder
             .await
             .map_err(|e| Error::Internal(format!("{what} encoder thread failed: {e}")));
-        // Report the root cause: source problems first, then the sink, then the encoder.
+        // Report the root cause: source problems first, then the sink, then
+        // the encoder. (A sink failure makes the encoder fail writing; an
+        // encoder failure leaves the pipeline's input unclosed, which the
+        // drain reports as Cancelled.)
+        let encoded = encoded.and_then(|r| r);
         let bytes_read = match read_result {
             Err(Some(e)) => return Err(e),
             Err(None) => {
-                write_result?;
-                encoded??;
-                return Err(Error::Internal(format!(
-                    "{what} encoder stopped without an error"
-                )));
+                return Err(match (write_result, encoded) {
+                    (Err(e), _) if !matches!(e, Error::Cancelled) => e,
+                    (_, Err(e)) => e,
+                    (Err(e), Ok(_)) => e,
+                    (Ok(_), Ok(_)) => {
+                        Error::Internal(format!("{what} encoder stopped without an error"))
+                    }
+                })
             }
             Ok(n) => n,
         };
-        let (hasher, size) = write_result?;
-        let stats = encoded??;
-        let finished = writer.finish().await?;
-        if finished != size || size != stats.file_size {
+        let (file, stats) = match (write_result, encoded) {
+            (Ok(f), Ok(s)) => (f, s),
+            (Err(e), _) if !matches!(e, Error::Cancelled) => return Err(e),
+            (_, Err(e)) => return Err(e),
+            (Err(e), Ok(_)) => return Err(e),
+        };
+        if file.size != stats.file_size {
             return Err(Error::Internal(format!(
-                "{what}: encoder wrote {} bytes, sink received {size}, stored {finished}",
-                stats.file_size
+                "{what}: encoder wrote {} bytes, the pipeline passed {}",
+                stats.file_size, file.size
             )));
         }
         Ok(DiskOutcome {
-            file: FileReport {
-                name: name.to_string(),
-                size,
-                sha256: to_hex(&hasher.finalize()),
-            },
+            file,
             populated: stats.populated_bytes,
             bytes_read,
         })
     }
 
-    /// Assembles the OVA from the descriptor, the manifest and the spooled disks.
+    /// Assembles the OVA from the descriptor, the manifest and the spooled
+    /// disks, through the transforms.
     async fn write_ova(
         &self,
         staging: &mut dyn Staging,
@@ -412,161 +505,204 @@ impl Exporter {
         ovf: (&FileReport, &[u8]),
         mf: (&FileReport, &[u8]),
         disks: &[DiskOutcome],
-    ) -> Result<(u64, String)> {
+    ) -> Result<FileReport> {
         let ova_name = format!("{base}.ova");
-        let mtime = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        // A fixed member time: the same VM exported twice gives the same bytes.
+        let mtime = 0;
         let fmt_err = |source| Error::Format {
             what: format!("OVA {ova_name}"),
             source,
         };
-        let mut out = HashingWriter::new(staging.create(&ova_name).await?);
-        for (file, bytes) in [ovf, mf] {
-            out.write(&tar_header(&file.name, file.size, mtime).map_err(fmt_err)?)
-                .await?;
-            out.write(bytes).await?;
-            out.write(&[0u8; 512][..tar_padding(file.size)]).await?;
-        }
+        let (mut out, object) = self.open_object(staging, &ova_name, true).await?;
         let total: u64 = disks.iter().map(|d| d.file.size).sum();
-        let mut tracker = ProgressTracker::new(PROGRESS_INTERVAL);
-        let mut copied_all: u64 = 0;
-        let mut buf = vec![0u8; self.options.chunk_size.max(64 * 1024)];
-        for d in disks {
-            out.write(&tar_header(&d.file.name, d.file.size, mtime).map_err(fmt_err)?)
-                .await?;
-            let mut spool = staging.open(&d.file.name).await?;
-            let mut copied: u64 = 0;
-            loop {
-                if self.cancel.is_cancelled() {
-                    return Err(Error::Cancelled);
-                }
-                let n = spool
-                    .read(&mut buf)
+        let chunk = self.options.chunk_size.max(64 * 1024);
+        let feed = async {
+            let io = |e: std::io::Error| Error::sink("cannot write", ova_name.as_str(), e);
+            for (file, bytes) in [ovf, mf] {
+                out.write(&tar_header(&file.name, file.size, mtime).map_err(fmt_err)?)
                     .await
-                    .map_err(|e| Error::sink("cannot read back spooled disk", &d.file.name, e))?;
-                if n == 0 {
-                    break;
+                    .map_err(io)?;
+                out.write(bytes).await.map_err(io)?;
+                out.write(&[0u8; 512][..tar_padding(file.size)])
+                    .await
+                    .map_err(io)?;
+            }
+            let mut tracker = ProgressTracker::new(PROGRESS_INTERVAL);
+            let mut copied_all: u64 = 0;
+            for d in disks {
+                out.write(&tar_header(&d.file.name, d.file.size, mtime).map_err(fmt_err)?)
+                    .await
+                    .map_err(io)?;
+                let mut spool = staging.open(&d.file.stored_name).await?;
+                let mut copied: u64 = 0;
+                loop {
+                    if self.cancel.is_cancelled() {
+                        return Err(Error::Cancelled);
+                    }
+                    let mut buf = Vec::with_capacity(chunk);
+                    let n = (&mut spool)
+                        .take(chunk as u64)
+                        .read_to_end(&mut buf)
+                        .await
+                        .map_err(|e| {
+                            Error::sink("cannot read back spooled disk", &d.file.stored_name, e)
+                        })?;
+                    if n == 0 {
+                        break;
+                    }
+                    copied += n as u64;
+                    out.write_owned(buf).await.map_err(io)?;
+                    copied_all += n as u64;
+                    self.emit(tracker.event(
+                        Phase::Packaging,
+                        0,
+                        &ova_name,
+                        copied_all,
+                        total,
+                        false,
+                    ));
                 }
-                copied += n as u64;
-                out.write(&buf[..n]).await?;
-                copied_all += n as u64;
-                self.emit(tracker.event(Phase::Packaging, 0, &ova_name, copied_all, total, false));
+                if copied != d.file.size {
+                    return Err(Error::sink(
+                        "spooled disk changed size",
+                        &d.file.stored_name,
+                        std::io::Error::other(format!(
+                            "expected {} bytes, read {copied}",
+                            d.file.size
+                        )),
+                    ));
+                }
+                out.write(&[0u8; 512][..tar_padding(d.file.size)])
+                    .await
+                    .map_err(io)?;
+                drop(spool);
+                staging.remove(&d.file.stored_name).await?;
             }
-            if copied != d.file.size {
-                return Err(Error::sink(
-                    "spooled disk changed size",
-                    &d.file.name,
-                    std::io::Error::other(format!("expected {} bytes, read {copied}", d.file.size)),
-                ));
+            out.write(&END_OF_ARCHIVE).await.map_err(io)?;
+            out.close().await.map_err(io)
+        };
+        let (fed, drained) = tokio::join!(feed, object.drain());
+        first_cause(fed, drained)
+    }
+
+    /// Reads every stored file back, unwraps it and checks its digest.
+    async fn verify(&self, staging: &dyn Staging, report: &ExportReport) -> Result<()> {
+        let files: Vec<&FileReport> = match &report.ova {
+            Some(ova) => vec![ova],
+            None => report.files.iter().collect(),
+        };
+        let total: u64 = files.iter().map(|f| f.stored_size).sum();
+        let mut done: u64 = 0;
+        let mut tracker = ProgressTracker::new(PROGRESS_INTERVAL);
+        for f in files {
+            if self.cancel.is_cancelled() {
+                return Err(Error::Cancelled);
             }
-            out.write(&[0u8; 512][..tar_padding(d.file.size)]).await?;
-            drop(spool);
-            staging.remove(&d.file.name).await?;
+            let reader = staging.open(&f.stored_name).await?;
+            let algorithm = self.options.digest;
+            let key = self.options.encryption.clone();
+            let stored_name = f.stored_name.clone();
+            let (size, digest) = tokio::task::spawn_blocking(move || -> Result<(u64, String)> {
+                let bad = |detail: String| Error::Integrity {
+                    file: stored_name.clone(),
+                    detail,
+                };
+                let raw = tokio_util::io::SyncIoBridge::new(reader);
+                let plain: Box<dyn std::io::Read + Send> = match &key {
+                    Some(k) => {
+                        Box::new(DecryptReader::new(raw, k).map_err(|e| bad(e.to_string()))?)
+                    }
+                    None => Box::new(raw),
+                };
+                let mut plain = decompress_reader(plain).map_err(|e| bad(e.to_string()))?;
+                let mut hasher = Hasher::new(algorithm);
+                let n = std::io::copy(&mut plain, &mut hasher).map_err(|e| bad(e.to_string()))?;
+                Ok((n, hasher.finish_hex()))
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("verify thread failed: {e}")))??;
+            if size != f.size || digest != f.digest {
+                return Err(Error::Integrity {
+                    file: f.stored_name.clone(),
+                    detail: format!(
+                        "read back {size} bytes with {} {digest}, wrote {} bytes with {}",
+                        report.digest_algorithm, f.size, f.digest
+                    ),
+                });
+            }
+            done += f.stored_size;
+            self.emit(tracker.event(Phase::Verify, 0, &f.stored_name, done, total, false));
         }
-        out.write(&END_OF_ARCHIVE).await?;
-        let (size, digest) = out.finish().await?;
-        Ok((size, digest))
-    }
-}
-
-fn manifest_entry(f: &FileReport) -> Result<ManifestEntry> {
-    let digest = (0..f.sha256.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&f.sha256[i..i + 2], 16))
-        .collect::<Result<Vec<u8>, _>>()
-        .map_err(|e| Error::Internal(format!("bad digest of {}: {e}", f.name)))?;
-    Ok(ManifestEntry {
-        algorithm: DigestAlgorithm::Sha256,
-        name: f.name.clone(),
-        digest,
-    })
-}
-
-async fn write_object(staging: &mut dyn Staging, name: &str, bytes: &[u8]) -> Result<u64> {
-    let mut w = staging.create(name).await?;
-    w.write(bytes).await?;
-    w.finish().await
-}
-
-/// A sink writer that hashes what passes through it.
-struct HashingWriter {
-    inner: Box<dyn SinkWriter>,
-    hasher: Sha256,
-    size: u64,
-}
-
-impl HashingWriter {
-    fn new(inner: Box<dyn SinkWriter>) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-            size: 0,
-        }
-    }
-
-    async fn write(&mut self, data: &[u8]) -> Result<()> {
-        self.hasher.update(data);
-        self.size += data.len() as u64;
-        self.inner.write(data).await
-    }
-
-    async fn finish(self) -> Result<(u64, String)> {
-        let stored = self.inner.finish().await?;
-        if stored != self.size {
-            return Err(Error::Internal(format!(
-                "wrote {} bytes but the sink stored {stored}",
-                self.size
-            )));
-        }
-        Ok((self.size, to_hex(&self.hasher.finalize())))
-    }
-}
-
-/// A blocking [`std::io::Write`] that batches bytes into chunks and sends them
-/// over a bounded channel to the async side.
-struct ChannelWriter {
-    tx: mpsc::Sender<Vec<u8>>,
-    buf: Vec<u8>,
-    chunk: usize,
-}
-
-impl ChannelWriter {
-    fn new(tx: mpsc::Sender<Vec<u8>>, chunk: usize) -> Self {
-        ChannelWriter {
-            tx,
-            buf: Vec::with_capacity(chunk),
-            chunk,
-        }
-    }
-
-    fn send(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk));
-        self.tx.blocking_send(full).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the sink stage stopped")
-        })
-    }
-
-    /// Sends what is buffered and closes the channel.
-    fn close(mut self) -> std::io::Result<()> {
-        self.send()
-    }
-}
-
-impl std::io::Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= self.chunk {
-            self.send()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// The drain of one object's pipeline into its sink writer.
+struct ObjectSink {
+    name: String,
+    stored_name: String,
+    writer: Box<dyn SinkWriter>,
+    output: PipelineOutput,
+}
+
+impl ObjectSink {
+    /// Writes the pipeline's output to the sink until it ends, then makes
+    /// the object durable and reports it.
+    async fn drain(mut self) -> Result<FileReport> {
+        let mut stored: u64 = 0;
+        while let Some(buf) = self.output.recv().await {
+            self.writer.write(&buf).await?;
+            stored += buf.len() as u64;
+        }
+        let summary = self.output.finish().await?;
+        let finished = self.writer.finish().await?;
+        if finished != stored || stored != summary.output_bytes {
+            return Err(Error::Internal(format!(
+                "{}: the pipeline passed {} bytes, the sink received {stored} and stored {finished}",
+                self.stored_name, summary.output_bytes
+            )));
+        }
+        Ok(FileReport {
+            name: self.name,
+            size: summary.input_bytes,
+            digest: summary
+                .digest
+                .ok_or_else(|| Error::Internal("the pipeline computed no digest".into()))?,
+            stored_name: self.stored_name,
+            stored_size: stored,
+        })
+    }
+}
+
+/// The error that caused the others, when a feeder and a drain ran together:
+/// a sink failure makes the feeder fail too (report the sink's); a feeder
+/// failure leaves the pipeline's input unclosed, which the drain reports as
+/// Cancelled (report the feeder's).
+fn first_cause(fed: Result<()>, drained: Result<FileReport>) -> Result<FileReport> {
+    match (fed, drained) {
+        (Ok(()), Ok(r)) => Ok(r),
+        (Err(e), Err(Error::Cancelled)) => Err(e),
+        (_, Err(e)) => Err(e),
+        (Err(e), Ok(_)) => Err(e),
+    }
+}
+
+/// The digest of `bytes`, lower-case hex.
+fn digest_hex(algorithm: DigestAlgorithm, bytes: &[u8]) -> String {
+    let mut h = Hasher::new(algorithm);
+    h.update(bytes);
+    h.finish_hex()
+}
+
+fn manifest_entry(algorithm: DigestAlgorithm, name: &str, hex: &str) -> Result<ManifestEntry> {
+    let digest = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("x"), 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|e| Error::Internal(format!("bad digest of {name}: {e}")))?;
+    Ok(ManifestEntry {
+        algorithm,
+        name: name.to_string(),
+        digest,
+    })
 }

@@ -1,6 +1,13 @@
 //! What an export produces and how.
 
+use std::sync::Arc;
+
+use hypersdk_formats::manifest::DigestAlgorithm;
 use serde::{Deserialize, Serialize};
+
+use crate::transforms::compress::Compression;
+use crate::transforms::encrypt::KeySource;
+use crate::transforms::ratelimit::RateLimiter;
 
 /// The package layout of an export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,7 +29,14 @@ impl std::fmt::Display for PackageFormat {
 }
 
 /// Options of one export.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// With `compression` or `encryption` set, every stored file is wrapped:
+/// `vm.ova` becomes `vm.ova.zst.enc` (compressed, then encrypted); in an OVF
+/// directory each file is wrapped on its own (`vm.ovf.enc`,
+/// `vm-disk1.vmdk.zst.enc`, …). The manifest inside names the plain files and
+/// their plain digests, so the package is a standard one once unwrapped
+/// (`hyperctl decrypt`, `zstd -d`).
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ExportOptions {
     /// Package layout.
@@ -36,9 +50,25 @@ pub struct ExportOptions {
     pub compression_level: u32,
     /// Size of the chunks passed between pipeline stages, in bytes.
     pub chunk_size: usize,
-    /// Chunks each pipeline queue holds. Memory per disk is about
-    /// `chunk_size × (2 × queue_depth + 3)`.
+    /// Chunks each pipeline queue holds. Memory per disk is bounded by
+    /// about `chunk_size × (4 × queue_depth + 4 × workers + 6)` (see
+    /// [`Exporter`](crate::Exporter)).
     pub queue_depth: usize,
+    /// Digest algorithm of the manifest.
+    pub digest: DigestAlgorithm,
+    /// Compression of the stored files (`.zst`/`.gz`), or None.
+    pub compression: Option<Compression>,
+    /// Encryption of the stored files (`.enc`), or None.
+    pub encryption: Option<KeySource>,
+    /// Compression threads per file (default: the number of cores).
+    pub workers: usize,
+    /// This export's own bandwidth limit on reading the source (the
+    /// process-wide [`RateLimiter::global`] applies too; the lower wins).
+    pub bwlimit: Option<Arc<RateLimiter>>,
+    /// After writing, read every stored file back from the sink (decrypting
+    /// and decompressing as needed) and check it against the digests
+    /// computed while writing, before the export is published.
+    pub verify: bool,
 }
 
 impl Default for ExportOptions {
@@ -50,6 +80,12 @@ impl Default for ExportOptions {
             compression_level: 1,
             chunk_size: 1 << 20,
             queue_depth: 4,
+            digest: DigestAlgorithm::Sha256,
+            compression: None,
+            encryption: None,
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            bwlimit: None,
+            verify: false,
         }
     }
 }
@@ -67,6 +103,42 @@ impl ExportOptions {
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
+    }
+
+    /// Compresses the stored files.
+    pub fn with_compression(mut self, compression: Compression) -> Self {
+        self.compression = Some(compression);
+        self
+    }
+
+    /// Encrypts the stored files.
+    pub fn with_encryption(mut self, key: KeySource) -> Self {
+        self.encryption = Some(key);
+        self
+    }
+
+    /// Limits this export's source reads.
+    pub fn with_bwlimit(mut self, limiter: Arc<RateLimiter>) -> Self {
+        self.bwlimit = Some(limiter);
+        self
+    }
+
+    /// Verifies the stored files before publishing.
+    pub fn with_verify(mut self, verify: bool) -> Self {
+        self.verify = verify;
+        self
+    }
+
+    /// The suffix stored files get: `.zst`, `.gz`, `.enc`, `.zst.enc`, or "".
+    pub fn stored_extension(&self) -> String {
+        let mut s = String::new();
+        if let Some(c) = &self.compression {
+            s.push_str(c.extension());
+        }
+        if self.encryption.is_some() {
+            s.push_str(".enc");
+        }
+        s
     }
 
     /// Allows replacing an existing artifact.

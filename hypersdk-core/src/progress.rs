@@ -15,6 +15,8 @@ pub enum Phase {
     DiskDone,
     /// The package (OVF, manifest, OVA) is being written.
     Packaging,
+    /// Stored files are being read back and checked.
+    Verify,
     /// The export is complete.
     Done,
 }

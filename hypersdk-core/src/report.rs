@@ -4,15 +4,20 @@ use serde::Serialize;
 
 use crate::options::PackageFormat;
 
-/// One file written.
+/// One file of the package.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FileReport {
-    /// File name inside the package.
+    /// File name inside the package (as the manifest names it).
     pub name: String,
     /// Size in bytes.
     pub size: u64,
-    /// SHA-256, lower-case hex, computed as the bytes were written.
-    pub sha256: String,
+    /// Digest (the report's `digest_algorithm`), lower-case hex, computed
+    /// as the bytes were written.
+    pub digest: String,
+    /// Name as stored: `name` plus `.zst`/`.gz`/`.enc` when wrapped.
+    pub stored_name: String,
+    /// Size as stored.
+    pub stored_size: u64,
 }
 
 /// One disk exported.
@@ -39,10 +44,20 @@ pub struct ExportReport {
     pub format: PackageFormat,
     /// Where the artifact is (path of the `.ova` or the OVF directory, or a URL).
     pub location: String,
-    /// Size of the artifact in bytes (the `.ova`, or the sum of the OVF files).
+    /// Size of the artifact in bytes as stored (the `.ova`, or the sum of
+    /// the OVF directory's files).
     pub size: u64,
-    /// SHA-256 of the `.ova` itself (OVA exports only).
-    pub ova_sha256: Option<String>,
+    /// Manifest digest algorithm, as a manifest names it (`SHA256`, …).
+    pub digest_algorithm: String,
+    /// The `.ova` itself (OVA exports only): its size and digest before any
+    /// compression or encryption, and as stored.
+    pub ova: Option<FileReport>,
+    /// Compression of the stored files (e.g. `zstd:1`), if any.
+    pub compression: Option<String>,
+    /// Whether the stored files are encrypted.
+    pub encrypted: bool,
+    /// Whether every stored file was read back and checked before publishing.
+    pub verified: bool,
     /// The package's files in package order: `.ovf`, `.mf`, disks.
     pub files: Vec<FileReport>,
     /// The manifest text.

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Installs the real peers the test suite talks to, idempotently and without
-# prompting. Today: qemu-img and qemu-io (Debian package qemu-utils).
+# prompting. Today: qemu-img and qemu-io (Debian package qemu-utils), and the
+# zstd and gzip command-line tools (to read what our compression writes).
 set -euo pipefail
 
 need_apt=()
 command -v qemu-img >/dev/null 2>&1 && command -v qemu-io >/dev/null 2>&1 || need_apt+=(qemu-utils)
+command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
+command -v gzip >/dev/null 2>&1 || need_apt+=(gzip)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing test peers: ${need_apt[*]}" >&2
