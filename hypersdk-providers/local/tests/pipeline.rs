@@ -9,9 +9,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use hypersdk_core::transforms::compress::{decompress_reader, Compression};
+use hypersdk_core::transforms::encrypt::{DecryptReader, KeySource};
 use hypersdk_core::{
-    DiskStream, Error, ExportOptions, ExportSource, Exporter, PackageFormat, Phase, Provider,
-    Result, VmSpec,
+    Artifact, DiskStream, Error, ExportOptions, ExportSource, Exporter, PackageFormat, Phase,
+    Provider, Result, Sink, SinkWriter, Staging, VmSpec,
 };
 use hypersdk_local::LocalProvider;
 use hypersdk_sinks::LocalDirSink;
@@ -221,4 +223,133 @@ async fn vmdk_backed_disks_export() {
     let exported = out.join("v/v-disk1.vmdk");
     assert_image_ok(&exported);
     assert_same_guest_data(&raw, Some("raw"), &exported, Some("vmdk"));
+}
+
+/// A local directory sink whose read-back flips one byte of every object:
+/// what a failing disk or a lying object store would do.
+#[derive(Debug)]
+struct CorruptOnRead(LocalDirSink);
+
+#[derive(Debug)]
+struct CorruptStaging(Box<dyn Staging>);
+
+#[async_trait]
+impl Sink for CorruptOnRead {
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+    async fn begin(&self, artifact: &Artifact, overwrite: bool) -> Result<Box<dyn Staging>> {
+        Ok(Box::new(CorruptStaging(
+            self.0.begin(artifact, overwrite).await?,
+        )))
+    }
+}
+
+#[async_trait]
+impl Staging for CorruptStaging {
+    async fn create(&mut self, name: &str) -> Result<Box<dyn SinkWriter>> {
+        self.0.create(name).await
+    }
+    async fn open(&self, name: &str) -> Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>> {
+        use tokio::io::AsyncReadExt;
+        let mut bytes = Vec::new();
+        self.0
+            .open(name)
+            .await?
+            .read_to_end(&mut bytes)
+            .await
+            .unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x10;
+        Ok(Box::new(std::io::Cursor::new(bytes)))
+    }
+    async fn remove(&mut self, name: &str) -> Result<()> {
+        self.0.remove(name).await
+    }
+    async fn commit(self: Box<Self>) -> Result<String> {
+        self.0.commit().await
+    }
+    async fn abort(self: Box<Self>) -> Result<()> {
+        self.0.abort().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_pass_catches_bytes_that_come_back_different() {
+    let tmp = tempfile::tempdir().unwrap();
+    let xml = make_vm(tmp.path(), 4 << 20);
+    let provider = LocalProvider::new(tmp.path());
+    let key = KeySource::Key(zeroize::Zeroizing::new([9u8; 32]));
+    for (format, options) in [
+        (PackageFormat::Ovf, ExportOptions::new(PackageFormat::Ovf)),
+        (
+            PackageFormat::Ova,
+            ExportOptions::new(PackageFormat::Ova)
+                .with_compression(Compression::ZSTD)
+                .with_encryption(key.clone()),
+        ),
+    ] {
+        let out = tmp.path().join(format!("out-{format}"));
+        let err = Exporter::new(options.clone().with_verify(true))
+            .export(
+                &provider,
+                xml.to_str().unwrap(),
+                &CorruptOnRead(LocalDirSink::new(&out)),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Integrity { file, .. } if file.starts_with("pipe")),
+            "{format}: {err}"
+        );
+        assert!(listing(&out).is_empty(), "{format}: {:?}", listing(&out));
+
+        // Without corruption the same export verifies and is published.
+        let report = Exporter::new(options.with_verify(true))
+            .export(&provider, xml.to_str().unwrap(), &LocalDirSink::new(&out))
+            .await
+            .unwrap();
+        assert!(report.verified);
+        assert_eq!(listing(&out).len(), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrapped_ova_unwraps_to_the_plain_ova() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    let xml = make_vm(tmp.path(), 6 << 20);
+    let provider = LocalProvider::new(tmp.path());
+    let key = KeySource::Key(zeroize::Zeroizing::new([3u8; 32]));
+    let plain = Exporter::new(ExportOptions::new(PackageFormat::Ova))
+        .export(
+            &provider,
+            xml.to_str().unwrap(),
+            &LocalDirSink::new(tmp.path().join("a")),
+        )
+        .await
+        .unwrap();
+    let wrapped = Exporter::new(
+        ExportOptions::new(PackageFormat::Ova)
+            .with_compression(Compression::Gzip { level: 1 })
+            .with_encryption(key.clone()),
+    )
+    .export(
+        &provider,
+        xml.to_str().unwrap(),
+        &LocalDirSink::new(tmp.path().join("b")),
+    )
+    .await
+    .unwrap();
+    assert!(wrapped.location.ends_with("pipe.ova.gz.enc"));
+    assert_eq!(
+        plain.ova.as_ref().unwrap().digest,
+        wrapped.ova.as_ref().unwrap().digest
+    );
+    assert_eq!(plain.manifest, wrapped.manifest);
+    let f = std::fs::File::open(&wrapped.location).unwrap();
+    let mut r = decompress_reader(DecryptReader::new(f, &key).unwrap()).unwrap();
+    let mut back = Vec::new();
+    r.read_to_end(&mut back).unwrap();
+    assert_eq!(back, std::fs::read(&plain.location).unwrap());
 }
