@@ -653,6 +653,7 @@ impl ObjectSink {
         while let Some(buf) = self.output.recv().await {
             self.writer.write(&buf).await?;
             stored += buf.len() as u64;
+            self.output.recycle(buf);
         }
         let summary = self.output.finish().await?;
         let finished = self.writer.finish().await?;

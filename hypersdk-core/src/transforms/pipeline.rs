@@ -36,7 +36,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -108,6 +108,49 @@ impl TransformSpec {
     }
 }
 
+/// Recycled chunk buffers: the stages hand finished buffers back instead of
+/// freeing them, so a long run does not allocate (and fault in) fresh memory
+/// for every chunk. A buffer is taken from the pool before a new one is
+/// allocated, so the pool never raises the number of buffers alive above the
+/// number in flight at the busiest moment.
+#[derive(Debug, Clone)]
+struct Pool {
+    bufs: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Capacity of pooled buffers: a chunk, or a compressed frame of one.
+    cap: usize,
+    max: usize,
+}
+
+impl Pool {
+    fn new(chunk: usize, max: usize) -> Self {
+        Pool {
+            bufs: Arc::new(Mutex::new(Vec::new())),
+            cap: chunk + chunk / 64 + 4096,
+            max,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        self.bufs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self) -> Vec<u8> {
+        self.lock()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.cap))
+    }
+
+    fn put(&self, mut b: Vec<u8>) {
+        if (self.cap..=2 * self.cap).contains(&b.capacity()) {
+            let mut bufs = self.lock();
+            if bufs.len() < self.max {
+                b.clear();
+                bufs.push(b);
+            }
+        }
+    }
+}
+
 /// What a finished pipeline reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PipelineSummary {
@@ -129,12 +172,14 @@ pub struct PipelineInput {
     closed: Arc<AtomicBool>,
     buf: Vec<u8>,
     chunk: usize,
+    pool: Pool,
 }
 
 /// The reading end: stage output in order, then the summary.
 #[derive(Debug)]
 pub struct PipelineOutput {
     rx: mpsc::Receiver<Vec<u8>>,
+    pool: Pool,
     output_bytes: u64,
     threads: Vec<(&'static str, JoinHandle<Result<Option<Stats>>>)>,
 }
@@ -155,7 +200,15 @@ fn stopped() -> std::io::Error {
 
 impl PipelineInput {
     fn take_chunk(&mut self) -> Vec<u8> {
-        std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk))
+        let fresh = self.pool.get();
+        std::mem::replace(&mut self.buf, fresh)
+    }
+
+    /// An empty buffer of at least `chunk_size` capacity, recycled when
+    /// possible: fill it with exactly `chunk_size` bytes and pass it to
+    /// [`write_owned`](Self::write_owned) to avoid a copy.
+    pub fn buffer(&self) -> Vec<u8> {
+        self.pool.get()
     }
 
     /// Appends bytes (async).
@@ -259,6 +312,12 @@ impl PipelineOutput {
         Some(b)
     }
 
+    /// Hands a buffer from [`recv`](Self::recv) back for reuse once its
+    /// bytes are written out (optional; it saves allocations).
+    pub fn recycle(&self, buf: Vec<u8>) {
+        self.pool.put(buf);
+    }
+
     /// Joins the stages (waiting for them without blocking the runtime) and
     /// returns the summary, or the first stage error. Output not yet received
     /// is dropped.
@@ -274,6 +333,7 @@ impl PipelineOutput {
             mut rx,
             threads,
             output_bytes,
+            ..
         } = self;
         rx.close();
         let mut first_err = None;
@@ -312,6 +372,7 @@ pub fn start(spec: &TransformSpec) -> Result<(PipelineInput, PipelineOutput)> {
     let (in_tx, mut in_rx) = mpsc::channel::<Vec<u8>>(depth);
     let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(depth);
     let mut threads: Vec<(&'static str, JoinHandle<Result<Option<Stats>>>)> = Vec::new();
+    let pool = Pool::new(chunk, 2 * depth + 4 * spec.workers.max(1) + 4);
     let spawn = |name: &'static str,
                  f: Box<dyn FnOnce() -> Result<Option<Stats>> + Send>|
      -> Result<(&'static str, JoinHandle<Result<Option<Stats>>>)> {
@@ -332,12 +393,14 @@ pub fn start(spec: &TransformSpec) -> Result<(PipelineInput, PipelineOutput)> {
             let (ftx, frx) = sync_channel::<Vec<u8>>(1);
             to_workers.push(wtx);
             from_workers.push(frx);
+            let pool = pool.clone();
             threads.push(spawn(
                 "compress",
                 Box::new(move || {
                     while let Ok(data) = wrx.recv() {
-                        let mut frame = Vec::new();
+                        let mut frame = pool.get();
                         encoder.encode(&data, &mut frame)?;
+                        pool.put(data);
                         if ftx.send(frame).is_err() {
                             break; // downstream stopped; its error tells why
                         }
@@ -416,10 +479,11 @@ pub fn start(spec: &TransformSpec) -> Result<(PipelineInput, PipelineOutput)> {
         let ended = ended.clone();
         let key = spec.encryption.clone();
         let out_tx = out_tx.clone();
+        let pool = pool.clone();
         threads.push(spawn(
             "encrypt",
             Box::new(move || {
-                let sender = ChunkSender::new(out_tx, chunk);
+                let sender = ChunkSender::new(out_tx, chunk, pool.clone());
                 let mut tail = match &key {
                     Some(k) => Tail::Encrypt(Box::new(EncryptWriter::new(sender, k)?)),
                     None => Tail::Plain(sender),
@@ -440,7 +504,11 @@ pub fn start(spec: &TransformSpec) -> Result<(PipelineInput, PipelineOutput)> {
                         break;
                     };
                     let written = match &mut tail {
-                        Tail::Encrypt(e) => std::io::Write::write_all(e.as_mut(), &data),
+                        Tail::Encrypt(e) => {
+                            let r = std::io::Write::write_all(e.as_mut(), &data);
+                            pool.put(data);
+                            r
+                        }
                         Tail::Plain(s) => s.push(data),
                     };
                     if written.is_err() {
@@ -464,11 +532,13 @@ pub fn start(spec: &TransformSpec) -> Result<(PipelineInput, PipelineOutput)> {
         PipelineInput {
             tx: Some(in_tx),
             closed,
-            buf: Vec::with_capacity(chunk),
+            buf: pool.get(),
             chunk,
+            pool: pool.clone(),
         },
         PipelineOutput {
             rx: out_rx,
+            pool,
             output_bytes: 0,
             threads,
         },
@@ -486,14 +556,16 @@ struct ChunkSender {
     tx: mpsc::Sender<Vec<u8>>,
     buf: Vec<u8>,
     chunk: usize,
+    pool: Pool,
 }
 
 impl ChunkSender {
-    fn new(tx: mpsc::Sender<Vec<u8>>, chunk: usize) -> Self {
+    fn new(tx: mpsc::Sender<Vec<u8>>, chunk: usize, pool: Pool) -> Self {
         ChunkSender {
             tx,
             buf: Vec::new(),
             chunk,
+            pool,
         }
     }
 
@@ -515,7 +587,9 @@ impl ChunkSender {
 impl std::io::Write for ChunkSender {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         if self.buf.is_empty() && data.len() >= self.chunk / 2 {
-            self.push(data.to_vec())?;
+            let mut b = self.pool.get();
+            b.extend_from_slice(data);
+            self.push(b)?;
         } else {
             self.buf.extend_from_slice(data);
             if self.buf.len() >= self.chunk {
