@@ -2,14 +2,15 @@
 //! encrypted format (AES-256-GCM STREAM; see hypersdk_core::transforms::encrypt);
 //! `hyperctl unwrap`: undo an export's `--compress`/`--encrypt-*` wrapping.
 
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use clap::Args;
 
-use hypersdk_core::transforms::compress::{decompress_reader, sniff, Layer};
 use hypersdk_core::transforms::encrypt::{DecryptReader, EncryptWriter, KeySource};
+use hypersdk_core::transforms::unwrap::unwrap_reader;
+use hypersdk_core::Error;
 
 #[derive(Args, Debug)]
 pub struct KeyArgs {
@@ -189,24 +190,14 @@ fn unwrap_one(
 ) -> anyhow::Result<u64> {
     let mut size = 0;
     publish(input, output, overwrite, |file, out| {
-        let mut raw = BufReader::with_capacity(1 << 20, file);
-        let layer = sniff(&mut raw).with_context(|| format!("cannot read {}", input.display()))?;
-        let plain: Box<dyn Read + Send> = if layer == Layer::Encrypted {
-            let Some(key) = key else {
-                bail!(
-                    "{} is encrypted: give --key-file or --passphrase-file",
-                    input.display()
-                );
-            };
-            Box::new(
-                DecryptReader::new(raw, key)
-                    .with_context(|| format!("cannot decrypt {}", input.display()))?,
-            )
-        } else {
-            Box::new(raw)
-        };
-        let mut plain =
-            decompress_reader(plain).with_context(|| format!("cannot read {}", input.display()))?;
+        let raw = BufReader::with_capacity(1 << 20, file);
+        let mut plain = unwrap_reader(raw, key).map_err(|e| match e {
+            Error::Crypto(m) if key.is_none() => anyhow::anyhow!(
+                "{} is encrypted: give --key-file or --passphrase-file ({m})",
+                input.display()
+            ),
+            e => anyhow::Error::new(e).context(format!("cannot unwrap {}", input.display())),
+        })?;
         let mut w = BufWriter::with_capacity(1 << 20, out);
         size = std::io::copy(&mut plain, &mut w)
             .with_context(|| format!("cannot unwrap {}", input.display()))?;

@@ -601,6 +601,7 @@ impl Exporter {
             let reader = staging.open(&f.stored_name).await?;
             let algorithm = self.options.digest;
             let key = self.options.encryption.clone();
+            let compressed = self.options.compression.is_some();
             let stored_name = f.stored_name.clone();
             let (size, digest) = tokio::task::spawn_blocking(move || -> Result<(u64, String)> {
                 let bad = |detail: String| Error::Integrity {
@@ -614,7 +615,12 @@ impl Exporter {
                     }
                     None => Box::new(raw),
                 };
-                let mut plain = decompress_reader(plain).map_err(|e| bad(e.to_string()))?;
+                // The layers are known here: undo exactly those, no guessing.
+                let mut plain = if compressed {
+                    decompress_reader(plain).map_err(|e| bad(e.to_string()))?
+                } else {
+                    plain
+                };
                 let mut hasher = Hasher::new(algorithm);
                 let n = std::io::copy(&mut plain, &mut hasher).map_err(|e| bad(e.to_string()))?;
                 Ok((n, hasher.finish_hex()))

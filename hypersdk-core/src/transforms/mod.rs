@@ -10,7 +10,10 @@
 //!   adapter over an async byte stream.
 //! - [`ratelimit`]: byte token buckets, the process-wide limiter, and
 //!   rclone-style `--bwlimit` timetables.
+//! - [`unwrap`]: the way back — decrypt and decompress by magic bytes, as a
+//!   blocking `Read` or an `AsyncRead`.
 pub mod compress;
 pub mod encrypt;
 pub mod pipeline;
 pub mod ratelimit;
+pub mod unwrap;
