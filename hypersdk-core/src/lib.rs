@@ -9,13 +9,20 @@
 //!   them ([`VmSpec`]) and opens an [`ExportSource`] whose disks are byte
 //!   streams ([`DiskStream`]).
 //! - The [`Exporter`] turns a source into a package (OVA or OVF directory with
-//!   streamOptimized VMDKs and a SHA-256 manifest), hashing as bytes pass, with
-//!   bounded memory, progress events and cancellation.
+//!   streamOptimized VMDKs and a SHA-256/512/1 manifest), hashing as bytes
+//!   pass, optionally compressing (zstd, gzip) and encrypting (AES-256-GCM)
+//!   the stored files on all cores, within bandwidth limits, with bounded
+//!   memory, progress events, cancellation and an optional verify pass.
 //! - A [`Sink`] stores the package: writes go to a staging area and are
 //!   published whole on commit, or dropped on failure.
 //!
-//! [`transforms`] holds the byte-stream transforms usable on their own:
-//! [`transforms::encrypt`] (AES-256-GCM STREAM, key file or passphrase).
+//! [`transforms`] holds the byte-stream transforms, usable on their own and
+//! composed by the Exporter through [`ExportOptions`]:
+//! [`transforms::encrypt`] (AES-256-GCM STREAM, key file or passphrase),
+//! [`transforms::compress`] (zstd/gzip frames), [`transforms::pipeline`]
+//! (digest + compress + encrypt on threads, with an async stream adapter),
+//! [`transforms::ratelimit`] (token buckets and `--bwlimit` timetables) and
+//! [`transforms::unwrap`] (the way back, sync or async).
 //!
 //! Errors are one [`Error`] enum; [`Error::is_retryable`] separates transient
 //! failures from permanent ones.

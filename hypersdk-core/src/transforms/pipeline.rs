@@ -14,7 +14,7 @@
 //! compresses its chunk into one independent frame (see
 //! [`compress`](super::compress)); the encryption thread takes the frames
 //! back in the same round-robin order, so the output is in input order, and
-//! seals them with [`EncryptWriter`](super::encrypt::EncryptWriter). Stages
+//! seals them with [`EncryptWriter`]. Stages
 //! that are not asked for are left out. Every link is a bounded channel, so a
 //! slow consumer slows the producer and memory stays bounded:
 //!
