@@ -164,7 +164,7 @@ struct ExportArgs {
     /// zlib level of VMDK grains, 0-9.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9))]
     compression_level: u32,
-    /// Compress the stored files: zstd[:LEVEL] or gzip[:LEVEL] (adds .zst/.gz).
+    /// Compress the stored files: `zstd[:LEVEL]` or `gzip[:LEVEL]` (adds .zst/.gz).
     #[arg(long, value_name = "ALGO[:LEVEL]")]
     compress: Option<String>,
     /// Encrypt the stored files (AES-256-GCM, adds .enc) with the 32-byte key

@@ -24,9 +24,9 @@
 //! file is refused by [`Qcow2Reader::open`] (reading it alone would show the
 //! base's data as zeros); [`Qcow2Reader::open_with_backing`] takes the base,
 //! opened by the caller, and reads the chain. Images with encryption, an external data file, extended L2 entries or zstd compression
-//! are refused with [`Error::Qcow2Unsupported`]; structural damage (bad magic,
+//! are refused with [`Error::Qcow2Unsupported`](crate::Error::Qcow2Unsupported); structural damage (bad magic,
 //! tables outside the file, misaligned offsets, undersized L1) is reported as
-//! [`Error::Qcow2Corrupt`] with the offset involved.
+//! [`Error::Qcow2Corrupt`](crate::Error::Qcow2Corrupt) with the offset involved.
 
 mod reader;
 mod writer;
