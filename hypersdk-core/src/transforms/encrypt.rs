@@ -45,6 +45,7 @@
 
 use std::io::{self, Read, Write};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -78,8 +79,36 @@ const ARGON2_MAX_M_KIB: u32 = 1024 * 1024;
 pub enum KeySource {
     /// A 32-byte key.
     Key(Zeroizing<[u8; 32]>),
-    /// A passphrase, stretched with argon2id.
-    Passphrase(Zeroizing<String>),
+    /// A passphrase, stretched with argon2id (see [`KeySource::passphrase`]).
+    Passphrase(Passphrase),
+}
+
+/// A passphrase and the key last derived from it.
+///
+/// argon2id is slow and memory-hard on purpose (64 MiB, 3 passes), so a
+/// passphrase is stretched once per `KeySource` (shared by its clones), not
+/// once per file: every file it encrypts carries the same random salt and
+/// gets the same key, each file with its own random nonce prefix — the same
+/// arrangement as a key file used for many files. Decryption reuses the key
+/// when a file's salt and parameters match. The text and the key are zeroed
+/// on drop.
+#[derive(Clone)]
+pub struct Passphrase {
+    text: Zeroizing<String>,
+    derived: Arc<Mutex<Option<Derived>>>,
+}
+
+impl std::fmt::Debug for Passphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Passphrase(<redacted>)")
+    }
+}
+
+/// A key derived from a passphrase with these argon2id inputs.
+struct Derived {
+    salt: [u8; 16],
+    params: (u32, u32, u32),
+    key: Zeroizing<[u8; 32]>,
 }
 
 impl std::fmt::Debug for KeySource {
@@ -89,6 +118,58 @@ impl std::fmt::Debug for KeySource {
             KeySource::Key(_) => "KeySource::Key(<redacted>)",
             KeySource::Passphrase(_) => "KeySource::Passphrase(<redacted>)",
         })
+    }
+}
+
+impl KeySource {
+    /// A passphrase key source (the text is zeroed on drop).
+    pub fn passphrase(text: impl Into<String>) -> Self {
+        KeySource::Passphrase(Passphrase {
+            text: Zeroizing::new(text.into()),
+            derived: Arc::new(Mutex::new(None)),
+        })
+    }
+}
+
+impl Passphrase {
+    fn cache(&self) -> std::sync::MutexGuard<'_, Option<Derived>> {
+        self.derived.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The key for `salt` and `params`, derived now or reused.
+    fn key_for(&self, salt: &[u8; 16], params: (u32, u32, u32)) -> Result<Zeroizing<[u8; 32]>> {
+        if let Some(d) = self.cache().as_ref() {
+            if &d.salt == salt && d.params == params {
+                return Ok(d.key.clone());
+            }
+        }
+        let (m, t, p) = params;
+        let mut key = Zeroizing::new([0u8; 32]);
+        let argon = argon2::Params::new(m, t, p, Some(32))
+            .map_err(|e| Error::Crypto(format!("argon2id parameters: {e}")))?;
+        argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon)
+            .hash_password_into(self.text.as_bytes(), salt, &mut key[..])
+            .map_err(|e| Error::Crypto(format!("argon2id: {e}")))?;
+        *self.cache() = Some(Derived {
+            salt: *salt,
+            params,
+            key: key.clone(),
+        });
+        Ok(key)
+    }
+
+    /// The salt of the key derived for new files, or a fresh random one.
+    fn salt_for_new_files(&self, rng: &SystemRandom) -> Result<[u8; 16]> {
+        let params = (ARGON2_M_KIB, ARGON2_T, ARGON2_P);
+        if let Some(d) = self.cache().as_ref() {
+            if d.params == params {
+                return Ok(d.salt);
+            }
+        }
+        let mut salt = [0u8; 16];
+        rng.fill(&mut salt)
+            .map_err(|_| crypto("no system randomness"))?;
+        Ok(salt)
     }
 }
 
@@ -144,7 +225,7 @@ impl KeySource {
                 path.display()
             )));
         }
-        Ok(KeySource::Passphrase(Zeroizing::new(line.to_string())))
+        Ok(KeySource::passphrase(line))
     }
 }
 
@@ -230,11 +311,7 @@ fn derive_key(source: &KeySource, header: &Header) -> Result<LessSafeKey> {
     match (source, header.kdf) {
         (KeySource::Key(k), 0) => key.copy_from_slice(&k[..]),
         (KeySource::Passphrase(p), 1) => {
-            let params = argon2::Params::new(header.m_kib, header.t, header.p, Some(32))
-                .map_err(|e| Error::Crypto(format!("argon2id parameters: {e}")))?;
-            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
-                .hash_password_into(p.as_bytes(), &header.salt, &mut key[..])
-                .map_err(|e| Error::Crypto(format!("argon2id: {e}")))?;
+            key = p.key_for(&header.salt, (header.m_kib, header.t, header.p))?;
         }
         (KeySource::Key(_), _) => {
             return Err(crypto(
@@ -310,13 +387,12 @@ impl<W: Write> EncryptWriter<W> {
         };
         rng.fill(&mut header.prefix)
             .map_err(|_| crypto("no system randomness"))?;
-        if let KeySource::Passphrase(_) = source {
+        if let KeySource::Passphrase(p) = source {
             header.kdf = 1;
             header.m_kib = ARGON2_M_KIB;
             header.t = ARGON2_T;
             header.p = ARGON2_P;
-            rng.fill(&mut header.salt)
-                .map_err(|_| crypto("no system randomness"))?;
+            header.salt = p.salt_for_new_files(&rng)?;
         }
         let key = derive_key(source, &header)?;
         let aad = header.encode();
@@ -654,6 +730,19 @@ mod tests {
             .to_string()
             .contains("passphrase, not a key file"));
         assert_eq!(format!("{pass:?}"), "KeySource::Passphrase(<redacted>)");
+
+        // One stretch per key source: files share the salt, not the nonce prefix;
+        // a fresh key source with the same passphrase still decrypts them.
+        let ct2 = encrypt(b"other", &pass.clone());
+        assert_eq!(ct[24..40], ct2[24..40], "same salt");
+        assert_ne!(ct[40..47], ct2[40..47], "own nonce prefix");
+        let fresh = KeySource::passphrase("correct horse battery staple");
+        assert_eq!(decrypt(&ct2, &fresh).unwrap(), b"other");
+        assert_ne!(
+            encrypt(b"x", &fresh)[24..40],
+            encrypt(b"x", &KeySource::passphrase("correct horse battery staple"))[24..40],
+            "each key source draws its own salt"
+        );
 
         let kf = dir.path().join("key");
         for content in [
