@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the real peers the test suite talks to, idempotently and without
-# prompting. Today: qemu-img and qemu-io (Debian package qemu-utils), and the
-# zstd and gzip command-line tools (to read what our compression writes).
+# prompting: qemu-img and qemu-io (Debian package qemu-utils), the
+# zstd and gzip command-line tools (to read what our compression writes), and
+# the govmomi vCenter simulator launcher (tests/peers/vcsim, built with Go).
 set -euo pipefail
 
 need_apt=()
 command -v qemu-img >/dev/null 2>&1 && command -v qemu-io >/dev/null 2>&1 || need_apt+=(qemu-utils)
 command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
+command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
 command -v gzip >/dev/null 2>&1 || need_apt+=(gzip)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -21,3 +23,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 qemu-img --version | head -n1 >&2
+
+# The vCenter simulator launcher (govmomi from the Go module proxy; a Go
+# older than its go.mod wants fetches the right toolchain the same way).
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+mkdir -p "$root/target/peers"
+(cd "$root/tests/peers/vcsim" && GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" go build -o "$root/target/peers/vcsim-launcher" .)
+echo "vcsim launcher: $root/target/peers/vcsim-launcher" >&2

@@ -8,6 +8,8 @@
 use std::path::Path;
 use std::process::Command;
 
+pub mod vcsim;
+
 /// Runs `tool args…`, panics with its output unless it succeeds, returns stdout.
 pub fn run_tool(tool: &str, args: &[&str]) -> String {
     let out = Command::new(tool).args(args).output().unwrap_or_else(|e| {

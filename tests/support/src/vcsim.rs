@@ -1,0 +1,146 @@
+//! The govmomi vCenter simulator, started per test from the launcher in
+//! `tests/peers/vcsim` (built with `go build` on first use; Go modules come
+//! from the Go module proxy). It listens on 127.0.0.1 on a port the OS picks
+//! and stops when the [`Vcsim`] is dropped (its standard input closes).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::workspace_root;
+
+/// A running simulator.
+#[derive(Debug)]
+pub struct Vcsim {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    /// `https://127.0.0.1:PORT/sdk`, without credentials.
+    pub url: String,
+    /// The user name it accepts (any, unless started with a login).
+    pub user: String,
+    /// The password it accepts.
+    pub password: String,
+    /// Local directory of datastore `LocalDS_0`.
+    pub datastore: PathBuf,
+    /// SHA-1 thumbprint of its TLS certificate, `AB:CD:…`.
+    pub thumbprint: String,
+    /// Disk files (relative to the datastore) of the VMs added at start.
+    pub vms: HashMap<String, Vec<String>>,
+}
+
+/// Builds the launcher once per test process (go build is incremental).
+fn launcher() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let src = workspace_root().join("tests/peers/vcsim");
+            let out = workspace_root().join("target/peers/vcsim-launcher");
+            let status = Command::new("go")
+                .args(["build", "-o"])
+                .arg(&out)
+                .arg(".")
+                .current_dir(&src)
+                .status()
+                .unwrap_or_else(|e| {
+                    panic!("cannot run go to build the vcsim launcher: {e} (Go is needed; bash tests/peers/install.sh)")
+                });
+            assert!(status.success(), "go build of tests/peers/vcsim failed");
+            out
+        })
+        .clone()
+}
+
+impl Vcsim {
+    /// Starts a simulator with extra powered-off VMs: (name, disk sizes in MiB).
+    pub fn start(vms: &[(&str, &[u64])]) -> Vcsim {
+        Self::start_with(vms, None)
+    }
+
+    /// The same, accepting only `user`/`password`.
+    pub fn start_with_login(vms: &[(&str, &[u64])], user: &str, password: &str) -> Vcsim {
+        Self::start_with(vms, Some((user, password)))
+    }
+
+    fn start_with(vms: &[(&str, &[u64])], login: Option<(&str, &str)>) -> Vcsim {
+        let mut cmd = Command::new(launcher());
+        for (name, sizes) in vms {
+            let sizes: Vec<String> = sizes.iter().map(u64::to_string).collect();
+            cmd.arg("-vm").arg(format!("{name}={}", sizes.join(",")));
+        }
+        if let Some((u, p)) = login {
+            cmd.args(["-user", u, "-password", p]);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the vcsim launcher");
+        let stdout = child.stdout.take().expect("launcher stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the vcsim launcher did not start within 60 s");
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("launcher printed {line:?}: {e}"));
+        let full = v["url"].as_str().expect("url").to_string();
+        let (scheme, rest) = full.split_once("://").expect("url scheme");
+        let (userinfo, hostpath) = rest.split_once('@').expect("url credentials");
+        let (user, password) = userinfo.split_once(':').expect("user:password");
+        let vms = v["vms"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, files)| {
+                        let files = files
+                            .as_array()
+                            .map(|a| a.iter().filter_map(|f| f.as_str().map(String::from)).collect())
+                            .unwrap_or_default();
+                        (k.clone(), files)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Vcsim {
+            stdin: child.stdin.take(),
+            child,
+            url: format!("{scheme}://{hostpath}"),
+            user: user.to_string(),
+            password: password.to_string(),
+            datastore: PathBuf::from(v["datastores"]["LocalDS_0"].as_str().expect("datastore")),
+            thumbprint: v["thumbprint"].as_str().expect("thumbprint").to_string(),
+            vms,
+        }
+    }
+
+    /// The flat file holding the guest bytes of `vm`'s disk `index` (0-based):
+    /// write into it before exporting.
+    pub fn flat_file(&self, vm: &str, index: usize) -> PathBuf {
+        let file = &self.vms[vm][index];
+        self.datastore
+            .join(file.trim_end_matches(".vmdk").to_string() + "-flat.vmdk")
+    }
+}
+
+impl Drop for Vcsim {
+    fn drop(&mut self) {
+        drop(self.stdin.take()); // the launcher exits when its stdin closes
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
