@@ -83,7 +83,15 @@ fn main() -> anyhow::Result<()> {
 /// `openssl speed -evp aes-256-gcm` at 1 MiB blocks, MB/s.
 fn openssl_aes() -> anyhow::Result<f64> {
     let o = Command::new("openssl")
-        .args(["speed", "-evp", "aes-256-gcm", "-bytes", "1048576", "-seconds", "3"])
+        .args([
+            "speed",
+            "-evp",
+            "aes-256-gcm",
+            "-bytes",
+            "1048576",
+            "-seconds",
+            "3",
+        ])
         .output()?;
     let text = String::from_utf8_lossy(&o.stdout);
     // last line: "AES-256-GCM  <k/s at 1048576 bytes>k"
@@ -375,7 +383,9 @@ fn pipeline_child(args: &[String]) -> anyhow::Result<()> {
         left -= want as u64;
     }
     input.close_blocking()?;
-    let (_, summary) = drain.join().map_err(|_| anyhow::anyhow!("drain panicked"))?;
+    let (_, summary) = drain
+        .join()
+        .map_err(|_| anyhow::anyhow!("drain panicked"))?;
     let summary = summary?;
     anyhow::ensure!(summary.input_bytes == size, "pipeline lost bytes");
     let rate = size as f64 / t.elapsed().as_secs_f64() / 1e6;

@@ -46,6 +46,7 @@ pub mod qcow2;
 pub mod raw;
 pub mod vhd;
 pub mod vmdk;
+pub mod xml;
 
 pub use error::{Error, Result};
 pub use image::{detect_format, open_image, DiskImage, ImageFormat, Region};

@@ -6,8 +6,8 @@ use hypersdk_core::{
     ControllerKind, DiskFormat, DiskSpec, Firmware, GuestOs, NicSpec, OsFamily, PowerState, VmSpec,
 };
 
-use crate::xml::{parse, Element};
 use crate::LocalError;
+use hypersdk_formats::xml::{parse, Element};
 
 /// The largest domain XML we read: real ones are a few KiB.
 pub const MAX_DOMAIN_XML: u64 = 4 << 20;

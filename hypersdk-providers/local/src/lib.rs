@@ -36,7 +36,6 @@
 
 mod domain;
 mod source;
-mod xml;
 
 use std::path::{Path, PathBuf};
 

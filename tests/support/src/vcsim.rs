@@ -102,7 +102,11 @@ impl Vcsim {
                     .map(|(k, files)| {
                         let files = files
                             .as_array()
-                            .map(|a| a.iter().filter_map(|f| f.as_str().map(String::from)).collect())
+                            .map(|a| {
+                                a.iter()
+                                    .filter_map(|f| f.as_str().map(String::from))
+                                    .collect()
+                            })
                             .unwrap_or_default();
                         (k.clone(), files)
                     })

@@ -1,17 +1,25 @@
-//! A small element tree over quick-xml, enough to read libvirt domain XML.
+//! A small element tree over quick-xml, for the XML documents providers read:
+//! libvirt domain XML, vSphere SOAP responses. Nesting is bounded, entities
+//! are only the predefined ones and character references (no DTDs), and
+//! every error names the byte position.
 
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 
-/// Deepest nesting accepted; libvirt domains are shallow.
+/// Deepest nesting accepted (libvirt domains and vSphere responses are far
+/// shallower).
 const MAX_DEPTH: usize = 64;
 
 /// One element: qualified name, attributes, child elements and text.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Element {
+    /// Qualified name as written, e.g. `soapenv:Body` or `disk`.
     pub name: String,
+    /// Attributes as written (qualified names, unescaped values).
     pub attrs: Vec<(String, String)>,
+    /// Child elements in order.
     pub children: Vec<Element>,
+    /// Text content (all text children concatenated, entities resolved).
     pub text: String,
 }
 
@@ -42,6 +50,29 @@ impl Element {
     /// The name without a namespace prefix.
     pub fn local_name(&self) -> &str {
         self.name.rsplit(':').next().unwrap_or(&self.name)
+    }
+
+    /// The first child whose local name (prefix ignored) is `name`.
+    pub fn find(&self, name: &str) -> Option<&Element> {
+        self.children.iter().find(|c| c.local_name() == name)
+    }
+
+    /// All children whose local name is `name`.
+    pub fn find_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Element> + 'a {
+        self.children.iter().filter(move |c| c.local_name() == name)
+    }
+
+    /// Trimmed text of the first child with local name `name`.
+    pub fn find_text(&self, name: &str) -> Option<&str> {
+        self.find(name).map(|c| c.text.trim())
+    }
+
+    /// The value of an attribute by local name (`xsi:type` → `type`).
+    pub fn attr_local(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| k.rsplit(':').next() == Some(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
