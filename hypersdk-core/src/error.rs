@@ -91,6 +91,18 @@ pub enum Error {
     /// unsupported format version.
     #[error("{0}")]
     Crypto(String),
+    /// The platform refused the credentials.
+    #[error("{provider}: login to {target} as '{user}' failed: {message}")]
+    Auth {
+        /// Provider name.
+        provider: String,
+        /// What was logged in to (host or URL, never with credentials).
+        target: String,
+        /// The user name tried.
+        user: String,
+        /// What the platform said.
+        message: String,
+    },
     /// Bytes read back do not match what was written or what a manifest
     /// says: a digest mismatch, or an encrypted/compressed layer that fails
     /// its checks.

@@ -31,6 +31,7 @@ import (
 	"crypto/sha1"
 	"encoding/binary"
 	"encoding/json"
+	"encoding/pem"
 	"flag"
 	"fmt"
 	"io"
@@ -44,7 +45,15 @@ import (
 	"strings"
 	"sync"
 
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
+	"net"
+	"time"
 
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
@@ -80,7 +89,11 @@ func main() {
 	if err := model.Create(); err != nil {
 		fatal("create model: %v", err)
 	}
-	model.Service.TLS = new(tls.Config)
+	caPEM, leaf, err := makeCertificates()
+	if err != nil {
+		fatal("certificates: %v", err)
+	}
+	model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{leaf}}
 	model.Service.Listen = &url.URL{Host: "127.0.0.1:0"}
 	if *user != "" {
 		model.Service.Listen.User = url.UserPassword(*user, *pass)
@@ -149,10 +162,56 @@ func main() {
 		"home":       home,
 		"datastores": datastores,
 		"thumbprint": strings.Join(thumb, ":"),
+		"ca_pem":     caPEM,
 		"vms":        created,
 	})
 	fmt.Println(string(out))
 	_, _ = io.Copy(io.Discard, os.Stdin) // run until the harness closes stdin
+}
+
+// makeCertificates makes a throw-away CA and a server certificate it signs
+// for 127.0.0.1 and localhost, so clients can verify the server for real
+// given the CA (the simulator's default certificate is a CA used as its own
+// end entity, which strict verifiers refuse).
+func makeCertificates() (string, tls.Certificate, error) {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", tls.Certificate{}, err
+	}
+	now := time.Now()
+	ca := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "hypersdk test CA"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
+	if err != nil {
+		return "", tls.Certificate{}, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", tls.Certificate{}, err
+	}
+	leaf := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		DNSNames:     []string{"localhost"},
+	}
+	leafDER, err := x509.CreateCertificate(rand.Reader, leaf, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return "", tls.Certificate{}, err
+	}
+	caPEM := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}))
+	return caPEM, tls.Certificate{Certificate: [][]byte{leafDER}, PrivateKey: key}, nil
 }
 
 func fatal(format string, a ...any) {

@@ -27,6 +27,9 @@ pub struct Vcsim {
     pub datastore: PathBuf,
     /// SHA-1 thumbprint of its TLS certificate, `AB:CD:…`.
     pub thumbprint: String,
+    /// The CA that signed its TLS certificate, PEM (trust it to verify the
+    /// server for real).
+    pub ca_pem: String,
     /// Disk files (relative to the datastore) of the VMs added at start.
     pub vms: HashMap<String, Vec<String>>,
 }
@@ -121,6 +124,7 @@ impl Vcsim {
             password: password.to_string(),
             datastore: PathBuf::from(v["datastores"]["LocalDS_0"].as_str().expect("datastore")),
             thumbprint: v["thumbprint"].as_str().expect("thumbprint").to_string(),
+            ca_pem: v["ca_pem"].as_str().expect("ca_pem").to_string(),
             vms,
         }
     }

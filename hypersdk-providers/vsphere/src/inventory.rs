@@ -1,0 +1,350 @@
+//! The VM inventory through the PropertyCollector: one ContainerView over
+//! every VM under the root folder (all datacenters, folders, clusters), one
+//! `RetrievePropertiesEx` round trip per page of 100 VMs with every property
+//! a listing and a [`VmSpec`] need — never one call per VM.
+
+use hypersdk_core::{
+    ControllerKind, DiskFormat, DiskSpec, Error, Firmware, GuestOs, NicSpec, OsFamily, PowerState,
+    Result, VmSpec,
+};
+use hypersdk_formats::xml::Element;
+
+use crate::client::Connection;
+use crate::soap::{el, MoRef};
+
+/// The properties read for each VM.
+const VM_PROPERTIES: &[&str] = &[
+    "name",
+    "config.uuid",
+    "config.instanceUuid",
+    "config.guestId",
+    "config.guestFullName",
+    "config.hardware.numCPU",
+    "config.hardware.memoryMB",
+    "config.hardware.device",
+    "config.firmware",
+    "config.annotation",
+    "runtime.powerState",
+    "parent",
+];
+
+/// One VM as the inventory describes it.
+#[derive(Debug, Clone)]
+pub struct VmRecord {
+    /// Its reference.
+    pub moref: MoRef,
+    /// BIOS UUID (`config.uuid`).
+    pub uuid: String,
+    /// vCenter instance UUID (`config.instanceUuid`).
+    pub instance_uuid: String,
+    /// The hardware description.
+    pub spec: VmSpec,
+    /// Datastore path of each disk's file, e.g. `[LocalDS_0] vm/vm.vmdk`.
+    pub disk_files: Vec<String>,
+}
+
+/// Every VM visible to the session.
+pub async fn list(conn: &Connection) -> Result<Vec<VmRecord>> {
+    let c = conn.content();
+    let view = conn
+        .call(
+            "CreateContainerView",
+            &format!(
+                "{}{}{}{}",
+                c.view_manager.xml("_this"),
+                c.root_folder.xml("container"),
+                el("type", "VirtualMachine"),
+                el("recursive", "true")
+            ),
+        )
+        .await?;
+    let view = view
+        .find("returnval")
+        .and_then(MoRef::from_element)
+        .ok_or_else(|| bad("CreateContainerView returned no view"))?;
+    let result = retrieve_all(conn, &view).await;
+    // The view is session state on the server: drop it on every path.
+    let _ = conn.call("DestroyView", &view.xml("_this")).await;
+    result
+}
+
+async fn retrieve_all(conn: &Connection, view: &MoRef) -> Result<Vec<VmRecord>> {
+    let pc = &conn.content().property_collector;
+    let paths: String = VM_PROPERTIES.iter().map(|p| el("pathSet", p)).collect();
+    let spec = format!(
+        "<specSet><propSet><type>VirtualMachine</type>{paths}</propSet>\
+         <objectSet>{}<skip>true</skip>\
+         <selectSet xsi:type=\"TraversalSpec\"><name>traverseView</name><type>ContainerView</type>\
+         <path>view</path><skip>false</skip></selectSet></objectSet></specSet>",
+        view.xml("obj")
+    );
+    let mut out = Vec::new();
+    let first = conn
+        .call(
+            "RetrievePropertiesEx",
+            &format!(
+                "{}{spec}<options><maxObjects>100</maxObjects></options>",
+                pc.xml("_this")
+            ),
+        )
+        .await?;
+    let mut page = first.find("returnval").cloned();
+    while let Some(rv) = page {
+        for obj in rv.find_all("objects") {
+            out.push(record(obj)?);
+        }
+        page = match rv.find_text("token") {
+            Some(token) if !token.is_empty() => conn
+                .call(
+                    "ContinueRetrievePropertiesEx",
+                    &format!("{}{}", pc.xml("_this"), el("token", token)),
+                )
+                .await?
+                .find("returnval")
+                .cloned(),
+            _ => None,
+        };
+    }
+    Ok(out)
+}
+
+fn bad(what: &str) -> Error {
+    Error::Provider {
+        provider: "vsphere".into(),
+        message: what.to_string(),
+        retryable: false,
+        source: None,
+    }
+}
+
+/// Reads one `ObjectContent`.
+fn record(obj: &Element) -> Result<VmRecord> {
+    let moref = obj
+        .find("obj")
+        .and_then(MoRef::from_element)
+        .ok_or_else(|| bad("a VM without a reference in the property collector's answer"))?;
+    let mut name = String::new();
+    let (mut uuid, mut instance_uuid) = (String::new(), String::new());
+    let (mut guest_id, mut guest_name) = (String::new(), String::new());
+    let (mut cpus, mut memory) = (0u32, 0u64);
+    let mut firmware = Firmware::Bios;
+    let mut annotation = None;
+    let mut power = PowerState::Unknown;
+    let mut devices: Option<&Element> = None;
+    for prop in obj.find_all("propSet") {
+        let val = prop.find("val");
+        let text = val.map(|v| v.text.trim()).unwrap_or("");
+        match prop.find_text("name").unwrap_or("") {
+            "name" => name = text.to_string(),
+            "config.uuid" => uuid = text.to_string(),
+            "config.instanceUuid" => instance_uuid = text.to_string(),
+            "config.guestId" => guest_id = text.to_string(),
+            "config.guestFullName" => guest_name = text.to_string(),
+            "config.hardware.numCPU" => cpus = text.parse().unwrap_or(0),
+            "config.hardware.memoryMB" => memory = text.parse().unwrap_or(0),
+            "config.firmware" => {
+                firmware = if text == "efi" {
+                    Firmware::Uefi
+                } else {
+                    Firmware::Bios
+                }
+            }
+            "config.annotation" if !text.is_empty() => annotation = Some(text.to_string()),
+            "runtime.powerState" => {
+                power = match text {
+                    "poweredOn" => PowerState::On,
+                    "poweredOff" => PowerState::Off,
+                    "suspended" => PowerState::Suspended,
+                    _ => PowerState::Unknown,
+                }
+            }
+            "config.hardware.device" => devices = val,
+            _ => {}
+        }
+    }
+    let (disks, disk_files, nics) = devices.map(hardware).unwrap_or_default();
+    let family = os_family(&guest_id, &guest_name);
+    Ok(VmRecord {
+        uuid,
+        instance_uuid,
+        spec: VmSpec {
+            id: moref.value.clone(),
+            name,
+            power_state: power,
+            cpus,
+            memory_mib: memory,
+            firmware,
+            guest_os: GuestOs {
+                id: guest_id,
+                family,
+                description: if guest_name.is_empty() {
+                    GuestOs::default().description
+                } else {
+                    guest_name
+                },
+            },
+            nics,
+            disks,
+            annotation,
+        },
+        moref,
+        disk_files,
+    })
+}
+
+fn os_family(id: &str, name: &str) -> OsFamily {
+    let s = format!("{id} {name}").to_ascii_lowercase();
+    if s.contains("windows") || s.starts_with("win") {
+        OsFamily::Windows
+    } else if [
+        "linux", "ubuntu", "debian", "centos", "rhel", "sles", "fedora", "oracle", "photon",
+        "rocky", "alma", "coreos",
+    ]
+    .iter()
+    .any(|k| s.contains(k))
+    {
+        OsFamily::Linux
+    } else {
+        OsFamily::Other
+    }
+}
+
+/// Disks (in device order), their files, and NICs from `config.hardware.device`.
+fn hardware(devices: &Element) -> (Vec<DiskSpec>, Vec<String>, Vec<NicSpec>) {
+    // Controller key → kind.
+    let mut controllers = std::collections::HashMap::new();
+    for d in &devices.children {
+        let kind = d.attr_local("type").unwrap_or("");
+        let c = match kind {
+            "VirtualIDEController" => Some(ControllerKind::Ide),
+            "VirtualAHCIController" | "VirtualSATAController" => Some(ControllerKind::Sata),
+            "VirtualNVMEController" => Some(ControllerKind::Nvme),
+            k if k.ends_with("SCSIController")
+                || k.contains("LsiLogic")
+                || k.contains("BusLogic") =>
+            {
+                Some(ControllerKind::Scsi)
+            }
+            _ => None,
+        };
+        if let (Some(c), Some(key)) = (c, d.find_text("key")) {
+            controllers.insert(key.to_string(), c);
+        }
+    }
+    let mut disks = Vec::new();
+    let mut files = Vec::new();
+    let mut nics = Vec::new();
+    for d in &devices.children {
+        let kind = d.attr_local("type").unwrap_or("");
+        let label = d
+            .find("deviceInfo")
+            .and_then(|i| i.find_text("label"))
+            .unwrap_or("")
+            .to_string();
+        if kind == "VirtualDisk" {
+            let capacity = d
+                .find_text("capacityInBytes")
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|v| *v > 0)
+                .or_else(|| {
+                    d.find_text("capacityInKB")
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .map(|kb| kb * 1024)
+                })
+                .unwrap_or(0);
+            let file = d
+                .find("backing")
+                .and_then(|b| b.find_text("fileName"))
+                .unwrap_or("")
+                .to_string();
+            let controller = d
+                .find_text("controllerKey")
+                .and_then(|k| controllers.get(k).copied())
+                .unwrap_or(ControllerKind::Scsi);
+            disks.push(DiskSpec {
+                name: if label.is_empty() {
+                    format!("disk {}", disks.len() + 1)
+                } else {
+                    label
+                },
+                capacity,
+                format: DiskFormat::Vmdk,
+                controller,
+                unit: d
+                    .find_text("unitNumber")
+                    .and_then(|u| u.parse().ok())
+                    .unwrap_or(0),
+                location: file.clone(),
+            });
+            files.push(file);
+        } else if d.find("macAddress").is_some()
+            || kind.starts_with("VirtualE1000")
+            || kind.starts_with("VirtualVmxnet")
+            || kind == "VirtualPCNet32"
+            || kind == "VirtualSriovEthernetCard"
+        {
+            let backing = d.find("backing");
+            let network = backing
+                .and_then(|b| b.find_text("deviceName"))
+                .map(str::to_string)
+                .or_else(|| {
+                    backing
+                        .and_then(|b| b.find("port"))
+                        .and_then(|p| p.find_text("portgroupKey"))
+                        .map(str::to_string)
+                })
+                .or_else(|| {
+                    d.find("deviceInfo")
+                        .and_then(|i| i.find_text("summary"))
+                        .map(str::to_string)
+                })
+                .unwrap_or_default();
+            nics.push(NicSpec {
+                network,
+                mac: d
+                    .find_text("macAddress")
+                    .filter(|m| !m.is_empty())
+                    .map(str::to_string),
+                model: kind.trim_start_matches("Virtual").to_ascii_lowercase(),
+            });
+        }
+    }
+    (disks, files, nics)
+}
+
+/// The VM named or identified by `key`: a name, a moref value (`vm-42`), a
+/// BIOS UUID or an instance UUID. A name shared by several VMs is refused.
+pub fn pick<'a>(records: &'a [VmRecord], key: &str, host: &str) -> Result<&'a VmRecord> {
+    let by_id: Vec<&VmRecord> = records
+        .iter()
+        .filter(|r| {
+            r.moref.value == key
+                || r.uuid.eq_ignore_ascii_case(key)
+                || r.instance_uuid.eq_ignore_ascii_case(key)
+        })
+        .collect();
+    if let [one] = by_id[..] {
+        return Ok(one);
+    }
+    let by_name: Vec<&VmRecord> = records.iter().filter(|r| r.spec.name == key).collect();
+    match by_name[..] {
+        [one] => Ok(one),
+        [] => Err(Error::VmNotFound {
+            provider: "vsphere".into(),
+            vm: key.to_string(),
+            detail: format!(
+                "no VM of that name, moref or UUID among the {} VMs visible on {host}",
+                records.len()
+            ),
+        }),
+        _ => Err(Error::InvalidArgument(format!(
+            "{} VMs on {host} are named '{key}' ({}); give the moref instead",
+            by_name.len(),
+            by_name
+                .iter()
+                .map(|r| r.moref.value.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
