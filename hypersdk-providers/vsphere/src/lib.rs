@@ -4,8 +4,11 @@
 //! A small SOAP client on reqwest (rustls with ring) and quick-xml that covers
 //! only the calls hypersdk makes — login/logout, the PropertyCollector over a
 //! ContainerView for the inventory, snapshots, tasks, and HttpNfcLease
-//! exports — rather than the generated bindings of the whole API (vim_rs
-//! builds a 300,000-line crate; see the crate README for the comparison).
+//! exports — rather than generated bindings of the whole API. vim_rs 0.7
+//! (with its `xml` and `vcsim_compat` features, the ones a SOAP simulator
+//! needs) is 928,000 lines of generated Rust (39 MB); a release build of it
+//! took 10.5 minutes and 671 s of CPU here (2 cores, 2026-11-24), against
+//! about 2 minutes for this crate with reqwest and rustls from cold.
 //!
 //! ```no_run
 //! # async fn demo() -> hypersdk_core::Result<()> {
