@@ -34,11 +34,13 @@
 mod descriptor;
 mod image;
 mod reader;
+mod stream;
 mod writer;
 
 pub use descriptor::{parse_descriptor, Descriptor, Extent, ExtentKind};
 pub use image::VmdkImage;
 pub use reader::{SparseExtentReader, SparseHeader};
+pub use stream::StreamDecoder;
 
 pub use writer::{StreamOptimizedWriter, VmdkWriterOptions, VmdkWriterStats, MAX_CAPACITY};
 

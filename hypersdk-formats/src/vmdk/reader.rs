@@ -62,7 +62,7 @@ fn le64(b: &[u8], at: usize) -> u64 {
     u64::from(le32(b, at)) | (u64::from(le32(b, at + 4)) << 32)
 }
 
-fn parse_header(h: &[u8; 512], at: u64) -> Result<SparseHeader> {
+pub(crate) fn parse_header(h: &[u8; 512], at: u64) -> Result<SparseHeader> {
     if le32(h, 0) != SPARSE_MAGIC {
         return Err(corrupt(at, format!("magic {:02x?} is not KDMV", &h[0..4])));
     }

@@ -1,0 +1,381 @@
+//! Reading a streamOptimized VMDK front to back, as it arrives over the
+//! network (an ESXi/vCenter NFC export), without seeking.
+//!
+//! After the header and the descriptor area (`overHead` sectors), a
+//! streamOptimized extent is a sequence of sector-aligned records: a grain
+//! (12-byte marker: LBA u64 and compressed size u32, then the deflated grain)
+//! or a metadata marker (512 bytes: sector count u64, size 0, type u32; then
+//! that many sectors of grain table, grain directory or footer), ending with
+//! the end-of-stream marker (type 0). [`StreamDecoder`] turns that into the
+//! guest's bytes in order, zeros where no grain was stored, up to the
+//! capacity. Grains must come in ascending LBA order, as every writer emits
+//! them. In VMware's layout (grain directory at the end) a stream that stops
+//! before its end-of-stream marker is an error, never a short disk; in
+//! qemu-img's layout (no marker) the end of input ends the disk.
+//!
+//! Memory: one compressed and one decompressed grain (64 KiB each by
+//! default).
+
+use std::io::{self, Read};
+
+use flate2::{Decompress, FlushDecompress, Status};
+
+use super::reader::parse_header;
+use super::{GD_AT_END, SECTOR_SIZE};
+use crate::error::{Error, Result};
+
+const MARKER_EOS: u32 = 0;
+const MARKER_GT: u32 = 1;
+const MARKER_GD: u32 = 2;
+const MARKER_FOOTER: u32 = 3;
+
+/// Decodes a streamOptimized VMDK from a `Read` into guest bytes (itself a
+/// `Read`). Errors are `io::Error`s of kind `InvalidData` wrapping
+/// [`Error::VmdkCorrupt`] with the byte offset in the stream.
+pub struct StreamDecoder<R> {
+    input: R,
+    /// Bytes consumed from the input.
+    pos: u64,
+    capacity: u64,
+    grain_bytes: usize,
+    needs_eos: bool,
+    /// Guest bytes returned so far.
+    out_pos: u64,
+    /// The decoded grain being returned, and where it starts in the guest.
+    grain: Vec<u8>,
+    grain_at: u64,
+    grain_len: usize,
+    compressed: Vec<u8>,
+    inflater: Decompress,
+    done: bool,
+}
+
+impl<R> std::fmt::Debug for StreamDecoder<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamDecoder")
+            .field("pos", &self.pos)
+            .field("capacity", &self.capacity)
+            .field("out_pos", &self.out_pos)
+            .finish_non_exhaustive()
+    }
+}
+
+fn corrupt(offset: u64, what: impl Into<String>) -> Error {
+    Error::VmdkCorrupt {
+        offset,
+        what: what.into(),
+    }
+}
+
+fn invalid(e: Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl<R: Read> StreamDecoder<R> {
+    /// Reads the header and skips the descriptor area.
+    pub fn new(mut input: R) -> Result<Self> {
+        let mut h = [0u8; 512];
+        input
+            .read_exact(&mut h)
+            .map_err(|e| Error::io("reading the streamOptimized VMDK header", e))?;
+        let header = parse_header(&h, 0)?;
+        if !header.compressed() || header.flags & super::FLAG_MARKERS == 0 {
+            return Err(Error::VmdkUnsupported(
+                "a sparse VMDK that is not streamOptimized (no compressed grains with markers) cannot be read as a stream".into(),
+            ));
+        }
+        let overhead = u64::from_le_bytes(h[64..72].try_into().map_err(|_| corrupt(64, "header"))?);
+        if overhead < 1 || overhead > (1 << 24) {
+            return Err(corrupt(64, format!("overhead of {overhead} sectors")));
+        }
+        let grain_bytes = (header.grain_size * SECTOR_SIZE) as usize;
+        let mut d = StreamDecoder {
+            input,
+            pos: 512,
+            capacity: header.capacity * SECTOR_SIZE,
+            grain_bytes,
+            needs_eos: header.gd_offset == GD_AT_END,
+            out_pos: 0,
+            grain: vec![0; grain_bytes],
+            grain_at: 0,
+            grain_len: 0,
+            compressed: Vec::new(),
+            inflater: Decompress::new(true),
+            done: false,
+        };
+        d.skip((overhead - 1) * SECTOR_SIZE)?;
+        Ok(d)
+    }
+
+    /// The guest capacity in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    fn skip(&mut self, mut n: u64) -> Result<()> {
+        let mut buf = [0u8; 8192];
+        while n > 0 {
+            let take = n.min(buf.len() as u64) as usize;
+            self.input.read_exact(&mut buf[..take]).map_err(|e| {
+                Error::io(format!("reading the VMDK stream at byte {}", self.pos), e)
+            })?;
+            self.pos += take as u64;
+            n -= take as u64;
+        }
+        Ok(())
+    }
+
+    /// Reads one sector; Ok(None) at a clean end of input.
+    fn sector(&mut self, buf: &mut [u8; 512]) -> Result<bool> {
+        let mut got = 0;
+        while got < 512 {
+            match self.input.read(&mut buf[got..]) {
+                Ok(0) if got == 0 => return Ok(false),
+                Ok(0) => {
+                    return Err(corrupt(
+                        self.pos + got as u64,
+                        "the stream ends inside a sector",
+                    ))
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("reading the VMDK stream at byte {}", self.pos),
+                        e,
+                    ))
+                }
+            }
+        }
+        self.pos += 512;
+        Ok(true)
+    }
+
+    /// Reads records until the next grain is decoded (true) or the stream
+    /// ends (false).
+    fn next_grain(&mut self) -> Result<bool> {
+        let mut s = [0u8; 512];
+        loop {
+            let at = self.pos;
+            if !self.sector(&mut s)? {
+                if self.needs_eos {
+                    return Err(corrupt(
+                        at,
+                        "the stream ends without its end-of-stream marker (truncated)",
+                    ));
+                }
+                return Ok(false);
+            }
+            let value = u64::from_le_bytes(s[0..8].try_into().map_err(|_| corrupt(at, "marker"))?);
+            let size = u32::from_le_bytes(s[8..12].try_into().map_err(|_| corrupt(at, "marker"))?);
+            if size == 0 {
+                let kind =
+                    u32::from_le_bytes(s[12..16].try_into().map_err(|_| corrupt(at, "marker"))?);
+                match kind {
+                    MARKER_EOS => return Ok(false),
+                    MARKER_GT | MARKER_GD | MARKER_FOOTER => {
+                        if value > (1 << 24) {
+                            return Err(corrupt(at, format!("metadata of {value} sectors")));
+                        }
+                        self.skip(value * SECTOR_SIZE)?;
+                        continue;
+                    }
+                    k => return Err(corrupt(at + 12, format!("unknown marker type {k}"))),
+                }
+            }
+            // A grain: LBA `value`, `size` compressed bytes from offset 12.
+            let lba_bytes = value
+                .checked_mul(SECTOR_SIZE)
+                .ok_or_else(|| corrupt(at, "grain LBA overflows"))?;
+            if lba_bytes % self.grain_bytes as u64 != 0 || lba_bytes >= self.capacity {
+                return Err(corrupt(
+                    at,
+                    format!("grain at LBA {value} is not grain-aligned inside the capacity"),
+                ));
+            }
+            if lba_bytes < self.out_pos {
+                return Err(corrupt(
+                    at,
+                    format!(
+                        "grain at LBA {value} comes after data beyond it (grains out of order)"
+                    ),
+                ));
+            }
+            let size = size as usize;
+            if size > 2 * self.grain_bytes + 1024 {
+                return Err(corrupt(at + 8, format!("compressed grain of {size} bytes")));
+            }
+            self.compressed.clear();
+            let first = size.min(500);
+            self.compressed.extend_from_slice(&s[12..12 + first]);
+            let total = 12 + size;
+            let padded = total.div_ceil(512) * 512;
+            let rest = padded - 512;
+            if rest > 0 {
+                let start = self.compressed.len();
+                self.compressed.resize(start + rest, 0);
+                self.input
+                    .read_exact(&mut self.compressed[start..])
+                    .map_err(|e| {
+                        Error::io(
+                            format!("reading the grain at byte {at} of the VMDK stream"),
+                            e,
+                        )
+                    })?;
+                self.pos += rest as u64;
+                self.compressed.truncate(size);
+            }
+            // The last grain may hold fewer bytes than a grain, or a whole
+            // zero-padded grain (writers differ): only `want` bytes count.
+            let want = (self.capacity - lba_bytes).min(self.grain_bytes as u64) as usize;
+            self.inflater.reset(true);
+            let status = self
+                .inflater
+                .decompress(&self.compressed, &mut self.grain, FlushDecompress::Finish)
+                .map_err(|e| {
+                    corrupt(
+                        at + 12,
+                        format!("grain at LBA {value} does not inflate: {e}"),
+                    )
+                })?;
+            let out = self.inflater.total_out() as usize;
+            if status != Status::StreamEnd || out < want {
+                return Err(corrupt(
+                    at + 12,
+                    format!("grain at LBA {value} inflates to {out} bytes, expected {want}"),
+                ));
+            }
+            self.grain_at = lba_bytes;
+            self.grain_len = want;
+            return Ok(true);
+        }
+    }
+}
+
+impl<R: Read> Read for StreamDecoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.out_pos >= self.capacity {
+            // Every guest byte is out; the rest of the stream (grain tables,
+            // directory, footer) must still be there and end properly.
+            if !self.done {
+                if self.next_grain().map_err(invalid)? {
+                    return Err(invalid(corrupt(self.pos, "a grain after the last one")));
+                }
+                self.done = true;
+            }
+            return Ok(0);
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            // Inside the current grain: copy from it.
+            if self.grain_len > 0 && self.out_pos >= self.grain_at {
+                let off = (self.out_pos - self.grain_at) as usize;
+                if off < self.grain_len {
+                    let n = (self.grain_len - off).min(buf.len());
+                    buf[..n].copy_from_slice(&self.grain[off..off + n]);
+                    self.out_pos += n as u64;
+                    return Ok(n);
+                }
+                self.grain_len = 0;
+            }
+            // Before the next grain (or to the end): zeros.
+            if self.grain_len > 0 || self.done {
+                let until = if self.done {
+                    self.capacity
+                } else {
+                    self.grain_at
+                };
+                let n = ((until - self.out_pos) as usize).min(buf.len());
+                buf[..n].fill(0);
+                self.out_pos += n as u64;
+                return Ok(n);
+            }
+            match self.next_grain().map_err(invalid)? {
+                true => {}
+                false => self.done = true,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmdk::{StreamOptimizedWriter, VmdkWriterOptions};
+
+    fn encode(data: &[u8]) -> Vec<u8> {
+        let mut w = StreamOptimizedWriter::new(
+            Vec::new(),
+            data.len() as u64,
+            &VmdkWriterOptions::default(),
+        )
+        .unwrap();
+        w.write(data).unwrap();
+        w.finish().unwrap().0
+    }
+
+    fn sample(len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| {
+                if (i / 65536) % 3 == 1 {
+                    0
+                } else {
+                    (i % 251) as u8 ^ (i >> 16) as u8
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn decodes_our_vmware_layout_in_one_pass() {
+        for len in [512usize, 65536, 3 * 65536 + 4096, 1 << 21] {
+            let data = sample(len);
+            let vmdk = encode(&data);
+            let mut back = Vec::new();
+            // A reader that returns at most 1000 bytes at a time, like a socket.
+            struct Trickle<'a>(&'a [u8]);
+            impl Read for Trickle<'_> {
+                fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+                    let n = b.len().min(1000).min(self.0.len());
+                    b[..n].copy_from_slice(&self.0[..n]);
+                    self.0 = &self.0[n..];
+                    Ok(n)
+                }
+            }
+            let mut d = StreamDecoder::new(Trickle(&vmdk)).unwrap();
+            d.read_to_end(&mut back).unwrap();
+            assert_eq!(back.len(), data.len(), "len {len}");
+            assert!(back == data, "len {len}");
+        }
+    }
+
+    fn decode(bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
+        let mut d = StreamDecoder::new(bytes).map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        d.read_to_end(&mut out).map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    #[test]
+    fn truncation_and_damage_are_errors() {
+        let data: Vec<u8> = (0..(1usize << 20)).map(|i| (i * 7 % 256) as u8).collect();
+        let vmdk = encode(&data);
+        assert_eq!(decode(&vmdk).unwrap(), data);
+        // Cut before the end-of-stream marker: an error, not a short disk.
+        let err = decode(&vmdk[..vmdk.len() - 512]).unwrap_err();
+        assert!(err.contains("end-of-stream"), "{err}");
+        // Cut anywhere else.
+        for cut in [vmdk.len() / 2 + 7, vmdk.len() - 3000, 600] {
+            assert!(decode(&vmdk[..cut]).is_err(), "cut at {cut}");
+        }
+        // A flipped byte inside the first grain's compressed data.
+        let overhead = u64::from_le_bytes(vmdk[64..72].try_into().unwrap()) as usize;
+        let mut bad = vmdk.clone();
+        bad[overhead * 512 + 12 + 50] ^= 0xff;
+        assert!(decode(&bad).is_err());
+        // Not a VMDK at all.
+        assert!(decode(b"# Disk DescriptorFile\n").is_err());
+    }
+}
