@@ -85,7 +85,7 @@ impl<R: Read> StreamDecoder<R> {
             ));
         }
         let overhead = u64::from_le_bytes(h[64..72].try_into().map_err(|_| corrupt(64, "header"))?);
-        if overhead < 1 || overhead > (1 << 24) {
+        if !(1..=(1 << 24)).contains(&overhead) {
             return Err(corrupt(64, format!("overhead of {overhead} sectors")));
         }
         let grain_bytes = (header.grain_size * SECTOR_SIZE) as usize;
