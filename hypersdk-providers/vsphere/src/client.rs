@@ -61,6 +61,12 @@ impl ConnectOptions {
         }
     }
 
+    /// Sets the timeout of each API call.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
     /// Sets the credentials.
     pub fn with_login(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
         self.user = Some(user.into());
@@ -157,6 +163,7 @@ pub struct Connection {
     cookie: Mutex<Option<String>>,
     content: ServiceContent,
     seen: Arc<Mutex<Seen>>,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Connection {
@@ -195,9 +202,11 @@ impl Connection {
             })?;
         let (tls, seen) =
             client_config(&opts.tls, opts.ca_pem.as_deref()).map_err(Error::InvalidArgument)?;
+        // No overall timeout on the client: disk downloads run for hours.
+        // API calls get `opts.timeout` each; every read has an idle limit.
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
-            .timeout(opts.timeout)
+            .read_timeout(Duration::from_secs(120))
             .connect_timeout(Duration::from_secs(15))
             .build()
             .map_err(|e| provider_err(format!("cannot build the HTTP client: {e}"), false))?;
@@ -224,6 +233,7 @@ impl Connection {
                 api_version: String::new(),
             },
             seen,
+            timeout: opts.timeout,
         };
         let rv = conn
             .raw_call(
@@ -366,6 +376,7 @@ impl Connection {
         let mut req = self
             .http
             .post(self.url.clone())
+            .timeout(self.timeout)
             .header("Content-Type", "text/xml; charset=utf-8")
             .header("SOAPAction", "urn:vim25/8.0.1.0")
             .body(envelope(method, body));

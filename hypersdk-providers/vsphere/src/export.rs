@@ -1,13 +1,397 @@
-//! Exports through HttpNfcLease (to come).
+//! Exports through an HttpNfcLease.
+//!
+//! A powered-off VM is exported with `ExportVm`; a running (or suspended)
+//! one through a snapshot: `CreateSnapshot_Task` (no memory, no quiescing),
+//! `ExportSnapshot`, and `RemoveSnapshot_Task` afterwards. The lease is
+//! awaited until ready, kept alive with `HttpNfcLeaseProgress` at a quarter
+//! of its timeout (at most every 60 s), and completed if every disk was read
+//! to its end, aborted otherwise — on every path, errors and cancellation
+//! included, through [`ExportSource::close`].
+//!
+//! Each disk's device URL serves a streamOptimized VMDK (as ESXi does); it is
+//! decoded as it arrives ([`StreamDecoder`]) into the guest bytes the
+//! Exporter encodes. The session cookie is sent only to the host the session
+//! is on. NFC has no Range support: a disk opens at offset 0 only.
 
-use std::sync::Arc;
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use hypersdk_core::{Error, ExportSource, Result};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use hypersdk_core::{DiskStream, Error, ExportSource, PowerState, Result, VmSpec};
+use hypersdk_formats::vmdk::StreamDecoder;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
 
 use crate::client::Connection;
+use crate::inventory::{self, properties, wait_task};
+use crate::soap::{el, MoRef};
 
-pub(crate) async fn open(_conn: Arc<Connection>, _vm: &str) -> Result<Box<dyn ExportSource>> {
-    Err(Error::InvalidArgument(
-        "vSphere export is not implemented yet".into(),
-    ))
+/// How long a lease may take to become ready, and a snapshot task to run.
+const READY_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// One VM being exported over NFC.
+pub(crate) struct NfcSource {
+    conn: Arc<Connection>,
+    spec: VmSpec,
+    lease: MoRef,
+    snapshot: Option<MoRef>,
+    urls: Vec<String>,
+    /// Per disk: read to its end, the VMDK stream sound to its last marker.
+    finished: Arc<Vec<AtomicBool>>,
+    progress: Arc<AtomicU64>,
+    keepalive: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for NfcSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NfcSource")
+            .field("vm", &self.spec.name)
+            .field("lease", &self.lease.value)
+            .field("snapshot", &self.snapshot.as_ref().map(|s| &s.value))
+            .finish_non_exhaustive()
+    }
+}
+
+fn provider_err(message: String) -> Error {
+    Error::Provider {
+        provider: "vsphere".into(),
+        message,
+        retryable: false,
+        source: None,
+    }
+}
+
+pub(crate) async fn open(conn: Arc<Connection>, vm: &str) -> Result<Box<dyn ExportSource>> {
+    let records = inventory::list(&conn).await?;
+    let rec = inventory::pick(&records, vm, conn.host())?.clone();
+    let mut snapshot = None;
+    let lease = if rec.spec.power_state == PowerState::Off {
+        let rv = conn.call("ExportVm", &rec.moref.xml("_this")).await?;
+        rv.find("returnval")
+            .and_then(MoRef::from_element)
+            .ok_or_else(|| provider_err("ExportVm returned no lease".into()))?
+    } else {
+        let name = format!("hypersdk-export-{}", std::process::id());
+        let rv = conn
+            .call(
+                "CreateSnapshot_Task",
+                &format!(
+                    "{}{}{}{}{}",
+                    rec.moref.xml("_this"),
+                    el("name", &name),
+                    el(
+                        "description",
+                        "temporary snapshot of a hypersdk export; removed when it ends"
+                    ),
+                    el("memory", "false"),
+                    el("quiesce", "false")
+                ),
+            )
+            .await?;
+        let task = rv
+            .find("returnval")
+            .and_then(MoRef::from_element)
+            .ok_or_else(|| provider_err("CreateSnapshot_Task returned no task".into()))?;
+        let result = wait_task(
+            &conn,
+            &task,
+            &format!("snapshot of VM '{}'", rec.spec.name),
+            READY_TIMEOUT,
+        )
+        .await?;
+        let snap = result
+            .as_ref()
+            .and_then(MoRef::from_element)
+            .ok_or_else(|| provider_err("the snapshot task returned no snapshot".into()))?;
+        debug!(vm = %rec.spec.name, snapshot = %snap.value, "snapshot created for the export");
+        snapshot = Some(snap.clone());
+        match conn.call("ExportSnapshot", &snap.xml("_this")).await {
+            Ok(rv) => rv
+                .find("returnval")
+                .and_then(MoRef::from_element)
+                .ok_or_else(|| provider_err("ExportSnapshot returned no lease".into()))?,
+            Err(e) => {
+                remove_snapshot(&conn, &snap).await;
+                return Err(e);
+            }
+        }
+    };
+    match ready(&conn, &lease, &rec.spec).await {
+        Ok((urls, timeout_secs)) => {
+            let progress = Arc::new(AtomicU64::new(0));
+            let keepalive = spawn_keepalive(
+                conn.clone(),
+                lease.clone(),
+                progress.clone(),
+                rec.spec.disks.iter().map(|d| d.capacity).sum(),
+                timeout_secs,
+            );
+            Ok(Box::new(NfcSource {
+                finished: Arc::new(urls.iter().map(|_| AtomicBool::new(false)).collect()),
+                conn,
+                spec: rec.spec,
+                lease,
+                snapshot,
+                urls,
+                progress,
+                keepalive: Mutex::new(Some(keepalive)),
+                closed: AtomicBool::new(false),
+            }))
+        }
+        Err(e) => {
+            let _ = conn.call("HttpNfcLeaseAbort", &lease.xml("_this")).await;
+            if let Some(s) = &snapshot {
+                remove_snapshot(&conn, s).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Waits for the lease to be ready; returns the disks' URLs in disk order and
+/// the lease timeout in seconds.
+async fn ready(conn: &Connection, lease: &MoRef, spec: &VmSpec) -> Result<(Vec<String>, u64)> {
+    let start = std::time::Instant::now();
+    loop {
+        let props = properties(conn, lease, &["state", "error"]).await?;
+        let state = props
+            .iter()
+            .find(|(k, _)| k == "state")
+            .map(|(_, v)| v.text.trim().to_string())
+            .unwrap_or_default();
+        match state.as_str() {
+            "ready" => break,
+            "error" => {
+                let msg = props
+                    .iter()
+                    .find(|(k, _)| k == "error")
+                    .and_then(|(_, v)| v.find_text("localizedMessage"))
+                    .unwrap_or("")
+                    .to_string();
+                return Err(provider_err(format!(
+                    "the export lease of VM '{}' failed: {msg}",
+                    spec.name
+                )));
+            }
+            _ if start.elapsed() > READY_TIMEOUT => {
+                return Err(provider_err(format!(
+                    "the export lease of VM '{}' was not ready within {} s",
+                    spec.name,
+                    READY_TIMEOUT.as_secs()
+                )))
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let props = properties(conn, lease, &["info"]).await?;
+    let info = props
+        .into_iter()
+        .find(|(k, _)| k == "info")
+        .map(|(_, v)| v)
+        .ok_or_else(|| provider_err("the ready lease has no info".into()))?;
+    let timeout = info
+        .find_text("leaseTimeout")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(300u64);
+    let base = conn.base_url();
+    let host = base.host_str().unwrap_or("");
+    let urls: Vec<String> = info
+        .find_all("deviceUrl")
+        .filter(|d| d.find_text("disk") == Some("true"))
+        .filter_map(|d| d.find_text("url"))
+        .map(|u| u.replacen("://*", &format!("://{host}"), 1))
+        .collect();
+    if urls.len() != spec.disks.len() {
+        return Err(provider_err(format!(
+            "the export lease of VM '{}' offers {} disk URLs for its {} disks",
+            spec.name,
+            urls.len(),
+            spec.disks.len()
+        )));
+    }
+    Ok((urls, timeout))
+}
+
+fn spawn_keepalive(
+    conn: Arc<Connection>,
+    lease: MoRef,
+    progress: Arc<AtomicU64>,
+    total: u64,
+    timeout_secs: u64,
+) -> tokio::task::JoinHandle<()> {
+    let every = Duration::from_secs((timeout_secs / 4).clamp(5, 60));
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let done = progress.load(Ordering::Relaxed);
+            let percent = (done.saturating_mul(100) / total.max(1)).min(99);
+            let body = format!(
+                "{}{}",
+                lease.xml("_this"),
+                el("percent", &percent.to_string())
+            );
+            if let Err(e) = conn.call("HttpNfcLeaseProgress", &body).await {
+                warn!(error = %e, "could not extend the export lease");
+            }
+        }
+    })
+}
+
+async fn remove_snapshot(conn: &Connection, snap: &MoRef) {
+    let body = format!(
+        "{}{}{}",
+        snap.xml("_this"),
+        el("removeChildren", "false"),
+        el("consolidate", "true")
+    );
+    let result = match conn.call("RemoveSnapshot_Task", &body).await {
+        Ok(rv) => match rv.find("returnval").and_then(MoRef::from_element) {
+            Some(task) => wait_task(conn, &task, "removing the export snapshot", READY_TIMEOUT)
+                .await
+                .map(|_| ()),
+            None => Err(provider_err("RemoveSnapshot_Task returned no task".into())),
+        },
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        warn!(snapshot = %snap.value, error = %e, "could not remove the export snapshot");
+    }
+}
+
+#[async_trait]
+impl ExportSource for NfcSource {
+    fn spec(&self) -> &VmSpec {
+        &self.spec
+    }
+
+    async fn open_disk(&self, index: usize, offset: u64) -> Result<DiskStream> {
+        let disk = self
+            .spec
+            .disks
+            .get(index)
+            .ok_or_else(|| Error::InvalidArgument(format!("no disk {index}")))?;
+        if offset != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "vSphere NFC downloads cannot start at byte {offset} (no Range support); disk '{}' must be read from 0",
+                disk.name
+            )));
+        }
+        let url = &self.urls[index];
+        let mut req = self.conn.http().get(url);
+        let same_host = reqwest::Url::parse(url)
+            .ok()
+            .is_some_and(|u| u.host_str() == self.conn.base_url().host_str());
+        if let (true, Some(c)) = (same_host, self.conn.cookie()) {
+            req = req.header("Cookie", c);
+        }
+        let read_err = |msg: String| Error::DiskRead {
+            vm: self.spec.name.clone(),
+            disk: disk.name.clone(),
+            location: disk.location.clone(),
+            source: msg.into(),
+        };
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| read_err(format!("GET of its NFC URL failed: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(read_err(format!(
+                "its NFC URL answered HTTP {}",
+                resp.status()
+            )));
+        }
+        let body = resp
+            .bytes_stream()
+            .map_err(|e| std::io::Error::other(e.to_string()));
+        let bridge = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(body));
+        let (tx, rx) = mpsc::channel::<Result<Bytes>>(4);
+        let capacity = disk.capacity;
+        let vm = self.spec.name.clone();
+        let name = disk.name.clone();
+        let location = disk.location.clone();
+        let progress = self.progress.clone();
+        let finished = self.finished.clone();
+        tokio::task::spawn_blocking(move || {
+            let err = |e: String| Error::DiskRead {
+                vm: vm.clone(),
+                disk: name.clone(),
+                location: location.clone(),
+                source: e.into(),
+            };
+            let mut dec = match StreamDecoder::new(bridge) {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(err(format!(
+                        "the NFC download is not a streamOptimized VMDK: {e}"
+                    ))));
+                    return;
+                }
+            };
+            if dec.capacity() != hypersdk_formats::image::sector_capacity(capacity) {
+                let _ = tx.blocking_send(Err(err(format!(
+                    "the NFC download holds {} bytes, the VM's configuration says {capacity}",
+                    dec.capacity()
+                ))));
+                return;
+            }
+            let mut left = capacity;
+            while left > 0 {
+                let mut buf = vec![0u8; (1 << 20).min(left as usize)];
+                if let Err(e) = dec.read_exact(&mut buf) {
+                    let _ = tx.blocking_send(Err(err(format!("the NFC download broke off: {e}"))));
+                    return;
+                }
+                left -= buf.len() as u64;
+                progress.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                    return; // the export stopped reading
+                }
+            }
+            // The rest of the stream (tables, footer, end marker) must be sound.
+            if let Err(e) = dec.read(&mut [0u8; 1]) {
+                let _ = tx.blocking_send(Err(err(format!("the NFC download ends badly: {e}"))));
+                return;
+            }
+            finished[index].store(true, Ordering::SeqCst);
+        });
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Ok(Box::pin(stream))
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        if let Some(k) = self
+            .keepalive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            k.abort();
+        }
+        let all_done = self.finished.iter().all(|f| f.load(Ordering::SeqCst));
+        let lease_result = if all_done {
+            self.conn
+                .call("HttpNfcLeaseComplete", &self.lease.xml("_this"))
+                .await
+                .map(|_| ())
+        } else {
+            self.conn
+                .call("HttpNfcLeaseAbort", &self.lease.xml("_this"))
+                .await
+                .map(|_| ())
+        };
+        if let Some(s) = &self.snapshot {
+            remove_snapshot(&self.conn, s).await;
+        }
+        lease_result
+    }
 }

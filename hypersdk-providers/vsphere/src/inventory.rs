@@ -348,3 +348,77 @@ pub fn pick<'a>(records: &'a [VmRecord], key: &str, host: &str) -> Result<&'a Vm
         ))),
     }
 }
+
+/// Reads properties `paths` of one object: (name, `<val>`) pairs for those set.
+pub(crate) async fn properties(
+    conn: &Connection,
+    obj: &MoRef,
+    paths: &[&str],
+) -> Result<Vec<(String, Element)>> {
+    let pc = &conn.content().property_collector;
+    let paths: String = paths.iter().map(|p| el("pathSet", p)).collect();
+    let body = format!(
+        "{}<specSet><propSet>{}{paths}</propSet><objectSet>{}<skip>false</skip></objectSet></specSet><options/>",
+        pc.xml("_this"),
+        el("type", &obj.kind),
+        obj.xml("obj")
+    );
+    let rv = conn.call("RetrievePropertiesEx", &body).await?;
+    let mut out = Vec::new();
+    if let Some(o) = rv.find("returnval").and_then(|r| r.find("objects")) {
+        for p in o.find_all("propSet") {
+            if let (Some(name), Some(val)) = (p.find_text("name"), p.find("val")) {
+                out.push((name.to_string(), val.clone()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Waits for task `task` to finish; returns its result (`info.result`), or
+/// its error as a provider error naming `what`.
+pub(crate) async fn wait_task(
+    conn: &Connection,
+    task: &MoRef,
+    what: &str,
+    timeout: std::time::Duration,
+) -> Result<Option<Element>> {
+    let start = std::time::Instant::now();
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        let props = properties(conn, task, &["info.state", "info.error", "info.result"]).await?;
+        let get = |n: &str| props.iter().find(|(k, _)| k == n).map(|(_, v)| v);
+        match get("info.state").map(|v| v.text.trim()) {
+            Some("success") => return Ok(get("info.result").cloned()),
+            Some("error") => {
+                let e = get("info.error");
+                let msg = e
+                    .and_then(|e| e.find_text("localizedMessage"))
+                    .unwrap_or("");
+                let kind = e
+                    .and_then(|e| e.find("fault"))
+                    .and_then(|f| f.attr_local("type"))
+                    .unwrap_or("");
+                return Err(Error::Provider {
+                    provider: "vsphere".into(),
+                    message: format!("{what} failed on {}: {kind} {msg}", conn.host())
+                        .trim_end()
+                        .to_string(),
+                    retryable: false,
+                    source: None,
+                });
+            }
+            _ => {}
+        }
+        if start.elapsed() > timeout {
+            return Err(Error::Provider {
+                provider: "vsphere".into(),
+                message: format!("{what} did not finish within {} s", timeout.as_secs()),
+                retryable: true,
+                source: None,
+            });
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_secs(2));
+    }
+}

@@ -21,10 +21,11 @@ impl MoRef {
         }
     }
 
-    /// Reads a reference element (its `type` attribute and text).
+    /// Reads a reference element (its `type` attribute — not `xsi:type` —
+    /// and text).
     pub fn from_element(e: &Element) -> Option<Self> {
         Some(MoRef {
-            kind: e.attr_local("type")?.to_string(),
+            kind: e.attr("type")?.to_string(),
             value: e.text.trim().to_string(),
         })
     }

@@ -19,13 +19,15 @@
 //     itself would serve the small text descriptor.) No Range support, as on
 //     ESXi. Disks created with -vm have file names unique across the
 //     inventory, which is how a download finds its flat file.
-//   - VirtualMachine.ExportVm (not implemented by the simulator): refused with
-//     InvalidPowerState unless the VM is powered off, else an HttpNfcLease in
-//     state ready whose device URLs serve the VM's disks as above.
+//   - VirtualMachine.ExportVm (not implemented by the simulator), answered at
+//     the HTTP level from the API reference: InvalidPowerState unless the VM
+//     is powered off, else an HttpNfcLease in state ready whose device URLs
+//     serve the VM's disks as above.
 package main
 
 import (
 	"bufio"
+	"bytes"
 	"compress/zlib"
 	"context"
 	"crypto/sha1"
@@ -41,6 +43,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -59,9 +62,7 @@ import (
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25"
-	"github.com/vmware/govmomi/vim25/methods"
 	"github.com/vmware/govmomi/vim25/mo"
-	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -78,7 +79,7 @@ var (
 
 func main() {
 	var vms vmFlags
-	flag.Var(&vms, "vm", "NAME=MIB[,MIB...]: add a powered-off VM with disks of these sizes (repeatable)")
+	flag.Var(&vms, "vm", "NAME=MIB[,MIB...][:on]: add a VM with disks of these sizes, powered off unless :on (repeatable)")
 	user := flag.String("user", "", "accept only this user name (default: any)")
 	pass := flag.String("password", "", "with -user: accept only this password")
 	flag.Parse()
@@ -104,6 +105,18 @@ func main() {
 	// Intercept NFC downloads of disks we know the flat file of.
 	inner := server.Config.Handler
 	server.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/sdk") {
+			body, err := io.ReadAll(io.LimitReader(r.Body, 16<<20))
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			if bytes.Contains(body, []byte("<ExportVm")) {
+				serveExportVm(w, body, model)
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
+		}
 		if r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/nfc/") {
 			flatMu.Lock()
 			flat, ok := flats[path.Base(r.URL.Path)]
@@ -137,18 +150,14 @@ func main() {
 	for _, spec := range vms {
 		name, sizes, ok := strings.Cut(spec, "=")
 		if !ok {
-			fatal("bad -vm %q (want NAME=MIB[,MIB...])", spec)
+			fatal("bad -vm %q (want NAME=MIB[,MIB...][:on])", spec)
 		}
-		files, err := createVM(ctx, client, model, name, sizes, datastores)
+		sizes, on := strings.CutSuffix(sizes, ":on")
+		files, err := createVM(ctx, client, model, name, sizes, datastores, on)
 		if err != nil {
 			fatal("create VM %s: %v", name, err)
 		}
 		created[name] = files
-	}
-
-	// ExportVm for every VM (including the defaults).
-	for _, ref := range model.Map().All("VirtualMachine") {
-		model.Map().Put(&exportableVM{ref.(*simulator.VirtualMachine)})
 	}
 
 	cert := server.Certificate()
@@ -221,7 +230,7 @@ func fatal(format string, a ...any) {
 
 // createVM makes a powered-off VM NAME with one SCSI disk per size (MiB),
 // files "[ds] NAME/NAME-diskN.vmdk", and records each disk's flat file.
-func createVM(ctx context.Context, c *vim25.Client, model *simulator.Model, name, sizes string, datastores map[string]string) ([]string, error) {
+func createVM(ctx context.Context, c *vim25.Client, model *simulator.Model, name, sizes string, datastores map[string]string, on bool) ([]string, error) {
 	finder := find.NewFinder(c, true)
 	dc, err := finder.DefaultDatacenter(ctx)
 	if err != nil {
@@ -300,8 +309,19 @@ func createVM(ctx context.Context, c *vim25.Client, model *simulator.Model, name
 	if err != nil {
 		return nil, err
 	}
-	if _, err := task.WaitForResult(ctx, nil); err != nil {
+	info, err := task.WaitForResult(ctx, nil)
+	if err != nil {
 		return nil, err
+	}
+	if on {
+		vm := object.NewVirtualMachine(c, info.Result.(types.ManagedObjectReference))
+		ptask, err := vm.PowerOn(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if err := ptask.Wait(ctx); err != nil {
+			return nil, err
+		}
 	}
 	dir := datastores[dsName]
 	flatMu.Lock()
@@ -313,31 +333,42 @@ func createVM(ctx context.Context, c *vim25.Client, model *simulator.Model, name
 	return files, nil
 }
 
-// exportableVM adds ExportVm to the simulator's VirtualMachine.
-type exportableVM struct {
-	*simulator.VirtualMachine
-}
-
-func (vm *exportableVM) ExportVm(ctx *simulator.Context, req *types.ExportVm) soap.HasFault {
-	body := &methods.ExportVmBody{}
-	if vm.Runtime.PowerState != types.VirtualMachinePowerStatePoweredOff {
-		body.Fault_ = simulator.Fault("", &types.InvalidPowerState{
-			RequestedState: types.VirtualMachinePowerStatePoweredOff,
-			ExistingState:  vm.Runtime.PowerState,
-		})
-		return body
+// serveExportVm answers VirtualMachine.ExportVm, which the simulator lacks,
+// as the vSphere API reference describes it: InvalidPowerState unless the VM
+// is powered off, else a ready HttpNfcLease whose device URLs serve the VM's
+// disks. It is answered at the HTTP level because wrapping the simulator's
+// VirtualMachine objects breaks the simulator's own type assertions (e.g. in
+// snapshots). The lease lives in the global registry, where the property
+// collector and HttpNfcLeaseComplete/Abort find it.
+func serveExportVm(w http.ResponseWriter, body []byte, model *simulator.Model) {
+	m := exportVmThis.FindSubmatch(body)
+	if m == nil {
+		soapFault(w, "ExportVm without _this", `<InvalidArgumentFault xmlns="urn:vim25" xsi:type="InvalidArgument"></InvalidArgumentFault>`)
+		return
 	}
-	u, _ := url.Parse(vcsimURL(ctx))
+	ref := types.ManagedObjectReference{Type: "VirtualMachine", Value: string(m[1])}
+	obj, ok := model.Map().Get(ref).(*simulator.VirtualMachine)
+	if !ok {
+		soapFault(w, "The object has already been deleted or has not been completely created",
+			`<ManagedObjectNotFoundFault xmlns="urn:vim25" xsi:type="ManagedObjectNotFound"><obj type="VirtualMachine">`+ref.Value+`</obj></ManagedObjectNotFoundFault>`)
+		return
+	}
+	if obj.Runtime.PowerState != types.VirtualMachinePowerStatePoweredOff {
+		soapFault(w, "The attempted operation cannot be performed in the current state ("+string(obj.Runtime.PowerState)+").",
+			`<InvalidPowerStateFault xmlns="urn:vim25" xsi:type="InvalidPowerState"><requestedState>poweredOff</requestedState><existingState>`+string(obj.Runtime.PowerState)+`</existingState></InvalidPowerStateFault>`)
+		return
+	}
 	lease := &simulator.HttpNfcLease{HttpNfcLease: mo.HttpNfcLease{
 		State:              types.HttpNfcLeaseStateReady,
 		InitializeProgress: 100,
 		Mode:               string(types.HttpNfcLeaseModePushOrGet),
 		Capabilities:       types.HttpNfcLeaseCapabilities{PullModeSupported: true},
 	}}
-	ctx.Session.Put(lease)
+	model.Map().Put(lease)
+	u, _ := url.Parse(serverURL(model))
 	var urls []types.HttpNfcLeaseDeviceUrl
 	n := 0
-	for _, d := range vm.Config.Hardware.Device {
+	for _, d := range obj.Config.Hardware.Device {
 		disk, ok := d.(*types.VirtualDisk)
 		if !ok {
 			continue
@@ -346,11 +377,11 @@ func (vm *exportableVM) ExportVm(ctx *simulator.Context, req *types.ExportVm) so
 		if !ok {
 			continue
 		}
-		name := path.Base(strings.TrimPrefix(backing.GetVirtualDeviceFileBackingInfo().FileName, "["))
+		name := path.Base(backing.GetVirtualDeviceFileBackingInfo().FileName)
 		u.Path = "/nfc/" + path.Join(lease.Self.Value, name)
 		urls = append(urls, types.HttpNfcLeaseDeviceUrl{
-			Key:       fmt.Sprintf("/%s/VirtualDisk:%d", vm.Self.Value, n),
-			ImportKey: fmt.Sprintf("/%s/VirtualDisk:%d", vm.Name, n),
+			Key:       fmt.Sprintf("/%s/VirtualDisk:%d", obj.Self.Value, n),
+			ImportKey: fmt.Sprintf("/%s/VirtualDisk:%d", obj.Name, n),
 			Url:       u.String(),
 			Disk:      types.NewBool(true),
 			TargetId:  name,
@@ -359,16 +390,24 @@ func (vm *exportableVM) ExportVm(ctx *simulator.Context, req *types.ExportVm) so
 	}
 	lease.Info = &types.HttpNfcLeaseInfo{
 		Lease:        lease.Self,
-		Entity:       vm.Self,
+		Entity:       obj.Self,
 		DeviceUrl:    urls,
 		LeaseTimeout: 300,
 	}
-	body.Res = &types.ExportVmResponse{Returnval: lease.Self}
-	return body
+	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+	fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><ExportVmResponse xmlns="urn:vim25"><returnval type="HttpNfcLease">%s</returnval></ExportVmResponse></soapenv:Body></soapenv:Envelope>`, lease.Self.Value)
 }
 
-func vcsimURL(ctx *simulator.Context) string {
-	for _, o := range ctx.Map.OptionManager().Setting {
+var exportVmThis = regexp.MustCompile(`<_this[^>]*type="VirtualMachine"[^>]*>\s*([^<\s]+)\s*</_this>`)
+
+func soapFault(w http.ResponseWriter, msg, detail string) {
+	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+	w.WriteHeader(http.StatusInternalServerError)
+	fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><soapenv:Fault><faultcode>ServerFaultCode</faultcode><faultstring>%s</faultstring><detail>%s</detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>`, msg, detail)
+}
+
+func serverURL(model *simulator.Model) string {
+	for _, o := range model.Map().OptionManager().Setting {
 		if v := o.GetOptionValue(); v.Key == "vcsim.server.url" {
 			return v.Value.(string)
 		}

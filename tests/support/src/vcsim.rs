@@ -57,7 +57,9 @@ fn launcher() -> PathBuf {
 }
 
 impl Vcsim {
-    /// Starts a simulator with extra powered-off VMs: (name, disk sizes in MiB).
+    /// Starts a simulator with extra VMs: (name, disk sizes in MiB). The VMs
+    /// are powered off; a name ending in `:on` (e.g. `"web:on"`) makes a
+    /// running VM of that name.
     pub fn start(vms: &[(&str, &[u64])]) -> Vcsim {
         Self::start_with(vms, None)
     }
@@ -71,7 +73,12 @@ impl Vcsim {
         let mut cmd = Command::new(launcher());
         for (name, sizes) in vms {
             let sizes: Vec<String> = sizes.iter().map(u64::to_string).collect();
-            cmd.arg("-vm").arg(format!("{name}={}", sizes.join(",")));
+            let (name, on) = match name.strip_suffix(":on") {
+                Some(n) => (n, ":on"),
+                None => (*name, ""),
+            };
+            cmd.arg("-vm")
+                .arg(format!("{name}={}{on}", sizes.join(",")));
         }
         if let Some((u, p)) = login {
             cmd.args(["-user", u, "-password", p]);
