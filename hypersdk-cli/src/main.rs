@@ -3,6 +3,7 @@
 mod crypt;
 mod image;
 mod progress;
+mod provider;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -16,10 +17,10 @@ use hypersdk_core::transforms::encrypt::KeySource;
 use hypersdk_core::transforms::ratelimit::RateLimiter;
 use hypersdk_core::{
     CancellationToken, Error, ExportOptions, ExportReport, Exporter, PackageFormat, PowerState,
-    Provider, VmInfo, VmQuery, VmSpec,
+    VmInfo, VmQuery, VmSpec,
 };
-use hypersdk_local::{LocalProvider, DEFAULT_DOMAIN_DIR};
 use hypersdk_sinks::LocalDirSink;
+use provider::ProviderArgs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -109,30 +110,6 @@ enum Power {
     On,
     Off,
     Suspended,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum ProviderKind {
-    /// KVM/libvirt VMs described by domain XML files.
-    Local,
-}
-
-#[derive(Args, Debug)]
-struct ProviderArgs {
-    /// Platform the VM lives on.
-    #[arg(long, value_enum, default_value = "local")]
-    provider: ProviderKind,
-    /// local: directory of libvirt domain XML files.
-    #[arg(long, env = "HYPERSDK_LOCAL_DIR", default_value = DEFAULT_DOMAIN_DIR)]
-    dir: PathBuf,
-}
-
-impl ProviderArgs {
-    fn build(&self) -> Box<dyn Provider> {
-        match self.provider {
-            ProviderKind::Local => Box::new(LocalProvider::new(&self.dir)),
-        }
-    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -240,13 +217,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn vms(command: VmsCommand) -> anyhow::Result<()> {
     match command {
         VmsCommand::List { provider, json } => {
-            let p = provider.build();
-            let vms = p.list_vms().await.context("cannot list VMs")?;
-            print_vms(&vms, json)
+            let c = provider.connect().await?;
+            let vms = c.provider.list_vms().await.context("cannot list VMs");
+            c.close().await;
+            print_vms(&vms?, json)
         }
         VmsCommand::Show { vm, provider, json } => {
-            let p = provider.build();
-            let spec = p.vm_spec(&vm).await?;
+            let c = provider.connect().await?;
+            let spec = c.provider.vm_spec(&vm).await;
+            c.close().await;
+            let spec = spec?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&spec)?);
             } else {
@@ -274,9 +254,14 @@ async fn vms(command: VmsCommand) -> anyhow::Result<()> {
                 min_cpus,
                 min_memory_mib: min_memory,
             };
-            let p = provider.build();
-            let vms = p.search_vms(&query).await.context("cannot search VMs")?;
-            print_vms(&vms, json)
+            let c = provider.connect().await?;
+            let vms = c
+                .provider
+                .search_vms(&query)
+                .await
+                .context("cannot search VMs");
+            c.close().await;
+            print_vms(&vms?, json)
         }
     }
 }
@@ -354,7 +339,6 @@ pub(crate) fn human_bytes(n: u64) -> String {
 }
 
 async fn export(args: ExportArgs) -> anyhow::Result<()> {
-    let provider = args.provider.build();
     let sink = LocalDirSink::new(&args.output);
     let mut options = ExportOptions::new(match args.format {
         Format::Ova => PackageFormat::Ova,
@@ -389,13 +373,17 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
             on_signal.cancel();
         }
     });
+    let connected = args.provider.connect().await?;
     let display = Arc::new(progress::Display::new(std::io::stderr().is_terminal()));
     let shown = display.clone();
     let exporter = Exporter::new(options)
         .with_cancel(cancel)
         .on_progress(Arc::new(move |e| shown.event(e)));
-    let result = exporter.export(provider.as_ref(), &args.vm, &sink).await;
+    let result = exporter
+        .export(connected.provider.as_ref(), &args.vm, &sink)
+        .await;
     display.finish();
+    connected.close().await;
     let report = result.with_context(|| format!("export of VM '{}' failed", args.vm))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -1,0 +1,242 @@
+//! `hyperctl --provider vsphere` against the govmomi vCenter simulator:
+//! connection settings from flags, the environment and a config file; clear
+//! one-line errors; an export checked with tar and qemu-img.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+
+use std::process::{Command, Output};
+
+use hypersdk_testsupport::vcsim::Vcsim;
+use hypersdk_testsupport::{assert_same_guest_data, mixed_content, path_str, run_tool};
+
+fn hyperctl(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hyperctl"));
+    c.args(args);
+    for k in [
+        "GOVC_URL",
+        "GOVC_USERNAME",
+        "GOVC_PASSWORD",
+        "GOVC_INSECURE",
+        "GOVC_TLS_CA_CERTS",
+        "GOVC_TLS_THUMBPRINT",
+        "HYPERSDK_VSPHERE_CONFIG",
+        "HYPERSDK_PROVIDER",
+    ] {
+        c.env_remove(k);
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run hyperctl")
+}
+
+fn ok(args: &[&str], env: &[(&str, &str)]) -> String {
+    let o = hyperctl(args, env);
+    assert!(
+        o.status.success(),
+        "hyperctl {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn fails(args: &[&str], env: &[(&str, &str)]) -> String {
+    let o = hyperctl(args, env);
+    assert!(
+        !o.status.success(),
+        "hyperctl {args:?} unexpectedly succeeded"
+    );
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "expected one error line, got: {err}");
+    errors[0].to_string()
+}
+
+struct Setup {
+    sim: Vcsim,
+    _dir: tempfile::TempDir,
+    password_file: String,
+    ca_file: String,
+}
+
+fn setup() -> Setup {
+    let sim = Vcsim::start_with_login(&[("alpha", &[8, 4])], "migrator", "pa55-word");
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("password");
+    fs::write(&pw, "pa55-word\n").unwrap();
+    let ca = dir.path().join("ca.pem");
+    fs::write(&ca, &sim.ca_pem).unwrap();
+    Setup {
+        password_file: path_str(&pw).to_string(),
+        ca_file: path_str(&ca).to_string(),
+        sim,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn connection_settings_from_flags_environment_and_config_file() {
+    let s = setup();
+    // Flags, verified TLS through the CA file.
+    let list = ok(
+        &[
+            "vms",
+            "list",
+            "--provider",
+            "vsphere",
+            "--url",
+            &s.sim.url,
+            "--username",
+            "migrator",
+            "--password-file",
+            &s.password_file,
+            "--ca-file",
+            &s.ca_file,
+        ],
+        &[],
+    );
+    assert!(
+        list.contains("alpha") && list.contains("DC0_H0_VM0"),
+        "{list}"
+    );
+    // govc's environment variables.
+    let show = ok(
+        &["vms", "show", "alpha", "--json"],
+        &[
+            ("HYPERSDK_PROVIDER", "vsphere"),
+            ("GOVC_URL", &s.sim.url),
+            ("GOVC_USERNAME", "migrator"),
+            ("GOVC_PASSWORD", "pa55-word"),
+            ("GOVC_INSECURE", "1"),
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(v["disks"].as_array().unwrap().len(), 2);
+    assert_eq!(v["firmware"], "uefi");
+    // A config file, with the thumbprint pinned.
+    let cfg = s._dir.path().join("vsphere.env");
+    fs::write(
+        &cfg,
+        format!(
+            "# test vCenter\nGOVC_URL={}\nGOVC_USERNAME=migrator\nGOVC_PASSWORD=pa55-word\nGOVC_TLS_THUMBPRINT={}\n",
+            s.sim.url, s.sim.thumbprint
+        ),
+    )
+    .unwrap();
+    let search = ok(
+        &[
+            "vms",
+            "search",
+            "--name",
+            "alp*",
+            "--provider",
+            "vsphere",
+            "--vsphere-config",
+            path_str(&cfg),
+        ],
+        &[],
+    );
+    assert!(
+        search.contains("alpha") && !search.contains("DC0_H0_VM0"),
+        "{search}"
+    );
+}
+
+#[test]
+fn wrong_password_untrusted_certificate_and_missing_url_are_one_line() {
+    let s = setup();
+    let bad_pw = s._dir.path().join("bad");
+    fs::write(&bad_pw, "guess-1234\n").unwrap();
+    let line = fails(
+        &[
+            "vms",
+            "list",
+            "--provider",
+            "vsphere",
+            "--url",
+            &s.sim.url,
+            "--username",
+            "migrator",
+            "--password-file",
+            path_str(&bad_pw),
+            "--insecure",
+        ],
+        &[],
+    );
+    assert!(
+        line.contains("login to 127.0.0.1") && line.contains("'migrator'"),
+        "{line}"
+    );
+    assert!(!line.contains("guess-1234"), "{line}");
+    let line = fails(
+        &[
+            "vms",
+            "list",
+            "--provider",
+            "vsphere",
+            "--url",
+            &s.sim.url,
+            "--username",
+            "migrator",
+            "--password-file",
+            &s.password_file,
+        ],
+        &[],
+    );
+    assert!(
+        line.contains("not trusted") && line.contains(&s.sim.thumbprint),
+        "{line}"
+    );
+    let line = fails(&["vms", "list", "--provider", "vsphere"], &[]);
+    assert!(line.contains("--url"), "{line}");
+}
+
+#[test]
+fn export_from_vsphere_to_an_ova() {
+    let s = setup();
+    for i in 0..2 {
+        let mut data = mixed_content(if i == 0 { 8 << 20 } else { 2 << 20 });
+        data[0] = 0x5a + i as u8;
+        fs::write(s.sim.flat_file("alpha", i), data).unwrap();
+    }
+    let out = tempfile::tempdir().unwrap();
+    let json = ok(
+        &[
+            "export",
+            "alpha",
+            "--provider",
+            "vsphere",
+            "--url",
+            &s.sim.url,
+            "--username",
+            "migrator",
+            "--password-file",
+            &s.password_file,
+            "--ca-file",
+            &s.ca_file,
+            "--output",
+            path_str(out.path()),
+            "--verify",
+            "--json",
+        ],
+        &[],
+    );
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["provider"], "vsphere");
+    assert_eq!(report["verified"], true);
+    let ova = out.path().join("alpha.ova");
+    let x = tempfile::tempdir().unwrap();
+    run_tool("tar", &["-xf", path_str(&ova), "-C", path_str(x.path())]);
+    for i in 0..2 {
+        assert_same_guest_data(
+            &s.sim.flat_file("alpha", i),
+            Some("raw"),
+            &x.path().join(format!("alpha-disk{}.vmdk", i + 1)),
+            Some("vmdk"),
+        );
+    }
+    let verified = ok(&["verify", path_str(&ova)], &[]);
+    assert!(verified.contains("verified"), "{verified}");
+}
