@@ -383,13 +383,44 @@ pub(crate) async fn wait_task(
     what: &str,
     timeout: std::time::Duration,
 ) -> Result<Option<Element>> {
+    wait_task_progress(conn, task, what, timeout, None).await
+}
+
+/// [`wait_task`], reporting `info.progress` (percent) as it changes.
+pub(crate) async fn wait_task_progress(
+    conn: &Connection,
+    task: &MoRef,
+    what: &str,
+    timeout: std::time::Duration,
+    progress: crate::ops::TaskProgress<'_>,
+) -> Result<Option<Element>> {
     let start = std::time::Instant::now();
     let mut delay = std::time::Duration::from_millis(100);
+    let mut last = None;
     loop {
-        let props = properties(conn, task, &["info.state", "info.error", "info.result"]).await?;
+        let props = properties(
+            conn,
+            task,
+            &["info.state", "info.error", "info.result", "info.progress"],
+        )
+        .await?;
         let get = |n: &str| props.iter().find(|(k, _)| k == n).map(|(_, v)| v);
+        if let (Some(f), Some(p)) = (
+            progress,
+            get("info.progress").and_then(|v| v.text.trim().parse::<u32>().ok()),
+        ) {
+            if last != Some(p) {
+                f(p);
+                last = Some(p);
+            }
+        }
         match get("info.state").map(|v| v.text.trim()) {
-            Some("success") => return Ok(get("info.result").cloned()),
+            Some("success") => {
+                if let (Some(f), false) = (progress, last == Some(100)) {
+                    f(100);
+                }
+                return Ok(get("info.result").cloned());
+            }
             Some("error") => {
                 let e = get("info.error");
                 let msg = e

@@ -36,11 +36,13 @@
 mod client;
 mod export;
 mod inventory;
+mod ops;
 mod provider;
 pub mod soap;
 mod tls;
 
 pub use client::{ConnectOptions, Connection, ServiceContent};
 pub use inventory::VmRecord;
+pub use ops::{SnapshotInfo, TaskProgress};
 pub use provider::VsphereProvider;
 pub use tls::{thumbprint_sha1, TlsMode};

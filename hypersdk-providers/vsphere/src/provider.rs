@@ -61,31 +61,3 @@ impl Provider for VsphereProvider {
         crate::export::open(self.conn.clone(), vm).await
     }
 }
-
-impl VsphereProvider {
-    /// The names of `vm`'s snapshots, depth first.
-    pub async fn snapshots(&self, vm: &str) -> Result<Vec<String>> {
-        let records = inventory::list(&self.conn).await?;
-        let rec = inventory::pick(&records, vm, self.conn.host())?;
-        let props =
-            inventory::properties(&self.conn, &rec.moref, &["snapshot.rootSnapshotList"]).await?;
-        let mut names = Vec::new();
-        fn walk(e: &hypersdk_formats::xml::Element, out: &mut Vec<String>) {
-            for tree in e.children.iter().filter(|c| {
-                matches!(
-                    c.local_name(),
-                    "VirtualMachineSnapshotTree" | "childSnapshotList"
-                )
-            }) {
-                if let Some(n) = tree.find_text("name") {
-                    out.push(n.to_string());
-                }
-                walk(tree, out);
-            }
-        }
-        for (_, val) in &props {
-            walk(val, &mut names);
-        }
-        Ok(names)
-    }
-}
