@@ -4,6 +4,7 @@ mod crypt;
 mod image;
 mod progress;
 mod provider;
+mod vmops;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -102,6 +103,35 @@ enum VmsCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Snapshots: list, create, revert, remove (vSphere).
+    Snapshot {
+        #[command(subcommand)]
+        command: vmops::SnapshotCommand,
+    },
+    /// Power a VM off, hard (vSphere).
+    PowerOff {
+        /// VM name or id.
+        vm: String,
+        #[command(flatten)]
+        provider: ProviderArgs,
+    },
+    /// Ask the guest OS to shut down and wait until the VM is off (vSphere).
+    Shutdown {
+        /// VM name or id.
+        vm: String,
+        /// Seconds to wait for the VM to power off.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        #[command(flatten)]
+        provider: ProviderArgs,
+    },
+    /// Empty a VM's CD-ROM drives, so the export does not reference media that stays behind (vSphere).
+    EjectCdrom {
+        /// VM name or id.
+        vm: String,
+        #[command(flatten)]
+        provider: ProviderArgs,
     },
 }
 
@@ -263,6 +293,14 @@ async fn vms(command: VmsCommand) -> anyhow::Result<()> {
             c.close().await;
             print_vms(&vms?, json)
         }
+        VmsCommand::Snapshot { command } => vmops::snapshot(command).await,
+        VmsCommand::PowerOff { vm, provider } => vmops::power_off(vm, provider).await,
+        VmsCommand::Shutdown {
+            vm,
+            timeout,
+            provider,
+        } => vmops::shutdown(vm, timeout, provider).await,
+        VmsCommand::EjectCdrom { vm, provider } => vmops::eject_cdrom(vm, provider).await,
     }
 }
 

@@ -66,6 +66,11 @@ pub struct Connected {
 }
 
 impl Connected {
+    /// The vSphere provider, when that is the one connected.
+    pub fn vsphere(&self) -> Option<&VsphereProvider> {
+        self.vsphere.as_ref()
+    }
+
     /// Logs out of a vSphere session (errors only logged: the work is done).
     pub async fn close(self) {
         if let Some(v) = self.vsphere {

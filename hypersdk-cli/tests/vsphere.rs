@@ -240,3 +240,43 @@ fn export_from_vsphere_to_an_ova() {
     let verified = ok(&["verify", path_str(&ova)], &[]);
     assert!(verified.contains("verified"), "{verified}");
 }
+
+#[test]
+fn vm_operations_snapshots_power_and_cdrom() {
+    let sim = Vcsim::start(&[("web:on", &[2])]);
+    let env = [
+        ("HYPERSDK_PROVIDER", "vsphere"),
+        ("GOVC_URL", sim.url.as_str()),
+        ("GOVC_USERNAME", sim.user.as_str()),
+        ("GOVC_PASSWORD", sim.password.as_str()),
+        ("GOVC_INSECURE", "true"),
+    ];
+    let out = ok(
+        &[
+            "vms",
+            "snapshot",
+            "create",
+            "web",
+            "pre-move",
+            "--description",
+            "before",
+        ],
+        &env,
+    );
+    assert!(out.contains("created snapshot 'pre-move'"), "{out}");
+    let list = ok(&["vms", "snapshot", "list", "web", "--json"], &env);
+    let tree: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(tree[0]["name"], "pre-move");
+    ok(&["vms", "snapshot", "revert", "web", "pre-move"], &env);
+    ok(&["vms", "snapshot", "remove", "web", "pre-move"], &env);
+    let list = ok(&["vms", "snapshot", "list", "web"], &env);
+    assert!(list.contains("no snapshots"), "{list}");
+    let out = ok(&["vms", "eject-cdrom", "web"], &env);
+    assert!(out.contains("emptied 1 CD-ROM"), "{out}");
+    ok(&["vms", "power-off", "web"], &env);
+    let show = ok(&["vms", "show", "web", "--json"], &env);
+    assert!(show.contains("\"power_state\": \"off\""), "{show}");
+    // The local provider has no such operations: a clear refusal.
+    let line = fails(&["vms", "power-off", "demo-vm", "--provider", "local"], &[]);
+    assert!(line.contains("needs --provider vsphere"), "{line}");
+}
