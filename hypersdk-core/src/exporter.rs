@@ -40,7 +40,9 @@ use tracing::{info, info_span, Instrument};
 use hypersdk_formats::manifest::{write_manifest, DigestAlgorithm, Hasher, ManifestEntry};
 use hypersdk_formats::ova::{tar_header, tar_padding, END_OF_ARCHIVE};
 use hypersdk_formats::ovf::write_envelope;
-use hypersdk_formats::vmdk::{StreamOptimizedWriter, VmdkWriterOptions, VmdkWriterStats};
+use hypersdk_formats::vmdk::{
+    StreamChecker, StreamOptimizedWriter, VmdkWriterOptions, VmdkWriterStats,
+};
 
 use crate::error::{Error, Result};
 use crate::options::{ExportOptions, PackageFormat};
@@ -364,6 +366,11 @@ impl Exporter {
         name: &str,
         staging: &mut dyn Staging,
     ) -> Result<DiskOutcome> {
+        if !self.options.reencode {
+            if let Some(stream) = source.open_disk_vmdk(index).await? {
+                return self.store_vmdk(spec, stream, index, name, staging).await;
+            }
+        }
         let disk = &spec.disks[index];
         let capacity = disk.capacity;
         // VMDK capacities are whole sectors; a raw disk of odd size is zero-padded.
@@ -493,6 +500,90 @@ impl Exporter {
             file,
             populated: stats.populated_bytes,
             bytes_read,
+        })
+    }
+
+    /// Stores a disk the source serves as streamOptimized VMDK as it arrives,
+    /// checking its structure on the way ([`StreamChecker`]).
+    async fn store_vmdk(
+        &self,
+        spec: &VmSpec,
+        mut stream: crate::provider::DiskStream,
+        index: usize,
+        name: &str,
+        staging: &mut dyn Staging,
+    ) -> Result<DiskOutcome> {
+        let disk = &spec.disks[index];
+        let wrapped = self.options.format == PackageFormat::Ovf;
+        let (mut input, object) = self.open_object(staging, name, wrapped).await?;
+        let limiter = self.options.bwlimit.as_deref();
+        let bad_vmdk = |e: hypersdk_formats::Error| Error::DiskRead {
+            vm: spec.name.clone(),
+            disk: disk.name.clone(),
+            location: disk.location.clone(),
+            source: format!("the VMDK the source serves is not a sound streamOptimized VMDK: {e}")
+                .into(),
+        };
+        let feed = async {
+            let mut checker = StreamChecker::new();
+            let mut tracker = ProgressTracker::new(PROGRESS_INTERVAL);
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => return Err(Error::Cancelled),
+                    n = stream.next() => n,
+                };
+                let Some(item) = next else { break };
+                let data = item?;
+                checker.push(&data).map_err(bad_vmdk)?;
+                tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => return Err(Error::Cancelled),
+                    _ = acquire_all(limiter, data.len() as u64) => {}
+                }
+                let pos = checker.guest_position();
+                self.emit(tracker.event(Phase::Disk, index, &disk.name, pos, disk.capacity, false));
+                input
+                    .write(&data)
+                    .await
+                    .map_err(|e| Error::sink("cannot write", name, e))?;
+            }
+            let stats = checker.finish().map_err(bad_vmdk)?;
+            if stats.capacity != hypersdk_formats::image::sector_capacity(disk.capacity) {
+                return Err(Error::DiskLength {
+                    vm: spec.name.clone(),
+                    disk: disk.name.clone(),
+                    expected: disk.capacity,
+                    actual: stats.capacity,
+                });
+            }
+            self.emit(tracker.event(
+                Phase::DiskDone,
+                index,
+                &disk.name,
+                disk.capacity,
+                disk.capacity,
+                true,
+            ));
+            input
+                .close()
+                .await
+                .map_err(|e| Error::sink("cannot write", name, e))?;
+            Ok(stats)
+        };
+        let (fed, drained) = tokio::join!(feed, object.drain());
+        // As in `first_cause`: a sink failure makes the feeder fail too; a
+        // feeder failure leaves the input unclosed (the drain says Cancelled).
+        let (stats, file) = match (fed, drained) {
+            (Ok(s), Ok(f)) => (s, f),
+            (Err(e), Err(Error::Cancelled)) => return Err(e),
+            (_, Err(e)) => return Err(e),
+            (Err(e), Ok(_)) => return Err(e),
+        };
+        Ok(DiskOutcome {
+            file,
+            populated: stats.populated,
+            bytes_read: disk.capacity,
         })
     }
 

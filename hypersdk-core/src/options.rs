@@ -65,6 +65,11 @@ pub struct ExportOptions {
     /// This export's own bandwidth limit on reading the source (the
     /// process-wide [`RateLimiter::global`] applies too; the lower wins).
     pub bwlimit: Option<Arc<RateLimiter>>,
+    /// Decode and re-encode disks the source already serves as
+    /// streamOptimized VMDK (see
+    /// [`ExportSource::open_disk_vmdk`](crate::ExportSource::open_disk_vmdk))
+    /// instead of storing them as they arrive.
+    pub reencode: bool,
     /// After writing, read every stored file back from the sink (decrypting
     /// and decompressing as needed) and check it against the digests
     /// computed while writing, before the export is published.
@@ -85,6 +90,7 @@ impl Default for ExportOptions {
             encryption: None,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             bwlimit: None,
+            reencode: false,
             verify: false,
         }
     }

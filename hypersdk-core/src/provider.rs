@@ -49,6 +49,16 @@ pub trait ExportSource: Send + Sync + std::fmt::Debug {
     /// Opens disk `index` (into `spec().disks`) for reading from byte `offset`.
     async fn open_disk(&self, index: usize, offset: u64) -> Result<DiskStream>;
 
+    /// Disk `index` as a streamOptimized VMDK, when the platform serves it so
+    /// (an ESXi/vCenter NFC export): the Exporter then stores those bytes as
+    /// they arrive, checking their structure, instead of decoding and
+    /// re-encoding them. The default, None, means only guest bytes
+    /// ([`open_disk`](Self::open_disk)) are available.
+    async fn open_disk_vmdk(&self, index: usize) -> Result<Option<DiskStream>> {
+        let _ = index;
+        Ok(None)
+    }
+
     /// Releases whatever the export holds on the platform (lease, snapshot,
     /// task). Called on every path, success, failure or cancellation.
     async fn close(&self) -> Result<()> {

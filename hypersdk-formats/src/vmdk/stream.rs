@@ -379,3 +379,248 @@ mod tests {
         assert!(decode(b"# Disk DescriptorFile\n").is_err());
     }
 }
+
+/// Checks the structure of a streamOptimized VMDK pushed in chunks of any
+/// size, without inflating it: the header, the record markers and their
+/// sizes, grains in ascending order inside the capacity, and — in VMware's
+/// layout — the end-of-stream marker with nothing after it. For storing an
+/// NFC export as it arrives while still refusing a truncated or garbled one.
+/// Memory: one sector.
+#[derive(Debug)]
+pub struct StreamChecker {
+    sector: Vec<u8>,
+    skip: u64,
+    pos: u64,
+    header_done: bool,
+    capacity: u64,
+    grain_bytes: u64,
+    needs_eos: bool,
+    next_lba_bytes: u64,
+    populated: u64,
+    done: bool,
+}
+
+/// What [`StreamChecker::finish`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Guest capacity in bytes.
+    pub capacity: u64,
+    /// Guest bytes in stored grains.
+    pub populated: u64,
+    /// Bytes of the VMDK stream.
+    pub size: u64,
+}
+
+impl Default for StreamChecker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StreamChecker {
+    /// A checker at the start of a stream.
+    pub fn new() -> Self {
+        StreamChecker {
+            sector: Vec::with_capacity(512),
+            skip: 0,
+            pos: 0,
+            header_done: false,
+            capacity: 0,
+            grain_bytes: 0,
+            needs_eos: false,
+            next_lba_bytes: 0,
+            populated: 0,
+            done: false,
+        }
+    }
+
+    /// Guest capacity, once the header has been seen (else 0).
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// How far into the guest the grains seen so far reach.
+    pub fn guest_position(&self) -> u64 {
+        self.next_lba_bytes.min(self.capacity)
+    }
+
+    /// Feeds the next bytes of the stream.
+    pub fn push(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            if self.done {
+                if data.iter().any(|&b| b != 0) {
+                    return Err(corrupt(self.pos, "data after the end-of-stream marker"));
+                }
+                self.pos += data.len() as u64;
+                return Ok(());
+            }
+            if self.skip > 0 {
+                let n = self.skip.min(data.len() as u64) as usize;
+                self.skip -= n as u64;
+                self.pos += n as u64;
+                data = &data[n..];
+                continue;
+            }
+            let n = (512 - self.sector.len()).min(data.len());
+            self.sector.extend_from_slice(&data[..n]);
+            self.pos += n as u64;
+            data = &data[n..];
+            if self.sector.len() == 512 {
+                let s = std::mem::take(&mut self.sector);
+                self.record(&s)?;
+                self.sector = s;
+                self.sector.clear();
+            }
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, s: &[u8]) -> Result<()> {
+        let at = self.pos - 512;
+        let le64 = |i: usize| {
+            u64::from_le_bytes([
+                s[i],
+                s[i + 1],
+                s[i + 2],
+                s[i + 3],
+                s[i + 4],
+                s[i + 5],
+                s[i + 6],
+                s[i + 7],
+            ])
+        };
+        let le32 = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
+        if !self.header_done {
+            let mut h = [0u8; 512];
+            h.copy_from_slice(s);
+            let header = parse_header(&h, 0)?;
+            if !header.compressed() || header.flags & super::FLAG_MARKERS == 0 {
+                return Err(Error::VmdkUnsupported(
+                    "not a streamOptimized VMDK (no compressed grains with markers)".into(),
+                ));
+            }
+            let overhead = le64(64);
+            if !(1..=(1 << 24)).contains(&overhead) {
+                return Err(corrupt(64, format!("overhead of {overhead} sectors")));
+            }
+            self.capacity = header.capacity * SECTOR_SIZE;
+            self.grain_bytes = header.grain_size * SECTOR_SIZE;
+            self.needs_eos = header.gd_offset == GD_AT_END;
+            self.skip = (overhead - 1) * SECTOR_SIZE;
+            self.header_done = true;
+            return Ok(());
+        }
+        let value = le64(0);
+        let size = le32(8) as u64;
+        if size == 0 {
+            match le32(12) {
+                MARKER_EOS => self.done = true,
+                MARKER_GT | MARKER_GD | MARKER_FOOTER if value <= (1 << 24) => {
+                    self.skip = value * SECTOR_SIZE
+                }
+                MARKER_GT | MARKER_GD | MARKER_FOOTER => {
+                    return Err(corrupt(at, format!("metadata of {value} sectors")))
+                }
+                k => return Err(corrupt(at + 12, format!("unknown marker type {k}"))),
+            }
+            return Ok(());
+        }
+        let lba_bytes = value
+            .checked_mul(SECTOR_SIZE)
+            .ok_or_else(|| corrupt(at, "grain LBA overflows"))?;
+        if lba_bytes % self.grain_bytes != 0 || lba_bytes >= self.capacity {
+            return Err(corrupt(
+                at,
+                format!("grain at LBA {value} is not grain-aligned inside the capacity"),
+            ));
+        }
+        if lba_bytes < self.next_lba_bytes {
+            return Err(corrupt(at, format!("grain at LBA {value} is out of order")));
+        }
+        if size > 2 * self.grain_bytes + 1024 {
+            return Err(corrupt(at + 8, format!("compressed grain of {size} bytes")));
+        }
+        self.next_lba_bytes = lba_bytes + self.grain_bytes;
+        self.populated += self.grain_bytes.min(self.capacity - lba_bytes);
+        self.skip = (12 + size).div_ceil(512) * 512 - 512;
+        Ok(())
+    }
+
+    /// Ends the stream: it must not stop inside a record, and in VMware's
+    /// layout it must have reached its end-of-stream marker.
+    pub fn finish(self) -> Result<StreamStats> {
+        if !self.header_done {
+            return Err(corrupt(self.pos, "the stream ends inside the VMDK header"));
+        }
+        if self.skip > 0 || !self.sector.is_empty() {
+            return Err(corrupt(
+                self.pos,
+                "the stream ends inside a record (truncated)",
+            ));
+        }
+        if self.needs_eos && !self.done {
+            return Err(corrupt(
+                self.pos,
+                "the stream ends without its end-of-stream marker (truncated)",
+            ));
+        }
+        Ok(StreamStats {
+            capacity: self.capacity,
+            populated: self.populated,
+            size: self.pos,
+        })
+    }
+}
+
+#[cfg(test)]
+mod checker_tests {
+    use super::*;
+    use crate::vmdk::{StreamOptimizedWriter, VmdkWriterOptions};
+
+    fn encode(data: &[u8]) -> (Vec<u8>, u64) {
+        let mut w = StreamOptimizedWriter::new(
+            Vec::new(),
+            data.len() as u64,
+            &VmdkWriterOptions::default(),
+        )
+        .unwrap();
+        w.write(data).unwrap();
+        let (v, stats) = w.finish().unwrap();
+        (v, stats.populated_bytes)
+    }
+
+    fn check(bytes: &[u8], chunk: usize) -> Result<StreamStats> {
+        let mut c = StreamChecker::new();
+        for part in bytes.chunks(chunk) {
+            c.push(part)?;
+        }
+        c.finish()
+    }
+
+    #[test]
+    fn accepts_whole_streams_in_any_chunking_and_refuses_cut_ones() {
+        let data: Vec<u8> = (0..(3usize << 20))
+            .map(|i| {
+                if (i >> 16) % 4 == 2 {
+                    0
+                } else {
+                    (i * 13 % 251) as u8
+                }
+            })
+            .collect();
+        let (vmdk, populated) = encode(&data);
+        for chunk in [1, 511, 512, 4096, 100_000, vmdk.len()] {
+            let s = check(&vmdk, chunk).unwrap();
+            assert_eq!(s.capacity, data.len() as u64);
+            assert_eq!(s.populated, populated);
+            assert_eq!(s.size, vmdk.len() as u64);
+        }
+        for cut in [100, 600, vmdk.len() / 2, vmdk.len() - 512, vmdk.len() - 1] {
+            assert!(check(&vmdk[..cut], 4096).is_err(), "cut at {cut}");
+        }
+        let mut extra = vmdk.clone();
+        extra.extend_from_slice(b"garbage");
+        assert!(check(&extra, 4096).is_err());
+        assert!(check(b"# Disk DescriptorFile\nversion=1\n", 64).is_err());
+    }
+}

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use hypersdk_core::{DiskStream, Error, ExportSource, PowerState, Result, VmSpec};
 use hypersdk_formats::vmdk::StreamDecoder;
 use tokio::sync::mpsc;
@@ -263,24 +263,15 @@ async fn remove_snapshot(conn: &Connection, snap: &MoRef) {
     }
 }
 
-#[async_trait]
-impl ExportSource for NfcSource {
-    fn spec(&self) -> &VmSpec {
-        &self.spec
-    }
-
-    async fn open_disk(&self, index: usize, offset: u64) -> Result<DiskStream> {
+impl NfcSource {
+    /// GETs disk `index`'s device URL (the session cookie only to the
+    /// session's host) and checks the answer.
+    async fn get(&self, index: usize) -> Result<reqwest::Response> {
         let disk = self
             .spec
             .disks
             .get(index)
             .ok_or_else(|| Error::InvalidArgument(format!("no disk {index}")))?;
-        if offset != 0 {
-            return Err(Error::InvalidArgument(format!(
-                "vSphere NFC downloads cannot start at byte {offset} (no Range support); disk '{}' must be read from 0",
-                disk.name
-            )));
-        }
         let url = &self.urls[index];
         let mut req = self.conn.http().get(url);
         let same_host = reqwest::Url::parse(url)
@@ -305,6 +296,29 @@ impl ExportSource for NfcSource {
                 resp.status()
             )));
         }
+        Ok(resp)
+    }
+}
+
+#[async_trait]
+impl ExportSource for NfcSource {
+    fn spec(&self) -> &VmSpec {
+        &self.spec
+    }
+
+    async fn open_disk(&self, index: usize, offset: u64) -> Result<DiskStream> {
+        let disk = self
+            .spec
+            .disks
+            .get(index)
+            .ok_or_else(|| Error::InvalidArgument(format!("no disk {index}")))?;
+        if offset != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "vSphere NFC downloads cannot start at byte {offset} (no Range support); disk '{}' must be read from 0",
+                disk.name
+            )));
+        }
+        let resp = self.get(index).await?;
         let body = resp
             .bytes_stream()
             .map_err(|e| std::io::Error::other(e.to_string()));
@@ -363,6 +377,47 @@ impl ExportSource for NfcSource {
             rx.recv().await.map(|item| (item, rx))
         });
         Ok(Box::pin(stream))
+    }
+
+    async fn open_disk_vmdk(&self, index: usize) -> Result<Option<DiskStream>> {
+        let resp = self.get(index).await?;
+        let disk = &self.spec.disks[index];
+        let (vm, name, location) = (
+            self.spec.name.clone(),
+            disk.name.clone(),
+            disk.location.clone(),
+        );
+        let progress = self.progress.clone();
+        let finished = self.finished.clone();
+        let body = resp.bytes_stream();
+        let stream = futures_util::stream::unfold(Some(body), move |body| {
+            let (vm, name, location) = (vm.clone(), name.clone(), location.clone());
+            let progress = progress.clone();
+            let finished = finished.clone();
+            async move {
+                let mut body = body?;
+                match body.next().await {
+                    Some(Ok(b)) => {
+                        progress.fetch_add(b.len() as u64, Ordering::Relaxed);
+                        Some((Ok(b), Some(body)))
+                    }
+                    Some(Err(e)) => Some((
+                        Err(Error::DiskRead {
+                            vm,
+                            disk: name,
+                            location,
+                            source: format!("the NFC download broke off: {e}").into(),
+                        }),
+                        None,
+                    )),
+                    None => {
+                        finished[index].store(true, Ordering::SeqCst);
+                        None
+                    }
+                }
+            }
+        });
+        Ok(Some(Box::pin(stream)))
     }
 
     async fn close(&self) -> Result<()> {
