@@ -192,6 +192,13 @@ struct ExportArgs {
     /// Read every stored file back and check it before publishing the export.
     #[arg(long)]
     verify: bool,
+    /// Disks exported at once.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    parallel_disks: u16,
+    /// Decode and re-encode disks the source serves as streamOptimized VMDK
+    /// (vSphere) instead of storing them as they arrive.
+    #[arg(long)]
+    reencode: bool,
     /// Print the export report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -401,6 +408,8 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
         options = options.with_bwlimit(RateLimiter::from_spec(b)?);
     }
     options = options.with_verify(args.verify);
+    options.parallel_disks = usize::from(args.parallel_disks);
+    options.reencode = args.reencode;
     if let Some(n) = &args.name {
         options = options.with_name(n);
     }

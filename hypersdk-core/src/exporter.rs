@@ -15,7 +15,13 @@
 //! (`queue_depth` chunks), the encoder's grain buffers, and the pipeline's
 //! bound (`chunk_size × (2 × queue_depth + 4 × workers + 2)`, see
 //! [`TransformSpec::memory_bound`]); with the defaults (1 MiB chunks, depth 4,
-//! 2 cores) about 30 MiB, whatever the disk size.
+//! 2 cores) about 30 MiB, whatever the disk size. Up to
+//! [`ExportOptions::parallel_disks`] disks (default 2) run at once, each with
+//! its own stages and memory.
+//!
+//! A disk the source already serves as a streamOptimized VMDK (vSphere NFC)
+//! skips the encoder: its bytes are checked for structure
+//! ([`StreamChecker`]) and stored as they arrive.
 //!
 //! An OVA needs every disk's size and digest before its first member (the
 //! `.ovf`, then the `.mf`), and a compressed disk's size is known only once it
@@ -202,16 +208,31 @@ impl Exporter {
         staging: &mut dyn Staging,
         base: &str,
     ) -> Result<ExportReport> {
-        let mut outcomes = Vec::with_capacity(spec.disks.len());
-        for index in 0..spec.disks.len() {
-            let name = disk_file_name(base, index);
-            let span = info_span!("disk", index, disk = %spec.disks[index].name);
-            outcomes.push(
-                self.export_disk(spec, source, index, &name, staging)
-                    .instrument(span)
-                    .await?,
-            );
+        // Up to `parallel_disks` disks at once. Opening a disk (its source
+        // stream and its object in the staging area) needs the staging area,
+        // so it happens here, one at a time, when a slot is free; the running
+        // disks need nothing shared.
+        let n = spec.disks.len();
+        let parallel = self.options.parallel_disks.max(1);
+        let mut outcomes: Vec<Option<DiskOutcome>> = (0..n).map(|_| None).collect();
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        let mut next = 0;
+        while next < n || !running.is_empty() {
+            while next < n && running.len() < parallel {
+                let name = disk_file_name(base, next);
+                let prepared = self.prepare_disk(source, next, &name, staging).await?;
+                let span = info_span!("disk", index = next, disk = %spec.disks[next].name);
+                let index = next;
+                running.push(async move {
+                    (index, self.run_disk(spec, prepared).instrument(span).await)
+                });
+                next += 1;
+            }
+            if let Some((index, outcome)) = running.next().await {
+                outcomes[index] = Some(outcome?);
+            }
         }
+        let outcomes: Vec<DiskOutcome> = outcomes.into_iter().flatten().collect();
         let written: Vec<WrittenDisk> = outcomes
             .iter()
             .map(|o| WrittenDisk {
@@ -358,27 +379,62 @@ impl Exporter {
     }
 
     /// Streams disk `index` through the VMDK encoder into object `name`.
-    async fn export_disk(
+    async fn prepare_disk(
         &self,
-        spec: &VmSpec,
         source: &dyn ExportSource,
         index: usize,
         name: &str,
         staging: &mut dyn Staging,
-    ) -> Result<DiskOutcome> {
-        if !self.options.reencode {
-            if let Some(stream) = source.open_disk_vmdk(index).await? {
-                return self.store_vmdk(spec, stream, index, name, staging).await;
+    ) -> Result<PreparedDisk> {
+        let served = if self.options.reencode {
+            None
+        } else {
+            source.open_disk_vmdk(index).await?
+        };
+        let stream = match served {
+            Some(s) => DiskInput::ServedVmdk(s),
+            None => DiskInput::Guest(source.open_disk(index, 0).await?),
+        };
+        // An OVA's disks are spools: the OVA as a whole is wrapped later.
+        let wrapped = self.options.format == PackageFormat::Ovf;
+        let (input, object) = self.open_object(staging, name, wrapped).await?;
+        Ok(PreparedDisk {
+            index,
+            name: name.to_string(),
+            stream,
+            input,
+            object,
+        })
+    }
+
+    /// Exports one opened disk.
+    async fn run_disk(&self, spec: &VmSpec, p: PreparedDisk) -> Result<DiskOutcome> {
+        match p.stream {
+            DiskInput::ServedVmdk(s) => {
+                self.store_vmdk(spec, s, p.index, &p.name, p.input, p.object)
+                    .await
+            }
+            DiskInput::Guest(s) => {
+                self.encode_disk(spec, s, p.index, &p.name, p.input, p.object)
+                    .await
             }
         }
+    }
+
+    /// Streams guest bytes through the VMDK encoder into the disk's object.
+    async fn encode_disk(
+        &self,
+        spec: &VmSpec,
+        mut stream: crate::provider::DiskStream,
+        index: usize,
+        name: &str,
+        mut input: PipelineInput,
+        object: ObjectSink,
+    ) -> Result<DiskOutcome> {
         let disk = &spec.disks[index];
         let capacity = disk.capacity;
         // VMDK capacities are whole sectors; a raw disk of odd size is zero-padded.
         let vmdk_capacity = hypersdk_formats::image::sector_capacity(capacity);
-        let mut stream = source.open_disk(index, 0).await?;
-        // An OVA's disks are spools: the OVA as a whole is wrapped later.
-        let wrapped = self.options.format == PackageFormat::Ovf;
-        let (mut input, object) = self.open_object(staging, name, wrapped).await?;
         let depth = self.options.queue_depth.max(1);
         let (in_tx, mut in_rx) = mpsc::channel::<Bytes>(depth);
         let vmdk_options = VmdkWriterOptions {
@@ -511,11 +567,10 @@ impl Exporter {
         mut stream: crate::provider::DiskStream,
         index: usize,
         name: &str,
-        staging: &mut dyn Staging,
+        mut input: PipelineInput,
+        object: ObjectSink,
     ) -> Result<DiskOutcome> {
         let disk = &spec.disks[index];
-        let wrapped = self.options.format == PackageFormat::Ovf;
-        let (mut input, object) = self.open_object(staging, name, wrapped).await?;
         let limiter = self.options.bwlimit.as_deref();
         let bad_vmdk = |e: hypersdk_formats::Error| Error::DiskRead {
             vm: spec.name.clone(),
@@ -732,6 +787,23 @@ impl Exporter {
         }
         Ok(())
     }
+}
+
+/// Where a disk's bytes come from.
+enum DiskInput {
+    /// Guest bytes, to be encoded.
+    Guest(crate::provider::DiskStream),
+    /// A streamOptimized VMDK as the source serves it, stored as it is.
+    ServedVmdk(crate::provider::DiskStream),
+}
+
+/// A disk whose source stream and staging object are open.
+struct PreparedDisk {
+    index: usize,
+    name: String,
+    stream: DiskInput,
+    input: PipelineInput,
+    object: ObjectSink,
 }
 
 /// The drain of one object's pipeline into its sink writer.

@@ -65,6 +65,8 @@ pub struct ExportOptions {
     /// This export's own bandwidth limit on reading the source (the
     /// process-wide [`RateLimiter::global`] applies too; the lower wins).
     pub bwlimit: Option<Arc<RateLimiter>>,
+    /// Disks exported at once (each with its own pipeline and memory).
+    pub parallel_disks: usize,
     /// Decode and re-encode disks the source already serves as
     /// streamOptimized VMDK (see
     /// [`ExportSource::open_disk_vmdk`](crate::ExportSource::open_disk_vmdk))
@@ -90,6 +92,7 @@ impl Default for ExportOptions {
             encryption: None,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             bwlimit: None,
+            parallel_disks: 2,
             reencode: false,
             verify: false,
         }
