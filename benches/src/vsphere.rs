@@ -43,7 +43,7 @@ fn main() -> anyhow::Result<()> {
         f.flush()?;
     }
     drop(block);
-    let guest = (2 * mib << 20) as f64;
+    let guest = ((2 * mib) << 20) as f64;
     let base = sim.url.trim_end_matches("/sdk").to_string();
     let urls: Vec<String> = (1..=2)
         .map(|i| format!("{base}/nfc/bench/bench-disk{i}.vmdk"))
@@ -123,7 +123,7 @@ fn main() -> anyhow::Result<()> {
                 .export(&vc, "bench", &LocalDirSink::new(&out))
                 .await?;
             let secs = t.elapsed().as_secs_f64();
-            anyhow::ensure!(report.bytes_read == 2 * mib << 20, "short export");
+            anyhow::ensure!(report.bytes_read == (2 * mib) << 20, "short export");
             vc.logout().await?;
             anyhow::Ok(secs)
         })?;
