@@ -132,3 +132,30 @@ async fn missing_vm_and_broken_downloads_fail_cleanly() {
     // ... and its snapshot is gone again.
     assert!(vc.snapshots("DC0_H0_VM0").await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_releases_the_lease_and_the_snapshot() {
+    let sim = Vcsim::start(&[("slow:on", &[16])]);
+    fill(&sim, "slow", &[16]);
+    let vc = connect(&sim).await;
+    let out = tempfile::tempdir().unwrap();
+    // Held to 2 MiB/s, the export would take seconds: cancel it at its
+    // first progress event.
+    let exporter = Exporter::new(
+        ExportOptions::new(PackageFormat::Ovf).with_bwlimit(
+            hypersdk_core::transforms::ratelimit::RateLimiter::new(Some(2 << 20), 256 << 10),
+        ),
+    );
+    let token = exporter.cancel_token();
+    let exporter = exporter.on_progress(std::sync::Arc::new(move |_| token.cancel()));
+    let err = exporter
+        .export(&vc, "slow", &LocalDirSink::new(out.path()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+    assert!(std::fs::read_dir(out.path()).unwrap().next().is_none(), "nothing published");
+    assert!(
+        vc.snapshots("slow").await.unwrap().is_empty(),
+        "the export's snapshot is removed after a cancel"
+    );
+}
