@@ -86,6 +86,12 @@ enum VmsCommand {
         /// Name glob, e.g. 'web-*' (case-insensitive).
         #[arg(long)]
         name: Option<String>,
+        /// Name regular expression, e.g. '^web-[0-9]+$'.
+        #[arg(long)]
+        regex: Option<String>,
+        /// Only VMs in this inventory folder or below (vSphere), e.g. /DC0/vm/Team.
+        #[arg(long)]
+        folder: Option<String>,
         /// Power state.
         #[arg(long, value_enum)]
         power: Option<Power>,
@@ -273,6 +279,8 @@ async fn vms(command: VmsCommand) -> anyhow::Result<()> {
         }
         VmsCommand::Search {
             name,
+            regex,
+            folder,
             power,
             os,
             min_cpus,
@@ -282,6 +290,8 @@ async fn vms(command: VmsCommand) -> anyhow::Result<()> {
         } => {
             let query = VmQuery {
                 name,
+                name_regex: regex,
+                folder,
                 power_state: power.map(|p| match p {
                     Power::On => PowerState::On,
                     Power::Off => PowerState::Off,
@@ -291,6 +301,7 @@ async fn vms(command: VmsCommand) -> anyhow::Result<()> {
                 min_cpus,
                 min_memory_mib: min_memory,
             };
+            query.validate()?;
             let c = provider.connect().await?;
             let vms = c
                 .provider

@@ -173,6 +173,10 @@ pub struct VmInfo {
     pub disks: usize,
     /// Sum of disk capacities in bytes.
     pub total_capacity: u64,
+    /// Inventory folder path, where the platform has folders (vSphere:
+    /// `/Datacenter/vm/Team/Web`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<String>,
 }
 
 impl From<&VmSpec> for VmInfo {
@@ -186,6 +190,7 @@ impl From<&VmSpec> for VmInfo {
             guest_os: s.guest_os.description.clone(),
             disks: s.disks.len(),
             total_capacity: s.disks.iter().map(|d| d.capacity).sum(),
+            folder: None,
         }
     }
 }
@@ -195,6 +200,10 @@ impl From<&VmSpec> for VmInfo {
 pub struct VmQuery {
     /// Glob on the name (`*` any run, `?` one character); case-insensitive.
     pub name: Option<String>,
+    /// Regular expression the name must match (anywhere; anchor with `^…$`).
+    pub name_regex: Option<String>,
+    /// Only VMs in this folder or below it (a path prefix, whole components).
+    pub folder: Option<String>,
     /// Only VMs in this power state.
     pub power_state: Option<PowerState>,
     /// Case-insensitive substring of the guest OS description.
@@ -206,11 +215,38 @@ pub struct VmQuery {
 }
 
 impl VmQuery {
-    /// Whether `vm` satisfies every set field.
+    /// Checks the fields that can be malformed (the regular expression).
+    pub fn validate(&self) -> crate::Result<()> {
+        if let Some(r) = &self.name_regex {
+            regex::Regex::new(r).map_err(|e| {
+                crate::Error::InvalidArgument(format!("bad name regular expression '{r}': {e}"))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Whether `vm` satisfies every set field. (A malformed regular
+    /// expression matches nothing; [`validate`](Self::validate) reports it.)
     pub fn matches(&self, vm: &VmInfo) -> bool {
-        self.name
-            .as_deref()
-            .is_none_or(|p| glob_match(&p.to_lowercase(), &vm.name.to_lowercase()))
+        let regex_ok = match &self.name_regex {
+            Some(r) => regex::Regex::new(r).is_ok_and(|re| re.is_match(&vm.name)),
+            None => true,
+        };
+        let folder_ok = match &self.folder {
+            Some(f) => {
+                let f = f.trim_end_matches('/');
+                vm.folder
+                    .as_deref()
+                    .is_some_and(|p| p == f || (p.starts_with(f) && p[f.len()..].starts_with('/')))
+            }
+            None => true,
+        };
+        regex_ok
+            && folder_ok
+            && self
+                .name
+                .as_deref()
+                .is_none_or(|p| glob_match(&p.to_lowercase(), &vm.name.to_lowercase()))
             && self.power_state.is_none_or(|p| p == vm.power_state)
             && self
                 .guest_os
@@ -270,6 +306,7 @@ mod tests {
             guest_os: "Ubuntu 22.04".into(),
             disks: 1,
             total_capacity: 1,
+            folder: Some("/DC0/vm/web".into()),
         };
         let q = VmQuery {
             name: Some("web*".into()),
@@ -287,5 +324,20 @@ mod tests {
             ..Default::default()
         }
         .matches(&vm));
+        let regex = |r: &str| VmQuery {
+            name_regex: Some(r.into()),
+            ..Default::default()
+        };
+        assert!(regex("^Web-\\d+$").matches(&vm));
+        assert!(!regex("^web").matches(&vm));
+        assert!(regex("(").validate().is_err());
+        let folder = |f: &str| VmQuery {
+            folder: Some(f.into()),
+            ..Default::default()
+        };
+        assert!(folder("/DC0/vm").matches(&vm));
+        assert!(folder("/DC0/vm/web/").matches(&vm));
+        assert!(!folder("/DC0/vm/we").matches(&vm));
+        assert!(!folder("/DC1").matches(&vm));
     }
 }

@@ -41,19 +41,81 @@ pub struct VmRecord {
     pub spec: VmSpec,
     /// Datastore path of each disk's file, e.g. `[LocalDS_0] vm/vm.vmdk`.
     pub disk_files: Vec<String>,
+    /// Inventory folder path, e.g. `/DC0/vm/Team`.
+    pub folder: String,
 }
 
 /// Every VM visible to the session.
 pub async fn list(conn: &Connection) -> Result<Vec<VmRecord>> {
+    let vms = retrieve_view(conn, &[("VirtualMachine", VM_PROPERTIES)]).await?;
+    let folders = retrieve_view(
+        conn,
+        &[
+            ("Folder", &["name", "parent"]),
+            ("Datacenter", &["name", "parent"]),
+        ],
+    )
+    .await?;
+    // Folder/datacenter moref → (name, parent moref).
+    let mut tree = std::collections::HashMap::new();
+    for o in &folders {
+        let Some(me) = o.find("obj").and_then(MoRef::from_element) else {
+            continue;
+        };
+        let mut name = String::new();
+        let mut parent = None;
+        for p in o.find_all("propSet") {
+            match p.find_text("name") {
+                Some("name") => name = p.find_text("val").unwrap_or("").to_string(),
+                Some("parent") => parent = p.find("val").and_then(MoRef::from_element),
+                _ => {}
+            }
+        }
+        tree.insert(me.value, (name, parent.map(|p| p.value)));
+    }
+    let root = &conn.content().root_folder.value;
+    let mut out = Vec::with_capacity(vms.len());
+    for obj in &vms {
+        let mut rec = record(obj)?;
+        let mut parts = Vec::new();
+        let mut at = obj
+            .find_all("propSet")
+            .find(|p| p.find_text("name") == Some("parent"))
+            .and_then(|p| p.find("val"))
+            .and_then(MoRef::from_element)
+            .map(|m| m.value);
+        while let Some(id) = at {
+            if &id == root || parts.len() > 64 {
+                break;
+            }
+            match tree.get(&id) {
+                Some((name, parent)) => {
+                    parts.push(name.clone());
+                    at = parent.clone();
+                }
+                None => break,
+            }
+        }
+        parts.reverse();
+        rec.folder = format!("/{}", parts.join("/"));
+        out.push(rec);
+    }
+    Ok(out)
+}
+
+/// Every object of the given types under the root folder, with the given
+/// properties: a ContainerView and paged RetrievePropertiesEx (100 objects
+/// per round trip). Returns the `ObjectContent` elements.
+async fn retrieve_view(conn: &Connection, types: &[(&str, &[&str])]) -> Result<Vec<Element>> {
     let c = conn.content();
+    let kinds: String = types.iter().map(|(t, _)| el("type", t)).collect();
     let view = conn
         .call(
             "CreateContainerView",
             &format!(
-                "{}{}{}{}",
+                "{}{}{kinds}{}",
                 c.view_manager.xml("_this"),
                 c.root_folder.xml("container"),
-                el("type", "VirtualMachine"),
                 el("recursive", "true")
             ),
         )
@@ -62,17 +124,27 @@ pub async fn list(conn: &Connection) -> Result<Vec<VmRecord>> {
         .find("returnval")
         .and_then(MoRef::from_element)
         .ok_or_else(|| bad("CreateContainerView returned no view"))?;
-    let result = retrieve_all(conn, &view).await;
+    let result = retrieve_pages(conn, &view, types).await;
     // The view is session state on the server: drop it on every path.
     let _ = conn.call("DestroyView", &view.xml("_this")).await;
     result
 }
 
-async fn retrieve_all(conn: &Connection, view: &MoRef) -> Result<Vec<VmRecord>> {
+async fn retrieve_pages(
+    conn: &Connection,
+    view: &MoRef,
+    types: &[(&str, &[&str])],
+) -> Result<Vec<Element>> {
     let pc = &conn.content().property_collector;
-    let paths: String = VM_PROPERTIES.iter().map(|p| el("pathSet", p)).collect();
+    let prop_sets: String = types
+        .iter()
+        .map(|(t, paths)| {
+            let paths: String = paths.iter().map(|p| el("pathSet", p)).collect();
+            format!("<propSet>{}{paths}</propSet>", el("type", t))
+        })
+        .collect();
     let spec = format!(
-        "<specSet><propSet><type>VirtualMachine</type>{paths}</propSet>\
+        "<specSet>{prop_sets}\
          <objectSet>{}<skip>true</skip>\
          <selectSet xsi:type=\"TraversalSpec\"><name>traverseView</name><type>ContainerView</type>\
          <path>view</path><skip>false</skip></selectSet></objectSet></specSet>",
@@ -90,9 +162,7 @@ async fn retrieve_all(conn: &Connection, view: &MoRef) -> Result<Vec<VmRecord>> 
         .await?;
     let mut page = first.find("returnval").cloned();
     while let Some(rv) = page {
-        for obj in rv.find_all("objects") {
-            out.push(record(obj)?);
-        }
+        out.extend(rv.find_all("objects").cloned());
         page = match rv.find_text("token") {
             Some(token) if !token.is_empty() => conn
                 .call(
@@ -189,6 +259,7 @@ fn record(obj: &Element) -> Result<VmRecord> {
         },
         moref,
         disk_files,
+        folder: String::new(),
     })
 }
 

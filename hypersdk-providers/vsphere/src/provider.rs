@@ -47,7 +47,13 @@ impl Provider for VsphereProvider {
 
     async fn list_vms(&self) -> Result<Vec<VmInfo>> {
         let records = inventory::list(&self.conn).await?;
-        Ok(records.iter().map(|r| VmInfo::from(&r.spec)).collect())
+        Ok(records
+            .iter()
+            .map(|r| VmInfo {
+                folder: Some(r.folder.clone()),
+                ..VmInfo::from(&r.spec)
+            })
+            .collect())
     }
 
     async fn vm_spec(&self, vm: &str) -> Result<VmSpec> {

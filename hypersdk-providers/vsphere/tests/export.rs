@@ -141,11 +141,9 @@ async fn cancelling_releases_the_lease_and_the_snapshot() {
     let out = tempfile::tempdir().unwrap();
     // Held to 2 MiB/s, the export would take seconds: cancel it at its
     // first progress event.
-    let exporter = Exporter::new(
-        ExportOptions::new(PackageFormat::Ovf).with_bwlimit(
-            hypersdk_core::transforms::ratelimit::RateLimiter::new(Some(2 << 20), 256 << 10),
-        ),
-    );
+    let exporter = Exporter::new(ExportOptions::new(PackageFormat::Ovf).with_bwlimit(
+        hypersdk_core::transforms::ratelimit::RateLimiter::new(Some(2 << 20), 256 << 10),
+    ));
     let token = exporter.cancel_token();
     let exporter = exporter.on_progress(std::sync::Arc::new(move |_| token.cancel()));
     let err = exporter
@@ -153,7 +151,10 @@ async fn cancelling_releases_the_lease_and_the_snapshot() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Cancelled), "{err}");
-    assert!(std::fs::read_dir(out.path()).unwrap().next().is_none(), "nothing published");
+    assert!(
+        std::fs::read_dir(out.path()).unwrap().next().is_none(),
+        "nothing published"
+    );
     assert!(
         vc.snapshots("slow").await.unwrap().is_empty(),
         "the export's snapshot is removed after a cancel"

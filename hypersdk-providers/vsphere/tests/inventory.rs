@@ -149,5 +149,17 @@ async fn inventory_lists_and_describes_vms() {
     };
     let hits = vc.search_vms(&q).await.unwrap();
     assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].folder.as_deref(), Some("/DC0/vm"));
+    let q = hypersdk_core::VmQuery {
+        name_regex: Some("^(alpha|beta)$".into()),
+        folder: Some("/DC0/vm".into()),
+        ..Default::default()
+    };
+    assert_eq!(vc.search_vms(&q).await.unwrap().len(), 2);
+    let q = hypersdk_core::VmQuery {
+        folder: Some("/DC0/host".into()),
+        ..Default::default()
+    };
+    assert!(vc.search_vms(&q).await.unwrap().is_empty());
     vc.logout().await.unwrap();
 }
