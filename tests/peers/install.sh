@@ -9,6 +9,7 @@ need_apt=()
 command -v qemu-img >/dev/null 2>&1 && command -v qemu-io >/dev/null 2>&1 || need_apt+=(qemu-utils)
 command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v gzip >/dev/null 2>&1 || need_apt+=(gzip)
 
 if [ ${#need_apt[@]} -gt 0 ]; then

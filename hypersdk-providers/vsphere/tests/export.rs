@@ -160,3 +160,25 @@ async fn cancelling_releases_the_lease_and_the_snapshot() {
         "the export's snapshot is removed after a cancel"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_is_kept_alive_and_completed() {
+    // Leases that declare an 8 s timeout are renewed every 5 s (a quarter of
+    // the timeout, at least 5 s). The limit counts bytes on the wire: the
+    // 12 MiB disk travels as a ~3 MiB VMDK, which at 256 KiB/s takes about
+    // 12 s, so the lease must be renewed at least once, then completed.
+    let sim = Vcsim::start_with_flags(&[("long", &[12])], &["-lease-timeout", "8"]);
+    fill(&sim, "long", &[12]);
+    let vc = connect(&sim).await;
+    let out = tempfile::tempdir().unwrap();
+    Exporter::new(ExportOptions::new(PackageFormat::Ovf).with_bwlimit(
+        hypersdk_core::transforms::ratelimit::RateLimiter::new(Some(256 << 10), 32 << 10),
+    ))
+    .export(&vc, "long", &LocalDirSink::new(out.path()))
+    .await
+    .unwrap();
+    let stats = sim.stats();
+    assert!(stats["lease_progress"].as_i64().unwrap() >= 1, "{stats}");
+    assert_eq!(stats["lease_complete"], 1, "{stats}");
+    assert_eq!(stats["lease_abort"], 0, "{stats}");
+}

@@ -47,6 +47,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -71,6 +72,14 @@ type vmFlags []string
 func (v *vmFlags) String() string     { return strings.Join(*v, " ") }
 func (v *vmFlags) Set(s string) error { *v = append(*v, s); return nil }
 
+// Calls counted for the tests (served at GET /hsdk/stats).
+var (
+	leaseTimeout  = 300
+	progressCalls atomic.Int64
+	completeCalls atomic.Int64
+	abortCalls    atomic.Int64
+)
+
 // Where each disk's flat file is, by the file name an NFC URL carries.
 var (
 	flatMu sync.Mutex
@@ -81,6 +90,7 @@ func main() {
 	var vms vmFlags
 	flag.Var(&vms, "vm", "NAME=MIB[,MIB...][:on]: add a VM with disks of these sizes, powered off unless :on (repeatable)")
 	user := flag.String("user", "", "accept only this user name (default: any)")
+	flag.IntVar(&leaseTimeout, "lease-timeout", 300, "timeout in seconds that ExportVm leases declare")
 	pass := flag.String("password", "", "with -user: accept only this password")
 	flag.Parse()
 	log.SetOutput(io.Discard) // the simulator logs every request
@@ -115,7 +125,24 @@ func main() {
 				serveExportVm(w, body, model)
 				return
 			}
+			switch {
+			case bytes.Contains(body, []byte("<HttpNfcLeaseProgress")):
+				progressCalls.Add(1)
+			case bytes.Contains(body, []byte("<HttpNfcLeaseComplete")):
+				completeCalls.Add(1)
+			case bytes.Contains(body, []byte("<HttpNfcLeaseAbort")):
+				abortCalls.Add(1)
+			}
 			r.Body = io.NopCloser(bytes.NewReader(body))
+		}
+		if r.Method == http.MethodGet && r.URL.Path == "/hsdk/stats" {
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(map[string]int64{
+				"lease_progress": progressCalls.Load(),
+				"lease_complete": completeCalls.Load(),
+				"lease_abort":    abortCalls.Load(),
+			})
+			return
 		}
 		if r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/nfc/") {
 			flatMu.Lock()
@@ -392,7 +419,7 @@ func serveExportVm(w http.ResponseWriter, body []byte, model *simulator.Model) {
 		Lease:        lease.Self,
 		Entity:       obj.Self,
 		DeviceUrl:    urls,
-		LeaseTimeout: 300,
+		LeaseTimeout: int32(leaseTimeout),
 	}
 	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
 	fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><ExportVmResponse xmlns="urn:vim25"><returnval type="HttpNfcLease">%s</returnval></ExportVmResponse></soapenv:Body></soapenv:Envelope>`, lease.Self.Value)

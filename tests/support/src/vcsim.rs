@@ -69,8 +69,18 @@ impl Vcsim {
         Self::start_with(vms, Some((user, password)))
     }
 
+    /// The same, with extra launcher flags (e.g. `-lease-timeout 8`).
+    pub fn start_with_flags(vms: &[(&str, &[u64])], flags: &[&str]) -> Vcsim {
+        Self::start_full(vms, None, flags)
+    }
+
     fn start_with(vms: &[(&str, &[u64])], login: Option<(&str, &str)>) -> Vcsim {
+        Self::start_full(vms, login, &[])
+    }
+
+    fn start_full(vms: &[(&str, &[u64])], login: Option<(&str, &str)>, flags: &[&str]) -> Vcsim {
         let mut cmd = Command::new(launcher());
+        cmd.args(flags);
         for (name, sizes) in vms {
             let sizes: Vec<String> = sizes.iter().map(u64::to_string).collect();
             let (name, on) = match name.strip_suffix(":on") {
@@ -142,6 +152,16 @@ impl Vcsim {
         let file = &self.vms[vm][index];
         self.datastore
             .join(file.trim_end_matches(".vmdk").to_string() + "-flat.vmdk")
+    }
+}
+
+impl Vcsim {
+    /// Counters the launcher keeps: `lease_progress`, `lease_complete`,
+    /// `lease_abort` (calls received).
+    pub fn stats(&self) -> serde_json::Value {
+        let url = self.url.trim_end_matches("/sdk").to_string() + "/hsdk/stats";
+        let out = crate::run_tool("curl", &["-sSk", &url]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("stats {out:?}: {e}"))
     }
 }
 
