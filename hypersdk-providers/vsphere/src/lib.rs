@@ -25,6 +25,15 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Exports go through an HttpNfcLease (`ExportVm` for a powered-off VM, a
+//! temporary snapshot and `ExportSnapshot` for a running one; see the
+//! `export` module); the disks arrive as streamOptimized VMDKs, which the
+//! Exporter stores as they are ([`ExportSource::open_disk_vmdk`]) or decodes
+//! on request. [`VsphereProvider`] also has the operations a migration needs:
+//! snapshots, power off, guest shutdown, CD-ROM ejection.
+//!
+//! [`ExportSource::open_disk_vmdk`]: hypersdk_core::ExportSource::open_disk_vmdk
+//!
 //! TLS is verified against the system trust store by default; a pinned
 //! thumbprint ([`TlsMode::Thumbprint`]) or no verification
 //! ([`TlsMode::Insecure`]) can be asked for. A refused certificate is
