@@ -175,10 +175,16 @@ impl std::fmt::Debug for Connection {
     }
 }
 
-fn provider_err(message: String, retryable: bool) -> Error {
+/// A permanent provider error of this crate.
+pub(crate) fn permanent(message: impl Into<String>) -> Error {
+    provider_err(message, false)
+}
+
+/// A provider error of this crate.
+pub(crate) fn provider_err(message: impl Into<String>, retryable: bool) -> Error {
     Error::Provider {
         provider: PROVIDER.into(),
-        message,
+        message: message.into(),
         retryable,
         source: None,
     }
@@ -243,11 +249,11 @@ impl Connection {
             .await?;
         let rv = rv
             .find("returnval")
-            .ok_or_else(|| provider_err("RetrieveServiceContent returned nothing".into(), false))?;
+            .ok_or_else(|| permanent("RetrieveServiceContent returned nothing"))?;
         let mo = |name: &str| {
             rv.find(name)
                 .and_then(MoRef::from_element)
-                .ok_or_else(|| provider_err(format!("the service content lacks {name}"), false))
+                .ok_or_else(|| permanent(format!("the service content lacks {name}")))
         };
         conn.content = ServiceContent {
             root_folder: mo("rootFolder")?,

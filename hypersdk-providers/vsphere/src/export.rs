@@ -26,8 +26,9 @@ use hypersdk_formats::vmdk::StreamDecoder;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::client::Connection;
-use crate::inventory::{self, properties, wait_task};
+use crate::client::{permanent, Connection};
+use crate::inventory::{self, properties};
+use crate::ops::{delete_snapshot, take_snapshot};
 use crate::soap::{el, MoRef};
 
 /// How long a lease may take to become ready, and a snapshot task to run.
@@ -57,15 +58,6 @@ impl std::fmt::Debug for NfcSource {
     }
 }
 
-fn provider_err(message: String) -> Error {
-    Error::Provider {
-        provider: "vsphere".into(),
-        message,
-        retryable: false,
-        source: None,
-    }
-}
-
 pub(crate) async fn open(conn: Arc<Connection>, vm: &str) -> Result<Box<dyn ExportSource>> {
     let records = inventory::list(&conn).await?;
     let rec = inventory::pick(&records, vm, conn.host())?.clone();
@@ -74,47 +66,26 @@ pub(crate) async fn open(conn: Arc<Connection>, vm: &str) -> Result<Box<dyn Expo
         let rv = conn.call("ExportVm", &rec.moref.xml("_this")).await?;
         rv.find("returnval")
             .and_then(MoRef::from_element)
-            .ok_or_else(|| provider_err("ExportVm returned no lease".into()))?
+            .ok_or_else(|| permanent("ExportVm returned no lease"))?
     } else {
-        let name = format!("hypersdk-export-{}", std::process::id());
-        let rv = conn
-            .call(
-                "CreateSnapshot_Task",
-                &format!(
-                    "{}{}{}{}{}",
-                    rec.moref.xml("_this"),
-                    el("name", &name),
-                    el(
-                        "description",
-                        "temporary snapshot of a hypersdk export; removed when it ends"
-                    ),
-                    el("memory", "false"),
-                    el("quiesce", "false")
-                ),
-            )
-            .await?;
-        let task = rv
-            .find("returnval")
-            .and_then(MoRef::from_element)
-            .ok_or_else(|| provider_err("CreateSnapshot_Task returned no task".into()))?;
-        let result = wait_task(
+        let snap = take_snapshot(
             &conn,
-            &task,
-            &format!("snapshot of VM '{}'", rec.spec.name),
-            READY_TIMEOUT,
+            &rec.moref,
+            &rec.spec.name,
+            &format!("hypersdk-export-{}", std::process::id()),
+            "temporary snapshot of a hypersdk export; removed when it ends",
+            false,
+            false,
+            None,
         )
         .await?;
-        let snap = result
-            .as_ref()
-            .and_then(MoRef::from_element)
-            .ok_or_else(|| provider_err("the snapshot task returned no snapshot".into()))?;
         debug!(vm = %rec.spec.name, snapshot = %snap.value, "snapshot created for the export");
         snapshot = Some(snap.clone());
         match conn.call("ExportSnapshot", &snap.xml("_this")).await {
             Ok(rv) => rv
                 .find("returnval")
                 .and_then(MoRef::from_element)
-                .ok_or_else(|| provider_err("ExportSnapshot returned no lease".into()))?,
+                .ok_or_else(|| permanent("ExportSnapshot returned no lease"))?,
             Err(e) => {
                 remove_snapshot(&conn, &snap).await;
                 return Err(e);
@@ -173,13 +144,13 @@ async fn ready(conn: &Connection, lease: &MoRef, spec: &VmSpec) -> Result<(Vec<S
                     .and_then(|(_, v)| v.find_text("localizedMessage"))
                     .unwrap_or("")
                     .to_string();
-                return Err(provider_err(format!(
+                return Err(permanent(format!(
                     "the export lease of VM '{}' failed: {msg}",
                     spec.name
                 )));
             }
             _ if start.elapsed() > READY_TIMEOUT => {
-                return Err(provider_err(format!(
+                return Err(permanent(format!(
                     "the export lease of VM '{}' was not ready within {} s",
                     spec.name,
                     READY_TIMEOUT.as_secs()
@@ -193,7 +164,7 @@ async fn ready(conn: &Connection, lease: &MoRef, spec: &VmSpec) -> Result<(Vec<S
         .into_iter()
         .find(|(k, _)| k == "info")
         .map(|(_, v)| v)
-        .ok_or_else(|| provider_err("the ready lease has no info".into()))?;
+        .ok_or_else(|| permanent("the ready lease has no info"))?;
     let timeout = info
         .find_text("leaseTimeout")
         .and_then(|t| t.parse().ok())
@@ -207,7 +178,7 @@ async fn ready(conn: &Connection, lease: &MoRef, spec: &VmSpec) -> Result<(Vec<S
         .map(|u| u.replacen("://*", &format!("://{host}"), 1))
         .collect();
     if urls.len() != spec.disks.len() {
-        return Err(provider_err(format!(
+        return Err(permanent(format!(
             "the export lease of VM '{}' offers {} disk URLs for its {} disks",
             spec.name,
             urls.len(),
@@ -243,22 +214,7 @@ fn spawn_keepalive(
 }
 
 async fn remove_snapshot(conn: &Connection, snap: &MoRef) {
-    let body = format!(
-        "{}{}{}",
-        snap.xml("_this"),
-        el("removeChildren", "false"),
-        el("consolidate", "true")
-    );
-    let result = match conn.call("RemoveSnapshot_Task", &body).await {
-        Ok(rv) => match rv.find("returnval").and_then(MoRef::from_element) {
-            Some(task) => wait_task(conn, &task, "removing the export snapshot", READY_TIMEOUT)
-                .await
-                .map(|_| ()),
-            None => Err(provider_err("RemoveSnapshot_Task returned no task".into())),
-        },
-        Err(e) => Err(e),
-    };
-    if let Err(e) = result {
+    if let Err(e) = delete_snapshot(conn, snap, "removing the export snapshot", false, None).await {
         warn!(snapshot = %snap.value, error = %e, "could not remove the export snapshot");
     }
 }

@@ -9,7 +9,7 @@ use hypersdk_core::{
 };
 use hypersdk_formats::xml::Element;
 
-use crate::client::Connection;
+use crate::client::{permanent, Connection};
 use crate::soap::{el, MoRef};
 
 /// The properties read for each VM.
@@ -123,7 +123,7 @@ async fn retrieve_view(conn: &Connection, types: &[(&str, &[&str])]) -> Result<V
     let view = view
         .find("returnval")
         .and_then(MoRef::from_element)
-        .ok_or_else(|| bad("CreateContainerView returned no view"))?;
+        .ok_or_else(|| permanent("CreateContainerView returned no view"))?;
     let result = retrieve_pages(conn, &view, types).await;
     // The view is session state on the server: drop it on every path.
     let _ = conn.call("DestroyView", &view.xml("_this")).await;
@@ -178,21 +178,12 @@ async fn retrieve_pages(
     Ok(out)
 }
 
-fn bad(what: &str) -> Error {
-    Error::Provider {
-        provider: "vsphere".into(),
-        message: what.to_string(),
-        retryable: false,
-        source: None,
-    }
-}
-
 /// Reads one `ObjectContent`.
 fn record(obj: &Element) -> Result<VmRecord> {
     let moref = obj
         .find("obj")
         .and_then(MoRef::from_element)
-        .ok_or_else(|| bad("a VM without a reference in the property collector's answer"))?;
+        .ok_or_else(|| permanent("a VM without a reference in the property collector's answer"))?;
     let mut name = String::new();
     let (mut uuid, mut instance_uuid) = (String::new(), String::new());
     let (mut guest_id, mut guest_name) = (String::new(), String::new());
@@ -446,19 +437,10 @@ pub(crate) async fn properties(
     Ok(out)
 }
 
-/// Waits for task `task` to finish; returns its result (`info.result`), or
-/// its error as a provider error naming `what`.
+/// Waits for task `task` to finish and returns its result (`info.result`),
+/// or its error as a provider error naming `what`; reports `info.progress`
+/// (percent) to `progress` as it changes.
 pub(crate) async fn wait_task(
-    conn: &Connection,
-    task: &MoRef,
-    what: &str,
-    timeout: std::time::Duration,
-) -> Result<Option<Element>> {
-    wait_task_progress(conn, task, what, timeout, None).await
-}
-
-/// [`wait_task`], reporting `info.progress` (percent) as it changes.
-pub(crate) async fn wait_task_progress(
     conn: &Connection,
     task: &MoRef,
     what: &str,

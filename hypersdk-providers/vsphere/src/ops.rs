@@ -8,7 +8,7 @@ use hypersdk_core::{Error, PowerState, Result};
 use hypersdk_formats::xml::Element;
 use serde::Serialize;
 
-use crate::client::Connection;
+use crate::client::{permanent, Connection};
 use crate::inventory::{self, properties, VmRecord};
 use crate::provider::VsphereProvider;
 use crate::soap::{el, escape, MoRef};
@@ -36,19 +36,58 @@ pub struct SnapshotInfo {
     pub parent: Option<String>,
 }
 
-fn provider_err(message: String) -> Error {
-    Error::Provider {
-        provider: "vsphere".into(),
-        message,
-        retryable: false,
-        source: None,
-    }
-}
-
 fn returned_task(rv: &Element, method: &str) -> Result<MoRef> {
     rv.find("returnval")
         .and_then(MoRef::from_element)
-        .ok_or_else(|| provider_err(format!("{method} returned no task")))
+        .ok_or_else(|| permanent(format!("{method} returned no task")))
+}
+
+/// Takes a snapshot of the VM `vm` (called `vm_name` in messages) and
+/// returns its reference.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn take_snapshot(
+    conn: &Connection,
+    vm: &MoRef,
+    vm_name: &str,
+    name: &str,
+    description: &str,
+    memory: bool,
+    quiesce: bool,
+    progress: TaskProgress<'_>,
+) -> Result<MoRef> {
+    let body = format!(
+        "{}{}{}{}{}",
+        vm.xml("_this"),
+        el("name", name),
+        el("description", description),
+        el("memory", &memory.to_string()),
+        el("quiesce", &quiesce.to_string())
+    );
+    let what = format!("snapshot '{name}' of VM '{vm_name}'");
+    let result = run_task(conn, "CreateSnapshot_Task", &body, &what, progress).await?;
+    result
+        .as_ref()
+        .and_then(MoRef::from_element)
+        .ok_or_else(|| permanent(format!("{what}: the task returned no snapshot")))
+}
+
+/// Removes snapshot `snap` (and its children if asked), consolidating disks.
+pub(crate) async fn delete_snapshot(
+    conn: &Connection,
+    snap: &MoRef,
+    what: &str,
+    remove_children: bool,
+    progress: TaskProgress<'_>,
+) -> Result<()> {
+    let body = format!(
+        "{}{}{}",
+        snap.xml("_this"),
+        el("removeChildren", &remove_children.to_string()),
+        el("consolidate", "true")
+    );
+    run_task(conn, "RemoveSnapshot_Task", &body, what, progress)
+        .await
+        .map(|_| ())
 }
 
 /// Runs a `…_Task` method and waits for it.
@@ -61,7 +100,7 @@ async fn run_task(
 ) -> Result<Option<Element>> {
     let rv = conn.call(method, body).await?;
     let task = returned_task(&rv, method)?;
-    inventory::wait_task_progress(conn, &task, what, TASK_TIMEOUT, progress).await
+    inventory::wait_task(conn, &task, what, TASK_TIMEOUT, progress).await
 }
 
 impl VsphereProvider {
@@ -152,7 +191,7 @@ impl VsphereProvider {
             .as_ref()
             .and_then(MoRef::from_element)
             .map(|m| m.value)
-            .ok_or_else(|| provider_err(format!("{what}: the task returned no snapshot")))
+            .ok_or_else(|| permanent(format!("{what}: the task returned no snapshot")))
     }
 
     async fn snapshot_ref(&self, vm: &str, snapshot: &str) -> Result<(MoRef, String)> {
@@ -209,21 +248,14 @@ impl VsphereProvider {
         progress: TaskProgress<'_>,
     ) -> Result<()> {
         let (snap, name) = self.snapshot_ref(vm, snapshot).await?;
-        let body = format!(
-            "{}{}{}",
-            snap.xml("_this"),
-            el("removeChildren", &remove_children.to_string()),
-            el("consolidate", "true")
-        );
-        run_task(
+        delete_snapshot(
             self.connection(),
-            "RemoveSnapshot_Task",
-            &body,
+            &snap,
             &format!("removing snapshot '{name}' of VM '{vm}'"),
+            remove_children,
             progress,
         )
         .await
-        .map(|_| ())
     }
 
     /// Powers `vm` off (hard), waiting for it. A VM already off is left so.
