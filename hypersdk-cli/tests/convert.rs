@@ -2,17 +2,12 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::*;
+
 use std::fs;
-use std::process::{Command, Output};
 
 use hypersdk_testsupport::{assert_image_ok, assert_same_guest_data, path_str, workspace_root};
-
-fn hyperctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hyperctl"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 #[test]
 fn qcow2_to_vmdk_to_raw_round_trip() {

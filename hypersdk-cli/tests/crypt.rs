@@ -3,17 +3,12 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::*;
+
 use std::fs;
-use std::process::{Command, Output};
 
 use hypersdk_testsupport::{path_str, workspace_root};
-
-fn hyperctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hyperctl"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 #[test]
 fn encrypt_decrypt_round_trip_and_failures() {

@@ -4,16 +4,17 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::*;
+
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use hypersdk_testsupport::{
     assert_image_ok, assert_same_guest_data, path_str, run_tool, workspace_root,
 };
 use quick_xml::events::Event;
-use sha2::{Digest, Sha256};
 
 fn example_xml() -> PathBuf {
     workspace_root().join("examples/vms/demo-vm.xml")
@@ -21,65 +22,6 @@ fn example_xml() -> PathBuf {
 
 fn example_disk(name: &str) -> PathBuf {
     workspace_root().join("examples/vms/disks").join(name)
-}
-
-fn hyperctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hyperctl"))
-        .args(args)
-        .env_remove("HYPERSDK_LOCAL_DIR")
-        .output()
-        .expect("run hyperctl")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = hyperctl(args);
-    assert!(
-        o.status.success(),
-        "hyperctl {args:?} failed: {}",
-        stderr(&o)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Runs a failing command and returns its error line: stderr (where plain
-/// progress lines may precede it) ends with exactly one `error: ` line.
-fn fails(args: &[&str]) -> String {
-    let o = hyperctl(args);
-    assert!(
-        !o.status.success(),
-        "hyperctl {args:?} unexpectedly succeeded"
-    );
-    assert!(o.stdout.is_empty(), "nothing on stdout after a failure");
-    let err = stderr(&o);
-    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
-    assert_eq!(errors.len(), 1, "expected one error line, got: {err}");
-    assert_eq!(
-        err.lines().last(),
-        Some(errors[0]),
-        "the error is the last line: {err}"
-    );
-    errors[0].to_string()
-}
-
-fn sha256_hex(path: &Path) -> String {
-    let mut h = Sha256::new();
-    h.update(fs::read(path).unwrap());
-    hypersdk_formats::manifest::to_hex(&h.finalize())
-}
-
-fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = match fs::read_dir(dir) {
-        Ok(rd) => rd
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    v.sort();
-    v
 }
 
 /// Checks every manifest line against the files of `dir`, and that the

@@ -4,59 +4,16 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::*;
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use hypersdk_testsupport::{assert_same_guest_data, path_str, run_tool, workspace_root};
-use sha2::{Digest, Sha256};
 
 fn example_xml() -> PathBuf {
     workspace_root().join("examples/vms/demo-vm.xml")
-}
-
-fn hyperctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hyperctl"))
-        .args(args)
-        .env_remove("HYPERSDK_LOCAL_DIR")
-        .output()
-        .expect("run hyperctl")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = hyperctl(args);
-    assert!(
-        o.status.success(),
-        "hyperctl {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// The one error line of a failing command.
-fn fails(args: &[&str]) -> String {
-    let o = hyperctl(args);
-    assert!(
-        !o.status.success(),
-        "hyperctl {args:?} unexpectedly succeeded"
-    );
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
-    assert_eq!(errors.len(), 1, "expected one error line, got: {err}");
-    errors[0].to_string()
-}
-
-fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
-fn sha256_hex(path: &Path) -> String {
-    hypersdk_formats::manifest::to_hex(&Sha256::digest(fs::read(path).unwrap()))
 }
 
 fn write_key(dir: &Path) -> PathBuf {

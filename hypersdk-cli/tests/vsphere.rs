@@ -4,55 +4,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::fs;
+mod common;
+use common::*;
 
-use std::process::{Command, Output};
+use std::fs;
 
 use hypersdk_testsupport::vcsim::Vcsim;
 use hypersdk_testsupport::{assert_same_guest_data, mixed_content, path_str, run_tool};
-
-fn hyperctl(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hyperctl"));
-    c.args(args);
-    for k in [
-        "GOVC_URL",
-        "GOVC_USERNAME",
-        "GOVC_PASSWORD",
-        "GOVC_INSECURE",
-        "GOVC_TLS_CA_CERTS",
-        "GOVC_TLS_THUMBPRINT",
-        "HYPERSDK_VSPHERE_CONFIG",
-        "HYPERSDK_PROVIDER",
-    ] {
-        c.env_remove(k);
-    }
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("run hyperctl")
-}
-
-fn ok(args: &[&str], env: &[(&str, &str)]) -> String {
-    let o = hyperctl(args, env);
-    assert!(
-        o.status.success(),
-        "hyperctl {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn fails(args: &[&str], env: &[(&str, &str)]) -> String {
-    let o = hyperctl(args, env);
-    assert!(
-        !o.status.success(),
-        "hyperctl {args:?} unexpectedly succeeded"
-    );
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
-    assert_eq!(errors.len(), 1, "expected one error line, got: {err}");
-    errors[0].to_string()
-}
 
 struct Setup {
     sim: Vcsim,
@@ -80,7 +38,7 @@ fn setup() -> Setup {
 fn connection_settings_from_flags_environment_and_config_file() {
     let s = setup();
     // Flags, verified TLS through the CA file.
-    let list = ok(
+    let list = ok_env(
         &[
             "vms",
             "list",
@@ -102,7 +60,7 @@ fn connection_settings_from_flags_environment_and_config_file() {
         "{list}"
     );
     // govc's environment variables.
-    let show = ok(
+    let show = ok_env(
         &["vms", "show", "alpha", "--json"],
         &[
             ("HYPERSDK_PROVIDER", "vsphere"),
@@ -125,7 +83,7 @@ fn connection_settings_from_flags_environment_and_config_file() {
         ),
     )
     .unwrap();
-    let search = ok(
+    let search = ok_env(
         &[
             "vms",
             "search",
@@ -149,7 +107,7 @@ fn wrong_password_untrusted_certificate_and_missing_url_are_one_line() {
     let s = setup();
     let bad_pw = s._dir.path().join("bad");
     fs::write(&bad_pw, "guess-1234\n").unwrap();
-    let line = fails(
+    let line = fails_env(
         &[
             "vms",
             "list",
@@ -170,7 +128,7 @@ fn wrong_password_untrusted_certificate_and_missing_url_are_one_line() {
         "{line}"
     );
     assert!(!line.contains("guess-1234"), "{line}");
-    let line = fails(
+    let line = fails_env(
         &[
             "vms",
             "list",
@@ -189,7 +147,7 @@ fn wrong_password_untrusted_certificate_and_missing_url_are_one_line() {
         line.contains("not trusted") && line.contains(&s.sim.thumbprint),
         "{line}"
     );
-    let line = fails(&["vms", "list", "--provider", "vsphere"], &[]);
+    let line = fails_env(&["vms", "list", "--provider", "vsphere"], &[]);
     assert!(line.contains("--url"), "{line}");
 }
 
@@ -202,7 +160,7 @@ fn export_from_vsphere_to_an_ova() {
         fs::write(s.sim.flat_file("alpha", i), data).unwrap();
     }
     let out = tempfile::tempdir().unwrap();
-    let json = ok(
+    let json = ok_env(
         &[
             "export",
             "alpha",
@@ -237,7 +195,7 @@ fn export_from_vsphere_to_an_ova() {
             Some("vmdk"),
         );
     }
-    let verified = ok(&["verify", path_str(&ova)], &[]);
+    let verified = ok_env(&["verify", path_str(&ova)], &[]);
     assert!(verified.contains("verified"), "{verified}");
 }
 
@@ -251,7 +209,7 @@ fn vm_operations_snapshots_power_and_cdrom() {
         ("GOVC_PASSWORD", sim.password.as_str()),
         ("GOVC_INSECURE", "true"),
     ];
-    let out = ok(
+    let out = ok_env(
         &[
             "vms",
             "snapshot",
@@ -264,19 +222,19 @@ fn vm_operations_snapshots_power_and_cdrom() {
         &env,
     );
     assert!(out.contains("created snapshot 'pre-move'"), "{out}");
-    let list = ok(&["vms", "snapshot", "list", "web", "--json"], &env);
+    let list = ok_env(&["vms", "snapshot", "list", "web", "--json"], &env);
     let tree: serde_json::Value = serde_json::from_str(&list).unwrap();
     assert_eq!(tree[0]["name"], "pre-move");
-    ok(&["vms", "snapshot", "revert", "web", "pre-move"], &env);
-    ok(&["vms", "snapshot", "remove", "web", "pre-move"], &env);
-    let list = ok(&["vms", "snapshot", "list", "web"], &env);
+    ok_env(&["vms", "snapshot", "revert", "web", "pre-move"], &env);
+    ok_env(&["vms", "snapshot", "remove", "web", "pre-move"], &env);
+    let list = ok_env(&["vms", "snapshot", "list", "web"], &env);
     assert!(list.contains("no snapshots"), "{list}");
-    let out = ok(&["vms", "eject-cdrom", "web"], &env);
+    let out = ok_env(&["vms", "eject-cdrom", "web"], &env);
     assert!(out.contains("emptied 1 CD-ROM"), "{out}");
-    ok(&["vms", "power-off", "web"], &env);
-    let show = ok(&["vms", "show", "web", "--json"], &env);
+    ok_env(&["vms", "power-off", "web"], &env);
+    let show = ok_env(&["vms", "show", "web", "--json"], &env);
     assert!(show.contains("\"power_state\": \"off\""), "{show}");
     // The local provider has no such operations: a clear refusal.
-    let line = fails(&["vms", "power-off", "demo-vm", "--provider", "local"], &[]);
+    let line = fails_env(&["vms", "power-off", "demo-vm", "--provider", "local"], &[]);
     assert!(line.contains("needs --provider vsphere"), "{line}");
 }

@@ -1,0 +1,99 @@
+//! Running `hyperctl` in the CLI tests: every test binary includes this.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+
+/// Settings from the environment that would change what hyperctl does.
+const ENV: &[&str] = &[
+    "HYPERSDK_LOCAL_DIR",
+    "HYPERSDK_PROVIDER",
+    "HYPERSDK_VSPHERE_CONFIG",
+    "GOVC_URL",
+    "GOVC_USERNAME",
+    "GOVC_PASSWORD",
+    "GOVC_INSECURE",
+    "GOVC_TLS_CA_CERTS",
+    "GOVC_TLS_THUMBPRINT",
+];
+
+/// Runs hyperctl with `args` and exactly the environment settings in `env`.
+pub fn hyperctl_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hyperctl"));
+    c.args(args);
+    for k in ENV {
+        c.env_remove(k);
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run hyperctl")
+}
+
+/// Runs hyperctl with `args`.
+pub fn hyperctl(args: &[&str]) -> Output {
+    hyperctl_env(args, &[])
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn ok_env(args: &[&str], env: &[(&str, &str)]) -> String {
+    let o = hyperctl_env(args, env);
+    assert!(
+        o.status.success(),
+        "hyperctl {args:?} failed: {}",
+        stderr(&o)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn ok(args: &[&str]) -> String {
+    ok_env(args, &[])
+}
+
+/// Runs a command that must fail and returns its error line: nothing on
+/// stdout, and stderr (where plain progress lines may precede it) ends with
+/// exactly one `error: ` line.
+pub fn fails_env(args: &[&str], env: &[(&str, &str)]) -> String {
+    let o = hyperctl_env(args, env);
+    assert!(
+        !o.status.success(),
+        "hyperctl {args:?} unexpectedly succeeded"
+    );
+    assert!(o.stdout.is_empty(), "nothing on stdout after a failure");
+    let err = stderr(&o);
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "expected one error line, got: {err}");
+    assert_eq!(
+        err.lines().last(),
+        Some(errors[0]),
+        "the error is the last line: {err}"
+    );
+    errors[0].to_string()
+}
+
+pub fn fails(args: &[&str]) -> String {
+    fails_env(args, &[])
+}
+
+/// Sorted file names in `dir` (empty if it does not exist).
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    v.sort();
+    v
+}
+
+/// SHA-256 of a file, lower-case hex.
+pub fn sha256_hex(path: &Path) -> String {
+    hypersdk_formats::manifest::to_hex(&Sha256::digest(std::fs::read(path).unwrap()))
+}
