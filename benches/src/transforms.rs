@@ -31,14 +31,15 @@
 //! over the 1–4 s after the change); and AES-256-GCM decryption.
 
 use std::io::{Read, Write};
-use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
 use hypersdk_core::transforms::compress::Compression;
 use hypersdk_core::transforms::encrypt::{DecryptReader, EncryptWriter, KeySource};
 use hypersdk_core::transforms::pipeline::{self, TransformSpec};
-use hypersdk_testsupport::{disk_like_content, mixed_content, path_str, peak_rss_kib};
+use hypersdk_testsupport::{
+    disk_like_content, mixed_content, path_str, peak_rss_kib, write_repeated,
+};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -104,19 +105,6 @@ fn openssl_aes() -> anyhow::Result<f64> {
         .unwrap_or(f64::NAN))
 }
 
-/// Writes `bytes` of the content to `path`, from one 64 MiB block.
-fn write_file(path: &Path, block: &[u8], bytes: u64) -> anyhow::Result<()> {
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(block.len() as u64) as usize;
-        f.write_all(&block[..n])?;
-        left -= n as u64;
-    }
-    f.flush()?;
-    Ok(())
-}
-
 fn suite(kind: &str, bytes: u64, openssl: f64) -> anyhow::Result<()> {
     let block = block(kind, 64 << 20);
     let feed = |f: &mut dyn FnMut(&[u8])| {
@@ -133,7 +121,7 @@ fn suite(kind: &str, bytes: u64, openssl: f64) -> anyhow::Result<()> {
     println!("\n[{kind}] one thread per stage, median of 3");
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("data");
-    write_file(&file, &block, bytes)?;
+    write_repeated(&file, &block, bytes)?;
     let _ = Command::new("cat").arg(path_str(&file)).output(); // warm the page cache
 
     // SHA-256

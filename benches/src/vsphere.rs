@@ -21,7 +21,7 @@ use std::time::Instant;
 use hypersdk_core::{ExportOptions, Exporter, PackageFormat};
 use hypersdk_sinks::LocalDirSink;
 use hypersdk_testsupport::vcsim::Vcsim;
-use hypersdk_testsupport::{mixed_content, path_str};
+use hypersdk_testsupport::{path_str, write_mixed_file};
 use hypersdk_vsphere::{ConnectOptions, TlsMode, VsphereProvider};
 
 fn main() -> anyhow::Result<()> {
@@ -30,19 +30,9 @@ fn main() -> anyhow::Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1024);
     let sim = Vcsim::start(&[("bench", &[mib, mib])]);
-    let block = mixed_content(64 << 20);
     for i in 0..2 {
-        use std::io::Write;
-        let mut f = std::io::BufWriter::new(std::fs::File::create(sim.flat_file("bench", i))?);
-        let mut left = mib << 20;
-        while left > 0 {
-            let n = left.min(block.len() as u64) as usize;
-            f.write_all(&block[..n])?;
-            left -= n as u64;
-        }
-        f.flush()?;
+        write_mixed_file(&sim.flat_file("bench", i), mib << 20)?;
     }
-    drop(block);
     let guest = ((2 * mib) << 20) as f64;
     let base = sim.url.trim_end_matches("/sdk").to_string();
     let urls: Vec<String> = (1..=2)

@@ -305,7 +305,8 @@ mod tests {
     use super::*;
     use crate::vmdk::{StreamOptimizedWriter, VmdkWriterOptions};
 
-    fn encode(data: &[u8]) -> Vec<u8> {
+    /// `data` as our writer's streamOptimized VMDK, and its populated bytes.
+    pub(super) fn encode_with_stats(data: &[u8]) -> (Vec<u8>, u64) {
         let mut w = StreamOptimizedWriter::new(
             Vec::new(),
             data.len() as u64,
@@ -313,7 +314,12 @@ mod tests {
         )
         .unwrap();
         w.write(data).unwrap();
-        w.finish().unwrap().0
+        let (v, stats) = w.finish().unwrap();
+        (v, stats.populated_bytes)
+    }
+
+    fn encode(data: &[u8]) -> Vec<u8> {
+        encode_with_stats(data).0
     }
 
     fn sample(len: usize) -> Vec<u8> {
@@ -574,20 +580,8 @@ impl StreamChecker {
 
 #[cfg(test)]
 mod checker_tests {
+    use super::tests::encode_with_stats as encode;
     use super::*;
-    use crate::vmdk::{StreamOptimizedWriter, VmdkWriterOptions};
-
-    fn encode(data: &[u8]) -> (Vec<u8>, u64) {
-        let mut w = StreamOptimizedWriter::new(
-            Vec::new(),
-            data.len() as u64,
-            &VmdkWriterOptions::default(),
-        )
-        .unwrap();
-        w.write(data).unwrap();
-        let (v, stats) = w.finish().unwrap();
-        (v, stats.populated_bytes)
-    }
 
     fn check(bytes: &[u8], chunk: usize) -> Result<StreamStats> {
         let mut c = StreamChecker::new();

@@ -147,8 +147,12 @@ pub fn workspace_root() -> std::path::PathBuf {
 
 /// Writes `bytes` of [`mixed_content`] to `path`, in 64 MiB blocks.
 pub fn write_mixed_file(path: &Path, bytes: u64) -> std::io::Result<()> {
+    write_repeated(path, &mixed_content(64 << 20), bytes)
+}
+
+/// Writes `bytes` to `path`: `block` over and over (the last time cut short).
+pub fn write_repeated(path: &Path, block: &[u8], bytes: u64) -> std::io::Result<()> {
     use std::io::Write;
-    let block = mixed_content(64 << 20);
     let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut left = bytes;
     while left > 0 {
