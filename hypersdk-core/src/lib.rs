@@ -105,6 +105,7 @@ pub mod package;
 pub mod progress;
 pub mod provider;
 pub mod report;
+pub mod retry;
 pub mod sink;
 pub mod transforms;
 pub mod vm;

@@ -8,6 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hypersdk_core::retry::RetryPolicy;
 use hypersdk_core::{Error, Result};
 use hypersdk_formats::xml::Element;
 use tracing::debug;
@@ -15,6 +16,16 @@ use zeroize::Zeroizing;
 
 use crate::soap::{el, envelope, parse_reply, Fault, MoRef, Reply};
 use crate::tls::{client_config, Seen, TlsMode};
+
+/// Methods that change nothing on the server: safe to send again.
+const READ_ONLY: &[&str] = &[
+    "RetrieveServiceContent",
+    "RetrievePropertiesEx",
+    "ContinueRetrievePropertiesEx",
+    "CreateContainerView",
+    "DestroyView",
+    "HttpNfcLeaseProgress",
+];
 
 /// The provider's name in errors and reports.
 pub(crate) const PROVIDER: &str = "vsphere";
@@ -35,6 +46,9 @@ pub struct ConnectOptions {
     pub ca_pem: Option<Vec<u8>>,
     /// Timeout of each API call (downloads have their own idle timeout).
     pub timeout: Duration,
+    /// Retries of read-only calls that fail transiently (connection reset,
+    /// timeout, HTTP 5xx). Calls that change something are never retried.
+    pub retry: RetryPolicy,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -58,6 +72,7 @@ impl ConnectOptions {
             tls: TlsMode::Verify,
             ca_pem: None,
             timeout: Duration::from_secs(60),
+            retry: RetryPolicy::default(),
         }
     }
 
@@ -164,6 +179,7 @@ pub struct Connection {
     content: ServiceContent,
     seen: Arc<Mutex<Seen>>,
     timeout: Duration,
+    retry: RetryPolicy,
 }
 
 impl std::fmt::Debug for Connection {
@@ -240,6 +256,7 @@ impl Connection {
             },
             seen,
             timeout: opts.timeout,
+            retry: opts.retry.clone(),
         };
         let rv = conn
             .raw_call(
@@ -333,8 +350,20 @@ impl Connection {
     }
 
     /// Calls `method` with `body` (its parameters, `_this` first) and returns
-    /// the `<methodResponse>` element. Logs in again once if the session expired.
+    /// the `<methodResponse>` element. Logs in again once if the session
+    /// expired; retries read-only methods that fail transiently (see
+    /// [`ConnectOptions::retry`]).
     pub async fn call(&self, method: &str, body: &str) -> Result<Element> {
+        if READ_ONLY.contains(&method) {
+            self.retry
+                .run(method, |_| self.call_once(method, body))
+                .await
+        } else {
+            self.call_once(method, body).await
+        }
+    }
+
+    async fn call_once(&self, method: &str, body: &str) -> Result<Element> {
         match self.raw_call(method, body).await {
             Err(Error::Provider { message, .. }) if message.contains("NotAuthenticated") => {
                 debug!(method, "session expired; logging in again");
