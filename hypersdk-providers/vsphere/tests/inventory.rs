@@ -163,3 +163,32 @@ async fn inventory_lists_and_describes_vms() {
     assert!(vc.search_vms(&q).await.unwrap().is_empty());
     vc.logout().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cut_mid_answer_is_retried() {
+    use hypersdk_testsupport::faultproxy::{Fault, FaultProxy};
+    let sim = Vcsim::start(&[("alpha", &[8])]);
+    let target: std::net::SocketAddr = sim
+        .url
+        .trim_start_matches("https://")
+        .trim_end_matches("/sdk")
+        .parse()
+        .unwrap();
+    let proxy = FaultProxy::start(target);
+    // The first connection carries the TLS handshake and the login, then is
+    // cut in the middle of the inventory's answer.
+    proxy.inject(&[Fault::CutAfter(20_000)]);
+    let vc = VsphereProvider::connect(
+        &ConnectOptions::new(format!("https://{}/sdk", proxy.addr()))
+            .with_login(&sim.user, &sim.password)
+            .with_tls(TlsMode::Insecure),
+    )
+    .await
+    .unwrap();
+    let vms = vc.list_vms().await.unwrap();
+    assert!(vms.iter().any(|v| v.name == "alpha"));
+    assert!(
+        proxy.connections() >= 2,
+        "the cut call went again on a new connection"
+    );
+}

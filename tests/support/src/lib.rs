@@ -1,5 +1,7 @@
 //! Helpers shared by the integration tests of every crate: running the real
-//! peers (`qemu-img`, `qemu-io`) and making deterministic disk-like data.
+//! peers (`qemu-img`, `qemu-io`, the vCenter simulator in [`vcsim`]), a TCP
+//! [`faultproxy`] that cuts, stalls and resets connections, and
+//! deterministic disk-like data.
 //!
 //! The peers are installed by `tests/peers/install.sh` (run by `.ci/run`). A
 //! missing peer fails the test with a message saying so; tests never skip.
@@ -8,6 +10,7 @@
 use std::path::Path;
 use std::process::Command;
 
+pub mod faultproxy;
 pub mod vcsim;
 
 /// Runs `tool args…`, panics with its output unless it succeeds, returns stdout.
