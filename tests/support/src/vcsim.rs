@@ -34,13 +34,26 @@ pub struct Vcsim {
     pub vms: HashMap<String, Vec<String>>,
 }
 
-/// Builds the launcher once per test process (go build is incremental).
+/// The launcher binary, built when missing or older than its sources (once
+/// per test process; `tests/peers/install.sh` builds it up front). Not
+/// rebuilding an up-to-date binary avoids replacing it while another test
+/// process runs it.
 fn launcher() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
             let src = workspace_root().join("tests/peers/vcsim");
             let out = workspace_root().join("target/peers/vcsim-launcher");
+            let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            let newest_source = ["main.go", "go.mod", "go.sum"]
+                .iter()
+                .filter_map(|f| modified(&src.join(f)))
+                .max();
+            if let (Some(bin), Some(source)) = (modified(&out), newest_source) {
+                if bin >= source {
+                    return out;
+                }
+            }
             let status = Command::new("go")
                 .args(["build", "-o"])
                 .arg(&out)
