@@ -198,6 +198,10 @@ struct ExportArgs {
     /// Read every stored file back and check it before publishing the export.
     #[arg(long)]
     verify: bool,
+    /// Fail (retryably) when a disk source sends nothing for this many
+    /// seconds; 0 waits forever.
+    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    idle_timeout: u64,
     /// Disks exported at once.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     parallel_disks: u16,
@@ -420,6 +424,8 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
     }
     options = options.with_verify(args.verify);
     options.parallel_disks = usize::from(args.parallel_disks);
+    options.idle_timeout =
+        (args.idle_timeout > 0).then(|| std::time::Duration::from_secs(args.idle_timeout));
     options.reencode = args.reencode;
     if let Some(n) = &args.name {
         options = options.with_name(n);

@@ -474,7 +474,7 @@ impl Exporter {
                 let next = tokio::select! {
                     biased;
                     _ = self.cancel.cancelled() => return Err(Some(Error::Cancelled)),
-                    n = stream.next() => n,
+                    n = self.next_chunk(&mut stream, spec, index) => n.map_err(Some)?,
                 };
                 let Some(item) = next else { break };
                 let data = item.map_err(Some)?;
@@ -559,6 +559,33 @@ impl Exporter {
         })
     }
 
+    /// The next item of a disk stream, or a retryable error if the source
+    /// sends nothing for `idle_timeout` (a stalled connection).
+    async fn next_chunk(
+        &self,
+        stream: &mut crate::provider::DiskStream,
+        spec: &VmSpec,
+        index: usize,
+    ) -> Result<Option<Result<Bytes>>> {
+        match self.options.idle_timeout {
+            None => Ok(stream.next().await),
+            Some(limit) => tokio::time::timeout(limit, stream.next())
+                .await
+                .map_err(|_| Error::DiskRead {
+                    vm: spec.name.clone(),
+                    disk: spec.disks[index].name.clone(),
+                    location: spec.disks[index].location.clone(),
+                    source: Box::new(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "the source sent nothing for {:.1} s (stalled)",
+                            limit.as_secs_f64()
+                        ),
+                    )),
+                }),
+        }
+    }
+
     /// Stores a disk the source serves as streamOptimized VMDK as it arrives,
     /// checking its structure on the way ([`StreamChecker`]).
     async fn store_vmdk(
@@ -586,7 +613,7 @@ impl Exporter {
                 let next = tokio::select! {
                     biased;
                     _ = self.cancel.cancelled() => return Err(Error::Cancelled),
-                    n = stream.next() => n,
+                    n = self.next_chunk(&mut stream, spec, index) => n?,
                 };
                 let Some(item) = next else { break };
                 let data = item?;

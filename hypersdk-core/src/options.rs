@@ -67,6 +67,10 @@ pub struct ExportOptions {
     pub bwlimit: Option<Arc<RateLimiter>>,
     /// Disks exported at once (each with its own pipeline and memory).
     pub parallel_disks: usize,
+    /// A disk source that sends nothing for this long fails the export with
+    /// a retryable error (a stalled connection is noticed, not waited on
+    /// forever). None: wait forever.
+    pub idle_timeout: Option<std::time::Duration>,
     /// Decode and re-encode disks the source already serves as
     /// streamOptimized VMDK (see
     /// [`ExportSource::open_disk_vmdk`](crate::ExportSource::open_disk_vmdk))
@@ -93,6 +97,7 @@ impl Default for ExportOptions {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             bwlimit: None,
             parallel_disks: 2,
+            idle_timeout: Some(std::time::Duration::from_secs(120)),
             reencode: false,
             verify: false,
         }

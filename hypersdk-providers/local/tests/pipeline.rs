@@ -353,3 +353,45 @@ async fn wrapped_ova_unwraps_to_the_plain_ova() {
     r.read_to_end(&mut back).unwrap();
     assert_eq!(back, std::fs::read(&plain.location).unwrap());
 }
+
+/// A source whose disk sends 1 MiB and then nothing, ever: a stalled connection.
+#[derive(Debug)]
+struct Stalled {
+    spec: VmSpec,
+}
+
+#[async_trait]
+impl ExportSource for Stalled {
+    fn spec(&self) -> &VmSpec {
+        &self.spec
+    }
+
+    async fn open_disk(&self, _index: usize, _offset: u64) -> Result<DiskStream> {
+        use futures_util::StreamExt;
+        let first = futures_util::stream::iter(vec![Ok(Bytes::from(vec![1u8; 1 << 20]))]);
+        Ok(Box::pin(first.chain(futures_util::stream::pending())))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_source_is_a_retryable_error_not_a_hang() {
+    let tmp = tempfile::tempdir().unwrap();
+    make_vm(tmp.path(), 1 << 20);
+    let mut spec = LocalProvider::new(tmp.path())
+        .vm_spec("pipe")
+        .await
+        .unwrap();
+    spec.disks.truncate(1);
+    spec.disks[0].capacity = 8 << 20;
+    let mut options = ExportOptions::new(PackageFormat::Ova);
+    options.idle_timeout = Some(std::time::Duration::from_millis(300));
+    let out = tmp.path().join("out");
+    let err = Exporter::new(options)
+        .export_source(&Stalled { spec }, "test", &LocalDirSink::new(&out))
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(text.contains("stalled"), "{text}");
+    assert!(listing(&out).is_empty());
+}
