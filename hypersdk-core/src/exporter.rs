@@ -135,7 +135,7 @@ impl Exporter {
         let result = self
             .export_source(source.as_ref(), provider.name(), sink)
             .await;
-        let closed = source.close().await;
+        let closed = source.close_after(result.is_ok()).await;
         let report = result?;
         closed?;
         Ok(report)

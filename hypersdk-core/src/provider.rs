@@ -64,4 +64,12 @@ pub trait ExportSource: Send + Sync + std::fmt::Debug {
     async fn close(&self) -> Result<()> {
         Ok(())
     }
+
+    /// [`close`](Self::close), told whether the export succeeded, for
+    /// platforms that report the outcome (a vSphere lease is completed or
+    /// aborted). The Exporter calls this one; the default calls `close`.
+    async fn close_after(&self, succeeded: bool) -> Result<()> {
+        let _ = succeeded;
+        self.close().await
+    }
 }

@@ -377,6 +377,12 @@ impl ExportSource for NfcSource {
     }
 
     async fn close(&self) -> Result<()> {
+        self.close_after(true).await
+    }
+
+    /// Completes the lease if the export succeeded and every disk was read
+    /// to its end, else aborts it; removes the export's snapshot.
+    async fn close_after(&self, succeeded: bool) -> Result<()> {
         if self.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
@@ -389,7 +395,7 @@ impl ExportSource for NfcSource {
             k.abort();
         }
         let all_done = self.finished.iter().all(|f| f.load(Ordering::SeqCst));
-        let lease_result = if all_done {
+        let lease_result = if all_done && succeeded {
             self.conn
                 .call("HttpNfcLeaseComplete", &self.lease.xml("_this"))
                 .await
