@@ -52,8 +52,16 @@ pub struct ConvertArgs {
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// An .ova, an .ovf, or a directory holding one .ovf.
+    /// An .ova, an .ovf, or a directory holding one .ovf; or an OVA wrapped by
+    /// `export --compress/--encrypt-*` (.ova.zst, .ova.enc, …), read through
+    /// once without unwrapping it to disk.
     path: PathBuf,
+    /// Key file, for an encrypted OVA.
+    #[arg(long, conflicts_with = "passphrase_file")]
+    key_file: Option<PathBuf>,
+    /// Passphrase file, for an encrypted OVA.
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -301,8 +309,53 @@ fn looks_like_package(p: &std::path::Path) -> bool {
     p.is_dir() || p.extension().is_some_and(|e| e == "ovf" || e == "ova") || is_ova(p)
 }
 
+/// A file wrapped by an export (encrypted, zstd or gzip), judged by its magic.
+fn is_wrapped(p: &std::path::Path) -> bool {
+    use hypersdk_core::transforms::compress::{sniff, Layer};
+    p.is_file()
+        && std::fs::File::open(p)
+            .map(std::io::BufReader::new)
+            .and_then(|mut r| sniff(&mut r))
+            .is_ok_and(|l| l != Layer::Plain)
+}
+
+/// Verifies a wrapped OVA in one pass: decrypt, decompress, walk the tar.
+async fn wrapped_package(args: &VerifyArgs) -> anyhow::Result<PackageReport> {
+    use hypersdk_core::transforms::encrypt::KeySource;
+    let key = match (&args.key_file, &args.passphrase_file) {
+        (Some(k), _) => Some(KeySource::from_key_file(k)?),
+        (None, Some(p)) => Some(KeySource::from_passphrase_file(p)?),
+        (None, None) => None,
+    };
+    let path = args.path.clone();
+    let shown = path.display().to_string();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<PackageReport> {
+        let file = std::fs::File::open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let plain = hypersdk_core::transforms::unwrap::unwrap_reader(
+            std::io::BufReader::with_capacity(1 << 20, file),
+            key.as_ref(),
+        )
+        .map_err(|e| match e {
+            hypersdk_core::Error::Crypto(m) if key.is_none() => anyhow::anyhow!(
+                "{} is encrypted: give --key-file or --passphrase-file ({m})",
+                path.display()
+            ),
+            e => anyhow::Error::new(e),
+        })?;
+        Ok(hypersdk_formats::package::inspect_ova_stream(plain, &path)?)
+    })
+    .await
+    .context("verify task failed")?
+    .with_context(|| format!("cannot read package {shown}"))
+}
+
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
-    let report = package(args.path.clone()).await?;
+    let report = if is_wrapped(&args.path) {
+        wrapped_package(&args).await?
+    } else {
+        package(args.path.clone()).await?
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&package_json(&report))?);
     }

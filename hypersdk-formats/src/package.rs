@@ -277,6 +277,171 @@ fn inspect_ova(path: &Path) -> Result<PackageReport> {
     Ok(report)
 }
 
+/// Inspects and verifies an OVA read front to back from any `Read`, without
+/// seeking — one being decrypted and decompressed as it is read, say.
+/// `label` names it in the report. Every member is checked as it passes:
+/// members before the manifest are digested with SHA-1, SHA-256 and SHA-512
+/// (normally only the small descriptor), those after it with the
+/// manifest's algorithms. Memory: the descriptor, the manifest and a 1 MiB
+/// buffer.
+pub fn inspect_ova_stream<R: std::io::Read>(mut input: R, label: &Path) -> Result<PackageReport> {
+    use std::collections::HashMap;
+
+    use crate::manifest::{parse_manifest, Hasher};
+    use crate::ova::{parse_member_header, tar_padding, BLOCK_SIZE, MAX_ARCHIVE_MEMBERS};
+
+    let io =
+        |pos: u64, e: std::io::Error| Error::io(format!("reading the OVA stream at byte {pos}"), e);
+    let mut pos = 0u64;
+    let mut files: Vec<(String, u64)> = Vec::new();
+    let mut descriptor: Option<(String, String)> = None;
+    // (file name, lines as (algorithm, member, hex digest))
+    type Manifest = (String, Vec<(String, String, String)>);
+    let mut manifest: Option<Manifest> = None;
+    // (member, algorithm as the manifest names it) → hex digest
+    let mut digests: HashMap<(String, String), String> = HashMap::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut header = [0u8; BLOCK_SIZE];
+    loop {
+        match input.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !files.is_empty() => break,
+            Err(e) => return Err(io(pos, e)),
+        }
+        if header.iter().all(|&b| b == 0) {
+            break;
+        }
+        let (name, size) = parse_member_header(&header, pos)?;
+        pos += BLOCK_SIZE as u64;
+        if files.iter().any(|(n, _)| *n == name) {
+            return Err(Error::OvaUnsafe {
+                member: name,
+                what: "name appears twice".into(),
+            });
+        }
+        if files.len() >= MAX_ARCHIVE_MEMBERS {
+            return Err(Error::InvalidInput {
+                format: "OVA",
+                what: format!("more than {MAX_ARCHIVE_MEMBERS} members"),
+            });
+        }
+        files.push((name.clone(), size));
+        let small = (name.ends_with(".ovf") && descriptor.is_none())
+            || (name.ends_with(".mf") && manifest.is_none());
+        let limit = if name.ends_with(".ovf") {
+            MAX_OVF_BYTES
+        } else {
+            MAX_MANIFEST_BYTES
+        };
+        if small && size > limit {
+            return Err(Error::InvalidInput {
+                format: "OVA",
+                what: format!("{name} is {size} bytes, more than the {limit} accepted"),
+            });
+        }
+        let algorithms: Vec<String> = match &manifest {
+            Some((_, lines)) => {
+                let mut a: Vec<String> = lines
+                    .iter()
+                    .filter(|(_, n, _)| *n == name)
+                    .map(|(a, _, _)| a.clone())
+                    .collect();
+                a.dedup();
+                a
+            }
+            None => vec!["SHA1".into(), "SHA256".into(), "SHA512".into()],
+        };
+        let mut hashers: Vec<(String, Hasher)> = algorithms
+            .into_iter()
+            .filter_map(|a| Hasher::for_name(&a).map(|h| (a, h)))
+            .collect();
+        let mut kept = Vec::new();
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            input.read_exact(&mut buf[..n]).map_err(|e| io(pos, e))?;
+            for (_, h) in hashers.iter_mut() {
+                h.update(&buf[..n]);
+            }
+            if small {
+                kept.extend_from_slice(&buf[..n]);
+            }
+            pos += n as u64;
+            left -= n as u64;
+        }
+        let pad = tar_padding(size);
+        input.read_exact(&mut buf[..pad]).map_err(|e| io(pos, e))?;
+        pos += pad as u64;
+        for (a, h) in hashers {
+            digests.insert((name.clone(), a.to_ascii_uppercase()), h.finish_hex());
+        }
+        if small {
+            let text = String::from_utf8(kept).map_err(|_| Error::InvalidInput {
+                format: "OVA",
+                what: format!("{name} is not UTF-8"),
+            })?;
+            if name.ends_with(".ovf") {
+                descriptor = Some((name, text));
+            } else {
+                let lines = parse_manifest(&text).map_err(|line| Error::ManifestInvalid {
+                    line,
+                    what: "not of the form ALGO(name)= hex".into(),
+                })?;
+                let lines = lines
+                    .into_iter()
+                    .map(|(a, n, h)| (a.to_ascii_uppercase(), n, h))
+                    .collect();
+                manifest = Some((name, lines));
+            }
+        }
+    }
+    let Some((descriptor, xml)) = descriptor else {
+        return Err(Error::InvalidInput {
+            format: "OVA",
+            what: format!("{} has no .ovf member", label.display()),
+        });
+    };
+    let mut problems = Vec::new();
+    if files.first().map(|(n, _)| n) != Some(&descriptor) {
+        problems.push("the first member is not the .ovf descriptor".to_string());
+    }
+    let summary = read_summary(&xml)?;
+    let (manifest_name, checks) = match manifest {
+        Some((mf, lines)) => {
+            let at = files.iter().position(|(n, _)| *n == mf).unwrap_or(0);
+            if at != 1 && at != files.len() - 1 {
+                problems.push(format!(
+                    "{mf} is neither right after the descriptor nor the last member"
+                ));
+            }
+            let checks = lines
+                .into_iter()
+                .map(|(algorithm, name, expected)| ManifestCheck {
+                    actual: digests.get(&(name.clone(), algorithm.clone())).cloned(),
+                    name,
+                    algorithm,
+                    expected: expected.to_ascii_lowercase(),
+                })
+                .collect();
+            (Some(mf), checks)
+        }
+        None => (None, Vec::new()),
+    };
+    let mut report = PackageReport {
+        kind: "ova",
+        path: label.to_path_buf(),
+        files,
+        descriptor,
+        summary,
+        manifest: manifest_name,
+        checks,
+        uncovered: Vec::new(),
+        problems,
+    };
+    cover_and_check(&mut report);
+    Ok(report)
+}
+
 /// `<stem>.mf` next to the descriptor, else the only `.mf`.
 fn find_manifest<'a>(
     descriptor: &str,

@@ -97,6 +97,60 @@ pub fn safe_member_name(raw: &str) -> Result<String> {
     Ok(name.to_string())
 }
 
+/// Checks one tar header block at archive offset `pos` (checksum, member
+/// type, a safe name) and returns the member's name and size. The caller
+/// handles the all-zero end-of-archive block.
+pub(crate) fn parse_member_header(header: &[u8; BLOCK_SIZE], pos: u64) -> Result<(String, u64)> {
+    let stored = number(&header[148..156], pos + 148)?;
+    let mut sum: u64 = header.iter().map(|&b| u64::from(b)).sum();
+    sum -= header[148..156].iter().map(|&b| u64::from(b)).sum::<u64>();
+    sum += 8 * u64::from(b' ');
+    if sum != stored {
+        return Err(corrupt(
+            pos + 148,
+            format!("header checksum {stored} does not match {sum}"),
+        ));
+    }
+    let field = |r: std::ops::Range<usize>| {
+        let f = &header[r];
+        let end = f.iter().position(|&b| b == 0).unwrap_or(f.len());
+        String::from_utf8_lossy(&f[..end]).into_owned()
+    };
+    let mut raw_name = field(0..100);
+    if &header[257..262] == b"ustar" {
+        let prefix = field(345..500);
+        if !prefix.is_empty() {
+            raw_name = format!("{prefix}/{raw_name}");
+        }
+    }
+    match header[156] {
+        b'0' | 0 => {}
+        b'x' | b'g' => {
+            return Err(unsafe_member(
+                &raw_name,
+                "pax extended header (not written by OVF tools)",
+            ))
+        }
+        b'L' | b'K' => return Err(unsafe_member(&raw_name, "GNU long name or link")),
+        b'1' | b'2' => return Err(unsafe_member(&raw_name, "hard or symbolic link")),
+        b'3' | b'4' => return Err(unsafe_member(&raw_name, "device file")),
+        b'5' => return Err(unsafe_member(&raw_name, "directory")),
+        b'6' => return Err(unsafe_member(&raw_name, "FIFO")),
+        other => {
+            return Err(unsafe_member(
+                &raw_name,
+                format!("member type {:?}", other as char),
+            ))
+        }
+    }
+    let name = safe_member_name(&raw_name)?;
+    let size = number(&header[124..136], pos + 124)?;
+    Ok((name, size))
+}
+
+/// Most members an archive may have.
+pub(crate) const MAX_ARCHIVE_MEMBERS: usize = MAX_MEMBERS;
+
 impl<R: Read + Seek> OvaReader<R> {
     /// Lists and validates the members of an archive.
     pub fn open(mut file: R) -> Result<Self> {
@@ -119,51 +173,7 @@ impl<R: Read + Seek> OvaReader<R> {
             if header.iter().all(|&b| b == 0) {
                 break; // end-of-archive marker
             }
-            let stored = number(&header[148..156], pos + 148)?;
-            let mut sum: u64 = header.iter().map(|&b| u64::from(b)).sum();
-            sum -= header[148..156].iter().map(|&b| u64::from(b)).sum::<u64>();
-            sum += 8 * u64::from(b' ');
-            if sum != stored {
-                return Err(corrupt(
-                    pos + 148,
-                    format!("header checksum {stored} does not match {sum}"),
-                ));
-            }
-            let field = |r: std::ops::Range<usize>| {
-                let f = &header[r];
-                let end = f.iter().position(|&b| b == 0).unwrap_or(f.len());
-                String::from_utf8_lossy(&f[..end]).into_owned()
-            };
-            let mut raw_name = field(0..100);
-            if &header[257..262] == b"ustar" {
-                let prefix = field(345..500);
-                if !prefix.is_empty() {
-                    raw_name = format!("{prefix}/{raw_name}");
-                }
-            }
-            let kind = header[156];
-            match kind {
-                b'0' | 0 => {}
-                b'x' | b'g' => {
-                    return Err(unsafe_member(
-                        &raw_name,
-                        "pax extended header (not written by OVF tools)",
-                    ))
-                }
-                b'L' | b'K' => return Err(unsafe_member(&raw_name, "GNU long name or link")),
-                b'1' | b'2' => return Err(unsafe_member(&raw_name, "hard or symbolic link")),
-                b'3' | b'4' => return Err(unsafe_member(&raw_name, "device file")),
-                b'5' => return Err(unsafe_member(&raw_name, "directory")),
-                b'6' => return Err(unsafe_member(&raw_name, "FIFO")),
-                other => {
-                    return Err(unsafe_member(
-                        &raw_name,
-                        format!("member type {:?}", other as char),
-                    ))
-                }
-            }
-            let name = safe_member_name(&raw_name)?;
-            let size = number(&header[124..136], pos + 124)?;
+            let (name, size) = parse_member_header(&header, pos)?;
             let data_offset = pos + BLOCK_SIZE as u64;
             let end = data_offset
                 .checked_add(size)
