@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 t=$(mktemp -d); trap 'rm -rf "$t"' EXIT
-mkdir -p corpus/{qcow2,vmdk,vhd,ova,ovf,manifest}
+mkdir -p corpus/{qcow2,vmdk,vhd,ova,ovf,manifest,vmdk_stream,ova_stream}
 qemu-img create -q -f qcow2 -o cluster_size=4096 "$t/a.qcow2" 256K
 qemu-io -f qcow2 -c "write -P 0x61 0 8k" -c "write -z 64k 4k" "$t/a.qcow2" >/dev/null
 cp "$t/a.qcow2" corpus/qcow2/plain
@@ -19,6 +19,9 @@ cargo run -q --manifest-path ../Cargo.toml -p hypersdk-cli -- convert "$t/a.raw"
 printf '<domain><name>s</name><memory>1</memory><devices><disk type="file" device="disk"><source file="a.raw"/><target dev="vda"/></disk></devices></domain>' > "$t/s.xml"
 cargo run -q --manifest-path ../Cargo.toml -p hypersdk-cli -- export "$t/s.xml" --output "$t/out" >/dev/null
 cp "$t/out/s.ova" corpus/ova/seed
+cp "$t/out/s.ova" corpus/ova_stream/seed
+cp corpus/vmdk/ours corpus/vmdk_stream/ours
+cp corpus/vmdk/qemu-stream corpus/vmdk_stream/qemu-stream
 tar -xf "$t/out/s.ova" -C "$t/out"
 cp "$t/out/s.ovf" corpus/ovf/seed
 cp "$t/out/s.mf" corpus/manifest/seed
