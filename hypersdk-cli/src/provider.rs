@@ -34,7 +34,7 @@ pub struct ProviderArgs {
     /// local: directory of libvirt domain XML files.
     #[arg(long, env = "HYPERSDK_LOCAL_DIR", default_value = DEFAULT_DOMAIN_DIR)]
     dir: PathBuf,
-    /// vsphere: vCenter/ESXi URL, e.g. https://vcenter.example/sdk [env: GOVC_URL].
+    /// vsphere: vCenter/ESXi address, e.g. vcenter.example (https and /sdk implied) [env: GOVC_URL].
     #[arg(long)]
     url: Option<String>,
     /// vsphere: user name [env: GOVC_USERNAME].
