@@ -376,6 +376,7 @@ impl Exporter {
             fed.map_err(|e| Error::sink("cannot write", name, e)),
             drained,
         )
+        .map(|((), report)| report)
     }
 
     /// Streams disk `index` through the VMDK encoder into object `name`.
@@ -654,14 +655,7 @@ impl Exporter {
             Ok(stats)
         };
         let (fed, drained) = tokio::join!(feed, object.drain());
-        // As in `first_cause`: a sink failure makes the feeder fail too; a
-        // feeder failure leaves the input unclosed (the drain says Cancelled).
-        let (stats, file) = match (fed, drained) {
-            (Ok(s), Ok(f)) => (s, f),
-            (Err(e), Err(Error::Cancelled)) => return Err(e),
-            (_, Err(e)) => return Err(e),
-            (Err(e), Ok(_)) => return Err(e),
-        };
+        let (stats, file) = first_cause(fed, drained)?;
         Ok(DiskOutcome {
             file,
             populated: stats.populated,
@@ -755,7 +749,7 @@ impl Exporter {
             out.close().await.map_err(io)
         };
         let (fed, drained) = tokio::join!(feed, object.drain());
-        first_cause(fed, drained)
+        first_cause(fed, drained).map(|((), report)| report)
     }
 
     /// Reads every stored file back, unwraps it and checks its digest.
@@ -875,9 +869,9 @@ impl ObjectSink {
 /// a sink failure makes the feeder fail too (report the sink's); a feeder
 /// failure leaves the pipeline's input unclosed, which the drain reports as
 /// Cancelled (report the feeder's).
-fn first_cause(fed: Result<()>, drained: Result<FileReport>) -> Result<FileReport> {
+fn first_cause<A, B>(fed: Result<A>, drained: Result<B>) -> Result<(A, B)> {
     match (fed, drained) {
-        (Ok(()), Ok(r)) => Ok(r),
+        (Ok(a), Ok(b)) => Ok((a, b)),
         (Err(e), Err(Error::Cancelled)) => Err(e),
         (_, Err(e)) => Err(e),
         (Err(e), Ok(_)) => Err(e),

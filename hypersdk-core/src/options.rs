@@ -145,14 +145,7 @@ impl ExportOptions {
 
     /// The suffix stored files get: `.zst`, `.gz`, `.enc`, `.zst.enc`, or "".
     pub fn stored_extension(&self) -> String {
-        let mut s = String::new();
-        if let Some(c) = &self.compression {
-            s.push_str(c.extension());
-        }
-        if self.encryption.is_some() {
-            s.push_str(".enc");
-        }
-        s
+        crate::transforms::wrapped_extension(self.compression.as_ref(), self.encryption.is_some())
     }
 
     /// Allows replacing an existing artifact.

@@ -17,3 +17,13 @@ pub mod encrypt;
 pub mod pipeline;
 pub mod ratelimit;
 pub mod unwrap;
+
+/// The suffix wrapping adds to a stored file's name: the compression's
+/// (`.zst`, `.gz`), then `.enc` when encrypted; "" for neither.
+pub fn wrapped_extension(compression: Option<&compress::Compression>, encrypted: bool) -> String {
+    let mut s = compression.map_or("", |c| c.extension()).to_string();
+    if encrypted {
+        s.push_str(".enc");
+    }
+    s
+}

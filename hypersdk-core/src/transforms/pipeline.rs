@@ -86,14 +86,7 @@ impl TransformSpec {
 
     /// The suffix these transforms add to a file name, e.g. `.zst.enc`.
     pub fn extension(&self) -> String {
-        let mut s = String::new();
-        if let Some(c) = &self.compression {
-            s.push_str(c.extension());
-        }
-        if self.encryption.is_some() {
-            s.push_str(".enc");
-        }
-        s
+        crate::transforms::wrapped_extension(self.compression.as_ref(), self.encryption.is_some())
     }
 
     /// The most memory the pipeline's queues and buffers hold, in bytes
