@@ -14,6 +14,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+use hypersdk_formats::manifest::{DigestAlgorithm, Hasher};
+
 /// How the server's certificate is checked.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum TlsMode {
@@ -29,14 +31,21 @@ pub enum TlsMode {
 
 /// Hex thumbprint with colons, upper case: `AB:CD:…`.
 pub fn thumbprint_sha1(der: &[u8]) -> String {
-    use sha1::Digest;
-    colon_hex(&sha1::Sha1::digest(der))
+    thumbprint(DigestAlgorithm::Sha1, der)
 }
 
-fn colon_hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02X}"))
+/// The `AB:CD:…` thumbprint of `der` with `algorithm`.
+fn thumbprint(algorithm: DigestAlgorithm, der: &[u8]) -> String {
+    let mut h = Hasher::new(algorithm);
+    h.update(der);
+    colon_hex(&h.finish_hex())
+}
+
+/// `ab01…` → `AB:01:…`.
+fn colon_hex(hex: &str) -> String {
+    hex.as_bytes()
+        .chunks(2)
+        .map(|pair| String::from_utf8_lossy(pair).to_ascii_uppercase())
         .collect::<Vec<_>>()
         .join(":")
 }
@@ -83,9 +92,10 @@ impl ServerCertVerifier for Verifier {
         match &self.mode {
             TlsMode::Insecure => Ok(ServerCertVerified::assertion()),
             TlsMode::Thumbprint(want) => {
-                use sha2_like::sha256_hex;
                 let want = normalize(want);
-                if want == normalize(&sha1) || want == normalize(&sha256_hex(end_entity)) {
+                if want == normalize(&sha1)
+                    || want == normalize(&thumbprint(DigestAlgorithm::Sha256, end_entity))
+                {
                     Ok(ServerCertVerified::assertion())
                 } else {
                     refuse(
@@ -147,14 +157,6 @@ impl ServerCertVerifier for Verifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
-    }
-}
-
-/// SHA-256 via ring (already a dependency for the provider's crypto).
-mod sha2_like {
-    pub(super) fn sha256_hex(der: &[u8]) -> String {
-        let d = ring::digest::digest(&ring::digest::SHA256, der);
-        super::colon_hex(d.as_ref())
     }
 }
 
@@ -221,7 +223,7 @@ mod tests {
     #[test]
     fn thumbprints_compare_loosely() {
         assert_eq!(normalize("ab:cd:EF"), "ABCDEF");
-        assert_eq!(colon_hex(&[0xab, 0x01]), "AB:01");
+        assert_eq!(colon_hex("ab01"), "AB:01");
         assert_eq!(thumbprint_sha1(b"").len(), 20 * 3 - 1);
     }
 }
