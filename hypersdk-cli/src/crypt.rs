@@ -190,14 +190,7 @@ fn unwrap_one(
 ) -> anyhow::Result<u64> {
     let mut size = 0;
     publish(input, output, overwrite, |file, out| {
-        let raw = BufReader::with_capacity(1 << 20, file);
-        let mut plain = unwrap_reader(raw, key).map_err(|e| match e {
-            Error::Crypto(m) if key.is_none() => anyhow::anyhow!(
-                "{} is encrypted: give --key-file or --passphrase-file ({m})",
-                input.display()
-            ),
-            e => anyhow::Error::new(e).context(format!("cannot unwrap {}", input.display())),
-        })?;
+        let mut plain = open_unwrapped(file, key, input)?;
         let mut w = BufWriter::with_capacity(1 << 20, out);
         size = std::io::copy(&mut plain, &mut w)
             .with_context(|| format!("cannot unwrap {}", input.display()))?;
@@ -211,12 +204,36 @@ fn unwrap_one(
     Ok(size)
 }
 
-pub async fn unwrap(args: UnwrapArgs) -> anyhow::Result<()> {
-    let key = match (&args.key_file, &args.passphrase_file) {
+/// The key from an optional `--key-file` / `--passphrase-file` pair.
+pub fn optional_key(
+    key_file: Option<&Path>,
+    passphrase_file: Option<&Path>,
+) -> anyhow::Result<Option<KeySource>> {
+    Ok(match (key_file, passphrase_file) {
         (Some(k), _) => Some(KeySource::from_key_file(k)?),
         (None, Some(p)) => Some(KeySource::from_passphrase_file(p)?),
         (None, None) => None,
-    };
+    })
+}
+
+/// The plain bytes of a wrapped file (decrypted if encrypted, decompressed
+/// if compressed); an encrypted file without a key is one clear error.
+pub fn open_unwrapped(
+    file: std::fs::File,
+    key: Option<&KeySource>,
+    path: &Path,
+) -> anyhow::Result<Box<dyn std::io::Read + Send>> {
+    unwrap_reader(BufReader::with_capacity(1 << 20, file), key).map_err(|e| match e {
+        Error::Crypto(m) if key.is_none() => anyhow::anyhow!(
+            "{} is encrypted: give --key-file or --passphrase-file ({m})",
+            path.display()
+        ),
+        e => anyhow::Error::new(e).context(format!("cannot unwrap {}", path.display())),
+    })
+}
+
+pub async fn unwrap(args: UnwrapArgs) -> anyhow::Result<()> {
+    let key = optional_key(args.key_file.as_deref(), args.passphrase_file.as_deref())?;
     tokio::task::spawn_blocking(move || {
         if args.input.is_dir() {
             std::fs::create_dir_all(&args.output)

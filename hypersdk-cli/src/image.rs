@@ -321,28 +321,14 @@ fn is_wrapped(p: &std::path::Path) -> bool {
 
 /// Verifies a wrapped OVA in one pass: decrypt, decompress, walk the tar.
 async fn wrapped_package(args: &VerifyArgs) -> anyhow::Result<PackageReport> {
-    use hypersdk_core::transforms::encrypt::KeySource;
-    let key = match (&args.key_file, &args.passphrase_file) {
-        (Some(k), _) => Some(KeySource::from_key_file(k)?),
-        (None, Some(p)) => Some(KeySource::from_passphrase_file(p)?),
-        (None, None) => None,
-    };
+    let key =
+        crate::crypt::optional_key(args.key_file.as_deref(), args.passphrase_file.as_deref())?;
     let path = args.path.clone();
     let shown = path.display().to_string();
     tokio::task::spawn_blocking(move || -> anyhow::Result<PackageReport> {
         let file = std::fs::File::open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        let plain = hypersdk_core::transforms::unwrap::unwrap_reader(
-            std::io::BufReader::with_capacity(1 << 20, file),
-            key.as_ref(),
-        )
-        .map_err(|e| match e {
-            hypersdk_core::Error::Crypto(m) if key.is_none() => anyhow::anyhow!(
-                "{} is encrypted: give --key-file or --passphrase-file ({m})",
-                path.display()
-            ),
-            e => anyhow::Error::new(e),
-        })?;
+        let plain = crate::crypt::open_unwrapped(file, key.as_ref(), &path)?;
         Ok(hypersdk_formats::package::inspect_ova_stream(plain, &path)?)
     })
     .await
