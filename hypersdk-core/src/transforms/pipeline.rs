@@ -207,16 +207,21 @@ impl PipelineInput {
     /// Appends bytes (async).
     pub async fn write(&mut self, mut data: &[u8]) -> std::io::Result<()> {
         while !data.is_empty() {
-            let take = (self.chunk - self.buf.len()).min(data.len());
-            self.buf.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if self.buf.len() == self.chunk {
-                let full = self.take_chunk();
+            if let Some(full) = self.fill(&mut data) {
                 let tx = self.tx.as_ref().ok_or_else(stopped)?;
                 tx.send(full).await.map_err(|_| stopped())?;
             }
         }
         Ok(())
+    }
+
+    /// Moves bytes from the front of `data` into the chunk being filled;
+    /// returns the chunk once it is full.
+    fn fill(&mut self, data: &mut &[u8]) -> Option<Vec<u8>> {
+        let take = (self.chunk - self.buf.len()).min(data.len());
+        self.buf.extend_from_slice(&data[..take]);
+        *data = &data[take..];
+        (self.buf.len() == self.chunk).then(|| self.take_chunk())
     }
 
     /// Hands over a buffer without copying it (async). A buffer of exactly
@@ -272,11 +277,7 @@ impl std::io::Write for PipelineInput {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         let mut rest = data;
         while !rest.is_empty() {
-            let take = (self.chunk - self.buf.len()).min(rest.len());
-            self.buf.extend_from_slice(&rest[..take]);
-            rest = &rest[take..];
-            if self.buf.len() == self.chunk {
-                let full = self.take_chunk();
+            if let Some(full) = self.fill(&mut rest) {
                 let tx = self.tx.as_ref().ok_or_else(stopped)?;
                 tx.blocking_send(full).map_err(|_| stopped())?;
             }
