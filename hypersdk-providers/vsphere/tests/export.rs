@@ -3,21 +3,13 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::*;
+
 use hypersdk_core::{Error, ExportOptions, Exporter, PackageFormat, Provider};
 use hypersdk_sinks::LocalDirSink;
 use hypersdk_testsupport::vcsim::Vcsim;
 use hypersdk_testsupport::{assert_image_ok, assert_same_guest_data, mixed_content, run_tool};
-use hypersdk_vsphere::{ConnectOptions, TlsMode, VsphereProvider};
-
-async fn connect(sim: &Vcsim) -> VsphereProvider {
-    VsphereProvider::connect(
-        &ConnectOptions::new(&sim.url)
-            .with_login(&sim.user, &sim.password)
-            .with_tls(TlsMode::Insecure),
-    )
-    .await
-    .unwrap()
-}
 
 /// Writes known content into each disk's flat file (the second disk is left
 /// half empty: it reads as zeros past what is written).

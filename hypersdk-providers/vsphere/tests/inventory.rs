@@ -2,15 +2,12 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::*;
+
 use hypersdk_core::{ControllerKind, Error, Firmware, PowerState, Provider};
 use hypersdk_testsupport::vcsim::Vcsim;
 use hypersdk_vsphere::{ConnectOptions, TlsMode, VsphereProvider};
-
-fn opts(sim: &Vcsim, tls: TlsMode) -> ConnectOptions {
-    ConnectOptions::new(&sim.url)
-        .with_login(&sim.user, &sim.password)
-        .with_tls(tls)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_is_verified_unless_pinned_or_waived() {

@@ -2,22 +2,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::*;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use hypersdk_core::{PowerState, Provider};
 use hypersdk_testsupport::vcsim::Vcsim;
-use hypersdk_vsphere::{ConnectOptions, TlsMode, VsphereProvider};
-
-async fn connect(sim: &Vcsim) -> VsphereProvider {
-    VsphereProvider::connect(
-        &ConnectOptions::new(&sim.url)
-            .with_login(&sim.user, &sim.password)
-            .with_tls(TlsMode::Insecure),
-    )
-    .await
-    .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_tree_create_revert_remove() {
