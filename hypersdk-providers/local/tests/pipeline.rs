@@ -121,6 +121,16 @@ async fn cancellation_stops_and_leaves_nothing() {
     assert!(listing(&out).is_empty(), "{:?}", listing(&out));
 }
 
+/// The spec of a VM made by `make_vm` in `dir`, cut to one disk of `capacity`
+/// bytes (for sources that serve made-up disks).
+async fn one_disk_spec(dir: &std::path::Path, capacity: u64) -> VmSpec {
+    make_vm(dir, 1 << 20);
+    let mut spec = LocalProvider::new(dir).vm_spec("pipe").await.unwrap();
+    spec.disks.truncate(1);
+    spec.disks[0].capacity = capacity;
+    spec
+}
+
 /// A source whose single disk yields `good` bytes and then an error, or ends short.
 #[derive(Debug)]
 struct Flaky {
@@ -151,13 +161,7 @@ impl ExportSource for Flaky {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_errors_and_short_disks_fail_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
-    make_vm(tmp.path(), 1 << 20);
-    let mut spec = LocalProvider::new(tmp.path())
-        .vm_spec("pipe")
-        .await
-        .unwrap();
-    spec.disks.truncate(1);
-    spec.disks[0].capacity = 8 << 20;
+    let spec = one_disk_spec(tmp.path(), 8 << 20).await;
     let out = tmp.path().join("out");
     let sink = LocalDirSink::new(&out);
     let exporter = Exporter::new(ExportOptions::new(PackageFormat::Ova));
@@ -376,13 +380,7 @@ impl ExportSource for Stalled {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_source_is_a_retryable_error_not_a_hang() {
     let tmp = tempfile::tempdir().unwrap();
-    make_vm(tmp.path(), 1 << 20);
-    let mut spec = LocalProvider::new(tmp.path())
-        .vm_spec("pipe")
-        .await
-        .unwrap();
-    spec.disks.truncate(1);
-    spec.disks[0].capacity = 8 << 20;
+    let spec = one_disk_spec(tmp.path(), 8 << 20).await;
     let mut options = ExportOptions::new(PackageFormat::Ova);
     options.idle_timeout = Some(std::time::Duration::from_millis(300));
     let out = tmp.path().join("out");
