@@ -390,7 +390,7 @@ impl Exporter {
         let served = if self.options.reencode {
             None
         } else {
-            source.open_disk_vmdk(index).await?
+            source.open_disk_vmdk(index, 0).await?
         };
         let stream = match served {
             Some(s) => DiskInput::ServedVmdk(s),

@@ -52,10 +52,11 @@ pub trait ExportSource: Send + Sync + std::fmt::Debug {
     /// Disk `index` as a streamOptimized VMDK, when the platform serves it so
     /// (an ESXi/vCenter NFC export): the Exporter then stores those bytes as
     /// they arrive, checking their structure, instead of decoding and
-    /// re-encoding them. The default, None, means only guest bytes
+    /// re-encoding them. The stream starts at byte `offset` of that VMDK
+    /// (to resume a download). The default, None, means only guest bytes
     /// ([`open_disk`](Self::open_disk)) are available.
-    async fn open_disk_vmdk(&self, index: usize) -> Result<Option<DiskStream>> {
-        let _ = index;
+    async fn open_disk_vmdk(&self, index: usize, offset: u64) -> Result<Option<DiskStream>> {
+        let _ = (index, offset);
         Ok(None)
     }
 

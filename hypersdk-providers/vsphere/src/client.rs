@@ -337,6 +337,11 @@ impl Connection {
         &self.url
     }
 
+    /// The retry policy of this connection ([`ConnectOptions::retry`]).
+    pub(crate) fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
     /// Calls `method` with `body` (its parameters, `_this` first) and returns
     /// the `<methodResponse>` element. Logs in again once if the session
     /// expired; retries read-only methods that fail transiently (see

@@ -8,10 +8,12 @@
 //! to its end, aborted otherwise — on every path, errors and cancellation
 //! included, through [`ExportSource::close`].
 //!
-//! Each disk's device URL serves a streamOptimized VMDK (as ESXi does); it is
-//! decoded as it arrives ([`StreamDecoder`]) into the guest bytes the
-//! Exporter encodes. The session cookie is sent only to the host the session
-//! is on. NFC has no Range support: a disk opens at offset 0 only.
+//! Each disk's device URL serves a streamOptimized VMDK (as ESXi does): the
+//! Exporter stores it as it arrives, or it is decoded ([`StreamDecoder`])
+//! into the guest bytes the Exporter encodes. Downloads resume after a
+//! dropped connection (see the `download` module): with Range where the
+//! server honours it, else by re-reading and dropping the bytes already
+//! received. The session cookie is sent only to the host the session is on.
 
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,6 +29,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::client::{permanent, Connection};
+use crate::download::{download, Target};
 use crate::inventory::{self, properties};
 use crate::ops::{delete_snapshot, take_snapshot};
 use crate::soap::{el, MoRef};
@@ -169,13 +172,11 @@ async fn ready(conn: &Connection, lease: &MoRef, spec: &VmSpec) -> Result<(Vec<S
         .find_text("leaseTimeout")
         .and_then(|t| t.parse().ok())
         .unwrap_or(300u64);
-    let base = conn.base_url();
-    let host = base.host_str().unwrap_or("");
     let urls: Vec<String> = info
         .find_all("deviceUrl")
         .filter(|d| d.find_text("disk") == Some("true"))
         .filter_map(|d| d.find_text("url"))
-        .map(|u| u.replacen("://*", &format!("://{host}"), 1))
+        .map(|u| device_url(u, conn.base_url()))
         .collect();
     if urls.len() != spec.disks.len() {
         return Err(permanent(format!(
@@ -186,6 +187,21 @@ async fn ready(conn: &Connection, lease: &MoRef, spec: &VmSpec) -> Result<(Vec<S
         )));
     }
     Ok((urls, timeout))
+}
+
+/// A lease's device URL with its `*` host (meaning "the host you are
+/// talking to") replaced by the session's host — and its port, unless the
+/// URL names one.
+fn device_url(url: &str, base: &reqwest::Url) -> String {
+    let host = base.host_str().unwrap_or("");
+    match url.split_once("://*") {
+        Some((scheme, rest)) if rest.starts_with(':') => format!("{scheme}://{host}{rest}"),
+        Some((scheme, rest)) => match base.port() {
+            Some(port) => format!("{scheme}://{host}:{port}{rest}"),
+            None => format!("{scheme}://{host}{rest}"),
+        },
+        None => url.to_string(),
+    }
 }
 
 fn spawn_keepalive(
@@ -220,39 +236,19 @@ async fn remove_snapshot(conn: &Connection, snap: &MoRef) {
 }
 
 impl NfcSource {
-    /// GETs disk `index`'s device URL (the session cookie only to the
-    /// session's host) and checks the answer.
-    async fn get(&self, index: usize) -> Result<reqwest::Response> {
+    /// What disk `index`'s download fetches.
+    fn target(&self, index: usize) -> Result<Target> {
         let disk = self
             .spec
             .disks
             .get(index)
             .ok_or_else(|| Error::InvalidArgument(format!("no disk {index}")))?;
-        let url = &self.urls[index];
-        let mut req = self.conn.http().get(url);
-        let same_host = reqwest::Url::parse(url)
-            .ok()
-            .is_some_and(|u| u.host_str() == self.conn.base_url().host_str());
-        if let (true, Some(c)) = (same_host, self.conn.cookie()) {
-            req = req.header("Cookie", c);
-        }
-        let read_err = |msg: String| Error::DiskRead {
+        Ok(Target {
+            url: self.urls[index].clone(),
             vm: self.spec.name.clone(),
             disk: disk.name.clone(),
             location: disk.location.clone(),
-            source: msg.into(),
-        };
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| read_err(format!("GET of its NFC URL failed: {e}")))?;
-        if !resp.status().is_success() {
-            return Err(read_err(format!(
-                "its NFC URL answered HTTP {}",
-                resp.status()
-            )));
-        }
-        Ok(resp)
+        })
     }
 }
 
@@ -274,9 +270,7 @@ impl ExportSource for NfcSource {
                 disk.name
             )));
         }
-        let resp = self.get(index).await?;
-        let body = resp
-            .bytes_stream()
+        let body = download(self.conn.clone(), self.target(index)?, 0)
             .map_err(|e| std::io::Error::other(e.to_string()));
         let bridge = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(body));
         let (tx, rx) = mpsc::channel::<Result<Bytes>>(4);
@@ -335,19 +329,11 @@ impl ExportSource for NfcSource {
         Ok(Box::pin(stream))
     }
 
-    async fn open_disk_vmdk(&self, index: usize) -> Result<Option<DiskStream>> {
-        let resp = self.get(index).await?;
-        let disk = &self.spec.disks[index];
-        let (vm, name, location) = (
-            self.spec.name.clone(),
-            disk.name.clone(),
-            disk.location.clone(),
-        );
+    async fn open_disk_vmdk(&self, index: usize, offset: u64) -> Result<Option<DiskStream>> {
+        let body = download(self.conn.clone(), self.target(index)?, offset);
         let progress = self.progress.clone();
         let finished = self.finished.clone();
-        let body = resp.bytes_stream();
         let stream = futures_util::stream::unfold(Some(body), move |body| {
-            let (vm, name, location) = (vm.clone(), name.clone(), location.clone());
             let progress = progress.clone();
             let finished = finished.clone();
             async move {
@@ -357,15 +343,7 @@ impl ExportSource for NfcSource {
                         progress.fetch_add(b.len() as u64, Ordering::Relaxed);
                         Some((Ok(b), Some(body)))
                     }
-                    Some(Err(e)) => Some((
-                        Err(Error::DiskRead {
-                            vm,
-                            disk: name,
-                            location,
-                            source: format!("the NFC download broke off: {e}").into(),
-                        }),
-                        None,
-                    )),
+                    Some(Err(e)) => Some((Err(e), None)),
                     None => {
                         finished[index].store(true, Ordering::SeqCst);
                         None
@@ -410,5 +388,32 @@ impl ExportSource for NfcSource {
             remove_snapshot(&self.conn, s).await;
         }
         lease_result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::device_url;
+
+    #[test]
+    fn star_host_becomes_the_session_host() {
+        let base = reqwest::Url::parse("https://vc.example:8443/sdk").unwrap();
+        assert_eq!(
+            device_url("https://*/nfc/52/disk-0.vmdk", &base),
+            "https://vc.example:8443/nfc/52/disk-0.vmdk"
+        );
+        assert_eq!(
+            device_url("https://*:902/nfc/52/disk-0.vmdk", &base),
+            "https://vc.example:902/nfc/52/disk-0.vmdk"
+        );
+        assert_eq!(
+            device_url("https://esx1.example/nfc/52/disk-0.vmdk", &base),
+            "https://esx1.example/nfc/52/disk-0.vmdk"
+        );
+        let base = reqwest::Url::parse("https://vc.example/sdk").unwrap();
+        assert_eq!(
+            device_url("https://*/nfc/x", &base),
+            "https://vc.example/nfc/x"
+        );
     }
 }

@@ -43,6 +43,7 @@
 #![deny(missing_docs)]
 
 mod client;
+mod download;
 mod export;
 mod inventory;
 mod ops;

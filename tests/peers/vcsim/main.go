@@ -16,9 +16,15 @@
 //     streamOptimized VMDK (VMware's layout: grain markers, grain tables and
 //     directory at the end, footer, end-of-stream marker), built on the fly
 //     from the disk's -flat.vmdk in the datastore directory. (The simulator
-//     itself would serve the small text descriptor.) No Range support, as on
-//     ESXi. Disks created with -vm have file names unique across the
-//     inventory, which is how a download finds its flat file.
+//     itself would serve the small text descriptor.) Range requests are
+//     ignored (a full 200 answer) unless -nfc-range is given: then each
+//     disk's VMDK is built once into a cache file and served with Range
+//     support (206 + Content-Range). Disks created with -vm have file names
+//     unique across the inventory, which is how a download finds its flat
+//     file.
+//   - GET /hsdk/nfc-host?addr=HOST:PORT makes later leases hand out device
+//     URLs on that address (a fault-injecting proxy in the tests), and
+//     GET /hsdk/stats returns call counters.
 //   - VirtualMachine.ExportVm (not implemented by the simulator), answered at
 //     the HTTP level from the API reference: InvalidPowerState unless the VM
 //     is powered off, else an HttpNfcLease in state ready whose device URLs
@@ -78,6 +84,18 @@ var (
 	progressCalls atomic.Int64
 	completeCalls atomic.Int64
 	abortCalls    atomic.Int64
+	nfcGets       atomic.Int64
+	nfcRanged     atomic.Int64
+)
+
+// NFC serving: the address lease URLs point at (empty: the simulator's own)
+// and whether Range requests are honoured (from a cache of built VMDKs).
+var (
+	nfcMu    sync.Mutex
+	nfcHost  string
+	nfcRange bool
+	nfcCache = map[string]string{} // flat file + size + mtime -> cached VMDK
+	cacheDir string
 )
 
 // Where each disk's flat file is, by the file name an NFC URL carries.
@@ -92,8 +110,15 @@ func main() {
 	user := flag.String("user", "", "accept only this user name (default: any)")
 	flag.IntVar(&leaseTimeout, "lease-timeout", 300, "timeout in seconds that ExportVm leases declare")
 	pass := flag.String("password", "", "with -user: accept only this password")
+	flag.BoolVar(&nfcRange, "nfc-range", false, "serve NFC disk downloads with Range support (from a cache of built VMDKs)")
 	flag.Parse()
 	log.SetOutput(io.Discard) // the simulator logs every request
+	dir, err := os.MkdirTemp("", "vcsim-nfc-cache-")
+	if err != nil {
+		fatal("cache directory: %v", err)
+	}
+	cacheDir = dir
+	defer os.RemoveAll(dir)
 
 	model := simulator.VPX()
 	defer model.Remove()
@@ -141,7 +166,16 @@ func main() {
 				"lease_progress": progressCalls.Load(),
 				"lease_complete": completeCalls.Load(),
 				"lease_abort":    abortCalls.Load(),
+				"nfc_gets":       nfcGets.Load(),
+				"nfc_ranged":     nfcRanged.Load(),
 			})
+			return
+		}
+		if r.Method == http.MethodGet && r.URL.Path == "/hsdk/nfc-host" {
+			nfcMu.Lock()
+			nfcHost = r.URL.Query().Get("addr")
+			nfcMu.Unlock()
+			w.WriteHeader(http.StatusNoContent)
 			return
 		}
 		if r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/nfc/") {
@@ -149,7 +183,15 @@ func main() {
 			flat, ok := flats[path.Base(r.URL.Path)]
 			flatMu.Unlock()
 			if ok {
-				serveStreamOptimized(w, flat, r.URL.Query().Get("capacity"))
+				nfcGets.Add(1)
+				if r.Header.Get("Range") != "" {
+					nfcRanged.Add(1)
+				}
+				if nfcRange {
+					serveCached(w, r, flat)
+				} else {
+					serveStreamOptimized(w, flat)
+				}
 				return
 			}
 		}
@@ -393,6 +435,11 @@ func serveExportVm(w http.ResponseWriter, body []byte, model *simulator.Model) {
 	}}
 	model.Map().Put(lease)
 	u, _ := url.Parse(serverURL(model))
+	nfcMu.Lock()
+	if nfcHost != "" {
+		u.Host = nfcHost
+	}
+	nfcMu.Unlock()
 	var urls []types.HttpNfcLeaseDeviceUrl
 	n := 0
 	for _, d := range obj.Config.Hardware.Device {
@@ -445,7 +492,7 @@ func serverURL(model *simulator.Model) string {
 // serveStreamOptimized writes the flat disk at path as a streamOptimized
 // VMDK in VMware's layout. A missing or short flat file reads as zeros up to
 // the capacity the descriptor next to it declares.
-func serveStreamOptimized(w http.ResponseWriter, flat string, _ string) {
+func serveStreamOptimized(w http.ResponseWriter, flat string) {
 	capacity, err := descriptorCapacity(strings.TrimSuffix(flat, "-flat.vmdk") + ".vmdk")
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusNotFound)
@@ -461,6 +508,64 @@ func serveStreamOptimized(w http.ResponseWriter, flat string, _ string) {
 		return // the client sees a short body
 	}
 	_ = bw.Flush()
+}
+
+// serveCached serves the flat disk at path as a streamOptimized VMDK built
+// once into a cache file (rebuilt if the flat file changes), honouring Range.
+func serveCached(w http.ResponseWriter, r *http.Request, flat string) {
+	capacity, err := descriptorCapacity(strings.TrimSuffix(flat, "-flat.vmdk") + ".vmdk")
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusNotFound)
+		return
+	}
+	key := flat
+	if st, err := os.Stat(flat); err == nil {
+		key = fmt.Sprintf("%s|%d|%d", flat, st.Size(), st.ModTime().UnixNano())
+	}
+	nfcMu.Lock()
+	cached, ok := nfcCache[key]
+	if !ok {
+		// Built under the lock: concurrent first downloads wait for it.
+		cached, err = buildCache(flat, capacity)
+		if err == nil {
+			nfcCache[key] = cached
+		}
+	}
+	nfcMu.Unlock()
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	f, err := os.Open(cached)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	defer f.Close()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	http.ServeContent(w, r, "", time.Time{}, f)
+}
+
+func buildCache(flat string, capacity int64) (string, error) {
+	out, err := os.CreateTemp(cacheDir, "disk-*.vmdk")
+	if err != nil {
+		return "", err
+	}
+	defer out.Close()
+	f, _ := os.Open(flat) // nil (all zeros) if missing
+	if f != nil {
+		defer f.Close()
+	}
+	bw := bufio.NewWriterSize(out, 1<<20)
+	if err := writeStreamOptimized(bw, f, capacity); err != nil {
+		os.Remove(out.Name())
+		return "", err
+	}
+	if err := bw.Flush(); err != nil {
+		os.Remove(out.Name())
+		return "", err
+	}
+	return out.Name(), nil
 }
 
 // descriptorCapacity reads the extent size (sectors) of a text descriptor.

@@ -2,6 +2,9 @@
 //! picks), forwards each connection to a target, and applies the faults
 //! queued for the next connections — cut after some bytes from the server,
 //! stall, or reset at once. Connections with no fault queued pass through.
+//! Independently, cuts can be planned at totals of the bytes all
+//! connections carried from the server ([`FaultProxy::cut_at_totals`]):
+//! whichever connection carries the byte at such a total is cut there.
 //! Runs on its own threads; stops when dropped.
 
 use std::collections::VecDeque;
@@ -32,36 +35,73 @@ pub struct FaultProxy {
     faults: Arc<Mutex<VecDeque<Fault>>>,
     stop: Arc<AtomicBool>,
     connections: Arc<AtomicU64>,
-    from_server: Arc<AtomicU64>,
+    from_server: Arc<Mutex<Totals>>,
 }
 
+/// Bytes carried from the server by all connections, and the totals at
+/// which to cut the connection carrying them (ascending).
+#[derive(Debug, Default)]
+struct Totals {
+    carried: u64,
+    cuts: VecDeque<u64>,
+    done: u64,
+}
+
+impl Totals {
+    /// Accounts for `n` bytes read; returns how many to forward and whether
+    /// to cut the connection after them.
+    fn take(&mut self, n: u64) -> (u64, bool) {
+        while self.cuts.front().is_some_and(|&c| c < self.carried) {
+            self.cuts.pop_front(); // planned below what has passed already
+        }
+        match self.cuts.front() {
+            Some(&c) if self.carried + n >= c => {
+                self.cuts.pop_front();
+                self.done += 1;
+                let allowed = c - self.carried;
+                self.carried = c;
+                (allowed, true)
+            }
+            _ => {
+                self.carried += n;
+                (n, false)
+            }
+        }
+    }
+}
+
+/// Forwards `from` to `to` until either ends, `limit` bytes have passed, or
+/// (when carrying server bytes) a planned cut; returns whether it was cut.
 fn pump(
     mut from: TcpStream,
     mut to: TcpStream,
     limit: Option<u64>,
-    count: Option<Arc<AtomicU64>>,
-) -> u64 {
+    totals: Option<Arc<Mutex<Totals>>>,
+) -> bool {
     let mut buf = vec![0u8; 64 * 1024];
     let mut moved = 0u64;
     loop {
         let want = match limit {
-            Some(l) if moved >= l => break,
+            Some(l) if moved >= l => return false,
             Some(l) => buf.len().min((l - moved) as usize),
             None => buf.len(),
         };
         let n = match from.read(&mut buf[..want]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n as u64,
         };
-        if to.write_all(&buf[..n]).is_err() {
-            break;
+        let (forward, cut) = match &totals {
+            Some(t) => t.lock().map(|mut t| t.take(n)).unwrap_or((n, false)),
+            None => (n, false),
+        };
+        if to.write_all(&buf[..forward as usize]).is_err() {
+            return false;
         }
-        moved += n as u64;
-        if let Some(c) = &count {
-            c.fetch_add(n as u64, Ordering::Relaxed);
+        moved += forward;
+        if cut {
+            return true;
         }
     }
-    moved
 }
 
 impl FaultProxy {
@@ -75,7 +115,7 @@ impl FaultProxy {
         let faults: Arc<Mutex<VecDeque<Fault>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let connections = Arc::new(AtomicU64::new(0));
-        let from_server = Arc::new(AtomicU64::new(0));
+        let from_server: Arc<Mutex<Totals>> = Arc::default();
         let (f, s, c, fs) = (
             faults.clone(),
             stop.clone(),
@@ -126,12 +166,12 @@ impl FaultProxy {
                         _ => None,
                     };
                     let (cl, sv) = (client.try_clone(), server.try_clone());
-                    pump(server, client, limit, Some(fs));
+                    let cut = pump(server, client, limit, Some(fs));
                     if let Fault::StallAfter(_, d) = fault {
                         std::thread::sleep(d);
                     }
                     if let (Ok(cl), Ok(sv)) = (cl, sv) {
-                        if fault == Fault::Pass {
+                        if fault == Fault::Pass && !cut {
                             let _ = cl.shutdown(Shutdown::Write);
                         } else {
                             let _ = cl.shutdown(Shutdown::Both);
@@ -170,7 +210,28 @@ impl FaultProxy {
 
     /// Bytes forwarded from the server to clients so far.
     pub fn bytes_from_server(&self) -> u64 {
-        self.from_server.load(Ordering::Relaxed)
+        self.from_server.lock().map(|t| t.carried).unwrap_or(0)
+    }
+
+    /// Plans cuts: when the bytes carried from the server (all connections
+    /// together, counted from the proxy's start) reach each of `totals`,
+    /// the connection carrying them is closed there.
+    pub fn cut_at_totals(&self, totals: &[u64]) {
+        if let Ok(mut t) = self.from_server.lock() {
+            let mut all: Vec<u64> = t
+                .cuts
+                .iter()
+                .copied()
+                .chain(totals.iter().copied())
+                .collect();
+            all.sort_unstable();
+            t.cuts = all.into();
+        }
+    }
+
+    /// Planned cuts that have happened so far.
+    pub fn cuts_done(&self) -> u64 {
+        self.from_server.lock().map(|t| t.done).unwrap_or(0)
     }
 }
 
@@ -226,5 +287,17 @@ mod tests {
             "no fault left: passes"
         );
         assert_eq!(p.connections(), 4);
+    }
+
+    #[test]
+    fn cuts_at_planned_totals() {
+        let p = FaultProxy::start(server(100_000));
+        p.cut_at_totals(&[150_000, 30_000]);
+        assert_eq!(fetch(p.addr()).unwrap().len(), 30_000);
+        assert_eq!(fetch(p.addr()).unwrap().len(), 100_000);
+        assert_eq!(fetch(p.addr()).unwrap().len(), 20_000);
+        assert_eq!(fetch(p.addr()).unwrap().len(), 100_000);
+        assert_eq!(p.cuts_done(), 2);
+        assert_eq!(p.bytes_from_server(), 250_000);
     }
 }

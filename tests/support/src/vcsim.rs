@@ -170,11 +170,31 @@ impl Vcsim {
 
 impl Vcsim {
     /// Counters the launcher keeps: `lease_progress`, `lease_complete`,
-    /// `lease_abort` (calls received).
+    /// `lease_abort` (calls received), `nfc_gets`, `nfc_ranged` (disk
+    /// downloads, and those that asked for a Range).
     pub fn stats(&self) -> serde_json::Value {
         let url = self.url.trim_end_matches("/sdk").to_string() + "/hsdk/stats";
         let out = crate::run_tool("curl", &["-sSk", &url]);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("stats {out:?}: {e}"))
+    }
+
+    /// The simulator's own address (e.g. to put a proxy in front of it).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        let hostport = self
+            .url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split('/').next())
+            .expect("host:port in the simulator URL");
+        hostport.parse().expect("a socket address")
+    }
+
+    /// Makes leases opened from now on hand out disk URLs on `addr` (a
+    /// proxy to [`addr`](Self::addr)) instead of the simulator's own.
+    pub fn route_nfc_via(&self, addr: std::net::SocketAddr) {
+        let url = self.url.trim_end_matches("/sdk").to_string()
+            + "/hsdk/nfc-host?addr="
+            + &addr.to_string();
+        crate::run_tool("curl", &["-sSkf", &url]);
     }
 }
 
