@@ -404,6 +404,35 @@ pub struct StreamChecker {
     next_lba_bytes: u64,
     populated: u64,
     done: bool,
+    /// Where the last whole record (or the header) ends, before the tail
+    /// (grain directory, footer, end-of-stream marker).
+    boundary: u64,
+    tail: bool,
+    /// Grains since the last grain table: (grain number, marker sector).
+    gt: Vec<(u64, u32)>,
+    /// Grain tables so far: (table number, first sector of the table).
+    gd: Vec<(u64, u32)>,
+    grains: u64,
+    /// A grain table with no grain before it (a layout other than ours).
+    foreign: bool,
+}
+
+/// Where a [`StreamOptimizedWriter`](super::StreamOptimizedWriter) that
+/// wrote a VMDK up to a record boundary stood, so that it can go on from
+/// there and write the same bytes an uninterrupted run writes
+/// ([`StreamChecker::writer_resume`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriterResume {
+    /// VMDK bytes kept (a record boundary).
+    pub offset: u64,
+    /// Guest bytes covered: where the guest data continues.
+    pub received: u64,
+    /// Grains since the last grain table: (grain number, marker sector).
+    pub gt: Vec<(u64, u32)>,
+    /// Grain tables written: (table number, first sector).
+    pub gd: Vec<(u64, u32)>,
+    /// Grains written.
+    pub grains: u64,
 }
 
 /// What [`StreamChecker::finish`] found.
@@ -437,7 +466,49 @@ impl StreamChecker {
             next_lba_bytes: 0,
             populated: 0,
             done: false,
+            boundary: 0,
+            tail: false,
+            gt: Vec::new(),
+            gd: Vec::new(),
+            grains: 0,
+            foreign: false,
         }
+    }
+
+    /// Where the last whole record seen ends (0 before the header is
+    /// complete); never past the start of the stream's tail (grain
+    /// directory, footer, end marker). A stream cut anywhere can be
+    /// continued from here.
+    pub fn boundary(&self) -> u64 {
+        self.boundary
+    }
+
+    /// The state of a writer in our layout that wrote exactly the bytes
+    /// pushed so far — None unless they end at [`boundary`](Self::boundary)
+    /// and follow the layout [`StreamOptimizedWriter`](super::StreamOptimizedWriter)
+    /// writes (a grain table after its grains, 64 KiB grains).
+    pub fn writer_resume(&self) -> Option<WriterResume> {
+        if !self.header_done
+            || self.pos != self.boundary
+            || self.foreign
+            || self.tail
+            || self.grain_bytes != super::GRAIN_SIZE as u64
+        {
+            return None;
+        }
+        let grain = self.grain_bytes;
+        let received = match (self.gt.last(), self.gd.last()) {
+            (Some(&(g, _)), _) => (g + 1) * grain,
+            (None, Some(&(t, _))) => (t + 1) * super::GTES_PER_GT * grain,
+            (None, None) => 0,
+        };
+        Some(WriterResume {
+            offset: self.pos,
+            received: received.min(self.capacity),
+            gt: self.gt.clone(),
+            gd: self.gd.clone(),
+            grains: self.grains,
+        })
     }
 
     /// Guest capacity, once the header has been seen (else 0).
@@ -465,6 +536,7 @@ impl StreamChecker {
                 self.skip -= n as u64;
                 self.pos += n as u64;
                 data = &data[n..];
+                self.mark_boundary();
                 continue;
             }
             let n = (512 - self.sector.len()).min(data.len());
@@ -477,8 +549,16 @@ impl StreamChecker {
                 self.sector = s;
                 self.sector.clear();
             }
+            self.mark_boundary();
         }
+        self.mark_boundary();
         Ok(())
+    }
+
+    fn mark_boundary(&mut self) {
+        if self.header_done && self.skip == 0 && self.sector.is_empty() && !self.tail {
+            self.boundary = self.pos;
+        }
     }
 
     fn record(&mut self, s: &[u8]) -> Result<()> {
@@ -519,11 +599,24 @@ impl StreamChecker {
         let value = le64(0);
         let size = le32(8) as u64;
         if size == 0 {
-            match le32(12) {
+            let kind = le32(12);
+            if kind != MARKER_GT {
+                self.tail = true;
+            }
+            match kind {
                 MARKER_EOS => self.done = true,
-                MARKER_GT | MARKER_GD | MARKER_FOOTER if value <= (1 << 24) => {
+                MARKER_GT if value <= (1 << 24) => {
+                    match self.gt.last() {
+                        Some(&(g, _)) => {
+                            let table = g / super::GTES_PER_GT;
+                            self.gd.push((table, (self.pos / SECTOR_SIZE) as u32));
+                        }
+                        None => self.foreign = true,
+                    }
+                    self.gt.clear();
                     self.skip = value * SECTOR_SIZE
                 }
+                MARKER_GD | MARKER_FOOTER if value <= (1 << 24) => self.skip = value * SECTOR_SIZE,
                 MARKER_GT | MARKER_GD | MARKER_FOOTER => {
                     return Err(corrupt(at, format!("metadata of {value} sectors")))
                 }
@@ -548,6 +641,13 @@ impl StreamChecker {
         }
         self.next_lba_bytes = lba_bytes + self.grain_bytes;
         self.populated += self.grain_bytes.min(self.capacity - lba_bytes);
+        self.grains += 1;
+        match u32::try_from(at / SECTOR_SIZE) {
+            Ok(sector) if !self.foreign => {
+                self.gt.push((lba_bytes / self.grain_bytes, sector));
+            }
+            _ => self.foreign = true,
+        }
         self.skip = (12 + size).div_ceil(512) * 512 - 512;
         Ok(())
     }

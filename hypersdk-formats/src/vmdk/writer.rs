@@ -106,6 +106,13 @@ impl<W: Write> StreamOptimizedWriter<W> {
     /// Starts a VMDK for a disk of `capacity` bytes (a multiple of 512), writing
     /// the header and descriptor at once.
     pub fn new(out: W, capacity: u64, options: &VmdkWriterOptions) -> Result<Self> {
+        let (mut w, head) = Self::build(out, capacity, options)?;
+        w.emit(&head)?;
+        Ok(w)
+    }
+
+    /// A writer at the start, and the header + descriptor it begins with.
+    fn build(out: W, capacity: u64, options: &VmdkWriterOptions) -> Result<(Self, Vec<u8>)> {
         if capacity == 0 || capacity % SECTOR_SIZE != 0 {
             return Err(Error::InvalidInput {
                 format: "VMDK",
@@ -140,7 +147,7 @@ impl<W: Write> StreamOptimizedWriter<W> {
                 what: "descriptor does not fit its reserved sectors".into(),
             });
         }
-        let mut w = StreamOptimizedWriter {
+        let w = StreamOptimizedWriter {
             out,
             pos: 0,
             capacity,
@@ -161,7 +168,45 @@ impl<W: Write> StreamOptimizedWriter<W> {
         let mut head = vec![0u8; (OVERHEAD_SECTORS * SECTOR_SIZE) as usize];
         head[..512].copy_from_slice(&header);
         head[512..512 + descriptor.len()].copy_from_slice(descriptor.as_bytes());
-        w.emit(&head)?;
+        Ok((w, head))
+    }
+
+    /// Continues a VMDK this writer (same capacity and options) wrote up to
+    /// a record boundary, as [`StreamChecker::writer_resume`](super::StreamChecker::writer_resume)
+    /// read it back: `out` receives the bytes after `state.offset`, and the
+    /// guest data goes on from `state.received`. The whole file is then the
+    /// same, byte for byte, as one written in a single run.
+    pub fn resume(
+        out: W,
+        capacity: u64,
+        options: &VmdkWriterOptions,
+        state: &super::WriterResume,
+    ) -> Result<Self> {
+        let (mut w, _) = Self::build(out, capacity, options)?;
+        let bad = |what: String| Error::InvalidInput {
+            format: "VMDK",
+            what: format!("cannot continue the VMDK: {what}"),
+        };
+        if state.received > capacity
+            || state.received % GRAIN_SIZE as u64 != 0 && state.received != capacity
+        {
+            return Err(bad(format!("it stops at guest byte {}", state.received)));
+        }
+        w.pos = state.offset;
+        w.received = state.received;
+        w.populated = state.grains * GRAIN_SIZE as u64;
+        for &(table, sector) in &state.gd {
+            let e =
+                w.gd.get_mut(table as usize)
+                    .ok_or_else(|| bad(format!("grain table {table} is past the capacity")))?;
+            *e = sector;
+            w.gt_index = table;
+        }
+        for &(grain, sector) in &state.gt {
+            w.gt_index = grain / GTES_PER_GT;
+            w.gt[(grain % GTES_PER_GT) as usize] = sector;
+            w.gt_dirty = true;
+        }
         Ok(w)
     }
 
@@ -520,6 +565,58 @@ mod tests {
         b.write(&data[50 << 20..(50 << 20) + 4096]).unwrap();
         b.write_zeroes(cap - (50 << 20) - 4096).unwrap();
         assert_eq!(a.finish().unwrap().0, b.finish().unwrap().0);
+    }
+
+    #[test]
+    fn resumes_at_every_record_boundary_to_the_same_bytes() {
+        use super::super::StreamChecker;
+        // Two grain tables' worth and a partial third: grains with data,
+        // zero stretches, a whole empty table range.
+        let cap = (2 * GTES_PER_GT + 40) * GRAIN_SIZE as u64 + 512;
+        let mut data = vec![0u8; cap as usize];
+        let mut x = 7u32;
+        for (i, b) in data.iter_mut().enumerate() {
+            let grain = i / GRAIN_SIZE;
+            if grain % 3 != 1
+                && !(GTES_PER_GT as usize..GTES_PER_GT as usize + 600).contains(&grain)
+            {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                *b = (x >> 24) as u8 & 0x0f;
+            }
+        }
+        let opts = VmdkWriterOptions {
+            threads: 1,
+            ..Default::default()
+        };
+        let mut w = StreamOptimizedWriter::new(Vec::new(), cap, &opts).unwrap();
+        w.write(&data).unwrap();
+        let (whole, _) = w.finish().unwrap();
+        // Every boundary a cut can fall back to, a sample of cut points.
+        let mut cuts: Vec<usize> = (0..whole.len()).step_by(whole.len() / 23).collect();
+        cuts.push(whole.len() - 1);
+        let mut seen = std::collections::BTreeSet::new();
+        for cut in cuts {
+            let mut c = StreamChecker::new();
+            c.push(&whole[..cut]).unwrap();
+            let at = c.boundary() as usize;
+            if at == 0 || !seen.insert(at) {
+                continue;
+            }
+            let mut c = StreamChecker::new();
+            c.push(&whole[..at]).unwrap();
+            let state = c.writer_resume().expect("our layout resumes");
+            let mut out = whole[..at].to_vec();
+            let mut w = StreamOptimizedWriter::resume(&mut out, cap, &opts, &state).unwrap();
+            w.write(&data[state.received as usize..]).unwrap();
+            let (_, stats) = w.finish().unwrap();
+            assert_eq!(stats.file_size, whole.len() as u64);
+            assert!(
+                out == whole,
+                "resumed at byte {at} (guest {})",
+                state.received
+            );
+        }
+        assert!(seen.len() > 10, "{seen:?}");
     }
 
     #[test]
