@@ -47,9 +47,10 @@ use hypersdk_formats::manifest::{write_manifest, DigestAlgorithm, Hasher, Manife
 use hypersdk_formats::ova::{tar_header, tar_padding, END_OF_ARCHIVE};
 use hypersdk_formats::ovf::write_envelope;
 use hypersdk_formats::vmdk::{
-    StreamChecker, StreamOptimizedWriter, VmdkWriterOptions, VmdkWriterStats,
+    StreamChecker, StreamOptimizedWriter, VmdkWriterOptions, VmdkWriterStats, WriterResume,
 };
 
+use crate::checkpoint::{keeps_partial, Checkpoint, Checkpointer, DiskState, DoneDisk, Identity};
 use crate::error::{Error, Result};
 use crate::options::{ExportOptions, PackageFormat};
 use crate::package::{disk_file_name, ovf_system, safe_name, WrittenDisk};
@@ -59,7 +60,7 @@ use crate::report::{DiskReport, ExportReport, FileReport};
 use crate::sink::{Artifact, Sink, SinkWriter, Staging};
 use crate::transforms::compress::decompress_reader;
 use crate::transforms::encrypt::DecryptReader;
-use crate::transforms::pipeline::{self, PipelineInput, PipelineOutput, TransformSpec};
+use crate::transforms::pipeline::{self, Continue, PipelineInput, PipelineOutput, TransformSpec};
 use crate::transforms::ratelimit::acquire_all;
 use crate::vm::VmSpec;
 
@@ -88,6 +89,8 @@ struct DiskOutcome {
     file: FileReport,
     populated: u64,
     bytes_read: u64,
+    /// Stored bytes kept from an earlier, interrupted run.
+    kept: u64,
 }
 
 impl Exporter {
@@ -159,18 +162,51 @@ impl Exporter {
         let span = info_span!("export", vm = %spec.name, provider, artifact = artifact.name());
         async {
             let start = Instant::now();
-            let mut staging = sink.begin(&artifact, self.options.overwrite).await?;
-            let mut built = self.build(&spec, source, staging.as_mut(), &base).await;
+            let mut staging = if self.options.checkpoint {
+                sink.begin_resumable(&artifact, self.options.overwrite, self.options.resume)
+                    .await?
+            } else {
+                sink.begin(&artifact, self.options.overwrite).await?
+            };
+            let ck = match self.checkpointer(&spec, staging.as_ref()).await {
+                Ok(ck) => ck,
+                Err(e) => {
+                    // A checkpoint of something else: leave it for the user.
+                    if let Err(keep_err) = staging.keep().await {
+                        tracing::warn!(error = %keep_err, "could not leave the partial export");
+                    }
+                    return Err(e);
+                }
+            };
+            let mut built = self
+                .build(&spec, source, staging.as_mut(), &base, ck.as_ref())
+                .await;
             if let (Ok(report), true) = (&mut built, self.options.verify) {
                 match self.verify(staging.as_ref(), report).await {
                     Ok(()) => report.verified = true,
                     Err(e) => built = Err(e),
                 }
             }
+            if let (Ok(_), Some(ck)) = (&built, &ck) {
+                if let Err(e) = ck.clear().await {
+                    built = Err(e);
+                }
+            }
             let mut report = match built {
                 Ok(r) => r,
                 Err(e) => {
-                    if let Err(abort_err) = staging.abort().await {
+                    // Plain spools of an encrypted OVA are never left behind.
+                    let plain_spools = self.options.encryption.is_some()
+                        && self.options.format == PackageFormat::Ova;
+                    if ck.is_some() && keeps_partial(&e) && !plain_spools {
+                        match staging.keep().await {
+                            Ok(at) => tracing::warn!(
+                                partial = %at,
+                                "the partial export is kept: the same export with resume continues it"
+                            ),
+                            Err(keep_err) => tracing::warn!(error = %keep_err, "could not keep the partial export"),
+                        }
+                    } else if let Err(abort_err) = staging.abort().await {
                         tracing::warn!(error = %abort_err, "could not clean up the staging area");
                     }
                     return Err(e);
@@ -200,6 +236,38 @@ impl Exporter {
         .await
     }
 
+    /// The checkpoint of this export, if it keeps one: the saved one when
+    /// resuming (refused if it is of another export), else a fresh one.
+    async fn checkpointer(
+        &self,
+        spec: &VmSpec,
+        staging: &dyn Staging,
+    ) -> Result<Option<Checkpointer>> {
+        let Some(store) = staging.checkpoints().filter(|_| self.options.checkpoint) else {
+            return Ok(None);
+        };
+        let identity = Identity::of(spec, &self.options);
+        let saved = if self.options.resume {
+            let s = store.clone();
+            tokio::task::spawn_blocking(move || s.load())
+                .await
+                .map_err(|e| Error::Internal(format!("checkpoint thread failed: {e}")))??
+        } else {
+            None
+        };
+        let state = match saved {
+            Some(bytes) => {
+                let c = Checkpoint::parse(&bytes, &identity, &store.location())?;
+                info!(checkpoint = %store.location(), "continuing the partial export");
+                c
+            }
+            None => Checkpoint::new(identity),
+        };
+        let ck = Checkpointer::new(store, state, self.options.checkpoint_every);
+        ck.update(|_| {}).await?;
+        Ok(Some(ck))
+    }
+
     /// Writes every file of the package into `staging`; does not commit.
     async fn build(
         &self,
@@ -207,6 +275,7 @@ impl Exporter {
         source: &dyn ExportSource,
         staging: &mut dyn Staging,
         base: &str,
+        ck: Option<&Checkpointer>,
     ) -> Result<ExportReport> {
         // Up to `parallel_disks` disks at once. Opening a disk (its source
         // stream and its object in the staging area) needs the staging area,
@@ -220,16 +289,37 @@ impl Exporter {
         while next < n || !running.is_empty() {
             while next < n && running.len() < parallel {
                 let name = disk_file_name(base, next);
-                let prepared = self.prepare_disk(source, next, &name, staging).await?;
-                let span = info_span!("disk", index = next, disk = %spec.disks[next].name);
                 let index = next;
-                running.push(async move {
-                    (index, self.run_disk(spec, prepared).instrument(span).await)
-                });
                 next += 1;
+                let prepared = match self.prepare_disk(source, index, &name, staging, ck).await? {
+                    Prepared::Done(o) => {
+                        info!(disk = %spec.disks[index].name, "disk already exported; kept");
+                        outcomes[index] = Some(o);
+                        continue;
+                    }
+                    Prepared::Run(p) => p,
+                };
+                let span = info_span!("disk", index, disk = %spec.disks[index].name);
+                running.push(async move {
+                    let outcome = self.run_disk(spec, prepared).instrument(span).await;
+                    if let (Ok(o), Some(ck)) = (&outcome, ck) {
+                        let done = DoneDisk {
+                            file: o.file.clone(),
+                            populated: o.populated,
+                            bytes_read: o.bytes_read,
+                        };
+                        ck.update(|c| {
+                            c.disks[index].durable = done.file.stored_size;
+                            c.disks[index].done = Some(done);
+                        })
+                        .await?;
+                    }
+                    Ok::<_, Error>((index, outcome?))
+                });
             }
-            if let Some((index, outcome)) = running.next().await {
-                outcomes[index] = Some(outcome?);
+            if let Some(finished) = running.next().await {
+                let (index, outcome) = finished?;
+                outcomes[index] = Some(outcome);
             }
         }
         let outcomes: Vec<DiskOutcome> = outcomes.into_iter().flatten().collect();
@@ -319,6 +409,7 @@ impl Exporter {
                 .collect(),
             duration_secs: 0.0,
             bytes_read: outcomes.iter().map(|o| o.bytes_read).sum(),
+            resumed_bytes: outcomes.iter().map(|o| o.kept).sum(),
             throughput_mb_s: 0.0,
         })
     }
@@ -344,10 +435,28 @@ impl Exporter {
         name: &str,
         wrapped: bool,
     ) -> Result<(PipelineInput, ObjectSink)> {
+        self.open_object_at(staging, name, wrapped, None, None)
+            .await
+    }
+
+    /// [`open_object`](Self::open_object), continuing the object after the
+    /// bytes `cont` kept, and checkpointing it as disk `slot`'s.
+    async fn open_object_at(
+        &self,
+        staging: &mut dyn Staging,
+        name: &str,
+        wrapped: bool,
+        cont: Option<Continue>,
+        slot: Option<(Checkpointer, usize)>,
+    ) -> Result<(PipelineInput, ObjectSink)> {
         let spec = self.transform_spec(wrapped);
         let stored_name = format!("{name}{}", spec.extension());
-        let writer = staging.create(&stored_name).await?;
-        let (input, output) = pipeline::start(&spec)?;
+        let base = cont.as_ref().map_or(0, |c| c.offset);
+        let writer = match &cont {
+            Some(c) => staging.append(&stored_name, c.offset).await?,
+            None => staging.create(&stored_name).await?,
+        };
+        let (input, output) = pipeline::start_at(&spec, cont)?;
         Ok((
             input,
             ObjectSink {
@@ -355,6 +464,8 @@ impl Exporter {
                 stored_name,
                 writer,
                 output,
+                base,
+                slot,
             },
         ))
     }
@@ -379,47 +490,186 @@ impl Exporter {
         .map(|((), report)| report)
     }
 
-    /// Streams disk `index` through the VMDK encoder into object `name`.
+    /// Opens disk `index`'s source and staging object — continuing what an
+    /// interrupted run left when resuming, or reporting a disk it finished.
     async fn prepare_disk(
         &self,
         source: &dyn ExportSource,
         index: usize,
         name: &str,
         staging: &mut dyn Staging,
-    ) -> Result<PreparedDisk> {
-        let served = if self.options.reencode {
-            None
-        } else {
-            source.open_disk_vmdk(index, 0).await?
-        };
-        let stream = match served {
-            Some(s) => DiskInput::ServedVmdk(s),
-            None => DiskInput::Guest(source.open_disk(index, 0).await?),
-        };
+        ck: Option<&Checkpointer>,
+    ) -> Result<Prepared> {
         // An OVA's disks are spools: the OVA as a whole is wrapped later.
         let wrapped = self.options.format == PackageFormat::Ovf;
-        let (input, object) = self.open_object(staging, name, wrapped).await?;
-        Ok(PreparedDisk {
+        let stored_name = format!("{name}{}", self.transform_spec(wrapped).extension());
+        let disk_name = source.spec().disks[index].name.clone();
+        let prev = match ck {
+            Some(ck) => ck.disk(index).await,
+            None => DiskState::default(),
+        };
+        if let Some(done) = &prev.done {
+            if staging.size(&done.file.stored_name).await? == Some(done.file.stored_size) {
+                return Ok(Prepared::Done(DiskOutcome {
+                    file: done.file.clone(),
+                    populated: done.populated,
+                    bytes_read: 0,
+                    kept: done.file.stored_size,
+                }));
+            }
+        }
+        let served_wanted = !self.options.reencode;
+        let mut resumed: Option<(Recovered, DiskInput)> = None;
+        if prev.durable > 0 && prev.stored_name == stored_name {
+            if self.transform_spec(wrapped).changes_bytes() {
+                tracing::warn!(disk = %disk_name, "a compressed or encrypted disk file cannot be continued mid-way: writing it again");
+            } else {
+                match self
+                    .reopen(source, index, staging, &stored_name, &prev, served_wanted)
+                    .await
+                {
+                    Ok(r) => resumed = r,
+                    Err(e) => {
+                        tracing::warn!(disk = %disk_name, error = %e, "cannot continue the disk: writing it again")
+                    }
+                }
+            }
+        }
+        let slot = ck.map(|c| (c.clone(), index));
+        let (stream, input, object, resume) = match resumed {
+            Some((rec, stream)) => {
+                info!(disk = %disk_name, kept = rec.offset, "continuing the disk");
+                let cont = Continue {
+                    offset: rec.offset,
+                    hasher: rec.hasher,
+                };
+                let (input, object) = self
+                    .open_object_at(staging, name, wrapped, Some(cont), slot)
+                    .await?;
+                let resume = DiskResume {
+                    kept: rec.offset,
+                    checker: Some(rec.checker),
+                    writer: rec.writer,
+                };
+                (stream, input, object, Some(resume))
+            }
+            None => {
+                let served = if served_wanted {
+                    source.open_disk_vmdk(index, 0).await?
+                } else {
+                    None
+                };
+                let stream = match served {
+                    Some(s) => DiskInput::ServedVmdk(s),
+                    None => DiskInput::Guest(source.open_disk(index, 0).await?),
+                };
+                let (input, object) = self
+                    .open_object_at(staging, name, wrapped, None, slot)
+                    .await?;
+                (stream, input, object, None)
+            }
+        };
+        if let Some(ck) = ck {
+            let state = DiskState {
+                stored_name: stored_name.clone(),
+                durable: resume.as_ref().map_or(0, |r| r.kept),
+                served: matches!(stream, DiskInput::ServedVmdk(_)),
+                done: None,
+            };
+            ck.update(|c| c.disks[index] = state).await?;
+        }
+        Ok(Prepared::Run(PreparedDisk {
             index,
             name: name.to_string(),
             stream,
             input,
             object,
-        })
+            resume,
+        }))
+    }
+
+    /// Reads back the durable bytes of an interrupted disk's object and
+    /// opens the source where they end; None if the source cannot continue
+    /// there (the disk is then written again).
+    async fn reopen(
+        &self,
+        source: &dyn ExportSource,
+        index: usize,
+        staging: &dyn Staging,
+        stored_name: &str,
+        prev: &DiskState,
+        served_wanted: bool,
+    ) -> Result<Option<(Recovered, DiskInput)>> {
+        let Some(size) = staging.size(stored_name).await? else {
+            return Ok(None);
+        };
+        let rec = recover(
+            staging,
+            stored_name,
+            prev.durable.min(size),
+            self.options.digest,
+        )
+        .await?;
+        if prev.served {
+            if !served_wanted {
+                return Ok(None);
+            }
+            // Ask for the last kept bytes again: the platform must serve the
+            // same VMDK as before for the rest to fit.
+            let overlap = rec.tail.len() as u64;
+            let Some(mut stream) = source.open_disk_vmdk(index, rec.offset - overlap).await? else {
+                return Ok(None);
+            };
+            let mut got: Vec<u8> = Vec::with_capacity(rec.tail.len());
+            let mut rest = Vec::new();
+            while got.len() < rec.tail.len() {
+                let Some(item) = stream.next().await else {
+                    break;
+                };
+                let b = item?;
+                let take = (rec.tail.len() - got.len()).min(b.len());
+                got.extend_from_slice(&b[..take]);
+                if take < b.len() {
+                    rest.push(Ok(b.slice(take..)));
+                }
+            }
+            if got != rec.tail {
+                tracing::warn!(
+                    "the platform serves this disk's VMDK differently than before: writing it again"
+                );
+                return Ok(None);
+            }
+            let stream: crate::provider::DiskStream =
+                Box::pin(futures_util::stream::iter(rest).chain(stream));
+            return Ok(Some((rec, DiskInput::ServedVmdk(stream))));
+        }
+        let Some(w) = rec.writer.clone() else {
+            return Ok(None);
+        };
+        let capacity = source.spec().disks[index].capacity;
+        let stream = source.open_disk(index, w.received.min(capacity)).await?;
+        Ok(Some((rec, DiskInput::Guest(stream))))
     }
 
     /// Exports one opened disk.
     async fn run_disk(&self, spec: &VmSpec, p: PreparedDisk) -> Result<DiskOutcome> {
-        match p.stream {
+        let kept = p.resume.as_ref().map_or(0, |r| r.kept);
+        let (checker, writer) = match p.resume {
+            Some(r) => (r.checker, r.writer),
+            None => (None, None),
+        };
+        let mut outcome = match p.stream {
             DiskInput::ServedVmdk(s) => {
-                self.store_vmdk(spec, s, p.index, &p.name, p.input, p.object)
+                self.store_vmdk(spec, s, p.index, &p.name, p.input, p.object, checker)
                     .await
             }
             DiskInput::Guest(s) => {
-                self.encode_disk(spec, s, p.index, &p.name, p.input, p.object)
+                self.encode_disk(spec, s, p.index, &p.name, p.input, p.object, writer)
                     .await
             }
-        }
+        }?;
+        outcome.kept = kept;
+        Ok(outcome)
     }
 
     /// Streams guest bytes through the VMDK encoder into the disk's object.
@@ -431,9 +681,12 @@ impl Exporter {
         name: &str,
         mut input: PipelineInput,
         object: ObjectSink,
+        resume: Option<WriterResume>,
     ) -> Result<DiskOutcome> {
         let disk = &spec.disks[index];
         let capacity = disk.capacity;
+        let start = resume.as_ref().map_or(0, |r| r.received.min(capacity));
+        let fed_before = resume.as_ref().map_or(0, |r| r.received);
         // VMDK capacities are whole sectors; a raw disk of odd size is zero-padded.
         let vmdk_capacity = hypersdk_formats::image::sector_capacity(capacity);
         let depth = self.options.queue_depth.max(1);
@@ -450,8 +703,13 @@ impl Exporter {
                 what: encoder_what.clone(),
                 source,
             };
-            let mut w = StreamOptimizedWriter::new(&mut input, vmdk_capacity, &vmdk_options)
-                .map_err(fmt_err)?;
+            let mut w = match &resume {
+                Some(r) => {
+                    StreamOptimizedWriter::resume(&mut input, vmdk_capacity, &vmdk_options, r)
+                }
+                None => StreamOptimizedWriter::new(&mut input, vmdk_capacity, &vmdk_options),
+            }
+            .map_err(fmt_err)?;
             while let Some(data) = in_rx.blocking_recv() {
                 w.write(&data).map_err(fmt_err)?;
             }
@@ -470,7 +728,7 @@ impl Exporter {
         let limiter = self.options.bwlimit.as_deref();
         let reader = async move {
             let mut tracker = ProgressTracker::new(PROGRESS_INTERVAL);
-            let mut done: u64 = 0;
+            let mut done: u64 = start;
             loop {
                 let next = tokio::select! {
                     biased;
@@ -506,14 +764,15 @@ impl Exporter {
                     actual: done,
                 }));
             }
-            if vmdk_capacity > capacity {
-                let pad = Bytes::from(vec![0u8; (vmdk_capacity - capacity) as usize]);
+            let fed = done.max(fed_before);
+            if vmdk_capacity > fed {
+                let pad = Bytes::from(vec![0u8; (vmdk_capacity - fed) as usize]);
                 if in_tx.send(pad).await.is_err() {
                     return Err(None);
                 }
             }
             self.emit(tracker.event(Phase::DiskDone, index, &disk.name, done, capacity, true));
-            Ok(done)
+            Ok(done - start)
         };
 
         // Stages 2 and 3 (digest, transforms) run on the pipeline's threads;
@@ -557,6 +816,7 @@ impl Exporter {
             file,
             populated: stats.populated_bytes,
             bytes_read,
+            kept: 0,
         })
     }
 
@@ -597,9 +857,11 @@ impl Exporter {
         name: &str,
         mut input: PipelineInput,
         object: ObjectSink,
+        checker: Option<StreamChecker>,
     ) -> Result<DiskOutcome> {
         let disk = &spec.disks[index];
         let limiter = self.options.bwlimit.as_deref();
+        let start = checker.as_ref().map_or(0, |c| c.guest_position());
         let bad_vmdk = |e: hypersdk_formats::Error| Error::DiskRead {
             vm: spec.name.clone(),
             disk: disk.name.clone(),
@@ -608,7 +870,7 @@ impl Exporter {
                 .into(),
         };
         let feed = async {
-            let mut checker = StreamChecker::new();
+            let mut checker = checker.unwrap_or_default();
             let mut tracker = ProgressTracker::new(PROGRESS_INTERVAL);
             loop {
                 let next = tokio::select! {
@@ -659,7 +921,8 @@ impl Exporter {
         Ok(DiskOutcome {
             file,
             populated: stats.populated,
-            bytes_read: disk.capacity,
+            bytes_read: disk.capacity - start.min(disk.capacity),
+            kept: 0,
         })
     }
 
@@ -742,14 +1005,18 @@ impl Exporter {
                 out.write(&[0u8; 512][..tar_padding(d.file.size)])
                     .await
                     .map_err(io)?;
-                drop(spool);
-                staging.remove(&d.file.stored_name).await?;
             }
             out.write(&END_OF_ARCHIVE).await.map_err(io)?;
             out.close().await.map_err(io)
         };
         let (fed, drained) = tokio::join!(feed, object.drain());
-        first_cause(fed, drained).map(|((), report)| report)
+        let report = first_cause(fed, drained).map(|((), report)| report)?;
+        // The spools go once the OVA is whole: an interrupted assembly is
+        // redone from them.
+        for d in disks {
+            staging.remove(&d.file.stored_name).await?;
+        }
+        Ok(report)
     }
 
     /// Reads every stored file back, unwraps it and checks its digest.
@@ -825,6 +1092,110 @@ struct PreparedDisk {
     stream: DiskInput,
     input: PipelineInput,
     object: ObjectSink,
+    resume: Option<DiskResume>,
+}
+
+/// A disk to run, or one an interrupted run finished.
+enum Prepared {
+    Run(PreparedDisk),
+    Done(DiskOutcome),
+}
+
+/// Where a continued disk picks up.
+struct DiskResume {
+    /// Stored bytes kept.
+    kept: u64,
+    /// The checker having seen them (for a served VMDK).
+    checker: Option<StreamChecker>,
+    /// The VMDK writer's state after them (for guest bytes).
+    writer: Option<WriterResume>,
+}
+
+/// What the durable bytes of an interrupted disk's VMDK allow.
+struct Recovered {
+    /// Bytes kept: up to the last whole record.
+    offset: u64,
+    /// Digest state over them.
+    hasher: Hasher,
+    /// A checker that has seen them.
+    checker: StreamChecker,
+    /// The writer state after them, if the VMDK is in our layout.
+    writer: Option<WriterResume>,
+    /// Their last (up to 64 KiB) bytes.
+    tail: Vec<u8>,
+}
+
+/// Reads object `name` back up to `durable` bytes: finds the last whole
+/// VMDK record, then digests and checks the bytes up to it.
+async fn recover(
+    staging: &dyn Staging,
+    name: &str,
+    durable: u64,
+    algorithm: DigestAlgorithm,
+) -> Result<Recovered> {
+    const TAIL: usize = 64 * 1024;
+    let bad = |e: hypersdk_formats::Error| Error::Integrity {
+        file: name.to_string(),
+        detail: format!("the kept part is not a sound VMDK: {e}"),
+    };
+    let read_err = |e: std::io::Error| Error::sink("cannot read back", name, e);
+    let mut buf = vec![0u8; 1 << 20];
+    // Pass 1: where the last whole record ends.
+    let mut first = StreamChecker::new();
+    let mut r = staging.open(name).await?.take(durable);
+    loop {
+        let n = r.read(&mut buf).await.map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        first.push(&buf[..n]).map_err(bad)?;
+    }
+    let offset = first.boundary();
+    if offset == 0 {
+        return Err(Error::Integrity {
+            file: name.to_string(),
+            detail: "not even its VMDK header is durable".into(),
+        });
+    }
+    // Pass 2: digest and check exactly that much.
+    let mut checker = StreamChecker::new();
+    let mut hasher = Hasher::new(algorithm);
+    let mut tail: Vec<u8> = Vec::with_capacity(TAIL);
+    let mut r = staging.open(name).await?.take(offset);
+    let mut got = 0u64;
+    loop {
+        let n = r.read(&mut buf).await.map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        let b = &buf[..n];
+        checker.push(b).map_err(bad)?;
+        hasher.update(b);
+        got += n as u64;
+        if b.len() >= TAIL {
+            tail.clear();
+            tail.extend_from_slice(&b[b.len() - TAIL..]);
+        } else {
+            tail.extend_from_slice(b);
+            if tail.len() > TAIL {
+                tail.drain(..tail.len() - TAIL);
+            }
+        }
+    }
+    if got != offset {
+        return Err(Error::Integrity {
+            file: name.to_string(),
+            detail: format!("read back {got} of its {offset} kept bytes"),
+        });
+    }
+    let writer = checker.writer_resume();
+    Ok(Recovered {
+        offset,
+        hasher,
+        checker,
+        writer,
+        tail,
+    })
 }
 
 /// The drain of one object's pipeline into its sink writer.
@@ -833,21 +1204,39 @@ struct ObjectSink {
     stored_name: String,
     writer: Box<dyn SinkWriter>,
     output: PipelineOutput,
+    /// Bytes the object already holds (continued).
+    base: u64,
+    /// The checkpoint and disk this object's progress is recorded as.
+    slot: Option<(Checkpointer, usize)>,
 }
 
 impl ObjectSink {
     /// Writes the pipeline's output to the sink until it ends, then makes
-    /// the object durable and reports it.
+    /// the object durable and reports it. With a checkpoint slot, syncs the
+    /// object and records its durable size every `checkpoint_every` bytes
+    /// or [`checkpoint::INTERVAL`](crate::checkpoint::INTERVAL).
     async fn drain(mut self) -> Result<FileReport> {
-        let mut stored: u64 = 0;
+        let mut stored: u64 = self.base;
+        let mut synced = (stored, Instant::now());
         while let Some(buf) = self.output.recv().await {
             self.writer.write(&buf).await?;
             stored += buf.len() as u64;
             self.output.recycle(buf);
+            if let Some((ck, index)) = &self.slot {
+                if stored - synced.0 >= ck.every
+                    || synced.1.elapsed() >= crate::checkpoint::INTERVAL
+                {
+                    if let Some(durable) = self.writer.sync().await? {
+                        let index = *index;
+                        ck.update(|c| c.disks[index].durable = durable).await?;
+                    }
+                    synced = (stored, Instant::now());
+                }
+            }
         }
         let summary = self.output.finish().await?;
         let finished = self.writer.finish().await?;
-        if finished != stored || stored != summary.output_bytes {
+        if finished != stored || stored - self.base != summary.output_bytes {
             return Err(Error::Internal(format!(
                 "{}: the pipeline passed {} bytes, the sink received {stored} and stored {finished}",
                 self.stored_name, summary.output_bytes

@@ -98,6 +98,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod checkpoint;
 pub mod error;
 pub mod exporter;
 pub mod options;
@@ -116,7 +117,7 @@ pub use options::{ExportOptions, PackageFormat};
 pub use progress::{Phase, ProgressEvent, ProgressFn};
 pub use provider::{DiskStream, ExportSource, Provider};
 pub use report::{DiskReport, ExportReport, FileReport};
-pub use sink::{Artifact, Sink, SinkWriter, Staging};
+pub use sink::{Artifact, CheckpointStore, Sink, SinkWriter, Staging};
 pub use tokio_util::sync::CancellationToken;
 pub use vm::{
     ControllerKind, DiskFormat, DiskSpec, Firmware, GuestOs, NicSpec, OsFamily, PowerState, VmInfo,

@@ -80,6 +80,17 @@ pub struct ExportOptions {
     /// and decompressing as needed) and check it against the digests
     /// computed while writing, before the export is published.
     pub verify: bool,
+    /// Keep a checkpoint while exporting, and on interruption (cancel, a
+    /// broken connection, a full disk) leave the partial export in place
+    /// to be continued with `resume` (see [`crate::checkpoint`]). Needs a
+    /// sink that supports it ([`Sink::begin_resumable`](crate::Sink::begin_resumable)).
+    pub checkpoint: bool,
+    /// Continue the partial export of the same VM with the same options if
+    /// there is one (else start afresh).
+    pub resume: bool,
+    /// Checkpoint a disk being written at least every this many stored bytes
+    /// (and every 2 seconds).
+    pub checkpoint_every: u64,
 }
 
 impl Default for ExportOptions {
@@ -100,6 +111,9 @@ impl Default for ExportOptions {
             idle_timeout: Some(std::time::Duration::from_secs(120)),
             reencode: false,
             verify: false,
+            checkpoint: true,
+            resume: false,
+            checkpoint_every: 64 << 20,
         }
     }
 }

@@ -1,11 +1,11 @@
 //! What a finished export reports.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::options::PackageFormat;
 
 /// One file of the package.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileReport {
     /// File name inside the package (as the manifest names it).
     pub name: String,
@@ -68,6 +68,9 @@ pub struct ExportReport {
     pub duration_secs: f64,
     /// Guest bytes read from the source.
     pub bytes_read: u64,
+    /// Bytes of staged files a resumed export kept from before (0 for an
+    /// export that started afresh).
+    pub resumed_bytes: u64,
     /// Guest bytes read per second (MB = 10^6 B).
     pub throughput_mb_s: f64,
 }

@@ -40,6 +40,37 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     /// [`Error::AlreadyExists`](crate::Error::AlreadyExists) if the artifact
     /// exists and `overwrite` is false.
     async fn begin(&self, artifact: &Artifact, overwrite: bool) -> Result<Box<dyn Staging>>;
+
+    /// Opens a staging area for `artifact` that an interrupted export can be
+    /// continued from: it has a fixed place, is kept when the export fails
+    /// with [`Staging::keep`] (or its process dies), and offers a
+    /// [`CheckpointStore`]. With `resume`, an existing one is taken up
+    /// again (else one is started); without, an existing one is discarded.
+    /// Sinks that cannot do this start an ordinary staging area, whose
+    /// [`Staging::checkpoints`] is None.
+    async fn begin_resumable(
+        &self,
+        artifact: &Artifact,
+        overwrite: bool,
+        resume: bool,
+    ) -> Result<Box<dyn Staging>> {
+        let _ = resume;
+        self.begin(artifact, overwrite).await
+    }
+}
+
+/// Where an export keeps its checkpoint: one small document, replaced
+/// atomically and durably.
+pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
+    /// The checkpoint saved last, if any.
+    fn load(&self) -> Result<Option<Vec<u8>>>;
+    /// Replaces the checkpoint: after a crash either the old or the new one
+    /// is found whole.
+    fn save(&self, bytes: &[u8]) -> Result<()>;
+    /// Removes the checkpoint.
+    fn clear(&self) -> Result<()>;
+    /// Where it is, for messages.
+    fn location(&self) -> String;
 }
 
 /// The objects of one artifact being written.
@@ -59,6 +90,34 @@ pub trait Staging: Send + Sync + std::fmt::Debug {
 
     /// Drops everything staged.
     async fn abort(self: Box<Self>) -> Result<()>;
+
+    /// Leaves everything staged in place for a later resume (a resumable
+    /// staging area; others abort) and returns where it is.
+    async fn keep(self: Box<Self>) -> Result<String> {
+        self.abort().await?;
+        Ok(String::new())
+    }
+
+    /// The checkpoint store of a resumable staging area.
+    fn checkpoints(&self) -> Option<std::sync::Arc<dyn CheckpointStore>> {
+        None
+    }
+
+    /// The size of object `name`, None if there is none.
+    async fn size(&self, name: &str) -> Result<Option<u64>> {
+        let _ = name;
+        Ok(None)
+    }
+
+    /// Opens existing object `name` for appending, after cutting it to
+    /// `len` bytes; the writer's [`finish`](SinkWriter::finish) counts the
+    /// kept bytes too.
+    async fn append(&mut self, name: &str, len: u64) -> Result<Box<dyn SinkWriter>> {
+        let _ = len;
+        Err(crate::Error::InvalidArgument(format!(
+            "this sink cannot continue object {name}"
+        )))
+    }
 }
 
 /// One object being written.
@@ -69,4 +128,10 @@ pub trait SinkWriter: Send + std::fmt::Debug {
 
     /// Makes the object durable (flushed and synced) and returns its size.
     async fn finish(self: Box<Self>) -> Result<u64>;
+
+    /// Makes what was written so far durable and returns its size, for a
+    /// checkpoint; None if this sink cannot tell.
+    async fn sync(&mut self) -> Result<Option<u64>> {
+        Ok(None)
+    }
 }

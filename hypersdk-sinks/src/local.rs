@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
-use hypersdk_core::{Artifact, Error, Result, Sink, SinkWriter, Staging};
+use hypersdk_core::{Artifact, CheckpointStore, Error, Result, Sink, SinkWriter, Staging};
 
 static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -49,6 +49,88 @@ impl Sink for LocalDirSink {
     }
 
     async fn begin(&self, artifact: &Artifact, overwrite: bool) -> Result<Box<dyn Staging>> {
+        let target = self.prepare(artifact, overwrite).await?;
+        let n = STAGING_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = self.root.join(format!(
+            ".{}.partial-{}-{n}",
+            artifact.name(),
+            std::process::id()
+        ));
+        tokio::fs::create_dir(&dir)
+            .await
+            .map_err(|e| Error::sink("cannot create staging directory", show(&dir), e))?;
+        tracing::debug!(staging = %dir.display(), "staging area created");
+        Ok(Box::new(LocalStaging {
+            dir,
+            target,
+            artifact: artifact.clone(),
+            overwrite,
+            done: false,
+            lock: None,
+        }))
+    }
+
+    /// The staging directory is `.NAME.partial` next to the destination,
+    /// locked (flock) while an export uses it, with the checkpoint in
+    /// `.checkpoint.json` inside.
+    async fn begin_resumable(
+        &self,
+        artifact: &Artifact,
+        overwrite: bool,
+        resume: bool,
+    ) -> Result<Box<dyn Staging>> {
+        let target = self.prepare(artifact, overwrite).await?;
+        let dir = self.root.join(format!(".{}.partial", artifact.name()));
+        let d = dir.clone();
+        let lock = tokio::task::spawn_blocking(move || -> Result<std::fs::File> {
+            let lock = |d: &Path| -> Result<std::fs::File> {
+                let f = std::fs::File::open(d)
+                    .map_err(|e| Error::sink("cannot open staging directory", show(d), e))?;
+                match f.try_lock() {
+                    Ok(()) => Ok(f),
+                    Err(std::fs::TryLockError::WouldBlock) => Err(Error::sink(
+                        "cannot use staging directory",
+                        show(d),
+                        std::io::Error::new(
+                            std::io::ErrorKind::ResourceBusy,
+                            "another export of the same VM is writing it",
+                        ),
+                    )),
+                    Err(std::fs::TryLockError::Error(e)) => {
+                        Err(Error::sink("cannot lock staging directory", show(d), e))
+                    }
+                }
+            };
+            if d.is_dir() {
+                let held = lock(&d)?;
+                if resume {
+                    tracing::info!(staging = %d.display(), "taking up the partial export");
+                    return Ok(held);
+                }
+                tracing::warn!(staging = %d.display(), "discarding a partial export (not resuming)");
+                std::fs::remove_dir_all(&d)
+                    .map_err(|e| Error::sink("cannot remove old staging directory", show(&d), e))?;
+            }
+            std::fs::create_dir(&d)
+                .map_err(|e| Error::sink("cannot create staging directory", show(&d), e))?;
+            lock(&d)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("staging thread failed: {e}")))??;
+        Ok(Box::new(LocalStaging {
+            dir,
+            target,
+            artifact: artifact.clone(),
+            overwrite,
+            done: false,
+            lock: Some(lock),
+        }))
+    }
+}
+
+impl LocalDirSink {
+    /// Checks the artifact name and the destination; returns its path.
+    async fn prepare(&self, artifact: &Artifact, overwrite: bool) -> Result<PathBuf> {
         check_name(artifact.name())?;
         if let Ok(meta) = tokio::fs::metadata(&self.root).await {
             if !meta.is_dir() {
@@ -68,23 +150,59 @@ impl Sink for LocalDirSink {
                 target: show(&target),
             });
         }
-        let n = STAGING_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = self.root.join(format!(
-            ".{}.partial-{}-{n}",
-            artifact.name(),
-            std::process::id()
-        ));
-        tokio::fs::create_dir(&dir)
-            .await
-            .map_err(|e| Error::sink("cannot create staging directory", show(&dir), e))?;
-        tracing::debug!(staging = %dir.display(), "staging area created");
-        Ok(Box::new(LocalStaging {
-            dir,
-            target,
-            artifact: artifact.clone(),
-            overwrite,
-            done: false,
-        }))
+        Ok(target)
+    }
+}
+
+/// The checkpoint file of a resumable staging directory.
+const CHECKPOINT: &str = ".checkpoint.json";
+
+/// Checkpoints in a staging directory: written to a temporary file, synced,
+/// renamed over the old one, and the directory synced.
+#[derive(Debug)]
+struct LocalCheckpoints {
+    dir: PathBuf,
+}
+
+impl CheckpointStore for LocalCheckpoints {
+    fn load(&self) -> Result<Option<Vec<u8>>> {
+        let path = self.dir.join(CHECKPOINT);
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::sink("cannot read checkpoint", show(&path), e)),
+        }
+    }
+
+    fn save(&self, bytes: &[u8]) -> Result<()> {
+        use std::io::Write;
+        let path = self.dir.join(CHECKPOINT);
+        let tmp = self.dir.join(format!("{CHECKPOINT}.tmp"));
+        let err = |e| Error::sink("cannot save checkpoint", show(&path), e);
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        f.write_all(bytes).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(err)?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)
+    }
+
+    fn clear(&self) -> Result<()> {
+        for name in [CHECKPOINT.to_string(), format!("{CHECKPOINT}.tmp")] {
+            let path = self.dir.join(name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::sink("cannot remove checkpoint", show(&path), e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn location(&self) -> String {
+        show(&self.dir.join(CHECKPOINT))
     }
 }
 
@@ -96,6 +214,9 @@ struct LocalStaging {
     artifact: Artifact,
     overwrite: bool,
     done: bool,
+    /// Held while a resumable staging directory is in use (None: not
+    /// resumable).
+    lock: Option<std::fs::File>,
 }
 
 impl LocalStaging {
@@ -135,6 +256,12 @@ impl Staging for LocalStaging {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<String> {
+        if self.lock.is_some() {
+            (LocalCheckpoints {
+                dir: self.dir.clone(),
+            })
+            .clear()?;
+        }
         let exists = tokio::fs::symlink_metadata(&self.target).await.is_ok();
         if exists && !self.overwrite {
             return Err(Error::AlreadyExists {
@@ -167,6 +294,53 @@ impl Staging for LocalStaging {
         Ok(show(&self.target))
     }
 
+    async fn keep(mut self: Box<Self>) -> Result<String> {
+        if self.lock.is_none() {
+            self.abort().await?;
+            return Ok(String::new());
+        }
+        self.done = true;
+        Ok(show(&self.dir))
+    }
+
+    fn checkpoints(&self) -> Option<std::sync::Arc<dyn CheckpointStore>> {
+        self.lock.as_ref()?;
+        Some(std::sync::Arc::new(LocalCheckpoints {
+            dir: self.dir.clone(),
+        }))
+    }
+
+    async fn size(&self, name: &str) -> Result<Option<u64>> {
+        let path = self.path(name)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(m) if m.is_file() => Ok(Some(m.len())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::sink("cannot look at", show(&path), e)),
+        }
+    }
+
+    async fn append(&mut self, name: &str, len: u64) -> Result<Box<dyn SinkWriter>> {
+        use tokio::io::AsyncSeekExt;
+        let path = self.path(name)?;
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .await
+            .map_err(|e| Error::sink("cannot open", show(&path), e))?;
+        file.set_len(len)
+            .await
+            .map_err(|e| Error::sink("cannot cut back", show(&path), e))?;
+        file.seek(std::io::SeekFrom::Start(len))
+            .await
+            .map_err(|e| Error::sink("cannot seek in", show(&path), e))?;
+        Ok(Box::new(LocalWriter {
+            file,
+            path,
+            size: len,
+        }))
+    }
+
     async fn abort(mut self: Box<Self>) -> Result<()> {
         self.done = true;
         match tokio::fs::remove_dir_all(&self.dir).await {
@@ -184,8 +358,8 @@ impl Staging for LocalStaging {
 impl Drop for LocalStaging {
     fn drop(&mut self) {
         // A staging area dropped without commit or abort (a cancelled future):
-        // remove it so nothing half-written remains.
-        if !self.done {
+        // remove it so nothing half-written remains — unless it is resumable.
+        if !self.done && self.lock.is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
@@ -219,6 +393,18 @@ impl SinkWriter for LocalWriter {
             .map_err(|e| Error::sink("cannot write", show(&self.path), e))?;
         self.size += data.len() as u64;
         Ok(())
+    }
+
+    async fn sync(&mut self) -> Result<Option<u64>> {
+        self.file
+            .flush()
+            .await
+            .map_err(|e| Error::sink("cannot write", show(&self.path), e))?;
+        self.file
+            .sync_data()
+            .await
+            .map_err(|e| Error::sink("cannot sync", show(&self.path), e))?;
+        Ok(Some(self.size))
     }
 
     async fn finish(mut self: Box<Self>) -> Result<u64> {

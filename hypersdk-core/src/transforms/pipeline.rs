@@ -361,6 +361,31 @@ impl PipelineOutput {
 
 /// Starts the stage threads of `spec`.
 pub fn start(spec: &TransformSpec) -> Result<(PipelineInput, PipelineOutput)> {
+    start_at(spec, None)
+}
+
+/// Where a pipeline continues an object: `offset` input bytes are already
+/// stored (unchanged: only a pipeline that does not change bytes can
+/// continue), and `hasher` has digested them.
+#[derive(Debug)]
+pub struct Continue {
+    /// Bytes already stored.
+    pub offset: u64,
+    /// The digest state after them.
+    pub hasher: Hasher,
+}
+
+/// [`start`], continuing an object (see [`Continue`]): the summary then
+/// counts and digests the kept bytes too.
+pub fn start_at(
+    spec: &TransformSpec,
+    resume: Option<Continue>,
+) -> Result<(PipelineInput, PipelineOutput)> {
+    if resume.is_some() && spec.changes_bytes() {
+        return Err(Error::Internal(
+            "only a pipeline that stores bytes unchanged can continue an object".into(),
+        ));
+    }
     let chunk = spec.chunk_size.max(1 << 16);
     let depth = spec.queue_depth.max(1);
     let (in_tx, mut in_rx) = mpsc::channel::<Vec<u8>>(depth);
@@ -424,13 +449,16 @@ pub fn start(spec: &TransformSpec) -> Result<(PipelineInput, PipelineOutput)> {
     {
         let closed = closed.clone();
         let ended = ended.clone();
-        let mut hasher = spec.digest.map(Hasher::new);
+        let (start_n, mut hasher) = match resume {
+            Some(c) => (c.offset, Some(c.hasher)),
+            None => (0, spec.digest.map(Hasher::new)),
+        };
         let out_tx = (!tail_needed).then(|| out_tx.clone());
         let to_workers = to_workers;
         threads.push(spawn(
             "digest",
             Box::new(move || {
-                let mut n: u64 = 0;
+                let mut n: u64 = start_n;
                 let mut next = 0usize;
                 while let Some(data) = in_rx.blocking_recv() {
                     n += data.len() as u64;

@@ -30,6 +30,15 @@ fn listing(dir: &std::path::Path) -> Vec<String> {
     }
 }
 
+/// What an export published: the visible entries (a kept partial export is
+/// a hidden `.NAME.partial` directory).
+fn published(dir: &std::path::Path) -> Vec<String> {
+    listing(dir)
+        .into_iter()
+        .filter(|n| !n.starts_with('.'))
+        .collect()
+}
+
 /// A VM with one raw disk of `len` mixed bytes and one qcow2 disk made by qemu-img.
 fn make_vm(dir: &std::path::Path, len: usize) -> std::path::PathBuf {
     std::fs::write(dir.join("a.raw"), mixed_content(len)).unwrap();
@@ -98,21 +107,97 @@ async fn library_export_with_progress_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancellation_stops_and_leaves_nothing() {
+async fn cancellation_leaves_a_checkpoint_that_resume_continues() {
     let tmp = tempfile::tempdir().unwrap();
     let xml = make_vm(tmp.path(), 32 << 20);
+    let vm = xml.to_str().unwrap();
+    let provider = LocalProvider::new(tmp.path());
+    for format in [PackageFormat::Ova, PackageFormat::Ovf] {
+        let out = tmp.path().join(format!("out-{format:?}"));
+        let mut options = ExportOptions::new(format);
+        options.checkpoint_every = 1 << 20;
+        options.parallel_disks = 1;
+        let exporter = Exporter::new(options.clone());
+        let token = exporter.cancel_token();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        // Cancel once the first disk is well under way.
+        let exporter = exporter.on_progress(Arc::new(move |e| {
+            if e.bytes_done >= 12 << 20 && c.fetch_add(1, Ordering::SeqCst) == 0 {
+                token.cancel();
+            }
+        }));
+        let err = exporter
+            .export(&provider, vm, &LocalDirSink::new(&out))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Cancelled), "{err}");
+        assert!(published(&out).is_empty(), "{:?}", listing(&out));
+        let partial = out.join(format!(
+            ".pipe{}.partial",
+            if format == PackageFormat::Ova {
+                ".ova"
+            } else {
+                ""
+            }
+        ));
+        assert!(
+            partial.join(".checkpoint.json").is_file(),
+            "{:?}",
+            listing(&out)
+        );
+
+        options.resume = true;
+        let resumed = Exporter::new(options.clone())
+            .export(&provider, vm, &LocalDirSink::new(&out))
+            .await
+            .unwrap();
+        assert!(
+            resumed.resumed_bytes > 1 << 20,
+            "kept {}",
+            resumed.resumed_bytes
+        );
+        assert!(
+            resumed.bytes_read < 64 << 20,
+            "read {} of 2 × 32 MiB",
+            resumed.bytes_read
+        );
+        assert!(!partial.exists());
+
+        // The same bytes as an export that was never interrupted.
+        let fresh_out = tmp.path().join(format!("fresh-{format:?}"));
+        options.resume = false;
+        let fresh = Exporter::new(options)
+            .export(&provider, vm, &LocalDirSink::new(&fresh_out))
+            .await
+            .unwrap();
+        assert_eq!(resumed.manifest, fresh.manifest);
+        assert_eq!(published(&out), published(&fresh_out));
+        for f in &fresh.files {
+            let rel = |root: &std::path::Path| match format {
+                PackageFormat::Ova => root.join("pipe.ova"),
+                PackageFormat::Ovf => root.join("pipe").join(&f.stored_name),
+            };
+            assert!(
+                std::fs::read(rel(&out)).unwrap() == std::fs::read(rel(&fresh_out)).unwrap(),
+                "{} differs",
+                f.name
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_checkpoints_a_cancelled_export_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let xml = make_vm(tmp.path(), 8 << 20);
     let provider = LocalProvider::new(tmp.path());
     let out = tmp.path().join("out");
-    let exporter = Exporter::new(ExportOptions::new(PackageFormat::Ova));
+    let mut options = ExportOptions::new(PackageFormat::Ova);
+    options.checkpoint = false;
+    let exporter = Exporter::new(options);
     let token = exporter.cancel_token();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = calls.clone();
-    let exporter = exporter.on_progress(Arc::new(move |_| {
-        // cancel as soon as the first disk reports progress
-        if c.fetch_add(1, Ordering::SeqCst) == 0 {
-            token.cancel();
-        }
-    }));
+    let exporter = exporter.on_progress(Arc::new(move |_| token.cancel()));
     let err = exporter
         .export(&provider, xml.to_str().unwrap(), &LocalDirSink::new(&out))
         .await
@@ -179,7 +264,7 @@ async fn source_errors_and_short_disks_fail_cleanly() {
         .unwrap_err();
     assert!(matches!(err, Error::DiskRead { .. }), "{err}");
     assert!(err.is_retryable(), "a reset connection is worth retrying");
-    assert!(listing(&out).is_empty());
+    assert!(published(&out).is_empty());
 
     let err = exporter
         .export_source(&Flaky { spec, fail: false }, "test", &sink)
@@ -391,5 +476,5 @@ async fn a_stalled_source_is_a_retryable_error_not_a_hang() {
     assert!(err.is_retryable(), "{err}");
     let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
     assert!(text.contains("stalled"), "{text}");
-    assert!(listing(&out).is_empty());
+    assert!(published(&out).is_empty());
 }

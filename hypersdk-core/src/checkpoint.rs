@@ -1,0 +1,215 @@
+//! Durable checkpoints, so that an interrupted export continues instead of
+//! starting over (`ExportOptions::resume`, `hyperctl export --resume`).
+//!
+//! A resumable export stages its files in a place that survives the
+//! process ([`Sink::begin_resumable`](crate::Sink::begin_resumable)) and
+//! keeps there a small JSON checkpoint, replaced atomically
+//! ([`CheckpointStore`]): what the export is (VM, disks, the options that
+//! shape the bytes), and per disk the object it is written to, how many of
+//! its bytes are durable (synced) and, once the disk is done, its report.
+//! It is saved when a disk starts and ends, and while one is written every
+//! [`ExportOptions::checkpoint_every`](crate::ExportOptions::checkpoint_every)
+//! bytes or two seconds, whichever comes first.
+//!
+//! Nothing else is saved: the state needed to go on is recomputed from the
+//! durable bytes themselves. A disk's VMDK is read back up to its last
+//! whole record ([`StreamChecker::boundary`](hypersdk_formats::vmdk::StreamChecker::boundary)),
+//! digested on the way, the VMDK writer's tables rebuilt from it
+//! ([`WriterResume`](hypersdk_formats::vmdk::WriterResume)), and the source
+//! opened again where those bytes end: at that guest offset, or, for a disk
+//! the platform serves as a VMDK, at that byte of the VMDK (after checking
+//! that the platform serves the same bytes again). The result is the same,
+//! byte for byte, as an uninterrupted export's. Disks already done are kept
+//! as they are. Compressed or encrypted disk files (OVF directory output)
+//! are written again from their start; OVA disks are plain spools and
+//! always continue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::options::ExportOptions;
+use crate::report::FileReport;
+use crate::sink::CheckpointStore;
+use crate::vm::VmSpec;
+
+/// Format version of the checkpoint document.
+pub const VERSION: u32 = 1;
+
+/// The longest a written disk goes without a checkpoint.
+pub const INTERVAL: Duration = Duration::from_secs(2);
+
+/// What an export is: a partial export continues only if this is equal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// VM name.
+    pub vm: String,
+    /// VM id on the platform.
+    pub vm_id: String,
+    /// Disks: name and capacity.
+    pub disks: Vec<(String, u64)>,
+    /// Package format.
+    pub format: String,
+    /// Manifest digest algorithm.
+    pub digest: String,
+    /// Compression of stored files.
+    pub compression: Option<String>,
+    /// Whether stored files are encrypted.
+    pub encrypted: bool,
+    /// zlib level of the VMDK grains.
+    pub vmdk_level: u32,
+    /// Whether served VMDKs are re-encoded.
+    pub reencode: bool,
+    /// Pipeline chunk (compression frame) size.
+    pub chunk_size: usize,
+}
+
+impl Identity {
+    /// The identity of exporting `spec` with `options`.
+    pub fn of(spec: &VmSpec, options: &ExportOptions) -> Identity {
+        Identity {
+            vm: spec.name.clone(),
+            vm_id: spec.id.clone(),
+            disks: spec
+                .disks
+                .iter()
+                .map(|d| (d.name.clone(), d.capacity))
+                .collect(),
+            format: format!("{:?}", options.format),
+            digest: options.digest.manifest_name().to_string(),
+            compression: options.compression.map(|c| c.to_string()),
+            encrypted: options.encryption.is_some(),
+            vmdk_level: options.compression_level,
+            reencode: options.reencode,
+            chunk_size: options.chunk_size,
+        }
+    }
+}
+
+/// A finished disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoneDisk {
+    /// Its file.
+    pub file: FileReport,
+    /// Guest bytes in non-zero grains.
+    pub populated: u64,
+    /// Guest bytes read for it.
+    pub bytes_read: u64,
+}
+
+/// One disk's progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskState {
+    /// The staged object it is written to.
+    pub stored_name: String,
+    /// Bytes of that object known to be durable.
+    pub durable: u64,
+    /// Whether the bytes are the VMDK as the platform served it.
+    pub served: bool,
+    /// Set once the disk is done.
+    pub done: Option<DoneDisk>,
+}
+
+/// The checkpoint document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// [`VERSION`].
+    pub version: u32,
+    /// What is exported.
+    pub identity: Identity,
+    /// Per disk, in the VM's order.
+    pub disks: Vec<DiskState>,
+}
+
+impl Checkpoint {
+    /// A fresh checkpoint for `identity`.
+    pub fn new(identity: Identity) -> Checkpoint {
+        let n = identity.disks.len();
+        Checkpoint {
+            version: VERSION,
+            identity,
+            disks: vec![DiskState::default(); n],
+        }
+    }
+
+    /// Reads a saved checkpoint and checks it is one for `identity`.
+    pub fn parse(bytes: &[u8], identity: &Identity, location: &str) -> Result<Checkpoint> {
+        let c: Checkpoint = serde_json::from_slice(bytes).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "the checkpoint {location} is damaged ({e}); export without --resume to start over"
+            ))
+        })?;
+        if c.version != VERSION {
+            return Err(Error::InvalidArgument(format!(
+                "the checkpoint {location} has format version {}, this build reads {VERSION}; export without --resume to start over",
+                c.version
+            )));
+        }
+        if &c.identity != identity || c.disks.len() != identity.disks.len() {
+            return Err(Error::InvalidArgument(format!(
+                "the partial export at {location} is of something else: it was {:?}, now {:?}; export without --resume to start over",
+                c.identity, identity
+            )));
+        }
+        Ok(c)
+    }
+}
+
+/// The checkpoint of a running export, shared by its disks; saves are
+/// serialized, so the store always holds the newest.
+#[derive(Debug, Clone)]
+pub(crate) struct Checkpointer {
+    store: Arc<dyn CheckpointStore>,
+    state: Arc<tokio::sync::Mutex<Checkpoint>>,
+    pub every: u64,
+}
+
+impl Checkpointer {
+    pub(crate) fn new(store: Arc<dyn CheckpointStore>, state: Checkpoint, every: u64) -> Self {
+        Checkpointer {
+            store,
+            state: Arc::new(tokio::sync::Mutex::new(state)),
+            every: every.max(1),
+        }
+    }
+
+    /// Disk `index` as last recorded.
+    pub(crate) async fn disk(&self, index: usize) -> DiskState {
+        self.state
+            .lock()
+            .await
+            .disks
+            .get(index)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Changes the checkpoint with `f` and saves it.
+    pub(crate) async fn update(&self, f: impl FnOnce(&mut Checkpoint)) -> Result<()> {
+        let mut state = self.state.lock().await;
+        f(&mut state);
+        let bytes = serde_json::to_vec_pretty(&*state)
+            .map_err(|e| Error::Internal(format!("cannot encode the checkpoint: {e}")))?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.save(&bytes))
+            .await
+            .map_err(|e| Error::Internal(format!("checkpoint thread failed: {e}")))?
+    }
+
+    /// Removes the checkpoint (the export is about to be published).
+    pub(crate) async fn clear(&self) -> Result<()> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.clear())
+            .await
+            .map_err(|e| Error::Internal(format!("checkpoint thread failed: {e}")))?
+    }
+}
+
+/// Whether an export that failed with `e` is worth continuing later: it
+/// was cancelled or interrupted, or the sink failed (e.g. a full disk) —
+/// not bad input, which would fail the same way again.
+pub fn keeps_partial(e: &Error) -> bool {
+    matches!(e, Error::Cancelled | Error::Sink { .. }) || e.is_retryable()
+}
