@@ -209,6 +209,17 @@ struct ExportArgs {
     /// (vSphere) instead of storing them as they arrive.
     #[arg(long)]
     reencode: bool,
+    /// Continue the interrupted export of the same VM with the same options
+    /// in this output directory, if there is one (else start afresh).
+    #[arg(long)]
+    resume: bool,
+    /// Keep no checkpoint: an interrupted export leaves nothing to resume.
+    #[arg(long, conflicts_with = "resume")]
+    no_checkpoint: bool,
+    /// Checkpoint (sync and record) each disk at least every this many MiB
+    /// written, and every 2 seconds.
+    #[arg(long, default_value_t = 64, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_mib: u64,
     /// Print the export report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -427,6 +438,11 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
     options.idle_timeout =
         (args.idle_timeout > 0).then(|| std::time::Duration::from_secs(args.idle_timeout));
     options.reencode = args.reencode;
+    options.checkpoint = !args.no_checkpoint;
+    options.resume = args.resume;
+    options.checkpoint_every = args.checkpoint_mib << 20;
+    let kept_on_failure = options.checkpoint
+        && !(options.encryption.is_some() && options.format == PackageFormat::Ova);
     if let Some(n) = &args.name {
         options = options.with_name(n);
     }
@@ -448,6 +464,14 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
         .await;
     display.finish();
     connected.close().await;
+    if let Err(e) = &result {
+        if kept_on_failure && hypersdk_core::checkpoint::keeps_partial(e) {
+            eprintln!(
+                "note: the partial export is kept in {}; run the same command with --resume to continue it",
+                args.output.display()
+            );
+        }
+    }
     let report = result.with_context(|| format!("export of VM '{}' failed", args.vm))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -470,6 +494,12 @@ fn print_report(r: &ExportReport) {
         r.duration_secs,
         r.throughput_mb_s
     );
+    if r.resumed_bytes > 0 {
+        println!(
+            "resumed: kept {} written before the interruption",
+            human_bytes(r.resumed_bytes)
+        );
+    }
     if let Some(ova) = &r.ova {
         println!(
             "{} of {}: {}",

@@ -578,14 +578,14 @@ impl Exporter {
             };
             ck.update(|c| c.disks[index] = state).await?;
         }
-        Ok(Prepared::Run(PreparedDisk {
+        Ok(Prepared::Run(Box::new(PreparedDisk {
             index,
             name: name.to_string(),
             stream,
             input,
             object,
             resume,
-        }))
+        })))
     }
 
     /// Reads back the durable bytes of an interrupted disk's object and
@@ -652,7 +652,8 @@ impl Exporter {
     }
 
     /// Exports one opened disk.
-    async fn run_disk(&self, spec: &VmSpec, p: PreparedDisk) -> Result<DiskOutcome> {
+    async fn run_disk(&self, spec: &VmSpec, p: Box<PreparedDisk>) -> Result<DiskOutcome> {
+        let p = *p;
         let kept = p.resume.as_ref().map_or(0, |r| r.kept);
         let (checker, writer) = match p.resume {
             Some(r) => (r.checker, r.writer),
@@ -660,11 +661,11 @@ impl Exporter {
         };
         let mut outcome = match p.stream {
             DiskInput::ServedVmdk(s) => {
-                self.store_vmdk(spec, s, p.index, &p.name, p.input, p.object, checker)
+                self.store_vmdk(spec, s, p.index, &p.name, (p.input, p.object), checker)
                     .await
             }
             DiskInput::Guest(s) => {
-                self.encode_disk(spec, s, p.index, &p.name, p.input, p.object, writer)
+                self.encode_disk(spec, s, p.index, &p.name, (p.input, p.object), writer)
                     .await
             }
         }?;
@@ -679,8 +680,7 @@ impl Exporter {
         mut stream: crate::provider::DiskStream,
         index: usize,
         name: &str,
-        mut input: PipelineInput,
-        object: ObjectSink,
+        (mut input, object): (PipelineInput, ObjectSink),
         resume: Option<WriterResume>,
     ) -> Result<DiskOutcome> {
         let disk = &spec.disks[index];
@@ -855,8 +855,7 @@ impl Exporter {
         mut stream: crate::provider::DiskStream,
         index: usize,
         name: &str,
-        mut input: PipelineInput,
-        object: ObjectSink,
+        (mut input, object): (PipelineInput, ObjectSink),
         checker: Option<StreamChecker>,
     ) -> Result<DiskOutcome> {
         let disk = &spec.disks[index];
@@ -1097,7 +1096,7 @@ struct PreparedDisk {
 
 /// A disk to run, or one an interrupted run finished.
 enum Prepared {
-    Run(PreparedDisk),
+    Run(Box<PreparedDisk>),
     Done(DiskOutcome),
 }
 

@@ -227,7 +227,7 @@ impl<R: Read + Seek> Qcow2Reader<R> {
             ));
         }
         if l1_size > 0 {
-            if l1_table_offset % cluster_size != 0 {
+            if !l1_table_offset.is_multiple_of(cluster_size) {
                 return Err(corrupt(
                     40,
                     format!("L1 table offset {l1_table_offset:#x} is not cluster aligned"),
@@ -309,7 +309,7 @@ impl<R: Read + Seek> Qcow2Reader<R> {
             return Ok(self.unallocated());
         }
         let entry_pos = self.header.l1_table_offset + l1_index as u64 * 8;
-        if l2_offset % self.cluster_size != 0 {
+        if !l2_offset.is_multiple_of(self.cluster_size) {
             return Err(corrupt(
                 entry_pos,
                 format!("L1 entry {l1_index} points to unaligned L2 table {l2_offset:#x}"),
@@ -357,7 +357,7 @@ impl<R: Read + Seek> Qcow2Reader<R> {
         if host == 0 {
             return Ok(self.unallocated());
         }
-        if host % self.cluster_size != 0 {
+        if !host.is_multiple_of(self.cluster_size) {
             return Err(corrupt(
                 entry_pos,
                 format!("L2 entry points to unaligned data cluster {host:#x}"),

@@ -80,7 +80,7 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
 impl<W: Write + Seek> Qcow2Writer<W> {
     /// Starts an image of `size` bytes (a multiple of 512), reserving the header and L1 table.
     pub fn new(mut out: W, size: u64, options: &Qcow2WriterOptions) -> Result<Self> {
-        if size == 0 || size % 512 != 0 || size > (1 << 50) {
+        if size == 0 || !size.is_multiple_of(512) || size > (1 << 50) {
             return Err(Error::InvalidInput {
                 format: "qcow2",
                 what: format!("virtual size {size} must be a positive multiple of 512 up to 1 PiB"),

@@ -79,7 +79,7 @@ impl<R: Read + Seek> VhdReader<R> {
         }
         let size = be64(&f, 48);
         let disk_type = be32(&f, 60);
-        if size == 0 || size % 512 != 0 {
+        if size == 0 || !size.is_multiple_of(512) {
             return Err(corrupt(
                 at + 48,
                 format!("current size {size} is not a positive multiple of 512"),

@@ -21,7 +21,7 @@ impl<W: Write + Seek> VhdFixedWriter<W> {
     /// A fixed VHD of `size` guest bytes (a multiple of 512; Azure also wants
     /// a multiple of 1 MiB). `unique_id` identifies the disk.
     pub fn new(out: W, size: u64, unique_id: [u8; 16]) -> Result<Self> {
-        if size == 0 || size % 512 != 0 {
+        if size == 0 || !size.is_multiple_of(512) {
             return Err(Error::InvalidInput {
                 format: "VHD",
                 what: format!("size {size} is not a positive multiple of 512"),

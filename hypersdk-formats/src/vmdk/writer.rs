@@ -113,7 +113,7 @@ impl<W: Write> StreamOptimizedWriter<W> {
 
     /// A writer at the start, and the header + descriptor it begins with.
     fn build(out: W, capacity: u64, options: &VmdkWriterOptions) -> Result<(Self, Vec<u8>)> {
-        if capacity == 0 || capacity % SECTOR_SIZE != 0 {
+        if capacity == 0 || !capacity.is_multiple_of(SECTOR_SIZE) {
             return Err(Error::InvalidInput {
                 format: "VMDK",
                 what: format!("capacity {capacity} is not a positive multiple of 512"),
@@ -188,7 +188,7 @@ impl<W: Write> StreamOptimizedWriter<W> {
             what: format!("cannot continue the VMDK: {what}"),
         };
         if state.received > capacity
-            || state.received % GRAIN_SIZE as u64 != 0 && state.received != capacity
+            || !state.received.is_multiple_of(GRAIN_SIZE as u64) && state.received != capacity
         {
             return Err(bad(format!("it stops at guest byte {}", state.received)));
         }
