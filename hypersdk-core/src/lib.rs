@@ -14,7 +14,9 @@
 //!   the stored files on all cores, within bandwidth limits, with bounded
 //!   memory, progress events, cancellation and an optional verify pass.
 //! - A [`Sink`] stores the package: writes go to a staging area and are
-//!   published whole on commit, or dropped on failure.
+//!   published whole on commit, or dropped on failure — or, for a resumable
+//!   staging area, kept with a durable checkpoint when the export is
+//!   interrupted, so that it can be continued ([`checkpoint`]).
 //!
 //! [`transforms`] holds the byte-stream transforms, usable on their own and
 //! composed by the Exporter through [`ExportOptions`]:

@@ -144,12 +144,61 @@ async fn cancelling_releases_the_lease_and_the_snapshot() {
         .unwrap_err();
     assert!(matches!(err, Error::Cancelled), "{err}");
     assert!(
-        std::fs::read_dir(out.path()).unwrap().next().is_none(),
-        "nothing published"
+        std::fs::read_dir(out.path()).unwrap().all(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with('.')),
+        "nothing published (a kept partial export is hidden)"
     );
     assert!(
         vc.snapshots("slow").await.unwrap().is_empty(),
         "the export's snapshot is removed after a cancel"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_export_resumes_mid_disk_with_range_on_a_new_lease() {
+    let sim = Vcsim::start_with_flags(&[("resumed", &[32])], &["-nfc-range"]);
+    fill(&sim, "resumed", &[32]);
+    let vc = connect(&sim).await;
+    let out = tempfile::tempdir().unwrap();
+    let mut options = ExportOptions::new(PackageFormat::Ovf);
+    options.checkpoint_every = 1 << 20;
+    let slow =
+        options
+            .clone()
+            .with_bwlimit(hypersdk_core::transforms::ratelimit::RateLimiter::new(
+                Some(8 << 20),
+                256 << 10,
+            ));
+    let exporter = Exporter::new(slow);
+    let token = exporter.cancel_token();
+    let exporter = exporter.on_progress(std::sync::Arc::new(move |e| {
+        if e.bytes_done >= 20 << 20 {
+            token.cancel();
+        }
+    }));
+    let err = exporter
+        .export(&vc, "resumed", &LocalDirSink::new(out.path()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+    let before = sim.stats();
+    options.resume = true;
+    let report = Exporter::new(options)
+        .export(&vc, "resumed", &LocalDirSink::new(out.path()))
+        .await
+        .unwrap();
+    assert!(report.resumed_bytes > 0, "continued mid-disk");
+    let ranged =
+        sim.stats()["nfc_ranged"].as_i64().unwrap() - before["nfc_ranged"].as_i64().unwrap();
+    assert!(ranged >= 1, "the rest was asked for with Range");
+    check_disk(
+        &sim,
+        "resumed",
+        0,
+        &out.path().join("resumed/resumed-disk1.vmdk"),
     );
 }
 
