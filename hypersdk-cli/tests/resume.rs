@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use hypersdk_testsupport::{disk_like_content, mixed_content, path_str};
+use hypersdk_testsupport::{dir_contents, disk_like_content, mixed_content, path_str};
 
 /// A VM in `dir` with two raw disks of `mib` MiB each (disk-like and mixed
 /// content, so the VMDKs are large enough to be cut).
@@ -61,22 +61,6 @@ fn next(state: &mut u64) -> u64 {
     *state ^= *state >> 7;
     *state ^= *state << 17;
     *state
-}
-
-/// Every file under `dir`, by relative name, with its bytes.
-fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]
@@ -179,8 +163,8 @@ fn kill_9_at_random_moments_then_resume_gives_the_same_export() {
             )
         } else {
             (
-                tree(&out.join("resumable")),
-                tree(&reference.join("resumable")),
+                dir_contents(&out.join("resumable")),
+                dir_contents(&reference.join("resumable")),
             )
         };
         assert!(
@@ -308,7 +292,7 @@ cp -r "$OUT/resumable" "$RES/resumable" || exit 15
         "continued, not restarted"
     );
     assert!(
-        tree(&results.join("resumable")) == tree(&reference.join("resumable")),
+        dir_contents(&results.join("resumable")) == dir_contents(&reference.join("resumable")),
         "the resumed export is byte-identical to an uninterrupted one"
     );
 }

@@ -408,14 +408,7 @@ impl SinkWriter for LocalWriter {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<u64> {
-        self.file
-            .flush()
-            .await
-            .map_err(|e| Error::sink("cannot write", show(&self.path), e))?;
-        self.file
-            .sync_all()
-            .await
-            .map_err(|e| Error::sink("cannot sync", show(&self.path), e))?;
+        self.sync().await?;
         Ok(self.size)
     }
 }

@@ -14,7 +14,7 @@ use hypersdk_core::{ExportOptions, Exporter, PackageFormat};
 use hypersdk_sinks::LocalDirSink;
 use hypersdk_testsupport::faultproxy::FaultProxy;
 use hypersdk_testsupport::vcsim::Vcsim;
-use hypersdk_testsupport::{assert_same_guest_data, write_mixed_file};
+use hypersdk_testsupport::{assert_same_guest_data, dir_contents, write_mixed_file};
 use hypersdk_vsphere::{TlsMode, VsphereProvider};
 
 /// A session whose retries are quick (the proxy refuses nothing, so a
@@ -27,22 +27,6 @@ async fn quick_retries(sim: &Vcsim) -> VsphereProvider {
         ..RetryPolicy::default()
     };
     VsphereProvider::connect(&o).await.unwrap()
-}
-
-/// Every file of an OVF directory export, by name.
-fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 /// `n` distinct cut points in `1..limit`, from a seed printed for replay.
@@ -71,7 +55,7 @@ async fn export_ovf(vc: &VsphereProvider, vm: &str, out: &Path) -> Vec<(String, 
         .export(vc, vm, &LocalDirSink::new(out))
         .await
         .unwrap();
-    files(&out.join(vm))
+    dir_contents(&out.join(vm))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
