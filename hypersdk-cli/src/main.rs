@@ -441,8 +441,6 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
     options.checkpoint = !args.no_checkpoint;
     options.resume = args.resume;
     options.checkpoint_every = args.checkpoint_mib << 20;
-    let kept_on_failure = options.checkpoint
-        && !(options.encryption.is_some() && options.format == PackageFormat::Ova);
     if let Some(n) = &args.name {
         options = options.with_name(n);
     }
@@ -465,7 +463,7 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
     display.finish();
     connected.close().await;
     if let Err(e) = &result {
-        if kept_on_failure && hypersdk_core::checkpoint::keeps_partial(e) {
+        if exporter.options().keeps_partial_after(e) {
             eprintln!(
                 "note: the partial export is kept in {}; run the same command with --resume to continue it",
                 args.output.display()

@@ -50,7 +50,7 @@ use hypersdk_formats::vmdk::{
     StreamChecker, StreamOptimizedWriter, VmdkWriterOptions, VmdkWriterStats, WriterResume,
 };
 
-use crate::checkpoint::{keeps_partial, Checkpoint, Checkpointer, DiskState, DoneDisk, Identity};
+use crate::checkpoint::{Checkpoint, Checkpointer, DiskState, DoneDisk, Identity};
 use crate::error::{Error, Result};
 use crate::options::{ExportOptions, PackageFormat};
 use crate::package::{disk_file_name, ovf_system, safe_name, WrittenDisk};
@@ -114,6 +114,11 @@ impl Exporter {
     pub fn with_cancel(mut self, token: CancellationToken) -> Self {
         self.cancel = token;
         self
+    }
+
+    /// The options of this exporter.
+    pub fn options(&self) -> &ExportOptions {
+        &self.options
     }
 
     /// The cancellation token of this exporter.
@@ -195,10 +200,7 @@ impl Exporter {
             let mut report = match built {
                 Ok(r) => r,
                 Err(e) => {
-                    // Plain spools of an encrypted OVA are never left behind.
-                    let plain_spools = self.options.encryption.is_some()
-                        && self.options.format == PackageFormat::Ova;
-                    if ck.is_some() && keeps_partial(&e) && !plain_spools {
+                    if ck.is_some() && self.options.keeps_partial_after(&e) {
                         match staging.keep().await {
                             Ok(at) => tracing::warn!(
                                 partial = %at,
