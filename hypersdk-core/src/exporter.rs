@@ -504,7 +504,8 @@ impl Exporter {
     ) -> Result<Prepared> {
         // An OVA's disks are spools: the OVA as a whole is wrapped later.
         let wrapped = self.options.format == PackageFormat::Ovf;
-        let stored_name = format!("{name}{}", self.transform_spec(wrapped).extension());
+        let transforms = self.transform_spec(wrapped);
+        let stored_name = format!("{name}{}", transforms.extension());
         let disk_name = source.spec().disks[index].name.clone();
         let prev = match ck {
             Some(ck) => ck.disk(index).await,
@@ -523,7 +524,7 @@ impl Exporter {
         let served_wanted = !self.options.reencode;
         let mut resumed: Option<(Recovered, DiskInput)> = None;
         if prev.durable > 0 && prev.stored_name == stored_name {
-            if self.transform_spec(wrapped).changes_bytes() {
+            if transforms.changes_bytes() {
                 tracing::warn!(disk = %disk_name, "a compressed or encrypted disk file cannot be continued mid-way: writing it again");
             } else {
                 match self
@@ -550,7 +551,7 @@ impl Exporter {
                     .await?;
                 let resume = DiskResume {
                     kept: rec.offset,
-                    checker: Some(rec.checker),
+                    checker: rec.checker,
                     writer: rec.writer,
                 };
                 (stream, input, object, Some(resume))
@@ -658,7 +659,7 @@ impl Exporter {
         let p = *p;
         let kept = p.resume.as_ref().map_or(0, |r| r.kept);
         let (checker, writer) = match p.resume {
-            Some(r) => (r.checker, r.writer),
+            Some(r) => (Some(r.checker), r.writer),
             None => (None, None),
         };
         let mut outcome = match p.stream {
@@ -1107,7 +1108,7 @@ struct DiskResume {
     /// Stored bytes kept.
     kept: u64,
     /// The checker having seen them (for a served VMDK).
-    checker: Option<StreamChecker>,
+    checker: StreamChecker,
     /// The VMDK writer's state after them (for guest bytes).
     writer: Option<WriterResume>,
 }
@@ -1139,18 +1140,9 @@ async fn recover(
         file: name.to_string(),
         detail: format!("the kept part is not a sound VMDK: {e}"),
     };
-    let read_err = |e: std::io::Error| Error::sink("cannot read back", name, e);
-    let mut buf = vec![0u8; 1 << 20];
     // Pass 1: where the last whole record ends.
     let mut first = StreamChecker::new();
-    let mut r = staging.open(name).await?.take(durable);
-    loop {
-        let n = r.read(&mut buf).await.map_err(read_err)?;
-        if n == 0 {
-            break;
-        }
-        first.push(&buf[..n]).map_err(bad)?;
-    }
+    read_back(staging, name, durable, |b| first.push(b).map_err(bad)).await?;
     let offset = first.boundary();
     if offset == 0 {
         return Err(Error::Integrity {
@@ -1162,27 +1154,17 @@ async fn recover(
     let mut checker = StreamChecker::new();
     let mut hasher = Hasher::new(algorithm);
     let mut tail: Vec<u8> = Vec::with_capacity(TAIL);
-    let mut r = staging.open(name).await?.take(offset);
-    let mut got = 0u64;
-    loop {
-        let n = r.read(&mut buf).await.map_err(read_err)?;
-        if n == 0 {
-            break;
-        }
-        let b = &buf[..n];
+    let got = read_back(staging, name, offset, |b| {
         checker.push(b).map_err(bad)?;
         hasher.update(b);
-        got += n as u64;
-        if b.len() >= TAIL {
-            tail.clear();
-            tail.extend_from_slice(&b[b.len() - TAIL..]);
-        } else {
-            tail.extend_from_slice(b);
-            if tail.len() > TAIL {
-                tail.drain(..tail.len() - TAIL);
-            }
+        let keep = b.len().min(TAIL);
+        tail.extend_from_slice(&b[b.len() - keep..]);
+        if tail.len() > TAIL {
+            tail.drain(..tail.len() - TAIL);
         }
-    }
+        Ok(())
+    })
+    .await?;
     if got != offset {
         return Err(Error::Integrity {
             file: name.to_string(),
@@ -1197,6 +1179,30 @@ async fn recover(
         writer,
         tail,
     })
+}
+
+/// Reads the first `limit` bytes of staged object `name` in 1 MiB pieces,
+/// handing each to `f`; returns how many there were.
+async fn read_back(
+    staging: &dyn Staging,
+    name: &str,
+    limit: u64,
+    mut f: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut r = staging.open(name).await?.take(limit);
+    let mut total = 0u64;
+    loop {
+        let n = r
+            .read(&mut buf)
+            .await
+            .map_err(|e| Error::sink("cannot read back", name, e))?;
+        if n == 0 {
+            return Ok(total);
+        }
+        f(&buf[..n])?;
+        total += n as u64;
+    }
 }
 
 /// The drain of one object's pipeline into its sink writer.

@@ -551,7 +551,6 @@ impl StreamChecker {
             }
             self.mark_boundary();
         }
-        self.mark_boundary();
         Ok(())
     }
 
