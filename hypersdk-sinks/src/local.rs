@@ -60,14 +60,7 @@ impl Sink for LocalDirSink {
             .await
             .map_err(|e| Error::sink("cannot create staging directory", show(&dir), e))?;
         tracing::debug!(staging = %dir.display(), "staging area created");
-        Ok(Box::new(LocalStaging {
-            dir,
-            target,
-            artifact: artifact.clone(),
-            overwrite,
-            done: false,
-            lock: None,
-        }))
+        Ok(LocalStaging::new(dir, target, artifact, overwrite, None))
     }
 
     /// The staging directory is `.NAME.partial` next to the destination,
@@ -117,14 +110,13 @@ impl Sink for LocalDirSink {
         })
         .await
         .map_err(|e| Error::Internal(format!("staging thread failed: {e}")))??;
-        Ok(Box::new(LocalStaging {
+        Ok(LocalStaging::new(
             dir,
             target,
-            artifact: artifact.clone(),
+            artifact,
             overwrite,
-            done: false,
-            lock: Some(lock),
-        }))
+            Some(lock),
+        ))
     }
 }
 
@@ -220,6 +212,23 @@ struct LocalStaging {
 }
 
 impl LocalStaging {
+    fn new(
+        dir: PathBuf,
+        target: PathBuf,
+        artifact: &Artifact,
+        overwrite: bool,
+        lock: Option<std::fs::File>,
+    ) -> Box<dyn Staging> {
+        Box::new(LocalStaging {
+            dir,
+            target,
+            artifact: artifact.clone(),
+            overwrite,
+            done: false,
+            lock,
+        })
+    }
+
     fn path(&self, name: &str) -> Result<PathBuf> {
         check_name(name)?;
         Ok(self.dir.join(name))
