@@ -60,7 +60,7 @@ impl Sink for LocalDirSink {
             .await
             .map_err(|e| Error::sink("cannot create staging directory", show(&dir), e))?;
         tracing::debug!(staging = %dir.display(), "staging area created");
-        Ok(LocalStaging::new(dir, target, artifact, overwrite, None))
+        Ok(LocalStaging::boxed(dir, target, artifact, overwrite, None))
     }
 
     /// The staging directory is `.NAME.partial` next to the destination,
@@ -110,7 +110,7 @@ impl Sink for LocalDirSink {
         })
         .await
         .map_err(|e| Error::Internal(format!("staging thread failed: {e}")))??;
-        Ok(LocalStaging::new(
+        Ok(LocalStaging::boxed(
             dir,
             target,
             artifact,
@@ -212,7 +212,7 @@ struct LocalStaging {
 }
 
 impl LocalStaging {
-    fn new(
+    fn boxed(
         dir: PathBuf,
         target: PathBuf,
         artifact: &Artifact,
