@@ -266,7 +266,7 @@ impl ExportSource for NfcSource {
             .ok_or_else(|| Error::InvalidArgument(format!("no disk {index}")))?;
         if offset != 0 {
             return Err(Error::InvalidArgument(format!(
-                "vSphere NFC downloads cannot start at byte {offset} (no Range support); disk '{}' must be read from 0",
+                "guest byte {offset} of disk '{}' has no known place in the VMDK vSphere serves: decoded downloads start at 0 (stored-as-served ones resume at a VMDK byte)",
                 disk.name
             )));
         }
