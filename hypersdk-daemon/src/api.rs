@@ -1,0 +1,721 @@
+//! The REST API under `/api/v1`, its OpenAPI document (generated from the
+//! handlers and types below with utoipa, served at `/api/v1/openapi.json`),
+//! and `/health`, `/ready`, `/metrics`.
+//!
+//! Every route but `/health` and `/ready` needs an API key (`Authorization:
+//! Bearer KEY` or `X-API-Key: KEY`) when keys are configured: viewers may
+//! read, operators also submit and cancel, admins also read the audit log.
+//! Every mutating call is written to the audit log. Errors are JSON,
+//! `{"error": {"status": 400, "message": "…"}}`, and name what was wrong.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::{OpenApi, ToSchema};
+
+use crate::config::{Config, Role};
+use crate::metrics::Metrics;
+use crate::model::{Format, Job, JobEvent, JobSpec, JobStatus, Priority, Progress};
+use crate::runner::{error_chain, Runner};
+use crate::store::{JobFilter, Store};
+
+/// Most jobs one submission may hold.
+pub const MAX_BATCH: usize = 1000;
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    /// The job store.
+    pub store: Store,
+    /// The job runner.
+    pub runner: Arc<Runner>,
+    /// Counters for /metrics.
+    pub metrics: Arc<Metrics>,
+    /// The configuration.
+    pub config: Arc<Config>,
+}
+
+type Shared = State<Arc<AppState>>;
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+/// The body of an error answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ApiErrorBody {
+    /// What went wrong.
+    pub error: ApiErrorDetail,
+}
+
+/// Status and message of an error answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ApiErrorDetail {
+    /// HTTP status.
+    pub status: u16,
+    /// What was wrong, naming the field or object.
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+    fn internal(e: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ApiErrorBody {
+                error: ApiErrorDetail {
+                    status: self.status.as_u16(),
+                    message: self.message,
+                },
+            }),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The caller, once authenticated.
+#[derive(Debug, Clone)]
+struct Caller {
+    name: String,
+}
+
+/// The role a route needs.
+fn needed_role(method: &Method, route: &str) -> Role {
+    if route.starts_with("/api/v1/audit") {
+        Role::Admin
+    } else if method == Method::GET || method == Method::HEAD {
+        Role::Viewer
+    } else {
+        Role::Operator
+    }
+}
+
+/// Who presents `headers`: Ok(None) without a key, Err for a wrong key.
+fn authenticate(config: &Config, headers: &HeaderMap) -> Result<Option<(String, Role)>, ()> {
+    let key = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        });
+    let Some(key) = key else { return Ok(None) };
+    let digest = hypersdk_formats::manifest::to_hex(&Sha256::digest(key.trim().as_bytes()));
+    config
+        .api_keys
+        .iter()
+        .find(|k| k.sha256.eq_ignore_ascii_case(&digest))
+        .map(|k| Some((k.name.clone(), k.role)))
+        .ok_or(())
+}
+
+/// Authentication, roles, metrics and the audit log, around every route.
+async fn guard(State(st): Shared, mut req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let path = req.uri().path().to_string();
+    let public = route == "/health" || route == "/ready";
+    let caller = match authenticate(&st.config, req.headers()) {
+        Ok(Some((name, role))) => {
+            if !public && role < needed_role(&method, &route) {
+                let e = ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "{method} {route} needs the {:?} role; key '{name}' has {role:?}",
+                        needed_role(&method, &route)
+                    ),
+                );
+                return finish(&st, &method, &route, &path, &name, start, e.into_response()).await;
+            }
+            name
+        }
+        Ok(None) if st.config.api_keys.is_empty() || public => "anonymous".to_string(),
+        Ok(None) => {
+            let e = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "an API key is needed: Authorization: Bearer KEY or X-API-Key: KEY",
+            );
+            return finish(
+                &st,
+                &method,
+                &route,
+                &path,
+                "anonymous",
+                start,
+                e.into_response(),
+            )
+            .await;
+        }
+        Err(()) => {
+            let e = ApiError::new(StatusCode::UNAUTHORIZED, "unknown API key");
+            return finish(
+                &st,
+                &method,
+                &route,
+                &path,
+                "unknown-key",
+                start,
+                e.into_response(),
+            )
+            .await;
+        }
+    };
+    req.extensions_mut().insert(Caller {
+        name: caller.clone(),
+    });
+    let resp = next.run(req).await;
+    finish(&st, &method, &route, &path, &caller, start, resp).await
+}
+
+async fn finish(
+    st: &AppState,
+    method: &Method,
+    route: &str,
+    path: &str,
+    who: &str,
+    start: Instant,
+    resp: Response,
+) -> Response {
+    let status = resp.status().as_u16();
+    st.metrics.request(
+        method.as_str(),
+        route,
+        status,
+        start.elapsed().as_secs_f64(),
+    );
+    if method != Method::GET && method != Method::HEAD {
+        if let Err(e) = st
+            .store
+            .audit(
+                who.to_string(),
+                method.to_string(),
+                path.to_string(),
+                status,
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "cannot write the audit log");
+        }
+    }
+    resp
+}
+
+/// The API's router.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/api/v1/jobs", post(submit_jobs).get(list_jobs))
+        .route("/api/v1/jobs/{id}", get(get_job))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/api/v1/jobs/{id}/logs", get(job_logs))
+        .route("/api/v1/jobs/{id}/progress", get(job_progress))
+        .route("/api/v1/providers", get(list_providers))
+        .route("/api/v1/providers/{name}/vms", get(list_vms))
+        .route("/api/v1/audit", get(audit_log))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        .layer(DefaultBodyLimit::max(limit))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .with_state(state)
+}
+
+/// The OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "hypervisord",
+        description = "The hypersdk job daemon: VM export jobs."
+    ),
+    paths(
+        submit_jobs,
+        list_jobs,
+        get_job,
+        cancel_job,
+        job_logs,
+        job_progress,
+        list_providers,
+        list_vms,
+        audit_log,
+        health,
+        ready,
+        metrics
+    ),
+    components(schemas(
+        JobSpec,
+        Job,
+        JobEvent,
+        JobStatus,
+        Priority,
+        Format,
+        Progress,
+        JobList,
+        Submitted,
+        ApiErrorBody,
+        ApiErrorDetail,
+        VmList,
+        Health
+    ))
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// Jobs created by a submission.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Submitted {
+    /// The new jobs, in submission order.
+    pub jobs: Vec<Job>,
+}
+
+/// Whether the body is YAML (by Content-Type); JSON otherwise.
+fn is_yaml(headers: &HeaderMap) -> bool {
+    headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.contains("yaml"))
+}
+
+/// Parses a submission: one job or a list, JSON or YAML.
+fn parse_submission(headers: &HeaderMap, body: &[u8]) -> ApiResult<Vec<JobSpec>> {
+    let value: serde_json::Value = if is_yaml(headers) {
+        serde_yaml_ng::from_slice(body)
+            .map_err(|e| ApiError::bad(format!("malformed YAML: {e}")))?
+    } else {
+        serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("malformed JSON: {e}")))?
+    };
+    match value {
+        serde_json::Value::Array(items) => {
+            if items.is_empty() {
+                return Err(ApiError::bad("an empty list of jobs"));
+            }
+            if items.len() > MAX_BATCH {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "{} jobs in one submission; at most {MAX_BATCH}",
+                        items.len()
+                    ),
+                ));
+            }
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    serde_json::from_value(v)
+                        .map_err(|e| ApiError::bad(format!("job {}: {e}", i + 1)))
+                })
+                .collect()
+        }
+        v @ serde_json::Value::Object(_) => Ok(vec![
+            serde_json::from_value(v).map_err(|e| ApiError::bad(format!("job: {e}")))?
+        ]),
+        _ => Err(ApiError::bad(
+            "expected a job (an object) or a list of jobs",
+        )),
+    }
+}
+
+/// Submit one job or a batch (a list), as JSON or YAML
+/// (`Content-Type: application/yaml`).
+#[utoipa::path(post, path = "/api/v1/jobs", request_body = JobSpec,
+    responses((status = 201, description = "Queued", body = Submitted),
+              (status = 400, description = "Malformed or invalid submission", body = ApiErrorBody),
+              (status = 413, description = "Body or batch too large", body = ApiErrorBody)))]
+async fn submit_jobs(
+    State(st): Shared,
+    caller: axum::Extension<Caller>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<Submitted>)> {
+    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let specs = parse_submission(&headers, &body)?;
+    let providers = st.runner.providers.names();
+    for (i, s) in specs.iter().enumerate() {
+        s.validate(&providers).map_err(|e| {
+            if specs.len() > 1 {
+                ApiError::bad(format!("job {}: {e}", i + 1))
+            } else {
+                ApiError::bad(e)
+            }
+        })?;
+    }
+    let jobs = st
+        .store
+        .insert(specs, caller.name.clone())
+        .await
+        .map_err(ApiError::internal)?;
+    st.runner.wake();
+    Ok((StatusCode::CREATED, Json(Submitted { jobs })))
+}
+
+/// A page of jobs.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    /// Jobs, newest first.
+    pub jobs: Vec<Job>,
+    /// Jobs matching the filters in all.
+    pub total: i64,
+    /// Page size.
+    pub limit: i64,
+    /// Page start.
+    pub offset: i64,
+}
+
+/// Query of a job listing.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// Only jobs in this status.
+    status: Option<String>,
+    /// Only jobs of this provider.
+    provider: Option<String>,
+    /// Only jobs of this VM.
+    vm: Option<String>,
+    /// Page size (default 50, at most 1000).
+    limit: Option<i64>,
+    /// Page start (default 0).
+    offset: Option<i64>,
+}
+
+/// List jobs, newest first, filtered and paged.
+#[utoipa::path(get, path = "/api/v1/jobs", params(ListQuery),
+    responses((status = 200, body = JobList), (status = 400, body = ApiErrorBody)))]
+async fn list_jobs(
+    State(st): Shared,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<JobList>> {
+    let Query(q) = q.map_err(|e| ApiError::bad(e.body_text()))?;
+    let status = q
+        .status
+        .as_deref()
+        .map(str::parse::<JobStatus>)
+        .transpose()
+        .map_err(|e| ApiError::bad(format!("status: {e}")))?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad(format!(
+            "limit: {limit} is not within 1..=1000"
+        )));
+    }
+    let offset = q.offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(ApiError::bad(format!("offset: {offset} is negative")));
+    }
+    let filter = JobFilter {
+        status,
+        provider: q.provider,
+        vm: q.vm,
+    };
+    let (mut jobs, total) = st
+        .store
+        .list(filter, limit, offset)
+        .await
+        .map_err(ApiError::internal)?;
+    for j in &mut jobs {
+        j.progress = st.runner.progress(j.id);
+    }
+    Ok(Json(JobList {
+        jobs,
+        total,
+        limit,
+        offset,
+    }))
+}
+
+fn job_id(raw: &str) -> ApiResult<i64> {
+    raw.parse()
+        .map_err(|_| ApiError::bad(format!("job id '{raw}' is not a number")))
+}
+
+async fn load(st: &AppState, raw: &str) -> ApiResult<Job> {
+    let id = job_id(raw)?;
+    let mut job = st
+        .store
+        .get(id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
+    job.progress = st.runner.progress(id);
+    Ok(job)
+}
+
+/// One job, with live progress while it runs.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", params(("id" = i64, Path, description = "Job id")),
+    responses((status = 200, body = Job), (status = 404, body = ApiErrorBody)))]
+async fn get_job(State(st): Shared, Path(id): Path<String>) -> ApiResult<Json<Job>> {
+    Ok(Json(load(&st, &id).await?))
+}
+
+/// Cancel a job: a queued one at once; a running one stops its export
+/// (which keeps its checkpoint) and ends as cancelled.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", params(("id" = i64, Path, description = "Job id")),
+    responses((status = 202, description = "Cancelling", body = Job),
+              (status = 404, body = ApiErrorBody), (status = 409, description = "Already over", body = ApiErrorBody)))]
+async fn cancel_job(
+    State(st): Shared,
+    caller: axum::Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Job>)> {
+    let job = load(&st, &id).await?;
+    if job.status.is_final() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("job {} is already {}", job.id, job.status.as_str()),
+        ));
+    }
+    let cancelled_queued = st
+        .store
+        .cancel_queued(job.id, caller.name.clone())
+        .await
+        .map_err(ApiError::internal)?;
+    if !cancelled_queued && st.runner.cancel(job.id) {
+        st.store
+            .log(job.id, format!("cancel requested by {}", caller.name))
+            .await
+            .map_err(ApiError::internal)?;
+    }
+    Ok((StatusCode::ACCEPTED, Json(load(&st, &id).await?)))
+}
+
+/// A job's log: status changes and messages, oldest first.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/logs", params(("id" = i64, Path, description = "Job id")),
+    responses((status = 200, body = Vec<JobEvent>), (status = 404, body = ApiErrorBody)))]
+async fn job_logs(State(st): Shared, Path(id): Path<String>) -> ApiResult<Json<Vec<JobEvent>>> {
+    let job = load(&st, &id).await?;
+    Ok(Json(
+        st.store.events(job.id).await.map_err(ApiError::internal)?,
+    ))
+}
+
+/// Progress as Server-Sent Events: `progress` events while the job runs,
+/// then one `end` event with its final status.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/progress", params(("id" = i64, Path, description = "Job id")),
+    responses((status = 200, description = "text/event-stream of Progress", body = Progress),
+              (status = 404, body = ApiErrorBody)))]
+async fn job_progress(
+    State(st): Shared,
+    Path(id): Path<String>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let job = load(&st, &id).await?;
+    let rx = st.runner.subscribe(job.id);
+    let first = job.progress.clone();
+    let state = (st.clone(), job.id, rx, first, false);
+    let stream = futures_util::stream::unfold(state, |(st, id, mut rx, first, ended)| async move {
+        if ended {
+            return None;
+        }
+        if let Some(p) = first {
+            let ev = Event::default().event("progress").json_data(&p).ok()?;
+            return Some((Ok(ev), (st, id, rx, None, false)));
+        }
+        if let Some(r) = rx.as_mut() {
+            loop {
+                match r.recv().await {
+                    Ok(p)
+                        if p.phase == "succeeded"
+                            || p.phase == "failed"
+                            || p.phase == "cancelled" =>
+                    {
+                        break
+                    }
+                    Ok(p) => {
+                        let ev = Event::default().event("progress").json_data(&p).ok()?;
+                        return Some((Ok(ev), (st, id, rx, None, false)));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => break,
+                }
+            }
+        }
+        let status = st.store.get(id).await.ok().flatten().map(|j| j.status);
+        let ev = Event::default()
+            .event("end")
+            .json_data(serde_json::json!({ "status": status }))
+            .ok()?;
+        Some((Ok(ev), (st, id, None, None, true)))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Configured provider names.
+#[utoipa::path(get, path = "/api/v1/providers", responses((status = 200, body = Vec<String>)))]
+async fn list_providers(State(st): Shared) -> Json<Vec<String>> {
+    Json(st.runner.providers.names())
+}
+
+/// VMs of a provider.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct VmList {
+    /// The VMs (id, name, power state, CPUs, memory, guest OS, …).
+    #[schema(value_type = Vec<Object>)]
+    pub vms: Vec<serde_json::Value>,
+}
+
+/// List (or search, by `name` glob) the VMs of a configured provider.
+#[utoipa::path(get, path = "/api/v1/providers/{name}/vms",
+    params(("name" = String, Path, description = "Provider name"), ("name_glob" = Option<String>, Query, description = "Name pattern")),
+    responses((status = 200, body = VmList), (status = 404, body = ApiErrorBody), (status = 502, body = ApiErrorBody)))]
+async fn list_vms(
+    State(st): Shared,
+    Path(name): Path<String>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> ApiResult<Json<VmList>> {
+    if !st.runner.providers.names().contains(&name) {
+        return Err(ApiError::not_found(format!("no provider '{name}'")));
+    }
+    let provider = st
+        .runner
+        .providers
+        .get(&name)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, error_chain(&e)))?;
+    let vms = match q.get("name_glob") {
+        Some(glob) => {
+            let query = hypersdk_core::VmQuery {
+                name: Some(glob.clone()),
+                ..Default::default()
+            };
+            provider.search_vms(&query).await
+        }
+        None => provider.list_vms().await,
+    }
+    .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, error_chain(&e)))?;
+    Ok(Json(VmList {
+        vms: vms
+            .iter()
+            .filter_map(|v| serde_json::to_value(v).ok())
+            .collect(),
+    }))
+}
+
+/// The audit log (admin only), newest first.
+#[utoipa::path(get, path = "/api/v1/audit", responses((status = 200, body = Vec<Object>), (status = 403, body = ApiErrorBody)))]
+async fn audit_log(State(st): Shared) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    Ok(Json(
+        st.store.audit_log(1000).await.map_err(ApiError::internal)?,
+    ))
+}
+
+/// Liveness and readiness.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// "ok", or what is wrong.
+    pub status: String,
+    /// Jobs waiting.
+    pub queued: Option<i64>,
+    /// Exports running.
+    pub active: Option<usize>,
+    /// Free bytes on the output root's file system.
+    pub free_bytes: Option<u64>,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", responses((status = 200, body = Health)))]
+async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        queued: None,
+        active: None,
+        free_bytes: None,
+    })
+}
+
+/// Readiness: the database answers; queue depth, active exports, free space.
+#[utoipa::path(get, path = "/ready", responses((status = 200, body = Health), (status = 503, body = Health)))]
+async fn ready(State(st): Shared) -> Response {
+    let db = st.store.ping().await;
+    let counts = st.store.counts().await.unwrap_or_default();
+    let queued = counts
+        .iter()
+        .find(|(k, _)| k == "queued")
+        .map_or(0, |(_, n)| *n);
+    let free = free_bytes(&st.config.output_root);
+    let body = Health {
+        status: match &db {
+            Ok(()) => "ok".into(),
+            Err(e) => e.to_string(),
+        },
+        queued: Some(queued),
+        active: Some(st.runner.active()),
+        free_bytes: free,
+    };
+    let code = if db.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+/// Free bytes of the file system holding `path` (from `df`, which every
+/// Unix has; None if it cannot tell).
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    let out = std::process::Command::new("df")
+        .args(["-Pk"])
+        .arg(path)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().nth(1)?;
+    let kib: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String)))]
+async fn metrics(State(st): Shared) -> Response {
+    let counts = st.store.counts().await.unwrap_or_default();
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        st.metrics.render(&counts),
+    )
+        .into_response()
+}

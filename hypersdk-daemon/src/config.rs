@@ -1,0 +1,161 @@
+//! The daemon's configuration file (YAML).
+//!
+//! ```yaml
+//! listen: 127.0.0.1:8080          # a port of 0 lets the OS pick
+//! database: /var/lib/hypersdk/jobs.db
+//! output_root: /srv/exports       # every job writes below this directory
+//! max_concurrent: 4               # exports at once, all providers
+//! providers:
+//!   kvm:   { kind: local, dir: /etc/libvirt/qemu, max_concurrent: 2 }
+//!   vc1:   { kind: vsphere, url: https://vc.example/sdk, user: migrator@vsphere.local,
+//!            password_file: /etc/hypersdk/vc1.pass, thumbprint: "AB:CD:…" }
+//! api_keys:                      # SHA-256 of each key, never the key
+//!   - { name: ops, role: operator, sha256: 9f86d0… }
+//! ```
+//!
+//! Without `api_keys` the daemon serves everyone as admin, and so refuses
+//! to listen anywhere but on a loopback address.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Who may do what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads jobs, VMs, logs, metrics.
+    Viewer,
+    /// Also submits and cancels jobs.
+    Operator,
+    /// Everything, including the audit log.
+    Admin,
+}
+
+/// One API key, stored as the SHA-256 (hex) of the key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// Who holds it (for the audit log).
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// SHA-256 of the key, hex.
+    pub sha256: String,
+}
+
+/// A configured provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ProviderConfig {
+    /// libvirt domain XML files in a directory.
+    Local {
+        /// Where the domain XML files are.
+        dir: PathBuf,
+        /// Exports of this provider at once (default: no own bound).
+        #[serde(default)]
+        max_concurrent: Option<usize>,
+    },
+    /// vCenter or ESXi.
+    Vsphere {
+        /// SDK URL.
+        url: String,
+        /// User name.
+        user: String,
+        /// File holding the password.
+        password_file: PathBuf,
+        /// Pinned certificate thumbprint.
+        #[serde(default)]
+        thumbprint: Option<String>,
+        /// CA bundle (PEM) to trust.
+        #[serde(default)]
+        ca_file: Option<PathBuf>,
+        /// Skip certificate checks.
+        #[serde(default)]
+        insecure: bool,
+        /// Exports of this provider at once.
+        #[serde(default)]
+        max_concurrent: Option<usize>,
+    },
+}
+
+impl ProviderConfig {
+    /// The provider's own bound on concurrent exports.
+    pub fn max_concurrent(&self) -> Option<usize> {
+        match self {
+            ProviderConfig::Local { max_concurrent, .. }
+            | ProviderConfig::Vsphere { max_concurrent, .. } => *max_concurrent,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// SQLite database file (created if missing).
+    pub database: PathBuf,
+    /// Directory all exports are written below.
+    pub output_root: PathBuf,
+    /// Exports running at once, all providers together.
+    #[serde(default = "default_concurrency")]
+    pub max_concurrent: usize,
+    /// Providers by name.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// API keys; none means no authentication (loopback only).
+    #[serde(default)]
+    pub api_keys: Vec<ApiKey>,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_body_limit")]
+    pub max_body_bytes: usize,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_concurrency() -> usize {
+    2
+}
+
+fn default_body_limit() -> usize {
+    1 << 20
+}
+
+impl Config {
+    /// Reads and checks a YAML configuration.
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Config> {
+        let c: Config = serde_yaml_ng::from_str(text)
+            .map_err(|e| anyhow::anyhow!("bad configuration {origin}: {e}"))?;
+        c.check()?;
+        Ok(c)
+    }
+
+    /// Refuses settings that cannot work or are unsafe.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.api_keys.is_empty() && !self.listen.ip().is_loopback() {
+            anyhow::bail!(
+                "refusing to listen on {} without authentication: configure api_keys, or listen on a loopback address",
+                self.listen
+            );
+        }
+        if self.max_concurrent == 0 {
+            anyhow::bail!("max_concurrent must be at least 1");
+        }
+        for k in &self.api_keys {
+            if k.sha256.len() != 64 || !k.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                anyhow::bail!(
+                    "api key '{}': sha256 must be 64 hex digits (the SHA-256 of the key, e.g. from `printf %s KEY | sha256sum`)",
+                    k.name
+                );
+            }
+        }
+        Ok(())
+    }
+}

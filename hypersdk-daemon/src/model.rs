@@ -1,0 +1,247 @@
+//! Jobs as the API and the store see them.
+
+use std::path::{Component, Path};
+use std::str::FromStr;
+
+use hypersdk_core::transforms::compress::Compression;
+use hypersdk_core::transforms::ratelimit::RateLimiter;
+use hypersdk_formats::manifest::DigestAlgorithm;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// How soon a job runs: higher first, then in order of submission.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Before everything else.
+    Critical,
+    /// Before normal jobs.
+    High,
+    /// The default.
+    #[default]
+    Normal,
+    /// After everything else.
+    Low,
+}
+
+impl Priority {
+    /// Rank in the queue (higher runs first).
+    pub fn rank(self) -> i64 {
+        match self {
+            Priority::Critical => 3,
+            Priority::High => 2,
+            Priority::Normal => 1,
+            Priority::Low => 0,
+        }
+    }
+}
+
+/// Package layout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One `.ova` file.
+    #[default]
+    Ova,
+    /// An OVF directory.
+    Ovf,
+}
+
+/// What to export and how: the body of a submission (JSON or YAML; a list
+/// submits a batch). Unknown fields are refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// VM name, id or (local provider) domain XML file name.
+    pub vm: String,
+    /// A provider name from the daemon's configuration.
+    pub provider: String,
+    /// Directory below the daemon's output root (relative; default: the root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Package layout.
+    #[serde(default)]
+    pub format: Format,
+    /// Artifact name (default: the VM's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Queue priority.
+    #[serde(default)]
+    pub priority: Priority,
+    /// Compression of stored files: `zstd[:LEVEL]` or `gzip[:LEVEL]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compress: Option<String>,
+    /// Manifest digest: sha256 (default), sha512 or sha1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Read every stored file back and check it before publishing.
+    #[serde(default)]
+    pub verify: bool,
+    /// Bandwidth limit on reading the source (rate or rclone timetable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bwlimit: Option<String>,
+    /// Replace an existing export of the same name.
+    #[serde(default)]
+    pub overwrite: bool,
+    /// Disks exported at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_disks: Option<u16>,
+}
+
+impl JobSpec {
+    /// Checks everything that can be checked before the job runs; the
+    /// message names the field. `providers` are the configured names.
+    pub fn validate(&self, providers: &[String]) -> Result<(), String> {
+        if self.vm.trim().is_empty() {
+            return Err("vm: must not be empty".into());
+        }
+        if !providers.iter().any(|p| p == &self.provider) {
+            return Err(format!(
+                "provider: unknown provider '{}' (configured: {})",
+                self.provider,
+                if providers.is_empty() {
+                    "none".to_string()
+                } else {
+                    providers.join(", ")
+                }
+            ));
+        }
+        if let Some(o) = &self.output {
+            let p = Path::new(o);
+            if p.components()
+                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+            {
+                return Err(format!(
+                    "output: '{o}' must be a relative path below the output root, without '..'"
+                ));
+            }
+        }
+        if let Some(n) = &self.name {
+            if n.is_empty() || n.contains(['/', '\\', '\0']) || n == "." || n == ".." {
+                return Err(format!("name: '{n}' is not a plain file name"));
+            }
+        }
+        if let Some(c) = &self.compress {
+            Compression::from_str(c).map_err(|e| format!("compress: {e}"))?;
+        }
+        if let Some(d) = &self.digest {
+            DigestAlgorithm::from_str(d).map_err(|e| format!("digest: {e}"))?;
+        }
+        if let Some(b) = &self.bwlimit {
+            RateLimiter::from_spec(b).map_err(|e| format!("bwlimit: {e}"))?;
+        }
+        if self.parallel_disks == Some(0) {
+            return Err("parallel_disks: must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Waiting for a slot.
+    Queued,
+    /// Exporting.
+    Running,
+    /// Exported and published.
+    Succeeded,
+    /// Failed; `error` says why.
+    Failed,
+    /// Cancelled on request.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// As stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the job is over.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+}
+
+impl FromStr for JobStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "queued" => JobStatus::Queued,
+            "running" => JobStatus::Running,
+            "succeeded" => JobStatus::Succeeded,
+            "failed" => JobStatus::Failed,
+            "cancelled" => JobStatus::Cancelled,
+            other => {
+                return Err(format!(
+                    "unknown status '{other}' (queued, running, succeeded, failed, cancelled)"
+                ))
+            }
+        })
+    }
+}
+
+/// Live progress of a running job.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Progress {
+    /// Phase: disk, packaging, verify, done, ...
+    pub phase: String,
+    /// Disk (or file) being worked on.
+    pub disk: String,
+    /// Bytes done and in all of this phase.
+    pub bytes_done: u64,
+    /// Bytes in all.
+    pub bytes_total: u64,
+    /// Bytes per second.
+    pub rate_bps: f64,
+}
+
+/// A job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    /// Job id.
+    pub id: i64,
+    /// Where it is.
+    pub status: JobStatus,
+    /// What it exports.
+    pub spec: JobSpec,
+    /// Who submitted it.
+    pub submitted_by: String,
+    /// RFC 3339 times.
+    pub created_at: String,
+    /// When it last started running.
+    pub started_at: Option<String>,
+    /// When it ended.
+    pub finished_at: Option<String>,
+    /// Times it started running (more than 1 after a daemon restart).
+    pub attempts: i64,
+    /// The export report, once succeeded.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Live progress while running.
+    pub progress: Option<Progress>,
+}
+
+/// One line of a job's log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobEvent {
+    /// RFC 3339 time.
+    pub at: String,
+    /// Status from then on, if it changed.
+    pub status: Option<JobStatus>,
+    /// What happened.
+    pub message: String,
+}

@@ -1,0 +1,341 @@
+//! Runs queued jobs: at most `max_concurrent` exports at once (and at most a
+//! provider's own `max_concurrent` of that provider), highest priority
+//! first. Every export keeps a checkpoint and runs with `resume`, so a job
+//! that was running when the daemon died continues where it stopped when
+//! the daemon starts again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hypersdk_core::transforms::compress::Compression;
+use hypersdk_core::transforms::ratelimit::RateLimiter;
+use hypersdk_core::{CancellationToken, Error, ExportOptions, Exporter, PackageFormat, Provider};
+use hypersdk_local::LocalProvider;
+use hypersdk_sinks::LocalDirSink;
+use hypersdk_vsphere::{ConnectOptions, TlsMode, VsphereProvider};
+use tokio::sync::{broadcast, Notify};
+use tracing::{info, warn};
+
+use crate::config::{Config, ProviderConfig};
+use crate::metrics::Metrics;
+use crate::model::{Format, Job, JobStatus, Progress};
+use crate::store::Store;
+
+/// The configured providers, connected on first use and then shared.
+#[derive(Debug)]
+pub struct Providers {
+    configs: BTreeMap<String, ProviderConfig>,
+    connected: tokio::sync::Mutex<HashMap<String, Arc<dyn Provider>>>,
+}
+
+impl Providers {
+    /// Providers of `configs`.
+    pub fn new(configs: BTreeMap<String, ProviderConfig>) -> Self {
+        Providers {
+            configs,
+            connected: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Configured names.
+    pub fn names(&self) -> Vec<String> {
+        self.configs.keys().cloned().collect()
+    }
+
+    /// The provider called `name`, connecting it if needed.
+    pub async fn get(&self, name: &str) -> hypersdk_core::Result<Arc<dyn Provider>> {
+        let mut connected = self.connected.lock().await;
+        if let Some(p) = connected.get(name) {
+            return Ok(p.clone());
+        }
+        let config = self
+            .configs
+            .get(name)
+            .ok_or_else(|| Error::InvalidArgument(format!("unknown provider '{name}'")))?;
+        let p: Arc<dyn Provider> = match config {
+            ProviderConfig::Local { dir, .. } => Arc::new(LocalProvider::new(dir)),
+            ProviderConfig::Vsphere {
+                url,
+                user,
+                password_file,
+                thumbprint,
+                ca_file,
+                insecure,
+                ..
+            } => {
+                let password = std::fs::read_to_string(password_file).map_err(|e| {
+                    Error::InvalidArgument(format!(
+                        "provider '{name}': cannot read password file {}: {e}",
+                        password_file.display()
+                    ))
+                })?;
+                let tls = match (thumbprint, insecure) {
+                    (Some(t), _) => TlsMode::Thumbprint(t.clone()),
+                    (None, true) => TlsMode::Insecure,
+                    (None, false) => TlsMode::Verify,
+                };
+                let mut opts = ConnectOptions::new(url)
+                    .with_login(user, password.trim_end_matches(['\r', '\n']))
+                    .with_tls(tls);
+                if let Some(ca) = ca_file {
+                    opts.ca_pem = Some(std::fs::read(ca).map_err(|e| {
+                        Error::InvalidArgument(format!(
+                            "provider '{name}': cannot read CA file {}: {e}",
+                            ca.display()
+                        ))
+                    })?);
+                }
+                Arc::new(VsphereProvider::connect(&opts).await?)
+            }
+        };
+        connected.insert(name.to_string(), p.clone());
+        Ok(p)
+    }
+}
+
+/// A job being exported.
+#[derive(Debug)]
+struct Running {
+    provider: String,
+    cancel: CancellationToken,
+    progress: Progress,
+    events: broadcast::Sender<Progress>,
+}
+
+/// Runs jobs from the store.
+#[derive(Debug)]
+pub struct Runner {
+    store: Store,
+    config: Arc<Config>,
+    /// The configured providers.
+    pub providers: Providers,
+    metrics: Arc<Metrics>,
+    running: Mutex<HashMap<i64, Running>>,
+    wake: Notify,
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+impl Runner {
+    /// A runner over `store`.
+    pub fn new(store: Store, config: Arc<Config>, metrics: Arc<Metrics>) -> Arc<Runner> {
+        Arc::new(Runner {
+            store,
+            providers: Providers::new(config.providers.clone()),
+            config,
+            metrics,
+            running: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Exports running now.
+    pub fn active(&self) -> usize {
+        self.running().len()
+    }
+
+    /// Looks for work now (after a submission).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Live progress of job `id`, if it runs.
+    pub fn progress(&self, id: i64) -> Option<Progress> {
+        self.running().get(&id).map(|r| r.progress.clone())
+    }
+
+    /// Progress updates of job `id` while it runs.
+    pub fn subscribe(&self, id: i64) -> Option<broadcast::Receiver<Progress>> {
+        self.running().get(&id).map(|r| r.events.subscribe())
+    }
+
+    /// Cancels running job `id`; false if it does not run here.
+    pub fn cancel(&self, id: i64) -> bool {
+        match self.running().get(&id) {
+            Some(r) => {
+                r.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Interrupts every running export for a shutdown: they keep their
+    /// checkpoints and stay `running` in the store, so the next start
+    /// queues them again and they continue.
+    pub fn stop_all(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for r in self.running().values() {
+            r.cancel.cancel();
+        }
+    }
+
+    /// The providers that have no free slot now.
+    fn busy_providers(&self) -> Vec<String> {
+        let running = self.running();
+        self.config
+            .providers
+            .iter()
+            .filter(|(name, c)| {
+                c.max_concurrent().is_some_and(|max| {
+                    running.values().filter(|r| &r.provider == *name).count() >= max
+                })
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Starts jobs whenever there is a free slot, until `stop` fires.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            while self.active() < self.config.max_concurrent {
+                match self.store.claim_next(self.busy_providers()).await {
+                    Ok(Some(job)) => self.clone().start(job),
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(error = %e, "cannot take the next job");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    fn start(self: Arc<Self>, job: Job) {
+        let cancel = CancellationToken::new();
+        let (events, _) = broadcast::channel(64);
+        self.running().insert(
+            job.id,
+            Running {
+                provider: job.spec.provider.clone(),
+                cancel: cancel.clone(),
+                progress: Progress::default(),
+                events,
+            },
+        );
+        self.metrics.set_active(self.active());
+        tokio::spawn(async move {
+            let id = job.id;
+            info!(job = id, vm = %job.spec.vm, provider = %job.spec.provider, attempt = job.attempts, "job started");
+            let outcome = self.export(&job, cancel).await;
+            if matches!(outcome, Err(Error::Cancelled))
+                && self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                info!(
+                    job = id,
+                    "interrupted by the shutdown; it continues at the next start"
+                );
+                self.running().remove(&id);
+                self.metrics.set_active(self.active());
+                return;
+            }
+            let (status, result, error) = match outcome {
+                Ok(report) => {
+                    self.metrics.add_exported(report.bytes_read);
+                    (
+                        JobStatus::Succeeded,
+                        serde_json::to_value(&report).ok(),
+                        None,
+                    )
+                }
+                Err(Error::Cancelled) => (JobStatus::Cancelled, None, None),
+                Err(e) => (JobStatus::Failed, None, Some(error_chain(&e))),
+            };
+            if let Err(e) = self.store.finish(id, status, result, error).await {
+                warn!(job = id, error = %e, "cannot record the end of the job");
+            }
+            info!(job = id, status = status.as_str(), "job ended");
+            if let Some(r) = self.running().remove(&id) {
+                let _ = r.events.send(Progress {
+                    phase: status.as_str().to_string(),
+                    ..r.progress
+                });
+            }
+            self.metrics.set_active(self.active());
+            self.metrics.job_ended(status);
+            self.wake();
+        });
+    }
+
+    async fn export(
+        self: &Arc<Self>,
+        job: &Job,
+        cancel: CancellationToken,
+    ) -> hypersdk_core::Result<hypersdk_core::ExportReport> {
+        let spec = &job.spec;
+        let mut options = ExportOptions::new(match spec.format {
+            Format::Ova => PackageFormat::Ova,
+            Format::Ovf => PackageFormat::Ovf,
+        });
+        options.name = spec.name.clone();
+        options.overwrite = spec.overwrite;
+        options.verify = spec.verify;
+        options.resume = true;
+        if let Some(c) = &spec.compress {
+            options.compression = Some(c.parse::<Compression>()?);
+        }
+        if let Some(d) = &spec.digest {
+            options.digest = d
+                .parse()
+                .map_err(|e| Error::InvalidArgument(format!("digest: {e}")))?;
+        }
+        if let Some(b) = &spec.bwlimit {
+            options.bwlimit = Some(RateLimiter::from_spec(b)?);
+        }
+        if let Some(n) = spec.parallel_disks {
+            options.parallel_disks = usize::from(n);
+        }
+        let mut out: PathBuf = self.config.output_root.clone();
+        if let Some(o) = &spec.output {
+            out.push(o);
+        }
+        let provider = self.providers.get(&spec.provider).await?;
+        let runner = self.clone();
+        let id = job.id;
+        let exporter = Exporter::new(options)
+            .with_cancel(cancel)
+            .on_progress(Arc::new(move |e| {
+                let p = Progress {
+                    phase: format!("{:?}", e.phase).to_lowercase(),
+                    disk: e.disk.clone(),
+                    bytes_done: e.bytes_done,
+                    bytes_total: e.bytes_total,
+                    rate_bps: e.rate_bps,
+                };
+                if let Some(r) = runner.running().get_mut(&id) {
+                    r.progress = p.clone();
+                    let _ = r.events.send(p);
+                }
+            }));
+        exporter
+            .export(provider.as_ref(), &spec.vm, &LocalDirSink::new(out))
+            .await
+    }
+}
+
+/// An error and its causes, joined by ": ".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}

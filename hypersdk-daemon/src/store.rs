@@ -1,0 +1,511 @@
+//! The job store: SQLite, embedded, in WAL mode with `synchronous=FULL`, so
+//! a job whose submission was answered 201 survives a crash or kill -9.
+//!
+//! Tables: `jobs` (the full definition, status, times, attempts, result or
+//! error), `job_events` (each job's status history and log lines) and
+//! `audit` (every mutating API call: who, what, result). Calls run on the
+//! blocking pool, one connection for writes and one for reads (WAL lets
+//! readers proceed while a write commits).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::model::{Job, JobEvent, JobSpec, JobStatus};
+
+/// A store error: what was being done, and SQLite's message.
+#[derive(Debug)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "job store: {}", self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Result of a store call.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The job store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    writer: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    spec TEXT NOT NULL,
+    vm TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    submitted_by TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    result TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, priority DESC, id);
+CREATE TABLE IF NOT EXISTS job_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    status TEXT,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_events_job ON job_events (job_id, id);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    who TEXT NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    status INTEGER NOT NULL
+);
+";
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn db_err(what: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |e| StoreError(format!("{what}: {e}"))
+}
+
+/// The columns `job_from_row` reads, in order.
+const JOB_COLUMNS: &str =
+    "id, spec, status, submitted_by, created_at, started_at, finished_at, attempts, result, error";
+
+fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+    let spec: String = row.get(1)?;
+    let status: String = row.get(2)?;
+    let result: Option<String> = row.get(8)?;
+    let bad = |i: usize, e: String| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+    };
+    Ok(Job {
+        id: row.get(0)?,
+        spec: serde_json::from_str::<JobSpec>(&spec).map_err(|e| bad(1, e.to_string()))?,
+        status: status.parse().map_err(|e| bad(2, e))?,
+        submitted_by: row.get(3)?,
+        created_at: row.get(4)?,
+        started_at: row.get(5)?,
+        finished_at: row.get(6)?,
+        attempts: row.get(7)?,
+        result: result
+            .map(|r| serde_json::from_str(&r))
+            .transpose()
+            .map_err(|e| bad(8, e.to_string()))?,
+        error: row.get(9)?,
+        progress: None,
+    })
+}
+
+/// Filters of a job listing.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only this status.
+    pub status: Option<JobStatus>,
+    /// Only this provider.
+    pub provider: Option<String>,
+    /// Only this VM.
+    pub vm: Option<String>,
+}
+
+impl Store {
+    /// Opens (creating) the database at `path`.
+    pub fn open(path: &Path) -> StoreResult<Store> {
+        let open = |what: &str| -> StoreResult<Connection> {
+            let c = Connection::open(path)
+                .map_err(|e| StoreError(format!("cannot open {} ({what}): {e}", path.display())))?;
+            c.busy_timeout(std::time::Duration::from_secs(10))
+                .map_err(db_err("busy timeout"))?;
+            c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
+                .map_err(db_err("pragmas"))?;
+            Ok(c)
+        };
+        let writer = open("writer")?;
+        writer.execute_batch(SCHEMA).map_err(db_err("schema"))?;
+        let reader = open("reader")?;
+        Ok(Store {
+            writer: Arc::new(Mutex::new(writer)),
+            reader: Arc::new(Mutex::new(reader)),
+        })
+    }
+
+    async fn run<T: Send + 'static>(
+        conn: &Arc<Mutex<Connection>>,
+        f: impl FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let conn = conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut c)
+        })
+        .await
+        .map_err(|e| StoreError(format!("store thread failed: {e}")))?
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        Self::run(&self.writer, f).await
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        Self::run(&self.reader, f).await
+    }
+
+    /// Inserts jobs in one transaction (all or none), queued.
+    pub async fn insert(&self, specs: Vec<JobSpec>, who: String) -> StoreResult<Vec<Job>> {
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err("begin"))?;
+            let at = now();
+            let mut jobs = Vec::with_capacity(specs.len());
+            for spec in specs {
+                let text = serde_json::to_string(&spec)
+                    .map_err(|e| StoreError(format!("encode job: {e}")))?;
+                tx.execute(
+                    "INSERT INTO jobs (spec, vm, provider, priority, status, submitted_by, created_at)
+                     VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6)",
+                    params![text, spec.vm, spec.provider, spec.priority.rank(), who, at],
+                )
+                .map_err(db_err("insert job"))?;
+                let id = tx.last_insert_rowid();
+                tx.execute(
+                    "INSERT INTO job_events (job_id, at, status, message) VALUES (?1, ?2, 'queued', ?3)",
+                    params![id, at, format!("submitted by {who}")],
+                )
+                .map_err(db_err("insert event"))?;
+                jobs.push(Job {
+                    id,
+                    status: JobStatus::Queued,
+                    spec,
+                    submitted_by: who.clone(),
+                    created_at: at.clone(),
+                    started_at: None,
+                    finished_at: None,
+                    attempts: 0,
+                    result: None,
+                    error: None,
+                    progress: None,
+                });
+            }
+            tx.commit().map_err(db_err("commit"))?;
+            Ok(jobs)
+        })
+        .await
+    }
+
+    /// One job.
+    pub async fn get(&self, id: i64) -> StoreResult<Option<Job>> {
+        self.read(move |c| {
+            c.query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+                [id],
+                job_from_row,
+            )
+            .optional()
+            .map_err(db_err("get job"))
+        })
+        .await
+    }
+
+    /// Jobs matching `filter`, newest first, a page of `limit` from
+    /// `offset`, and how many match in all.
+    pub async fn list(
+        &self,
+        filter: JobFilter,
+        limit: i64,
+        offset: i64,
+    ) -> StoreResult<(Vec<Job>, i64)> {
+        self.read(move |c| {
+            let mut clauses = Vec::new();
+            let mut args: Vec<String> = Vec::new();
+            if let Some(s) = filter.status {
+                args.push(s.as_str().to_string());
+                clauses.push(format!("status = ?{}", args.len()));
+            }
+            if let Some(p) = filter.provider {
+                args.push(p);
+                clauses.push(format!("provider = ?{}", args.len()));
+            }
+            if let Some(v) = filter.vm {
+                args.push(v);
+                clauses.push(format!("vm = ?{}", args.len()));
+            }
+            let filter_sql = if clauses.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", clauses.join(" AND "))
+            };
+            let total: i64 = c
+                .query_row(
+                    &format!("SELECT COUNT(*) FROM jobs {filter_sql}"),
+                    rusqlite::params_from_iter(args.iter()),
+                    |r| r.get(0),
+                )
+                .map_err(db_err("count jobs"))?;
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs {filter_sql} ORDER BY id DESC LIMIT {limit} OFFSET {offset}"
+                ))
+                .map_err(db_err("list jobs"))?;
+            let jobs = stmt
+                .query_map(rusqlite::params_from_iter(args.iter()), job_from_row)
+                .map_err(db_err("list jobs"))?
+                .collect::<rusqlite::Result<Vec<Job>>>()
+                .map_err(db_err("read jobs"))?;
+            Ok((jobs, total))
+        })
+        .await
+    }
+
+    /// Marks the next queued job running (highest priority, then oldest),
+    /// skipping `busy` providers; None if there is none.
+    pub async fn claim_next(&self, busy: Vec<String>) -> StoreResult<Option<Job>> {
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err("begin"))?;
+            let placeholders: Vec<String> = (1..=busy.len()).map(|i| format!("?{i}")).collect();
+            let skip = if busy.is_empty() {
+                String::new()
+            } else {
+                format!("AND provider NOT IN ({})", placeholders.join(", "))
+            };
+            let next: Option<i64> = tx
+                .query_row(
+                    &format!(
+                        "SELECT id FROM jobs WHERE status = 'queued' {skip} ORDER BY priority DESC, id LIMIT 1"
+                    ),
+                    rusqlite::params_from_iter(busy.iter()),
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err("pick job"))?;
+            let Some(id) = next else {
+                return Ok(None);
+            };
+            let at = now();
+            tx.execute(
+                "UPDATE jobs SET status = 'running', started_at = ?2, attempts = attempts + 1 WHERE id = ?1",
+                params![id, at],
+            )
+            .map_err(db_err("start job"))?;
+            tx.execute(
+                "INSERT INTO job_events (job_id, at, status, message) VALUES (?1, ?2, 'running', 'started')",
+                params![id, at],
+            )
+            .map_err(db_err("insert event"))?;
+            let job = tx
+                .query_row(
+                    &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+                    [id],
+                    job_from_row,
+                )
+                .map_err(db_err("read job"))?;
+            tx.commit().map_err(db_err("commit"))?;
+            Ok(Some(job))
+        })
+        .await
+    }
+
+    /// Ends a running job.
+    pub async fn finish(
+        &self,
+        id: i64,
+        status: JobStatus,
+        result: Option<serde_json::Value>,
+        error: Option<String>,
+    ) -> StoreResult<()> {
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err("begin"))?;
+            let at = now();
+            let result = result.map(|r| r.to_string());
+            tx.execute(
+                "UPDATE jobs SET status = ?2, finished_at = ?3, result = ?4, error = ?5 WHERE id = ?1",
+                params![id, status.as_str(), at, result, error],
+            )
+            .map_err(db_err("finish job"))?;
+            let message = match (&error, status) {
+                (Some(e), _) => e.clone(),
+                (None, s) => s.as_str().to_string(),
+            };
+            tx.execute(
+                "INSERT INTO job_events (job_id, at, status, message) VALUES (?1, ?2, ?3, ?4)",
+                params![id, at, status.as_str(), message],
+            )
+            .map_err(db_err("insert event"))?;
+            tx.commit().map_err(db_err("commit"))
+        })
+        .await
+    }
+
+    /// Cancels a queued job; false if it is not queued (any more).
+    pub async fn cancel_queued(&self, id: i64, who: String) -> StoreResult<bool> {
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err("begin"))?;
+            let at = now();
+            let n = tx
+                .execute(
+                    "UPDATE jobs SET status = 'cancelled', finished_at = ?2 WHERE id = ?1 AND status = 'queued'",
+                    params![id, at],
+                )
+                .map_err(db_err("cancel job"))?;
+            if n == 1 {
+                tx.execute(
+                    "INSERT INTO job_events (job_id, at, status, message) VALUES (?1, ?2, 'cancelled', ?3)",
+                    params![id, at, format!("cancelled by {who} before it started")],
+                )
+                .map_err(db_err("insert event"))?;
+            }
+            tx.commit().map_err(db_err("commit"))?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Puts jobs that were running when the daemon stopped back in the
+    /// queue (they continue from their checkpoints); returns their ids.
+    pub async fn requeue_interrupted(&self) -> StoreResult<Vec<i64>> {
+        self.write(|c| {
+            let tx = c.transaction().map_err(db_err("begin"))?;
+            let ids: Vec<i64> = {
+                let mut stmt = tx
+                    .prepare("SELECT id FROM jobs WHERE status = 'running'")
+                    .map_err(db_err("find running jobs"))?;
+                let rows = stmt
+                    .query_map([], |r| r.get(0))
+                    .map_err(db_err("find running jobs"))?;
+                rows.collect::<rusqlite::Result<Vec<i64>>>()
+                    .map_err(db_err("find running jobs"))?
+            };
+            let at = now();
+            for id in &ids {
+                tx.execute("UPDATE jobs SET status = 'queued' WHERE id = ?1", [id])
+                    .map_err(db_err("requeue job"))?;
+                tx.execute(
+                    "INSERT INTO job_events (job_id, at, status, message) VALUES (?1, ?2, 'queued', ?3)",
+                    params![id, at, "the daemon stopped while this job ran: queued again, to continue from its checkpoint"],
+                )
+                .map_err(db_err("insert event"))?;
+            }
+            tx.commit().map_err(db_err("commit"))?;
+            Ok(ids)
+        })
+        .await
+    }
+
+    /// Adds a line to a job's log.
+    pub async fn log(&self, id: i64, message: String) -> StoreResult<()> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO job_events (job_id, at, message) VALUES (?1, ?2, ?3)",
+                params![id, now(), message],
+            )
+            .map(|_| ())
+            .map_err(db_err("insert event"))
+        })
+        .await
+    }
+
+    /// A job's log, oldest first.
+    pub async fn events(&self, id: i64) -> StoreResult<Vec<JobEvent>> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare("SELECT at, status, message FROM job_events WHERE job_id = ?1 ORDER BY id")
+                .map_err(db_err("read events"))?;
+            let rows = stmt
+                .query_map([id], |r| {
+                    let status: Option<String> = r.get(1)?;
+                    Ok(JobEvent {
+                        at: r.get(0)?,
+                        status: status.and_then(|s| s.parse().ok()),
+                        message: r.get(2)?,
+                    })
+                })
+                .map_err(db_err("read events"))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err("read events"))
+        })
+        .await
+    }
+
+    /// Jobs per status.
+    pub async fn counts(&self) -> StoreResult<Vec<(String, i64)>> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+                .map_err(db_err("count jobs"))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(db_err("count jobs"))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err("count jobs"))
+        })
+        .await
+    }
+
+    /// Records a mutating API call.
+    pub async fn audit(
+        &self,
+        who: String,
+        method: String,
+        path: String,
+        status: u16,
+    ) -> StoreResult<()> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO audit (at, who, method, path, status) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![now(), who, method, path, status],
+            )
+            .map(|_| ())
+            .map_err(db_err("audit"))
+        })
+        .await
+    }
+
+    /// The audit log, newest first.
+    pub async fn audit_log(&self, limit: i64) -> StoreResult<Vec<serde_json::Value>> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT at, who, method, path, status FROM audit ORDER BY id DESC LIMIT {limit}"
+                ))
+                .map_err(db_err("read audit"))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(serde_json::json!({
+                        "at": r.get::<_, String>(0)?,
+                        "who": r.get::<_, String>(1)?,
+                        "method": r.get::<_, String>(2)?,
+                        "path": r.get::<_, String>(3)?,
+                        "status": r.get::<_, i64>(4)?,
+                    }))
+                })
+                .map_err(db_err("read audit"))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err("read audit"))
+        })
+        .await
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> StoreResult<()> {
+        self.read(|c| {
+            c.query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(db_err("ping"))
+        })
+        .await
+    }
+}
