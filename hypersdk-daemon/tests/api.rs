@@ -1,0 +1,538 @@
+//! hypervisord as a user runs it: the binary with a config file, talked to
+//! over HTTP on 127.0.0.1 (a port the OS picks) with curl.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hypersdk_testsupport::{run_tool, workspace_root, write_mixed_file};
+use serde_json::{json, Value};
+
+/// A daemon started from a config file; killed (SIGKILL) when dropped.
+struct Daemon {
+    child: Child,
+    addr: String,
+}
+
+impl Daemon {
+    fn start(config: &Path) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hypervisord"))
+            .args(["--config", config.to_str().unwrap(), "--log", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        let v: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("hypervisord printed {line:?}: {e}"));
+        Daemon {
+            child,
+            addr: v["listen"].as_str().unwrap().to_string(),
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// `method path` with `body` and extra headers: (status, body).
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[&str],
+    ) -> (u16, String) {
+        let url = format!("http://{}{path}", self.addr);
+        let mut args: Vec<String> = vec![
+            "-sS".into(),
+            "--max-time".into(),
+            "30".into(),
+            "-X".into(),
+            method.into(),
+            "-w".into(),
+            "\n%{http_code}".into(),
+        ];
+        for h in headers {
+            args.push("-H".into());
+            args.push(h.to_string());
+        }
+        if let Some(b) = body {
+            args.push("--data-binary".into());
+            args.push(b.into());
+        }
+        args.push(url);
+        let out = Command::new("curl").args(&args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.parse().unwrap(), body.to_string())
+    }
+
+    fn json(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let (code, text) = self.call(method, path, body, &[]);
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path} gave {text:?}: {e}")),
+        )
+    }
+
+    /// Waits until job `id` is in a final state; returns it.
+    fn wait(&self, id: i64, limit: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let (code, job) = self.json("GET", &format!("/api/v1/jobs/{id}"), None);
+            assert_eq!(code, 200, "{job}");
+            let status = job["status"].as_str().unwrap();
+            if ["succeeded", "failed", "cancelled"].contains(&status) {
+                return job;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "job {id} still {status} after {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A config in `dir` with the example VMs as provider `kvm` and `extra` lines.
+fn config(dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("hypervisord.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen: 127.0.0.1:0\ndatabase: {}\noutput_root: {}\nproviders:\n  kvm: {{ kind: local, dir: {} }}\n{extra}",
+            dir.join("jobs.db").display(),
+            dir.join("out").display(),
+            workspace_root().join("examples/vms").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn a_submitted_export_runs_and_reports_with_logs_progress_and_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&config(tmp.path(), ""));
+    let (code, sub) = d.json(
+        "POST",
+        "/api/v1/jobs",
+        Some(r#"{"vm": "demo-vm", "provider": "kvm", "format": "ovf", "output": "batch1", "verify": true}"#),
+    );
+    assert_eq!(code, 201, "{sub}");
+    let id = sub["jobs"][0]["id"].as_i64().unwrap();
+    // Progress as Server-Sent Events, until the end event.
+    let (code, events) = d.call("GET", &format!("/api/v1/jobs/{id}/progress"), None, &[]);
+    assert_eq!(code, 200);
+    assert!(events.contains("event: end"), "{events}");
+    let job = d.wait(id, Duration::from_secs(60));
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 1);
+    assert_eq!(job["result"]["verified"], true);
+    let dir = tmp.path().join("out/batch1/demo-vm");
+    let mf = std::fs::read_to_string(dir.join("demo-vm.mf")).unwrap();
+    assert_eq!(mf, job["result"]["manifest"].as_str().unwrap());
+    for f in job["result"]["files"].as_array().unwrap() {
+        let name = f["name"].as_str().unwrap();
+        let sum = run_tool("sha256sum", &[dir.join(name).to_str().unwrap()]);
+        assert!(sum.starts_with(f["digest"].as_str().unwrap()), "{name}");
+    }
+    let (_, logs) = d.json("GET", &format!("/api/v1/jobs/{id}/logs"), None);
+    let statuses: Vec<&str> = logs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["status"].as_str())
+        .collect();
+    assert_eq!(statuses, ["queued", "running", "succeeded"]);
+
+    // A YAML batch, listed with filters and paging.
+    let (code, batch) = d.call(
+        "POST",
+        "/api/v1/jobs",
+        Some("- {vm: demo-vm, provider: kvm, output: b2, priority: low}\n- {vm: demo-vm, provider: kvm, output: b3, priority: critical}\n"),
+        &["Content-Type: application/yaml"],
+    );
+    assert_eq!(code, 201, "{batch}");
+    for j in serde_json::from_str::<Value>(&batch).unwrap()["jobs"]
+        .as_array()
+        .unwrap()
+    {
+        let done = d.wait(j["id"].as_i64().unwrap(), Duration::from_secs(60));
+        assert_eq!(done["status"], "succeeded", "{done}");
+    }
+    let (_, list) = d.json(
+        "GET",
+        "/api/v1/jobs?status=succeeded&limit=2&offset=0",
+        None,
+    );
+    assert_eq!(list["total"], 3);
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 2);
+    assert!(tmp.path().join("out/b3/demo-vm.ova").is_file());
+
+    let (_, vms) = d.json("GET", "/api/v1/providers/kvm/vms", None);
+    assert_eq!(vms["vms"][0]["name"], "demo-vm");
+    let (code, metrics) = d.call("GET", "/metrics", None, &[]);
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("hypersdk_jobs{status=\"succeeded\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "hypersdk_http_requests_total{method=\"POST\",route=\"/api/v1/jobs\",status=\"201\"} 2"
+        ),
+        "{metrics}"
+    );
+    let (_, api) = d.json("GET", "/api/v1/openapi.json", None);
+    for p in [
+        "/api/v1/jobs",
+        "/api/v1/jobs/{id}/cancel",
+        "/api/v1/jobs/{id}/progress",
+        "/metrics",
+    ] {
+        assert!(api["paths"][p].is_object(), "{p} in the OpenAPI document");
+    }
+    assert!(api["components"]["schemas"]["JobSpec"].is_object());
+    let (code, ready) = d.json("GET", "/ready", None);
+    assert_eq!(code, 200);
+    assert_eq!(ready["status"], "ok");
+}
+
+#[test]
+fn bad_requests_get_a_specific_4xx() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&config(tmp.path(), "max_body_bytes: 4096\n"));
+    let cases: Vec<(&str, &str, Option<String>, &[&str], u16, &str)> = vec![
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some("{\"vm\": ".into()),
+            &[],
+            400,
+            "malformed JSON",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some("- vm: [".into()),
+            &["Content-Type: application/yaml"],
+            400,
+            "malformed YAML",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some(r#"{"vm":"a","provider":"kvm","colour":"red"}"#.into()),
+            &[],
+            400,
+            "unknown field `colour`",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some(r#"{"vm":"a","provider":"aws"}"#.into()),
+            &[],
+            400,
+            "unknown provider 'aws'",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some(
+                r#"[{"vm":"a","provider":"kvm"},{"vm":"b","provider":"kvm","compress":"lzma"}]"#
+                    .into(),
+            ),
+            &[],
+            400,
+            "job 2: compress",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some(r#"{"vm":"a","provider":"kvm","output":"../etc"}"#.into()),
+            &[],
+            400,
+            "output",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some("[]".into()),
+            &[],
+            400,
+            "empty list",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some("42".into()),
+            &[],
+            400,
+            "expected a job",
+        ),
+        (
+            "POST",
+            "/api/v1/jobs",
+            Some(format!(
+                "{{\"vm\":\"{}\",\"provider\":\"kvm\"}}",
+                "x".repeat(8000)
+            )),
+            &[],
+            413,
+            "",
+        ),
+        (
+            "GET",
+            "/api/v1/jobs?status=done",
+            None,
+            &[],
+            400,
+            "unknown status 'done'",
+        ),
+        ("GET", "/api/v1/jobs?limit=0", None, &[], 400, "limit"),
+        ("GET", "/api/v1/jobs?colour=red", None, &[], 400, "colour"),
+        ("GET", "/api/v1/jobs/abc", None, &[], 400, "not a number"),
+        ("GET", "/api/v1/jobs/999", None, &[], 404, "no job 999"),
+        (
+            "POST",
+            "/api/v1/jobs/999/cancel",
+            None,
+            &[],
+            404,
+            "no job 999",
+        ),
+        (
+            "GET",
+            "/api/v1/providers/aws/vms",
+            None,
+            &[],
+            404,
+            "no provider 'aws'",
+        ),
+        ("GET", "/api/v2/nothing", None, &[], 404, "no such route"),
+    ];
+    for (method, path, body, headers, want, text) in cases {
+        let (code, got) = d.call(method, path, body.as_deref(), headers);
+        assert_eq!(code, want, "{method} {path}: {got}");
+        let v: Value =
+            serde_json::from_str(&got).unwrap_or_else(|e| panic!("{path}: not JSON: {got:?} {e}"));
+        assert_eq!(v["error"]["status"], want);
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(text),
+            "{method} {path}: {got}"
+        );
+    }
+    // Cancelling a job that is over is a conflict.
+    let (_, sub) = d.json(
+        "POST",
+        "/api/v1/jobs",
+        Some(r#"{"vm":"demo-vm","provider":"kvm"}"#),
+    );
+    let id = sub["jobs"][0]["id"].as_i64().unwrap();
+    d.wait(id, Duration::from_secs(60));
+    let (code, v) = d.json("POST", &format!("/api/v1/jobs/{id}/cancel"), None);
+    assert_eq!(code, 409, "{v}");
+    // A job of a VM that does not exist fails with the reason.
+    let (_, sub) = d.json(
+        "POST",
+        "/api/v1/jobs",
+        Some(r#"{"vm":"no-such-vm","provider":"kvm"}"#),
+    );
+    let job = d.wait(
+        sub["jobs"][0]["id"].as_i64().unwrap(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(job["status"], "failed");
+    assert!(
+        job["error"].as_str().unwrap().contains("no-such-vm"),
+        "{job}"
+    );
+}
+
+fn sha256_hex(key: &str) -> String {
+    let out = run_tool("sh", &["-c", &format!("printf %s '{key}' | sha256sum")]);
+    out.split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn api_keys_roles_and_the_audit_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = format!(
+        "api_keys:\n  - {{ name: watcher, role: viewer, sha256: {} }}\n  - {{ name: ops, role: operator, sha256: {} }}\n  - {{ name: root, role: admin, sha256: {} }}\n",
+        sha256_hex("view-key"),
+        sha256_hex("ops-key"),
+        sha256_hex("admin-key")
+    );
+    let d = Daemon::start(&config(tmp.path(), &keys));
+    let job = r#"{"vm":"demo-vm","provider":"kvm"}"#;
+    assert_eq!(d.call("GET", "/api/v1/jobs", None, &[]).0, 401);
+    assert_eq!(
+        d.call("GET", "/api/v1/jobs", None, &["X-API-Key: wrong"]).0,
+        401
+    );
+    assert_eq!(
+        d.call("GET", "/health", None, &[]).0,
+        200,
+        "liveness needs no key"
+    );
+    assert_eq!(
+        d.call("GET", "/api/v1/jobs", None, &["X-API-Key: view-key"])
+            .0,
+        200
+    );
+    let (code, body) = d.call("POST", "/api/v1/jobs", Some(job), &["X-API-Key: view-key"]);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("Operator"), "{body}");
+    let (code, body) = d.call(
+        "POST",
+        "/api/v1/jobs",
+        Some(job),
+        &["Authorization: Bearer ops-key"],
+    );
+    assert_eq!(code, 201, "{body}");
+    let sub: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(sub["jobs"][0]["submitted_by"], "ops");
+    assert_eq!(
+        d.call("GET", "/api/v1/audit", None, &["X-API-Key: ops-key"])
+            .0,
+        403
+    );
+    let (code, audit) = d.call("GET", "/api/v1/audit", None, &["X-API-Key: admin-key"]);
+    assert_eq!(code, 200);
+    let audit: Value = serde_json::from_str(&audit).unwrap();
+    let entries = audit.as_array().unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["who"] == "ops" && e["status"] == 201 && e["method"] == "POST"),
+        "{audit}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["who"] == "watcher" && e["status"] == 403),
+        "{audit}"
+    );
+
+    // No keys and a non-loopback address: refused at start.
+    let bad = tmp.path().join("open.yaml");
+    std::fs::write(
+        &bad,
+        format!(
+            "listen: 0.0.0.0:0\ndatabase: {}\noutput_root: {}\n",
+            tmp.path().join("x.db").display(),
+            tmp.path().join("x").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hypervisord"))
+        .args(["--config", bad.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0") && err.contains("api_keys"),
+        "{err}"
+    );
+}
+
+#[test]
+fn kill_9_while_jobs_run_then_restart_completes_every_job_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A VM with a 64 MiB disk, exported at 16 MiB/s: each job runs ~4 s.
+    let disk = tmp.path().join("big.raw");
+    write_mixed_file(&disk, 64 << 20).unwrap();
+    let vms = tmp.path().join("vms");
+    std::fs::create_dir(&vms).unwrap();
+    std::fs::write(
+        vms.join("big.xml"),
+        format!(
+            "<domain type='kvm'><name>big</name><memory unit='MiB'>512</memory><vcpu>1</vcpu><devices>\
+             <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/>\
+             <target dev='vda' bus='virtio'/></disk></devices></domain>",
+            disk.display()
+        ),
+    )
+    .unwrap();
+    let cfg = tmp.path().join("hypervisord.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:0\ndatabase: {}\noutput_root: {}\nmax_concurrent: 3\nproviders:\n  kvm: {{ kind: local, dir: {} }}\n",
+            tmp.path().join("jobs.db").display(),
+            tmp.path().join("out").display(),
+            vms.display()
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::start(&cfg);
+    let jobs: Vec<Value> = (0..6)
+        .map(|i| json!({"vm": "big", "provider": "kvm", "output": format!("j{i}"), "bwlimit": "16M"}))
+        .collect();
+    let (code, sub) = d.json("POST", "/api/v1/jobs", Some(&Value::from(jobs).to_string()));
+    assert_eq!(code, 201, "{sub}");
+    let ids: Vec<i64> = sub["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_i64().unwrap())
+        .collect();
+    // Kill it while three run, well into their disks.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, running) = d.json("GET", "/api/v1/jobs?status=running", None);
+    assert_eq!(running["total"], 3, "{running}");
+    d.kill();
+
+    let d = Daemon::start(&cfg);
+    let mut reports = Vec::new();
+    for id in &ids {
+        let job = d.wait(*id, Duration::from_secs(120));
+        assert_eq!(job["status"], "succeeded", "{job}");
+        reports.push(job);
+    }
+    let (_, all) = d.json("GET", "/api/v1/jobs?limit=100", None);
+    assert_eq!(all["total"], 6, "none lost, none duplicated");
+    let resumed: Vec<&Value> = reports.iter().filter(|j| j["attempts"] == 2).collect();
+    assert_eq!(resumed.len(), 3, "the three interrupted jobs ran again");
+    assert!(
+        resumed
+            .iter()
+            .all(|j| j["result"]["resumed_bytes"].as_u64().unwrap() > 0),
+        "and continued from their checkpoints"
+    );
+    let first = std::fs::read(tmp.path().join("out/j0/big.ova")).unwrap();
+    for i in 1..6 {
+        assert!(
+            std::fs::read(tmp.path().join(format!("out/j{i}/big.ova"))).unwrap() == first,
+            "job {i}'s OVA is the same as the others"
+        );
+    }
+    let (_, logs) = d.json(
+        "GET",
+        &format!("/api/v1/jobs/{}/logs", resumed[0]["id"]),
+        None,
+    );
+    assert!(logs.to_string().contains("queued again"), "{logs}");
+}
