@@ -222,7 +222,9 @@ fn a_submitted_export_runs_and_reports_with_logs_progress_and_metrics() {
 fn bad_requests_get_a_specific_4xx() {
     let tmp = tempfile::tempdir().unwrap();
     let d = Daemon::start(&config(tmp.path(), "max_body_bytes: 4096\n"));
-    let cases: Vec<(&str, &str, Option<String>, &[&str], u16, &str)> = vec![
+    /// Method, path, body, headers, expected status, text the message holds.
+    type Case<'a> = (&'a str, &'a str, Option<String>, &'a [&'a str], u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "POST",
             "/api/v1/jobs",
