@@ -2,6 +2,7 @@
 
 mod crypt;
 mod image;
+mod jobs;
 mod progress;
 mod provider;
 mod vmops;
@@ -59,6 +60,9 @@ enum Command {
     /// Undo an export's --compress/--encrypt-* wrapping: decrypt and decompress
     /// a file, or every file of an OVF directory.
     Unwrap(crypt::UnwrapArgs),
+    /// Jobs of a hypervisord daemon (--daemon URL): submit, list, show,
+    /// watch, cancel, logs.
+    Jobs(jobs::JobsArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -269,6 +273,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Encrypt(args) => crypt::encrypt(args).await,
         Command::Decrypt(args) => crypt::decrypt(args).await,
         Command::Unwrap(args) => crypt::unwrap(args).await,
+        Command::Jobs(args) => jobs::run(args).await,
     }
 }
 

@@ -535,8 +535,9 @@ async fn job_logs(State(st): Shared, Path(id): Path<String>) -> ApiResult<Json<V
     ))
 }
 
-/// Progress as Server-Sent Events: `progress` events while the job runs,
-/// then one `end` event with its final status.
+/// Progress as Server-Sent Events: for a queued job nothing until it
+/// starts, then `progress` events while it runs, then one `end` event with
+/// its final status.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/progress", params(("id" = i64, Path, description = "Job id")),
     responses((status = 200, description = "text/event-stream of Progress", body = Progress),
               (status = 404, body = ApiErrorBody)))]
@@ -555,6 +556,25 @@ async fn job_progress(
         if let Some(p) = first {
             let ev = Event::default().event("progress").json_data(&p).ok()?;
             return Some((Ok(ev), (st, id, rx, None, false)));
+        }
+        // A queued job: wait until it runs (or ends without running).
+        while rx.is_none() {
+            rx = st.runner.subscribe(id);
+            if rx.is_some() {
+                break;
+            }
+            match st.store.get(id).await {
+                Ok(Some(j)) if j.status == JobStatus::Queued => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await
+                }
+                Ok(Some(j)) if j.status == JobStatus::Running => {
+                    // Started: its runner entry appears at once, or it just ended.
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    rx = st.runner.subscribe(id);
+                    break;
+                }
+                _ => break,
+            }
         }
         if let Some(r) = rx.as_mut() {
             loop {

@@ -223,7 +223,14 @@ fn bad_requests_get_a_specific_4xx() {
     let tmp = tempfile::tempdir().unwrap();
     let d = Daemon::start(&config(tmp.path(), "max_body_bytes: 4096\n"));
     /// Method, path, body, headers, expected status, text the message holds.
-    type Case<'a> = (&'a str, &'a str, Option<String>, &'a [&'a str], u16, &'a str);
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Option<String>,
+        &'a [&'a str],
+        u16,
+        &'a str,
+    );
     let cases: Vec<Case> = vec![
         (
             "POST",
@@ -460,13 +467,12 @@ fn api_keys_roles_and_the_audit_log() {
     );
 }
 
-#[test]
-fn kill_9_while_jobs_run_then_restart_completes_every_job_once() {
-    let tmp = tempfile::tempdir().unwrap();
-    // A VM with a 64 MiB disk, exported at 16 MiB/s: each job runs ~4 s.
-    let disk = tmp.path().join("big.raw");
+/// A config in `dir` whose provider `kvm` has one VM, `big`, with a 64 MiB
+/// disk (at 16 MiB/s a job runs about 4 s), and `max_concurrent` slots.
+fn big_vm_config(dir: &Path, max_concurrent: usize) -> PathBuf {
+    let disk = dir.join("big.raw");
     write_mixed_file(&disk, 64 << 20).unwrap();
-    let vms = tmp.path().join("vms");
+    let vms = dir.join("vms");
     std::fs::create_dir(&vms).unwrap();
     std::fs::write(
         vms.join("big.xml"),
@@ -478,17 +484,67 @@ fn kill_9_while_jobs_run_then_restart_completes_every_job_once() {
         ),
     )
     .unwrap();
-    let cfg = tmp.path().join("hypervisord.yaml");
+    let cfg = dir.join("hypervisord.yaml");
     std::fs::write(
         &cfg,
         format!(
-            "listen: 127.0.0.1:0\ndatabase: {}\noutput_root: {}\nmax_concurrent: 3\nproviders:\n  kvm: {{ kind: local, dir: {} }}\n",
-            tmp.path().join("jobs.db").display(),
-            tmp.path().join("out").display(),
+            "listen: 127.0.0.1:0\ndatabase: {}\noutput_root: {}\nmax_concurrent: {max_concurrent}\nproviders:\n  kvm: {{ kind: local, dir: {} }}\n",
+            dir.join("jobs.db").display(),
+            dir.join("out").display(),
             vms.display()
         ),
     )
     .unwrap();
+    cfg
+}
+
+#[test]
+fn cancelling_stops_a_running_export_and_drops_a_queued_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&big_vm_config(tmp.path(), 1));
+    let body = r#"[{"vm":"big","provider":"kvm","output":"a","bwlimit":"16M"},{"vm":"big","provider":"kvm","output":"b"}]"#;
+    let (code, sub) = d.json("POST", "/api/v1/jobs", Some(body));
+    assert_eq!(code, 201, "{sub}");
+    let (a, b) = (
+        sub["jobs"][0]["id"].as_i64().unwrap(),
+        sub["jobs"][1]["id"].as_i64().unwrap(),
+    );
+    let start = Instant::now();
+    while d.json("GET", &format!("/api/v1/jobs/{a}"), None).1["status"] != "running" {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, v) = d.json("POST", &format!("/api/v1/jobs/{b}/cancel"), None);
+    assert_eq!(
+        (code, v["status"].as_str()),
+        (202, Some("cancelled")),
+        "{v}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, v) = d.json("POST", &format!("/api/v1/jobs/{a}/cancel"), None);
+    assert_eq!(code, 202, "{v}");
+    let job = d.wait(a, Duration::from_secs(10));
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert!(
+        !tmp.path().join("out/a/big.ova").exists(),
+        "nothing published"
+    );
+    let (_, logs) = d.json("GET", &format!("/api/v1/jobs/{a}/logs"), None);
+    assert!(
+        logs.to_string().contains("cancel requested by anonymous"),
+        "{logs}"
+    );
+    assert_eq!(
+        d.wait(b, Duration::from_secs(1))["started_at"],
+        Value::Null,
+        "never ran"
+    );
+}
+
+#[test]
+fn kill_9_while_jobs_run_then_restart_completes_every_job_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = big_vm_config(tmp.path(), 3);
     let mut d = Daemon::start(&cfg);
     let jobs: Vec<Value> = (0..6)
         .map(|i| json!({"vm": "big", "provider": "kvm", "output": format!("j{i}"), "bwlimit": "16M"}))

@@ -1,0 +1,440 @@
+//! `hyperctl jobs`: a client of hypervisord (`--daemon URL`).
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context as _};
+use clap::{Args, Subcommand};
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use hypersdk_core::{Phase, ProgressEvent};
+
+use crate::progress::Display;
+
+#[derive(Args, Debug)]
+pub struct JobsArgs {
+    /// hypervisord base URL, e.g. http://127.0.0.1:8080.
+    #[arg(long, global = true, env = "HYPERSDK_DAEMON")]
+    daemon: Option<String>,
+    /// File holding an API key for the daemon.
+    #[arg(long, global = true, env = "HYPERSDK_API_KEY_FILE")]
+    api_key_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: JobsCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum JobsCommand {
+    /// Submit a job (or a list of jobs) from a JSON or YAML file (`-` for
+    /// stdin), or one job from flags.
+    Submit {
+        /// Job file (JSON or YAML; a list submits a batch).
+        file: Option<PathBuf>,
+        /// VM to export (instead of a file).
+        #[arg(long, conflicts_with = "file")]
+        vm: Option<String>,
+        /// Provider name in the daemon's configuration.
+        #[arg(long, requires = "vm")]
+        provider: Option<String>,
+        /// ova or ovf.
+        #[arg(long, requires = "vm")]
+        format: Option<String>,
+        /// Directory below the daemon's output root.
+        #[arg(long, requires = "vm")]
+        output: Option<String>,
+        /// critical, high, normal or low.
+        #[arg(long, requires = "vm")]
+        priority: Option<String>,
+        /// zstd[:L] or gzip[:L].
+        #[arg(long, requires = "vm")]
+        compress: Option<String>,
+        /// Bandwidth limit on reading the source.
+        #[arg(long, requires = "vm")]
+        bwlimit: Option<String>,
+        /// Read back and check before publishing.
+        #[arg(long, requires = "vm")]
+        verify: bool,
+        /// Follow the (first) job's progress until it ends.
+        #[arg(long)]
+        watch: bool,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List jobs, newest first.
+    List {
+        /// queued, running, succeeded, failed or cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this provider's jobs.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Only this VM's jobs.
+        #[arg(long)]
+        vm: Option<String>,
+        /// Page size.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Page start.
+        #[arg(long, default_value_t = 0)]
+        offset: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job.
+    Show {
+        /// Job id.
+        id: i64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a job's progress (bars on a terminal) until it ends; the exit
+    /// code says whether it succeeded.
+    Watch {
+        /// Job id.
+        id: i64,
+    },
+    /// Cancel a job.
+    Cancel {
+        /// Job id.
+        id: i64,
+    },
+    /// Print a job's log.
+    Logs {
+        /// Job id.
+        id: i64,
+    },
+}
+
+/// A connection to the daemon.
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    key: Option<String>,
+}
+
+impl Client {
+    fn new(args: &JobsArgs) -> anyhow::Result<Client> {
+        let base = args
+            .daemon
+            .clone()
+            .ok_or_else(|| anyhow!("no daemon given: --daemon URL or HYPERSDK_DAEMON"))?;
+        let key = match &args.api_key_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("cannot read API key file {}", f.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        // reqwest's rustls needs a process-wide crypto provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Client {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            key,
+        })
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(k) = &self.key {
+            r = r.header("X-API-Key", k);
+        }
+        r
+    }
+
+    /// Sends and returns the JSON answer, or the daemon's error message.
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the daemon at {}", self.base))?;
+        let status = resp.status();
+        let text = resp.text().await.context("reading the daemon's answer")?;
+        if !status.is_success() {
+            let msg = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(String::from))
+                .unwrap_or(text);
+            bail!("the daemon answered {status}: {msg}");
+        }
+        serde_json::from_str(&text).context("the daemon's answer is not JSON")
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.request(reqwest::Method::GET, path)).await
+    }
+}
+
+pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
+    let c = Client::new(&args)?;
+    match args.command {
+        JobsCommand::Submit {
+            file,
+            vm,
+            provider,
+            format,
+            output,
+            priority,
+            compress,
+            bwlimit,
+            verify,
+            watch,
+            json,
+        } => {
+            let (body, yaml) = match (file, vm) {
+                (Some(f), _) => {
+                    let mut text = Vec::new();
+                    if f.as_os_str() == "-" {
+                        std::io::stdin().read_to_end(&mut text)?;
+                    } else {
+                        text = std::fs::read(&f)
+                            .with_context(|| format!("cannot read {}", f.display()))?;
+                    }
+                    let first = text.iter().find(|b| !b.is_ascii_whitespace()).copied();
+                    let yaml = !matches!(first, Some(b'{') | Some(b'['));
+                    (text, yaml)
+                }
+                (None, Some(vm)) => {
+                    let mut job = serde_json::json!({
+                        "vm": vm,
+                        "provider": provider.ok_or_else(|| anyhow!("--provider is needed with --vm"))?,
+                        "verify": verify,
+                    });
+                    for (k, v) in [
+                        ("format", format),
+                        ("output", output),
+                        ("priority", priority),
+                        ("compress", compress),
+                        ("bwlimit", bwlimit),
+                    ] {
+                        if let Some(v) = v {
+                            job[k] = Value::String(v);
+                        }
+                    }
+                    (job.to_string().into_bytes(), false)
+                }
+                (None, None) => bail!("give a job file, or --vm and --provider"),
+            };
+            let content_type = if yaml {
+                "application/yaml"
+            } else {
+                "application/json"
+            };
+            let answer = c
+                .send(
+                    c.request(reqwest::Method::POST, "/api/v1/jobs")
+                        .header("Content-Type", content_type)
+                        .body(body),
+                )
+                .await?;
+            let jobs = answer["jobs"].as_array().cloned().unwrap_or_default();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                for j in &jobs {
+                    println!(
+                        "job {} queued: {} of provider {}",
+                        j["id"], j["spec"]["vm"], j["spec"]["provider"]
+                    );
+                }
+            }
+            if watch {
+                let id = jobs
+                    .first()
+                    .and_then(|j| j["id"].as_i64())
+                    .ok_or_else(|| anyhow!("the daemon returned no job"))?;
+                return watch_job(&c, id).await;
+            }
+            Ok(())
+        }
+        JobsCommand::List {
+            status,
+            provider,
+            vm,
+            limit,
+            offset,
+            json,
+        } => {
+            let mut url = reqwest::Url::parse(&format!("{}/api/v1/jobs", c.base))
+                .with_context(|| format!("bad daemon URL {}", c.base))?;
+            {
+                let mut q = url.query_pairs_mut();
+                q.append_pair("limit", &limit.to_string());
+                q.append_pair("offset", &offset.to_string());
+                for (k, v) in [("status", status), ("provider", provider), ("vm", vm)] {
+                    if let Some(v) = v {
+                        q.append_pair(k, &v);
+                    }
+                }
+            }
+            let path = format!("/api/v1/jobs?{}", url.query().unwrap_or(""));
+            let list = c.get(&path).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            println!(
+                "{:>6}  {:<10}  {:<8}  {:<12}  VM",
+                "ID", "STATUS", "PRIORITY", "PROVIDER"
+            );
+            for j in list["jobs"].as_array().into_iter().flatten() {
+                println!(
+                    "{:>6}  {:<10}  {:<8}  {:<12}  {}",
+                    j["id"],
+                    j["status"].as_str().unwrap_or("?"),
+                    j["spec"]["priority"].as_str().unwrap_or("?"),
+                    j["spec"]["provider"].as_str().unwrap_or("?"),
+                    j["spec"]["vm"].as_str().unwrap_or("?"),
+                );
+            }
+            println!(
+                "{} of {} jobs",
+                list["jobs"].as_array().map_or(0, Vec::len),
+                list["total"]
+            );
+            Ok(())
+        }
+        JobsCommand::Show { id, json } => {
+            let j = c.get(&format!("/api/v1/jobs/{id}")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&j)?);
+                return Ok(());
+            }
+            println!("job {}: {}", j["id"], j["status"].as_str().unwrap_or("?"));
+            println!(
+                "  vm {} of provider {}, submitted by {} at {}",
+                j["spec"]["vm"], j["spec"]["provider"], j["submitted_by"], j["created_at"]
+            );
+            if let Some(p) = j["progress"].as_object() {
+                println!(
+                    "  {} {}: {}/{} bytes",
+                    p["phase"], p["disk"], p["bytes_done"], p["bytes_total"]
+                );
+            }
+            if let Some(loc) = j["result"]["location"].as_str() {
+                println!("  exported to {loc}");
+            }
+            if let Some(e) = j["error"].as_str() {
+                println!("  error: {e}");
+            }
+            Ok(())
+        }
+        JobsCommand::Watch { id } => watch_job(&c, id).await,
+        JobsCommand::Cancel { id } => {
+            let j = c
+                .send(c.request(reqwest::Method::POST, &format!("/api/v1/jobs/{id}/cancel")))
+                .await?;
+            println!("job {id}: {}", j["status"].as_str().unwrap_or("?"));
+            Ok(())
+        }
+        JobsCommand::Logs { id } => {
+            let events = c.get(&format!("/api/v1/jobs/{id}/logs")).await?;
+            for e in events.as_array().into_iter().flatten() {
+                let status = e["status"]
+                    .as_str()
+                    .map(|s| format!("[{s}] "))
+                    .unwrap_or_default();
+                println!(
+                    "{} {status}{}",
+                    e["at"].as_str().unwrap_or(""),
+                    e["message"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A daemon progress record as the CLI's progress event.
+fn event_of(p: &Value) -> Option<ProgressEvent> {
+    let phase = match p["phase"].as_str()? {
+        "disk" => Phase::Disk,
+        "diskdone" => Phase::DiskDone,
+        "packaging" => Phase::Packaging,
+        "verify" => Phase::Verify,
+        "done" => Phase::Done,
+        _ => return None,
+    };
+    Some(ProgressEvent {
+        phase,
+        disk_index: 0,
+        disk: p["disk"].as_str().unwrap_or("").to_string(),
+        bytes_done: p["bytes_done"].as_u64().unwrap_or(0),
+        bytes_total: p["bytes_total"].as_u64().unwrap_or(0),
+        rate_bps: p["rate_bps"].as_f64().unwrap_or(0.0),
+        eta_secs: None,
+    })
+}
+
+/// Follows job `id`'s Server-Sent Events until its end event; fails unless
+/// it succeeded.
+async fn watch_job(c: &Client, id: i64) -> anyhow::Result<()> {
+    let resp = c
+        .request(reqwest::Method::GET, &format!("/api/v1/jobs/{id}/progress"))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the daemon at {}", c.base))?;
+    if !resp.status().is_success() {
+        // The error body, through the common path.
+        c.get(&format!("/api/v1/jobs/{id}")).await?;
+        bail!(
+            "the daemon answered {} to the progress stream",
+            resp.status()
+        );
+    }
+    let display = Arc::new(Display::new(std::io::stderr().is_terminal()));
+    let mut body = resp.bytes_stream();
+    let mut buf = String::new();
+    let mut event = String::new();
+    while let Some(chunk) = body.next().await {
+        buf.push_str(&String::from_utf8_lossy(
+            &chunk.context("the progress stream broke")?,
+        ));
+        while let Some(nl) = buf.find('\n') {
+            let line = buf[..nl].trim_end_matches('\r').to_string();
+            buf.drain(..=nl);
+            if let Some(e) = line.strip_prefix("event:") {
+                event = e.trim().to_string();
+            } else if let Some(d) = line.strip_prefix("data:") {
+                let v: Value = serde_json::from_str(d.trim()).unwrap_or(Value::Null);
+                if event == "end" {
+                    display.finish();
+                    let job = c.get(&format!("/api/v1/jobs/{id}")).await?;
+                    let status = job["status"].as_str().unwrap_or("?").to_string();
+                    match status.as_str() {
+                        "succeeded" => {
+                            println!(
+                                "job {id} succeeded: {}",
+                                job["result"]["location"].as_str().unwrap_or("")
+                            );
+                            return Ok(());
+                        }
+                        _ => bail!(
+                            "job {id} {status}{}",
+                            job["error"]
+                                .as_str()
+                                .map(|e| format!(": {e}"))
+                                .unwrap_or_default()
+                        ),
+                    }
+                }
+                if let Some(e) = event_of(&v) {
+                    display.event(&e);
+                }
+            }
+        }
+    }
+    display.finish();
+    bail!("the progress stream of job {id} ended without its end event")
+}
