@@ -29,7 +29,9 @@ use utoipa::{OpenApi, ToSchema};
 use crate::config::{Config, Role};
 use crate::metrics::Metrics;
 use crate::model::{Format, Job, JobEvent, JobSpec, JobStatus, Priority, Progress};
+use crate::profiles;
 use crate::runner::{error_chain, Runner};
+use crate::schedules::{self, Schedule, ScheduleRun, ScheduleSpec, When};
 use crate::store::{JobFilter, Store};
 
 /// Most jobs one submission may hold.
@@ -88,6 +90,12 @@ impl ApiError {
     }
     fn internal(e: impl std::fmt::Display) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
 }
 
@@ -253,6 +261,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/jobs/{id}/progress", get(job_progress))
         .route("/api/v1/providers", get(list_providers))
         .route("/api/v1/providers/{name}/vms", get(list_vms))
+        .route("/api/v1/profiles", get(list_profiles))
+        .route(
+            "/api/v1/profiles/{name}",
+            get(get_profile).put(put_profile).delete(delete_profile),
+        )
+        .route("/api/v1/schedules", post(add_schedule).get(list_schedules))
+        .route(
+            "/api/v1/schedules/{id}",
+            get(get_schedule).delete(delete_schedule),
+        )
+        .route("/api/v1/schedules/{id}/enable", post(enable_schedule))
+        .route("/api/v1/schedules/{id}/disable", post(disable_schedule))
+        .route("/api/v1/schedules/{id}/trigger", post(trigger_schedule))
+        .route("/api/v1/schedules/{id}/runs", get(schedule_runs))
         .route("/api/v1/audit", get(audit_log))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/health", get(health))
@@ -323,15 +345,22 @@ fn is_yaml(headers: &HeaderMap) -> bool {
         .is_some_and(|t| t.contains("yaml"))
 }
 
-/// Parses a submission: one job or a list, JSON or YAML.
-fn parse_submission(headers: &HeaderMap, body: &[u8]) -> ApiResult<Vec<JobSpec>> {
-    let value: serde_json::Value = if is_yaml(headers) {
-        serde_yaml_ng::from_slice(body)
-            .map_err(|e| ApiError::bad(format!("malformed YAML: {e}")))?
+/// A request body as a JSON value: YAML by Content-Type, else JSON.
+fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<serde_json::Value> {
+    if is_yaml(headers) {
+        serde_yaml_ng::from_slice(body).map_err(|e| ApiError::bad(format!("malformed YAML: {e}")))
     } else {
-        serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("malformed JSON: {e}")))?
-    };
-    match value {
+        serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("malformed JSON: {e}")))
+    }
+}
+
+/// A submission's jobs: one job (an object) or a list, each resolved
+/// against its profile and checked; messages name the job and the field.
+pub(crate) async fn resolve_jobs(
+    st: &AppState,
+    value: serde_json::Value,
+) -> ApiResult<Vec<JobSpec>> {
+    let (items, batch) = match value {
         serde_json::Value::Array(items) => {
             if items.is_empty() {
                 return Err(ApiError::bad("an empty list of jobs"));
@@ -345,22 +374,30 @@ fn parse_submission(headers: &HeaderMap, body: &[u8]) -> ApiResult<Vec<JobSpec>>
                     ),
                 ));
             }
-            items
-                .into_iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    serde_json::from_value(v)
-                        .map_err(|e| ApiError::bad(format!("job {}: {e}", i + 1)))
-                })
-                .collect()
+            (items, true)
         }
-        v @ serde_json::Value::Object(_) => Ok(vec![
-            serde_json::from_value(v).map_err(|e| ApiError::bad(format!("job: {e}")))?
-        ]),
-        _ => Err(ApiError::bad(
-            "expected a job (an object) or a list of jobs",
-        )),
+        v @ serde_json::Value::Object(_) => (vec![v], false),
+        _ => {
+            return Err(ApiError::bad(
+                "expected a job (an object) or a list of jobs",
+            ))
+        }
+    };
+    let providers = st.runner.providers.names();
+    let mut specs = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let spec = profiles::resolve(&st.store, item, &providers)
+            .await
+            .map_err(|e| {
+                ApiError::bad(if batch {
+                    format!("job {}: {e}", i + 1)
+                } else {
+                    format!("job: {e}")
+                })
+            })?;
+        specs.push(spec);
     }
+    Ok(specs)
 }
 
 /// Submit one job or a batch (a list), as JSON or YAML
@@ -376,17 +413,7 @@ async fn submit_jobs(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<Submitted>)> {
     let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
-    let specs = parse_submission(&headers, &body)?;
-    let providers = st.runner.providers.names();
-    for (i, s) in specs.iter().enumerate() {
-        s.validate(&providers).map_err(|e| {
-            if specs.len() > 1 {
-                ApiError::bad(format!("job {}: {e}", i + 1))
-            } else {
-                ApiError::bad(e)
-            }
-        })?;
-    }
+    let specs = resolve_jobs(&st, parse_body(&headers, &body)?).await?;
     let jobs = st
         .store
         .insert(specs, caller.name.clone())
@@ -654,6 +681,224 @@ async fn list_vms(
             .filter_map(|v| serde_json::to_value(v).ok())
             .collect(),
     }))
+}
+
+/// Adds a schedule (JSON or YAML): a cron expression in a time zone that
+/// submits a job template.
+#[utoipa::path(post, path = "/api/v1/schedules", request_body = ScheduleSpec,
+    responses((status = 201, body = Schedule), (status = 400, body = ApiErrorBody), (status = 409, body = ApiErrorBody)))]
+async fn add_schedule(
+    State(st): Shared,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<Schedule>)> {
+    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let spec: ScheduleSpec = serde_json::from_value(parse_body(&headers, &body)?)
+        .map_err(|e| ApiError::bad(format!("schedule: {e}")))?;
+    if spec.name.trim().is_empty() {
+        return Err(ApiError::bad("name: must not be empty"));
+    }
+    let when = When::parse(&spec.cron, &spec.timezone).map_err(ApiError::bad)?;
+    resolve_jobs(&st, spec.job.clone()).await?;
+    let next = if spec.enabled {
+        when.next_after(chrono::Utc::now())
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    } else {
+        None
+    };
+    let name = spec.name.clone();
+    match st
+        .store
+        .add_schedule(spec, next)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        Some(s) => Ok((StatusCode::CREATED, Json(s))),
+        None => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("a schedule named '{name}' exists"),
+        )),
+    }
+}
+
+/// Every schedule.
+#[utoipa::path(get, path = "/api/v1/schedules", responses((status = 200, body = Vec<Schedule>)))]
+async fn list_schedules(State(st): Shared) -> ApiResult<Json<Vec<Schedule>>> {
+    Ok(Json(
+        st.store.schedules(None).await.map_err(ApiError::internal)?,
+    ))
+}
+
+async fn load_schedule(st: &AppState, raw: &str) -> ApiResult<Schedule> {
+    let id: i64 = raw
+        .parse()
+        .map_err(|_| ApiError::bad(format!("schedule id '{raw}' is not a number")))?;
+    st.store
+        .schedules(Some(id))
+        .await
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::not_found(format!("no schedule {id}")))
+}
+
+/// One schedule.
+#[utoipa::path(get, path = "/api/v1/schedules/{id}", params(("id" = i64, Path, description = "Schedule id")),
+    responses((status = 200, body = Schedule), (status = 404, body = ApiErrorBody)))]
+async fn get_schedule(State(st): Shared, Path(id): Path<String>) -> ApiResult<Json<Schedule>> {
+    Ok(Json(load_schedule(&st, &id).await?))
+}
+
+/// Deletes a schedule and its history (jobs it submitted stay).
+#[utoipa::path(delete, path = "/api/v1/schedules/{id}", params(("id" = i64, Path, description = "Schedule id")),
+    responses((status = 204), (status = 404, body = ApiErrorBody)))]
+async fn delete_schedule(State(st): Shared, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let s = load_schedule(&st, &id).await?;
+    st.store
+        .delete_schedule(s.id)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_enabled(st: &AppState, raw: &str, enabled: bool) -> ApiResult<Json<Schedule>> {
+    let s = load_schedule(st, raw).await?;
+    let next = if enabled {
+        When::parse(&s.cron, &s.timezone)
+            .map_err(ApiError::internal)?
+            .next_after(chrono::Utc::now())
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    } else {
+        None
+    };
+    st.store
+        .set_schedule_enabled(s.id, enabled, next)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(load_schedule(st, raw).await?))
+}
+
+/// Enables a schedule: it runs from its next occurrence on.
+#[utoipa::path(post, path = "/api/v1/schedules/{id}/enable", params(("id" = i64, Path, description = "Schedule id")),
+    responses((status = 200, body = Schedule), (status = 404, body = ApiErrorBody)))]
+async fn enable_schedule(State(st): Shared, Path(id): Path<String>) -> ApiResult<Json<Schedule>> {
+    set_enabled(&st, &id, true).await
+}
+
+/// Disables a schedule.
+#[utoipa::path(post, path = "/api/v1/schedules/{id}/disable", params(("id" = i64, Path, description = "Schedule id")),
+    responses((status = 200, body = Schedule), (status = 404, body = ApiErrorBody)))]
+async fn disable_schedule(State(st): Shared, Path(id): Path<String>) -> ApiResult<Json<Schedule>> {
+    set_enabled(&st, &id, false).await
+}
+
+/// Runs a schedule's template now (recorded in its history).
+#[utoipa::path(post, path = "/api/v1/schedules/{id}/trigger", params(("id" = i64, Path, description = "Schedule id")),
+    responses((status = 201, body = ScheduleRun), (status = 404, body = ApiErrorBody)))]
+async fn trigger_schedule(
+    State(st): Shared,
+    caller: axum::Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<ScheduleRun>)> {
+    let s = load_schedule(&st, &id).await?;
+    let run = schedules::submit(&st, &s, None, &format!("triggered by {}", caller.name)).await;
+    st.store
+        .record_runs(
+            s.id,
+            vec![run.clone()],
+            s.next_run_at.clone(),
+            run.status == "submitted",
+        )
+        .await
+        .map_err(ApiError::internal)?;
+    if run.status != "submitted" {
+        return Err(ApiError::bad(run.message));
+    }
+    Ok((StatusCode::CREATED, Json(run)))
+}
+
+/// A schedule's history: submitted, missed and failed runs, oldest first.
+#[utoipa::path(get, path = "/api/v1/schedules/{id}/runs", params(("id" = i64, Path, description = "Schedule id")),
+    responses((status = 200, body = Vec<ScheduleRun>), (status = 404, body = ApiErrorBody)))]
+async fn schedule_runs(
+    State(st): Shared,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<ScheduleRun>>> {
+    let s = load_schedule(&st, &id).await?;
+    Ok(Json(
+        st.store
+            .schedule_runs(s.id)
+            .await
+            .map_err(ApiError::internal)?,
+    ))
+}
+
+/// Every profile: name, options, last change.
+#[utoipa::path(get, path = "/api/v1/profiles", responses((status = 200, body = Vec<Object>)))]
+async fn list_profiles(State(st): Shared) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    Ok(Json(st.store.profiles().await.map_err(ApiError::internal)?))
+}
+
+/// One profile's options.
+#[utoipa::path(get, path = "/api/v1/profiles/{name}", params(("name" = String, Path, description = "Profile name")),
+    responses((status = 200, body = Object), (status = 404, body = ApiErrorBody)))]
+async fn get_profile(
+    State(st): Shared,
+    Path(name): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    st.store
+        .profile(name.clone())
+        .await
+        .map_err(ApiError::internal)?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no profile '{name}'")))
+}
+
+/// Creates or replaces a profile: job options without `vm` (JSON or YAML).
+#[utoipa::path(put, path = "/api/v1/profiles/{name}", params(("name" = String, Path, description = "Profile name")),
+    request_body = Object,
+    responses((status = 200, body = Object), (status = 400, body = ApiErrorBody)))]
+async fn put_profile(
+    State(st): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    if name.is_empty()
+        || name.len() > 128
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(ApiError::bad(format!(
+            "profile name '{name}': use letters, digits, '-', '_' and '.'"
+        )));
+    }
+    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let value = parse_body(&headers, &body)?;
+    profiles::check_profile(&value, &st.runner.providers.names())
+        .map_err(|e| ApiError::bad(format!("profile '{name}': {e}")))?;
+    st.store
+        .put_profile(name, value.clone())
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(value))
+}
+
+/// Deletes a profile (jobs made from it keep their options).
+#[utoipa::path(delete, path = "/api/v1/profiles/{name}", params(("name" = String, Path, description = "Profile name")),
+    responses((status = 204), (status = 404, body = ApiErrorBody)))]
+async fn delete_profile(State(st): Shared, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    if st
+        .store
+        .delete_profile(name.clone())
+        .await
+        .map_err(ApiError::internal)?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no profile '{name}'")))
+    }
 }
 
 /// The audit log (admin only), newest first.

@@ -30,7 +30,9 @@ pub mod api;
 pub mod config;
 pub mod metrics;
 pub mod model;
+pub mod profiles;
 pub mod runner;
+pub mod schedules;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -78,7 +80,7 @@ impl Daemon {
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
-        let app = api::router(state);
+        let app = api::router(state.clone());
         let s = stop.clone();
         let server = tokio::spawn(async move {
             let shutdown = async move { s.cancelled().await };
@@ -90,11 +92,12 @@ impl Daemon {
             }
         });
         let worker = tokio::spawn(runner.clone().run(stop.clone()));
+        let scheduler = tokio::spawn(schedules::run(state, stop.clone()));
         Ok(Daemon {
             addr,
             stop,
             runner,
-            tasks: vec![server, worker],
+            tasks: vec![server, worker, scheduler],
         })
     }
 

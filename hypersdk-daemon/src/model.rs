@@ -56,6 +56,9 @@ pub struct JobSpec {
     pub vm: String,
     /// A provider name from the daemon's configuration.
     pub provider: String,
+    /// A profile whose options fill in what this job does not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
     /// Directory below the daemon's output root (relative; default: the root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,

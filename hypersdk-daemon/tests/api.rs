@@ -594,3 +594,191 @@ fn kill_9_while_jobs_run_then_restart_completes_every_job_once() {
     );
     assert!(logs.to_string().contains("queued again"), "{logs}");
 }
+
+#[test]
+fn profiles_fill_in_what_a_job_leaves_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&config(tmp.path(), ""));
+    let yaml = ["Content-Type: application/yaml"];
+    let (code, body) = d.call(
+        "PUT",
+        "/api/v1/profiles/fast-ovf",
+        Some("provider: kvm\nformat: ovf\nverify: true\ndigest: sha512\n"),
+        &yaml,
+    );
+    assert_eq!(code, 200, "{body}");
+    for (bad, text) in [
+        ("vm: x\n", "vm: a profile cannot set it"),
+        ("colour: red\n", "unknown field `colour`"),
+        ("provider: aws\n", "unknown provider 'aws'"),
+        ("- 1\n", "an object of job options"),
+    ] {
+        let (code, body) = d.call("PUT", "/api/v1/profiles/bad", Some(bad), &yaml);
+        assert_eq!(code, 400, "{bad}: {body}");
+        assert!(body.contains(text), "{bad}: {body}");
+    }
+    let (code, sub) = d.json(
+        "POST",
+        "/api/v1/jobs",
+        Some(r#"{"vm": "demo-vm", "profile": "fast-ovf", "output": "p", "verify": false}"#),
+    );
+    assert_eq!(code, 201, "{sub}");
+    let spec = &sub["jobs"][0]["spec"];
+    assert_eq!(
+        (spec["provider"].as_str(), spec["format"].as_str()),
+        (Some("kvm"), Some("ovf"))
+    );
+    assert_eq!(spec["verify"], false, "the job's own setting wins");
+    assert_eq!(spec["digest"], "sha512");
+    let job = d.wait(
+        sub["jobs"][0]["id"].as_i64().unwrap(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert!(
+        std::fs::read_to_string(tmp.path().join("out/p/demo-vm/demo-vm.mf"))
+            .unwrap()
+            .starts_with("SHA512(")
+    );
+    let (code, body) = d.call(
+        "POST",
+        "/api/v1/jobs",
+        Some(r#"{"vm": "demo-vm", "profile": "gone"}"#),
+        &[],
+    );
+    assert_eq!(code, 400);
+    assert!(body.contains("no profile 'gone'"), "{body}");
+    let (_, list) = d.json("GET", "/api/v1/profiles", None);
+    assert_eq!(list[0]["name"], "fast-ovf");
+    assert_eq!(
+        d.call("DELETE", "/api/v1/profiles/fast-ovf", None, &[]).0,
+        204
+    );
+    assert_eq!(
+        d.call("DELETE", "/api/v1/profiles/fast-ovf", None, &[]).0,
+        404
+    );
+}
+
+#[test]
+fn schedules_run_on_time_report_missed_runs_and_refuse_bad_cron() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), "");
+    let mut d = Daemon::start(&cfg);
+    let job = r#""job": {"vm": "demo-vm", "provider": "kvm", "output": "s", "overwrite": true}"#;
+    for (body, text) in [
+        (
+            format!(r#"{{"name": "x", "cron": "61 * * * *", {job}}}"#),
+            "cron: '61 * * * *' is not a valid cron expression",
+        ),
+        (
+            format!(r#"{{"name": "x", "cron": "every day", {job}}}"#),
+            "cron:",
+        ),
+        (
+            format!(r#"{{"name": "x", "cron": "0 1 * * *", "timezone": "Mars/Olympus", {job}}}"#),
+            "timezone: unknown time zone 'Mars/Olympus'",
+        ),
+        (
+            r#"{"name": "x", "cron": "0 1 * * *", "job": {"vm": "a", "provider": "aws"}}"#
+                .to_string(),
+            "unknown provider 'aws'",
+        ),
+        (
+            format!(r#"{{"name": "x", "cron": "0 1 * * *", "when": "now", {job}}}"#),
+            "unknown field `when`",
+        ),
+    ] {
+        let (code, got) = d.call("POST", "/api/v1/schedules", Some(&body), &[]);
+        assert_eq!(code, 400, "{body}: {got}");
+        assert!(got.contains(text), "{body}: {got}");
+    }
+    // Every 2 seconds (a leading seconds field), in a named time zone.
+    let (code, s) = d.json(
+        "POST",
+        "/api/v1/schedules",
+        Some(&format!(
+            r#"{{"name": "often", "cron": "*/2 * * * * *", "timezone": "Europe/Berlin", {job}}}"#
+        )),
+    );
+    assert_eq!(code, 201, "{s}");
+    let id = s["id"].as_i64().unwrap();
+    assert!(s["next_run_at"].is_string());
+    let (code, dup) = d.call(
+        "POST",
+        "/api/v1/schedules",
+        Some(&format!(
+            r#"{{"name": "often", "cron": "0 1 * * *", {job}}}"#
+        )),
+        &[],
+    );
+    assert_eq!(code, 409, "{dup}");
+    let runs_of = |d: &Daemon| -> Vec<Value> {
+        d.json("GET", &format!("/api/v1/schedules/{id}/runs"), None)
+            .1
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let start = Instant::now();
+    while !runs_of(&d).iter().any(|r| r["status"] == "submitted") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the schedule ran within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let run = runs_of(&d)
+        .into_iter()
+        .find(|r| r["status"] == "submitted")
+        .unwrap();
+    let job_id = run["jobs"][0].as_i64().unwrap();
+    let (_, j) = d.json("GET", &format!("/api/v1/jobs/{job_id}"), None);
+    assert_eq!(j["submitted_by"], "schedule:often");
+    let (code, trig) = d.json("POST", &format!("/api/v1/schedules/{id}/trigger"), None);
+    assert_eq!(code, 201, "{trig}");
+    assert!(trig["message"]
+        .as_str()
+        .unwrap()
+        .contains("triggered by anonymous"));
+
+    // Down for 5 s: the occurrences in between are reported as missed.
+    d.kill();
+    std::thread::sleep(Duration::from_secs(5));
+    let d = Daemon::start(&cfg);
+    let start = Instant::now();
+    loop {
+        let runs = runs_of(&d);
+        let missed = runs.iter().filter(|r| r["status"] == "missed").count();
+        if missed >= 1 {
+            assert!(runs
+                .iter()
+                .filter(|r| r["status"] == "missed")
+                .all(|r| r["due_at"].is_string()));
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "missed runs reported: {runs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, off) = d.json("POST", &format!("/api/v1/schedules/{id}/disable"), None);
+    assert_eq!(
+        (off["enabled"].as_bool(), off["next_run_at"].is_null()),
+        (Some(false), true),
+        "{off}"
+    );
+    let (_, on) = d.json("POST", &format!("/api/v1/schedules/{id}/enable"), None);
+    assert!(on["next_run_at"].is_string());
+    assert_eq!(
+        d.call("DELETE", &format!("/api/v1/schedules/{id}"), None, &[])
+            .0,
+        204
+    );
+    assert_eq!(
+        d.call("GET", &format!("/api/v1/schedules/{id}"), None, &[])
+            .0,
+        404
+    );
+}
