@@ -33,6 +33,7 @@ use crate::profiles;
 use crate::runner::{error_chain, Runner};
 use crate::schedules::{self, Schedule, ScheduleRun, ScheduleSpec, When};
 use crate::store::{JobFilter, Store};
+use crate::webhooks::{DeliveryAttempt, Webhook, WebhookSpec};
 
 /// Most jobs one submission may hold.
 pub const MAX_BATCH: usize = 1000;
@@ -275,6 +276,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/schedules/{id}/disable", post(disable_schedule))
         .route("/api/v1/schedules/{id}/trigger", post(trigger_schedule))
         .route("/api/v1/schedules/{id}/runs", get(schedule_runs))
+        .route("/api/v1/webhooks", post(add_webhook).get(list_webhooks))
+        .route(
+            "/api/v1/webhooks/{id}",
+            axum::routing::delete(delete_webhook),
+        )
+        .route("/api/v1/webhooks/{id}/deliveries", get(webhook_deliveries))
         .route("/api/v1/audit", get(audit_log))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/health", get(health))
@@ -419,8 +426,20 @@ async fn submit_jobs(
         .insert(specs, caller.name.clone())
         .await
         .map_err(ApiError::internal)?;
-    st.runner.wake();
+    created(&st, &jobs);
     Ok((StatusCode::CREATED, Json(Submitted { jobs })))
+}
+
+/// Announces new jobs (webhooks) and wakes the runner.
+pub(crate) fn created(st: &AppState, jobs: &[Job]) {
+    for j in jobs {
+        st.runner.webhooks.emit(
+            "job.created",
+            j.id,
+            serde_json::to_value(j).unwrap_or_default(),
+        );
+    }
+    st.runner.wake();
 }
 
 /// A page of jobs.
@@ -681,6 +700,72 @@ async fn list_vms(
             .filter_map(|v| serde_json::to_value(v).ok())
             .collect(),
     }))
+}
+
+/// Registers a webhook (JSON or YAML): url, events (default all), secret.
+#[utoipa::path(post, path = "/api/v1/webhooks", request_body = WebhookSpec,
+    responses((status = 201, body = Webhook), (status = 400, body = ApiErrorBody)))]
+async fn add_webhook(
+    State(st): Shared,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<Webhook>)> {
+    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let mut spec: WebhookSpec = serde_json::from_value(parse_body(&headers, &body)?)
+        .map_err(|e| ApiError::bad(format!("webhook: {e}")))?;
+    spec.check().map_err(ApiError::bad)?;
+    let hook = st
+        .runner
+        .webhooks
+        .add(spec)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((StatusCode::CREATED, Json(hook)))
+}
+
+/// The registered webhooks (secrets not shown).
+#[utoipa::path(get, path = "/api/v1/webhooks", responses((status = 200, body = Vec<Webhook>)))]
+async fn list_webhooks(State(st): Shared) -> Json<Vec<Webhook>> {
+    Json(st.runner.webhooks.list())
+}
+
+fn webhook_id(raw: &str) -> ApiResult<i64> {
+    raw.parse()
+        .map_err(|_| ApiError::bad(format!("webhook id '{raw}' is not a number")))
+}
+
+/// Removes a webhook.
+#[utoipa::path(delete, path = "/api/v1/webhooks/{id}", params(("id" = i64, Path, description = "Webhook id")),
+    responses((status = 204), (status = 404, body = ApiErrorBody)))]
+async fn delete_webhook(State(st): Shared, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let id = webhook_id(&id)?;
+    if st
+        .runner
+        .webhooks
+        .remove(id)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no webhook {id}")))
+    }
+}
+
+/// A webhook's delivery log: every attempt, oldest first.
+#[utoipa::path(get, path = "/api/v1/webhooks/{id}/deliveries", params(("id" = i64, Path, description = "Webhook id")),
+    responses((status = 200, body = Vec<DeliveryAttempt>), (status = 404, body = ApiErrorBody)))]
+async fn webhook_deliveries(
+    State(st): Shared,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<DeliveryAttempt>>> {
+    let id = webhook_id(&id)?;
+    if !st.runner.webhooks.list().iter().any(|h| h.id == id) {
+        return Err(ApiError::not_found(format!("no webhook {id}")));
+    }
+    Ok(Json(
+        st.store.deliveries(id).await.map_err(ApiError::internal)?,
+    ))
 }
 
 /// Adds a schedule (JSON or YAML): a cron expression in a time zone that

@@ -114,6 +114,44 @@ pub struct Config {
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_body_limit")]
     pub max_body_bytes: usize,
+    /// How webhook deliveries are retried and when an endpoint is paused.
+    #[serde(default)]
+    pub webhooks: WebhookSettings,
+}
+
+/// Webhook delivery settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// Tries per delivery (the first included).
+    pub attempts: u32,
+    /// Delay before the first retry, doubling per retry (milliseconds).
+    pub initial_delay_ms: u64,
+    /// Longest delay between tries (milliseconds).
+    pub max_delay_ms: u64,
+    /// Consecutive failed deliveries after which an endpoint's circuit opens.
+    pub breaker_failures: u32,
+    /// How long an open circuit stays open (seconds); deliveries meanwhile
+    /// are logged as not sent.
+    pub breaker_cooldown_secs: u64,
+    /// Least time between two job.progress events of one job (seconds).
+    pub progress_every_secs: u64,
+    /// Per-request timeout (seconds).
+    pub timeout_secs: u64,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            attempts: 5,
+            initial_delay_ms: 500,
+            max_delay_ms: 30_000,
+            breaker_failures: 5,
+            breaker_cooldown_secs: 60,
+            progress_every_secs: 10,
+            timeout_secs: 10,
+        }
+    }
 }
 
 fn default_listen() -> SocketAddr {

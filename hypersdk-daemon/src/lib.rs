@@ -34,6 +34,7 @@ pub mod profiles;
 pub mod runner;
 pub mod schedules;
 pub mod store;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,7 +69,8 @@ impl Daemon {
             tracing::info!(jobs = ?requeued, "jobs interrupted by the last shutdown queued again; they continue from their checkpoints");
         }
         let metrics = Arc::new(metrics::Metrics::default());
-        let runner = runner::Runner::new(store.clone(), config.clone(), metrics.clone());
+        let hooks = webhooks::Webhooks::start(store.clone(), config.webhooks.clone()).await?;
+        let runner = runner::Runner::new(store.clone(), config.clone(), metrics.clone(), hooks);
         let state = Arc::new(api::AppState {
             store,
             runner: runner.clone(),

@@ -22,6 +22,7 @@ use crate::config::{Config, ProviderConfig};
 use crate::metrics::Metrics;
 use crate::model::{Format, Job, JobStatus, Progress};
 use crate::store::Store;
+use crate::webhooks::Webhooks;
 
 /// The configured providers, connected on first use and then shared.
 #[derive(Debug)]
@@ -111,6 +112,8 @@ pub struct Runner {
     config: Arc<Config>,
     /// The configured providers.
     pub providers: Providers,
+    /// Where job events go.
+    pub webhooks: Arc<Webhooks>,
     metrics: Arc<Metrics>,
     running: Mutex<HashMap<i64, Running>>,
     wake: Notify,
@@ -119,9 +122,15 @@ pub struct Runner {
 
 impl Runner {
     /// A runner over `store`.
-    pub fn new(store: Store, config: Arc<Config>, metrics: Arc<Metrics>) -> Arc<Runner> {
+    pub fn new(
+        store: Store,
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        webhooks: Arc<Webhooks>,
+    ) -> Arc<Runner> {
         Arc::new(Runner {
             store,
+            webhooks,
             providers: Providers::new(config.providers.clone()),
             config,
             metrics,
@@ -229,6 +238,11 @@ impl Runner {
         tokio::spawn(async move {
             let id = job.id;
             info!(job = id, vm = %job.spec.vm, provider = %job.spec.provider, attempt = job.attempts, "job started");
+            self.webhooks.emit(
+                "job.started",
+                id,
+                serde_json::to_value(&job).unwrap_or_default(),
+            );
             let outcome = self.export(&job, cancel).await;
             if matches!(outcome, Err(Error::Cancelled))
                 && self.stopping.load(std::sync::atomic::Ordering::SeqCst)
@@ -255,6 +269,15 @@ impl Runner {
             };
             if let Err(e) = self.store.finish(id, status, result, error).await {
                 warn!(job = id, error = %e, "cannot record the end of the job");
+            }
+            let event = match status {
+                JobStatus::Succeeded => "job.completed",
+                JobStatus::Cancelled => "job.cancelled",
+                _ => "job.failed",
+            };
+            if let Ok(Some(done)) = self.store.get(id).await {
+                self.webhooks
+                    .emit(event, id, serde_json::to_value(&done).unwrap_or_default());
             }
             info!(job = id, status = status.as_str(), "job ended");
             if let Some(r) = self.running().remove(&id) {
@@ -316,8 +339,13 @@ impl Runner {
                 };
                 if let Some(r) = runner.running().get_mut(&id) {
                     r.progress = p.clone();
-                    let _ = r.events.send(p);
+                    let _ = r.events.send(p.clone());
                 }
+                runner.webhooks.emit(
+                    "job.progress",
+                    id,
+                    serde_json::json!({ "id": id, "progress": p }),
+                );
             }));
         exporter
             .export(provider.as_ref(), &spec.vm, &LocalDirSink::new(out))

@@ -314,7 +314,7 @@ pub async fn submit(
     };
     match st.store.insert(specs, format!("schedule:{}", s.name)).await {
         Ok(jobs) => {
-            st.runner.wake();
+            crate::api::created(st, &jobs);
             ScheduleRun {
                 at,
                 due_at,

@@ -782,3 +782,229 @@ fn schedules_run_on_time_report_missed_runs_and_refuse_bad_cron() {
         404
     );
 }
+
+/// A webhook receiver on 127.0.0.1: answers the first `fail_first`
+/// requests (or all, if `always_fail`) with 500, the others with 204, and
+/// records every request's headers and body.
+struct Receiver {
+    url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(Vec<(String, String)>, Vec<u8>)>>>,
+}
+
+impl Receiver {
+    fn start(fail_first: usize, always_fail: bool) -> Receiver {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", l.local_addr().unwrap());
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<(Vec<(String, String)>, Vec<u8>)>>> =
+            Default::default();
+        let s = seen.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut conn) = conn else { break };
+                let s = s.clone();
+                std::thread::spawn(move || loop {
+                    let mut r = BufReader::new(conn.try_clone().unwrap());
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut headers = Vec::new();
+                    let mut len = 0;
+                    loop {
+                        line.clear();
+                        r.read_line(&mut line).unwrap();
+                        let l = line.trim_end().to_string();
+                        if l.is_empty() {
+                            break;
+                        }
+                        let (k, v) = l.split_once(':').unwrap();
+                        if k.eq_ignore_ascii_case("content-length") {
+                            len = v.trim().parse().unwrap();
+                        }
+                        headers.push((k.to_ascii_lowercase(), v.trim().to_string()));
+                    }
+                    let mut body = vec![0u8; len];
+                    r.read_exact(&mut body).unwrap();
+                    let n = {
+                        let mut g = s.lock().unwrap();
+                        g.push((headers, body));
+                        g.len()
+                    };
+                    let status = if always_fail || n <= fail_first {
+                        "500 Internal Server Error"
+                    } else {
+                        "204 No Content"
+                    };
+                    let _ = conn.write_all(
+                        format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+                    );
+                });
+            }
+        });
+        Receiver { url, seen }
+    }
+
+    fn requests(&self) -> Vec<(Vec<(String, String)>, Vec<u8>)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn header<'a>(h: &'a [(String, String)], k: &str) -> &'a str {
+    h.iter()
+        .find(|(n, _)| n == k)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
+}
+
+#[test]
+fn webhooks_are_signed_retried_logged_and_paused_by_a_circuit_breaker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&config(
+        tmp.path(),
+        "webhooks: { attempts: 3, initial_delay_ms: 20, breaker_failures: 2, breaker_cooldown_secs: 600 }\n",
+    ));
+    // Bad registrations.
+    for (body, text) in [
+        (
+            r#"{"url": "ftp://x/", "secret": "0123456789abcdef"}"#,
+            "not http or https",
+        ),
+        (
+            r#"{"url": "http://127.0.0.1:1/", "secret": "short"}"#,
+            "secret: at least 16",
+        ),
+        (
+            r#"{"url": "http://127.0.0.1:1/", "secret": "0123456789abcdef", "events": ["job.exploded"]}"#,
+            "unknown event 'job.exploded'",
+        ),
+    ] {
+        let (code, got) = d.call("POST", "/api/v1/webhooks", Some(body), &[]);
+        assert_eq!(code, 400, "{got}");
+        assert!(got.contains(text), "{got}");
+    }
+    // A receiver that fails twice, then takes everything.
+    let good = Receiver::start(2, false);
+    let secret = "s3cret-s3cret-s3cret";
+    let (code, hook) = d.json(
+        "POST",
+        "/api/v1/webhooks",
+        Some(&json!({"url": good.url, "secret": secret, "events": ["job.created", "job.started", "job.completed"]}).to_string()),
+    );
+    assert_eq!(code, 201, "{hook}");
+    assert!(hook.get("secret").is_none(), "the secret is never shown");
+    let (_, sub) = d.json(
+        "POST",
+        "/api/v1/jobs",
+        Some(r#"{"vm": "demo-vm", "provider": "kvm"}"#),
+    );
+    let id = sub["jobs"][0]["id"].as_i64().unwrap();
+    d.wait(id, Duration::from_secs(60));
+    let start = Instant::now();
+    while good.requests().len() < 5 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{} requests",
+            good.requests().len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let reqs = good.requests();
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let mut events = Vec::new();
+    for (h, body) in &reqs {
+        let sig = header(h, "x-hypersdk-signature")
+            .strip_prefix("sha256=")
+            .unwrap();
+        let tag: Vec<u8> = (0..sig.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&sig[i..i + 2], 16).unwrap())
+            .collect();
+        ring::hmac::verify(&key, body, &tag).expect("the signature verifies");
+        let v: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["event"], header(h, "x-hypersdk-event"));
+        assert_eq!(v["job"]["id"], id);
+        events.push(v["event"].as_str().unwrap().to_string());
+    }
+    // job.created tried 3 times (500, 500, then 204), then the rest in order.
+    assert_eq!(
+        events,
+        [
+            "job.created",
+            "job.created",
+            "job.created",
+            "job.started",
+            "job.completed"
+        ]
+    );
+    let (_, log) = d.json(
+        "GET",
+        &format!("/api/v1/webhooks/{}/deliveries", hook["id"]),
+        None,
+    );
+    let statuses: Vec<i64> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].as_i64().unwrap())
+        .collect();
+    assert_eq!(statuses, [500, 500, 204, 204, 204], "{log}");
+
+    // An endpoint that always fails: after two failed deliveries its
+    // circuit opens and nothing more is sent, but every event is logged.
+    let bad = Receiver::start(0, true);
+    let (_, badhook) = d.json(
+        "POST",
+        "/api/v1/webhooks",
+        Some(&json!({"url": bad.url, "secret": secret, "events": ["job.created"]}).to_string()),
+    );
+    let jobs: Vec<Value> = (0..4)
+        .map(|i| json!({"vm": "demo-vm", "provider": "kvm", "output": format!("w{i}")}))
+        .collect();
+    let (_, sub) = d.json("POST", "/api/v1/jobs", Some(&Value::from(jobs).to_string()));
+    for j in sub["jobs"].as_array().unwrap() {
+        d.wait(j["id"].as_i64().unwrap(), Duration::from_secs(60));
+    }
+    let start = Instant::now();
+    let log = loop {
+        let (_, log) = d.json(
+            "GET",
+            &format!("/api/v1/webhooks/{}/deliveries", badhook["id"]),
+            None,
+        );
+        if log.as_array().unwrap().len() >= 8 {
+            break log;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let attempts: Vec<i64> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["attempt"].as_i64().unwrap())
+        .collect();
+    assert_eq!(attempts, [1, 2, 3, 1, 2, 3, 0, 0], "{log}");
+    assert!(
+        log[7]["error"]
+            .as_str()
+            .unwrap()
+            .contains("circuit is open"),
+        "{log}"
+    );
+    assert_eq!(
+        bad.requests().len(),
+        6,
+        "two deliveries of three tries, then none"
+    );
+    assert_eq!(
+        d.call(
+            "DELETE",
+            &format!("/api/v1/webhooks/{}", badhook["id"]),
+            None,
+            &[]
+        )
+        .0,
+        204
+    );
+}

@@ -1,0 +1,482 @@
+//! Webhooks: job events POSTed to registered endpoints.
+//!
+//! Events: `job.created`, `job.started`, `job.progress` (at most every
+//! `progress_every_secs` per job), `job.completed`, `job.failed`,
+//! `job.cancelled`. Each endpoint has its own queue (bounded, 1,000 events;
+//! beyond that events are logged as dropped) and worker, so endpoints get
+//! their events in order and a slow one holds up no other.
+//!
+//! A delivery is `POST url` with the JSON body
+//! `{"id": DELIVERY, "event": EVENT, "at": TIME, "job": {...}}` and headers
+//! `X-Hypersdk-Event`, `X-Hypersdk-Delivery` and
+//! `X-Hypersdk-Signature: sha256=HEX`, the HMAC-SHA256 of the body under
+//! the endpoint's secret (verify it before trusting the body). A non-2xx
+//! answer or a connection failure is retried with doubling delays
+//! (`attempts`, `initial_delay_ms`, `max_delay_ms`); after
+//! `breaker_failures` failed deliveries in a row the endpoint's circuit
+//! opens for `breaker_cooldown_secs`: deliveries meanwhile are logged as
+//! not sent, then the next one is tried again. Every attempt is in the
+//! endpoint's delivery log (`GET /api/v1/webhooks/{id}/deliveries`).
+//!
+//! The secret is kept in the store as given (it is needed to sign), and
+//! never shown by the API.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use utoipa::ToSchema;
+
+use crate::config::WebhookSettings;
+use crate::store::{db_err, now, Store, StoreResult};
+
+/// Every event a webhook can ask for.
+pub const EVENTS: [&str; 6] = [
+    "job.created",
+    "job.started",
+    "job.progress",
+    "job.completed",
+    "job.failed",
+    "job.cancelled",
+];
+
+/// Queued events per endpoint.
+const QUEUE: usize = 1000;
+
+/// A new webhook. Unknown fields are refused.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    /// Where to POST (http or https).
+    pub url: String,
+    /// Events to send (default: all).
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Secret the signature is made with (at least 16 characters).
+    pub secret: String,
+}
+
+/// A registered webhook (its secret not shown).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Webhook {
+    /// Id.
+    pub id: i64,
+    /// Where it POSTs.
+    pub url: String,
+    /// Events it gets.
+    pub events: Vec<String>,
+    /// When it was added.
+    pub created_at: String,
+}
+
+/// One delivery attempt.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryAttempt {
+    /// Delivery id (the same for every attempt of one event).
+    pub delivery: String,
+    /// Event.
+    pub event: String,
+    /// Job it is about.
+    pub job_id: Option<i64>,
+    /// Attempt number (0: not sent, the circuit was open or the queue full).
+    pub attempt: i64,
+    /// When.
+    pub at: String,
+    /// HTTP status answered, if any.
+    pub status: Option<i64>,
+    /// Whether it was delivered.
+    pub ok: bool,
+    /// What went wrong.
+    pub error: Option<String>,
+}
+
+impl WebhookSpec {
+    /// Checks the spec; the message names the field.
+    pub fn check(&mut self) -> Result<(), String> {
+        let url =
+            reqwest::Url::parse(&self.url).map_err(|e| format!("url: '{}': {e}", self.url))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("url: '{}' is not http or https", self.url));
+        }
+        if self.secret.len() < 16 {
+            return Err("secret: at least 16 characters".into());
+        }
+        if self.events.is_empty() {
+            self.events = EVENTS.iter().map(|e| e.to_string()).collect();
+        }
+        for e in &self.events {
+            if !EVENTS.contains(&e.as_str()) {
+                return Err(format!(
+                    "events: unknown event '{e}' (one of {})",
+                    EVENTS.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    async fn add_webhook(&self, s: WebhookSpec) -> StoreResult<Webhook> {
+        self.write(move |c| {
+            let at = now();
+            c.execute(
+                "INSERT INTO webhooks (url, events, secret, created_at) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![
+                    s.url,
+                    serde_json::to_string(&s.events).unwrap_or_default(),
+                    s.secret,
+                    at
+                ],
+            )
+            .map_err(db_err("add webhook"))?;
+            Ok(Webhook {
+                id: c.last_insert_rowid(),
+                url: s.url,
+                events: s.events,
+                created_at: at,
+            })
+        })
+        .await
+    }
+
+    /// Every webhook, with its secret.
+    async fn webhooks_with_secrets(&self) -> StoreResult<Vec<(Webhook, String)>> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare("SELECT id, url, events, secret, created_at FROM webhooks ORDER BY id")
+                .map_err(db_err("list webhooks"))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    let events: String = r.get(2)?;
+                    Ok((
+                        Webhook {
+                            id: r.get(0)?,
+                            url: r.get(1)?,
+                            events: serde_json::from_str(&events).unwrap_or_default(),
+                            created_at: r.get(4)?,
+                        },
+                        r.get::<_, String>(3)?,
+                    ))
+                })
+                .map_err(db_err("list webhooks"))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err("list webhooks"))
+        })
+        .await
+    }
+
+    async fn delete_webhook(&self, id: i64) -> StoreResult<bool> {
+        self.write(move |c| {
+            c.execute("DELETE FROM webhooks WHERE id = ?1", [id])
+                .map(|n| n == 1)
+                .map_err(db_err("delete webhook"))
+        })
+        .await
+    }
+
+    async fn log_delivery(&self, hook: i64, a: DeliveryAttempt) -> StoreResult<()> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO webhook_deliveries (webhook_id, delivery, event, job_id, attempt, at, status, ok, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                rusqlite::params![hook, a.delivery, a.event, a.job_id, a.attempt, a.at, a.status, a.ok as i64, a.error],
+            )
+            .map(|_| ())
+            .map_err(db_err("log delivery"))
+        })
+        .await
+    }
+
+    /// A webhook's delivery log, oldest first.
+    pub async fn deliveries(&self, hook: i64) -> StoreResult<Vec<DeliveryAttempt>> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare(
+                    "SELECT delivery, event, job_id, attempt, at, status, ok, error FROM webhook_deliveries
+                     WHERE webhook_id = ?1 ORDER BY id",
+                )
+                .map_err(db_err("read deliveries"))?;
+            let rows = stmt
+                .query_map([hook], |r| {
+                    Ok(DeliveryAttempt {
+                        delivery: r.get(0)?,
+                        event: r.get(1)?,
+                        job_id: r.get(2)?,
+                        attempt: r.get(3)?,
+                        at: r.get(4)?,
+                        status: r.get(5)?,
+                        ok: r.get::<_, i64>(6)? != 0,
+                        error: r.get(7)?,
+                    })
+                })
+                .map_err(db_err("read deliveries"))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err("read deliveries"))
+        })
+        .await
+    }
+}
+
+/// One event on its way to one endpoint.
+#[derive(Debug)]
+struct Delivery {
+    id: String,
+    event: String,
+    job_id: Option<i64>,
+    body: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    hook: Webhook,
+    tx: mpsc::Sender<Delivery>,
+}
+
+/// The registered webhooks and their workers.
+#[derive(Debug)]
+pub struct Webhooks {
+    store: Store,
+    http: reqwest::Client,
+    settings: WebhookSettings,
+    endpoints: Mutex<Vec<Endpoint>>,
+    next_id: AtomicU64,
+    last_progress: Mutex<HashMap<i64, Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Webhooks {
+    /// Loads the stored webhooks and starts their workers.
+    pub async fn start(store: Store, settings: WebhookSettings) -> anyhow::Result<Arc<Webhooks>> {
+        // reqwest's rustls needs a process-wide crypto provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(settings.timeout_secs.max(1)))
+            .connect_timeout(Duration::from_secs(10))
+            .build()?;
+        let w = Arc::new(Webhooks {
+            store: store.clone(),
+            http,
+            settings,
+            endpoints: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(1),
+            last_progress: Mutex::new(HashMap::new()),
+        });
+        for (hook, secret) in store.webhooks_with_secrets().await? {
+            w.spawn(hook, secret);
+        }
+        Ok(w)
+    }
+
+    fn spawn(self: &Arc<Self>, hook: Webhook, secret: String) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let worker = Worker {
+            hook: hook.clone(),
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes()),
+            http: self.http.clone(),
+            store: self.store.clone(),
+            settings: self.settings.clone(),
+        };
+        tokio::spawn(worker.run(rx));
+        lock(&self.endpoints).push(Endpoint { hook, tx });
+    }
+
+    /// Registers a webhook.
+    pub async fn add(self: &Arc<Self>, spec: WebhookSpec) -> StoreResult<Webhook> {
+        let secret = spec.secret.clone();
+        let hook = self.store.add_webhook(spec).await?;
+        self.spawn(hook.clone(), secret);
+        Ok(hook)
+    }
+
+    /// The registered webhooks.
+    pub fn list(&self) -> Vec<Webhook> {
+        lock(&self.endpoints)
+            .iter()
+            .map(|e| e.hook.clone())
+            .collect()
+    }
+
+    /// Removes a webhook (its worker ends after its queue); false if none.
+    pub async fn remove(&self, id: i64) -> StoreResult<bool> {
+        lock(&self.endpoints).retain(|e| e.hook.id != id);
+        self.store.delete_webhook(id).await
+    }
+
+    /// Sends `event` about job `job_id` with `payload` to every webhook
+    /// that asked for it.
+    pub fn emit(&self, event: &str, job_id: i64, payload: Value) {
+        if event == "job.progress" {
+            let mut last = lock(&self.last_progress);
+            let now = Instant::now();
+            let every = Duration::from_secs(self.settings.progress_every_secs);
+            match last.get(&job_id) {
+                Some(t) if now.duration_since(*t) < every => return,
+                _ => {
+                    last.insert(job_id, now);
+                }
+            }
+        } else if event != "job.created" && event != "job.started" {
+            lock(&self.last_progress).remove(&job_id);
+        }
+        let endpoints = lock(&self.endpoints);
+        for e in endpoints
+            .iter()
+            .filter(|e| e.hook.events.iter().any(|x| x == event))
+        {
+            let id = format!(
+                "{}-{}",
+                chrono::Utc::now().timestamp_millis(),
+                self.next_id.fetch_add(1, Ordering::Relaxed)
+            );
+            let body = serde_json::json!({ "id": id, "event": event, "at": now(), "job": payload });
+            let d = Delivery {
+                id,
+                event: event.to_string(),
+                job_id: Some(job_id),
+                body: body.to_string().into_bytes(),
+            };
+            if let Err(mpsc::error::TrySendError::Full(d)) = e.tx.try_send(d) {
+                let store = self.store.clone();
+                let hook = e.hook.id;
+                tokio::spawn(async move {
+                    let _ = store
+                        .log_delivery(
+                            hook,
+                            DeliveryAttempt {
+                                delivery: d.id,
+                                event: d.event,
+                                job_id: d.job_id,
+                                attempt: 0,
+                                at: now(),
+                                status: None,
+                                ok: false,
+                                error: Some(format!(
+                                    "dropped: {QUEUE} events already queued for this endpoint"
+                                )),
+                            },
+                        )
+                        .await;
+                });
+            }
+        }
+    }
+}
+
+/// Delivers one endpoint's events in order.
+struct Worker {
+    hook: Webhook,
+    key: ring::hmac::Key,
+    http: reqwest::Client,
+    store: Store,
+    settings: WebhookSettings,
+}
+
+impl Worker {
+    async fn run(self, mut rx: mpsc::Receiver<Delivery>) {
+        let mut failures = 0u32;
+        let mut open_until: Option<Instant> = None;
+        while let Some(d) = rx.recv().await {
+            if let Some(t) = open_until {
+                if Instant::now() < t {
+                    self.log(
+                        &d,
+                        0,
+                        None,
+                        false,
+                        Some(format!(
+                        "not sent: the circuit is open after {failures} failed deliveries in a row"
+                    )),
+                    )
+                    .await;
+                    continue;
+                }
+            }
+            let mut delivered = false;
+            for attempt in 1..=self.settings.attempts.max(1) {
+                let (status, error) = self.send(&d).await;
+                let ok = status.is_some_and(|s| (200..300).contains(&s));
+                self.log(&d, attempt, status, ok, error).await;
+                if ok {
+                    delivered = true;
+                    break;
+                }
+                if attempt < self.settings.attempts {
+                    let delay = self
+                        .settings
+                        .initial_delay_ms
+                        .saturating_mul(1 << (attempt - 1).min(20))
+                        .min(self.settings.max_delay_ms);
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                }
+            }
+            if delivered {
+                failures = 0;
+                open_until = None;
+            } else {
+                failures += 1;
+                if failures >= self.settings.breaker_failures.max(1) {
+                    open_until = Some(
+                        Instant::now() + Duration::from_secs(self.settings.breaker_cooldown_secs),
+                    );
+                    tracing::warn!(webhook = self.hook.id, url = %self.hook.url, failures, "webhook circuit open");
+                }
+            }
+        }
+    }
+
+    async fn send(&self, d: &Delivery) -> (Option<i64>, Option<String>) {
+        let tag = ring::hmac::sign(&self.key, &d.body);
+        let signature = format!(
+            "sha256={}",
+            hypersdk_formats::manifest::to_hex(tag.as_ref())
+        );
+        let r = self
+            .http
+            .post(&self.hook.url)
+            .header("Content-Type", "application/json")
+            .header("X-Hypersdk-Event", &d.event)
+            .header("X-Hypersdk-Delivery", &d.id)
+            .header("X-Hypersdk-Signature", signature)
+            .body(d.body.clone())
+            .send()
+            .await;
+        match r {
+            Ok(resp) => {
+                let s = resp.status();
+                let err = (!s.is_success()).then(|| format!("answered HTTP {s}"));
+                (Some(i64::from(s.as_u16())), err)
+            }
+            Err(e) => (None, Some(crate::runner::error_chain(&e))),
+        }
+    }
+
+    async fn log(
+        &self,
+        d: &Delivery,
+        attempt: u32,
+        status: Option<i64>,
+        ok: bool,
+        error: Option<String>,
+    ) {
+        let a = DeliveryAttempt {
+            delivery: d.id.clone(),
+            event: d.event.clone(),
+            job_id: d.job_id,
+            attempt: i64::from(attempt),
+            at: now(),
+            status,
+            ok,
+            error,
+        };
+        if let Err(e) = self.store.log_delivery(self.hook.id, a).await {
+            tracing::warn!(error = %e, "cannot log a webhook delivery");
+        }
+    }
+}
