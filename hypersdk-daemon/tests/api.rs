@@ -783,12 +783,15 @@ fn schedules_run_on_time_report_missed_runs_and_refuse_bad_cron() {
     );
 }
 
+/// A request the receiver saw: lower-case headers and the body.
+type Seen = (Vec<(String, String)>, Vec<u8>);
+
 /// A webhook receiver on 127.0.0.1: answers the first `fail_first`
 /// requests (or all, if `always_fail`) with 500, the others with 204, and
 /// records every request's headers and body.
 struct Receiver {
     url: String,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<(Vec<(String, String)>, Vec<u8>)>>>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
 }
 
 impl Receiver {
@@ -796,8 +799,7 @@ impl Receiver {
         use std::io::{Read, Write};
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/hook", l.local_addr().unwrap());
-        let seen: std::sync::Arc<std::sync::Mutex<Vec<(Vec<(String, String)>, Vec<u8>)>>> =
-            Default::default();
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>> = Default::default();
         let s = seen.clone();
         std::thread::spawn(move || {
             for conn in l.incoming() {
@@ -845,7 +847,7 @@ impl Receiver {
         Receiver { url, seen }
     }
 
-    fn requests(&self) -> Vec<(Vec<(String, String)>, Vec<u8>)> {
+    fn requests(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
 }
