@@ -13,16 +13,135 @@ use hypersdk_core::{Phase, ProgressEvent};
 
 use crate::progress::Display;
 
+/// Where the daemon is and how to authenticate.
 #[derive(Args, Debug)]
-pub struct JobsArgs {
+pub struct DaemonArgs {
     /// hypervisord base URL, e.g. http://127.0.0.1:8080.
     #[arg(long, global = true, env = "HYPERSDK_DAEMON")]
     daemon: Option<String>,
     /// File holding an API key for the daemon.
     #[arg(long, global = true, env = "HYPERSDK_API_KEY_FILE")]
     api_key_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct JobsArgs {
+    #[command(flatten)]
+    daemon: DaemonArgs,
     #[command(subcommand)]
     command: JobsCommand,
+}
+
+#[derive(Args, Debug)]
+pub struct SchedulesArgs {
+    #[command(flatten)]
+    daemon: DaemonArgs,
+    #[command(subcommand)]
+    command: ScheduleCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum ScheduleCommand {
+    /// Add a schedule from a JSON or YAML file: name, cron, timezone, job.
+    Add {
+        /// Schedule file (`-` for stdin).
+        file: PathBuf,
+    },
+    /// List schedules.
+    List,
+    /// A schedule's history (submitted, missed, failed runs).
+    Runs {
+        /// Schedule id.
+        id: i64,
+    },
+    /// Enable a schedule.
+    Enable {
+        /// Schedule id.
+        id: i64,
+    },
+    /// Disable a schedule.
+    Disable {
+        /// Schedule id.
+        id: i64,
+    },
+    /// Run a schedule's jobs now.
+    Trigger {
+        /// Schedule id.
+        id: i64,
+    },
+    /// Delete a schedule.
+    Delete {
+        /// Schedule id.
+        id: i64,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct WebhooksArgs {
+    #[command(flatten)]
+    daemon: DaemonArgs,
+    #[command(subcommand)]
+    command: WebhookCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum WebhookCommand {
+    /// Register a webhook.
+    Add {
+        /// Where to POST events.
+        #[arg(long)]
+        url: String,
+        /// File holding the signing secret (at least 16 characters).
+        #[arg(long)]
+        secret_file: PathBuf,
+        /// Events (comma-separated; default all): job.created, job.started,
+        /// job.progress, job.completed, job.failed, job.cancelled.
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
+    },
+    /// List webhooks.
+    List,
+    /// A webhook's delivery log.
+    Deliveries {
+        /// Webhook id.
+        id: i64,
+    },
+    /// Remove a webhook.
+    Delete {
+        /// Webhook id.
+        id: i64,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ProfilesArgs {
+    #[command(flatten)]
+    daemon: DaemonArgs,
+    #[command(subcommand)]
+    command: ProfileCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum ProfileCommand {
+    /// Create or replace a profile from a JSON or YAML file of job options.
+    Put {
+        /// Profile name.
+        name: String,
+        /// Options file (`-` for stdin).
+        file: PathBuf,
+    },
+    /// List profiles.
+    List,
+    /// Show one profile.
+    Show {
+        /// Profile name.
+        name: String,
+    },
+    /// Delete a profile.
+    Delete {
+        /// Profile name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -38,6 +157,9 @@ enum JobsCommand {
         /// Provider name in the daemon's configuration.
         #[arg(long, requires = "vm")]
         provider: Option<String>,
+        /// A profile on the daemon whose options fill in the rest.
+        #[arg(long, requires = "vm")]
+        profile: Option<String>,
         /// ova or ovf.
         #[arg(long, requires = "vm")]
         format: Option<String>,
@@ -118,7 +240,7 @@ struct Client {
 }
 
 impl Client {
-    fn new(args: &JobsArgs) -> anyhow::Result<Client> {
+    fn new(args: &DaemonArgs) -> anyhow::Result<Client> {
         let base = args
             .daemon
             .clone()
@@ -153,8 +275,8 @@ impl Client {
         r
     }
 
-    /// Sends and returns the JSON answer, or the daemon's error message.
-    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    /// Sends; returns the answer's body, or the daemon's error message.
+    async fn send_empty(&self, req: reqwest::RequestBuilder) -> anyhow::Result<String> {
         let resp = req
             .send()
             .await
@@ -168,6 +290,12 @@ impl Client {
                 .unwrap_or(text);
             bail!("the daemon answered {status}: {msg}");
         }
+        Ok(text)
+    }
+
+    /// Sends and returns the JSON answer, or the daemon's error message.
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let text = self.send_empty(req).await?;
         serde_json::from_str(&text).context("the daemon's answer is not JSON")
     }
 
@@ -176,13 +304,129 @@ impl Client {
     }
 }
 
+/// A JSON or YAML file (`-`: stdin) as a request body and its content type.
+fn file_body(f: &std::path::Path) -> anyhow::Result<(Vec<u8>, &'static str)> {
+    let mut text = Vec::new();
+    if f.as_os_str() == "-" {
+        std::io::stdin().read_to_end(&mut text)?;
+    } else {
+        text = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+    }
+    let first = text.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    let kind = if matches!(first, Some(b'{') | Some(b'[')) {
+        "application/json"
+    } else {
+        "application/yaml"
+    };
+    Ok((text, kind))
+}
+
+fn print_json(v: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+pub async fn schedules(args: SchedulesArgs) -> anyhow::Result<()> {
+    let c = Client::new(&args.daemon)?;
+    let post = |path: String| c.request(reqwest::Method::POST, &path);
+    let v = match args.command {
+        ScheduleCommand::Add { file } => {
+            let (body, kind) = file_body(&file)?;
+            c.send(
+                post("/api/v1/schedules".into())
+                    .header("Content-Type", kind)
+                    .body(body),
+            )
+            .await?
+        }
+        ScheduleCommand::List => c.get("/api/v1/schedules").await?,
+        ScheduleCommand::Runs { id } => c.get(&format!("/api/v1/schedules/{id}/runs")).await?,
+        ScheduleCommand::Enable { id } => {
+            c.send(post(format!("/api/v1/schedules/{id}/enable")))
+                .await?
+        }
+        ScheduleCommand::Disable { id } => {
+            c.send(post(format!("/api/v1/schedules/{id}/disable")))
+                .await?
+        }
+        ScheduleCommand::Trigger { id } => {
+            c.send(post(format!("/api/v1/schedules/{id}/trigger")))
+                .await?
+        }
+        ScheduleCommand::Delete { id } => {
+            c.send_empty(c.request(reqwest::Method::DELETE, &format!("/api/v1/schedules/{id}")))
+                .await?;
+            println!("schedule {id} deleted");
+            return Ok(());
+        }
+    };
+    print_json(&v)
+}
+
+pub async fn webhooks(args: WebhooksArgs) -> anyhow::Result<()> {
+    let c = Client::new(&args.daemon)?;
+    let v = match args.command {
+        WebhookCommand::Add {
+            url,
+            secret_file,
+            events,
+        } => {
+            let secret = std::fs::read_to_string(&secret_file)
+                .with_context(|| format!("cannot read secret file {}", secret_file.display()))?;
+            let body = serde_json::json!({ "url": url, "secret": secret.trim(), "events": events });
+            c.send(
+                c.request(reqwest::Method::POST, "/api/v1/webhooks")
+                    .header("Content-Type", "application/json")
+                    .body(body.to_string()),
+            )
+            .await?
+        }
+        WebhookCommand::List => c.get("/api/v1/webhooks").await?,
+        WebhookCommand::Deliveries { id } => {
+            c.get(&format!("/api/v1/webhooks/{id}/deliveries")).await?
+        }
+        WebhookCommand::Delete { id } => {
+            c.send_empty(c.request(reqwest::Method::DELETE, &format!("/api/v1/webhooks/{id}")))
+                .await?;
+            println!("webhook {id} deleted");
+            return Ok(());
+        }
+    };
+    print_json(&v)
+}
+
+pub async fn profiles(args: ProfilesArgs) -> anyhow::Result<()> {
+    let c = Client::new(&args.daemon)?;
+    let v = match args.command {
+        ProfileCommand::Put { name, file } => {
+            let (body, kind) = file_body(&file)?;
+            c.send(
+                c.request(reqwest::Method::PUT, &format!("/api/v1/profiles/{name}"))
+                    .header("Content-Type", kind)
+                    .body(body),
+            )
+            .await?
+        }
+        ProfileCommand::List => c.get("/api/v1/profiles").await?,
+        ProfileCommand::Show { name } => c.get(&format!("/api/v1/profiles/{name}")).await?,
+        ProfileCommand::Delete { name } => {
+            c.send_empty(c.request(reqwest::Method::DELETE, &format!("/api/v1/profiles/{name}")))
+                .await?;
+            println!("profile {name} deleted");
+            return Ok(());
+        }
+    };
+    print_json(&v)
+}
+
 pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
-    let c = Client::new(&args)?;
+    let c = Client::new(&args.daemon)?;
     match args.command {
         JobsCommand::Submit {
             file,
             vm,
             provider,
+            profile,
             format,
             output,
             priority,
@@ -192,26 +436,19 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
             watch,
             json,
         } => {
-            let (body, yaml) = match (file, vm) {
-                (Some(f), _) => {
-                    let mut text = Vec::new();
-                    if f.as_os_str() == "-" {
-                        std::io::stdin().read_to_end(&mut text)?;
-                    } else {
-                        text = std::fs::read(&f)
-                            .with_context(|| format!("cannot read {}", f.display()))?;
-                    }
-                    let first = text.iter().find(|b| !b.is_ascii_whitespace()).copied();
-                    let yaml = !matches!(first, Some(b'{') | Some(b'['));
-                    (text, yaml)
-                }
+            let (body, content_type) = match (file, vm) {
+                (Some(f), _) => file_body(&f)?,
                 (None, Some(vm)) => {
-                    let mut job = serde_json::json!({
-                        "vm": vm,
-                        "provider": provider.ok_or_else(|| anyhow!("--provider is needed with --vm"))?,
-                        "verify": verify,
-                    });
+                    let mut job = serde_json::json!({ "vm": vm });
+                    if verify {
+                        job["verify"] = Value::Bool(true);
+                    }
+                    if provider.is_none() && profile.is_none() {
+                        bail!("--provider (or a --profile that names one) is needed with --vm");
+                    }
                     for (k, v) in [
+                        ("provider", provider),
+                        ("profile", profile),
                         ("format", format),
                         ("output", output),
                         ("priority", priority),
@@ -222,14 +459,9 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
                             job[k] = Value::String(v);
                         }
                     }
-                    (job.to_string().into_bytes(), false)
+                    (job.to_string().into_bytes(), "application/json")
                 }
                 (None, None) => bail!("give a job file, or --vm and --provider"),
-            };
-            let content_type = if yaml {
-                "application/yaml"
-            } else {
-                "application/json"
             };
             let answer = c
                 .send(

@@ -63,6 +63,12 @@ enum Command {
     /// Jobs of a hypervisord daemon (--daemon URL): submit, list, show,
     /// watch, cancel, logs.
     Jobs(jobs::JobsArgs),
+    /// Schedules of a hypervisord daemon: add, list, runs, enable, disable, trigger, delete.
+    Schedules(jobs::SchedulesArgs),
+    /// Webhooks of a hypervisord daemon: add, list, deliveries, delete.
+    Webhooks(jobs::WebhooksArgs),
+    /// Profiles (named export options) of a hypervisord daemon: put, list, show, delete.
+    Profiles(jobs::ProfilesArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -274,6 +280,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Decrypt(args) => crypt::decrypt(args).await,
         Command::Unwrap(args) => crypt::unwrap(args).await,
         Command::Jobs(args) => jobs::run(args).await,
+        Command::Schedules(args) => jobs::schedules(args).await,
+        Command::Webhooks(args) => jobs::webhooks(args).await,
+        Command::Profiles(args) => jobs::profiles(args).await,
     }
 }
 

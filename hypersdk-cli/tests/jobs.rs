@@ -109,3 +109,92 @@ fn submit_watch_list_show_logs_and_cancel_through_the_daemon() {
         stderr(&o)
     );
 }
+
+#[test]
+fn profiles_schedules_and_webhooks_through_the_daemon() {
+    let (url, tmp) = daemon();
+    let run = |cmd: &str, rest: &[&str]| -> String {
+        let mut args = vec![cmd, "--daemon", url.as_str()];
+        args.extend_from_slice(rest);
+        ok(&args)
+    };
+    let fail = |cmd: &str, rest: &[&str]| -> String {
+        let mut args = vec![cmd, "--daemon", url.as_str()];
+        args.extend_from_slice(rest);
+        fails(&args)
+    };
+    let file = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+
+    let prof = file("fast.yaml", "provider: kvm\nformat: ovf\n");
+    run("profiles", &["put", "fast", &prof]);
+    assert!(run("profiles", &["list"]).contains("\"fast\""));
+    let out = run(
+        "jobs",
+        &[
+            "submit",
+            "--vm",
+            "demo-vm",
+            "--profile",
+            "fast",
+            "--output",
+            "pf",
+            "--watch",
+        ],
+    );
+    assert!(out.contains("succeeded"), "{out}");
+    assert!(
+        tmp.path().join("out/pf/demo-vm/demo-vm.ovf").is_file(),
+        "the profile's format applied"
+    );
+    let bad = file("bad.yaml", "vm: x\n");
+    assert!(fail("profiles", &["put", "bad", &bad]).contains("a profile cannot set it"));
+
+    let sched = file(
+        "nightly.yaml",
+        "name: nightly\ncron: \"0 2 * * *\"\ntimezone: Europe/Paris\njob: {vm: demo-vm, profile: fast, output: sched, overwrite: true}\n",
+    );
+    let s: serde_json::Value = serde_json::from_str(&run("schedules", &["add", &sched])).unwrap();
+    assert!(s["next_run_at"].is_string(), "{s}");
+    let id = s["id"].to_string();
+    let trig: serde_json::Value =
+        serde_json::from_str(&run("schedules", &["trigger", &id])).unwrap();
+    assert_eq!(trig["status"], "submitted", "{trig}");
+    assert!(run("schedules", &["runs", &id]).contains("triggered by anonymous"));
+    let off: serde_json::Value =
+        serde_json::from_str(&run("schedules", &["disable", &id])).unwrap();
+    assert_eq!(off["enabled"], false);
+    run("schedules", &["delete", &id]);
+    let badcron = file(
+        "bad-cron.yaml",
+        "name: x\ncron: \"0 25 * * *\"\njob: {vm: demo-vm, provider: kvm}\n",
+    );
+    assert!(fail("schedules", &["add", &badcron]).contains("cron:"));
+
+    let secret = file("secret", "0123456789abcdef0123\n");
+    let hook: serde_json::Value = serde_json::from_str(&run(
+        "webhooks",
+        &[
+            "add",
+            "--url",
+            "http://127.0.0.1:9/hook",
+            "--secret-file",
+            &secret,
+            "--events",
+            "job.completed,job.failed",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(
+        hook["events"],
+        serde_json::json!(["job.completed", "job.failed"])
+    );
+    assert!(run("webhooks", &["list"]).contains("127.0.0.1:9/hook"));
+    let hid = hook["id"].to_string();
+    assert!(run("webhooks", &["deliveries", &hid]).starts_with('['));
+    run("webhooks", &["delete", &hid]);
+    assert!(fail("webhooks", &["delete", &hid]).contains("no webhook"));
+}
