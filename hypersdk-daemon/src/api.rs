@@ -49,6 +49,39 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The configuration.
     pub config: Arc<Config>,
+    /// Per-client token buckets (tokens, last refill).
+    pub buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, Instant)>>,
+}
+
+impl AppState {
+    /// Takes one request's token from `client`'s bucket; Err(seconds to
+    /// wait) if there is none.
+    fn take_token(&self, client: &str) -> Result<(), u64> {
+        let Some(limit) = &self.config.rate_limit else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() > 10_000 {
+            // Forget clients idle for long enough to have a full bucket again.
+            let full = std::time::Duration::from_secs_f64(limit.burst / limit.per_second.max(1e-9));
+            buckets.retain(|_, (_, last)| now.duration_since(*last) < full);
+        }
+        let (tokens, last) = buckets
+            .entry(client.to_string())
+            .or_insert((limit.burst, now));
+        *tokens =
+            (*tokens + now.duration_since(*last).as_secs_f64() * limit.per_second).min(limit.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) / limit.per_second.max(1e-9))
+                .ceil()
+                .max(1.0) as u64)
+        }
+    }
 }
 
 type Shared = State<Arc<AppState>>;
@@ -211,6 +244,28 @@ async fn guard(State(st): Shared, mut req: Request, next: Next) -> Response {
             .await;
         }
     };
+    if !public {
+        let client = if st.config.api_keys.is_empty() {
+            req.extensions()
+                .get::<axum::extract::ConnectInfo<crate::serve::PeerAddr>>()
+                .map(|c| c.0 .0.ip().to_string())
+                .unwrap_or_else(|| "unknown".into())
+        } else {
+            caller.clone()
+        };
+        if let Err(wait) = st.take_token(&client) {
+            let per = st.config.rate_limit.as_ref().map_or(0.0, |l| l.per_second);
+            let mut resp = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("rate limit: {per} requests per second for {client}; retry after {wait} s"),
+            )
+            .into_response();
+            if let Ok(v) = axum::http::HeaderValue::from_str(&wait.to_string()) {
+                resp.headers_mut().insert("retry-after", v);
+            }
+            return finish(&st, &method, &route, &path, &caller, start, resp).await;
+        }
+    }
     req.extensions_mut().insert(Caller {
         name: caller.clone(),
     });

@@ -117,6 +117,32 @@ pub struct Config {
     /// How webhook deliveries are retried and when an endpoint is paused.
     #[serde(default)]
     pub webhooks: WebhookSettings,
+    /// Serve HTTPS with this certificate chain and key (PEM files).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Requests per client (API key, or address without keys); none: no limit.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// HTTPS settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// A token bucket per client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second.
+    pub per_second: f64,
+    /// Requests allowed in a burst.
+    pub burst: f64,
 }
 
 /// Webhook delivery settings.

@@ -33,6 +33,7 @@ pub mod model;
 pub mod profiles;
 pub mod runner;
 pub mod schedules;
+pub mod serve;
 pub mod store;
 pub mod webhooks;
 
@@ -46,6 +47,8 @@ use hypersdk_core::CancellationToken;
 pub struct Daemon {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Whether it serves HTTPS.
+    pub tls: bool,
     stop: CancellationToken,
     runner: Arc<runner::Runner>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -76,20 +79,31 @@ impl Daemon {
             runner: runner.clone(),
             metrics,
             config: config.clone(),
+            buckets: Default::default(),
         });
+        let tls = config.tls.as_ref().map(serve::acceptor).transpose()?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
-        let app = api::router(state.clone());
+        let app =
+            api::router(state.clone()).into_make_service_with_connect_info::<serve::PeerAddr>();
         let s = stop.clone();
         let server = tokio::spawn(async move {
             let shutdown = async move { s.cancelled().await };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
+            let served = match tls {
+                Some(acceptor) => match serve::TlsListener::new(listener, acceptor) {
+                    Ok(l) => axum::serve(l, app).with_graceful_shutdown(shutdown).await,
+                    Err(e) => Err(e),
+                },
+                None => {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                }
+            };
+            if let Err(e) = served {
                 tracing::error!(error = %e, "the API server stopped");
             }
         });
@@ -97,6 +111,7 @@ impl Daemon {
         let scheduler = tokio::spawn(schedules::run(state, stop.clone()));
         Ok(Daemon {
             addr,
+            tls: config.tls.is_some(),
             stop,
             runner,
             tasks: vec![server, worker, scheduler],

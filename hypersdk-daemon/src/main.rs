@@ -53,7 +53,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // One line on stdout says where it listens (the port may be chosen by the OS).
     println!(
         "{}",
-        serde_json::json!({ "listen": daemon.addr.to_string() })
+        serde_json::json!({ "listen": daemon.addr.to_string(), "tls": daemon.tls })
     );
     daemon.wait().await;
     Ok(())

@@ -15,10 +15,16 @@ use serde_json::{json, Value};
 struct Daemon {
     child: Child,
     addr: String,
+    /// `https` with this CA file, when the daemon serves TLS.
+    ca: Option<String>,
 }
 
 impl Daemon {
     fn start(config: &Path) -> Daemon {
+        Self::start_with_ca(config, None)
+    }
+
+    fn start_with_ca(config: &Path, ca: Option<String>) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_hypervisord"))
             .args(["--config", config.to_str().unwrap(), "--log", "warn"])
             .stdin(Stdio::null())
@@ -33,13 +39,18 @@ impl Daemon {
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
+        // Built first, so that a failed check below still kills the child.
+        let mut d = Daemon {
+            child,
+            addr: String::new(),
+            ca,
+        };
         let line = rx.recv_timeout(Duration::from_secs(30)).unwrap();
         let v: Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("hypervisord printed {line:?}: {e}"));
-        Daemon {
-            child,
-            addr: v["listen"].as_str().unwrap().to_string(),
-        }
+        assert_eq!(v["tls"].as_bool(), Some(d.ca.is_some()), "{line}");
+        d.addr = v["listen"].as_str().unwrap().to_string();
+        d
     }
 
     fn kill(&mut self) {
@@ -55,7 +66,10 @@ impl Daemon {
         body: Option<&str>,
         headers: &[&str],
     ) -> (u16, String) {
-        let url = format!("http://{}{path}", self.addr);
+        let url = match &self.ca {
+            Some(_) => format!("https://{}{path}", self.addr),
+            None => format!("http://{}{path}", self.addr),
+        };
         let mut args: Vec<String> = vec![
             "-sS".into(),
             "--max-time".into(),
@@ -65,6 +79,10 @@ impl Daemon {
             "-w".into(),
             "\n%{http_code}".into(),
         ];
+        if let Some(ca) = &self.ca {
+            args.push("--cacert".into());
+            args.push(ca.clone());
+        }
         for h in headers {
             args.push("-H".into());
             args.push(h.to_string());
@@ -1008,5 +1026,94 @@ fn webhooks_are_signed_retried_logged_and_paused_by_a_circuit_breaker() {
         )
         .0,
         204
+    );
+}
+
+#[test]
+fn rate_limits_per_client_answer_429_with_retry_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&config(
+        tmp.path(),
+        "rate_limit: { per_second: 0.5, burst: 3 }\n",
+    ));
+    for _ in 0..3 {
+        assert_eq!(d.call("GET", "/api/v1/jobs", None, &[]).0, 200);
+    }
+    let out = Command::new("curl")
+        .args(["-sS", "-i", &format!("http://{}/api/v1/jobs", d.addr)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(text.starts_with("http/1.1 429"), "{text}");
+    let wait: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after:"))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap();
+    assert!((1..=2).contains(&wait), "{text}");
+    assert!(
+        text.contains("rate limit: 0.5 requests per second for 127.0.0.1"),
+        "{text}"
+    );
+    assert_eq!(
+        d.call("GET", "/health", None, &[]).0,
+        200,
+        "probes are not limited"
+    );
+}
+
+#[test]
+fn tls_with_a_configured_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let cfg = config(
+        tmp.path(),
+        &format!(
+            "tls: {{ cert: {}, key: {} }}\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let d = Daemon::start_with_ca(&cfg, Some(cert.to_str().unwrap().to_string()));
+    let (code, sub) = d.json(
+        "POST",
+        "/api/v1/jobs",
+        Some(r#"{"vm": "demo-vm", "provider": "kvm"}"#),
+    );
+    assert_eq!(code, 201, "{sub}");
+    let job = d.wait(
+        sub["jobs"][0]["id"].as_i64().unwrap(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(job["status"], "succeeded");
+    // Plain HTTP to the TLS port gets nowhere.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://{}/health", d.addr),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "plain HTTP is not served");
+    // Nor does a client that does not trust the certificate.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("https://{}/health", d.addr),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "an untrusted certificate is refused by the client"
     );
 }
