@@ -11,6 +11,10 @@
 //!            password_file: /etc/hypersdk/vc1.pass, thumbprint: "AB:CD:…" }
 //! api_keys:                      # SHA-256 of each key, never the key
 //!   - { name: ops, role: operator, sha256: 9f86d0… }
+//! tls: { cert: /etc/hypersdk/cert.pem, key: /etc/hypersdk/key.pem }
+//! rate_limit: { per_second: 50, burst: 100 }     # per key (or address)
+//! webhooks: { attempts: 5, initial_delay_ms: 500, breaker_failures: 5, breaker_cooldown_secs: 60 }
+//! max_body_bytes: 1048576
 //! ```
 //!
 //! Without `api_keys` the daemon serves everyone as admin, and so refuses

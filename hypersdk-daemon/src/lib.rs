@@ -11,7 +11,11 @@
 //!   their checkpoint when the daemon starts again.
 //! - [`api`]: the routes under `/api/v1` (OpenAPI at
 //!   `/api/v1/openapi.json`), `/health`, `/ready`, `/metrics`; API keys
-//!   with roles; an audit log of every mutating call.
+//!   with roles; per-client rate limits; an audit log of every mutating
+//!   call; [`serve`]: plain TCP or TLS.
+//! - [`profiles`], [`schedules`], [`webhooks`]: named job options, cron
+//!   schedules in a time zone (missed runs reported), signed job events
+//!   with retries and a circuit breaker.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
