@@ -114,12 +114,7 @@ fn main() -> anyhow::Result<()> {
     hypersdk_testsupport::write_mixed_file(&disk, 1 << 20)?;
     std::fs::write(
         vms.join("tiny.xml"),
-        format!(
-            "<domain type='kvm'><name>tiny</name><memory unit='MiB'>256</memory><vcpu>1</vcpu><devices>\
-             <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/>\
-             <target dev='vda' bus='virtio'/></disk></devices></domain>",
-            disk.display()
-        ),
+        hypersdk_testsupport::domain_xml("tiny", &[(&disk, "raw")]),
     )?;
     let yaml = format!(
         "listen: 127.0.0.1:0\ndatabase: {}\noutput_root: {}\nmax_concurrent: 2\nproviders:\n  fast: {{ kind: local, dir: {} }}\n",

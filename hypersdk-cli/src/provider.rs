@@ -140,14 +140,10 @@ impl ProviderArgs {
             opts.password = Some(zeroize::Zeroizing::new(p));
         }
         let insecure = self.insecure || get(None, "GOVC_INSECURE").is_some_and(|v| truthy(&v));
-        opts.tls = match (
+        opts.tls = TlsMode::from_settings(
             get(self.thumbprint.as_ref(), "GOVC_TLS_THUMBPRINT"),
             insecure,
-        ) {
-            (Some(t), _) => TlsMode::Thumbprint(t),
-            (None, true) => TlsMode::Insecure,
-            (None, false) => TlsMode::Verify,
-        };
+        );
         let ca = self
             .ca_file
             .clone()

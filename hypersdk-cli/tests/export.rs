@@ -272,12 +272,7 @@ fn domain_with_disk(dir: &Path, disk: &Path, fmt: &str) -> PathBuf {
     let xml = dir.join("broken.xml");
     fs::write(
         &xml,
-        format!(
-            "<domain type='kvm'><name>broken</name><memory unit='MiB'>512</memory><vcpu>1</vcpu><devices>\
-             <disk type='file' device='disk'><driver name='qemu' type='{fmt}'/><source file='{}'/>\
-             <target dev='vda' bus='virtio'/></disk></devices></domain>",
-            disk.display()
-        ),
+        hypersdk_testsupport::domain_xml("broken", &[(disk, fmt)]),
     )
     .unwrap();
     xml

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use hypersdk_testsupport::{dir_contents, disk_like_content, mixed_content, path_str};
+use hypersdk_testsupport::{dir_contents, disk_like_content, domain_xml, mixed_content, path_str};
 
 /// A VM in `dir` with two raw disks of `mib` MiB each (disk-like and mixed
 /// content, so the VMDKs are large enough to be cut).
@@ -20,23 +20,7 @@ fn make_vm(dir: &Path, mib: usize) -> PathBuf {
     std::fs::write(&a, disk_like_content(mib << 20)).unwrap();
     std::fs::write(&b, mixed_content(mib << 20)).unwrap();
     let xml = dir.join("resumable.xml");
-    let disk = |f: &Path, dev: &str| {
-        format!(
-            "<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/>\
-             <target dev='{dev}' bus='virtio'/></disk>",
-            f.display()
-        )
-    };
-    std::fs::write(
-        &xml,
-        format!(
-            "<domain type='kvm'><name>resumable</name><memory unit='MiB'>512</memory><vcpu>1</vcpu>\
-             <devices>{}{}</devices></domain>",
-            disk(&a, "vda"),
-            disk(&b, "vdb")
-        ),
-    )
-    .unwrap();
+    std::fs::write(&xml, domain_xml("resumable", &[(&a, "raw"), (&b, "raw")])).unwrap();
     xml
 }
 

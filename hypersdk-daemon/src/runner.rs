@@ -72,11 +72,7 @@ impl Providers {
                         password_file.display()
                     ))
                 })?;
-                let tls = match (thumbprint, insecure) {
-                    (Some(t), _) => TlsMode::Thumbprint(t.clone()),
-                    (None, true) => TlsMode::Insecure,
-                    (None, false) => TlsMode::Verify,
-                };
+                let tls = TlsMode::from_settings(thumbprint.clone(), *insecure);
                 let mut opts = ConnectOptions::new(url)
                     .with_login(user, password.trim_end_matches(['\r', '\n']))
                     .with_tls(tls);

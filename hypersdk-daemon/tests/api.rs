@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hypersdk_testsupport::{run_tool, workspace_root, write_mixed_file};
+use hypersdk_testsupport::{domain_xml, run_tool, workspace_root, write_mixed_file};
 use serde_json::{json, Value};
 
 /// A daemon started from a config file; killed (SIGKILL) when dropped.
@@ -492,16 +492,7 @@ fn big_vm_config(dir: &Path, max_concurrent: usize) -> PathBuf {
     write_mixed_file(&disk, 64 << 20).unwrap();
     let vms = dir.join("vms");
     std::fs::create_dir(&vms).unwrap();
-    std::fs::write(
-        vms.join("big.xml"),
-        format!(
-            "<domain type='kvm'><name>big</name><memory unit='MiB'>512</memory><vcpu>1</vcpu><devices>\
-             <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/>\
-             <target dev='vda' bus='virtio'/></disk></devices></domain>",
-            disk.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(vms.join("big.xml"), domain_xml("big", &[(&disk, "raw")])).unwrap();
     let cfg = dir.join("hypervisord.yaml");
     std::fs::write(
         &cfg,

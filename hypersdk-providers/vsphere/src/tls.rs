@@ -29,6 +29,18 @@ pub enum TlsMode {
     Insecure,
 }
 
+impl TlsMode {
+    /// The mode of the usual settings: a pinned thumbprint wins over
+    /// `insecure`, which wins over verification.
+    pub fn from_settings(thumbprint: Option<String>, insecure: bool) -> TlsMode {
+        match (thumbprint, insecure) {
+            (Some(t), _) => TlsMode::Thumbprint(t),
+            (None, true) => TlsMode::Insecure,
+            (None, false) => TlsMode::Verify,
+        }
+    }
+}
+
 /// Hex thumbprint with colons, upper case: `AB:CD:…`.
 pub fn thumbprint_sha1(der: &[u8]) -> String {
     thumbprint(DigestAlgorithm::Sha1, der)

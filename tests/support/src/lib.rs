@@ -189,3 +189,24 @@ pub fn dir_contents(dir: &Path) -> Vec<(String, Vec<u8>)> {
     v.sort();
     v
 }
+
+/// A libvirt domain XML for VM `name` (512 MiB, 1 vCPU) whose disks are the
+/// given files with their formats (`raw`, `qcow2`), on virtio `vda`, `vdb`, …
+pub fn domain_xml(name: &str, disks: &[(&Path, &str)]) -> String {
+    let devices: String = disks
+        .iter()
+        .enumerate()
+        .map(|(i, (file, fmt))| {
+            format!(
+                "<disk type='file' device='disk'><driver name='qemu' type='{fmt}'/><source file='{}'/>\
+                 <target dev='vd{}' bus='virtio'/></disk>",
+                file.display(),
+                (b'a' + i as u8) as char
+            )
+        })
+        .collect();
+    format!(
+        "<domain type='kvm'><name>{name}</name><memory unit='MiB'>512</memory><vcpu>1</vcpu>\
+         <devices>{devices}</devices></domain>"
+    )
+}
