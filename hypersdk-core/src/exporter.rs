@@ -34,6 +34,7 @@
 //! the staging area, unwrapped (decrypted, decompressed) and digested again,
 //! and the export is published only if each digest matches.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -73,7 +74,14 @@ pub struct Exporter {
     options: ExportOptions,
     progress: Option<ProgressFn>,
     cancel: CancellationToken,
+    before_publish: Option<PublishFn>,
 }
+
+/// Called with the finished report (its `location` the destination) right
+/// before the artifact is published; an error stops the publication.
+pub type PublishFn = Arc<
+    dyn Fn(&ExportReport) -> futures_util::future::BoxFuture<'static, Result<()>> + Send + Sync,
+>;
 
 impl std::fmt::Debug for Exporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -100,7 +108,16 @@ impl Exporter {
             options,
             progress: None,
             cancel: CancellationToken::new(),
+            before_publish: None,
         }
+    }
+
+    /// Calls `f` with the finished report right before publishing, e.g. to
+    /// record durably what is about to appear (a job daemon then knows, after
+    /// a crash between the two, that the artifact there is this export's).
+    pub fn before_publish(mut self, f: PublishFn) -> Self {
+        self.before_publish = Some(f);
+        self
     }
 
     /// Sends progress events to `f`.
@@ -194,6 +211,13 @@ impl Exporter {
             }
             if let (Ok(_), Some(ck)) = (&built, &ck) {
                 if let Err(e) = ck.clear().await {
+                    built = Err(e);
+                }
+            }
+            if let (Ok(report), Some(hook)) = (&mut built, &self.before_publish) {
+                report.location = staging.destination();
+                report.provider = provider.to_string();
+                if let Err(e) = hook(report).await {
                     built = Err(e);
                 }
             }

@@ -21,7 +21,7 @@ pub struct FileReport {
 }
 
 /// One disk exported.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskReport {
     /// Disk name on the platform.
     pub name: String,
@@ -34,7 +34,7 @@ pub struct DiskReport {
 }
 
 /// The result of one export.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExportReport {
     /// VM name.
     pub vm: String,

@@ -98,6 +98,11 @@ pub trait Staging: Send + Sync + std::fmt::Debug {
         Ok(String::new())
     }
 
+    /// Where the artifact will be once committed (path or URL).
+    fn destination(&self) -> String {
+        String::new()
+    }
+
     /// The checkpoint store of a resumable staging area.
     fn checkpoints(&self) -> Option<std::sync::Arc<dyn CheckpointStore>> {
         None

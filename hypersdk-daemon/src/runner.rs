@@ -239,7 +239,10 @@ impl Runner {
                 id,
                 serde_json::to_value(&job).unwrap_or_default(),
             );
-            let outcome = self.export(&job, cancel).await;
+            let outcome = match self.published_before(&job) {
+                Some(report) => Ok(report),
+                None => self.export(&job, cancel).await,
+            };
             if matches!(outcome, Err(Error::Cancelled))
                 && self.stopping.load(std::sync::atomic::Ordering::SeqCst)
             {
@@ -288,6 +291,23 @@ impl Runner {
         });
     }
 
+    /// The report of a job whose previous run published its artifact but
+    /// died before recording its end: the report was saved just before
+    /// publishing, and the artifact is there.
+    fn published_before(&self, job: &Job) -> Option<hypersdk_core::ExportReport> {
+        if job.attempts < 2 {
+            return None;
+        }
+        let result = job.result.clone()?;
+        let location = result["location"].as_str()?.to_string();
+        if !std::path::Path::new(&location).exists() {
+            return None;
+        }
+        let report: hypersdk_core::ExportReport = serde_json::from_value(result).ok()?;
+        info!(job = job.id, location = %location, "the previous run published this job's export before the daemon stopped; kept");
+        Some(report)
+    }
+
     async fn export(
         self: &Arc<Self>,
         job: &Job,
@@ -323,8 +343,20 @@ impl Runner {
         let provider = self.providers.get(&spec.provider).await?;
         let runner = self.clone();
         let id = job.id;
+        let store = self.store.clone();
         let exporter = Exporter::new(options)
             .with_cancel(cancel)
+            .before_publish(Arc::new(move |report| {
+                let store = store.clone();
+                let value = serde_json::to_value(report).unwrap_or_default();
+                Box::pin(async move {
+                    store.save_result(id, value).await.map_err(|e| {
+                        Error::Internal(format!(
+                            "cannot record the export before publishing it: {e}"
+                        ))
+                    })
+                })
+            }))
             .on_progress(Arc::new(move |e| {
                 let p = Progress {
                     phase: format!("{:?}", e.phase).to_lowercase(),

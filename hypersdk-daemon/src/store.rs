@@ -397,6 +397,21 @@ impl Store {
         .await
     }
 
+    /// Records the report of an export about to be published (the job
+    /// stays running): after a crash before the job's end is recorded, the
+    /// next start knows the artifact at its location is this job's.
+    pub async fn save_result(&self, id: i64, result: serde_json::Value) -> StoreResult<()> {
+        self.write(move |c| {
+            c.execute(
+                "UPDATE jobs SET result = ?2 WHERE id = ?1",
+                params![id, result.to_string()],
+            )
+            .map(|_| ())
+            .map_err(db_err("save result"))
+        })
+        .await
+    }
+
     /// Cancels a queued job; false if it is not queued (any more).
     pub async fn cancel_queued(&self, id: i64, who: String) -> StoreResult<bool> {
         self.write(move |c| {

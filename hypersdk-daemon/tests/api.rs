@@ -1108,3 +1108,81 @@ fn tls_with_a_configured_certificate() {
         "an untrusted certificate is refused by the client"
     );
 }
+
+#[test]
+fn fifty_jobs_survive_kill_9_at_random_moments() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A VM with a 4 MiB disk: each export is short, so kills land in every
+    // phase (submission, start, export, finish).
+    let disk = tmp.path().join("small.raw");
+    write_mixed_file(&disk, 4 << 20).unwrap();
+    let vms = tmp.path().join("vms");
+    std::fs::create_dir(&vms).unwrap();
+    std::fs::write(
+        vms.join("small.xml"),
+        domain_xml("small", &[(&disk, "raw")]),
+    )
+    .unwrap();
+    let cfg = tmp.path().join("hypervisord.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:0\ndatabase: {}\noutput_root: {}\nmax_concurrent: 3\nproviders:\n  kvm: {{ kind: local, dir: {} }}\n",
+            tmp.path().join("jobs.db").display(),
+            tmp.path().join("out").display(),
+            vms.display()
+        ),
+    )
+    .unwrap();
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    println!("kill seed {seed}");
+    let mut d = Daemon::start(&cfg);
+    let jobs: Vec<Value> = (0..50)
+        .map(|i| json!({"vm": "small", "provider": "kvm", "output": format!("j{i:02}"), "bwlimit": "40M"}))
+        .collect();
+    let (code, sub) = d.json("POST", "/api/v1/jobs", Some(&Value::from(jobs).to_string()));
+    assert_eq!(code, 201, "{sub}");
+    for round in 0..4 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let wait = 100 + seed % 900;
+        std::thread::sleep(Duration::from_millis(wait));
+        let (_, done) = d.json("GET", "/api/v1/jobs?status=succeeded&limit=1", None);
+        println!(
+            "round {round}: kill -9 after {wait} ms, {} succeeded",
+            done["total"]
+        );
+        d.kill();
+        d = Daemon::start(&cfg);
+    }
+    let start = Instant::now();
+    loop {
+        let (_, done) = d.json("GET", "/api/v1/jobs?status=succeeded&limit=1", None);
+        if done["total"] == 50 {
+            break;
+        }
+        let (_, failed) = d.json("GET", "/api/v1/jobs?status=failed&limit=100", None);
+        assert_eq!(failed["total"], 0, "{failed}");
+        assert!(start.elapsed() < Duration::from_secs(120), "{done}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, all) = d.json("GET", "/api/v1/jobs?limit=1000", None);
+    assert_eq!(all["total"], 50, "none lost, none duplicated");
+    for i in 0..50 {
+        let dir = tmp.path().join(format!("out/j{i:02}"));
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            ["small.ova"],
+            "job {i}: one artifact, nothing partial left"
+        );
+    }
+}

@@ -312,6 +312,10 @@ impl Staging for LocalStaging {
         Ok(show(&self.dir))
     }
 
+    fn destination(&self) -> String {
+        show(&self.target)
+    }
+
     fn checkpoints(&self) -> Option<std::sync::Arc<dyn CheckpointStore>> {
         self.lock.as_ref()?;
         Some(std::sync::Arc::new(LocalCheckpoints {
