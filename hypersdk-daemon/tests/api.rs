@@ -1186,3 +1186,56 @@ fn fifty_jobs_survive_kill_9_at_random_moments() {
         );
     }
 }
+
+#[test]
+fn priorities_and_the_per_provider_bound_order_the_queue() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = big_vm_config(tmp.path(), 3);
+    // The provider may run one export at a time, though three slots exist.
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!(
+            "kvm: {{ kind: local, dir: {} }}",
+            tmp.path().join("vms").display()
+        ),
+        &format!(
+            "kvm: {{ kind: local, dir: {}, max_concurrent: 1 }}",
+            tmp.path().join("vms").display()
+        ),
+    );
+    assert!(text.contains("max_concurrent: 1"), "{text}");
+    std::fs::write(&cfg, text).unwrap();
+    let d = Daemon::start(&cfg);
+    let body = json!([
+        {"vm": "big", "provider": "kvm", "output": "first", "bwlimit": "64M"},
+        {"vm": "big", "provider": "kvm", "output": "low", "priority": "low", "bwlimit": "64M"},
+        {"vm": "big", "provider": "kvm", "output": "critical", "priority": "critical", "bwlimit": "64M"}
+    ]);
+    let (code, sub) = d.json("POST", "/api/v1/jobs", Some(&body.to_string()));
+    assert_eq!(code, 201, "{sub}");
+    let ids: Vec<i64> = sub["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_i64().unwrap())
+        .collect();
+    let start = Instant::now();
+    let mut most_running = 0;
+    loop {
+        let (_, running) = d.json("GET", "/api/v1/jobs?status=running", None);
+        most_running = most_running.max(running["total"].as_i64().unwrap());
+        let (_, done) = d.json("GET", "/api/v1/jobs?status=succeeded", None);
+        if done["total"] == 3 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{done}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(most_running, 1, "one export of the provider at a time");
+    let started = |id: i64| {
+        d.json("GET", &format!("/api/v1/jobs/{id}"), None).1["started_at"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(started(ids[2]) < started(ids[1]), "critical ran before low");
+}
