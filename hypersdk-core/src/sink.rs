@@ -57,6 +57,15 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
         let _ = resume;
         self.begin(artifact, overwrite).await
     }
+
+    /// Removes what an interrupted export of `artifact` left to be
+    /// continued, if anything (true then). For a process that died between
+    /// publishing an artifact and removing its staging area: the artifact
+    /// is whole, the rest is stale. Busy while another export uses it.
+    async fn discard_partial(&self, artifact: &Artifact) -> Result<bool> {
+        let _ = artifact;
+        Ok(false)
+    }
 }
 
 /// Where an export keeps its checkpoint: one small document, replaced

@@ -24,6 +24,7 @@ use axum::{Json, Router};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 use utoipa::{OpenApi, ToSchema};
 
 use crate::config::{Config, Role};
@@ -189,14 +190,40 @@ fn authenticate(config: &Config, headers: &HeaderMap) -> Result<Option<(String, 
 }
 
 /// Authentication, roles, metrics and the audit log, around every route.
-async fn guard(State(st): Shared, mut req: Request, next: Next) -> Response {
-    let start = Instant::now();
+async fn guard(st: Shared, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        url.path = %req.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+        enduser.id = tracing::field::Empty,
+    );
+    crate::telemetry::set_parent(
+        &span,
+        req.headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+    );
+    guarded(st, method, route, req, next).instrument(span).await
+}
+
+async fn guarded(
+    State(st): Shared,
+    method: Method,
+    route: String,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let start = Instant::now();
     let path = req.uri().path().to_string();
     let public = route == "/health" || route == "/ready";
     let caller = match authenticate(&st.config, req.headers()) {
@@ -283,6 +310,12 @@ async fn finish(
     resp: Response,
 ) -> Response {
     let status = resp.status().as_u16();
+    let span = tracing::Span::current();
+    span.record("http.response.status_code", i64::from(status));
+    span.record("enduser.id", who);
+    if status >= 500 {
+        crate::telemetry::set_error(&span, &format!("{status}"));
+    }
     st.metrics.request(
         method.as_str(),
         route,
@@ -478,7 +511,11 @@ async fn submit_jobs(
     let specs = resolve_jobs(&st, parse_body(&headers, &body)?).await?;
     let jobs = st
         .store
-        .insert(specs, caller.name.clone())
+        .insert(
+            specs,
+            caller.name.clone(),
+            crate::telemetry::current_traceparent(),
+        )
         .await
         .map_err(ApiError::internal)?;
     created(&st, &jobs);

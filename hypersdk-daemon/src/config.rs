@@ -15,6 +15,10 @@
 //! rate_limit: { per_second: 50, burst: 100 }     # per key (or address)
 //! webhooks: { attempts: 5, initial_delay_ms: 500, breaker_failures: 5, breaker_cooldown_secs: 60 }
 //! max_body_bytes: 1048576
+//! telemetry:                     # OpenTelemetry traces over OTLP/HTTP (protobuf)
+//!   otlp_endpoint: http://collector:4318   # base URL; spans go to /v1/traces
+//!   service_name: hypervisord
+//!   headers: { x-api-key: "…" }
 //! ```
 //!
 //! Without `api_keys` the daemon serves everyone as admin, and so refuses
@@ -127,6 +131,36 @@ pub struct Config {
     /// Requests per client (API key, or address without keys); none: no limit.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Export traces to an OpenTelemetry collector; none: no traces (unless
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set).
+    #[serde(default)]
+    pub telemetry: Option<TelemetryConfig>,
+}
+
+/// OpenTelemetry trace export (OTLP over HTTP, protobuf encoding).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The collector's base URL (`http://host:4318`); spans are posted to
+    /// `<base>/v1/traces`.
+    pub otlp_endpoint: String,
+    /// `service.name` of the spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Extra request headers (authentication to a hosted collector).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Per-export timeout (seconds).
+    #[serde(default = "default_telemetry_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_service_name() -> String {
+    "hypervisord".into()
+}
+
+fn default_telemetry_timeout() -> u64 {
+    10
 }
 
 /// HTTPS settings.
@@ -215,6 +249,14 @@ impl Config {
         }
         if self.max_concurrent == 0 {
             anyhow::bail!("max_concurrent must be at least 1");
+        }
+        if let Some(t) = &self.telemetry {
+            let url = t.otlp_endpoint.as_str();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                anyhow::bail!(
+                    "telemetry.otlp_endpoint must be an http:// or https:// URL, not '{url}'"
+                );
+            }
         }
         for k in &self.api_keys {
             if k.sha256.len() != 64 || !k.sha256.chars().all(|c| c.is_ascii_hexdigit()) {

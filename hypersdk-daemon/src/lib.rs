@@ -16,6 +16,8 @@
 //! - [`profiles`], [`schedules`], [`webhooks`]: named job options, cron
 //!   schedules in a time zone (missed runs reported), signed job events
 //!   with retries and a circuit breaker.
+//! - [`telemetry`]: JSON logs, and OpenTelemetry traces over OTLP/HTTP
+//!   (feature `otel`, on by default): a span per API request and per job run.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -39,6 +41,7 @@ pub mod runner;
 pub mod schedules;
 pub mod serve;
 pub mod store;
+pub mod telemetry;
 pub mod webhooks;
 
 use std::net::SocketAddr;

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use hypersdk_daemon::config::Config;
+use hypersdk_daemon::telemetry::Telemetry;
 
 /// Run the hypersdk job daemon.
 #[derive(Debug, Parser)]
@@ -19,13 +21,13 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let config = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -36,7 +38,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    let telemetry = {
+        let _in_runtime = runtime.enter();
+        match Telemetry::init(config.telemetry.as_ref(), &args.log) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let outcome = runtime.block_on(run(config));
+    // The runtime's workers still run: the last batch of spans goes out.
+    telemetry.shutdown();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -45,10 +60,13 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+fn load(args: &Args) -> anyhow::Result<Config> {
     let text = std::fs::read_to_string(&args.config)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.config.display()))?;
-    let config = hypersdk_daemon::config::Config::parse(&text, &args.config.display().to_string())?;
+    Config::parse(&text, &args.config.display().to_string())
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
     let daemon = hypersdk_daemon::Daemon::start(config).await?;
     // One line on stdout says where it listens (the port may be chosen by the OS).
     println!(

@@ -236,6 +236,10 @@ pub struct Job {
     pub error: Option<String>,
     /// Live progress while running.
     pub progress: Option<Progress>,
+    /// W3C `traceparent` of the request that submitted it, when traces are
+    /// exported: its runs are spans of that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 /// One line of a job's log.

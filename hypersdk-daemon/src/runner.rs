@@ -11,12 +11,14 @@ use std::time::Duration;
 
 use hypersdk_core::transforms::compress::Compression;
 use hypersdk_core::transforms::ratelimit::RateLimiter;
-use hypersdk_core::{CancellationToken, Error, ExportOptions, Exporter, PackageFormat, Provider};
+use hypersdk_core::{
+    CancellationToken, Error, ExportOptions, Exporter, PackageFormat, Provider, Sink,
+};
 use hypersdk_local::LocalProvider;
 use hypersdk_sinks::LocalDirSink;
 use hypersdk_vsphere::{ConnectOptions, TlsMode, VsphereProvider};
 use tokio::sync::{broadcast, Notify};
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use crate::config::{Config, ProviderConfig};
 use crate::metrics::Metrics;
@@ -231,6 +233,17 @@ impl Runner {
             },
         );
         self.metrics.set_active(self.active());
+        let span = tracing::info_span!(
+            "job",
+            otel.name = "export job",
+            hypersdk.job.id = job.id,
+            hypersdk.vm = %job.spec.vm,
+            hypersdk.provider = %job.spec.provider,
+            hypersdk.attempt = job.attempts,
+            hypersdk.job.status = tracing::field::Empty,
+            hypersdk.bytes_read = tracing::field::Empty,
+        );
+        crate::telemetry::set_parent(&span, job.trace_parent.as_deref());
         tokio::spawn(async move {
             let id = job.id;
             info!(job = id, vm = %job.spec.vm, provider = %job.spec.provider, attempt = job.attempts, "job started");
@@ -239,7 +252,7 @@ impl Runner {
                 id,
                 serde_json::to_value(&job).unwrap_or_default(),
             );
-            let outcome = match self.published_before(&job) {
+            let outcome = match self.published_before(&job).await {
                 Some(report) => Ok(report),
                 None => self.export(&job, cancel).await,
             };
@@ -254,8 +267,14 @@ impl Runner {
                 self.metrics.set_active(self.active());
                 return;
             }
+            let span = tracing::Span::current();
             let (status, result, error) = match outcome {
                 Ok(report) => {
+                    // Signed: the trace layer keeps i64 as a number, u64 as text.
+                    span.record(
+                        "hypersdk.bytes_read",
+                        i64::try_from(report.bytes_read).unwrap_or(i64::MAX),
+                    );
                     self.metrics.add_exported(report.bytes_read);
                     (
                         JobStatus::Succeeded,
@@ -266,6 +285,10 @@ impl Runner {
                 Err(Error::Cancelled) => (JobStatus::Cancelled, None, None),
                 Err(e) => (JobStatus::Failed, None, Some(error_chain(&e))),
             };
+            span.record("hypersdk.job.status", status.as_str());
+            if let Some(e) = &error {
+                crate::telemetry::set_error(&span, e);
+            }
             if let Err(e) = self.store.finish(id, status, result, error).await {
                 warn!(job = id, error = %e, "cannot record the end of the job");
             }
@@ -288,23 +311,31 @@ impl Runner {
             self.metrics.set_active(self.active());
             self.metrics.job_ended(status);
             self.wake();
-        });
+        }.instrument(span));
     }
 
     /// The report of a job whose previous run published its artifact but
     /// died before recording its end: the report was saved just before
     /// publishing, and the artifact is there.
-    fn published_before(&self, job: &Job) -> Option<hypersdk_core::ExportReport> {
+    /// A kill between publishing and removing the staging area leaves that
+    /// behind: it is removed.
+    async fn published_before(&self, job: &Job) -> Option<hypersdk_core::ExportReport> {
         if job.attempts < 2 {
             return None;
         }
         let result = job.result.clone()?;
-        let location = result["location"].as_str()?.to_string();
-        if !std::path::Path::new(&location).exists() {
+        let location = PathBuf::from(result["location"].as_str()?);
+        if !location.exists() {
             return None;
         }
         let report: hypersdk_core::ExportReport = serde_json::from_value(result).ok()?;
-        info!(job = job.id, location = %location, "the previous run published this job's export before the daemon stopped; kept");
+        info!(job = job.id, location = %location.display(), "the previous run published this job's export before the daemon stopped; kept");
+        if let (Some(dir), Some(name)) = (location.parent(), location.file_name()) {
+            let artifact = hypersdk_core::Artifact::File(name.to_string_lossy().into_owned());
+            if let Err(e) = LocalDirSink::new(dir).discard_partial(&artifact).await {
+                warn!(job = job.id, error = %e, "cannot remove the partial export left behind");
+            }
+        }
         Some(report)
     }
 

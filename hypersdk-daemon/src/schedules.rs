@@ -312,7 +312,15 @@ pub async fn submit(
             }
         }
     };
-    match st.store.insert(specs, format!("schedule:{}", s.name)).await {
+    match st
+        .store
+        .insert(
+            specs,
+            format!("schedule:{}", s.name),
+            crate::telemetry::current_traceparent(),
+        )
+        .await
+    {
         Ok(jobs) => {
             crate::api::created(st, &jobs);
             ScheduleRun {

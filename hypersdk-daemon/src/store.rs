@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     result TEXT,
-    error TEXT
+    error TEXT,
+    trace_parent TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, priority DESC, id);
 CREATE TABLE IF NOT EXISTS job_events (
@@ -126,8 +127,7 @@ pub(crate) fn db_err(what: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ 
 }
 
 /// The columns `job_from_row` reads, in order.
-const JOB_COLUMNS: &str =
-    "id, spec, status, submitted_by, created_at, started_at, finished_at, attempts, result, error";
+const JOB_COLUMNS: &str = "id, spec, status, submitted_by, created_at, started_at, finished_at, attempts, result, error, trace_parent";
 
 fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
     let spec: String = row.get(1)?;
@@ -151,6 +151,7 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
             .map_err(|e| bad(8, e.to_string()))?,
         error: row.get(9)?,
         progress: None,
+        trace_parent: row.get(10)?,
     })
 }
 
@@ -179,6 +180,20 @@ impl Store {
         };
         let writer = open("writer")?;
         writer.execute_batch(SCHEMA).map_err(db_err("schema"))?;
+        // Databases made before jobs kept their trace parent.
+        let has_trace: bool = writer
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'trace_parent'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(db_err("schema"))?
+            > 0;
+        if !has_trace {
+            writer
+                .execute_batch("ALTER TABLE jobs ADD COLUMN trace_parent TEXT")
+                .map_err(db_err("schema upgrade"))?;
+        }
         let reader = open("reader")?;
         Ok(Store {
             writer: Arc::new(Mutex::new(writer)),
@@ -214,7 +229,13 @@ impl Store {
     }
 
     /// Inserts jobs in one transaction (all or none), queued.
-    pub async fn insert(&self, specs: Vec<JobSpec>, who: String) -> StoreResult<Vec<Job>> {
+    /// `trace_parent`: the submitting request's W3C `traceparent`, if traced.
+    pub async fn insert(
+        &self,
+        specs: Vec<JobSpec>,
+        who: String,
+        trace_parent: Option<String>,
+    ) -> StoreResult<Vec<Job>> {
         self.write(move |c| {
             let tx = c.transaction().map_err(db_err("begin"))?;
             let at = now();
@@ -223,9 +244,9 @@ impl Store {
                 let text = serde_json::to_string(&spec)
                     .map_err(|e| StoreError(format!("encode job: {e}")))?;
                 tx.execute(
-                    "INSERT INTO jobs (spec, vm, provider, priority, status, submitted_by, created_at)
-                     VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6)",
-                    params![text, spec.vm, spec.provider, spec.priority.rank(), who, at],
+                    "INSERT INTO jobs (spec, vm, provider, priority, status, submitted_by, created_at, trace_parent)
+                     VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7)",
+                    params![text, spec.vm, spec.provider, spec.priority.rank(), who, at, trace_parent],
                 )
                 .map_err(db_err("insert job"))?;
                 let id = tx.last_insert_rowid();
@@ -246,6 +267,7 @@ impl Store {
                     result: None,
                     error: None,
                     progress: None,
+                    trace_parent: trace_parent.clone(),
                 });
             }
             tx.commit().map_err(db_err("commit"))?;

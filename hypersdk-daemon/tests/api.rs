@@ -1239,3 +1239,106 @@ fn priorities_and_the_per_provider_bound_order_the_queue() {
     };
     assert!(started(ids[2]) < started(ids[1]), "critical ran before low");
 }
+
+#[cfg(feature = "otel")]
+#[test]
+fn traces_reach_an_otlp_collector_with_the_callers_trace_and_the_job_below_it() {
+    let receiver = hypersdk_testsupport::python::OtlpReceiver::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(
+        tmp.path(),
+        &format!(
+            "telemetry: {{ otlp_endpoint: '{}', service_name: hypervisord-test, headers: {{ x-collector-key: k1 }} }}\n",
+            receiver.endpoint()
+        ),
+    );
+    let mut d = Daemon::start(&cfg);
+    // The caller's own trace: W3C trace context.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let (code, body) = d.call(
+        "POST",
+        "/api/v1/jobs",
+        Some(r#"{"vm": "demo-vm", "provider": "kvm", "output": "traced"}"#),
+        &[
+            "Content-Type: application/json",
+            &format!("traceparent: 00-{trace}-{caller_span}-01"),
+        ],
+    );
+    assert_eq!(code, 201, "{body}");
+    let sub: Value = serde_json::from_str(&body).unwrap();
+    let id = sub["jobs"][0]["id"].as_i64().unwrap();
+    let job = d.wait(id, Duration::from_secs(60));
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert!(
+        job["trace_parent"].as_str().unwrap().contains(trace),
+        "{job}"
+    );
+    let (code, _) = d.call("GET", "/api/v1/jobs/999999", None, &[]);
+    assert_eq!(code, 404);
+
+    // A graceful stop sends the spans still buffered.
+    let pid = d.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let start = Instant::now();
+    while d.child.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "hypervisord did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let spans = receiver.spans();
+    let find = |name: &str| -> Vec<&Value> { spans.iter().filter(|s| s["name"] == name).collect() };
+    let names: Vec<&str> = spans.iter().filter_map(|s| s["name"].as_str()).collect();
+
+    // The submission: a server span, child of the caller's span.
+    let submit = find("POST /api/v1/jobs");
+    assert_eq!(submit.len(), 1, "{names:?}");
+    let submit = submit[0];
+    assert_eq!(submit["trace_id"], trace, "{submit}");
+    assert_eq!(submit["parent_span_id"], caller_span, "{submit}");
+    assert_eq!(submit["kind"], "server");
+    assert_eq!(submit["attributes"]["http.route"], "/api/v1/jobs");
+    assert_eq!(submit["attributes"]["http.request.method"], "POST");
+    assert_eq!(submit["attributes"]["http.response.status_code"], 201);
+    assert_eq!(submit["resource"]["service.name"], "hypervisord-test");
+    assert_eq!(submit["headers"]["x-collector-key"], "k1");
+
+    // The job's run: in the caller's trace, below the submission.
+    let runs = find("export job");
+    assert_eq!(runs.len(), 1, "{names:?}");
+    let run = runs[0];
+    assert_eq!(run["trace_id"], trace, "{run}");
+    assert_eq!(run["parent_span_id"], submit["span_id"], "{run}");
+    assert_eq!(run["attributes"]["hypersdk.job.id"], id);
+    assert_eq!(run["attributes"]["hypersdk.vm"], "demo-vm");
+    assert_eq!(run["attributes"]["hypersdk.job.status"], "succeeded");
+    assert_eq!(
+        run["attributes"]["hypersdk.bytes_read"], job["result"]["bytes_read"],
+        "{run}"
+    );
+    assert_ne!(run["status"], "error");
+    // The exporter's own spans below it: the export, then each disk.
+    let export = find("export");
+    assert_eq!(export.len(), 1, "{names:?}");
+    assert_eq!(export[0]["parent_span_id"], run["span_id"]);
+    let disks = find("disk");
+    assert!(!disks.is_empty(), "{names:?}");
+    for disk in disks {
+        assert_eq!(disk["parent_span_id"], export[0]["span_id"], "{disk}");
+        assert_eq!(disk["trace_id"], trace);
+    }
+    // A request without a caller's trace starts its own, and says how it ended.
+    let missing = find("GET /api/v1/jobs/{id}")
+        .into_iter()
+        .find(|s| s["attributes"]["http.response.status_code"] == 404)
+        .unwrap_or_else(|| panic!("no 404 span in {names:?}"));
+    assert_ne!(missing["trace_id"], trace);
+    assert_eq!(missing["parent_span_id"], "");
+    assert_eq!(missing["attributes"]["url.path"], "/api/v1/jobs/999999");
+}

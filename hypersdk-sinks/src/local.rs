@@ -76,26 +76,8 @@ impl Sink for LocalDirSink {
         let dir = self.root.join(format!(".{}.partial", artifact.name()));
         let d = dir.clone();
         let lock = tokio::task::spawn_blocking(move || -> Result<std::fs::File> {
-            let lock = |d: &Path| -> Result<std::fs::File> {
-                let f = std::fs::File::open(d)
-                    .map_err(|e| Error::sink("cannot open staging directory", show(d), e))?;
-                match f.try_lock() {
-                    Ok(()) => Ok(f),
-                    Err(std::fs::TryLockError::WouldBlock) => Err(Error::sink(
-                        "cannot use staging directory",
-                        show(d),
-                        std::io::Error::new(
-                            std::io::ErrorKind::ResourceBusy,
-                            "another export of the same VM is writing it",
-                        ),
-                    )),
-                    Err(std::fs::TryLockError::Error(e)) => {
-                        Err(Error::sink("cannot lock staging directory", show(d), e))
-                    }
-                }
-            };
             if d.is_dir() {
-                let held = lock(&d)?;
+                let held = lock_staging(&d)?;
                 if resume {
                     tracing::info!(staging = %d.display(), "taking up the partial export");
                     return Ok(held);
@@ -106,7 +88,7 @@ impl Sink for LocalDirSink {
             }
             std::fs::create_dir(&d)
                 .map_err(|e| Error::sink("cannot create staging directory", show(&d), e))?;
-            lock(&d)
+            lock_staging(&d)
         })
         .await
         .map_err(|e| Error::Internal(format!("staging thread failed: {e}")))??;
@@ -117,6 +99,44 @@ impl Sink for LocalDirSink {
             overwrite,
             Some(lock),
         ))
+    }
+
+    async fn discard_partial(&self, artifact: &Artifact) -> Result<bool> {
+        check_name(artifact.name())?;
+        let dir = self.root.join(format!(".{}.partial", artifact.name()));
+        tokio::task::spawn_blocking(move || -> Result<bool> {
+            if !dir.is_dir() {
+                return Ok(false);
+            }
+            let _held = lock_staging(&dir)?;
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| Error::sink("cannot remove partial export", show(&dir), e))?;
+            tracing::info!(staging = %dir.display(), "removed a partial export left behind a published one");
+            Ok(true)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("staging thread failed: {e}")))?
+    }
+}
+
+/// Locks a staging directory for this process (released when the file is
+/// closed); busy if another export holds it.
+fn lock_staging(d: &Path) -> Result<std::fs::File> {
+    let f = std::fs::File::open(d)
+        .map_err(|e| Error::sink("cannot open staging directory", show(d), e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::sink(
+            "cannot use staging directory",
+            show(d),
+            std::io::Error::new(
+                std::io::ErrorKind::ResourceBusy,
+                "another export of the same VM is writing it",
+            ),
+        )),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(Error::sink("cannot lock staging directory", show(d), e))
+        }
     }
 }
 
@@ -512,5 +532,26 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("plain-file"), "{err}");
         assert!(matches!(check_name("../x"), Err(Error::InvalidArgument(_))));
+    }
+
+    #[tokio::test]
+    async fn a_partial_left_behind_a_published_artifact_is_discarded_unless_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = LocalDirSink::new(dir.path());
+        let artifact = Artifact::File("a.ova".into());
+        assert!(!sink.discard_partial(&artifact).await.unwrap());
+        let mut st = sink.begin_resumable(&artifact, false, false).await.unwrap();
+        st.create("a.ova").await.unwrap().write(b"x").await.unwrap();
+        // Held by a running export: left alone, with a clear error.
+        let err = sink.discard_partial(&artifact).await.unwrap_err();
+        assert!(
+            err.to_string().contains("cannot use staging directory"),
+            "{err}"
+        );
+        st.keep().await.unwrap();
+        std::fs::write(dir.path().join("a.ova"), b"whole").unwrap();
+        assert!(sink.discard_partial(&artifact).await.unwrap());
+        assert_eq!(entries(dir.path()), vec!["a.ova"]);
+        assert!(!sink.discard_partial(&artifact).await.unwrap());
     }
 }

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the real peers the test suite talks to, idempotently and without
 # prompting: qemu-img and qemu-io (Debian package qemu-utils), the
-# zstd and gzip command-line tools (to read what our compression writes), and
-# the govmomi vCenter simulator launcher (tests/peers/vcsim, built with Go).
+# zstd and gzip command-line tools (to read what our compression writes),
+# the govmomi vCenter simulator launcher (tests/peers/vcsim, built with Go),
+# and a Python virtual environment (target/peers/venv) with the packages of
+# tests/peers/requirements.txt.
 set -euo pipefail
 
 need_apt=()
@@ -11,6 +13,7 @@ command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v gzip >/dev/null 2>&1 || need_apt+=(gzip)
+command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing test peers: ${need_apt[*]}" >&2
@@ -31,3 +34,16 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 mkdir -p "$root/target/peers"
 (cd "$root/tests/peers/vcsim" && GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" go build -o "$root/target/peers/vcsim-launcher" .)
 echo "vcsim launcher: $root/target/peers/vcsim-launcher" >&2
+
+# Python packages, in a virtual environment of our own; reinstalled only when
+# requirements.txt changes.
+venv="$root/target/peers/venv"
+req="$root/tests/peers/requirements.txt"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+if ! cmp -s "$req" "$venv/.installed-requirements"; then
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
+  cp "$req" "$venv/.installed-requirements"
+fi
+echo "python peers: $venv" >&2

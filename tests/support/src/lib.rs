@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 pub mod faultproxy;
+pub mod python;
 pub mod vcsim;
 
 /// Runs `tool args…`, panics with its output unless it succeeds, returns stdout.
