@@ -2,15 +2,13 @@
 //! encrypted format (AES-256-GCM STREAM; see hypersdk_core::transforms::encrypt);
 //! `hyperctl unwrap`: undo an export's `--compress`/`--encrypt-*` wrapping.
 
-use std::io::{BufReader, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
 
-use hypersdk_core::transforms::encrypt::{DecryptReader, EncryptWriter, KeySource};
-use hypersdk_core::transforms::unwrap::unwrap_reader;
-use hypersdk_core::Error;
+use hypersdk_core::files;
+use hypersdk_core::transforms::encrypt::KeySource;
 
 #[derive(Args, Debug)]
 pub struct KeyArgs {
@@ -68,66 +66,10 @@ pub struct UnwrapArgs {
     overwrite: bool,
 }
 
-/// Runs `f(input, partial output)` and publishes the output only if it succeeds.
-fn with_output(
-    args: &CryptArgs,
-    f: impl FnOnce(std::fs::File, std::fs::File) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    publish(&args.input, &args.output, args.overwrite, f)
-}
-
-/// Runs `f(input, partial output)` and renames the output into place only if
-/// it succeeds; a failure leaves nothing behind.
-fn publish(
-    input_path: &Path,
-    output: &Path,
-    overwrite: bool,
-    f: impl FnOnce(std::fs::File, std::fs::File) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    if output.exists() && !overwrite {
-        bail!(
-            "{} already exists (pass --overwrite to replace it)",
-            output.display()
-        );
-    }
-    let name = output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let partial = output.with_file_name(format!(".{name}.partial-{}", std::process::id()));
-    let input = std::fs::File::open(input_path)
-        .with_context(|| format!("cannot open {}", input_path.display()))?;
-    let out = std::fs::File::create(&partial)
-        .with_context(|| format!("cannot create {}", partial.display()))?;
-    let result = f(input, out).and_then(|_| {
-        std::fs::rename(&partial, output)
-            .with_context(|| format!("cannot publish {}", output.display()))
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&partial);
-    }
-    result
-}
-
-fn sync(f: &std::fs::File, p: &Path) -> anyhow::Result<()> {
-    f.sync_all()
-        .with_context(|| format!("cannot sync {}", p.display()))
-}
-
 pub async fn encrypt(args: CryptArgs) -> anyhow::Result<()> {
     let source = args.key.source()?;
     tokio::task::spawn_blocking(move || {
-        with_output(&args, |input, out| {
-            let mut w = EncryptWriter::new(BufWriter::with_capacity(1 << 20, out), &source)?;
-            std::io::copy(&mut BufReader::with_capacity(1 << 20, input), &mut w)
-                .with_context(|| format!("cannot encrypt {}", args.input.display()))?;
-            let buf = w.finish()?;
-            let file = buf
-                .into_inner()
-                .map_err(|e| e.into_error())
-                .context("cannot write the output")?;
-            sync(&file, &args.output)
-        })?;
+        files::encrypt_file(&args.input, &args.output, &source, args.overwrite)?;
         println!(
             "encrypted {} to {}",
             args.input.display(),
@@ -142,19 +84,7 @@ pub async fn encrypt(args: CryptArgs) -> anyhow::Result<()> {
 pub async fn decrypt(args: CryptArgs) -> anyhow::Result<()> {
     let source = args.key.source()?;
     tokio::task::spawn_blocking(move || {
-        with_output(&args, |input, out| {
-            let mut r = DecryptReader::new(BufReader::with_capacity(1 << 20, input), &source)
-                .with_context(|| format!("cannot decrypt {}", args.input.display()))?;
-            let mut w = BufWriter::with_capacity(1 << 20, out);
-            std::io::copy(&mut r, &mut w)
-                .with_context(|| format!("cannot decrypt {}", args.input.display()))?;
-            w.flush().context("cannot write the output")?;
-            let file = w
-                .into_inner()
-                .map_err(|e| e.into_error())
-                .context("cannot write the output")?;
-            sync(&file, &args.output)
-        })?;
+        files::decrypt_file(&args.input, &args.output, &source, args.overwrite)?;
         println!(
             "decrypted {} to {}",
             args.input.display(),
@@ -166,75 +96,9 @@ pub async fn decrypt(args: CryptArgs) -> anyhow::Result<()> {
     .context("decryption task failed")?
 }
 
-/// Strips the wrapping suffixes (.enc, .zst, .gz) from a file name.
-fn unwrapped_name(name: &str) -> &str {
-    let mut n = name;
-    loop {
-        match [".enc", ".zst", ".gz"]
-            .iter()
-            .find_map(|s| n.strip_suffix(s))
-        {
-            Some(rest) if !rest.is_empty() => n = rest,
-            _ => return n,
-        }
-    }
-}
-
-/// Decrypts (if encrypted) and decompresses (if compressed) `input` into
-/// `out`; returns the plain size.
-fn unwrap_one(
-    input: &Path,
-    output: &Path,
-    key: Option<&KeySource>,
-    overwrite: bool,
-) -> anyhow::Result<u64> {
-    let mut size = 0;
-    publish(input, output, overwrite, |file, out| {
-        let mut plain = open_unwrapped(file, key, input)?;
-        let mut w = BufWriter::with_capacity(1 << 20, out);
-        size = std::io::copy(&mut plain, &mut w)
-            .with_context(|| format!("cannot unwrap {}", input.display()))?;
-        w.flush().context("cannot write the output")?;
-        let file = w
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .context("cannot write the output")?;
-        sync(&file, output)
-    })?;
-    Ok(size)
-}
-
-/// The key from an optional `--key-file` / `--passphrase-file` pair.
-pub fn optional_key(
-    key_file: Option<&Path>,
-    passphrase_file: Option<&Path>,
-) -> anyhow::Result<Option<KeySource>> {
-    Ok(match (key_file, passphrase_file) {
-        (Some(k), _) => Some(KeySource::from_key_file(k)?),
-        (None, Some(p)) => Some(KeySource::from_passphrase_file(p)?),
-        (None, None) => None,
-    })
-}
-
-/// The plain bytes of a wrapped file (decrypted if encrypted, decompressed
-/// if compressed); an encrypted file without a key is one clear error.
-pub fn open_unwrapped(
-    file: std::fs::File,
-    key: Option<&KeySource>,
-    path: &Path,
-) -> anyhow::Result<Box<dyn std::io::Read + Send>> {
-    unwrap_reader(BufReader::with_capacity(1 << 20, file), key).map_err(|e| match e {
-        Error::Crypto(m) if key.is_none() => anyhow::anyhow!(
-            "{} is encrypted: give --key-file or --passphrase-file ({m})",
-            path.display()
-        ),
-        e => anyhow::Error::new(e).context(format!("cannot unwrap {}", path.display())),
-    })
-}
-
 pub async fn unwrap(args: UnwrapArgs) -> anyhow::Result<()> {
-    let key = optional_key(args.key_file.as_deref(), args.passphrase_file.as_deref())?;
-    tokio::task::spawn_blocking(move || {
+    let key = files::optional_key(args.key_file.as_deref(), args.passphrase_file.as_deref())?;
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         if args.input.is_dir() {
             std::fs::create_dir_all(&args.output)
                 .with_context(|| format!("cannot create {}", args.output.display()))?;
@@ -247,12 +111,12 @@ pub async fn unwrap(args: UnwrapArgs) -> anyhow::Result<()> {
                     continue;
                 }
                 let name = e.file_name().to_string_lossy().into_owned();
-                let out = args.output.join(unwrapped_name(&name));
-                let n = unwrap_one(&e.path(), &out, key.as_ref(), args.overwrite)?;
+                let out = args.output.join(files::unwrapped_name(&name));
+                let n = files::unwrap_file(&e.path(), &out, key.as_ref(), args.overwrite)?;
                 println!("{} -> {} ({n} bytes)", e.path().display(), out.display());
             }
         } else {
-            let n = unwrap_one(&args.input, &args.output, key.as_ref(), args.overwrite)?;
+            let n = files::unwrap_file(&args.input, &args.output, key.as_ref(), args.overwrite)?;
             println!(
                 "{} -> {} ({n} bytes)",
                 args.input.display(),
@@ -263,15 +127,4 @@ pub async fn unwrap(args: UnwrapArgs) -> anyhow::Result<()> {
     })
     .await
     .context("unwrap task failed")?
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn strips_wrapping_suffixes() {
-        assert_eq!(super::unwrapped_name("vm.ova.zst.enc"), "vm.ova");
-        assert_eq!(super::unwrapped_name("vm-disk1.vmdk.gz"), "vm-disk1.vmdk");
-        assert_eq!(super::unwrapped_name("vm.mf"), "vm.mf");
-        assert_eq!(super::unwrapped_name(".enc"), ".enc");
-    }
 }

@@ -309,39 +309,18 @@ fn looks_like_package(p: &std::path::Path) -> bool {
     p.is_dir() || p.extension().is_some_and(|e| e == "ovf" || e == "ova") || is_ova(p)
 }
 
-/// A file wrapped by an export (encrypted, zstd or gzip), judged by its magic.
-fn is_wrapped(p: &std::path::Path) -> bool {
-    use hypersdk_core::transforms::compress::{sniff, Layer};
-    p.is_file()
-        && std::fs::File::open(p)
-            .map(std::io::BufReader::new)
-            .and_then(|mut r| sniff(&mut r))
-            .is_ok_and(|l| l != Layer::Plain)
-}
-
-/// Verifies a wrapped OVA in one pass: decrypt, decompress, walk the tar.
-async fn wrapped_package(args: &VerifyArgs) -> anyhow::Result<PackageReport> {
-    let key =
-        crate::crypt::optional_key(args.key_file.as_deref(), args.passphrase_file.as_deref())?;
+pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    let key = hypersdk_core::files::optional_key(
+        args.key_file.as_deref(),
+        args.passphrase_file.as_deref(),
+    )?;
     let path = args.path.clone();
-    let shown = path.display().to_string();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<PackageReport> {
-        let file = std::fs::File::open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        let plain = crate::crypt::open_unwrapped(file, key.as_ref(), &path)?;
-        Ok(hypersdk_formats::package::inspect_ova_stream(plain, &path)?)
+    let report = tokio::task::spawn_blocking(move || {
+        hypersdk_core::files::verify_package(&path, key.as_ref())
     })
     .await
     .context("verify task failed")?
-    .with_context(|| format!("cannot read package {shown}"))
-}
-
-pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
-    let report = if is_wrapped(&args.path) {
-        wrapped_package(&args).await?
-    } else {
-        package(args.path.clone()).await?
-    };
+    .with_context(|| format!("cannot read package {}", args.path.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&package_json(&report))?);
     }

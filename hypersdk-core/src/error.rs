@@ -136,6 +136,29 @@ impl Error {
         }
     }
 
+    /// A stable, short name of the kind of error, for programs (the
+    /// bindings' error codes, JSON output): `vm_not_found`, `provider`,
+    /// `disk_read`, `disk_length`, `format`, `sink`, `already_exists`,
+    /// `invalid_argument`, `crypto`, `auth`, `integrity`, `cancelled`,
+    /// `internal`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::VmNotFound { .. } => "vm_not_found",
+            Error::Provider { .. } => "provider",
+            Error::DiskRead { .. } => "disk_read",
+            Error::DiskLength { .. } => "disk_length",
+            Error::Format { .. } => "format",
+            Error::Sink { .. } => "sink",
+            Error::AlreadyExists { .. } => "already_exists",
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::Crypto(_) => "crypto",
+            Error::Auth { .. } => "auth",
+            Error::Integrity { .. } => "integrity",
+            Error::Cancelled => "cancelled",
+            Error::Internal(_) => "internal",
+        }
+    }
+
     /// Shorthand for a [`Error::Sink`] error.
     pub fn sink(action: impl Into<String>, target: impl Into<String>, source: io::Error) -> Self {
         Error::Sink {

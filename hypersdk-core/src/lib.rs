@@ -103,6 +103,7 @@
 pub mod checkpoint;
 pub mod error;
 pub mod exporter;
+pub mod files;
 pub mod options;
 pub mod package;
 pub mod progress;
