@@ -17,7 +17,8 @@
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
-use hypersdk_formats::package::{inspect_ova_stream, inspect_package, PackageReport};
+pub use hypersdk_formats::package::PackageReport;
+use hypersdk_formats::package::{inspect_ova_stream, inspect_package};
 
 use crate::error::{Error, Result};
 use crate::transforms::compress::{sniff, Layer};

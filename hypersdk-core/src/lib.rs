@@ -116,7 +116,7 @@ pub mod vm;
 
 pub use error::{BoxError, Error, Result};
 pub use exporter::Exporter;
-pub use options::{ExportOptions, PackageFormat};
+pub use options::{ExportOptions, ExportSettings, PackageFormat};
 pub use progress::{Phase, ProgressEvent, ProgressFn};
 pub use provider::{DiskStream, ExportSource, Provider};
 pub use report::{DiskReport, ExportReport, FileReport};

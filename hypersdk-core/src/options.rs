@@ -177,3 +177,116 @@ impl ExportOptions {
         self
     }
 }
+
+/// [`ExportOptions`] as plain data (strings, numbers, file paths): what a
+/// configuration file, a job definition or a language binding hands over.
+/// Unknown fields are refused; [`ExportSettings::to_options`] checks every
+/// value and reads the key files.
+///
+/// ```
+/// let s: hypersdk_core::ExportSettings =
+///     serde_json::from_str(r#"{"format": "ovf", "compress": "zstd:3", "verify": true}"#).unwrap();
+/// let o = s.to_options().unwrap();
+/// assert_eq!(o.format, hypersdk_core::PackageFormat::Ovf);
+/// assert!(o.verify && o.compression.is_some());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportSettings {
+    /// `ova` (default) or `ovf`.
+    pub format: Option<PackageFormat>,
+    /// Artifact name (default: the VM's, made file-system safe).
+    pub name: Option<String>,
+    /// Replace an existing artifact.
+    pub overwrite: bool,
+    /// `zstd`, `zstd:LEVEL`, `gzip`, `gzip:LEVEL`.
+    pub compress: Option<String>,
+    /// Deflate level of the VMDK grains (0–9).
+    pub compression_level: Option<u32>,
+    /// `sha256` (default), `sha512` or `sha1`.
+    pub digest: Option<String>,
+    /// Encrypt with the 32-byte key in this file (raw, hex or base64).
+    pub encrypt_key_file: Option<std::path::PathBuf>,
+    /// Encrypt with the passphrase on this file's first line.
+    pub encrypt_passphrase_file: Option<std::path::PathBuf>,
+    /// Bandwidth limit: `100M`, or a timetable like `08:00,10M 18:00,off`.
+    pub bwlimit: Option<String>,
+    /// Read every stored file back and check it against the manifest.
+    pub verify: bool,
+    /// Disks exported at once.
+    pub parallel_disks: Option<usize>,
+    /// Seconds without a byte from the source before the read fails (0: none).
+    pub idle_timeout_secs: Option<u64>,
+    /// Re-encode disks a platform serves already encoded.
+    pub reencode: bool,
+    /// Continue an interrupted export of the same VM and options.
+    pub resume: bool,
+    /// Keep no checkpoint (an interrupted export starts over).
+    pub no_checkpoint: bool,
+    /// MiB between checkpoints of a disk being written.
+    pub checkpoint_mib: Option<u64>,
+}
+
+impl ExportSettings {
+    /// The options these settings describe; an invalid value or an
+    /// unreadable key file is an [`Error::InvalidArgument`](crate::Error)
+    /// or [`Error::Crypto`](crate::Error) naming it.
+    pub fn to_options(&self) -> crate::Result<ExportOptions> {
+        let mut o = ExportOptions::new(self.format.unwrap_or(PackageFormat::Ova))
+            .with_overwrite(self.overwrite)
+            .with_verify(self.verify);
+        o.name = self.name.clone();
+        if let Some(l) = self.compression_level {
+            if l > 9 {
+                return Err(crate::Error::InvalidArgument(format!(
+                    "compression_level {l}: must be 0 to 9"
+                )));
+            }
+            o.compression_level = l;
+        }
+        if let Some(c) = &self.compress {
+            o.compression = Some(c.parse()?);
+        }
+        if let Some(d) = &self.digest {
+            o.digest = d
+                .parse()
+                .map_err(|e: String| crate::Error::InvalidArgument(format!("digest: {e}")))?;
+        }
+        match (&self.encrypt_key_file, &self.encrypt_passphrase_file) {
+            (Some(_), Some(_)) => {
+                return Err(crate::Error::InvalidArgument(
+                    "give encrypt_key_file or encrypt_passphrase_file, not both".into(),
+                ))
+            }
+            (Some(k), None) => o.encryption = Some(KeySource::from_key_file(k)?),
+            (None, Some(p)) => o.encryption = Some(KeySource::from_passphrase_file(p)?),
+            (None, None) => {}
+        }
+        if let Some(b) = &self.bwlimit {
+            o.bwlimit = Some(RateLimiter::from_spec(b)?);
+        }
+        if let Some(n) = self.parallel_disks {
+            if n == 0 {
+                return Err(crate::Error::InvalidArgument(
+                    "parallel_disks must be at least 1".into(),
+                ));
+            }
+            o.parallel_disks = n;
+        }
+        if let Some(s) = self.idle_timeout_secs {
+            o.idle_timeout = (s > 0).then(|| std::time::Duration::from_secs(s));
+        }
+        o.reencode = self.reencode;
+        o.resume = self.resume;
+        o.checkpoint = !self.no_checkpoint;
+        if let Some(m) = self.checkpoint_mib {
+            if m == 0 {
+                return Err(crate::Error::InvalidArgument(
+                    "checkpoint_mib must be at least 1".into(),
+                ));
+            }
+            o.checkpoint_every = m << 20;
+        }
+        Ok(o)
+    }
+}
