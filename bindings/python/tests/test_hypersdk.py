@@ -1,0 +1,189 @@
+"""The Python binding against real peers: the example VM (local provider),
+the vCenter simulator, qemu-img for every disk written."""
+
+import asyncio
+import hashlib
+import os
+import shutil
+import tarfile
+
+import pytest
+
+import hypersdk
+from conftest import qemu_img
+
+
+def check_ova_disks(ova, tmp_path):
+    """Every VMDK in the OVA passes qemu-img check."""
+    out = tmp_path / "extracted"
+    with tarfile.open(ova) as t:
+        names = [m.name for m in t.getmembers() if m.name.endswith(".vmdk")]
+        assert names
+        t.extractall(out, filter="data")
+    for n in names:
+        qemu_img("check", str(out / n))
+        assert "streamOptimized" in qemu_img("info", str(out / n)) or "vmdk" in qemu_img("info", str(out / n))
+    return names
+
+
+def test_list_search_and_describe_the_example_vm(examples):
+    vms = hypersdk.local(examples)
+    assert vms.name == "local"
+    listed = vms.list_vms()
+    assert [v.name for v in listed] == ["demo-vm"]
+    assert listed[0].disks == 2 and listed[0].power_state == "off"
+    assert [v.name for v in vms.search_vms("demo-*", min_cpus=2)] == ["demo-vm"]
+    assert vms.search_vms("nothing-*") == []
+    spec = vms.get_vm("demo-vm")
+    assert len(spec["disks"]) == 2
+    with pytest.raises(hypersdk.InvalidArgument, match="regular expression"):
+        vms.search_vms(name_regex="(")
+
+
+def test_blocking_export_with_progress_callback_then_verify(examples, tmp_path):
+    events = []
+    vms = hypersdk.local(examples)
+    disks = {d["name"] for d in vms.get_vm("demo-vm")["disks"]}
+    report = vms.export("demo-vm", tmp_path / "out", verify=True, on_progress=events.append)
+    assert report.location == str(tmp_path / "out" / "demo-vm.ova")
+    assert report.verified and report.format == "ova" and report.size == os.path.getsize(report.location)
+    assert events and events[-1].phase == "done"
+    assert {e.disk for e in events if e.phase == "disk"} == disks
+    sha = hashlib.sha256(open(report.location, "rb").read()).hexdigest()
+    assert report.raw["ova"]["digest"] == sha
+    package = hypersdk.verify(report.location)
+    assert package.verified and package.vms == ["demo-vm"] and package.manifest == "demo-vm.mf"
+    check_ova_disks(report.location, tmp_path)
+
+
+async def test_asyncio_export_events_and_awaitable_report(examples, tmp_path):
+    vms = hypersdk.local(examples)
+    assert [v.name for v in await vms.list_vms_async()] == ["demo-vm"]
+    job = vms.start_export("demo-vm", tmp_path, format="ovf", digest="sha512")
+    phases = [e.phase async for e in job]
+    report = await job
+    assert job.done and phases[-1] == "done" and "disk" in phases
+    assert report.format == "ovf" and report.digest_algorithm == "SHA512"
+    for f in report.files:
+        if f["name"].endswith(".vmdk"):
+            qemu_img("check", os.path.join(report.location, f["name"]))
+    assert hypersdk.verify(report.location).verified
+    # The same with the callback form.
+    seen = []
+    report2 = await vms.export_async("demo-vm", tmp_path / "again", on_progress=seen.append)
+    assert seen and report2.verified is False and os.path.exists(report2.location)
+
+
+def test_compressed_encrypted_export_unwraps_to_a_verified_package(examples, tmp_path):
+    secret = tmp_path / "pass.txt"
+    secret.write_text("correct horse battery staple\n")
+    report = hypersdk.local(examples).export("demo-vm", tmp_path / "out", compress="zstd:3",
+                                             encrypt_passphrase_file=secret)
+    assert report.location.endswith("demo-vm.ova.zst.enc")
+    assert report.encrypted and report.compression.startswith("zstd")
+    # Verified in one pass through decryption and decompression.
+    assert hypersdk.verify(report.location, passphrase_file=secret).verified
+    with pytest.raises(hypersdk.CryptoError) as err:
+        hypersdk.verify(report.location)
+    assert err.value.code == "crypto" and "encrypted" in str(err.value)
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text("nope\n")
+    plain = tmp_path / "plain.ova"
+    with pytest.raises(hypersdk.CryptoError):
+        hypersdk.unwrap(report.location, plain, passphrase_file=wrong)
+    assert not plain.exists()
+    size = hypersdk.unwrap(report.location, plain, passphrase_file=secret)
+    assert size == os.path.getsize(plain)
+    assert hypersdk.verify(plain).verified
+    check_ova_disks(plain, tmp_path)
+
+
+def test_errors_are_specific_exceptions_with_codes(examples, tmp_path):
+    vms = hypersdk.local(examples)
+    with pytest.raises(hypersdk.NotFound) as e:
+        vms.export("no-such-vm", tmp_path)
+    assert e.value.code == "vm_not_found" and isinstance(e.value, hypersdk.HypersdkError)
+    with pytest.raises(hypersdk.InvalidArgument, match="lz4"):
+        vms.export("demo-vm", tmp_path, compress="lz4")
+    with pytest.raises(hypersdk.InvalidArgument, match="digest"):
+        vms.export("demo-vm", tmp_path, digest="md5")
+    vms.export("demo-vm", tmp_path)
+    with pytest.raises(hypersdk.AlreadyExists):
+        vms.export("demo-vm", tmp_path)
+    assert vms.export("demo-vm", tmp_path, overwrite=True).size > 0
+    # A tampered package: the manifest catches it, naming the file.
+    bad = tmp_path / "bad.ova"
+    shutil.copy(tmp_path / "demo-vm.ova", bad)
+    with open(bad, "r+b") as f:
+        f.seek(os.path.getsize(bad) - 600_000)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0xFF]))
+    with pytest.raises(hypersdk.IntegrityError, match="demo-vm-disk1.vmdk"):
+        hypersdk.verify(bad)
+    assert not hypersdk.verify(bad, strict=False).verified
+    with pytest.raises(hypersdk.FormatError):
+        hypersdk.verify(tmp_path / "missing.ova")
+
+
+async def test_cancel_keeps_the_partial_export_and_resume_finishes_it(examples, tmp_path):
+    vms = hypersdk.local(examples)
+    whole = vms.export("demo-vm", tmp_path / "whole", format="ovf")
+    job = vms.start_export("demo-vm", tmp_path / "cut", format="ovf", bwlimit="16M", checkpoint_mib=1)
+    async for e in job:
+        if e.phase == "disk" and e.bytes_done >= 24 << 20:
+            job.cancel()
+    with pytest.raises(hypersdk.Cancelled) as err:
+        await job
+    assert err.value.code == "cancelled"
+    assert not (tmp_path / "cut" / "demo-vm").exists()
+    resumed = await vms.export_async("demo-vm", tmp_path / "cut", format="ovf", resume=True)
+    assert resumed.resumed_bytes > 0
+    assert resumed.manifest == whole.manifest
+    for f in whole.files:
+        a = open(os.path.join(whole.location, f["name"]), "rb").read()
+        b = open(os.path.join(resumed.location, f["name"]), "rb").read()
+        assert a == b, f["name"]
+
+
+async def test_cancelling_the_awaiting_task_cancels_the_export(examples, tmp_path):
+    vms = hypersdk.local(examples)
+    task = asyncio.ensure_future(vms.export_async("demo-vm", tmp_path, bwlimit="4M", no_checkpoint=True))
+    await asyncio.sleep(0.5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The export stops and leaves nothing behind (no checkpoint asked for).
+    for _ in range(50):
+        if not os.listdir(tmp_path):
+            break
+        await asyncio.sleep(0.1)
+    assert os.listdir(tmp_path) == []
+
+
+def test_vsphere_simulator_export_with_a_verified_certificate(vcsim, tmp_path):
+    with hypersdk.vsphere(vcsim["url"], vcsim["user"], vcsim["password"],
+                          ca_file=vcsim["ca_file"]) as vc:
+        assert vc.name == "vsphere"
+        names = [v.name for v in vc.list_vms()]
+        assert "pyvm" in names
+        [vm] = vc.search_vms("pyvm")
+        assert vm.disks == 2 and vm.total_capacity == 10 << 20
+        report = vc.export("pyvm", tmp_path, verify=True)
+    assert report.provider == "vsphere" and report.verified
+    assert hypersdk.verify(report.location).verified
+    check_ova_disks(report.location, tmp_path)
+
+
+async def test_vsphere_simulator_async_login_thumbprint_and_bad_password(vcsim, tmp_path):
+    vc = await hypersdk.vsphere_async(vcsim["url"], vcsim["user"], vcsim["password"],
+                                      thumbprint=vcsim["thumbprint"])
+    async with vc:
+        assert "pyvm" in [v.name for v in await vc.search_vms_async("py*")]
+        with pytest.raises(hypersdk.NotFound):
+            await vc.export_async("missing-vm", tmp_path)
+        report = await vc.export_async("pyvm", tmp_path, format="ovf")
+        assert report.format == "ovf" and hypersdk.verify(report.location).verified
+    with pytest.raises(hypersdk.ProviderError):
+        # An unpinned self-signed certificate is refused by default.
+        hypersdk.vsphere(vcsim["url"], vcsim["user"], vcsim["password"])
