@@ -58,7 +58,7 @@ use crate::package::{disk_file_name, ovf_system, safe_name, WrittenDisk};
 use crate::progress::{Phase, ProgressEvent, ProgressFn, ProgressTracker};
 use crate::provider::{ExportSource, Provider};
 use crate::report::{DiskReport, ExportReport, FileReport};
-use crate::sink::{Artifact, Sink, SinkWriter, Staging};
+use crate::sink::{Sink, SinkWriter, Staging};
 use crate::transforms::compress::decompress_reader;
 use crate::transforms::encrypt::DecryptReader;
 use crate::transforms::pipeline::{self, Continue, PipelineInput, PipelineOutput, TransformSpec};
@@ -174,13 +174,8 @@ impl Exporter {
         sink: &dyn Sink,
     ) -> Result<ExportReport> {
         let spec = source.spec().clone();
+        let artifact = self.options.artifact(&spec.name);
         let base = safe_name(self.options.name.as_deref().unwrap_or(&spec.name));
-        let artifact = match self.options.format {
-            PackageFormat::Ova => {
-                Artifact::File(format!("{base}.ova{}", self.options.stored_extension()))
-            }
-            PackageFormat::Ovf => Artifact::Directory(base.clone()),
-        };
         let span = info_span!("export", vm = %spec.name, provider, artifact = artifact.name());
         async {
             let start = Instant::now();

@@ -128,6 +128,19 @@ impl ExportOptions {
         self.checkpoint && !plain_spools && crate::checkpoint::keeps_partial(e)
     }
 
+    /// What an export of the VM named `vm` with these options publishes:
+    /// `NAME.ova[.zst|.gz][.enc]`, or the OVF directory `NAME`, where NAME
+    /// is the artifact name (else the VM's) made file-system safe.
+    pub fn artifact(&self, vm: &str) -> crate::Artifact {
+        let base = crate::package::safe_name(self.name.as_deref().unwrap_or(vm));
+        match self.format {
+            PackageFormat::Ova => {
+                crate::Artifact::File(format!("{base}.ova{}", self.stored_extension()))
+            }
+            PackageFormat::Ovf => crate::Artifact::Directory(base),
+        }
+    }
+
     /// Options for `format` with every other field at its default.
     pub fn new(format: PackageFormat) -> Self {
         ExportOptions {

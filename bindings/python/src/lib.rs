@@ -368,6 +368,17 @@ impl Provider {
         pyo3_async_runtimes::tokio::future_into_py(py, self.close_fut())
     }
 
+    /// Where an export of `vm` with `settings` (JSON) would publish, below
+    /// the output directory: the file or directory name.
+    fn artifact_name(&self, py: Python<'_>, vm: String, settings: &str) -> PyResult<String> {
+        let settings: ExportSettings = serde_json::from_str(settings)
+            .map_err(|e| InvalidArgument::new_err(format!("export options: {e}")))?;
+        let options = settings.to_options().map_err(py_err)?;
+        let p = self.inner.clone();
+        let spec = block_on(py, async move { p.vm_spec(&vm).await }, || {})?.map_err(py_err)?;
+        Ok(options.artifact(&spec.name).name().to_string())
+    }
+
     /// Starts exporting `vm` into the directory `output` with the options
     /// of `settings` (JSON of ExportSettings); returns at once.
     fn start_export(&self, vm: String, output: PathBuf, settings: &str) -> PyResult<Export> {

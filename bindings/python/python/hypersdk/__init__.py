@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from dataclasses import dataclass, field
 from os import PathLike, fspath
 from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Optional, Tuple, Union
@@ -261,6 +262,13 @@ class Provider:
 
     async def get_vm_async(self, vm: str) -> Dict[str, Any]:
         return json.loads(await self._native.get_vm_async(vm))
+
+    def artifact_path(self, vm: str, output: StrPath, **options: Any) -> str:
+        """Where :meth:`export` with these options would publish ``vm``: the
+        OVA file (with ``.zst``/``.gz``/``.enc`` when wrapped) or OVF
+        directory below ``output``. Nothing is written."""
+        settings = _settings(dict(options, format=options.get("format", "ova")))
+        return os.path.join(fspath(output), self._native.artifact_name(vm, settings))
 
     def start_export(self, vm: str, output: StrPath, *, format: str = "ova",
                      name: Optional[str] = None, overwrite: bool = False,

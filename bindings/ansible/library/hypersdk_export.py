@@ -1,0 +1,231 @@
+#!/usr/bin/python
+# Ansible module over the hypersdk Python binding.
+# Apache-2.0
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: hypersdk_export
+short_description: Export a VM into a verified OVA/OVF package with hypersdk
+description:
+  - Exports a virtual machine from local KVM/libvirt domain XML files or from
+    vCenter/ESXi into an OVA file or an OVF directory with a manifest, using
+    the C(hypersdk) Python package (the hypersdk Rust library).
+  - Idempotent. When the package the export would publish already exists and
+    checks out against its manifest (C(hypersdk.verify); an encrypted OVA is
+    checked with the given key), nothing is done and C(changed) is false.
+    An existing package that fails the check, or I(force=true), is exported
+    again (replacing it).
+  - Supports check mode. It then reports whether an export would run, and
+    where it would publish, without writing anything.
+version_added: "0.1.0"
+author: hypersdk developers
+requirements:
+  - python >= 3.9
+  - hypersdk (the wheel built from bindings/python)
+options:
+  vm:
+    description: The VM's name (or, for C(local), the path of its domain XML file).
+    type: str
+    required: true
+  output:
+    description: Directory the package is written below (created if missing).
+    type: path
+    required: true
+  provider:
+    description: Where the VM lives.
+    type: str
+    choices: [local, vsphere]
+    default: local
+  dir:
+    description: C(local) only. Directory of libvirt domain XML files.
+    type: path
+    default: /etc/libvirt/qemu
+  url:
+    description: C(vsphere) only. vCenter/ESXi address or SDK URL.
+    type: str
+  username:
+    description: C(vsphere) only. User name.
+    type: str
+  password:
+    description: C(vsphere) only. Password (never logged).
+    type: str
+  insecure:
+    description: C(vsphere) only. Do not verify the server certificate.
+    type: bool
+    default: false
+  thumbprint:
+    description: C(vsphere) only. Accept only the certificate with this SHA-1 or SHA-256 thumbprint.
+    type: str
+  ca_file:
+    description: C(vsphere) only. PEM file of extra trusted CA certificates.
+    type: path
+  format:
+    description: Package layout.
+    type: str
+    choices: [ova, ovf]
+    default: ova
+  name:
+    description: Package name (default the VM's name, made file-system safe).
+    type: str
+  compress:
+    description: Compress stored files, e.g. C(zstd), C(zstd:3), C(gzip).
+    type: str
+  digest:
+    description: Manifest digest.
+    type: str
+    choices: [sha256, sha512, sha1]
+    default: sha256
+  encrypt_key_file:
+    description: Encrypt (AES-256-GCM) with the 32-byte key in this file.
+    type: path
+  encrypt_passphrase_file:
+    description: Encrypt with the passphrase on this file's first line.
+    type: path
+  bwlimit:
+    description: Bandwidth limit, e.g. C(100M), or a timetable like C(08:00,10M 18:00,off).
+    type: str
+  resume:
+    description: Continue an interrupted export of the same VM and options.
+    type: bool
+    default: true
+  force:
+    description: Export again even if a verified package exists.
+    type: bool
+    default: false
+"""
+
+EXAMPLES = r"""
+- name: Export the example VM once
+  hypersdk_export:
+    vm: demo-vm
+    dir: examples/vms
+    output: /srv/exports/wave1
+
+- name: Export a vSphere VM, compressed and encrypted
+  hypersdk_export:
+    provider: vsphere
+    url: vcenter.example
+    username: migrator@vsphere.local
+    password: "{{ vcenter_password }}"
+    thumbprint: "AB:CD:..."
+    vm: web-01
+    output: /srv/exports/wave2
+    compress: zstd:3
+    encrypt_passphrase_file: /etc/hypersdk/wave2.pass
+"""
+
+RETURN = r"""
+path:
+  description: The package (OVA file or OVF directory).
+  returned: always
+  type: str
+verified:
+  description: Whether the package checks out against its manifest.
+  returned: when the package exists after the run
+  type: bool
+report:
+  description: The export report (files, digests, sizes, throughput) when an export ran.
+  returned: changed and not check mode
+  type: dict
+manifest:
+  description: The manifest's text, when an export ran.
+  returned: changed and not check mode
+  type: str
+"""
+
+import os
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule
+
+try:
+    import hypersdk
+    HAS_HYPERSDK = True
+    IMPORT_ERROR = None
+except ImportError:
+    HAS_HYPERSDK = False
+    IMPORT_ERROR = traceback.format_exc()
+
+EXPORT_OPTIONS = ("format", "name", "compress", "digest", "encrypt_key_file",
+                  "encrypt_passphrase_file", "bwlimit", "resume")
+
+
+def connect(p):
+    if p["provider"] == "local":
+        return hypersdk.local(p["dir"])
+    for k in ("url", "username", "password"):
+        if not p[k]:
+            raise ValueError(f"provider=vsphere needs {k}")
+    return hypersdk.vsphere(p["url"], p["username"], p["password"], insecure=p["insecure"],
+                            thumbprint=p["thumbprint"], ca_file=p["ca_file"])
+
+
+def check_existing(path, p):
+    """True if the package at path checks out."""
+    if not os.path.exists(path):
+        return False
+    try:
+        return hypersdk.verify(path, strict=False, key_file=p["encrypt_key_file"],
+                               passphrase_file=p["encrypt_passphrase_file"]).verified
+    except hypersdk.HypersdkError:
+        return False
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            vm=dict(type="str", required=True),
+            output=dict(type="path", required=True),
+            provider=dict(type="str", choices=["local", "vsphere"], default="local"),
+            dir=dict(type="path", default="/etc/libvirt/qemu"),
+            url=dict(type="str"),
+            username=dict(type="str"),
+            password=dict(type="str", no_log=True),
+            insecure=dict(type="bool", default=False),
+            thumbprint=dict(type="str"),
+            ca_file=dict(type="path"),
+            format=dict(type="str", choices=["ova", "ovf"], default="ova"),
+            name=dict(type="str"),
+            compress=dict(type="str"),
+            digest=dict(type="str", choices=["sha256", "sha512", "sha1"], default="sha256"),
+            encrypt_key_file=dict(type="path", no_log=False),
+            encrypt_passphrase_file=dict(type="path", no_log=False),
+            bwlimit=dict(type="str"),
+            resume=dict(type="bool", default=True),
+            force=dict(type="bool", default=False),
+        ),
+        mutually_exclusive=[("encrypt_key_file", "encrypt_passphrase_file")],
+        supports_check_mode=True,
+    )
+    if not HAS_HYPERSDK:
+        module.fail_json(msg="the hypersdk Python package is needed (pip install the wheel of bindings/python)",
+                         exception=IMPORT_ERROR)
+    p = module.params
+    options = {k: p[k] for k in EXPORT_OPTIONS if p[k] is not None}
+    try:
+        provider = connect(p)
+    except (hypersdk.HypersdkError, ValueError) as e:
+        module.fail_json(msg=f"cannot connect: {e}", code=getattr(e, "code", "invalid_argument"))
+    try:
+        path = provider.artifact_path(p["vm"], p["output"], **options)
+        if not p["force"] and check_existing(path, p):
+            module.exit_json(changed=False, path=path, verified=True)
+        if module.check_mode:
+            module.exit_json(changed=True, path=path)
+        os.makedirs(p["output"], exist_ok=True)
+        report = provider.export(p["vm"], p["output"], overwrite=True, verify=True, **options)
+        module.exit_json(changed=True, path=report.location, verified=report.verified,
+                         report=report.raw, manifest=report.manifest)
+    except hypersdk.HypersdkError as e:
+        module.fail_json(msg=str(e), code=e.code)
+    finally:
+        try:
+            provider.close()
+        except hypersdk.HypersdkError:
+            pass
+
+
+if __name__ == "__main__":
+    main()
