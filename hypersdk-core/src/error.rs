@@ -169,6 +169,22 @@ impl Error {
     }
 }
 
+/// An error and its causes, joined by ": " (a cause already in the text
+/// is not repeated): the one-line message tools print.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 fn io_is_transient(e: &io::Error) -> bool {
     use io::ErrorKind::*;
     matches!(

@@ -196,7 +196,8 @@ impl From<&VmSpec> for VmInfo {
 }
 
 /// A search over VM listings. Empty fields match everything.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct VmQuery {
     /// Glob on the name (`*` any run, `?` one character); case-insensitive.
     pub name: Option<String>,

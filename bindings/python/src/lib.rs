@@ -107,17 +107,7 @@ struct Failure {
 
 impl Failure {
     fn of(e: &Error) -> Failure {
-        // The message with its causes, as the CLI prints it.
-        let mut message = e.to_string();
-        let mut cur = std::error::Error::source(e);
-        while let Some(c) = cur {
-            let t = c.to_string();
-            if !message.contains(&t) {
-                message.push_str(": ");
-                message.push_str(&t);
-            }
-            cur = c.source();
-        }
+        let message = hypersdk_core::error::chain(e);
         Failure {
             code: e.code(),
             message,
@@ -264,28 +254,8 @@ fn vsphere_async(
 }
 
 fn parse_query(query: &str) -> PyResult<VmQuery> {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Q {
-        name: Option<String>,
-        name_regex: Option<String>,
-        folder: Option<String>,
-        power_state: Option<hypersdk_core::PowerState>,
-        guest_os: Option<String>,
-        min_cpus: Option<u32>,
-        min_memory_mib: Option<u64>,
-    }
-    let q: Q = serde_json::from_str(query)
+    let q: VmQuery = serde_json::from_str(query)
         .map_err(|e| InvalidArgument::new_err(format!("search: {e}")))?;
-    let q = VmQuery {
-        name: q.name,
-        name_regex: q.name_regex,
-        folder: q.folder,
-        power_state: q.power_state,
-        guest_os: q.guest_os,
-        min_cpus: q.min_cpus,
-        min_memory_mib: q.min_memory_mib,
-    };
     q.validate().map_err(py_err)?;
     Ok(q)
 }
