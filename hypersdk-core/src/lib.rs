@@ -26,8 +26,13 @@
 //! [`transforms::ratelimit`] (token buckets and `--bwlimit` timetables) and
 //! [`transforms::unwrap`] (the way back, sync or async).
 //!
+//! [`files`] works on whole local files: verify a package (plain or wrapped),
+//! encrypt, decrypt or unwrap a file into place. [`ExportSettings`] is
+//! [`ExportOptions`] as plain data (what configuration files, job
+//! definitions and the language bindings hand over).
+//!
 //! Errors are one [`Error`] enum; [`Error::is_retryable`] separates transient
-//! failures from permanent ones.
+//! failures from permanent ones, [`Error::code`] names the kind for programs.
 //!
 //! # Example
 //!
