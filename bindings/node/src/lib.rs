@@ -1,0 +1,313 @@
+//! The native addon of the Node package `@hypersdk/core` (napi-rs):
+//! providers, exports with progress and cancellation, package verification
+//! and unwrapping, each a thin call into the Rust library. Values cross as
+//! JSON text (the library's own serde shapes); `index.js` turns them into
+//! objects, progress into an async iterator and failures into Error
+//! subclasses with a `code`.
+//!
+//! Failures reach JavaScript as errors whose message is
+//! `hypersdk:<code>: <message>`, the code being
+//! [`hypersdk_core::Error::code`].
+
+use std::sync::Arc;
+
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+use tokio::sync::{mpsc, watch};
+
+use hypersdk_core::{
+    files, CancellationToken, ExportReport, ExportSettings, Exporter, VmQuery,
+};
+use hypersdk_local::LocalProvider;
+use hypersdk_sinks::LocalDirSink;
+use hypersdk_vsphere::{ConnectOptions, TlsMode, VsphereProvider};
+
+/// A failure as JavaScript sees it (see the crate docs).
+fn fail(code: &str, message: impl std::fmt::Display) -> Error {
+    Error::new(Status::GenericFailure, format!("hypersdk:{code}: {message}"))
+}
+
+fn lib_err(e: hypersdk_core::Error) -> Error {
+    fail(e.code(), hypersdk_core::error::chain(&e))
+}
+
+fn bad(what: &str, e: impl std::fmt::Display) -> Error {
+    fail("invalid_argument", format!("{what}: {e}"))
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| fail("internal", e))
+}
+
+fn settings(text: &str) -> Result<hypersdk_core::ExportOptions> {
+    let s: ExportSettings = serde_json::from_str(text).map_err(|e| bad("export options", e))?;
+    s.to_options().map_err(lib_err)
+}
+
+/// TLS and CA settings of a vSphere login.
+#[napi(object)]
+#[derive(Debug)]
+pub struct VsphereTls {
+    /// Accept any certificate.
+    pub insecure: Option<bool>,
+    /// Accept only the certificate with this SHA-1/SHA-256 thumbprint.
+    pub thumbprint: Option<String>,
+    /// PEM file of extra trusted CA certificates.
+    pub ca_file: Option<String>,
+}
+
+/// A connected platform.
+#[napi]
+#[derive(Debug)]
+pub struct Provider {
+    inner: Arc<dyn hypersdk_core::Provider>,
+    vsphere: Option<VsphereProvider>,
+}
+
+/// KVM/libvirt VMs described by the domain XML files in `dir`.
+#[napi]
+pub fn local(dir: String) -> Provider {
+    Provider {
+        inner: Arc::new(LocalProvider::new(dir)),
+        vsphere: None,
+    }
+}
+
+/// Logs in to vCenter/ESXi.
+#[napi]
+pub async fn vsphere(
+    url: String,
+    user: String,
+    password: String,
+    tls: Option<VsphereTls>,
+) -> Result<Provider> {
+    let mut o = ConnectOptions::new(url);
+    o.user = Some(user);
+    o.password = Some(password.into());
+    let (insecure, thumbprint, ca_file) = match tls {
+        Some(t) => (t.insecure.unwrap_or(false), t.thumbprint, t.ca_file),
+        None => (false, None, None),
+    };
+    o.tls = TlsMode::from_settings(thumbprint, insecure);
+    if let Some(f) = ca_file {
+        o.ca_pem = Some(std::fs::read(&f).map_err(|e| bad(&format!("cannot read CA file {f}"), e))?);
+    }
+    let v = VsphereProvider::connect(&o).await.map_err(lib_err)?;
+    Ok(Provider {
+        inner: Arc::new(v.clone()),
+        vsphere: Some(v),
+    })
+}
+
+#[napi]
+impl Provider {
+    /// "local" or "vsphere".
+    #[napi(getter)]
+    pub fn name(&self) -> String {
+        self.inner.name().to_string()
+    }
+
+    /// Every VM, as JSON.
+    #[napi]
+    pub async fn list_vms(&self) -> Result<String> {
+        json(&self.inner.list_vms().await.map_err(lib_err)?)
+    }
+
+    /// VMs matching a query (JSON of VmQuery's fields), as JSON.
+    #[napi]
+    pub async fn search_vms(&self, query: String) -> Result<String> {
+        let q: VmQuery = serde_json::from_str(&query).map_err(|e| bad("search", e))?;
+        q.validate().map_err(lib_err)?;
+        json(&self.inner.search_vms(&q).await.map_err(lib_err)?)
+    }
+
+    /// One VM's full description, as JSON.
+    #[napi]
+    pub async fn get_vm(&self, vm: String) -> Result<String> {
+        json(&self.inner.vm_spec(&vm).await.map_err(lib_err)?)
+    }
+
+    /// Where an export of `vm` with `settings` (JSON) would publish, below
+    /// the output directory.
+    #[napi]
+    pub async fn artifact_name(&self, vm: String, settings_json: String) -> Result<String> {
+        let options = settings(&settings_json)?;
+        let spec = self.inner.vm_spec(&vm).await.map_err(lib_err)?;
+        Ok(options.artifact(&spec.name).name().to_string())
+    }
+
+    /// Ends the platform session (vSphere logout).
+    #[napi]
+    pub async fn close(&self) -> Result<()> {
+        if let Some(v) = &self.vsphere {
+            v.logout().await.map_err(lib_err)?;
+        }
+        Ok(())
+    }
+
+    /// Starts exporting `vm` into the directory `output` with the options
+    /// of `settings_json` (JSON of ExportSettings); returns at once.
+    #[napi]
+    pub fn start_export(&self, vm: String, output: String, settings_json: String) -> Result<Export> {
+        let options = settings(&settings_json)?;
+        let cancel = CancellationToken::new();
+        // Progress is best effort: when nobody reads, the newest events are
+        // dropped rather than slowing the export (the report is exact).
+        let (tx, rx) = mpsc::channel::<String>(EVENT_QUEUE);
+        let (done_tx, done_rx) = watch::channel::<Option<std::result::Result<String, (String, String)>>>(None);
+        let exporter = Exporter::new(options)
+            .with_cancel(cancel.clone())
+            .on_progress(Arc::new(move |e| {
+                if let Ok(s) = serde_json::to_string(e) {
+                    let _ = tx.try_send(s);
+                }
+            }));
+        let provider = self.inner.clone();
+        napi::bindgen_prelude::spawn(async move {
+            let sink = LocalDirSink::new(output);
+            let r: hypersdk_core::Result<ExportReport> =
+                exporter.export(provider.as_ref(), &vm, &sink).await;
+            let outcome = match r {
+                Ok(report) => serde_json::to_string(&report)
+                    .map_err(|e| ("internal".to_string(), e.to_string())),
+                Err(e) => Err((e.code().to_string(), hypersdk_core::error::chain(&e))),
+            };
+            // Dropping the exporter closes the event queue.
+            drop(exporter);
+            let _ = done_tx.send(Some(outcome));
+        });
+        Ok(Export {
+            cancel,
+            events: Arc::new(tokio::sync::Mutex::new(rx)),
+            done: done_rx,
+        })
+    }
+}
+
+/// Progress events buffered for a reader.
+const EVENT_QUEUE: usize = 1024;
+
+/// A running export.
+#[napi]
+#[derive(Debug)]
+pub struct Export {
+    cancel: CancellationToken,
+    events: Arc<tokio::sync::Mutex<mpsc::Receiver<String>>>,
+    done: watch::Receiver<Option<std::result::Result<String, (String, String)>>>,
+}
+
+#[napi]
+impl Export {
+    /// Asks the export to stop; waiting then fails with code `cancelled`.
+    #[napi]
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Whether it has ended.
+    #[napi]
+    pub fn done(&self) -> bool {
+        self.done.borrow().is_some()
+    }
+
+    /// Waits for the end: the report as JSON, or the failure.
+    #[napi]
+    pub async fn wait(&self) -> Result<String> {
+        let mut done = self.done.clone();
+        let v = done
+            .wait_for(|v| v.is_some())
+            .await
+            .map_err(|_| fail("internal", "the export task ended without a result"))?;
+        match v.clone() {
+            Some(Ok(report)) => Ok(report),
+            Some(Err((code, message))) => Err(fail(&code, message)),
+            None => Err(fail("internal", "no result")),
+        }
+    }
+
+    /// The next progress event as JSON, or null once the export has ended
+    /// and every event was read.
+    #[napi]
+    pub async fn next_event(&self) -> Option<String> {
+        self.events.lock().await.recv().await
+    }
+}
+
+fn key(
+    key_file: Option<String>,
+    passphrase_file: Option<String>,
+) -> Result<Option<hypersdk_core::transforms::encrypt::KeySource>> {
+    files::optional_key(
+        key_file.as_deref().map(std::path::Path::new),
+        passphrase_file.as_deref().map(std::path::Path::new),
+    )
+    .map_err(lib_err)
+}
+
+/// Key files of [`verify`] and [`unwrap`].
+#[napi(object)]
+#[derive(Debug)]
+pub struct KeyOptions {
+    /// File holding the 32-byte key.
+    pub key_file: Option<String>,
+    /// File whose first line is the passphrase.
+    pub passphrase_file: Option<String>,
+    /// verify: fail (code `integrity`) unless the package checks out (default true).
+    pub strict: Option<bool>,
+    /// unwrap: replace an existing output.
+    pub overwrite: Option<bool>,
+}
+
+/// Checks a package (OVA, OVF directory, or an export's compressed or
+/// encrypted OVA) against its manifest; the report as JSON.
+#[napi]
+pub async fn verify(path: String, options: Option<KeyOptions>) -> Result<String> {
+    let (k, p, strict) = match options {
+        Some(o) => (o.key_file, o.passphrase_file, o.strict.unwrap_or(true)),
+        None => (None, None, true),
+    };
+    let k = key(k, p)?;
+    let r = tokio::task::spawn_blocking(move || {
+        let path = std::path::Path::new(&path);
+        if strict {
+            files::verify_package_strict(path, k.as_ref())
+        } else {
+            files::verify_package(path, k.as_ref())
+        }
+    })
+    .await
+    .map_err(|e| fail("internal", e))?
+    .map_err(lib_err)?;
+    json(&serde_json::json!({
+        "kind": r.kind,
+        "path": r.path.display().to_string(),
+        "verified": r.verified(),
+        "failures": r.failures(),
+        "files": r.files,
+        "manifest": r.manifest,
+        "vms": r.summary.systems.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+    }))
+}
+
+/// Decrypts and decompresses a file an export wrapped; `output` appears
+/// only when whole. Plain bytes written.
+#[napi]
+pub async fn unwrap(input: String, output: String, options: Option<KeyOptions>) -> Result<i64> {
+    let (k, p, overwrite) = match options {
+        Some(o) => (o.key_file, o.passphrase_file, o.overwrite.unwrap_or(false)),
+        None => (None, None, false),
+    };
+    let k = key(k, p)?;
+    let n = tokio::task::spawn_blocking(move || {
+        files::unwrap_file(
+            std::path::Path::new(&input),
+            std::path::Path::new(&output),
+            k.as_ref(),
+            overwrite,
+        )
+    })
+    .await
+    .map_err(|e| fail("internal", e))?
+    .map_err(lib_err)?;
+    Ok(i64::try_from(n).unwrap_or(i64::MAX))
+}
