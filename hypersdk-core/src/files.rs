@@ -92,6 +92,20 @@ pub fn verify_package(path: &Path, key: Option<&KeySource>) -> Result<PackageRep
     }
 }
 
+/// The summary of a package report that tools print and bindings return:
+/// kind, path, verified, failures, files (name, size), manifest, VM names.
+pub fn package_summary(r: &PackageReport) -> serde_json::Value {
+    serde_json::json!({
+        "kind": r.kind,
+        "path": r.path.display().to_string(),
+        "verified": r.verified(),
+        "failures": r.failures(),
+        "files": r.files,
+        "manifest": r.manifest,
+        "vms": r.summary.systems.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+    })
+}
+
 /// [`verify_package`], failing with [`Error::Integrity`] (naming every
 /// mismatch) unless the package checks out.
 pub fn verify_package_strict(path: &Path, key: Option<&KeySource>) -> Result<PackageReport> {

@@ -3,8 +3,9 @@
 # prompting: qemu-img and qemu-io (Debian package qemu-utils), the
 # zstd and gzip command-line tools (to read what our compression writes),
 # the govmomi vCenter simulator launcher (tests/peers/vcsim, built with Go),
-# and a Python virtual environment (target/peers/venv) with the packages of
-# tests/peers/requirements.txt.
+# a Python virtual environment (target/peers/venv) with the packages of
+# tests/peers/requirements.txt, and Node.js with npm (the Node binding's
+# build tool, @napi-rs/cli, comes from npm in bindings/node/test.sh).
 set -euo pipefail
 
 need_apt=()
@@ -13,6 +14,7 @@ command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v gzip >/dev/null 2>&1 || need_apt+=(gzip)
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
 
 if [ ${#need_apt[@]} -gt 0 ]; then

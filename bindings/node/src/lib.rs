@@ -15,16 +15,17 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use tokio::sync::{mpsc, watch};
 
-use hypersdk_core::{
-    files, CancellationToken, ExportReport, ExportSettings, Exporter, VmQuery,
-};
+use hypersdk_core::{files, CancellationToken, ExportReport, ExportSettings, Exporter, VmQuery};
 use hypersdk_local::LocalProvider;
 use hypersdk_sinks::LocalDirSink;
 use hypersdk_vsphere::{ConnectOptions, TlsMode, VsphereProvider};
 
 /// A failure as JavaScript sees it (see the crate docs).
 fn fail(code: &str, message: impl std::fmt::Display) -> Error {
-    Error::new(Status::GenericFailure, format!("hypersdk:{code}: {message}"))
+    Error::new(
+        Status::GenericFailure,
+        format!("hypersdk:{code}: {message}"),
+    )
 }
 
 fn lib_err(e: hypersdk_core::Error) -> Error {
@@ -90,7 +91,8 @@ pub async fn vsphere(
     };
     o.tls = TlsMode::from_settings(thumbprint, insecure);
     if let Some(f) = ca_file {
-        o.ca_pem = Some(std::fs::read(&f).map_err(|e| bad(&format!("cannot read CA file {f}"), e))?);
+        o.ca_pem =
+            Some(std::fs::read(&f).map_err(|e| bad(&format!("cannot read CA file {f}"), e))?);
     }
     let v = VsphereProvider::connect(&o).await.map_err(lib_err)?;
     Ok(Provider {
@@ -148,13 +150,19 @@ impl Provider {
     /// Starts exporting `vm` into the directory `output` with the options
     /// of `settings_json` (JSON of ExportSettings); returns at once.
     #[napi]
-    pub fn start_export(&self, vm: String, output: String, settings_json: String) -> Result<Export> {
+    pub fn start_export(
+        &self,
+        vm: String,
+        output: String,
+        settings_json: String,
+    ) -> Result<Export> {
         let options = settings(&settings_json)?;
         let cancel = CancellationToken::new();
         // Progress is best effort: when nobody reads, the newest events are
         // dropped rather than slowing the export (the report is exact).
         let (tx, rx) = mpsc::channel::<String>(EVENT_QUEUE);
-        let (done_tx, done_rx) = watch::channel::<Option<std::result::Result<String, (String, String)>>>(None);
+        let (done_tx, done_rx) =
+            watch::channel::<Option<std::result::Result<String, (String, String)>>>(None);
         let exporter = Exporter::new(options)
             .with_cancel(cancel.clone())
             .on_progress(Arc::new(move |e| {
@@ -278,15 +286,7 @@ pub async fn verify(path: String, options: Option<KeyOptions>) -> Result<String>
     .await
     .map_err(|e| fail("internal", e))?
     .map_err(lib_err)?;
-    json(&serde_json::json!({
-        "kind": r.kind,
-        "path": r.path.display().to_string(),
-        "verified": r.verified(),
-        "failures": r.failures(),
-        "files": r.files,
-        "manifest": r.manifest,
-        "vms": r.summary.systems.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
-    }))
+    json(&files::package_summary(&r))
 }
 
 /// Decrypts and decompresses a file an export wrapped; `output` appears

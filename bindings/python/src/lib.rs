@@ -482,17 +482,9 @@ fn key(
     files::optional_key(key_file.as_deref(), passphrase_file.as_deref()).map_err(py_err)
 }
 
-/// The package report as JSON: what `hyperctl verify --json` prints.
+/// The package report as JSON (the library's summary of it).
 fn report_json(r: &hypersdk_core::files::PackageReport) -> PyResult<String> {
-    json(&serde_json::json!({
-        "kind": r.kind,
-        "path": r.path.display().to_string(),
-        "verified": r.verified(),
-        "failures": r.failures(),
-        "files": r.files,
-        "manifest": r.manifest,
-        "vms": r.summary.systems.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
-    }))
+    json(&files::package_summary(r))
 }
 
 /// Checks a package (OVA, OVF directory, or an OVA wrapped by an export's
