@@ -4,8 +4,10 @@
 # zstd and gzip command-line tools (to read what our compression writes),
 # the govmomi vCenter simulator launcher (tests/peers/vcsim, built with Go),
 # a Python virtual environment (target/peers/venv) with the packages of
-# tests/peers/requirements.txt, and Node.js with npm (the Node binding's
-# build tool, @napi-rs/cli, comes from npm in bindings/node/test.sh).
+# tests/peers/requirements.txt, Node.js with npm (the Node binding's
+# build tool, @napi-rs/cli, comes from npm in bindings/node/test.sh), and a
+# JDK with Maven (Kotlin, JNA and JUnit for the uniffi binding's tests come
+# from Maven Central in bindings/uniffi/test.sh).
 set -euo pipefail
 
 need_apt=()
@@ -14,6 +16,7 @@ command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v gzip >/dev/null 2>&1 || need_apt+=(gzip)
+command -v mvn >/dev/null 2>&1 && command -v java >/dev/null 2>&1 || need_apt+=(maven default-jdk-headless)
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
 
