@@ -116,6 +116,7 @@ pub mod provider;
 pub mod report;
 pub mod retry;
 pub mod sink;
+pub mod task;
 pub mod transforms;
 pub mod vm;
 

@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
-use tokio::sync::{mpsc, watch};
 
-use hypersdk_core::{files, CancellationToken, ExportReport, ExportSettings, Exporter, VmQuery};
+use hypersdk_core::task::ExportTask;
+use hypersdk_core::{files, ExportSettings, VmQuery};
 use hypersdk_local::LocalProvider;
 use hypersdk_sinks::LocalDirSink;
 use hypersdk_vsphere::{ConnectOptions, TlsMode, VsphereProvider};
@@ -157,79 +157,43 @@ impl Provider {
         settings_json: String,
     ) -> Result<Export> {
         let options = settings(&settings_json)?;
-        let cancel = CancellationToken::new();
-        // Progress is best effort: when nobody reads, the newest events are
-        // dropped rather than slowing the export (the report is exact).
-        let (tx, rx) = mpsc::channel::<String>(EVENT_QUEUE);
-        let (done_tx, done_rx) =
-            watch::channel::<Option<std::result::Result<String, (String, String)>>>(None);
-        let exporter = Exporter::new(options)
-            .with_cancel(cancel.clone())
-            .on_progress(Arc::new(move |e| {
-                if let Ok(s) = serde_json::to_string(e) {
-                    let _ = tx.try_send(s);
-                }
-            }));
-        let provider = self.inner.clone();
-        napi::bindgen_prelude::spawn(async move {
-            let sink = LocalDirSink::new(output);
-            let r: hypersdk_core::Result<ExportReport> =
-                exporter.export(provider.as_ref(), &vm, &sink).await;
-            let outcome = match r {
-                Ok(report) => serde_json::to_string(&report)
-                    .map_err(|e| ("internal".to_string(), e.to_string())),
-                Err(e) => Err((e.code().to_string(), hypersdk_core::error::chain(&e))),
-            };
-            // Dropping the exporter closes the event queue.
-            drop(exporter);
-            let _ = done_tx.send(Some(outcome));
-        });
-        Ok(Export {
-            cancel,
-            events: Arc::new(tokio::sync::Mutex::new(rx)),
-            done: done_rx,
-        })
+        let runtime = within_runtime_if_available(tokio::runtime::Handle::try_current)
+            .map_err(|e| fail("internal", format!("no async runtime: {e}")))?;
+        Ok(Export(ExportTask::spawn(
+            &runtime,
+            options,
+            self.inner.clone(),
+            vm,
+            Box::new(LocalDirSink::new(output)),
+        )))
     }
 }
-
-/// Progress events buffered for a reader.
-const EVENT_QUEUE: usize = 1024;
 
 /// A running export.
 #[napi]
 #[derive(Debug)]
-pub struct Export {
-    cancel: CancellationToken,
-    events: Arc<tokio::sync::Mutex<mpsc::Receiver<String>>>,
-    done: watch::Receiver<Option<std::result::Result<String, (String, String)>>>,
-}
+pub struct Export(ExportTask);
 
 #[napi]
 impl Export {
     /// Asks the export to stop; waiting then fails with code `cancelled`.
     #[napi]
     pub fn cancel(&self) {
-        self.cancel.cancel();
+        self.0.cancel();
     }
 
     /// Whether it has ended.
     #[napi]
     pub fn done(&self) -> bool {
-        self.done.borrow().is_some()
+        self.0.is_done()
     }
 
     /// Waits for the end: the report as JSON, or the failure.
     #[napi]
     pub async fn wait(&self) -> Result<String> {
-        let mut done = self.done.clone();
-        let v = done
-            .wait_for(|v| v.is_some())
-            .await
-            .map_err(|_| fail("internal", "the export task ended without a result"))?;
-        match v.clone() {
-            Some(Ok(report)) => Ok(report),
-            Some(Err((code, message))) => Err(fail(&code, message)),
-            None => Err(fail("internal", "no result")),
+        match self.0.outcome().await {
+            Ok(report) => json(&report),
+            Err(f) => Err(fail(f.code, f.message)),
         }
     }
 
@@ -237,7 +201,8 @@ impl Export {
     /// and every event was read.
     #[napi]
     pub async fn next_event(&self) -> Option<String> {
-        self.events.lock().await.recv().await
+        let e = self.0.next_event().await?;
+        serde_json::to_string(&e).ok()
     }
 }
 

@@ -15,11 +15,9 @@ use std::time::Duration;
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use tokio::sync::{mpsc, watch};
 
-use hypersdk_core::{
-    files, CancellationToken, Error, ExportReport, ExportSettings, Exporter, VmQuery,
-};
+use hypersdk_core::task::{ExportTask, TaskFailure};
+use hypersdk_core::{files, Error, ExportSettings, VmQuery};
 use hypersdk_local::LocalProvider;
 use hypersdk_sinks::LocalDirSink;
 use hypersdk_vsphere::{ConnectOptions, TlsMode, VsphereProvider};
@@ -355,67 +353,39 @@ impl Provider {
         let settings: ExportSettings = serde_json::from_str(settings)
             .map_err(|e| InvalidArgument::new_err(format!("export options: {e}")))?;
         let options = settings.to_options().map_err(py_err)?;
-        let cancel = CancellationToken::new();
-        // Progress is best effort: when nobody reads, the newest events are
-        // dropped rather than slowing the export (the report is exact).
-        let (tx, rx) = mpsc::channel::<String>(EVENT_QUEUE);
-        let (done_tx, done_rx) = watch::channel::<Option<Result<String, Failure>>>(None);
-        let exporter = Exporter::new(options)
-            .with_cancel(cancel.clone())
-            .on_progress(Arc::new(move |e| {
-                if let Ok(s) = serde_json::to_string(e) {
-                    let _ = tx.try_send(s);
-                }
-            }));
-        let provider = self.inner.clone();
-        runtime().spawn(async move {
-            let sink = LocalDirSink::new(output);
-            let r: Result<ExportReport, Error> =
-                exporter.export(provider.as_ref(), &vm, &sink).await;
-            let outcome = match r {
-                Ok(report) => serde_json::to_string(&report).map_err(|e| Failure {
-                    code: "internal",
-                    message: e.to_string(),
-                }),
-                Err(e) => Err(Failure::of(&e)),
-            };
-            // Dropping the exporter closes the event queue.
-            drop(exporter);
-            let _ = done_tx.send(Some(outcome));
-        });
-        Ok(Export {
-            cancel,
-            events: Arc::new(tokio::sync::Mutex::new(rx)),
-            done: done_rx,
-        })
+        Ok(Export(ExportTask::spawn(
+            runtime().handle(),
+            options,
+            self.inner.clone(),
+            vm,
+            Box::new(LocalDirSink::new(output)),
+        )))
     }
 }
-
-/// Progress events buffered for a reader.
-const EVENT_QUEUE: usize = 1024;
 
 /// A running export.
 #[pyclass(frozen, module = "hypersdk._native")]
-struct Export {
-    cancel: CancellationToken,
-    events: Arc<tokio::sync::Mutex<mpsc::Receiver<String>>>,
-    done: watch::Receiver<Option<Result<String, Failure>>>,
-}
+struct Export(ExportTask);
 
-async fn outcome(mut done: watch::Receiver<Option<Result<String, Failure>>>) -> PyResult<String> {
-    let v = done
-        .wait_for(|v| v.is_some())
-        .await
-        .map_err(|_| InternalError::new_err("the export task ended without a result"))?;
-    match v.clone() {
-        Some(Ok(report)) => Ok(report),
-        Some(Err(f)) => Err(f.into_py()),
-        None => Err(InternalError::new_err("no result")),
+impl Failure {
+    fn of_task(f: TaskFailure) -> Failure {
+        Failure {
+            code: f.code,
+            message: f.message,
+        }
     }
 }
 
-async fn next_event(events: Arc<tokio::sync::Mutex<mpsc::Receiver<String>>>) -> Option<String> {
-    events.lock().await.recv().await
+async fn outcome(task: ExportTask) -> PyResult<String> {
+    match task.outcome().await {
+        Ok(report) => json(&report),
+        Err(f) => Err(Failure::of_task(f).into_py()),
+    }
+}
+
+async fn next_event(task: ExportTask) -> Option<String> {
+    let e = task.next_event().await?;
+    serde_json::to_string(&e).ok()
 }
 
 #[pymethods]
@@ -423,23 +393,23 @@ impl Export {
     /// Asks the export to stop; it ends with `Cancelled` (its partial state
     /// kept for a resume when checkpoints are on).
     fn cancel(&self) {
-        self.cancel.cancel();
+        self.0.cancel();
     }
 
     /// Whether it has ended.
     fn done(&self) -> bool {
-        self.done.borrow().is_some()
+        self.0.is_done()
     }
 
     /// Waits for the end (blocking); the report as JSON, or raises.
     /// KeyboardInterrupt cancels the export.
     fn wait(&self, py: Python<'_>) -> PyResult<String> {
-        let cancel = self.cancel.clone();
-        block_on(py, outcome(self.done.clone()), move || cancel.cancel())?
+        let task = self.0.clone();
+        block_on(py, outcome(self.0.clone()), move || task.cancel())?
     }
 
     fn wait_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        pyo3_async_runtimes::tokio::future_into_py(py, outcome(self.done.clone()))
+        pyo3_async_runtimes::tokio::future_into_py(py, outcome(self.0.clone()))
     }
 
     /// The next progress event as JSON (blocking), or None once the export
@@ -447,12 +417,12 @@ impl Export {
     /// none came in time (the export still running).
     #[pyo3(signature = (timeout=None))]
     fn next_event(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<(bool, Option<String>)> {
-        let events = self.events.clone();
+        let task = self.0.clone();
         let fut = async move {
             match timeout {
                 Some(t) => match tokio::time::timeout(
                     Duration::from_secs_f64(t.max(0.0)),
-                    next_event(events),
+                    next_event(task),
                 )
                 .await
                 {
@@ -460,7 +430,7 @@ impl Export {
                     Err(_) => (false, None),
                 },
                 None => {
-                    let e = next_event(events).await;
+                    let e = next_event(task).await;
                     (e.is_none(), e)
                 }
             }
@@ -470,8 +440,8 @@ impl Export {
 
     /// The next progress event as JSON (awaitable), or None at the end.
     fn next_event_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let events = self.events.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move { Ok(next_event(events).await) })
+        let task = self.0.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move { Ok(next_event(task).await) })
     }
 }
 
