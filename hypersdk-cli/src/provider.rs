@@ -149,10 +149,7 @@ impl ProviderArgs {
             .clone()
             .or_else(|| get(None, "GOVC_TLS_CA_CERTS").map(PathBuf::from));
         if let Some(ca) = ca {
-            opts.ca_pem = Some(
-                std::fs::read(&ca)
-                    .with_context(|| format!("cannot read CA file {}", ca.display()))?,
-            );
+            opts = opts.with_ca_file(&ca)?;
         }
         Ok(opts)
     }

@@ -79,12 +79,9 @@ impl Providers {
                     .with_login(user, password.trim_end_matches(['\r', '\n']))
                     .with_tls(tls);
                 if let Some(ca) = ca_file {
-                    opts.ca_pem = Some(std::fs::read(ca).map_err(|e| {
-                        Error::InvalidArgument(format!(
-                            "provider '{name}': cannot read CA file {}: {e}",
-                            ca.display()
-                        ))
-                    })?);
+                    opts = opts
+                        .with_ca_file(ca)
+                        .map_err(|e| Error::InvalidArgument(format!("provider '{name}': {e}")))?;
                 }
                 Arc::new(VsphereProvider::connect(&opts).await?)
             }

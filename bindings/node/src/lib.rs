@@ -82,17 +82,15 @@ pub async fn vsphere(
     password: String,
     tls: Option<VsphereTls>,
 ) -> Result<Provider> {
-    let mut o = ConnectOptions::new(url);
-    o.user = Some(user);
-    o.password = Some(password.into());
     let (insecure, thumbprint, ca_file) = match tls {
         Some(t) => (t.insecure.unwrap_or(false), t.thumbprint, t.ca_file),
         None => (false, None, None),
     };
-    o.tls = TlsMode::from_settings(thumbprint, insecure);
+    let mut o = ConnectOptions::new(url)
+        .with_login(user, password)
+        .with_tls(TlsMode::from_settings(thumbprint, insecure));
     if let Some(f) = ca_file {
-        o.ca_pem =
-            Some(std::fs::read(&f).map_err(|e| bad(&format!("cannot read CA file {f}"), e))?);
+        o = o.with_ca_file(std::path::Path::new(&f)).map_err(lib_err)?;
     }
     let v = VsphereProvider::connect(&o).await.map_err(lib_err)?;
     Ok(Provider {

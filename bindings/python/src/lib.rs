@@ -199,16 +199,13 @@ fn vsphere_options(
     thumbprint: Option<String>,
     ca_file: Option<PathBuf>,
 ) -> PyResult<ConnectOptions> {
-    let mut o = ConnectOptions::new(url);
-    o.user = Some(user);
-    o.password = Some(password.into());
-    o.tls = TlsMode::from_settings(thumbprint, insecure);
-    if let Some(f) = ca_file {
-        o.ca_pem = Some(std::fs::read(&f).map_err(|e| {
-            InvalidArgument::new_err(format!("cannot read CA file {}: {e}", f.display()))
-        })?);
+    let o = ConnectOptions::new(url)
+        .with_login(user, password)
+        .with_tls(TlsMode::from_settings(thumbprint, insecure));
+    match ca_file {
+        Some(f) => o.with_ca_file(&f).map_err(py_err),
+        None => Ok(o),
     }
-    Ok(o)
 }
 
 async fn connect_vsphere(o: ConnectOptions) -> PyResult<Provider> {

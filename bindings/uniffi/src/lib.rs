@@ -275,16 +275,11 @@ pub fn vsphere_provider(
     thumbprint: Option<String>,
     ca_file: Option<String>,
 ) -> Result<Arc<Provider>, HypersdkError> {
-    let mut o = ConnectOptions::new(url);
-    o.user = Some(user);
-    o.password = Some(password.into());
-    o.tls = TlsMode::from_settings(thumbprint, insecure);
+    let mut o = ConnectOptions::new(url)
+        .with_login(user, password)
+        .with_tls(TlsMode::from_settings(thumbprint, insecure));
     if let Some(f) = ca_file {
-        o.ca_pem = Some(
-            std::fs::read(&f).map_err(|e| HypersdkError::InvalidArgument {
-                detail: format!("cannot read CA file {f}: {e}"),
-            })?,
-        );
+        o = o.with_ca_file(std::path::Path::new(&f))?;
     }
     let v = runtime()?.block_on(VsphereProvider::connect(&o))?;
     Ok(Arc::new(Provider {

@@ -94,6 +94,19 @@ impl ConnectOptions {
         self.tls = tls;
         self
     }
+
+    /// Trusts the extra CA certificates of a PEM file; an unreadable file
+    /// is an [`Error::InvalidArgument`](hypersdk_core::Error) naming it.
+    pub fn with_ca_file(mut self, path: &std::path::Path) -> hypersdk_core::Result<Self> {
+        let pem = std::fs::read(path).map_err(|e| {
+            hypersdk_core::Error::InvalidArgument(format!(
+                "cannot read CA file {}: {e}",
+                path.display()
+            ))
+        })?;
+        self.ca_pem = Some(pem);
+        Ok(self)
+    }
 }
 
 /// `https://user:pass@host/sdk` → `https://host/sdk`.
