@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the uniffi library and its binding generator, generates the Kotlin
 # bindings from the built library, and runs the JUnit tests (Maven, Kotlin,
-# JNA from Maven Central) against it: the example VM, qemu-img. Prints
+# JNA from Maven Central) against it: the example VM, the vCenter
+# simulator, qemu-img. Prints
 # "N passed, N failed in Ts". Swift sources come from the same generator
 # (`--language swift`); they are generated and checked for the API's entry
 # point, not compiled: no Swift toolchain on this kind of machine.
