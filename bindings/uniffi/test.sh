@@ -24,6 +24,7 @@ rm -rf kotlin/target/surefire-reports
 set +e
 (cd kotlin && mvn -B -q -Dstyle.color=never -Dhypersdk.lib.dir="$root/target/debug" test) >&2
 status=$?
+echo >&2 # Maven's quiet mode ends without a newline
 set -e
 # Surefire's reports: tests="N" failures="N" errors="N".
 reports="kotlin/target/surefire-reports"
