@@ -225,6 +225,18 @@ enum JobsCommand {
         /// Job id.
         id: i64,
     },
+    /// Retry a failed job whose cause may pass (full disk, network) or a
+    /// cancelled one: it continues from its checkpoint.
+    Retry {
+        /// Job id.
+        id: i64,
+    },
+    /// Delete a job that is over, and the partial export it kept (a
+    /// published export stays).
+    Delete {
+        /// Job id.
+        id: i64,
+    },
     /// Print a job's log.
     Logs {
         /// Job id.
@@ -560,6 +572,16 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
             if let Some(e) = j["error"].as_str() {
                 println!("  error: {e}");
             }
+            if let Some(p) = j["partial"].as_object() {
+                println!(
+                    "  partial export kept for a retry: {} ({})",
+                    p["path"].as_str().unwrap_or("?"),
+                    crate::human_bytes(p["bytes"].as_u64().unwrap_or(0))
+                );
+            }
+            if j["retryable"].as_bool() == Some(true) {
+                println!("  retry it with: hyperctl jobs retry {id}");
+            }
             Ok(())
         }
         JobsCommand::Watch { id } => watch_job(&c, id).await,
@@ -568,6 +590,19 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
                 .send(c.request(reqwest::Method::POST, &format!("/api/v1/jobs/{id}/cancel")))
                 .await?;
             println!("job {id}: {}", j["status"].as_str().unwrap_or("?"));
+            Ok(())
+        }
+        JobsCommand::Retry { id } => {
+            let j = c
+                .send(c.request(reqwest::Method::POST, &format!("/api/v1/jobs/{id}/retry")))
+                .await?;
+            println!("job {id}: {}", j["status"].as_str().unwrap_or("?"));
+            Ok(())
+        }
+        JobsCommand::Delete { id } => {
+            c.send_empty(c.request(reqwest::Method::DELETE, &format!("/api/v1/jobs/{id}")))
+                .await?;
+            println!("job {id}: deleted");
             Ok(())
         }
         JobsCommand::Logs { id } => {

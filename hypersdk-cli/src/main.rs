@@ -1,5 +1,31 @@
 //! `hyperctl`: the command-line shell over the hypersdk library.
 
+/// `println!` for this binary: a closed standard output (`hyperctl vms
+/// list | head -1`) ends the process quietly, as SIGPIPE ends Unix tools
+/// (exit status 141), instead of panicking. Declared before the modules so
+/// that it replaces the standard macro in all of them.
+macro_rules! println {
+    () => {
+        $crate::stdout_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::stdout_line(format_args!($($arg)*))
+    };
+}
+
+/// Writes one line to standard output; see `println!` above.
+pub(crate) fn stdout_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
 mod crypt;
 mod image;
 mod jobs;

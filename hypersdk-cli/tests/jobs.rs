@@ -12,7 +12,7 @@ use hypersdk_testsupport::workspace_root;
 fn daemon() -> (String, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
     let yaml = format!(
-        "listen: 127.0.0.1:0\ndatabase: {}\noutput_root: {}\nmax_concurrent: 1\nproviders:\n  kvm: {{ kind: local, dir: {} }}\n",
+        "listen: 127.0.0.1:0\ndatabase: {}\noutput_root: {}\nmax_concurrent: 1\nproviders:\n  kvm: {{ kind: local, dir: {} }}\nwebhooks: {{ allow_private: [127.0.0.1/32] }}\n",
         tmp.path().join("jobs.db").display(),
         tmp.path().join("out").display(),
         workspace_root().join("examples/vms").display()

@@ -58,10 +58,11 @@ pub enum Error {
         /// Bytes received.
         actual: u64,
     },
-    /// Encoding an output format failed.
-    #[error("cannot write {what}")]
+    /// Encoding an output format, or reading an input one, failed.
+    #[error("{what}")]
     Format {
-        /// What was being written, e.g. "VMDK of disk 'vda'".
+        /// What was being done, e.g. "cannot write VMDK of disk 'vda'" or
+        /// "cannot read package out/vm.ova".
         what: String,
         /// The cause.
         #[source]

@@ -75,7 +75,12 @@ pub struct Exporter {
     progress: Option<ProgressFn>,
     cancel: CancellationToken,
     before_publish: Option<PublishFn>,
+    on_partial_kept: Option<PartialKeptFn>,
 }
+
+/// Called with the location of the partial export a failed or cancelled
+/// export leaves for a later resume.
+pub type PartialKeptFn = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Called with the finished report (its `location` the destination) right
 /// before the artifact is published; an error stops the publication.
@@ -109,7 +114,16 @@ impl Exporter {
             progress: None,
             cancel: CancellationToken::new(),
             before_publish: None,
+            on_partial_kept: None,
         }
+    }
+
+    /// Calls `f` with the location of the partial export when a failed or
+    /// cancelled export keeps one for a resume (nothing is called when
+    /// nothing was kept).
+    pub fn on_partial_kept(mut self, f: PartialKeptFn) -> Self {
+        self.on_partial_kept = Some(f);
+        self
     }
 
     /// Calls `f` with the finished report right before publishing, e.g. to
@@ -221,10 +235,15 @@ impl Exporter {
                 Err(e) => {
                     if ck.is_some() && self.options.keeps_partial_after(&e) {
                         match staging.keep().await {
-                            Ok(at) => tracing::warn!(
-                                partial = %at,
-                                "the partial export is kept: the same export with resume continues it"
-                            ),
+                            Ok(at) => {
+                                tracing::warn!(
+                                    partial = %at,
+                                    "the partial export is kept: the same export with resume continues it"
+                                );
+                                if let Some(f) = &self.on_partial_kept {
+                                    f(&at);
+                                }
+                            }
                             Err(keep_err) => tracing::warn!(error = %keep_err, "could not keep the partial export"),
                         }
                     } else if let Err(abort_err) = staging.abort().await {
@@ -719,7 +738,7 @@ impl Exporter {
             ..Default::default()
         };
         let what = format!("VMDK of disk '{}'", disk.name);
-        let encoder_what = what.clone();
+        let encoder_what = format!("cannot write {what}");
         let encoder = tokio::task::spawn_blocking(move || -> Result<VmdkWriterStats> {
             let fmt_err = |source| Error::Format {
                 what: encoder_what.clone(),
@@ -961,7 +980,7 @@ impl Exporter {
         // A fixed member time: the same VM exported twice gives the same bytes.
         let mtime = 0;
         let fmt_err = |source| Error::Format {
-            what: format!("OVA {ova_name}"),
+            what: format!("cannot write OVA {ova_name}"),
             source,
         };
         let (mut out, object) = self.open_object(staging, &ova_name, true).await?;

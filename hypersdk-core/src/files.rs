@@ -79,7 +79,7 @@ pub fn open_unwrapped(
 /// [`PackageReport::verified`] and [`PackageReport::failures`].
 pub fn verify_package(path: &Path, key: Option<&KeySource>) -> Result<PackageReport> {
     let format_err = |e: hypersdk_formats::Error| Error::Format {
-        what: format!("package {}", path.display()),
+        what: format!("cannot read package {}", path.display()),
         source: e,
     };
     if is_wrapped(path) {

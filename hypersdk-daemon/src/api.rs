@@ -155,6 +155,9 @@ type ApiResult<T> = Result<T, ApiError>;
 #[derive(Debug, Clone)]
 struct Caller {
     name: String,
+    /// Whether the caller showed a valid key (or none are configured:
+    /// then everyone is admin, on loopback only).
+    known: bool,
 }
 
 /// The role a route needs.
@@ -168,6 +171,15 @@ fn needed_role(method: &Method, route: &str) -> Role {
     }
 }
 
+/// The token of an `Authorization: Bearer TOKEN` value; the scheme is
+/// case-insensitive (RFC 9110, section 11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
+}
+
 /// Who presents `headers`: Ok(None) without a key, Err for a wrong key.
 fn authenticate(config: &Config, headers: &HeaderMap) -> Result<Option<(String, Role)>, ()> {
     let key = headers
@@ -177,7 +189,7 @@ fn authenticate(config: &Config, headers: &HeaderMap) -> Result<Option<(String, 
             headers
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(bearer_token)
         });
     let Some(key) = key else { return Ok(None) };
     let digest = hypersdk_formats::manifest::to_hex(&Sha256::digest(key.trim().as_bytes()));
@@ -226,7 +238,7 @@ async fn guarded(
     let start = Instant::now();
     let path = req.uri().path().to_string();
     let public = route == "/health" || route == "/ready";
-    let caller = match authenticate(&st.config, req.headers()) {
+    let (caller, known) = match authenticate(&st.config, req.headers()) {
         Ok(Some((name, role))) => {
             if !public && role < needed_role(&method, &route) {
                 let e = ApiError::new(
@@ -238,9 +250,10 @@ async fn guarded(
                 );
                 return finish(&st, &method, &route, &path, &name, start, e.into_response()).await;
             }
-            name
+            (name, true)
         }
-        Ok(None) if st.config.api_keys.is_empty() || public => "anonymous".to_string(),
+        Ok(None) if st.config.api_keys.is_empty() => ("anonymous".to_string(), true),
+        Ok(None) if public => ("anonymous".to_string(), false),
         Ok(None) => {
             let e = ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -295,6 +308,7 @@ async fn guarded(
     }
     req.extensions_mut().insert(Caller {
         name: caller.clone(),
+        known,
     });
     let resp = next.run(req).await;
     finish(&st, &method, &route, &path, &caller, start, resp).await
@@ -344,8 +358,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.max_body_bytes;
     Router::new()
         .route("/api/v1/jobs", post(submit_jobs).get(list_jobs))
-        .route("/api/v1/jobs/{id}", get(get_job))
+        .route("/api/v1/jobs/{id}", get(get_job).delete(delete_job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/api/v1/jobs/{id}/retry", post(retry_job))
         .route("/api/v1/jobs/{id}/logs", get(job_logs))
         .route("/api/v1/jobs/{id}/progress", get(job_progress))
         .route("/api/v1/providers", get(list_providers))
@@ -392,7 +407,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         submit_jobs,
         list_jobs,
         get_job,
+        delete_job,
         cancel_job,
+        retry_job,
         job_logs,
         job_progress,
         list_providers,
@@ -410,6 +427,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         Priority,
         Format,
         Progress,
+        crate::outputs::PartialExport,
         JobList,
         Submitted,
         ApiErrorBody,
@@ -663,6 +681,79 @@ async fn cancel_job(
     Ok((StatusCode::ACCEPTED, Json(load(&st, &id).await?)))
 }
 
+/// Retry a failed job whose cause may pass (full disk, network: its
+/// `retryable` is true) or a cancelled one: it is queued again and its
+/// export continues from its checkpoint and partial export.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/retry", params(("id" = i64, Path, description = "Job id")),
+    responses((status = 202, description = "Queued again", body = Job),
+              (status = 404, body = ApiErrorBody), (status = 409, description = "Not a job that can be retried", body = ApiErrorBody)))]
+async fn retry_job(
+    State(st): Shared,
+    caller: axum::Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Job>)> {
+    let job = load(&st, &id).await?;
+    let refuse = |why: String| Err(ApiError::new(StatusCode::CONFLICT, why));
+    match job.status {
+        JobStatus::Failed if !job.retryable => {
+            return refuse(format!(
+                "job {} failed for a cause a retry does not change ({}); fix it and submit a new job",
+                job.id,
+                job.error.as_deref().unwrap_or("unknown")
+            ))
+        }
+        JobStatus::Failed | JobStatus::Cancelled => {}
+        s => return refuse(format!("job {} is {}: only failed or cancelled jobs can be retried", job.id, s.as_str())),
+    }
+    if !st
+        .store
+        .retry(job.id, caller.name.clone())
+        .await
+        .map_err(ApiError::internal)?
+    {
+        return refuse(format!("job {} changed meanwhile; look at it again", job.id));
+    }
+    st.runner.wake();
+    Ok((StatusCode::ACCEPTED, Json(load(&st, &id).await?)))
+}
+
+/// Delete a job that is over, with its log, and remove the partial export
+/// it kept (a published artifact stays).
+#[utoipa::path(delete, path = "/api/v1/jobs/{id}", params(("id" = i64, Path, description = "Job id")),
+    responses((status = 204, description = "Deleted"),
+              (status = 404, body = ApiErrorBody), (status = 409, description = "Still queued or running", body = ApiErrorBody)))]
+async fn delete_job(State(st): Shared, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let job = load(&st, &id).await?;
+    if !job.status.is_final() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "job {} is {}: cancel it first",
+                job.id,
+                job.status.as_str()
+            ),
+        ));
+    }
+    if let Some(p) = &job.partial {
+        st.runner
+            .remove_partial(p)
+            .await
+            .map_err(|e| ApiError::internal(format!("job {}: {e}", job.id)))?;
+    }
+    if !st
+        .store
+        .delete_job(job.id)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("job {} changed meanwhile; look at it again", job.id),
+        ));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// A job's log: status changes and messages, oldest first.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/logs", params(("id" = i64, Path, description = "Job id")),
     responses((status = 200, body = Vec<JobEvent>), (status = 404, body = ApiErrorBody)))]
@@ -805,7 +896,9 @@ async fn add_webhook(
     let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     let mut spec: WebhookSpec = serde_json::from_value(parse_body(&headers, &body)?)
         .map_err(|e| ApiError::bad(format!("webhook: {e}")))?;
-    spec.check().map_err(ApiError::bad)?;
+    spec.check(&st.runner.webhooks.policy)
+        .await
+        .map_err(ApiError::bad)?;
     let hook = st
         .runner
         .webhooks
@@ -1110,10 +1203,27 @@ async fn health() -> Json<Health> {
     })
 }
 
-/// Readiness: the database answers; queue depth, active exports, free space.
+/// Readiness: the database answers. Callers with a key (or every caller
+/// when no keys are configured) also get queue depth, active exports and
+/// free space; anonymous ones only ready or not.
 #[utoipa::path(get, path = "/ready", responses((status = 200, body = Health), (status = 503, body = Health)))]
-async fn ready(State(st): Shared) -> Response {
+async fn ready(State(st): Shared, caller: axum::Extension<Caller>) -> Response {
     let db = st.store.ping().await;
+    let code = if db.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    if !caller.known {
+        let status = if db.is_ok() { "ok" } else { "not ready" };
+        let body = Health {
+            status: status.into(),
+            queued: None,
+            active: None,
+            free_bytes: None,
+        };
+        return (code, Json(body)).into_response();
+    }
     let counts = st.store.counts().await.unwrap_or_default();
     let queued = counts
         .iter()
@@ -1128,11 +1238,6 @@ async fn ready(State(st): Shared) -> Response {
         queued: Some(queued),
         active: Some(st.runner.active()),
         free_bytes: free,
-    };
-    let code = if db.is_ok() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body)).into_response()
 }

@@ -6,15 +6,19 @@
 //! output_root: /srv/exports       # every job writes below this directory
 //! max_concurrent: 4               # exports at once, all providers
 //! providers:
-//!   kvm:   { kind: local, dir: /etc/libvirt/qemu, max_concurrent: 2 }
+//!   kvm:   { kind: local, dir: /etc/libvirt/qemu, max_concurrent: 2,
+//!            disk_roots: [/var/lib/libvirt/images] }   # where disk images may lie
 //!   vc1:   { kind: vsphere, url: https://vc.example/sdk, user: migrator@vsphere.local,
 //!            password_file: /etc/hypersdk/vc1.pass, thumbprint: "AB:CD:…" }
 //! api_keys:                      # SHA-256 of each key, never the key
 //!   - { name: ops, role: operator, sha256: 9f86d0… }
 //! tls: { cert: /etc/hypersdk/cert.pem, key: /etc/hypersdk/key.pem }
 //! rate_limit: { per_second: 50, burst: 100 }     # per key (or address)
-//! webhooks: { attempts: 5, initial_delay_ms: 500, breaker_failures: 5, breaker_cooldown_secs: 60 }
+//! webhooks: { attempts: 5, initial_delay_ms: 500, breaker_failures: 5, breaker_cooldown_secs: 60,
+//!             allow_private: [10.20.0.0/16] }  # internal targets are refused otherwise
 //! max_body_bytes: 1048576
+//! artifact_mode: "0600"          # files of exports (directories: 0700); "0640" for group read
+//! partial_max_age_hours: 168      # partial exports of failed jobs kept this long for a retry
 //! telemetry:                     # OpenTelemetry traces over OTLP/HTTP (protobuf)
 //!   otlp_endpoint: http://collector:4318   # base URL; spans go to /v1/traces
 //!   service_name: hypervisord
@@ -60,8 +64,15 @@ pub struct ApiKey {
 pub enum ProviderConfig {
     /// libvirt domain XML files in a directory.
     Local {
-        /// Where the domain XML files are.
+        /// Where the domain XML files are. Jobs name a VM by its name or
+        /// UUID among these files, never by a path.
         dir: PathBuf,
+        /// Directories disk images may lie in (symbolic links followed);
+        /// a domain whose disk is elsewhere fails to export. Default: the
+        /// libvirt image directories (`/var/lib/libvirt/images`,
+        /// `/var/lib/libvirt/boot`); `dir` is always allowed.
+        #[serde(default)]
+        disk_roots: Option<Vec<PathBuf>>,
         /// Exports of this provider at once (default: no own bound).
         #[serde(default)]
         max_concurrent: Option<usize>,
@@ -131,6 +142,17 @@ pub struct Config {
     /// Requests per client (API key, or address without keys); none: no limit.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Permission bits of the files exports create (artifacts, staged
+    /// files, checkpoints), as an octal string; directories get search
+    /// where read is given. Default "0600" (directories 0700): exported
+    /// disks hold whatever the guests held.
+    #[serde(default)]
+    pub artifact_mode: Option<String>,
+    /// Hours a failed or cancelled job keeps its partial export for a
+    /// retry before it is removed (default 168, a week; 0: removed at the
+    /// next sweep, within a minute of the job's end).
+    #[serde(default = "default_partial_max_age")]
+    pub partial_max_age_hours: u64,
     /// Export traces to an OpenTelemetry collector; none: no traces (unless
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set).
     #[serde(default)]
@@ -202,6 +224,10 @@ pub struct WebhookSettings {
     pub progress_every_secs: u64,
     /// Per-request timeout (seconds).
     pub timeout_secs: u64,
+    /// Internal networks webhooks may reach (CIDRs such as `10.20.0.0/16`,
+    /// or single addresses); loopback, private, link-local and other
+    /// internal targets are refused otherwise.
+    pub allow_private: Vec<String>,
 }
 
 impl Default for WebhookSettings {
@@ -214,8 +240,20 @@ impl Default for WebhookSettings {
             breaker_cooldown_secs: 60,
             progress_every_secs: 10,
             timeout_secs: 10,
+            allow_private: Vec::new(),
         }
     }
+}
+
+fn default_partial_max_age() -> u64 {
+    168
+}
+
+/// Parses an octal permission string ("0640", "640", "0o640").
+fn parse_mode(s: &str) -> Option<u32> {
+    let digits = s.trim().trim_start_matches("0o");
+    let m = u32::from_str_radix(digits, 8).ok()?;
+    (m <= 0o777).then_some(m)
 }
 
 fn default_listen() -> SocketAddr {
@@ -231,6 +269,14 @@ fn default_body_limit() -> usize {
 }
 
 impl Config {
+    /// The mode of files exports create (`artifact_mode`, default 0600).
+    pub fn file_mode(&self) -> u32 {
+        self.artifact_mode
+            .as_deref()
+            .and_then(parse_mode)
+            .unwrap_or(hypersdk_sinks::DEFAULT_FILE_MODE)
+    }
+
     /// Reads and checks a YAML configuration.
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<Config> {
         let c: Config = serde_yaml_ng::from_str(text)
@@ -246,6 +292,18 @@ impl Config {
                 "refusing to listen on {} without authentication: configure api_keys, or listen on a loopback address",
                 self.listen
             );
+        }
+        crate::egress::Policy::new(&self.webhooks.allow_private).map_err(anyhow::Error::msg)?;
+        if let Some(m) = &self.artifact_mode {
+            let mode = parse_mode(m).ok_or_else(|| {
+                anyhow::anyhow!("artifact_mode: '{m}' is not an octal mode such as \"0640\"")
+            })?;
+            if mode & 0o600 != 0o600 {
+                anyhow::bail!("artifact_mode: '{m}' must let the daemon read and write (0600 at least)");
+            }
+            if mode & 0o002 != 0 {
+                anyhow::bail!("artifact_mode: '{m}' makes exports writable by everyone");
+            }
         }
         if self.max_concurrent == 0 {
             anyhow::bail!("max_concurrent must be at least 1");

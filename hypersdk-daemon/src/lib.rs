@@ -34,8 +34,10 @@
 
 pub mod api;
 pub mod config;
+pub mod egress;
 pub mod metrics;
 pub mod model;
+pub mod outputs;
 pub mod profiles;
 pub mod runner;
 pub mod schedules;
@@ -67,12 +69,19 @@ impl Daemon {
     pub async fn start(config: config::Config) -> anyhow::Result<Daemon> {
         config.check()?;
         let config = Arc::new(config);
-        std::fs::create_dir_all(&config.output_root).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot create the output root {}: {e}",
-                config.output_root.display()
-            )
-        })?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(outputs::dir_mode(config.file_mode()))
+                .create(&config.output_root)
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot create the output root {}: {e}",
+                        config.output_root.display()
+                    )
+                })?;
+        }
         let store = store::Store::open(&config.database)?;
         let requeued = store.requeue_interrupted().await?;
         if !requeued.is_empty() {

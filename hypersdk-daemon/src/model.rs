@@ -98,10 +98,29 @@ impl JobSpec {
         if self.vm.trim().is_empty() {
             return Err("vm: must not be empty".into());
         }
+        for (field, value) in [
+            ("vm", Some(&self.vm)),
+            ("provider", Some(&self.provider)),
+            ("output", self.output.as_ref()),
+            ("name", self.name.as_ref()),
+            ("profile", self.profile.as_ref()),
+        ] {
+            if let Some(v) = value {
+                if v.chars().any(char::is_control) {
+                    return Err(format!(
+                        "{field}: \"{}\" holds a NUL or control character",
+                        hypersdk_formats::error::display_name(v)
+                    ));
+                }
+                if v.len() > 4096 {
+                    return Err(format!("{field}: longer than 4096 bytes"));
+                }
+            }
+        }
         if !providers.iter().any(|p| p == &self.provider) {
             return Err(format!(
                 "provider: unknown provider '{}' (configured: {})",
-                self.provider,
+                hypersdk_formats::error::display_name(&self.provider),
                 if providers.is_empty() {
                     "none".to_string()
                 } else {
@@ -115,13 +134,17 @@ impl JobSpec {
                 .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
             {
                 return Err(format!(
-                    "output: '{o}' must be a relative path below the output root, without '..'"
+                    "output: '{}' must be a relative path below the output root, without '..'",
+                    hypersdk_formats::error::display_name(o)
                 ));
             }
         }
         if let Some(n) = &self.name {
             if n.is_empty() || n.contains(['/', '\\', '\0']) || n == "." || n == ".." {
-                return Err(format!("name: '{n}' is not a plain file name"));
+                return Err(format!(
+                    "name: '{}' is not a plain file name",
+                    hypersdk_formats::error::display_name(n)
+                ));
             }
         }
         if let Some(c) = &self.compress {
@@ -234,6 +257,14 @@ pub struct Job {
     pub result: Option<serde_json::Value>,
     /// Why it failed.
     pub error: Option<String>,
+    /// Whether it failed for a cause that may pass (full disk, network)
+    /// and can be retried (`POST /api/v1/jobs/{id}/retry`), continuing
+    /// from its checkpoint. Cancelled jobs can be retried too.
+    #[serde(default)]
+    pub retryable: bool,
+    /// The partial export it left for a retry, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<crate::outputs::PartialExport>,
     /// Live progress while running.
     pub progress: Option<Progress>,
     /// W3C `traceparent` of the request that submitted it, when traces are

@@ -23,7 +23,7 @@ use tracing::{info, warn, Instrument};
 use crate::config::{Config, ProviderConfig};
 use crate::metrics::Metrics;
 use crate::model::{Format, Job, JobStatus, Progress};
-use crate::store::Store;
+use crate::store::{JobEnd, Store};
 use crate::webhooks::Webhooks;
 
 /// The configured providers, connected on first use and then shared.
@@ -58,7 +58,18 @@ impl Providers {
             .get(name)
             .ok_or_else(|| Error::InvalidArgument(format!("unknown provider '{name}'")))?;
         let p: Arc<dyn Provider> = match config {
-            ProviderConfig::Local { dir, .. } => Arc::new(LocalProvider::new(dir)),
+            ProviderConfig::Local {
+                dir, disk_roots, ..
+            } => {
+                let roots = match disk_roots {
+                    Some(r) => r.clone(),
+                    None => hypersdk_local::DEFAULT_DISK_ROOTS
+                        .iter()
+                        .map(PathBuf::from)
+                        .collect(),
+                };
+                Arc::new(LocalProvider::confined(dir, roots))
+            }
             ProviderConfig::Vsphere {
                 url,
                 user,
@@ -198,7 +209,12 @@ impl Runner {
 
     /// Starts jobs whenever there is a free slot, until `stop` fires.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut last_sweep: Option<std::time::Instant> = None;
         loop {
+            if last_sweep.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                last_sweep = Some(std::time::Instant::now());
+                self.sweep_partials().await;
+            }
             while self.active() < self.config.max_concurrent {
                 match self.store.claim_next(self.busy_providers()).await {
                     Ok(Some(job)) => self.clone().start(job),
@@ -249,9 +265,10 @@ impl Runner {
                 id,
                 serde_json::to_value(&job).unwrap_or_default(),
             );
+            let kept: Arc<Mutex<Option<String>>> = Arc::default();
             let outcome = match self.published_before(&job).await {
                 Some(report) => Ok(report),
-                None => self.export(&job, cancel).await,
+                None => self.export(&job, cancel, kept.clone()).await,
             };
             if matches!(outcome, Err(Error::Cancelled))
                 && self.stopping.load(std::sync::atomic::Ordering::SeqCst)
@@ -265,7 +282,11 @@ impl Runner {
                 return;
             }
             let span = tracing::Span::current();
-            let (status, result, error) = match outcome {
+            let partial = lock(&kept).take().map(|path| {
+                let bytes = crate::outputs::size_of(std::path::Path::new(&path));
+                crate::outputs::PartialExport { path, bytes }
+            });
+            let (status, end) = match outcome {
                 Ok(report) => {
                     // Signed: the trace layer keeps i64 as a number, u64 as text.
                     span.record(
@@ -273,20 +294,34 @@ impl Runner {
                         i64::try_from(report.bytes_read).unwrap_or(i64::MAX),
                     );
                     self.metrics.add_exported(report.bytes_read);
-                    (
-                        JobStatus::Succeeded,
-                        serde_json::to_value(&report).ok(),
-                        None,
-                    )
+                    let end = JobEnd {
+                        result: serde_json::to_value(&report).ok(),
+                        ..JobEnd::default()
+                    };
+                    (JobStatus::Succeeded, end)
                 }
-                Err(Error::Cancelled) => (JobStatus::Cancelled, None, None),
-                Err(e) => (JobStatus::Failed, None, Some(error_chain(&e))),
+                Err(Error::Cancelled) => (
+                    JobStatus::Cancelled,
+                    JobEnd {
+                        partial,
+                        ..JobEnd::default()
+                    },
+                ),
+                Err(e) => {
+                    let end = JobEnd {
+                        error: Some(error_chain(&e)),
+                        retryable: hypersdk_core::checkpoint::keeps_partial(&e),
+                        partial,
+                        ..JobEnd::default()
+                    };
+                    (JobStatus::Failed, end)
+                }
             };
             span.record("hypersdk.job.status", status.as_str());
-            if let Some(e) = &error {
+            if let Some(e) = &end.error {
                 crate::telemetry::set_error(&span, e);
             }
-            if let Err(e) = self.store.finish(id, status, result, error).await {
+            if let Err(e) = self.store.finish(id, status, end).await {
                 warn!(job = id, error = %e, "cannot record the end of the job");
             }
             let event = match status {
@@ -309,6 +344,47 @@ impl Runner {
             self.metrics.job_ended(status);
             self.wake();
         }.instrument(span));
+    }
+
+    /// Removes the partial exports of jobs over for longer than
+    /// `partial_max_age_hours`.
+    pub async fn sweep_partials(&self) {
+        let age = chrono::Duration::hours(
+            i64::try_from(self.config.partial_max_age_hours).unwrap_or(i64::MAX / 7200),
+        );
+        let before = (chrono::Utc::now() - age)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let jobs = match self.store.stale_partials(before).await {
+            Ok(j) => j,
+            Err(e) => {
+                warn!(error = %e, "cannot look for old partial exports");
+                return;
+            }
+        };
+        for job in jobs {
+            let Some(p) = &job.partial else { continue };
+            let message = match self.remove_partial(p).await {
+                Ok(()) => format!(
+                    "partial export {} removed: kept {} hours after the job ended",
+                    p.path, self.config.partial_max_age_hours
+                ),
+                Err(e) => format!("partial export not removed: {e}"),
+            };
+            info!(job = job.id, "{message}");
+            if let Err(e) = self.store.clear_partial(job.id, message).await {
+                warn!(job = job.id, error = %e, "cannot record the removal of a partial export");
+            }
+        }
+    }
+
+    /// Removes a job's recorded partial export (only a `.NAME.partial`
+    /// directory below the output root).
+    pub async fn remove_partial(&self, p: &crate::outputs::PartialExport) -> Result<(), String> {
+        let root = self.config.output_root.clone();
+        let p = p.clone();
+        tokio::task::spawn_blocking(move || crate::outputs::remove_partial(&root, &p).map(|_| ()))
+            .await
+            .map_err(|e| format!("removal task failed: {e}"))?
     }
 
     /// The report of a job whose previous run published its artifact but
@@ -340,6 +416,7 @@ impl Runner {
         self: &Arc<Self>,
         job: &Job,
         cancel: CancellationToken,
+        kept: Arc<Mutex<Option<String>>>,
     ) -> hypersdk_core::Result<hypersdk_core::ExportReport> {
         let spec = &job.spec;
         let mut options = ExportOptions::new(match spec.format {
@@ -364,10 +441,19 @@ impl Runner {
         if let Some(n) = spec.parallel_disks {
             options.parallel_disks = usize::from(n);
         }
-        let mut out: PathBuf = self.config.output_root.clone();
-        if let Some(o) = &spec.output {
-            out.push(o);
-        }
+        let root = self.config.output_root.clone();
+        let sub = spec.output.clone();
+        let file_mode = self.config.file_mode();
+        let out = tokio::task::spawn_blocking(move || {
+            crate::outputs::job_dir(
+                &root,
+                sub.as_deref(),
+                crate::outputs::dir_mode(file_mode),
+            )
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("output directory task failed: {e}")))?
+        .map_err(Error::InvalidArgument)?;
         let provider = self.providers.get(&spec.provider).await?;
         let runner = self.clone();
         let id = job.id;
@@ -384,6 +470,9 @@ impl Runner {
                         ))
                     })
                 })
+            }))
+            .on_partial_kept(Arc::new(move |at| {
+                *lock(&kept) = Some(at.to_string());
             }))
             .on_progress(Arc::new(move |e| {
                 let p = Progress {
@@ -404,9 +493,17 @@ impl Runner {
                 );
             }));
         exporter
-            .export(provider.as_ref(), &spec.vm, &LocalDirSink::new(out))
+            .export(
+                provider.as_ref(),
+                &spec.vm,
+                &LocalDirSink::new(out).with_file_mode(file_mode),
+            )
             .await
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// An error and its causes, joined by ": ".

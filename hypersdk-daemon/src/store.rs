@@ -51,7 +51,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     result TEXT,
     error TEXT,
-    trace_parent TEXT
+    trace_parent TEXT,
+    retryable INTEGER NOT NULL DEFAULT 0,
+    partial TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, priority DESC, id);
 CREATE TABLE IF NOT EXISTS job_events (
@@ -118,6 +120,32 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 ";
 
+/// Creates the database file 0600 if it is missing, and makes it and its
+/// `-wal`/`-shm` companions 0600 if they exist with wider modes.
+fn private_files(path: &Path) -> StoreResult<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |e: std::io::Error| StoreError(format!("cannot create {}: {e}", path.display()));
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(err)?;
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let p = std::path::PathBuf::from(name);
+        if let Ok(m) = std::fs::symlink_metadata(&p) {
+            if m.is_file() && m.permissions().mode() & 0o077 != 0 {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).map_err(
+                    |e| StoreError(format!("cannot make {} private: {e}", p.display())),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -127,7 +155,7 @@ pub(crate) fn db_err(what: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ 
 }
 
 /// The columns `job_from_row` reads, in order.
-const JOB_COLUMNS: &str = "id, spec, status, submitted_by, created_at, started_at, finished_at, attempts, result, error, trace_parent";
+const JOB_COLUMNS: &str = "id, spec, status, submitted_by, created_at, started_at, finished_at, attempts, result, error, trace_parent, retryable, partial";
 
 fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
     let spec: String = row.get(1)?;
@@ -152,7 +180,24 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         error: row.get(9)?,
         progress: None,
         trace_parent: row.get(10)?,
+        retryable: row.get::<_, i64>(11)? != 0,
+        partial: row
+            .get::<_, Option<String>>(12)?
+            .and_then(|p| serde_json::from_str(&p).ok()),
     })
+}
+
+/// How a job ended, besides its status.
+#[derive(Debug, Clone, Default)]
+pub struct JobEnd {
+    /// The export report, once succeeded.
+    pub result: Option<serde_json::Value>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Whether a retry may succeed.
+    pub retryable: bool,
+    /// The partial export kept for a retry.
+    pub partial: Option<crate::outputs::PartialExport>,
 }
 
 /// Filters of a job listing.
@@ -168,7 +213,11 @@ pub struct JobFilter {
 
 impl Store {
     /// Opens (creating) the database at `path`.
+    ///
+    /// The file (and SQLite's `-wal` and `-shm` files beside it) is made
+    /// 0600: it holds webhook secrets and every job's definition.
     pub fn open(path: &Path) -> StoreResult<Store> {
+        private_files(path)?;
         let open = |what: &str| -> StoreResult<Connection> {
             let c = Connection::open(path)
                 .map_err(|e| StoreError(format!("cannot open {} ({what}): {e}", path.display())))?;
@@ -180,20 +229,28 @@ impl Store {
         };
         let writer = open("writer")?;
         writer.execute_batch(SCHEMA).map_err(db_err("schema"))?;
-        // Databases made before jobs kept their trace parent.
-        let has_trace: bool = writer
-            .query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'trace_parent'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map_err(db_err("schema"))?
-            > 0;
-        if !has_trace {
-            writer
-                .execute_batch("ALTER TABLE jobs ADD COLUMN trace_parent TEXT")
-                .map_err(db_err("schema upgrade"))?;
+        // Databases made before jobs kept these columns.
+        for (column, ddl) in [
+            ("trace_parent", "ALTER TABLE jobs ADD COLUMN trace_parent TEXT"),
+            (
+                "retryable",
+                "ALTER TABLE jobs ADD COLUMN retryable INTEGER NOT NULL DEFAULT 0",
+            ),
+            ("partial", "ALTER TABLE jobs ADD COLUMN partial TEXT"),
+        ] {
+            let has: bool = writer
+                .query_row(
+                    "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = ?1",
+                    [column],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(db_err("schema"))?
+                > 0;
+            if !has {
+                writer.execute_batch(ddl).map_err(db_err("schema upgrade"))?;
+            }
         }
+        private_files(path)?;
         let reader = open("reader")?;
         Ok(Store {
             writer: Arc::new(Mutex::new(writer)),
@@ -268,6 +325,8 @@ impl Store {
                     error: None,
                     progress: None,
                     trace_parent: trace_parent.clone(),
+                    retryable: false,
+                    partial: None,
                 });
             }
             tx.commit().map_err(db_err("commit"))?;
@@ -388,21 +447,23 @@ impl Store {
         .await
     }
 
-    /// Ends a running job.
-    pub async fn finish(
-        &self,
-        id: i64,
-        status: JobStatus,
-        result: Option<serde_json::Value>,
-        error: Option<String>,
-    ) -> StoreResult<()> {
+    /// Ends a running job: its result or error, whether a retry may help,
+    /// and the partial export it left.
+    pub async fn finish(&self, id: i64, status: JobStatus, end: JobEnd) -> StoreResult<()> {
         self.write(move |c| {
             let tx = c.transaction().map_err(db_err("begin"))?;
             let at = now();
+            let JobEnd {
+                result,
+                error,
+                retryable,
+                partial,
+            } = end;
             let result = result.map(|r| r.to_string());
+            let partial = partial.and_then(|p| serde_json::to_string(&p).ok());
             tx.execute(
-                "UPDATE jobs SET status = ?2, finished_at = ?3, result = ?4, error = ?5 WHERE id = ?1",
-                params![id, status.as_str(), at, result, error],
+                "UPDATE jobs SET status = ?2, finished_at = ?3, result = ?4, error = ?5, retryable = ?6, partial = ?7 WHERE id = ?1",
+                params![id, status.as_str(), at, result, error, retryable as i64, partial],
             )
             .map_err(db_err("finish job"))?;
             let message = match (&error, status) {
@@ -454,6 +515,90 @@ impl Store {
             }
             tx.commit().map_err(db_err("commit"))?;
             Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Queues a failed (for a cause that may pass) or cancelled job again,
+    /// to continue from its checkpoint; false if it is not such a job.
+    pub async fn retry(&self, id: i64, who: String) -> StoreResult<bool> {
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err("begin"))?;
+            let at = now();
+            let n = tx
+                .execute(
+                    "UPDATE jobs SET status = 'queued', finished_at = NULL, error = NULL, result = NULL, retryable = 0
+                     WHERE id = ?1 AND ((status = 'failed' AND retryable = 1) OR status = 'cancelled')",
+                    params![id],
+                )
+                .map_err(db_err("retry job"))?;
+            if n == 1 {
+                tx.execute(
+                    "INSERT INTO job_events (job_id, at, status, message) VALUES (?1, ?2, 'queued', ?3)",
+                    params![id, at, format!("retry requested by {who}: it continues from its checkpoint")],
+                )
+                .map_err(db_err("insert event"))?;
+            }
+            tx.commit().map_err(db_err("commit"))?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Deletes a job that is over, with its log; false if there is no such
+    /// job that is over.
+    pub async fn delete_job(&self, id: i64) -> StoreResult<bool> {
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err("begin"))?;
+            let n = tx
+                .execute(
+                    "DELETE FROM jobs WHERE id = ?1 AND status IN ('succeeded', 'failed', 'cancelled')",
+                    params![id],
+                )
+                .map_err(db_err("delete job"))?;
+            if n == 1 {
+                tx.execute("DELETE FROM job_events WHERE job_id = ?1", params![id])
+                    .map_err(db_err("delete job log"))?;
+            }
+            tx.commit().map_err(db_err("commit"))?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Jobs over since before `before` (RFC 3339) that still record a
+    /// partial export.
+    pub async fn stale_partials(&self, before: String) -> StoreResult<Vec<Job>> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE partial IS NOT NULL AND status IN ('failed', 'cancelled') AND finished_at < ?1"
+                ))
+                .map_err(db_err("find partial exports"))?;
+            let rows = stmt
+                .query_map([before], job_from_row)
+                .map_err(db_err("find partial exports"))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err("find partial exports"))
+        })
+        .await
+    }
+
+    /// Forgets a job's partial export (removed), with a line in its log.
+    pub async fn clear_partial(&self, id: i64, message: String) -> StoreResult<()> {
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err("begin"))?;
+            tx.execute(
+                "UPDATE jobs SET partial = NULL WHERE id = ?1",
+                params![id],
+            )
+            .map_err(db_err("clear partial"))?;
+            tx.execute(
+                "INSERT INTO job_events (job_id, at, message) VALUES (?1, ?2, ?3)",
+                params![id, now(), message],
+            )
+            .map_err(db_err("insert event"))?;
+            tx.commit().map_err(db_err("commit"))
         })
         .await
     }

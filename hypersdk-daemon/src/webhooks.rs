@@ -19,7 +19,15 @@
 //! endpoint's delivery log (`GET /api/v1/webhooks/{id}/deliveries`).
 //!
 //! The secret is kept in the store as given (it is needed to sign), and
-//! never shown by the API.
+//! never shown by the API; a password or query in a webhook URL is shown
+//! as `***`. The store (the daemon's database file, created 0600) thus
+//! holds every webhook's secret and full URL: keep it private.
+//!
+//! Targets: loopback, private, link-local and other internal addresses are
+//! refused at registration and at every connection unless
+//! `webhooks.allow_private` lists them (see [`crate::egress`]); redirects
+//! are not followed (a 3xx is a failed attempt), and the delivery log keeps
+//! the status code, never a response body.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +40,7 @@ use tokio::sync::mpsc;
 use utoipa::ToSchema;
 
 use crate::config::WebhookSettings;
+use crate::egress::{GuardedResolver, Policy};
 use crate::store::{db_err, now, Store, StoreResult};
 
 /// Every event a webhook can ask for.
@@ -94,14 +103,34 @@ pub struct DeliveryAttempt {
     pub error: Option<String>,
 }
 
-impl WebhookSpec {
-    /// Checks the spec; the message names the field.
-    pub fn check(&mut self) -> Result<(), String> {
-        let url =
-            reqwest::Url::parse(&self.url).map_err(|e| format!("url: '{}': {e}", self.url))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("url: '{}' is not http or https", self.url));
+impl Webhook {
+    /// The webhook as anyone who may list webhooks sees it.
+    fn redacted(&self) -> Webhook {
+        Webhook {
+            url: crate::egress::redact_url(&self.url),
+            ..self.clone()
         }
+    }
+}
+
+impl WebhookSpec {
+    /// Checks the spec, and its target against `policy` (resolving a host
+    /// name); the message names the field.
+    pub async fn check(&mut self, policy: &Policy) -> Result<(), String> {
+        let shown = crate::egress::redact_url(&self.url);
+        let url = reqwest::Url::parse(&self.url).map_err(|e| {
+            format!(
+                "url: '{}': {e}",
+                hypersdk_formats::error::display_name(&self.url)
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("url: '{shown}' is not http or https"));
+        }
+        policy
+            .check_url(&url)
+            .await
+            .map_err(|e| format!("url: '{shown}': {e}"))?;
         if self.secret.len() < 16 {
             return Err("secret: at least 16 characters".into());
         }
@@ -243,6 +272,8 @@ pub struct Webhooks {
     http: reqwest::Client,
     settings: WebhookSettings,
     endpoints: Mutex<Vec<Endpoint>>,
+    /// Which targets may be reached.
+    pub policy: Arc<Policy>,
     next_id: AtomicU64,
     last_progress: Mutex<HashMap<i64, Instant>>,
 }
@@ -256,14 +287,19 @@ impl Webhooks {
     pub async fn start(store: Store, settings: WebhookSettings) -> anyhow::Result<Arc<Webhooks>> {
         // reqwest's rustls needs a process-wide crypto provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let policy = Arc::new(Policy::new(&settings.allow_private).map_err(anyhow::Error::msg)?);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(settings.timeout_secs.max(1)))
             .connect_timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(GuardedResolver::new(policy.clone()))
             .build()?;
         let w = Arc::new(Webhooks {
             store: store.clone(),
             http,
             settings,
+            policy,
             endpoints: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
             last_progress: Mutex::new(HashMap::new()),
@@ -282,24 +318,27 @@ impl Webhooks {
             http: self.http.clone(),
             store: self.store.clone(),
             settings: self.settings.clone(),
+            policy: self.policy.clone(),
         };
         tokio::spawn(worker.run(rx));
         lock(&self.endpoints).push(Endpoint { hook, tx });
     }
 
     /// Registers a webhook.
+    /// Registers a webhook (checked with [`WebhookSpec::check`] first); the
+    /// answer shows its URL redacted.
     pub async fn add(self: &Arc<Self>, spec: WebhookSpec) -> StoreResult<Webhook> {
         let secret = spec.secret.clone();
         let hook = self.store.add_webhook(spec).await?;
         self.spawn(hook.clone(), secret);
-        Ok(hook)
+        Ok(hook.redacted())
     }
 
-    /// The registered webhooks.
+    /// The registered webhooks, URLs redacted.
     pub fn list(&self) -> Vec<Webhook> {
         lock(&self.endpoints)
             .iter()
-            .map(|e| e.hook.clone())
+            .map(|e| e.hook.redacted())
             .collect()
     }
 
@@ -376,6 +415,7 @@ struct Worker {
     http: reqwest::Client,
     store: Store,
     settings: WebhookSettings,
+    policy: Arc<Policy>,
 }
 
 impl Worker {
@@ -399,6 +439,11 @@ impl Worker {
                 }
             }
             let mut delivered = false;
+            if let Err(e) = self.target_allowed() {
+                self.log(&d, 1, None, false, Some(format!("not sent: {e}")))
+                    .await;
+                continue;
+            }
             for attempt in 1..=self.settings.attempts.max(1) {
                 let (status, error) = self.send(&d).await;
                 let ok = status.is_some_and(|s| (200..300).contains(&s));
@@ -425,9 +470,19 @@ impl Worker {
                     open_until = Some(
                         Instant::now() + Duration::from_secs(self.settings.breaker_cooldown_secs),
                     );
-                    tracing::warn!(webhook = self.hook.id, url = %self.hook.url, failures, "webhook circuit open");
+                    tracing::warn!(webhook = self.hook.id, url = %crate::egress::redact_url(&self.hook.url), failures, "webhook circuit open");
                 }
             }
+        }
+    }
+
+    /// A target written as an address is checked here (the resolver sees
+    /// only names): the allow-list may have changed since registration.
+    fn target_allowed(&self) -> Result<(), String> {
+        let url = reqwest::Url::parse(&self.hook.url).map_err(|e| e.to_string())?;
+        match url.host_str().and_then(crate::egress::literal) {
+            Some(ip) => self.policy.check(ip),
+            None => Ok(()),
         }
     }
 
@@ -453,7 +508,8 @@ impl Worker {
                 let err = (!s.is_success()).then(|| format!("answered HTTP {s}"));
                 (Some(i64::from(s.as_u16())), err)
             }
-            Err(e) => (None, Some(crate::runner::error_chain(&e))),
+            // Without the URL: it may hold credentials.
+            Err(e) => (None, Some(crate::runner::error_chain(&e.without_url()))),
         }
     }
 

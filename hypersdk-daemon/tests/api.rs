@@ -873,7 +873,7 @@ fn webhooks_are_signed_retried_logged_and_paused_by_a_circuit_breaker() {
     let tmp = tempfile::tempdir().unwrap();
     let d = Daemon::start(&config(
         tmp.path(),
-        "webhooks: { attempts: 3, initial_delay_ms: 20, breaker_failures: 2, breaker_cooldown_secs: 600 }\n",
+        "webhooks: { attempts: 3, initial_delay_ms: 20, breaker_failures: 2, breaker_cooldown_secs: 600, allow_private: [127.0.0.1/32] }\n",
     ));
     // Bad registrations.
     for (body, text) in [

@@ -50,7 +50,7 @@ pub enum Error {
     VmdkUnsupported(String),
     /// An OVA member is unsafe or unusable: a link, device, path outside the
     /// target, duplicate name, …
-    #[error("unsafe OVA member {member:?}: {what}")]
+    #[error("unsafe OVA member \"{}\": {what}", display_name(member))]
     OvaUnsafe {
         /// The member name as stored.
         member: String,
@@ -125,3 +125,44 @@ impl Error {
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Longest name shown in a message, in characters.
+pub const MAX_SHOWN_NAME: usize = 120;
+
+/// A name that came from untrusted input (an archive member, a manifest
+/// line, a descriptor's file reference, a file found on disk, a job field)
+/// as it should appear in a message: control characters and other
+/// invisible ones escaped (`\n`, `\u{1b}`), and cut to [`MAX_SHOWN_NAME`]
+/// characters with `…` after it, so a crafted name can neither rewrite a
+/// terminal nor flood a log.
+pub fn display_name(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if i == MAX_SHOWN_NAME {
+            out.push('…');
+            break;
+        }
+        if c.is_control() || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod display_name_tests {
+    use super::*;
+
+    #[test]
+    fn escapes_and_cuts() {
+        assert_eq!(display_name("disk1.vmdk"), "disk1.vmdk");
+        assert_eq!(display_name("a\nb\x1b[2J"), "a\\nb\\u{1b}[2J");
+        assert_eq!(display_name("x\u{202e}gpj.exe"), "x\\u{202e}gpj.exe");
+        let long = "a".repeat(1000);
+        let shown = display_name(&long);
+        assert_eq!(shown.chars().count(), MAX_SHOWN_NAME + 1);
+        assert!(shown.ends_with('…'));
+    }
+}

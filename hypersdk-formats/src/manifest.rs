@@ -223,7 +223,10 @@ pub fn verify_manifest(
         let mut hasher =
             Hasher::for_name(&algorithm).ok_or_else(|| crate::Error::ManifestInvalid {
                 line: i + 1,
-                what: format!("unknown digest algorithm {algorithm}"),
+                what: format!(
+                    "unknown digest algorithm {}",
+                    crate::error::display_name(&algorithm)
+                ),
             })?;
         let actual = if feed(&name, &mut hasher)? {
             Some(hasher.finish_hex())

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{display_name, Error, Result};
 use crate::manifest::{verify_manifest, ManifestCheck};
 use crate::ova::OvaReader;
 use crate::ovf::{read_summary, OvfSummary, MAX_OVF_BYTES};
@@ -53,16 +53,21 @@ impl PackageReport {
         }
         for c in &self.checks {
             match &c.actual {
-                None => v.push(format!("{} is missing", c.name)),
+                None => v.push(format!("{} is missing", display_name(&c.name))),
                 Some(a) if *a != c.expected => v.push(format!(
                     "{} {} digest is {a}, the manifest says {}",
-                    c.name, c.algorithm, c.expected
+                    display_name(&c.name),
+                    display_name(&c.algorithm),
+                    display_name(&c.expected)
                 )),
                 _ => {}
             }
         }
         for u in &self.uncovered {
-            v.push(format!("{u} is not covered by the manifest"));
+            v.push(format!(
+                "{} is not covered by the manifest",
+                display_name(u)
+            ));
         }
         v.extend(self.problems.iter().cloned());
         v
@@ -98,11 +103,11 @@ fn cover_and_check(report: &mut PackageReport) {
         match report.files.iter().find(|(n, _)| *n == f.href) {
             None => report.problems.push(format!(
                 "{} is referenced by the descriptor but missing",
-                f.href
+                display_name(&f.href)
             )),
             Some((_, size)) if f.size.is_some_and(|s| s != *size) => report.problems.push(format!(
                 "{} is {size} bytes, the descriptor says {}",
-                f.href,
+                display_name(&f.href),
                 f.size.unwrap_or_default()
             )),
             _ => {}
@@ -179,11 +184,11 @@ pub fn inspect_package(path: &Path) -> Result<PackageReport> {
             match std::fs::File::open(dir.join(name)) {
                 Ok(mut f) => {
                     std::io::copy(&mut f, hasher)
-                        .map_err(|e| Error::io(format!("reading {name}"), e))?;
+                        .map_err(|e| Error::io(format!("reading {}", display_name(name)), e))?;
                     Ok(true)
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-                Err(e) => Err(Error::io(format!("reading {name}"), e)),
+                Err(e) => Err(Error::io(format!("reading {}", display_name(name)), e)),
             }
         })?,
         None => Vec::new(),
@@ -336,7 +341,10 @@ pub fn inspect_ova_stream<R: std::io::Read>(mut input: R, label: &Path) -> Resul
         if small && size > limit {
             return Err(Error::InvalidInput {
                 format: "OVA",
-                what: format!("{name} is {size} bytes, more than the {limit} accepted"),
+                what: format!(
+                    "{} is {size} bytes, more than the {limit} accepted",
+                    display_name(&name)
+                ),
             });
         }
         let algorithms: Vec<String> = match &manifest {
@@ -378,7 +386,7 @@ pub fn inspect_ova_stream<R: std::io::Read>(mut input: R, label: &Path) -> Resul
         if small {
             let text = String::from_utf8(kept).map_err(|_| Error::InvalidInput {
                 format: "OVA",
-                what: format!("{name} is not UTF-8"),
+                what: format!("{} is not UTF-8", display_name(&name)),
             })?;
             if name.ends_with(".ovf") {
                 descriptor = Some((name, text));

@@ -124,15 +124,21 @@ pub fn parse(text: &str) -> Result<Element, String> {
                 }
             }
             Event::Text(t) => {
-                if let Some(top) = stack.last_mut() {
-                    let s = t
-                        .xml_content()
-                        .map_err(|e| format!("bad text at byte {pos}: {e}"))?;
-                    top.text.push_str(&s);
+                let s = t
+                    .xml_content()
+                    .map_err(|e| format!("bad text at byte {pos}: {e}"))?;
+                match stack.last_mut() {
+                    Some(top) => top.text.push_str(&s),
+                    None => outside_root(&s, pos)?,
                 }
             }
             Event::GeneralRef(r) => {
-                if let Some(top) = stack.last_mut() {
+                let Some(top) = stack.last_mut() else {
+                    return Err(format!(
+                        "an entity reference outside the root element at byte {pos}"
+                    ));
+                };
+                {
                     let name = String::from_utf8_lossy(r.as_ref()).into_owned();
                     let resolved = match name.as_str() {
                         "lt" => "<".to_string(),
@@ -149,9 +155,15 @@ pub fn parse(text: &str) -> Result<Element, String> {
                 }
             }
             Event::CData(c) => {
-                if let Some(top) = stack.last_mut() {
-                    top.text.push_str(&String::from_utf8_lossy(&c));
-                }
+                let Some(top) = stack.last_mut() else {
+                    return Err(format!("a CDATA section outside the root element at byte {pos}"));
+                };
+                top.text.push_str(&String::from_utf8_lossy(&c));
+            }
+            Event::DocType(_) => {
+                return Err(format!(
+                    "a document type declaration at byte {pos}: DTDs are not accepted"
+                ))
             }
             Event::End(_) => {
                 let Some(el) = stack.pop() else {
@@ -164,7 +176,9 @@ pub fn parse(text: &str) -> Result<Element, String> {
                 }
             }
             Event::Eof => break,
-            _ => {}
+            // The XML declaration, processing instructions and comments may
+            // stand anywhere.
+            Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
         }
     }
     if !stack.is_empty() {
@@ -174,6 +188,21 @@ pub fn parse(text: &str) -> Result<Element, String> {
         ));
     }
     root.ok_or_else(|| "document has no root element".to_string())
+}
+
+/// Text outside the root element: only whitespace is allowed there (a log
+/// file holding an XML fragment is not a document).
+fn outside_root(text: &str, pos: u64) -> Result<(), String> {
+    match text.char_indices().find(|(_, c)| !c.is_whitespace()) {
+        None => Ok(()),
+        Some((i, _)) => {
+            let shown: String = text[i..].chars().take(20).flat_map(char::escape_debug).collect();
+            Err(format!(
+                "text \"{shown}\" outside the root element at byte {}: only whitespace, comments, the XML declaration and processing instructions may stand there",
+                pos + i as u64
+            ))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -194,5 +223,21 @@ mod tests {
         assert!(parse("<a>").is_err());
         assert!(parse("").is_err());
         assert!(parse(&"<a>".repeat(100)).is_err());
+    }
+
+    #[test]
+    fn only_markup_stands_outside_the_root() {
+        let ok = "<?xml version='1.0'?>\n<!-- dumped -->\n<?pi x?>\n<a/>\n<!-- end -->\n";
+        assert_eq!(parse(ok).unwrap().name, "a");
+        for junk in [
+            "2024-01-01 INFO starting\n<a/>",
+            "<a/>\ntrailing log line",
+            "<a/>&amp;",
+            "<![CDATA[x]]><a/>",
+            "<!DOCTYPE a [<!ENTITY e 'x'>]><a/>",
+        ] {
+            let err = parse(junk).unwrap_err();
+            assert!(err.contains("outside the root") || err.contains("DTD"), "{junk:?}: {err}");
+        }
     }
 }

@@ -10,16 +10,43 @@ use hypersdk_core::{Artifact, CheckpointStore, Error, Result, Sink, SinkWriter, 
 
 static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// The mode of every file a [`LocalDirSink`] creates unless told otherwise:
+/// exported disks hold whatever the guests held (password hashes, keys).
+pub const DEFAULT_FILE_MODE: u32 = 0o600;
+
 /// Writes exports into a local directory (created if missing).
+///
+/// Files it creates (artifacts, staged files, checkpoints) get mode
+/// [`DEFAULT_FILE_MODE`] (0600) or the one given to
+/// [`with_file_mode`](Self::with_file_mode), set exactly (not narrowed by the
+/// umask); directories get the same bits plus search where read is given
+/// (0600 → 0700, 0640 → 0750). Inside its staging directories it never
+/// follows a symbolic link: a link planted there makes the export fail
+/// instead of writing through it.
 #[derive(Debug, Clone)]
 pub struct LocalDirSink {
     root: PathBuf,
+    file_mode: u32,
 }
 
 impl LocalDirSink {
     /// A sink writing into `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalDirSink { root: root.into() }
+        LocalDirSink {
+            root: root.into(),
+            file_mode: DEFAULT_FILE_MODE,
+        }
+    }
+
+    /// Files created with permission bits `mode` (e.g. 0o640 for group
+    /// read); only the permission bits (0o777) are used.
+    pub fn with_file_mode(mut self, mode: u32) -> Self {
+        self.file_mode = mode & 0o777;
+        self
+    }
+
+    fn modes(&self) -> Modes {
+        Modes::for_files(self.file_mode)
     }
 
     /// The directory exports land in.
@@ -30,6 +57,79 @@ impl LocalDirSink {
 
 fn show(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// Permission bits of created files and directories.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Modes {
+    file: u32,
+    dir: u32,
+}
+
+impl Modes {
+    /// Directories get search (x) wherever files get read.
+    pub(crate) fn for_files(file: u32) -> Modes {
+        Modes {
+            file,
+            dir: file | ((file & 0o444) >> 2) | 0o700,
+        }
+    }
+
+    /// Creates directory `d` (not its parents) with the directory mode.
+    fn create_dir(self, d: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new().mode(self.dir).create(d)?;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(self.dir))
+    }
+
+    /// Creates `d` and any missing parents, new ones with the directory mode.
+    fn create_dir_all(self, d: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(self.dir)
+            .create(d)
+    }
+
+    /// Opens a file inside a staging directory without following a link:
+    /// created (or truncated) with the file mode if `create`.
+    fn open(self, path: &Path, write: bool, create: bool) -> std::io::Result<std::fs::File> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let f = std::fs::OpenOptions::new()
+            .read(!write)
+            .write(write)
+            .create(create)
+            .truncate(create)
+            .mode(self.file)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)?;
+        if create {
+            f.set_permissions(std::fs::Permissions::from_mode(self.file))?;
+        }
+        Ok(f)
+    }
+}
+
+/// Whether `d` is a real directory (not a symbolic link to one); Ok(false)
+/// if nothing is there, an error naming the rule if something else is.
+fn real_dir(d: &Path) -> Result<bool> {
+    match std::fs::symlink_metadata(d) {
+        Ok(m) if m.file_type().is_dir() => Ok(true),
+        Ok(m) => Err(Error::sink(
+            "cannot use staging directory",
+            show(d),
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                if m.file_type().is_symlink() {
+                    "it is a symbolic link; staging directories are never followed through links"
+                } else {
+                    "it is not a directory"
+                },
+            ),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::sink("cannot look at staging directory", show(d), e)),
+    }
 }
 
 /// Object names are single path components: no separators, no `..`.
@@ -56,11 +156,18 @@ impl Sink for LocalDirSink {
             artifact.name(),
             std::process::id()
         ));
-        tokio::fs::create_dir(&dir)
-            .await
-            .map_err(|e| Error::sink("cannot create staging directory", show(&dir), e))?;
+        let modes = self.modes();
+        let d = dir.clone();
+        blocking(move || {
+            modes
+                .create_dir(&d)
+                .map_err(|e| Error::sink("cannot create staging directory", show(&d), e))
+        })
+        .await?;
         tracing::debug!(staging = %dir.display(), "staging area created");
-        Ok(LocalStaging::boxed(dir, target, artifact, overwrite, None))
+        Ok(LocalStaging::boxed(
+            dir, target, artifact, overwrite, None, modes,
+        ))
     }
 
     /// The staging directory is `.NAME.partial` next to the destination,
@@ -75,8 +182,9 @@ impl Sink for LocalDirSink {
         let target = self.prepare(artifact, overwrite).await?;
         let dir = self.root.join(format!(".{}.partial", artifact.name()));
         let d = dir.clone();
+        let modes = self.modes();
         let lock = tokio::task::spawn_blocking(move || -> Result<std::fs::File> {
-            if d.is_dir() {
+            if real_dir(&d)? {
                 let held = lock_staging(&d)?;
                 if resume {
                     tracing::info!(staging = %d.display(), "taking up the partial export");
@@ -86,7 +194,8 @@ impl Sink for LocalDirSink {
                 std::fs::remove_dir_all(&d)
                     .map_err(|e| Error::sink("cannot remove old staging directory", show(&d), e))?;
             }
-            std::fs::create_dir(&d)
+            modes
+                .create_dir(&d)
                 .map_err(|e| Error::sink("cannot create staging directory", show(&d), e))?;
             lock_staging(&d)
         })
@@ -98,6 +207,7 @@ impl Sink for LocalDirSink {
             artifact,
             overwrite,
             Some(lock),
+            modes,
         ))
     }
 
@@ -105,7 +215,7 @@ impl Sink for LocalDirSink {
         check_name(artifact.name())?;
         let dir = self.root.join(format!(".{}.partial", artifact.name()));
         tokio::task::spawn_blocking(move || -> Result<bool> {
-            if !dir.is_dir() {
+            if !real_dir(&dir)? {
                 return Ok(false);
             }
             let _held = lock_staging(&dir)?;
@@ -122,7 +232,11 @@ impl Sink for LocalDirSink {
 /// Locks a staging directory for this process (released when the file is
 /// closed); busy if another export holds it.
 fn lock_staging(d: &Path) -> Result<std::fs::File> {
-    let f = std::fs::File::open(d)
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(d)
         .map_err(|e| Error::sink("cannot open staging directory", show(d), e))?;
     match f.try_lock() {
         Ok(()) => Ok(f),
@@ -153,9 +267,14 @@ impl LocalDirSink {
                 ));
             }
         }
-        tokio::fs::create_dir_all(&self.root)
-            .await
-            .map_err(|e| Error::sink("cannot create output directory", show(&self.root), e))?;
+        let modes = self.modes();
+        let root = self.root.clone();
+        blocking(move || {
+            modes
+                .create_dir_all(&root)
+                .map_err(|e| Error::sink("cannot create output directory", show(&root), e))
+        })
+        .await?;
         let target = self.root.join(artifact.name());
         if !overwrite && tokio::fs::symlink_metadata(&target).await.is_ok() {
             return Err(Error::AlreadyExists {
@@ -174,6 +293,7 @@ const CHECKPOINT: &str = ".checkpoint.json";
 #[derive(Debug)]
 struct LocalCheckpoints {
     dir: PathBuf,
+    modes: Modes,
 }
 
 impl CheckpointStore for LocalCheckpoints {
@@ -191,7 +311,7 @@ impl CheckpointStore for LocalCheckpoints {
         let path = self.dir.join(CHECKPOINT);
         let tmp = self.dir.join(format!("{CHECKPOINT}.tmp"));
         let err = |e| Error::sink("cannot save checkpoint", show(&path), e);
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        let mut f = self.modes.open(&tmp, true, true).map_err(err)?;
         f.write_all(bytes).map_err(err)?;
         f.sync_all().map_err(err)?;
         drop(f);
@@ -229,6 +349,7 @@ struct LocalStaging {
     /// Held while a resumable staging directory is in use (None: not
     /// resumable).
     lock: Option<std::fs::File>,
+    modes: Modes,
 }
 
 impl LocalStaging {
@@ -238,6 +359,7 @@ impl LocalStaging {
         artifact: &Artifact,
         overwrite: bool,
         lock: Option<std::fs::File>,
+        modes: Modes,
     ) -> Box<dyn Staging> {
         Box::new(LocalStaging {
             dir,
@@ -246,6 +368,7 @@ impl LocalStaging {
             overwrite,
             done: false,
             lock,
+            modes,
         })
     }
 
@@ -259,11 +382,15 @@ impl LocalStaging {
 impl Staging for LocalStaging {
     async fn create(&mut self, name: &str) -> Result<Box<dyn SinkWriter>> {
         let path = self.path(name)?;
-        let file = tokio::fs::File::create(&path)
-            .await
-            .map_err(|e| Error::sink("cannot create", show(&path), e))?;
+        let (p, modes) = (path.clone(), self.modes);
+        let file = blocking(move || {
+            modes
+                .open(&p, true, true)
+                .map_err(|e| Error::sink("cannot create", show(&p), e))
+        })
+        .await?;
         Ok(Box::new(LocalWriter {
-            file,
+            file: tokio::fs::File::from_std(file),
             path,
             size: 0,
         }))
@@ -271,10 +398,14 @@ impl Staging for LocalStaging {
 
     async fn open(&self, name: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>> {
         let path = self.path(name)?;
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| Error::sink("cannot open", show(&path), e))?;
-        Ok(Box::new(file))
+        let (p, modes) = (path.clone(), self.modes);
+        let file = blocking(move || {
+            modes
+                .open(&p, false, false)
+                .map_err(|e| Error::sink("cannot open", show(&p), e))
+        })
+        .await?;
+        Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
     async fn remove(&mut self, name: &str) -> Result<()> {
@@ -288,6 +419,7 @@ impl Staging for LocalStaging {
         if self.lock.is_some() {
             (LocalCheckpoints {
                 dir: self.dir.clone(),
+                modes: self.modes,
             })
             .clear()?;
         }
@@ -340,12 +472,13 @@ impl Staging for LocalStaging {
         self.lock.as_ref()?;
         Some(std::sync::Arc::new(LocalCheckpoints {
             dir: self.dir.clone(),
+            modes: self.modes,
         }))
     }
 
     async fn size(&self, name: &str) -> Result<Option<u64>> {
         let path = self.path(name)?;
-        match tokio::fs::metadata(&path).await {
+        match tokio::fs::symlink_metadata(&path).await {
             Ok(m) if m.is_file() => Ok(Some(m.len())),
             Ok(_) => Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -356,11 +489,15 @@ impl Staging for LocalStaging {
     async fn append(&mut self, name: &str, len: u64) -> Result<Box<dyn SinkWriter>> {
         use tokio::io::AsyncSeekExt;
         let path = self.path(name)?;
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .await
-            .map_err(|e| Error::sink("cannot open", show(&path), e))?;
+        let (p, modes) = (path.clone(), self.modes);
+        let mut file = tokio::fs::File::from_std(
+            blocking(move || {
+                modes
+                    .open(&p, true, false)
+                    .map_err(|e| Error::sink("cannot open", show(&p), e))
+            })
+            .await?,
+        );
         file.set_len(len)
             .await
             .map_err(|e| Error::sink("cannot cut back", show(&path), e))?;
@@ -396,6 +533,13 @@ impl Drop for LocalStaging {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("file task failed: {e}")))?
 }
 
 async fn remove_any(path: &Path) {
@@ -553,5 +697,77 @@ mod tests {
         assert!(sink.discard_partial(&artifact).await.unwrap());
         assert_eq!(entries(dir.path()), vec!["a.ova"]);
         assert!(!sink.discard_partial(&artifact).await.unwrap());
+    }
+
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn private_by_default_and_modes_as_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        for (sink, file, d) in [
+            (LocalDirSink::new(dir.path().join("a")), 0o600, 0o700),
+            (
+                LocalDirSink::new(dir.path().join("b")).with_file_mode(0o640),
+                0o640,
+                0o750,
+            ),
+        ] {
+            let artifact = Artifact::Directory("vm".into());
+            let mut st = sink.begin_resumable(&artifact, false, false).await.unwrap();
+            let cp = st.checkpoints().unwrap();
+            cp.save(b"{}").unwrap();
+            assert_eq!(mode(&sink.root().join(".vm.partial/.checkpoint.json")), file);
+            assert_eq!(mode(&sink.root().join(".vm.partial")), d);
+            let mut w = st.create("vm.ovf").await.unwrap();
+            w.write(b"x").await.unwrap();
+            w.finish().await.unwrap();
+            let loc = st.commit().await.unwrap();
+            assert_eq!(mode(Path::new(&loc)), d);
+            assert_eq!(mode(&Path::new(&loc).join("vm.ovf")), file);
+            assert_eq!(mode(sink.root()), d);
+            let st = sink.begin(&Artifact::File("x.ova".into()), false).await.unwrap();
+            let staged = entries(sink.root())
+                .into_iter()
+                .find(|n| n.starts_with(".x.ova.partial-"))
+                .unwrap();
+            assert_eq!(mode(&sink.root().join(staged)), d);
+            st.abort().await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn links_in_staging_are_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let sink = LocalDirSink::new(dir.path());
+        let artifact = Artifact::File("a.ova".into());
+        // A link in place of the staging directory.
+        std::os::unix::fs::symlink(outside.path(), dir.path().join(".a.ova.partial")).unwrap();
+        for resume in [true, false] {
+            let err = sink
+                .begin_resumable(&artifact, false, resume)
+                .await
+                .unwrap_err();
+            let msg = hypersdk_core::error::chain(&err);
+            assert!(msg.contains("symbolic link"), "{msg}");
+        }
+        assert!(sink.discard_partial(&artifact).await.is_err());
+        std::fs::remove_file(dir.path().join(".a.ova.partial")).unwrap();
+        // A link planted inside the staging directory.
+        let st = sink.begin_resumable(&artifact, false, false).await.unwrap();
+        st.keep().await.unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(".a.ova.partial/a.ova")).unwrap();
+        let mut st = sink.begin_resumable(&artifact, false, true).await.unwrap();
+        assert!(st.create("a.ova").await.is_err());
+        assert!(st.append("a.ova", 0).await.is_err());
+        assert!(st.open("a.ova").await.is_err());
+        assert_eq!(st.size("a.ova").await.unwrap(), None);
+        st.abort().await.unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     }
 }

@@ -1,25 +1,33 @@
 //! Encryption at rest: AES-256-GCM in the STREAM construction.
 //!
-//! # File format (version 1)
+//! # File format (version 2; version 1 is read too)
 //!
 //! All integers big-endian. A 64-byte header, then the chunks.
 //!
 //! ```text
 //! offset size  field
 //!  0      8    magic "HSDKENC\0"
-//!  8      1    version = 1
+//!  8      1    version = 2
 //!  9      1    key derivation: 0 = raw 32-byte key, 1 = argon2id from a passphrase
 //! 10      1    log2 of the plaintext chunk size (16..=24; 20 = 1 MiB)
-//! 11      1    reserved, 0
-//! 12      4    argon2id memory cost in KiB (0 for raw keys)
+//! 11      1    header checksum, high byte (version 1: reserved, 0)
+//! 12      4    argon2id memory cost in KiB (0 for raw keys; at most 256 MiB)
 //! 16      4    argon2id iterations (0 for raw keys)
 //! 20      4    argon2id parallelism (0 for raw keys)
 //! 24     16    argon2id salt (random; zeros for raw keys)
 //! 40      7    nonce prefix (random per file)
-//! 47      1    reserved, 0
+//! 47      1    header checksum, low byte (version 1: reserved, 0)
 //! 48     16    key check: the AES-256-GCM tag of the empty message under
 //!              nonce = prefix ‖ 0xFFFFFFFF ‖ 0x02, AAD = bytes 0..48
 //! ```
+//!
+//! The header checksum is the CRC-16/CCITT-FALSE of bytes 0..48 with bytes 11
+//! and 47 taken as zero. It is no defence (every chunk authenticates the
+//! header): it tells a damaged or altered header ("damaged header") apart
+//! from a wrong key or passphrase (the key check fails on an intact
+//! header). A header asking argon2id for more than 256 MiB of memory is
+//! refused before any key derivation, so a crafted file cannot make
+//! decryption allocate without bound.
 //!
 //! Chunk `i` (counting from 0) is the AES-256-GCM encryption of the next
 //! `chunk size` plaintext bytes (the last chunk may be shorter, even empty),
@@ -56,7 +64,7 @@ use crate::error::{Error, Result};
 /// The file magic.
 pub const MAGIC: &[u8; 8] = b"HSDKENC\0";
 /// The format version written.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 64;
 /// Authenticated part of the header.
@@ -70,9 +78,10 @@ pub const DEFAULT_CHUNK_LOG2: u8 = 20;
 const ARGON2_M_KIB: u32 = 64 * 1024;
 const ARGON2_T: u32 = 3;
 const ARGON2_P: u32 = 1;
-/// Largest argon2id memory cost accepted from a header (1 GiB), so a hostile
-/// header cannot make decryption allocate without bound.
-const ARGON2_MAX_M_KIB: u32 = 1024 * 1024;
+/// Largest argon2id memory cost accepted from a header (256 MiB, four
+/// times what this crate writes), so a hostile header cannot make
+/// decryption allocate without bound.
+pub const ARGON2_MAX_M_KIB: u32 = 256 * 1024;
 
 /// Where the key comes from.
 #[derive(Clone)]
@@ -253,6 +262,9 @@ impl Header {
         h[20..24].copy_from_slice(&self.p.to_be_bytes());
         h[24..40].copy_from_slice(&self.salt);
         h[40..47].copy_from_slice(&self.prefix);
+        let [hi, lo] = header_crc(&h).to_be_bytes();
+        h[11] = hi;
+        h[47] = lo;
         h
     }
 
@@ -260,11 +272,21 @@ impl Header {
         if &h[0..8] != MAGIC {
             return Err(crypto("not a hypersdk encrypted file (bad magic)"));
         }
-        if h[8] != VERSION {
-            return Err(Error::Crypto(format!(
-                "unsupported encrypted file version {} (this build reads {VERSION})",
-                h[8]
-            )));
+        match h[8] {
+            1 => {}
+            2 => {
+                let stored = u16::from_be_bytes([h[11], h[47]]);
+                if stored != header_crc(h) {
+                    return Err(crypto(
+                        "damaged header: its checksum does not match (the file was altered or corrupted; the key was not tried)",
+                    ));
+                }
+            }
+            v => {
+                return Err(Error::Crypto(format!(
+                    "unsupported encrypted file version {v} (this build reads 1 and {VERSION})"
+                )))
+            }
         }
         let be32 = |at: usize| u32::from_be_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
         let header = Header {
@@ -284,9 +306,14 @@ impl Header {
         }
         match header.kdf {
             0 => {}
-            1 if header.m_kib <= ARGON2_MAX_M_KIB
-                && (1..=16).contains(&header.t)
-                && (1..=16).contains(&header.p) => {}
+            1 if header.m_kib > ARGON2_MAX_M_KIB => {
+                return Err(Error::Crypto(format!(
+                    "refused: the header asks argon2id for {} MiB of memory, more than the {} MiB accepted",
+                    header.m_kib / 1024,
+                    ARGON2_MAX_M_KIB / 1024
+                )))
+            }
+            1 if (1..=16).contains(&header.t) && (1..=16).contains(&header.p) => {}
             1 => {
                 return Err(crypto(
                     "argon2id parameters in the header are out of the accepted range",
@@ -297,6 +324,15 @@ impl Header {
         Ok(header)
     }
 
+    #[cfg(test)]
+    fn encode_v1(&self) -> [u8; AAD_LEN] {
+        let mut h = self.encode();
+        h[8] = 1;
+        h[11] = 0;
+        h[47] = 0;
+        h
+    }
+
     fn nonce(&self, index: u32, flag: u8) -> Nonce {
         let mut n = [0u8; 12];
         n[..7].copy_from_slice(&self.prefix);
@@ -304,6 +340,24 @@ impl Header {
         n[11] = flag;
         Nonce::assume_unique_for_key(n)
     }
+}
+
+/// CRC-16/CCITT-FALSE of header bytes 0..48, bytes 11 and 47 (where it is
+/// kept) taken as zero.
+fn header_crc(h: &[u8]) -> u16 {
+    let mut crc: u16 = 0xffff;
+    for (i, &b) in h[..AAD_LEN].iter().enumerate() {
+        let b = if i == 11 || i == 47 { 0 } else { b };
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
 }
 
 fn derive_key(source: &KeySource, header: &Header) -> Result<LessSafeKey> {
@@ -518,12 +572,16 @@ impl<R: Read> DecryptReader<R> {
         }
         let header = Header::decode(&h)?;
         let key = derive_key(source, &header)?;
-        let aad = header.encode();
+        // The header as read (version 1 files differ from what encode() writes).
+        let mut aad = [0u8; AAD_LEN];
+        aad.copy_from_slice(&h[..AAD_LEN]);
         let expected = key_check(&key, &header, &aad)?;
         if !ring_constant_time_eq(&expected, &h[AAD_LEN..]) {
-            return Err(crypto(
-                "wrong key or passphrase (the key check in the header does not match)",
-            ));
+            return Err(crypto(if h[8] == 1 {
+                "wrong key or passphrase, or a damaged header (the key check in the header does not match; files of format 1 cannot tell these apart)"
+            } else {
+                "wrong key or passphrase (the key check in the header does not match)"
+            }));
         }
         let chunk = 1usize << header.chunk_log2;
         let mut r = DecryptReader {
@@ -647,6 +705,55 @@ mod tests {
     }
 
     #[test]
+    fn reads_format_1_files() {
+        let header = Header {
+            kdf: 0,
+            chunk_log2: 16,
+            m_kib: 0,
+            t: 0,
+            p: 0,
+            salt: [0; 16],
+            prefix: [9; 7],
+        };
+        let k = derive_key(&key(), &header).unwrap();
+        let aad = header.encode_v1();
+        let mut file = aad.to_vec();
+        file.extend_from_slice(&key_check(&k, &header, &aad).unwrap());
+        let mut chunk = b"format one".to_vec();
+        k.seal_in_place_append_tag(header.nonce(0, 1), Aad::from(&aad), &mut chunk)
+            .unwrap();
+        file.extend_from_slice(&chunk);
+        assert_eq!(decrypt(&file, &key()).unwrap(), b"format one");
+        let mut damaged = file.clone();
+        damaged[45] ^= 1;
+        let e = DecryptReader::new(&damaged[..], &key()).unwrap_err().to_string();
+        assert!(e.contains("wrong key or passphrase, or a damaged header"), "{e}");
+    }
+
+    #[test]
+    fn argon2_memory_above_the_cap_is_refused_before_any_work() {
+        let header = Header {
+            kdf: 1,
+            chunk_log2: 20,
+            m_kib: 4 * 1024 * 1024,
+            t: 3,
+            p: 1,
+            salt: [1; 16],
+            prefix: [2; 7],
+        };
+        let mut file = header.encode().to_vec();
+        file.extend_from_slice(&[0; TAG_LEN]);
+        let pass = KeySource::passphrase("x");
+        let e = DecryptReader::new(&file[..], &pass).unwrap_err().to_string();
+        assert!(e.contains("4096 MiB") && e.contains("256 MiB"), "{e}");
+        // No key was derived (a 4 GiB argon2id pass would have run first).
+        let KeySource::Passphrase(p) = &pass else {
+            unreachable!()
+        };
+        assert!(p.cache().is_none());
+    }
+
+    #[test]
     fn round_trips_all_lengths() {
         for len in [0usize, 1, 65535, 65536, 65537, 3 * 65536, 200_000] {
             let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
@@ -684,9 +791,16 @@ mod tests {
         let mut flipped = ct.clone();
         flipped[HEADER_LEN + 70_000] ^= 1;
         assert!(err(&flipped).contains("chunk 1 failed"));
-        // header altered: the key check catches it
+        // header altered, anywhere: a damaged header, not a wrong key
+        for at in [9, 10, 12, 30, 45, 47, 11] {
+            let mut h = ct.clone();
+            h[at] ^= 0x10;
+            let e = DecryptReader::new(&h[..], &key()).unwrap_err().to_string();
+            assert!(e.contains("damaged header"), "byte {at}: {e}");
+        }
+        // the key check altered: the key does not match
         let mut h = ct.clone();
-        h[45] ^= 1;
+        h[50] ^= 1;
         assert!(DecryptReader::new(&h[..], &key())
             .unwrap_err()
             .to_string()

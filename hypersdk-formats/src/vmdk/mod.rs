@@ -37,7 +37,7 @@ mod reader;
 mod stream;
 mod writer;
 
-pub use descriptor::{parse_descriptor, Descriptor, Extent, ExtentKind};
+pub use descriptor::{parse_descriptor, Descriptor, Extent, ExtentKind, MAX_DESCRIPTOR_BYTES};
 pub use image::VmdkImage;
 pub use reader::{SparseExtentReader, SparseHeader};
 pub use stream::{StreamChecker, StreamDecoder, StreamStats, WriterResume};

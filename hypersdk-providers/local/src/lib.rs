@@ -9,6 +9,13 @@
 //! A VM is named either by the path of its XML file or by its name or UUID
 //! among the `*.xml` files of the provider's directory.
 //!
+//! A provider built with [`LocalProvider::confined`] (as the daemon builds
+//! it, for callers who are not trusted with the host's files) looks VMs up
+//! by name or UUID in its directory only, never by path, and reads a disk
+//! only when its image lies under one of the allowed `disk_roots` (after
+//! following every symbolic link); anything else fails with an error that
+//! names the rule and says nothing about whether the path exists.
+//!
 //! Power state: libvirt writes `id='N'` on `<domain>` only for a running
 //! domain, so a dump of a running VM reads as [`PowerState::On`](hypersdk_core::PowerState).
 //! Exporting a running VM's disks gives a crash-consistent-at-best copy; shut
@@ -34,6 +41,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod disk_roots;
 mod domain;
 mod source;
 
@@ -85,16 +93,42 @@ impl From<LocalError> for Error {
     }
 }
 
+/// The directories libvirt keeps disk images in, allowed by default to a
+/// [`LocalProvider::confined`] provider (besides its own directory).
+pub const DEFAULT_DISK_ROOTS: [&str; 2] = ["/var/lib/libvirt/images", "/var/lib/libvirt/boot"];
+
 /// KVM/libvirt VMs described by domain XML files in a directory.
 #[derive(Debug, Clone)]
 pub struct LocalProvider {
     dir: PathBuf,
+    /// Set for a confined provider: VMs by name only, disks under these.
+    confined: Option<disk_roots::DiskRoots>,
 }
 
 impl LocalProvider {
-    /// A provider over the `*.xml` domain files of `dir`.
+    /// A provider over the `*.xml` domain files of `dir`, for a caller who
+    /// may read the files it names: a VM may also be named by the path of
+    /// its XML file, and disks may lie anywhere.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        LocalProvider { dir: dir.into() }
+        LocalProvider {
+            dir: dir.into(),
+            confined: None,
+        }
+    }
+
+    /// A provider over the `*.xml` domain files of `dir` for callers who
+    /// are not trusted with this host's files (the daemon's jobs): a VM is
+    /// looked up by name or UUID in `dir` only, and a disk is read only when
+    /// its image (symbolic links followed) lies under `dir` or one of
+    /// `disk_roots`.
+    pub fn confined(dir: impl Into<PathBuf>, disk_roots: Vec<PathBuf>) -> Self {
+        let dir = dir.into();
+        let mut roots = disk_roots;
+        roots.push(dir.clone());
+        LocalProvider {
+            confined: Some(disk_roots::DiskRoots::new(roots)),
+            dir,
+        }
     }
 
     /// The directory searched for domain XML files.
@@ -139,9 +173,16 @@ impl LocalProvider {
         Ok(parse_domain(&text, path)?)
     }
 
-    /// Finds VM `vm`: a path to a domain XML file, or a name or UUID in the directory.
+    /// Finds VM `vm`: a path to a domain XML file (not for a confined
+    /// provider), or a name or UUID in the directory.
     pub fn find(&self, vm: &str) -> Result<Domain> {
         let as_path = Path::new(vm);
+        if self.confined.is_some() && (vm.contains(['/', '\\', '\0']) || vm.ends_with(".xml")) {
+            return Err(Error::InvalidArgument(format!(
+                "VM '{}' looks like a path: this provider looks VMs up by name or UUID in its directory only",
+                hypersdk_formats::error::display_name(vm)
+            )));
+        }
         if vm.ends_with(".xml") || vm.contains('/') {
             if as_path.is_file() {
                 return Self::read_domain(as_path);
@@ -174,6 +215,28 @@ impl LocalProvider {
                 self.dir.display()
             ))),
         }
+    }
+
+    /// The domain's spec with disk capacities read from the images; for a
+    /// confined provider, every disk image is first checked to lie under the
+    /// allowed roots (and its path replaced by the resolved one).
+    pub fn resolve_checked(&self, domain: &mut Domain) -> Result<VmSpec> {
+        if let Some(roots) = &self.confined {
+            for (disk, path) in domain.spec.disks.iter_mut().zip(domain.disk_paths.iter_mut()) {
+                let real = roots.check(path, disk.format).map_err(|what| Error::Provider {
+                    provider: PROVIDER_NAME.into(),
+                    message: format!(
+                        "VM '{}', disk {}: {what}",
+                        domain.spec.name, disk.name
+                    ),
+                    retryable: false,
+                    source: None,
+                })?;
+                disk.location = real.display().to_string();
+                *path = real;
+            }
+        }
+        Self::resolve(domain)
     }
 
     /// The domain's spec with disk capacities read from the images.
@@ -211,8 +274,8 @@ impl Provider for LocalProvider {
             let mut out = Vec::new();
             for file in this.domain_files()? {
                 match Self::read_domain(&file) {
-                    Ok(d) => {
-                        let spec = Self::resolve(&d).unwrap_or_else(|e| {
+                    Ok(mut d) => {
+                        let spec = this.resolve_checked(&mut d).unwrap_or_else(|e| {
                             tracing::warn!(vm = %d.spec.name, error = %e, "disk sizes unknown");
                             d.spec.clone()
                         });
@@ -229,15 +292,15 @@ impl Provider for LocalProvider {
     async fn vm_spec(&self, vm: &str) -> Result<VmSpec> {
         let this = self.clone();
         let vm = vm.to_string();
-        blocking(move || Self::resolve(&this.find(&vm)?)).await
+        blocking(move || this.resolve_checked(&mut this.find(&vm)?)).await
     }
 
     async fn open_export(&self, vm: &str) -> Result<Box<dyn ExportSource>> {
         let this = self.clone();
         let vm = vm.to_string();
         let (spec, paths) = blocking(move || {
-            let d = this.find(&vm)?;
-            Ok((Self::resolve(&d)?, d.disk_paths))
+            let mut d = this.find(&vm)?;
+            Ok((this.resolve_checked(&mut d)?, d.disk_paths))
         })
         .await?;
         Ok(Box::new(LocalSource::new(spec, paths)))
