@@ -79,6 +79,36 @@ fn encrypt_decrypt_round_trip_and_failures() {
         ],
         "failed authentication",
     );
+    // the header tampered with: a damaged header, not a wrong passphrase
+    let mut bytes = fs::read(&enc).unwrap();
+    bytes[30] ^= 0x01; // inside the salt
+    let tampered = tmp.path().join("tampered.enc");
+    fs::write(&tampered, &bytes).unwrap();
+    fails(
+        &[
+            "decrypt",
+            path_str(&tampered),
+            "--passphrase-file",
+            path_str(&pass),
+        ],
+        "damaged header",
+    );
+    // a header asking argon2id for 4 GiB: refused before any work
+    let mut bytes = fs::read(&enc).unwrap();
+    bytes[12..16].copy_from_slice(&(4u32 * 1024 * 1024).to_be_bytes());
+    let greedy = tmp.path().join("greedy.enc");
+    fs::write(&greedy, &bytes).unwrap();
+    // (the checksum now fails first; recompute it as a crafted file would)
+    fix_header_checksum(&greedy);
+    fails(
+        &[
+            "decrypt",
+            path_str(&greedy),
+            "--passphrase-file",
+            path_str(&pass),
+        ],
+        "more than the 256 MiB accepted",
+    );
     // truncated
     let bytes = fs::read(&enc).unwrap();
     let cut = tmp.path().join("cut.enc");
@@ -99,4 +129,50 @@ fn encrypt_decrypt_round_trip_and_failures() {
         &["decrypt", path_str(&enc), "--key-file", path_str(&key)],
         "passphrase, not a key file",
     );
+}
+
+/// Rewrites the CRC-16/CCITT-FALSE header checksum (bytes 11 and 47) of an
+/// encrypted file, as someone crafting a header would.
+fn fix_header_checksum(path: &std::path::Path) {
+    let mut b = fs::read(path).unwrap();
+    let mut crc: u16 = 0xffff;
+    for (i, &x) in b[..48].iter().enumerate() {
+        let x = if i == 11 || i == 47 { 0 } else { x };
+        crc ^= u16::from(x) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    b[11] = (crc >> 8) as u8;
+    b[47] = crc as u8;
+    fs::write(path, b).unwrap();
+}
+
+#[test]
+fn a_closed_stdout_ends_hyperctl_quietly() {
+    let dir = workspace_root().join("examples/vms");
+    let exe = env!("CARGO_BIN_EXE_hyperctl");
+    // Many lines, so that writes continue after `head` has gone.
+    let tmp = tempfile::tempdir().unwrap();
+    for i in 0..200 {
+        fs::write(
+            tmp.path().join(format!("vm{i:03}.xml")),
+            format!("<domain><name>vm{i:03}</name><memory>1024</memory></domain>"),
+        )
+        .unwrap();
+    }
+    for d in [dir.as_path(), tmp.path()] {
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "'{exe}' vms list --dir '{}' | head -1; exit ${{PIPESTATUS:-0}}",
+                d.display()
+            ))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+        assert!(err.trim().is_empty(), "{err}");
+        assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 1);
+    }
 }

@@ -105,3 +105,31 @@ fn hostile_ova_is_refused_by_name() {
         "{err}"
     );
 }
+
+#[test]
+fn verify_errors_speak_of_reading_and_show_hostile_names_escaped() {
+    let tmp = tempfile::tempdir().unwrap();
+    export("ova", tmp.path());
+    export("ovf", tmp.path());
+    // A truncated OVA: a read that failed, never "cannot write".
+    let ova = tmp.path().join("demo-vm.ova");
+    let bytes = fs::read(&ova).unwrap();
+    let cut = tmp.path().join("cut.ova");
+    fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
+    let err = error_line(&hyperctl(&["verify", path_str(&cut)]));
+    assert!(!err.contains("cannot write"), "{err}");
+    assert!(err.contains("cannot read package"), "{err}");
+    // A file whose name holds terminal escapes and a newline, and one with
+    // a name of 250 characters, beside a package: shown escaped and cut.
+    let dir = tmp.path().join("demo-vm");
+    let evil = "evil\u{1b}[2J\nname.vmdk";
+    fs::write(dir.join(evil), b"x").unwrap();
+    let long = format!("{}.vmdk", "l".repeat(245));
+    fs::write(dir.join(&long), b"x").unwrap();
+    let o = hyperctl(&["verify", path_str(&dir)]);
+    let err = error_line(&o);
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+    assert!(err.contains("evil\\u{1b}[2J\\nname.vmdk"), "{err}");
+    assert!(err.contains(&format!("{}…", "l".repeat(120))), "{err}");
+    assert!(!err.contains(&long), "{err}");
+}

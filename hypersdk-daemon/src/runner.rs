@@ -343,6 +343,7 @@ impl Runner {
             self.metrics.set_active(self.active());
             self.metrics.job_ended(status);
             self.wake();
+            self.sweep_partials().await;
         }.instrument(span));
     }
 
