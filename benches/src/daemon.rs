@@ -110,7 +110,7 @@ fn main() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let vms = tmp.path().join("vms");
     std::fs::create_dir(&vms)?;
-    let disk = tmp.path().join("tiny.raw");
+    let disk = vms.join("tiny.raw");
     hypersdk_testsupport::write_mixed_file(&disk, 1 << 20)?;
     std::fs::write(
         vms.join("tiny.xml"),

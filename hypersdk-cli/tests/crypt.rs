@@ -140,7 +140,11 @@ fn fix_header_checksum(path: &std::path::Path) {
         let x = if i == 11 || i == 47 { 0 } else { x };
         crc ^= u16::from(x) << 8;
         for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
         }
     }
     b[11] = (crc >> 8) as u8;
@@ -152,16 +156,18 @@ fn fix_header_checksum(path: &std::path::Path) {
 fn a_closed_stdout_ends_hyperctl_quietly() {
     let dir = workspace_root().join("examples/vms");
     let exe = env!("CARGO_BIN_EXE_hyperctl");
-    // Many lines, so that writes continue after `head` has gone.
+    // More output than a pipe holds (64 KiB), so that writes certainly
+    // continue after `head` has gone.
     let tmp = tempfile::tempdir().unwrap();
-    for i in 0..200 {
+    let pad = "x".repeat(60);
+    for i in 0..2000 {
         fs::write(
-            tmp.path().join(format!("vm{i:03}.xml")),
-            format!("<domain><name>vm{i:03}</name><memory>1024</memory></domain>"),
+            tmp.path().join(format!("vm{i:04}.xml")),
+            format!("<domain><name>vm{i:04}-{pad}</name><memory>1024</memory></domain>"),
         )
         .unwrap();
     }
-    for d in [dir.as_path(), tmp.path()] {
+    for d in [tmp.path(), dir.as_path()] {
         let o = std::process::Command::new("sh")
             .arg("-c")
             .arg(format!(
@@ -171,7 +177,10 @@ fn a_closed_stdout_ends_hyperctl_quietly() {
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{err}"
+        );
         assert!(err.trim().is_empty(), "{err}");
         assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 1);
     }

@@ -108,6 +108,21 @@ fn submit_watch_list_show_logs_and_cancel_through_the_daemon() {
         "{}",
         stderr(&o)
     );
+    // That failure is not one a retry changes; the job can be deleted.
+    let list: serde_json::Value =
+        serde_json::from_str(&run_ok(&["list", "--json", "--status", "failed"])).unwrap();
+    let id = list["jobs"][0]["id"].to_string();
+    let args = with(&["retry", &id]);
+    let line = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        line.contains("409") && line.contains("a retry does not change"),
+        "{line}"
+    );
+    let out = run_ok(&["delete", &id]);
+    assert!(out.contains(&format!("job {id}: deleted")), "{out}");
+    let args = with(&["show", &id]);
+    let line = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(line.contains("404"), "{line}");
 }
 
 #[test]

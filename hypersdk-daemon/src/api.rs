@@ -695,15 +695,19 @@ async fn retry_job(
     let job = load(&st, &id).await?;
     let refuse = |why: String| Err(ApiError::new(StatusCode::CONFLICT, why));
     match job.status {
-        JobStatus::Failed if !job.retryable => {
+        JobStatus::Failed if !job.retryable => return refuse(format!(
+            "job {} failed for a cause a retry does not change ({}); fix it and submit a new job",
+            job.id,
+            job.error.as_deref().unwrap_or("unknown")
+        )),
+        JobStatus::Failed | JobStatus::Cancelled => {}
+        s => {
             return refuse(format!(
-                "job {} failed for a cause a retry does not change ({}); fix it and submit a new job",
+                "job {} is {}: only failed or cancelled jobs can be retried",
                 job.id,
-                job.error.as_deref().unwrap_or("unknown")
+                s.as_str()
             ))
         }
-        JobStatus::Failed | JobStatus::Cancelled => {}
-        s => return refuse(format!("job {} is {}: only failed or cancelled jobs can be retried", job.id, s.as_str())),
     }
     if !st
         .store
@@ -711,7 +715,10 @@ async fn retry_job(
         .await
         .map_err(ApiError::internal)?
     {
-        return refuse(format!("job {} changed meanwhile; look at it again", job.id));
+        return refuse(format!(
+            "job {} changed meanwhile; look at it again",
+            job.id
+        ));
     }
     st.runner.wake();
     Ok((StatusCode::ACCEPTED, Json(load(&st, &id).await?)))
@@ -727,11 +734,7 @@ async fn delete_job(State(st): Shared, Path(id): Path<String>) -> ApiResult<Stat
     if !job.status.is_final() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            format!(
-                "job {} is {}: cancel it first",
-                job.id,
-                job.status.as_str()
-            ),
+            format!("job {} is {}: cancel it first", job.id, job.status.as_str()),
         ));
     }
     if let Some(p) = &job.partial {

@@ -299,7 +299,9 @@ impl Config {
                 anyhow::anyhow!("artifact_mode: '{m}' is not an octal mode such as \"0640\"")
             })?;
             if mode & 0o600 != 0o600 {
-                anyhow::bail!("artifact_mode: '{m}' must let the daemon read and write (0600 at least)");
+                anyhow::bail!(
+                    "artifact_mode: '{m}' must let the daemon read and write (0600 at least)"
+                );
             }
             if mode & 0o002 != 0 {
                 anyhow::bail!("artifact_mode: '{m}' makes exports writable by everyone");

@@ -33,12 +33,8 @@ pub fn internal_range(ip: IpAddr) -> Option<&'static str> {
             let s = v6.segments();
             // NAT64 (64:ff9b::/96) carries an IPv4 address in its last 32 bits.
             if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
-                let v4 = Ipv4Addr::new(
-                    (s[6] >> 8) as u8,
-                    s[6] as u8,
-                    (s[7] >> 8) as u8,
-                    s[7] as u8,
-                );
+                let v4 =
+                    Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
                 return v4_range(v4).or(Some("NAT64"));
             }
             v6_range(v6)

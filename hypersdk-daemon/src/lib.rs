@@ -16,6 +16,10 @@
 //! - [`profiles`], [`schedules`], [`webhooks`]: named job options, cron
 //!   schedules in a time zone (missed runs reported), signed job events
 //!   with retries and a circuit breaker.
+//! - [`outputs`]: job directories below the output root, walked without
+//!   following links, and the partial exports failed jobs keep for a retry;
+//!   [`egress`]: which addresses webhooks may reach (internal ones refused
+//!   unless allow-listed, at registration and at every connection).
 //! - [`telemetry`]: JSON logs, and OpenTelemetry traces over OTLP/HTTP
 //!   (feature `otel`, on by default): a span per API request and per job run.
 //!

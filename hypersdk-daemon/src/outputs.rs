@@ -73,7 +73,9 @@ pub fn job_dir(root: &Path, sub: Option<&str>, mode: u32) -> Result<PathBuf, Str
                 match std::fs::DirBuilder::new().mode(mode).create(&dir) {
                     Ok(()) => {
                         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
-                            .map_err(|e| format!("output: cannot set the mode of '{shown}': {e}"))?;
+                            .map_err(|e| {
+                                format!("output: cannot set the mode of '{shown}': {e}")
+                            })?;
                     }
                     // Made meanwhile by another job: looked at again below.
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -88,8 +90,8 @@ pub fn job_dir(root: &Path, sub: Option<&str>, mode: u32) -> Result<PathBuf, Str
             Err(e) => return Err(format!("output: cannot look at '{shown}': {e}")),
         }
     }
-    let real_root = std::fs::canonicalize(root)
-        .map_err(|e| format!("cannot resolve the output root: {e}"))?;
+    let real_root =
+        std::fs::canonicalize(root).map_err(|e| format!("cannot resolve the output root: {e}"))?;
     let real = std::fs::canonicalize(&dir)
         .map_err(|e| format!("output: cannot resolve '{shown}': {e}"))?;
     if !real.starts_with(&real_root) {
@@ -130,8 +132,8 @@ pub fn remove_partial(root: &Path, partial: &PartialExport) -> Result<bool, Stri
         .file_name()
         .map(|n| n.to_string_lossy())
         .is_some_and(|n| n.starts_with('.') && n.ends_with(".partial"));
-    let real_root = std::fs::canonicalize(root)
-        .map_err(|e| format!("cannot resolve the output root: {e}"))?;
+    let real_root =
+        std::fs::canonicalize(root).map_err(|e| format!("cannot resolve the output root: {e}"))?;
     let below = path
         .parent()
         .and_then(|p| std::fs::canonicalize(p).ok())

@@ -353,8 +353,8 @@ impl Runner {
         let age = chrono::Duration::hours(
             i64::try_from(self.config.partial_max_age_hours).unwrap_or(i64::MAX / 7200),
         );
-        let before = (chrono::Utc::now() - age)
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let before =
+            (chrono::Utc::now() - age).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let jobs = match self.store.stale_partials(before).await {
             Ok(j) => j,
             Err(e) => {
@@ -446,11 +446,7 @@ impl Runner {
         let sub = spec.output.clone();
         let file_mode = self.config.file_mode();
         let out = tokio::task::spawn_blocking(move || {
-            crate::outputs::job_dir(
-                &root,
-                sub.as_deref(),
-                crate::outputs::dir_mode(file_mode),
-            )
+            crate::outputs::job_dir(&root, sub.as_deref(), crate::outputs::dir_mode(file_mode))
         })
         .await
         .map_err(|e| Error::Internal(format!("output directory task failed: {e}")))?

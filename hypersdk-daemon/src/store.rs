@@ -137,9 +137,8 @@ fn private_files(path: &Path) -> StoreResult<()> {
         let p = std::path::PathBuf::from(name);
         if let Ok(m) = std::fs::symlink_metadata(&p) {
             if m.is_file() && m.permissions().mode() & 0o077 != 0 {
-                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).map_err(
-                    |e| StoreError(format!("cannot make {} private: {e}", p.display())),
-                )?;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| StoreError(format!("cannot make {} private: {e}", p.display())))?;
             }
         }
     }
@@ -231,7 +230,10 @@ impl Store {
         writer.execute_batch(SCHEMA).map_err(db_err("schema"))?;
         // Databases made before jobs kept these columns.
         for (column, ddl) in [
-            ("trace_parent", "ALTER TABLE jobs ADD COLUMN trace_parent TEXT"),
+            (
+                "trace_parent",
+                "ALTER TABLE jobs ADD COLUMN trace_parent TEXT",
+            ),
             (
                 "retryable",
                 "ALTER TABLE jobs ADD COLUMN retryable INTEGER NOT NULL DEFAULT 0",
@@ -247,7 +249,9 @@ impl Store {
                 .map_err(db_err("schema"))?
                 > 0;
             if !has {
-                writer.execute_batch(ddl).map_err(db_err("schema upgrade"))?;
+                writer
+                    .execute_batch(ddl)
+                    .map_err(db_err("schema upgrade"))?;
             }
         }
         private_files(path)?;
@@ -588,11 +592,8 @@ impl Store {
     pub async fn clear_partial(&self, id: i64, message: String) -> StoreResult<()> {
         self.write(move |c| {
             let tx = c.transaction().map_err(db_err("begin"))?;
-            tx.execute(
-                "UPDATE jobs SET partial = NULL WHERE id = ?1",
-                params![id],
-            )
-            .map_err(db_err("clear partial"))?;
+            tx.execute("UPDATE jobs SET partial = NULL WHERE id = ?1", params![id])
+                .map_err(db_err("clear partial"))?;
             tx.execute(
                 "INSERT INTO job_events (job_id, at, message) VALUES (?1, ?2, ?3)",
                 params![id, now(), message],

@@ -13,7 +13,6 @@ use common::{config, sha256_hex, Daemon, Receiver};
 use hypersdk_testsupport::{domain_xml, run_tool, write_mixed_file};
 use serde_json::{json, Value};
 
-
 #[test]
 fn a_submitted_export_runs_and_reports_with_logs_progress_and_metrics() {
     let tmp = tempfile::tempdir().unwrap();
@@ -350,10 +349,11 @@ fn api_keys_roles_and_the_audit_log() {
 /// A config in `dir` whose provider `kvm` has one VM, `big`, with a 64 MiB
 /// disk (at 16 MiB/s a job runs about 4 s), and `max_concurrent` slots.
 fn big_vm_config(dir: &Path, max_concurrent: usize) -> PathBuf {
-    let disk = dir.join("big.raw");
-    write_mixed_file(&disk, 64 << 20).unwrap();
     let vms = dir.join("vms");
     std::fs::create_dir(&vms).unwrap();
+    // Disks beside their domains: the provider's directory is a disk root.
+    let disk = vms.join("big.raw");
+    write_mixed_file(&disk, 64 << 20).unwrap();
     std::fs::write(vms.join("big.xml"), domain_xml("big", &[(&disk, "raw")])).unwrap();
     let cfg = dir.join("hypervisord.yaml");
     std::fs::write(
@@ -907,10 +907,10 @@ fn fifty_jobs_survive_kill_9_at_random_moments() {
     let tmp = tempfile::tempdir().unwrap();
     // A VM with a 4 MiB disk: each export is short, so kills land in every
     // phase (submission, start, export, finish).
-    let disk = tmp.path().join("small.raw");
-    write_mixed_file(&disk, 4 << 20).unwrap();
     let vms = tmp.path().join("vms");
     std::fs::create_dir(&vms).unwrap();
+    let disk = vms.join("small.raw");
+    write_mixed_file(&disk, 4 << 20).unwrap();
     std::fs::write(
         vms.join("small.xml"),
         domain_xml("small", &[(&disk, "raw")]),

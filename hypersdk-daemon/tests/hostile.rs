@@ -108,7 +108,11 @@ fn disks_outside_disk_roots_are_refused_without_saying_whether_they_exist() {
         domain("ghost", "/etc/no-such-file-anywhere"),
     )
     .unwrap();
-    std::fs::write(vms.join("dots.xml"), domain("dots", "../../../../etc/hostname")).unwrap();
+    std::fs::write(
+        vms.join("dots.xml"),
+        domain("dots", "../../../../etc/hostname"),
+    )
+    .unwrap();
     // A link inside the provider directory that points out of it.
     std::os::unix::fs::symlink("/etc/hostname", vms.join("link.raw")).unwrap();
     std::fs::write(vms.join("link.xml"), domain("link", "link.raw")).unwrap();
@@ -143,7 +147,10 @@ fn disks_outside_disk_roots_are_refused_without_saying_whether_they_exist() {
     std::fs::write(other.path().join("d.raw"), vec![1u8; 65536]).unwrap();
     std::fs::write(
         vms.join("elsewhere.xml"),
-        domain("elsewhere", &other.path().join("d.raw").display().to_string()),
+        domain(
+            "elsewhere",
+            &other.path().join("d.raw").display().to_string(),
+        ),
     )
     .unwrap();
     let job = run_job(&d, r#"{"vm": "elsewhere", "provider": "kvm"}"#);
@@ -235,12 +242,12 @@ fn webhooks_follow_no_redirect_show_no_credentials_and_are_checked_at_connect_ti
     let allow = "webhooks: { attempts: 1, allow_private: [127.0.0.1/32, \"::1/128\"] }\n";
     let cfg = hostile_config(tmp.path(), allow);
     let d = Daemon::start(&cfg);
-    let with_creds = redirector
-        .url
-        .replace("http://", "http://user:hunter2@")
-        + "?token=abc123";
+    let with_creds = redirector.url.replace("http://", "http://user:hunter2@") + "?token=abc123";
     let mut ids = Vec::new();
-    for url in [with_creds.as_str(), &inside.url.replace("127.0.0.1", "localhost")] {
+    for url in [
+        with_creds.as_str(),
+        &inside.url.replace("127.0.0.1", "localhost"),
+    ] {
         let body = serde_json::json!({"url": url, "secret": "0123456789abcdef", "events": ["job.completed"]})
             .to_string();
         let (code, hook) = d.json("POST", "/api/v1/webhooks", Some(&body));
@@ -273,7 +280,10 @@ fn webhooks_follow_no_redirect_show_no_credentials_and_are_checked_at_connect_ti
     assert_eq!(log[0]["status"], 307, "{log:?}");
     assert_eq!(log[0]["ok"], false);
     let text = serde_json::to_string(&log).unwrap();
-    assert!(!text.contains("INTERNAL-SECRET-BODY") && !text.contains("hunter2"), "{text}");
+    assert!(
+        !text.contains("INTERNAL-SECRET-BODY") && !text.contains("hunter2"),
+        "{text}"
+    );
     // The allowed name-based hook got its event.
     let log = deliveries(&d, ids[1], 1);
     assert_eq!(log[0]["ok"], true, "{log:?}");
@@ -297,7 +307,10 @@ fn webhooks_follow_no_redirect_show_no_credentials_and_are_checked_at_connect_ti
         let last = &log[1];
         assert_eq!(last["ok"], false, "{log:?}");
         assert!(
-            last["error"].as_str().unwrap().contains("internal targets are refused"),
+            last["error"]
+                .as_str()
+                .unwrap()
+                .contains("internal targets are refused"),
             "{log:?}"
         );
     }
@@ -386,23 +399,38 @@ fn small_holes_closed() {
     // NUL and control characters refused at submission.
     for (body, field) in [
         (r#"{"vm": "ok\u0000", "provider": "kvm"}"#, "vm"),
-        (r#"{"vm": "ok", "provider": "kvm", "output": "a\nb"}"#, "output"),
-        (r#"{"vm": "ok", "provider": "kvm", "name": "x\u001b[2J"}"#, "name"),
+        (
+            r#"{"vm": "ok", "provider": "kvm", "output": "a\nb"}"#,
+            "output",
+        ),
+        (
+            r#"{"vm": "ok", "provider": "kvm", "name": "x\u001b[2J"}"#,
+            "name",
+        ),
     ] {
         let (code, got) = d.call("POST", "/api/v1/jobs", Some(body), &[auth]);
         assert_eq!(code, 400, "{got}");
-        assert!(got.contains(&format!("{field}: ")) && got.contains("control character"), "{got}");
+        assert!(
+            got.contains(&format!("{field}: ")) && got.contains("control character"),
+            "{got}"
+        );
         assert!(!got.contains('\u{1b}'), "{got}");
     }
     // /ready: anonymous callers learn ready or not, nothing more.
     let (code, anon) = d.json("GET", "/ready", None);
     assert_eq!(code, 200);
     assert_eq!(anon["status"], "ok");
-    assert!(anon["queued"].is_null() && anon["free_bytes"].is_null(), "{anon}");
+    assert!(
+        anon["queued"].is_null() && anon["free_bytes"].is_null(),
+        "{anon}"
+    );
     let (code, text) = d.call("GET", "/ready", None, &[auth]);
     assert_eq!(code, 200);
     let known: Value = serde_json::from_str(&text).unwrap();
-    assert!(known["queued"].is_number() && known["free_bytes"].is_number(), "{known}");
+    assert!(
+        known["queued"].is_number() && known["free_bytes"].is_number(),
+        "{known}"
+    );
 }
 
 #[test]

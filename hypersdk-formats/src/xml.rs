@@ -156,7 +156,9 @@ pub fn parse(text: &str) -> Result<Element, String> {
             }
             Event::CData(c) => {
                 let Some(top) = stack.last_mut() else {
-                    return Err(format!("a CDATA section outside the root element at byte {pos}"));
+                    return Err(format!(
+                        "a CDATA section outside the root element at byte {pos}"
+                    ));
                 };
                 top.text.push_str(&String::from_utf8_lossy(&c));
             }
@@ -196,7 +198,11 @@ fn outside_root(text: &str, pos: u64) -> Result<(), String> {
     match text.char_indices().find(|(_, c)| !c.is_whitespace()) {
         None => Ok(()),
         Some((i, _)) => {
-            let shown: String = text[i..].chars().take(20).flat_map(char::escape_debug).collect();
+            let shown: String = text[i..]
+                .chars()
+                .take(20)
+                .flat_map(char::escape_debug)
+                .collect();
             Err(format!(
                 "text \"{shown}\" outside the root element at byte {}: only whitespace, comments, the XML declaration and processing instructions may stand there",
                 pos + i as u64
@@ -237,7 +243,10 @@ mod tests {
             "<!DOCTYPE a [<!ENTITY e 'x'>]><a/>",
         ] {
             let err = parse(junk).unwrap_err();
-            assert!(err.contains("outside the root") || err.contains("DTD"), "{junk:?}: {err}");
+            assert!(
+                err.contains("outside the root") || err.contains("DTD"),
+                "{junk:?}: {err}"
+            );
         }
     }
 }

@@ -719,7 +719,10 @@ mod tests {
             let mut st = sink.begin_resumable(&artifact, false, false).await.unwrap();
             let cp = st.checkpoints().unwrap();
             cp.save(b"{}").unwrap();
-            assert_eq!(mode(&sink.root().join(".vm.partial/.checkpoint.json")), file);
+            assert_eq!(
+                mode(&sink.root().join(".vm.partial/.checkpoint.json")),
+                file
+            );
             assert_eq!(mode(&sink.root().join(".vm.partial")), d);
             let mut w = st.create("vm.ovf").await.unwrap();
             w.write(b"x").await.unwrap();
@@ -728,7 +731,10 @@ mod tests {
             assert_eq!(mode(Path::new(&loc)), d);
             assert_eq!(mode(&Path::new(&loc).join("vm.ovf")), file);
             assert_eq!(mode(sink.root()), d);
-            let st = sink.begin(&Artifact::File("x.ova".into()), false).await.unwrap();
+            let st = sink
+                .begin(&Artifact::File("x.ova".into()), false)
+                .await
+                .unwrap();
             let staged = entries(sink.root())
                 .into_iter()
                 .find(|n| n.starts_with(".x.ova.partial-"))

@@ -726,8 +726,13 @@ mod tests {
         assert_eq!(decrypt(&file, &key()).unwrap(), b"format one");
         let mut damaged = file.clone();
         damaged[45] ^= 1;
-        let e = DecryptReader::new(&damaged[..], &key()).unwrap_err().to_string();
-        assert!(e.contains("wrong key or passphrase, or a damaged header"), "{e}");
+        let e = DecryptReader::new(&damaged[..], &key())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("wrong key or passphrase, or a damaged header"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -744,7 +749,9 @@ mod tests {
         let mut file = header.encode().to_vec();
         file.extend_from_slice(&[0; TAG_LEN]);
         let pass = KeySource::passphrase("x");
-        let e = DecryptReader::new(&file[..], &pass).unwrap_err().to_string();
+        let e = DecryptReader::new(&file[..], &pass)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("4096 MiB") && e.contains("256 MiB"), "{e}");
         // No key was derived (a 4 GiB argon2id pass would have run first).
         let KeySource::Passphrase(p) = &pass else {

@@ -230,4 +230,3 @@ impl Receiver {
         self.seen.lock().unwrap().clone()
     }
 }
-

@@ -108,14 +108,13 @@ impl DiskRoots {
     fn check_extents(&self, descriptor: &Path) -> Result<(), String> {
         use std::io::Read;
         let mut head = Vec::new();
-        let mut f = std::fs::File::open(descriptor)
-            .map_err(|e| format!("cannot open its image: {e}"))?;
+        let mut f =
+            std::fs::File::open(descriptor).map_err(|e| format!("cannot open its image: {e}"))?;
         (&mut f)
             .take(hypersdk_formats::vmdk::MAX_DESCRIPTOR_BYTES as u64 + 1)
             .read_to_end(&mut head)
             .map_err(|e| format!("cannot read its image: {e}"))?;
-        if head.starts_with(b"KDMV") || head.len() > hypersdk_formats::vmdk::MAX_DESCRIPTOR_BYTES
-        {
+        if head.starts_with(b"KDMV") || head.len() > hypersdk_formats::vmdk::MAX_DESCRIPTOR_BYTES {
             return Ok(()); // one sparse file, or not a descriptor (the reader says why)
         }
         let Ok(text) = std::str::from_utf8(&head) else {
@@ -127,8 +126,9 @@ impl DiskRoots {
         let dir = descriptor.parent().unwrap_or(Path::new("/"));
         for e in &d.extents {
             if let Some(name) = e.file.as_deref() {
-                self.check_path(&dir.join(name))
-                    .map_err(|what| format!("VMDK extent {}", what.replacen("its image", "file", 1)))?;
+                self.check_path(&dir.join(name)).map_err(|what| {
+                    format!("VMDK extent {}", what.replacen("its image", "file", 1))
+                })?;
             }
         }
         Ok(())
@@ -158,7 +158,10 @@ mod tests {
             b.replace("no-such-file-here", "X")
         );
         let dotted = dir.path().join("../../etc/passwd");
-        assert!(roots.check_path(&dotted).unwrap_err().contains("disk_roots"));
+        assert!(roots
+            .check_path(&dotted)
+            .unwrap_err()
+            .contains("disk_roots"));
     }
 
     #[test]

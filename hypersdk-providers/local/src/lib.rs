@@ -222,16 +222,20 @@ impl LocalProvider {
     /// allowed roots (and its path replaced by the resolved one).
     pub fn resolve_checked(&self, domain: &mut Domain) -> Result<VmSpec> {
         if let Some(roots) = &self.confined {
-            for (disk, path) in domain.spec.disks.iter_mut().zip(domain.disk_paths.iter_mut()) {
-                let real = roots.check(path, disk.format).map_err(|what| Error::Provider {
-                    provider: PROVIDER_NAME.into(),
-                    message: format!(
-                        "VM '{}', disk {}: {what}",
-                        domain.spec.name, disk.name
-                    ),
-                    retryable: false,
-                    source: None,
-                })?;
+            for (disk, path) in domain
+                .spec
+                .disks
+                .iter_mut()
+                .zip(domain.disk_paths.iter_mut())
+            {
+                let real = roots
+                    .check(path, disk.format)
+                    .map_err(|what| Error::Provider {
+                        provider: PROVIDER_NAME.into(),
+                        message: format!("VM '{}', disk {}: {what}", domain.spec.name, disk.name),
+                        retryable: false,
+                        source: None,
+                    })?;
                 disk.location = real.display().to_string();
                 *path = real;
             }
