@@ -695,11 +695,13 @@ async fn retry_job(
     let job = load(&st, &id).await?;
     let refuse = |why: String| Err(ApiError::new(StatusCode::CONFLICT, why));
     match job.status {
-        JobStatus::Failed if !job.retryable => return refuse(format!(
+        JobStatus::Failed if !job.retryable => {
+            return refuse(format!(
             "job {} failed for a cause a retry does not change ({}); fix it and submit a new job",
             job.id,
             job.error.as_deref().unwrap_or("unknown")
-        )),
+        ))
+        }
         JobStatus::Failed | JobStatus::Cancelled => {}
         s => {
             return refuse(format!(
