@@ -4,9 +4,9 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::descriptor::{parse_descriptor, ExtentKind, MAX_DESCRIPTOR_BYTES};
+use super::descriptor::{parse_descriptor, Descriptor, ExtentKind, MAX_DESCRIPTOR_BYTES};
 use super::reader::SparseExtentReader;
 use super::SECTOR_SIZE;
 use crate::error::{Error, Result};
@@ -38,46 +38,21 @@ impl VmdkImage {
     /// Extent files must be plain names beside the descriptor; delta disks
     /// (with a parent) are refused.
     pub fn open(path: &Path) -> Result<Self> {
-        let ctx = |e| Error::io(format!("opening {}", path.display()), e);
-        let mut file = File::open(path).map_err(ctx)?;
-        let len = file.metadata().map_err(ctx)?.len();
-        let mut magic = [0u8; 4];
-        if len >= 4 {
-            file.read_exact(&mut magic).map_err(ctx)?;
-        }
-        if &magic == b"KDMV" {
-            let r = SparseExtentReader::open(file)?;
-            let size = r.virtual_size();
-            return Ok(VmdkImage {
-                parts: vec![Part {
-                    start: 0,
-                    len: size,
-                    backing: Backing::Sparse(Box::new(r)),
-                }],
-                size,
-            });
-        }
-        if len > MAX_DESCRIPTOR_BYTES as u64 {
-            return Err(Error::VmdkDescriptor {
-                line: 0,
-                what: format!(
-                    "{} is {len} bytes, too large for a descriptor",
-                    path.display()
-                ),
-            });
-        }
-        let mut text = String::new();
-        file.seek(SeekFrom::Start(0))
-            .and_then(|_| file.read_to_string(&mut text))
-            .map_err(|e| Error::io(format!("reading descriptor {}", path.display()), e))?;
-        let d = parse_descriptor(&text)?;
-        if d.has_parent() {
-            return Err(Error::VmdkUnsupported(format!(
-                "{} is a delta disk (parentCID {}); export the consolidated disk",
-                path.display(),
-                d.parent_cid.as_deref().unwrap_or("")
-            )));
-        }
+        let d = match layout(path)? {
+            Layout::Sparse(file) => {
+                let r = SparseExtentReader::open(file)?;
+                let size = r.virtual_size();
+                return Ok(VmdkImage {
+                    parts: vec![Part {
+                        start: 0,
+                        len: size,
+                        backing: Backing::Sparse(Box::new(r)),
+                    }],
+                    size,
+                });
+            }
+            Layout::Descriptor(d) => d,
+        };
         let dir = path.parent().unwrap_or(Path::new("."));
         let mut parts = Vec::with_capacity(d.extents.len());
         let mut start = 0u64;
@@ -90,16 +65,7 @@ impl VmdkImage {
                     what: format!("extent {} size overflows", i + 1),
                 })?;
             let open_extent = |name: &str| -> Result<File> {
-                if name.is_empty()
-                    || name.starts_with('/')
-                    || name.split(['/', '\\']).any(|c| c == "..")
-                    || name.contains('/')
-                {
-                    return Err(Error::VmdkUnsupported(format!(
-                        "extent file {name:?} is not a plain name beside the descriptor"
-                    )));
-                }
-                File::open(dir.join(name))
+                File::open(extent_path(dir, name)?)
                     .map_err(|err| Error::io(format!("opening extent {name}"), err))
             };
             let backing = match (&e.kind, e.file.as_deref()) {
@@ -159,11 +125,83 @@ impl VmdkImage {
         Ok(VmdkImage { parts, size: start })
     }
 
+    /// The files a VMDK at `path` reads besides itself: none for a sparse
+    /// extent, each extent's file (beside the descriptor) for a text
+    /// descriptor. The same rules as [`open`](Self::open) apply.
+    pub fn extent_files(path: &Path) -> Result<Vec<PathBuf>> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        match layout(path)? {
+            Layout::Sparse(_) => Ok(Vec::new()),
+            Layout::Descriptor(d) => d
+                .extents
+                .iter()
+                .filter_map(|e| e.file.as_deref())
+                .map(|name| extent_path(dir, name))
+                .collect(),
+        }
+    }
+
     fn part(&self, offset: u64) -> Option<usize> {
         self.parts
             .iter()
             .position(|p| offset >= p.start && offset < p.start + p.len)
     }
+}
+
+/// What a VMDK file is, as far as its layout goes.
+enum Layout {
+    /// A sparse extent with its descriptor embedded.
+    Sparse(File),
+    /// A text descriptor naming extent files (not a delta disk).
+    Descriptor(Descriptor),
+}
+
+/// Reads the start of the VMDK at `path`: a sparse extent, or a text
+/// descriptor (parsed; delta disks refused).
+fn layout(path: &Path) -> Result<Layout> {
+    let ctx = |e| Error::io(format!("opening {}", path.display()), e);
+    let mut file = File::open(path).map_err(ctx)?;
+    let len = file.metadata().map_err(ctx)?.len();
+    let mut magic = [0u8; 4];
+    if len >= 4 {
+        file.read_exact(&mut magic).map_err(ctx)?;
+    }
+    if &magic == b"KDMV" {
+        return Ok(Layout::Sparse(file));
+    }
+    if len > MAX_DESCRIPTOR_BYTES as u64 {
+        return Err(Error::VmdkDescriptor {
+            line: 0,
+            what: format!(
+                "{} is {len} bytes, too large for a descriptor",
+                path.display()
+            ),
+        });
+    }
+    let mut text = String::new();
+    file.seek(SeekFrom::Start(0))
+        .and_then(|_| file.read_to_string(&mut text))
+        .map_err(|e| Error::io(format!("reading descriptor {}", path.display()), e))?;
+    let d = parse_descriptor(&text)?;
+    if d.has_parent() {
+        return Err(Error::VmdkUnsupported(format!(
+            "{} is a delta disk (parentCID {}); export the consolidated disk",
+            path.display(),
+            d.parent_cid.as_deref().unwrap_or("")
+        )));
+    }
+    Ok(Layout::Descriptor(d))
+}
+
+/// The file of the extent `name` of a descriptor in `dir`: only a plain
+/// name beside the descriptor.
+fn extent_path(dir: &Path, name: &str) -> Result<PathBuf> {
+    if name.is_empty() || name.contains('/') || name.split(['/', '\\']).any(|c| c == "..") {
+        return Err(Error::VmdkUnsupported(format!(
+            "extent file {name:?} is not a plain name beside the descriptor"
+        )));
+    }
+    Ok(dir.join(name))
 }
 
 impl DiskImage for VmdkImage {

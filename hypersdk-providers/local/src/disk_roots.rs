@@ -11,7 +11,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use hypersdk_core::DiskFormat;
-use hypersdk_formats::vmdk::parse_descriptor;
+use hypersdk_formats::vmdk::VmdkImage;
 
 /// The allowed roots, as configured and as resolved.
 #[derive(Debug, Clone)]
@@ -57,29 +57,31 @@ impl DiskRoots {
         }
     }
 
-    fn rule(&self, shown: &Path) -> String {
+    /// The refusal of `what` (e.g. "its image") at `shown`, naming the rule.
+    fn rule(&self, what: &str, shown: &Path) -> String {
         let roots: Vec<String> = self
             .roots
             .iter()
             .map(|(l, _)| l.display().to_string())
             .collect();
         format!(
-            "its image {} is not under a directory this provider may read disks from (disk_roots: {})",
+            "{what} {} is not under a directory this provider may read disks from (disk_roots: {})",
             hypersdk_formats::error::display_name(&shown.display().to_string()),
             roots.join(", ")
         )
     }
 
-    /// The resolved path of `path` if it lies under a root, as written and
-    /// once resolved; otherwise a message naming the rule.
-    fn check_path(&self, path: &Path) -> Result<PathBuf, String> {
+    /// The resolved path of `path` (`what` it is, for messages) if it lies
+    /// under a root, as written and once resolved; otherwise a message
+    /// naming the rule.
+    fn check_path(&self, what: &str, path: &Path) -> Result<PathBuf, String> {
         let l = lexical(path);
         if !self.roots.iter().any(|(root, _)| l.starts_with(root)) {
-            return Err(self.rule(path));
+            return Err(self.rule(what, path));
         }
         let real = std::fs::canonicalize(&l).map_err(|e| {
             format!(
-                "cannot open its image {}: {e}",
+                "cannot open {what} {}: {e}",
                 hypersdk_formats::error::display_name(&path.display().to_string())
             )
         })?;
@@ -88,50 +90,23 @@ impl DiskRoots {
             .iter()
             .any(|(_, r)| r.as_ref().is_some_and(|r| real.starts_with(r)))
         {
-            return Err(self.rule(path));
+            return Err(self.rule(what, path));
         }
         Ok(real)
     }
 
-    /// Checks a disk image (and, for a VMDK descriptor, its extent files);
-    /// returns the resolved path to open.
+    /// Checks a disk image and, for a VMDK descriptor, its extent files (a
+    /// link beside the descriptor may point anywhere); returns the resolved
+    /// path to open.
     pub(crate) fn check(&self, path: &Path, format: DiskFormat) -> Result<PathBuf, String> {
-        let real = self.check_path(path)?;
+        let real = self.check_path("its image", path)?;
         if format == DiskFormat::Vmdk {
-            self.check_extents(&real)?;
-        }
-        Ok(real)
-    }
-
-    /// A text VMDK descriptor names extent files beside it: each must lie
-    /// under a root too (a link beside the descriptor may point anywhere).
-    fn check_extents(&self, descriptor: &Path) -> Result<(), String> {
-        use std::io::Read;
-        let mut head = Vec::new();
-        let mut f =
-            std::fs::File::open(descriptor).map_err(|e| format!("cannot open its image: {e}"))?;
-        (&mut f)
-            .take(hypersdk_formats::vmdk::MAX_DESCRIPTOR_BYTES as u64 + 1)
-            .read_to_end(&mut head)
-            .map_err(|e| format!("cannot read its image: {e}"))?;
-        if head.starts_with(b"KDMV") || head.len() > hypersdk_formats::vmdk::MAX_DESCRIPTOR_BYTES {
-            return Ok(()); // one sparse file, or not a descriptor (the reader says why)
-        }
-        let Ok(text) = std::str::from_utf8(&head) else {
-            return Ok(());
-        };
-        let Ok(d) = parse_descriptor(text) else {
-            return Ok(());
-        };
-        let dir = descriptor.parent().unwrap_or(Path::new("/"));
-        for e in &d.extents {
-            if let Some(name) = e.file.as_deref() {
-                self.check_path(&dir.join(name)).map_err(|what| {
-                    format!("VMDK extent {}", what.replacen("its image", "file", 1))
-                })?;
+            // A VMDK the reader would refuse is left to it to say why.
+            for extent in VmdkImage::extent_files(&real).unwrap_or_default() {
+                self.check_path("its VMDK extent file", &extent)?;
             }
         }
-        Ok(())
+        Ok(real)
     }
 }
 
@@ -149,9 +124,11 @@ mod tests {
     fn outside_refused_without_asking_the_file_system() {
         let dir = tempfile::tempdir().unwrap();
         let roots = DiskRoots::new(vec![dir.path().to_path_buf()]);
-        let a = roots.check_path(Path::new("/etc/shadow")).unwrap_err();
+        let a = roots
+            .check_path("its image", Path::new("/etc/shadow"))
+            .unwrap_err();
         let b = roots
-            .check_path(Path::new("/etc/no-such-file-here"))
+            .check_path("its image", Path::new("/etc/no-such-file-here"))
             .unwrap_err();
         assert_eq!(
             a.replace("shadow", "X"),
@@ -159,7 +136,7 @@ mod tests {
         );
         let dotted = dir.path().join("../../etc/passwd");
         assert!(roots
-            .check_path(&dotted)
+            .check_path("its image", &dotted)
             .unwrap_err()
             .contains("disk_roots"));
     }
@@ -170,8 +147,44 @@ mod tests {
         std::fs::write(dir.path().join("ok.raw"), b"x").unwrap();
         std::os::unix::fs::symlink("/etc/hostname", dir.path().join("link.raw")).unwrap();
         let roots = DiskRoots::new(vec![dir.path().to_path_buf()]);
-        assert!(roots.check_path(&dir.path().join("ok.raw")).is_ok());
-        let e = roots.check_path(&dir.path().join("link.raw")).unwrap_err();
+        assert!(roots
+            .check_path("its image", &dir.path().join("ok.raw"))
+            .is_ok());
+        let e = roots
+            .check_path("its image", &dir.path().join("link.raw"))
+            .unwrap_err();
         assert!(e.contains("disk_roots"), "{e}");
+    }
+
+    #[test]
+    fn a_vmdk_extent_linked_out_of_a_root_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret-flat.vmdk"), vec![0u8; 512]).unwrap();
+        let descriptor = |extent: &str| {
+            format!(
+                "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n\
+                 createType=\"monolithicFlat\"\nRW 1 FLAT \"{extent}\" 0\n"
+            )
+        };
+        std::fs::write(dir.path().join("ok-flat.vmdk"), vec![0u8; 512]).unwrap();
+        std::fs::write(dir.path().join("ok.vmdk"), descriptor("ok-flat.vmdk")).unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("secret-flat.vmdk"),
+            dir.path().join("link-flat.vmdk"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("link.vmdk"), descriptor("link-flat.vmdk")).unwrap();
+        let roots = DiskRoots::new(vec![dir.path().to_path_buf()]);
+        assert!(roots
+            .check(&dir.path().join("ok.vmdk"), DiskFormat::Vmdk)
+            .is_ok());
+        let e = roots
+            .check(&dir.path().join("link.vmdk"), DiskFormat::Vmdk)
+            .unwrap_err();
+        assert!(
+            e.contains("its VMDK extent file") && e.contains("disk_roots"),
+            "{e}"
+        );
     }
 }
