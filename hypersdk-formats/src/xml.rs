@@ -138,21 +138,19 @@ pub fn parse(text: &str) -> Result<Element, String> {
                         "an entity reference outside the root element at byte {pos}"
                     ));
                 };
-                {
-                    let name = String::from_utf8_lossy(r.as_ref()).into_owned();
-                    let resolved = match name.as_str() {
-                        "lt" => "<".to_string(),
-                        "gt" => ">".to_string(),
-                        "amp" => "&".to_string(),
-                        "apos" => "'".to_string(),
-                        "quot" => "\"".to_string(),
-                        _ => match r.resolve_char_ref() {
-                            Ok(Some(c)) => c.to_string(),
-                            _ => return Err(format!("unknown entity &{name}; at byte {pos}")),
-                        },
-                    };
-                    top.text.push_str(&resolved);
-                }
+                let name = String::from_utf8_lossy(r.as_ref()).into_owned();
+                let resolved = match name.as_str() {
+                    "lt" => "<".to_string(),
+                    "gt" => ">".to_string(),
+                    "amp" => "&".to_string(),
+                    "apos" => "'".to_string(),
+                    "quot" => "\"".to_string(),
+                    _ => match r.resolve_char_ref() {
+                        Ok(Some(c)) => c.to_string(),
+                        _ => return Err(format!("unknown entity &{name}; at byte {pos}")),
+                    },
+                };
+                top.text.push_str(&resolved);
             }
             Event::CData(c) => {
                 let Some(top) = stack.last_mut() else {
