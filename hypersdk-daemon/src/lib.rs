@@ -77,7 +77,7 @@ impl Daemon {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
                 .recursive(true)
-                .mode(outputs::dir_mode(config.file_mode()))
+                .mode(hypersdk_sinks::dir_mode(config.file_mode()))
                 .create(&config.output_root)
                 .map_err(|e| {
                     anyhow::anyhow!(

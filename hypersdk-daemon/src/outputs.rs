@@ -4,7 +4,7 @@
 //! A job's `output` is a relative path below `output_root` (checked at
 //! submission: no `..`, no absolute path). Its directories are walked one
 //! component at a time without following symbolic links: a missing one is
-//! created (mode 0700, or the directory mode that `artifact_mode` implies),
+//! created (mode 0700, or the [`hypersdk_sinks::dir_mode`] of `artifact_mode`),
 //! a link or anything but a directory makes the job fail, and the result is
 //! checked once more, resolved, to lie below the resolved root. So a link
 //! placed under the root by someone who can write there leads nowhere.
@@ -27,11 +27,6 @@ pub struct PartialExport {
     pub path: String,
     /// Bytes it holds.
     pub bytes: u64,
-}
-
-/// The directory mode for files of mode `file_mode` (search where read).
-pub fn dir_mode(file_mode: u32) -> u32 {
-    file_mode | ((file_mode & 0o444) >> 2) | 0o700
 }
 
 /// The directory a job writes into: `root` joined with `sub`, each missing
@@ -175,9 +170,6 @@ mod tests {
         assert!(job_dir(root.path(), Some("file/x"), 0o700)
             .unwrap_err()
             .contains("not a directory"));
-        assert_eq!(dir_mode(0o600), 0o700);
-        assert_eq!(dir_mode(0o640), 0o750);
-        assert_eq!(dir_mode(0o644), 0o755);
     }
 
     #[test]

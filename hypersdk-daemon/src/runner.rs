@@ -446,7 +446,7 @@ impl Runner {
         let sub = spec.output.clone();
         let file_mode = self.config.file_mode();
         let out = tokio::task::spawn_blocking(move || {
-            crate::outputs::job_dir(&root, sub.as_deref(), crate::outputs::dir_mode(file_mode))
+            crate::outputs::job_dir(&root, sub.as_deref(), hypersdk_sinks::dir_mode(file_mode))
         })
         .await
         .map_err(|e| Error::Internal(format!("output directory task failed: {e}")))?

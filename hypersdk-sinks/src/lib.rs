@@ -27,4 +27,4 @@
 
 mod local;
 
-pub use local::{LocalDirSink, DEFAULT_FILE_MODE};
+pub use local::{dir_mode, LocalDirSink, DEFAULT_FILE_MODE};

@@ -59,6 +59,13 @@ fn show(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// The mode of directories holding files of mode `file_mode`: the same
+/// bits, plus search wherever read is given, and always the owner's rwx
+/// (0600 → 0700, 0640 → 0750, 0644 → 0755).
+pub fn dir_mode(file_mode: u32) -> u32 {
+    file_mode | ((file_mode & 0o444) >> 2) | 0o700
+}
+
 /// Permission bits of created files and directories.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Modes {
@@ -67,11 +74,11 @@ pub(crate) struct Modes {
 }
 
 impl Modes {
-    /// Directories get search (x) wherever files get read.
+    /// Files of mode `file`, directories of [`dir_mode`]`(file)`.
     pub(crate) fn for_files(file: u32) -> Modes {
         Modes {
             file,
-            dir: file | ((file & 0o444) >> 2) | 0o700,
+            dir: dir_mode(file),
         }
     }
 
@@ -376,21 +383,34 @@ impl LocalStaging {
         check_name(name)?;
         Ok(self.dir.join(name))
     }
+
+    /// Opens a file of the staging directory off the async threads, never
+    /// through a link ([`Modes::open`]); `action` names it in an error.
+    async fn open_file(
+        &self,
+        path: &Path,
+        write: bool,
+        create: bool,
+        action: &'static str,
+    ) -> Result<tokio::fs::File> {
+        let (p, modes) = (path.to_path_buf(), self.modes);
+        let file = blocking(move || {
+            modes
+                .open(&p, write, create)
+                .map_err(|e| Error::sink(action, show(&p), e))
+        })
+        .await?;
+        Ok(tokio::fs::File::from_std(file))
+    }
 }
 
 #[async_trait]
 impl Staging for LocalStaging {
     async fn create(&mut self, name: &str) -> Result<Box<dyn SinkWriter>> {
         let path = self.path(name)?;
-        let (p, modes) = (path.clone(), self.modes);
-        let file = blocking(move || {
-            modes
-                .open(&p, true, true)
-                .map_err(|e| Error::sink("cannot create", show(&p), e))
-        })
-        .await?;
+        let file = self.open_file(&path, true, true, "cannot create").await?;
         Ok(Box::new(LocalWriter {
-            file: tokio::fs::File::from_std(file),
+            file,
             path,
             size: 0,
         }))
@@ -398,14 +418,9 @@ impl Staging for LocalStaging {
 
     async fn open(&self, name: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>> {
         let path = self.path(name)?;
-        let (p, modes) = (path.clone(), self.modes);
-        let file = blocking(move || {
-            modes
-                .open(&p, false, false)
-                .map_err(|e| Error::sink("cannot open", show(&p), e))
-        })
-        .await?;
-        Ok(Box::new(tokio::fs::File::from_std(file)))
+        Ok(Box::new(
+            self.open_file(&path, false, false, "cannot open").await?,
+        ))
     }
 
     async fn remove(&mut self, name: &str) -> Result<()> {
@@ -489,15 +504,7 @@ impl Staging for LocalStaging {
     async fn append(&mut self, name: &str, len: u64) -> Result<Box<dyn SinkWriter>> {
         use tokio::io::AsyncSeekExt;
         let path = self.path(name)?;
-        let (p, modes) = (path.clone(), self.modes);
-        let mut file = tokio::fs::File::from_std(
-            blocking(move || {
-                modes
-                    .open(&p, true, false)
-                    .map_err(|e| Error::sink("cannot open", show(&p), e))
-            })
-            .await?,
-        );
+        let mut file = self.open_file(&path, true, false, "cannot open").await?;
         file.set_len(len)
             .await
             .map_err(|e| Error::sink("cannot cut back", show(&path), e))?;
@@ -697,6 +704,13 @@ mod tests {
         assert!(sink.discard_partial(&artifact).await.unwrap());
         assert_eq!(entries(dir.path()), vec!["a.ova"]);
         assert!(!sink.discard_partial(&artifact).await.unwrap());
+    }
+
+    #[test]
+    fn directories_get_search_where_files_get_read() {
+        assert_eq!(dir_mode(0o600), 0o700);
+        assert_eq!(dir_mode(0o640), 0o750);
+        assert_eq!(dir_mode(0o644), 0o755);
     }
 
     fn mode(p: &Path) -> u32 {
