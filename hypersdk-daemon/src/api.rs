@@ -62,7 +62,7 @@ impl AppState {
             return Ok(());
         };
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buckets = crate::lock(&self.buckets);
         if buckets.len() > 10_000 {
             // Forget clients idle for long enough to have a full bucket again.
             let full = std::time::Duration::from_secs_f64(limit.burst / limit.per_second.max(1e-9));

@@ -55,6 +55,12 @@ use std::sync::Arc;
 
 use hypersdk_core::CancellationToken;
 
+/// Locks `m`, taking the data over from a thread that panicked while
+/// holding it (every value the daemon keeps under a lock stays valid).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A running daemon.
 #[derive(Debug)]
 pub struct Daemon {

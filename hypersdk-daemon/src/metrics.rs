@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use crate::lock;
 use crate::model::JobStatus;
 
 /// Upper bounds (seconds) of the request latency histogram.
@@ -41,10 +42,6 @@ impl Default for Metrics {
             ended: Mutex::default(),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Metrics {

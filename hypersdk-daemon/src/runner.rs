@@ -21,6 +21,7 @@ use tokio::sync::{broadcast, Notify};
 use tracing::{info, warn, Instrument};
 
 use crate::config::{Config, ProviderConfig};
+use crate::lock;
 use crate::metrics::Metrics;
 use crate::model::{Format, Job, JobStatus, Progress};
 use crate::store::{JobEnd, Store};
@@ -147,7 +148,7 @@ impl Runner {
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Running>> {
-        self.running.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.running)
     }
 
     /// Exports running now.
@@ -497,10 +498,6 @@ impl Runner {
             )
             .await
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// An error and its causes, joined by ": ".

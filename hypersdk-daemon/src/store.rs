@@ -254,7 +254,14 @@ impl Store {
                     .map_err(db_err("schema upgrade"))?;
             }
         }
-        private_files(path)?;
+        // The age sweep's query (after each job) reads only jobs that keep
+        // a partial export. SQLite gives the -wal and -shm files it creates
+        // the database file's mode, so they are private too.
+        writer
+            .execute_batch(
+                "CREATE INDEX IF NOT EXISTS jobs_partial ON jobs (finished_at) WHERE partial IS NOT NULL",
+            )
+            .map_err(db_err("schema"))?;
         let reader = open("reader")?;
         Ok(Store {
             writer: Arc::new(Mutex::new(writer)),
@@ -268,7 +275,7 @@ impl Store {
     ) -> StoreResult<T> {
         let conn = conn.clone();
         tokio::task::spawn_blocking(move || {
-            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            let mut c = crate::lock(&conn);
             f(&mut c)
         })
         .await

@@ -41,6 +41,7 @@ use utoipa::ToSchema;
 
 use crate::config::WebhookSettings;
 use crate::egress::{GuardedResolver, Policy};
+use crate::lock;
 use crate::store::{db_err, now, Store, StoreResult};
 
 /// Every event a webhook can ask for.
@@ -276,10 +277,6 @@ pub struct Webhooks {
     pub policy: Arc<Policy>,
     next_id: AtomicU64,
     last_progress: Mutex<HashMap<i64, Instant>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Webhooks {
