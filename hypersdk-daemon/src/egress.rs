@@ -121,11 +121,9 @@ impl Policy {
         match literal(host) {
             Some(ip) => self.check(ip),
             None => {
-                let name = host;
-                let addrs = resolve(name, port).await?;
-                for a in addrs {
+                for a in resolve(host, port).await? {
                     self.check(a.ip())
-                        .map_err(|e| format!("{name} resolves to {e}"))?;
+                        .map_err(|e| format!("{host} resolves to {e}"))?;
                 }
                 Ok(())
             }

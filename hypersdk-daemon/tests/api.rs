@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{config, sha256_hex, Daemon, Receiver};
+use common::{config, config_at, sha256_hex, Daemon, Receiver};
 use hypersdk_testsupport::{domain_xml, run_tool, write_mixed_file};
 use serde_json::{json, Value};
 
@@ -355,18 +355,12 @@ fn big_vm_config(dir: &Path, max_concurrent: usize) -> PathBuf {
     let disk = vms.join("big.raw");
     write_mixed_file(&disk, 64 << 20).unwrap();
     std::fs::write(vms.join("big.xml"), domain_xml("big", &[(&disk, "raw")])).unwrap();
-    let cfg = dir.join("hypervisord.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "listen: 127.0.0.1:0\ndatabase: {}\noutput_root: {}\nmax_concurrent: {max_concurrent}\nproviders:\n  kvm: {{ kind: local, dir: {} }}\n",
-            dir.join("jobs.db").display(),
-            dir.join("out").display(),
-            vms.display()
-        ),
+    config_at(
+        dir,
+        &vms,
+        "",
+        &format!("max_concurrent: {max_concurrent}\n"),
     )
-    .unwrap();
-    cfg
 }
 
 #[test]
@@ -916,17 +910,7 @@ fn fifty_jobs_survive_kill_9_at_random_moments() {
         domain_xml("small", &[(&disk, "raw")]),
     )
     .unwrap();
-    let cfg = tmp.path().join("hypervisord.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "listen: 127.0.0.1:0\ndatabase: {}\noutput_root: {}\nmax_concurrent: 3\nproviders:\n  kvm: {{ kind: local, dir: {} }}\n",
-            tmp.path().join("jobs.db").display(),
-            tmp.path().join("out").display(),
-            vms.display()
-        ),
-    )
-    .unwrap();
+    let cfg = config_at(tmp.path(), &vms, "", "max_concurrent: 3\n");
     let mut seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{sha256_hex, Daemon, Receiver};
+use common::{config_at, sha256_hex, Daemon, Receiver};
 use serde_json::Value;
 
 fn mode(p: &Path) -> u32 {
@@ -34,19 +34,7 @@ fn domain(name: &str, disk: &str) -> String {
 }
 
 fn hostile_config(tmp: &Path, extra: &str) -> std::path::PathBuf {
-    let vms = vm_dir(tmp);
-    let path = tmp.join("hypervisord.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "listen: 127.0.0.1:0\ndatabase: {}\noutput_root: {}\nproviders:\n  kvm: {{ kind: local, dir: {} }}\n{extra}",
-            tmp.join("jobs.db").display(),
-            tmp.join("out").display(),
-            vms.display()
-        ),
-    )
-    .unwrap();
-    path
+    config_at(tmp, &vm_dir(tmp), "", extra)
 }
 
 fn submit(d: &Daemon, body: &str) -> i64 {
@@ -156,18 +144,14 @@ fn disks_outside_disk_roots_are_refused_without_saying_whether_they_exist() {
     let job = run_job(&d, r#"{"vm": "elsewhere", "provider": "kvm"}"#);
     assert_eq!(job["status"], "failed", "{job}");
     drop(d);
-    let cfg = tmp.path().join("roots.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "listen: 127.0.0.1:0\ndatabase: {}\noutput_root: {}\nproviders:\n  kvm: {{ kind: local, dir: {}, disk_roots: [{}] }}\n",
-            tmp.path().join("jobs2.db").display(),
-            tmp.path().join("out2").display(),
-            vms.display(),
-            other.path().display()
-        ),
-    )
-    .unwrap();
+    let second = tmp.path().join("second");
+    std::fs::create_dir(&second).unwrap();
+    let cfg = config_at(
+        &second,
+        &vms,
+        &format!(", disk_roots: [{}]", other.path().display()),
+        "",
+    );
     let d = Daemon::start(&cfg);
     let job = run_job(&d, r#"{"vm": "elsewhere", "provider": "kvm"}"#);
     assert_eq!(job["status"], "succeeded", "{job}");

@@ -135,14 +135,22 @@ impl Drop for Daemon {
 
 /// A config in `dir` with the example VMs as provider `kvm` and `extra` lines.
 pub fn config(dir: &Path, extra: &str) -> PathBuf {
+    config_at(dir, &workspace_root().join("examples/vms"), "", extra)
+}
+
+/// A config file in `dir` (with the database and the output root `out`
+/// there) whose provider `kvm` reads the domains of `vms`, with `provider`
+/// appended to its fields (e.g. `, disk_roots: [/srv/disks]`) and `extra`
+/// lines.
+pub fn config_at(dir: &Path, vms: &Path, provider: &str, extra: &str) -> PathBuf {
     let path = dir.join("hypervisord.yaml");
     std::fs::write(
         &path,
         format!(
-            "listen: 127.0.0.1:0\ndatabase: {}\noutput_root: {}\nproviders:\n  kvm: {{ kind: local, dir: {} }}\n{extra}",
+            "listen: 127.0.0.1:0\ndatabase: {}\noutput_root: {}\nproviders:\n  kvm: {{ kind: local, dir: {}{provider} }}\n{extra}",
             dir.join("jobs.db").display(),
             dir.join("out").display(),
-            workspace_root().join("examples/vms").display()
+            vms.display()
         ),
     )
     .unwrap();
