@@ -145,6 +145,22 @@ fn private_files(path: &Path) -> StoreResult<()> {
     Ok(())
 }
 
+/// Adds a line to job `id`'s log, with the status it changed to if it did.
+fn add_event(
+    c: &Connection,
+    id: i64,
+    at: &str,
+    status: Option<JobStatus>,
+    message: &str,
+) -> StoreResult<()> {
+    c.execute(
+        "INSERT INTO job_events (job_id, at, status, message) VALUES (?1, ?2, ?3, ?4)",
+        params![id, at, status.map(JobStatus::as_str), message],
+    )
+    .map(|_| ())
+    .map_err(db_err("insert event"))
+}
+
 pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -318,11 +334,7 @@ impl Store {
                 )
                 .map_err(db_err("insert job"))?;
                 let id = tx.last_insert_rowid();
-                tx.execute(
-                    "INSERT INTO job_events (job_id, at, status, message) VALUES (?1, ?2, 'queued', ?3)",
-                    params![id, at, format!("submitted by {who}")],
-                )
-                .map_err(db_err("insert event"))?;
+                add_event(&tx, id, &at, Some(JobStatus::Queued), &format!("submitted by {who}"))?;
                 jobs.push(Job {
                     id,
                     status: JobStatus::Queued,
@@ -440,11 +452,7 @@ impl Store {
                 params![id, at],
             )
             .map_err(db_err("start job"))?;
-            tx.execute(
-                "INSERT INTO job_events (job_id, at, status, message) VALUES (?1, ?2, 'running', 'started')",
-                params![id, at],
-            )
-            .map_err(db_err("insert event"))?;
+            add_event(&tx, id, &at, Some(JobStatus::Running), "started")?;
             let job = tx
                 .query_row(
                     &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
@@ -481,11 +489,7 @@ impl Store {
                 (Some(e), _) => e.clone(),
                 (None, s) => s.as_str().to_string(),
             };
-            tx.execute(
-                "INSERT INTO job_events (job_id, at, status, message) VALUES (?1, ?2, ?3, ?4)",
-                params![id, at, status.as_str(), message],
-            )
-            .map_err(db_err("insert event"))?;
+            add_event(&tx, id, &at, Some(status), &message)?;
             tx.commit().map_err(db_err("commit"))
         })
         .await
@@ -518,11 +522,7 @@ impl Store {
                 )
                 .map_err(db_err("cancel job"))?;
             if n == 1 {
-                tx.execute(
-                    "INSERT INTO job_events (job_id, at, status, message) VALUES (?1, ?2, 'cancelled', ?3)",
-                    params![id, at, format!("cancelled by {who} before it started")],
-                )
-                .map_err(db_err("insert event"))?;
+                add_event(&tx, id, &at, Some(JobStatus::Cancelled), &format!("cancelled by {who} before it started"))?;
             }
             tx.commit().map_err(db_err("commit"))?;
             Ok(n == 1)
@@ -544,11 +544,7 @@ impl Store {
                 )
                 .map_err(db_err("retry job"))?;
             if n == 1 {
-                tx.execute(
-                    "INSERT INTO job_events (job_id, at, status, message) VALUES (?1, ?2, 'queued', ?3)",
-                    params![id, at, format!("retry requested by {who}: it continues from its checkpoint")],
-                )
-                .map_err(db_err("insert event"))?;
+                add_event(&tx, id, &at, Some(JobStatus::Queued), &format!("retry requested by {who}: it continues from its checkpoint"))?;
             }
             tx.commit().map_err(db_err("commit"))?;
             Ok(n == 1)
@@ -601,11 +597,7 @@ impl Store {
             let tx = c.transaction().map_err(db_err("begin"))?;
             tx.execute("UPDATE jobs SET partial = NULL WHERE id = ?1", params![id])
                 .map_err(db_err("clear partial"))?;
-            tx.execute(
-                "INSERT INTO job_events (job_id, at, message) VALUES (?1, ?2, ?3)",
-                params![id, now(), message],
-            )
-            .map_err(db_err("insert event"))?;
+            add_event(&tx, id, &now(), None, &message)?;
             tx.commit().map_err(db_err("commit"))
         })
         .await
@@ -630,11 +622,7 @@ impl Store {
             for id in &ids {
                 tx.execute("UPDATE jobs SET status = 'queued' WHERE id = ?1", [id])
                     .map_err(db_err("requeue job"))?;
-                tx.execute(
-                    "INSERT INTO job_events (job_id, at, status, message) VALUES (?1, ?2, 'queued', ?3)",
-                    params![id, at, "the daemon stopped while this job ran: queued again, to continue from its checkpoint"],
-                )
-                .map_err(db_err("insert event"))?;
+                add_event(&tx, *id, &at, Some(JobStatus::Queued), "the daemon stopped while this job ran: queued again, to continue from its checkpoint")?;
             }
             tx.commit().map_err(db_err("commit"))?;
             Ok(ids)
@@ -644,15 +632,8 @@ impl Store {
 
     /// Adds a line to a job's log.
     pub async fn log(&self, id: i64, message: String) -> StoreResult<()> {
-        self.write(move |c| {
-            c.execute(
-                "INSERT INTO job_events (job_id, at, message) VALUES (?1, ?2, ?3)",
-                params![id, now(), message],
-            )
-            .map(|_| ())
-            .map_err(db_err("insert event"))
-        })
-        .await
+        self.write(move |c| add_event(c, id, &now(), None, &message))
+            .await
     }
 
     /// A job's log, oldest first.
