@@ -400,6 +400,50 @@ fn small_holes_closed() {
         );
         assert!(!got.contains('\u{1b}'), "{got}");
     }
+    // Paths that climb out of the output root, in either field.
+    for (body, field) in [
+        (
+            r#"{"vm": "ok", "provider": "kvm", "name": "../../etc/cron.d/x"}"#,
+            "name: ",
+        ),
+        (r#"{"vm": "ok", "provider": "kvm", "name": ".."}"#, "name: "),
+        (
+            r#"{"vm": "ok", "provider": "kvm", "output": "/etc"}"#,
+            "output: ",
+        ),
+        (
+            r#"{"vm": "ok", "provider": "kvm", "output": "a/../../b"}"#,
+            "output: ",
+        ),
+    ] {
+        let (code, got) = d.call("POST", "/api/v1/jobs", Some(body), &[auth]);
+        assert_eq!(code, 400, "{body}: {got}");
+        assert!(got.contains(field), "{body}: {got}");
+    }
+    // A YAML alias bomb (a billion laughs in a few hundred bytes) is refused
+    // without expanding it, and the daemon keeps serving.
+    let mut bomb = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
+    for (i, prev) in ["b", "c", "d", "e", "f", "g", "h", "i"]
+        .iter()
+        .zip(["a", "b", "c", "d", "e", "f", "g", "h"])
+    {
+        bomb.push_str(&format!(
+            "{i}: &{i} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"
+        ));
+    }
+    bomb.push_str("vm: *i\nprovider: kvm\n");
+    let (code, got) = d.call(
+        "POST",
+        "/api/v1/jobs",
+        Some(&bomb),
+        &[auth, "Content-Type: application/yaml"],
+    );
+    assert_eq!(code, 400, "{got}");
+    assert!(got.contains("malformed YAML"), "{got}");
+    let (code, _) = d.call("GET", "/api/v1/jobs", None, &[auth]);
+    assert_eq!(code, 200);
     // /ready: anonymous callers learn ready or not, nothing more.
     let (code, anon) = d.json("GET", "/ready", None);
     assert_eq!(code, 200);
