@@ -1,5 +1,7 @@
-//! The REST API under `/api/v1`, its OpenAPI document (generated from the
-//! handlers and types below with utoipa, served at `/api/v1/openapi.json`),
+//! The REST API under `/api/v1`, its OpenAPI document (generated with
+//! utoipa from the routes themselves, each registered with its operation
+//! through utoipa-axum, so it lists exactly what is served; at
+//! `/api/v1/openapi.json`),
 //! and `/health`, `/ready`, `/metrics`.
 //!
 //! Every route but `/health` and `/ready` needs an API key (`Authorization:
@@ -19,13 +21,14 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::{Config, Role};
 use crate::metrics::Metrics;
@@ -353,71 +356,59 @@ async fn finish(
     resp
 }
 
+/// The API's routes, each registered together with its OpenAPI operation
+/// (utoipa-axum): the document lists exactly the routes served.
+fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(submit_jobs, list_jobs))
+        .routes(routes!(get_job, delete_job))
+        .routes(routes!(cancel_job))
+        .routes(routes!(retry_job))
+        .routes(routes!(job_logs))
+        .routes(routes!(job_progress))
+        .routes(routes!(list_providers))
+        .routes(routes!(list_vms))
+        .routes(routes!(list_profiles))
+        .routes(routes!(get_profile, put_profile, delete_profile))
+        .routes(routes!(add_schedule, list_schedules))
+        .routes(routes!(get_schedule, delete_schedule))
+        .routes(routes!(enable_schedule))
+        .routes(routes!(disable_schedule))
+        .routes(routes!(trigger_schedule))
+        .routes(routes!(schedule_runs))
+        .routes(routes!(add_webhook, list_webhooks))
+        .routes(routes!(delete_webhook))
+        .routes(routes!(webhook_deliveries))
+        .routes(routes!(audit_log))
+        .routes(routes!(openapi))
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(metrics))
+}
+
+/// The OpenAPI document of the routes served, built once.
+pub fn document() -> &'static utoipa::openapi::OpenApi {
+    static DOCUMENT: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(|| routes().split_for_parts().1)
+}
+
 /// The API's router.
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.max_body_bytes;
-    Router::new()
-        .route("/api/v1/jobs", post(submit_jobs).get(list_jobs))
-        .route("/api/v1/jobs/{id}", get(get_job).delete(delete_job))
-        .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
-        .route("/api/v1/jobs/{id}/retry", post(retry_job))
-        .route("/api/v1/jobs/{id}/logs", get(job_logs))
-        .route("/api/v1/jobs/{id}/progress", get(job_progress))
-        .route("/api/v1/providers", get(list_providers))
-        .route("/api/v1/providers/{name}/vms", get(list_vms))
-        .route("/api/v1/profiles", get(list_profiles))
-        .route(
-            "/api/v1/profiles/{name}",
-            get(get_profile).put(put_profile).delete(delete_profile),
-        )
-        .route("/api/v1/schedules", post(add_schedule).get(list_schedules))
-        .route(
-            "/api/v1/schedules/{id}",
-            get(get_schedule).delete(delete_schedule),
-        )
-        .route("/api/v1/schedules/{id}/enable", post(enable_schedule))
-        .route("/api/v1/schedules/{id}/disable", post(disable_schedule))
-        .route("/api/v1/schedules/{id}/trigger", post(trigger_schedule))
-        .route("/api/v1/schedules/{id}/runs", get(schedule_runs))
-        .route("/api/v1/webhooks", post(add_webhook).get(list_webhooks))
-        .route(
-            "/api/v1/webhooks/{id}",
-            axum::routing::delete(delete_webhook),
-        )
-        .route("/api/v1/webhooks/{id}/deliveries", get(webhook_deliveries))
-        .route("/api/v1/audit", get(audit_log))
-        .route("/api/v1/openapi.json", get(openapi))
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+    let (api, _) = routes().split_for_parts();
+    api.route_layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .layer(DefaultBodyLimit::max(limit))
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state)
 }
 
-/// The OpenAPI document.
+/// The OpenAPI document's title, description and shared schemas; its paths
+/// come from the routes ([`document`]).
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "hypervisord",
         description = "The hypersdk job daemon: VM export jobs."
-    ),
-    paths(
-        submit_jobs,
-        list_jobs,
-        get_job,
-        delete_job,
-        cancel_job,
-        retry_job,
-        job_logs,
-        job_progress,
-        list_providers,
-        list_vms,
-        audit_log,
-        health,
-        ready,
-        metrics
     ),
     components(schemas(
         JobSpec,
@@ -439,8 +430,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 #[derive(Debug)]
 pub struct ApiDoc;
 
+/// This OpenAPI document.
+#[utoipa::path(get, path = "/api/v1/openapi.json",
+    responses((status = 200, description = "The OpenAPI document of every route served", body = Object)))]
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+    Json(document().clone())
 }
 
 /// Jobs created by a submission.

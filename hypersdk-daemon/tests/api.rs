@@ -1119,3 +1119,55 @@ fn traces_reach_an_otlp_collector_with_the_callers_trace_and_the_job_below_it() 
     assert_eq!(missing["parent_span_id"], "");
     assert_eq!(missing["attributes"]["url.path"], "/api/v1/jobs/999999");
 }
+
+#[test]
+fn the_openapi_document_lists_exactly_the_routes_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&config(tmp.path(), ""));
+    let (code, api) = d.json("GET", "/api/v1/openapi.json", None);
+    assert_eq!(code, 200);
+    let paths = api["paths"].as_object().unwrap();
+    // Every route group the daemon serves is in it (schedules, webhooks and
+    // profiles were once missing).
+    for p in [
+        "/api/v1/jobs",
+        "/api/v1/jobs/{id}",
+        "/api/v1/jobs/{id}/retry",
+        "/api/v1/schedules",
+        "/api/v1/schedules/{id}/trigger",
+        "/api/v1/webhooks",
+        "/api/v1/webhooks/{id}/deliveries",
+        "/api/v1/profiles/{name}",
+        "/api/v1/audit",
+        "/api/v1/openapi.json",
+        "/health",
+        "/ready",
+        "/metrics",
+    ] {
+        assert!(paths.contains_key(p), "{p} missing from the document");
+    }
+    // And every operation in it is served: none falls through to the
+    // router's fallback or gets 405 (ids and names that do not exist, so
+    // nothing changes).
+    let mut operations = 0;
+    for (path, item) in paths {
+        let url = path.replace("{id}", "987654").replace("{name}", "no-such");
+        for method in ["get", "post", "put", "delete"] {
+            if item.get(method).is_none() {
+                continue;
+            }
+            operations += 1;
+            let (code, body) = d.call(&method.to_uppercase(), &url, None, &[]);
+            assert_ne!(code, 405, "{method} {path}: {body}");
+            assert!(
+                !body.contains("no such route"),
+                "{method} {path} is documented but not served: {body}"
+            );
+        }
+    }
+    assert!(operations >= 30, "{operations} operations");
+    // A route that is not in the document is not served either.
+    let (code, body) = d.call("GET", "/api/v1/nothing-here", None, &[]);
+    assert_eq!(code, 404);
+    assert!(body.contains("no such route"), "{body}");
+}
