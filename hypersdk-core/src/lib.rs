@@ -106,6 +106,7 @@
 #![deny(missing_docs)]
 
 pub mod checkpoint;
+pub mod connect;
 pub mod error;
 pub mod exporter;
 pub mod files;
@@ -119,7 +120,9 @@ pub mod sink;
 pub mod task;
 pub mod transforms;
 pub mod vm;
+pub mod vmops;
 
+pub use connect::{Fields, ProviderSettings, ProviderUrl, Secret};
 pub use error::{BoxError, Error, Result};
 pub use exporter::Exporter;
 pub use options::{ExportOptions, ExportSettings, PackageFormat};
@@ -132,3 +135,4 @@ pub use vm::{
     ControllerKind, DiskFormat, DiskSpec, Firmware, GuestOs, NicSpec, OsFamily, PowerState, VmInfo,
     VmQuery, VmSpec,
 };
+pub use vmops::{SnapshotInfo, SnapshotOptions, TaskProgress, VmOps};

@@ -7,6 +7,7 @@ use futures_util::stream::BoxStream;
 
 use crate::error::Result;
 use crate::vm::{VmInfo, VmQuery, VmSpec};
+use crate::vmops::VmOps;
 
 /// The guest-visible bytes of one disk, in order, in chunks of any size.
 /// The stream ends after exactly the disk's capacity (from the opening offset).
@@ -38,6 +39,18 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// Prepares an export of one VM (a snapshot, lease or export task, as the
     /// platform needs) and returns its source.
     async fn open_export(&self, vm: &str) -> Result<Box<dyn ExportSource>>;
+
+    /// Snapshots, power and CD-ROM operations, when the platform offers
+    /// them (see [`VmOps`]). The default: None.
+    fn vm_ops(&self) -> Option<&dyn VmOps> {
+        None
+    }
+
+    /// Ends the provider's session on the platform (a vSphere logout).
+    /// The default does nothing.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// One VM being exported: its description and its disks as streams.

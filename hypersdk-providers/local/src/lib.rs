@@ -41,6 +41,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod config;
 mod disk_roots;
 mod domain;
 mod source;
@@ -51,6 +52,7 @@ use async_trait::async_trait;
 
 use hypersdk_core::{DiskFormat, Error, ExportSource, Provider, Result, VmInfo, VmSpec};
 
+pub use config::LocalConfig;
 pub use domain::{parse_domain, Domain};
 pub use source::LocalSource;
 

@@ -445,7 +445,7 @@ pub(crate) async fn wait_task(
     task: &MoRef,
     what: &str,
     timeout: std::time::Duration,
-    progress: crate::ops::TaskProgress<'_>,
+    progress: hypersdk_core::TaskProgress<'_>,
 ) -> Result<Option<Element>> {
     let start = std::time::Instant::now();
     let mut delay = std::time::Duration::from_millis(100);

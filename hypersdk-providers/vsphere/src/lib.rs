@@ -46,6 +46,7 @@
 #![deny(missing_docs)]
 
 mod client;
+mod config;
 mod download;
 mod export;
 mod inventory;
@@ -56,6 +57,7 @@ mod tls;
 
 pub use client::{ConnectOptions, Connection, ServiceContent};
 pub use inventory::VmRecord;
-pub use ops::{SnapshotInfo, TaskProgress};
+pub use config::VsphereConfig;
+pub use hypersdk_core::vmops::{SnapshotInfo, TaskProgress};
 pub use provider::VsphereProvider;
 pub use tls::{thumbprint_sha1, TlsMode};

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
+use hypersdk_core::vmops::{SnapshotInfo, SnapshotOptions, TaskProgress, VmOps};
 use hypersdk_core::{Error, PowerState, Result};
 use hypersdk_formats::xml::Element;
-use serde::Serialize;
 
 use crate::client::{permanent, Connection};
 use crate::inventory::{self, properties, VmRecord};
@@ -15,26 +15,6 @@ use crate::soap::{el, escape, MoRef};
 
 /// How long a task may run before it is given up on.
 const TASK_TIMEOUT: Duration = Duration::from_secs(3600);
-
-/// Task progress in percent, for callers that show it.
-pub type TaskProgress<'a> = Option<&'a (dyn Fn(u32) + Send + Sync)>;
-
-/// One snapshot in a VM's tree.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SnapshotInfo {
-    /// Its name.
-    pub name: String,
-    /// Its moref value (`snapshot-12`).
-    pub id: String,
-    /// Its description.
-    pub description: String,
-    /// When it was taken (ISO 8601, as the server reports it).
-    pub created: String,
-    /// Depth in the tree (0 for a root snapshot).
-    pub depth: usize,
-    /// The name of its parent, if any.
-    pub parent: Option<String>,
-}
 
 fn returned_task(rv: &Element, method: &str) -> Result<MoRef> {
     rv.find("returnval")
@@ -368,5 +348,66 @@ impl VsphereProvider {
         )
         .await?;
         Ok(n)
+    }
+}
+
+#[async_trait::async_trait]
+impl VmOps for VsphereProvider {
+    async fn snapshot_tree(&self, vm: &str) -> Result<Vec<SnapshotInfo>> {
+        VsphereProvider::snapshot_tree(self, vm).await
+    }
+
+    async fn create_snapshot(
+        &self,
+        vm: &str,
+        name: &str,
+        options: &SnapshotOptions,
+        progress: TaskProgress<'_>,
+    ) -> Result<String> {
+        VsphereProvider::create_snapshot(
+            self,
+            vm,
+            name,
+            &options.description,
+            options.memory,
+            options.quiesce,
+            progress,
+        )
+        .await
+    }
+
+    async fn revert_snapshot(
+        &self,
+        vm: &str,
+        snapshot: &str,
+        progress: TaskProgress<'_>,
+    ) -> Result<()> {
+        VsphereProvider::revert_snapshot(self, vm, snapshot, progress).await
+    }
+
+    async fn remove_snapshot(
+        &self,
+        vm: &str,
+        snapshot: &str,
+        remove_children: bool,
+        progress: TaskProgress<'_>,
+    ) -> Result<()> {
+        VsphereProvider::remove_snapshot(self, vm, snapshot, remove_children, progress).await
+    }
+
+    async fn power_off(&self, vm: &str, progress: TaskProgress<'_>) -> Result<()> {
+        VsphereProvider::power_off(self, vm, progress).await
+    }
+
+    async fn shutdown_guest(&self, vm: &str, timeout: Duration) -> Result<()> {
+        VsphereProvider::shutdown_guest(self, vm, timeout).await
+    }
+
+    async fn cdrom_media(&self, vm: &str) -> Result<Vec<String>> {
+        VsphereProvider::cdrom_media(self, vm).await
+    }
+
+    async fn eject_cdroms(&self, vm: &str, progress: TaskProgress<'_>) -> Result<usize> {
+        VsphereProvider::eject_cdroms(self, vm, progress).await
     }
 }

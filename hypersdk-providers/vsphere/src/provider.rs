@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use hypersdk_core::{ExportSource, Provider, Result, VmInfo, VmSpec};
+use hypersdk_core::{ExportSource, Provider, Result, VmInfo, VmOps, VmSpec};
 
 use crate::client::{ConnectOptions, Connection};
 use crate::inventory;
@@ -65,5 +65,13 @@ impl Provider for VsphereProvider {
 
     async fn open_export(&self, vm: &str) -> Result<Box<dyn ExportSource>> {
         crate::export::open(self.conn.clone(), vm).await
+    }
+
+    fn vm_ops(&self) -> Option<&dyn VmOps> {
+        Some(self)
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.logout().await
     }
 }
