@@ -121,6 +121,10 @@ export class Provider {
   close(): Promise<void>
 }
 
+/** Any provider of the registry, by kind or URL ('vsphere://user@host'). */
+export function connect(kindOrUrl: string, settings?: Record<string, unknown>): Promise<Provider>
+/** The provider kinds this build carries. */
+export function providerKinds(): { kind: string; about: string }[]
 export function local(dir?: string): Provider
 export function vsphere(
   url: string,

@@ -200,9 +200,30 @@ class Provider {
   }
 }
 
+/**
+ * Connects any provider this build carries (`providerKinds()`): `kindOrUrl`
+ * is a kind ('local', 'vsphere', …) or a URL ('vsphere://user@vc.example');
+ * `settings` its fields, camelCase or snake_case ({ url, user, passwordFile,
+ * password, insecure, thumbprint, caFile, dir, … }). Fields not given come
+ * from the URL, then from the platform's environment variables (GOVC_*).
+ */
+async function connect(kindOrUrl, settings = {}) {
+  const fields = {}
+  for (const [k, v] of Object.entries(settings || {})) {
+    if (v === undefined || v === null) continue
+    fields[k.replace(/[A-Z]/g, (c) => '_' + c.toLowerCase())] = v
+  }
+  return new Provider(await call(native.connect(kindOrUrl, JSON.stringify(fields))))
+}
+
+/** The provider kinds this build carries: [{ kind, about }]. */
+function providerKinds() {
+  return JSON.parse(sync(() => native.providerKinds()))
+}
+
 /** KVM/libvirt VMs described by the domain XML files in `dir`. */
 function local(dir = '/etc/libvirt/qemu') {
-  return new Provider(native.local(dir))
+  return new Provider(sync(() => native.local(dir)))
 }
 
 /** Logs in to vCenter/ESXi; `tls`: { insecure, thumbprint, caFile }. */
@@ -221,7 +242,7 @@ async function unwrap(input, output, options = {}) {
 }
 
 module.exports = {
-  local, vsphere, verify, unwrap, Provider, Export,
+  connect, providerKinds, local, vsphere, verify, unwrap, Provider, Export,
   HypersdkError, NotFoundError, AuthError, IntegrityError, CryptoError, AlreadyExistsError,
   InvalidArgumentError, ProviderError, DiskReadError, FormatError, SinkError, CancelledError,
   InternalError,

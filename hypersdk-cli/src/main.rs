@@ -95,6 +95,8 @@ enum Command {
     Webhooks(jobs::WebhooksArgs),
     /// Profiles (named export options) of a hypervisord daemon: put, list, show, delete.
     Profiles(jobs::ProfilesArgs),
+    /// The provider kinds this build carries (values of --provider).
+    Providers,
 }
 
 #[derive(Subcommand, Debug)]
@@ -309,6 +311,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Schedules(args) => jobs::schedules(args).await,
         Command::Webhooks(args) => jobs::webhooks(args).await,
         Command::Profiles(args) => jobs::profiles(args).await,
+        Command::Providers => {
+            for k in hypersdk::kinds() {
+                println!("{:<10} {}", k.kind, k.about);
+            }
+            Ok(())
+        }
     }
 }
 
@@ -316,14 +324,14 @@ async fn vms(command: VmsCommand) -> anyhow::Result<()> {
     match command {
         VmsCommand::List { provider, json } => {
             let c = provider.connect().await?;
-            let vms = c.provider.list_vms().await.context("cannot list VMs");
-            c.close().await;
+            let vms = c.list_vms().await.context("cannot list VMs");
+            provider::close(c).await;
             print_vms(&vms?, json)
         }
         VmsCommand::Show { vm, provider, json } => {
             let c = provider.connect().await?;
-            let spec = c.provider.vm_spec(&vm).await;
-            c.close().await;
+            let spec = c.vm_spec(&vm).await;
+            provider::close(c).await;
             let spec = spec?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&spec)?);
@@ -358,12 +366,8 @@ async fn vms(command: VmsCommand) -> anyhow::Result<()> {
             };
             query.validate()?;
             let c = provider.connect().await?;
-            let vms = c
-                .provider
-                .search_vms(&query)
-                .await
-                .context("cannot search VMs");
-            c.close().await;
+            let vms = c.search_vms(&query).await.context("cannot search VMs");
+            provider::close(c).await;
             print_vms(&vms?, json)
         }
         VmsCommand::Snapshot { command } => vmops::snapshot(command).await,
@@ -497,11 +501,9 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
     let exporter = Exporter::new(options)
         .with_cancel(cancel)
         .on_progress(Arc::new(move |e| shown.event(e)));
-    let result = exporter
-        .export(connected.provider.as_ref(), &args.vm, &sink)
-        .await;
+    let result = exporter.export(connected.as_ref(), &args.vm, &sink).await;
     display.finish();
-    connected.close().await;
+    provider::close(connected).await;
     if let Err(e) = &result {
         if exporter.options().keeps_partial_after(e) {
             eprintln!(

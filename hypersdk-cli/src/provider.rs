@@ -1,89 +1,76 @@
-//! Choosing and connecting the provider: `--provider local|vsphere` and the
-//! connection settings of each.
+//! Choosing and connecting the provider, through the registry of the
+//! `hypersdk` crate: nothing here knows a particular platform.
 //!
-//! vSphere settings come from flags, else the environment (govc's names:
-//! GOVC_URL, GOVC_USERNAME, GOVC_PASSWORD, GOVC_INSECURE, GOVC_TLS_CA_CERTS,
-//! plus GOVC_TLS_THUMBPRINT), else a config file of the same `KEY=VALUE`
-//! lines (`--vsphere-config`). The password is never a flag: it comes from
-//! `--password-file`, GOVC_PASSWORD or the config file, so it does not show
-//! in the process list.
+//! `--provider` takes a kind (`local`, `vsphere`, … — `hyperctl providers`
+//! lists them) or a URL (`vsphere://user@vc.example`). Its settings come,
+//! the first that gives a field winning, from the connection flags below
+//! and `--provider-opt KEY=VALUE`, a `--provider-config FILE` (YAML or JSON
+//! of the same fields as a daemon's `providers:` entry), the URL, the
+//! environment variables the platform's own tools read (govc's GOVC_URL,
+//! GOVC_USERNAME, GOVC_PASSWORD, GOVC_INSECURE, GOVC_TLS_CA_CERTS,
+//! GOVC_TLS_THUMBPRINT for vSphere), and an `--env-file` of such `KEY=VALUE`
+//! lines. Passwords are never flags: they come from `--password-file`, the
+//! environment or those files, so they do not show in the process list.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use clap::{Args, ValueEnum};
+use clap::Args;
+use serde_json::Value;
 
-use hypersdk_core::Provider;
-use hypersdk_local::{LocalProvider, DEFAULT_DOMAIN_DIR};
-use hypersdk_vsphere::{ConnectOptions, TlsMode, VsphereProvider};
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProviderKind {
-    /// KVM/libvirt VMs described by domain XML files.
-    Local,
-    /// vCenter Server or ESXi (vSphere Web Services API).
-    Vsphere,
-}
+use hypersdk::{Fields, Provider, ProviderConfig};
 
 #[derive(Args, Debug)]
 pub struct ProviderArgs {
-    /// Platform the VM lives on.
-    #[arg(long, value_enum, default_value = "local", env = "HYPERSDK_PROVIDER")]
-    provider: ProviderKind,
-    /// local: directory of libvirt domain XML files.
-    #[arg(long, env = "HYPERSDK_LOCAL_DIR", default_value = DEFAULT_DOMAIN_DIR)]
-    dir: PathBuf,
-    /// vsphere: vCenter/ESXi address, e.g. vcenter.example (https and /sdk implied) [env: GOVC_URL].
+    /// Platform the VM lives on: a kind (see `hyperctl providers`) or a URL
+    /// such as vsphere://user@vcenter.example.
+    #[arg(long, default_value = "local", env = "HYPERSDK_PROVIDER")]
+    provider: String,
+    /// YAML or JSON file of the provider's settings (the fields of a
+    /// daemon's providers: entry).
+    #[arg(long, value_name = "FILE")]
+    provider_config: Option<PathBuf>,
+    /// A provider setting, KEY=VALUE (repeatable; true/false and integers
+    /// are taken as such).
+    #[arg(long = "provider-opt", value_name = "KEY=VALUE")]
+    provider_opts: Vec<String>,
+    /// local: directory of libvirt domain XML files [default /etc/libvirt/qemu; env: HYPERSDK_LOCAL_DIR].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Address of the platform's API, e.g. vcenter.example (vsphere: https and /sdk implied) [env: GOVC_URL].
     #[arg(long)]
     url: Option<String>,
-    /// vsphere: user name [env: GOVC_USERNAME].
+    /// User name [env: GOVC_USERNAME].
     #[arg(long)]
     username: Option<String>,
-    /// vsphere: file whose first line is the password [else env: GOVC_PASSWORD].
+    /// File whose first line is the password [else env: GOVC_PASSWORD].
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
-    /// vsphere: do not verify the server's certificate [env: GOVC_INSECURE=1].
+    /// Do not verify the server's certificate [env: GOVC_INSECURE=1].
     #[arg(long)]
     insecure: bool,
-    /// vsphere: accept only the certificate with this SHA-1 or SHA-256
+    /// Accept only the certificate with this SHA-1 or SHA-256
     /// thumbprint [env: GOVC_TLS_THUMBPRINT].
     #[arg(long, value_name = "AB:CD:...")]
     thumbprint: Option<String>,
-    /// vsphere: PEM file of extra trusted CA certificates [env: GOVC_TLS_CA_CERTS].
+    /// PEM file of extra trusted CA certificates [env: GOVC_TLS_CA_CERTS].
     #[arg(long, value_name = "FILE")]
     ca_file: Option<PathBuf>,
-    /// vsphere: file of KEY=VALUE lines with the GOVC_* settings above, used
-    /// where neither a flag nor the environment gives one.
-    #[arg(long, env = "HYPERSDK_VSPHERE_CONFIG", value_name = "FILE")]
-    vsphere_config: Option<PathBuf>,
+    /// File of KEY=VALUE lines (e.g. the GOVC_* variables above), used
+    /// where the environment has none.
+    #[arg(
+        long,
+        alias = "vsphere-config",
+        env = "HYPERSDK_VSPHERE_CONFIG",
+        value_name = "FILE"
+    )]
+    env_file: Option<PathBuf>,
 }
 
-/// A connected provider; `close` ends its session.
-pub struct Connected {
-    pub provider: Box<dyn Provider>,
-    vsphere: Option<VsphereProvider>,
-}
-
-impl Connected {
-    /// The vSphere provider, when that is the one connected.
-    pub fn vsphere(&self) -> Option<&VsphereProvider> {
-        self.vsphere.as_ref()
-    }
-
-    /// Logs out of a vSphere session (errors only logged: the work is done).
-    pub async fn close(self) {
-        if let Some(v) = self.vsphere {
-            if let Err(e) = v.logout().await {
-                tracing::warn!(error = %e, "vSphere logout failed");
-            }
-        }
-    }
-}
-
-fn read_config(path: &Path) -> anyhow::Result<HashMap<String, String>> {
+fn read_env_file(path: &Path) -> anyhow::Result<HashMap<String, String>> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read vSphere config {}", path.display()))?;
+        .with_context(|| format!("cannot read env file {}", path.display()))?;
     let mut map = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -102,72 +89,101 @@ fn read_config(path: &Path) -> anyhow::Result<HashMap<String, String>> {
     Ok(map)
 }
 
-fn truthy(v: &str) -> bool {
-    matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+/// `true`/`false` and integers as such, anything else as a string.
+fn opt_value(v: &str) -> Value {
+    match v {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        _ => v
+            .parse::<i64>()
+            .map(Value::from)
+            .unwrap_or_else(|_| Value::String(v.to_string())),
+    }
+}
+
+fn path_value(p: &Path) -> Value {
+    Value::String(p.to_string_lossy().into_owned())
 }
 
 impl ProviderArgs {
-    /// The vSphere connection settings (flags > environment > config file).
-    pub fn vsphere_options(&self) -> anyhow::Result<ConnectOptions> {
-        let file = match &self.vsphere_config {
-            Some(p) => read_config(p)?,
+    /// The provider settings these arguments (and the environment) give.
+    pub fn config(&self) -> anyhow::Result<ProviderConfig> {
+        let mut fields = Fields::new();
+        if let Some(f) = &self.provider_config {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read provider config {}", f.display()))?;
+            let map: Fields = serde_yaml_ng::from_str(&text).with_context(|| {
+                format!(
+                    "provider config {}: expected a map of settings",
+                    f.display()
+                )
+            })?;
+            fields.extend(map);
+        }
+        let flags = [
+            ("dir", self.dir.as_deref().map(path_value)),
+            ("url", self.url.clone().map(Value::String)),
+            ("user", self.username.clone().map(Value::String)),
+            (
+                "password_file",
+                self.password_file.as_deref().map(path_value),
+            ),
+            ("insecure", self.insecure.then_some(Value::Bool(true))),
+            ("thumbprint", self.thumbprint.clone().map(Value::String)),
+            ("ca_file", self.ca_file.as_deref().map(path_value)),
+        ];
+        for (k, v) in flags {
+            if let Some(v) = v {
+                fields.insert(k.into(), v);
+            }
+        }
+        for o in &self.provider_opts {
+            let Some((k, v)) = o.split_once('=') else {
+                bail!("--provider-opt {o}: expected KEY=VALUE");
+            };
+            fields.insert(k.trim().to_string(), opt_value(v));
+        }
+        let file = match &self.env_file {
+            Some(p) => read_env_file(p)?,
             None => HashMap::new(),
         };
-        let get = |flag: Option<&String>, key: &str| -> Option<String> {
-            flag.cloned()
-                .or_else(|| std::env::var(key).ok().filter(|v| !v.is_empty()))
-                .or_else(|| file.get(key).cloned())
+        let env = |k: &str| {
+            std::env::var(k)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .or_else(|| file.get(k).cloned())
         };
-        let Some(url) = get(self.url.as_ref(), "GOVC_URL") else {
-            bail!("--provider vsphere needs --url (or GOVC_URL, or a --vsphere-config file)");
+        let flag_of = |field: &str| match field {
+            "user" => "--username".to_string(),
+            f => format!("--{}", f.replace('_', "-")),
         };
-        let mut opts = ConnectOptions::new(url);
-        if let Some(u) = get(self.username.as_ref(), "GOVC_USERNAME") {
-            opts.user = Some(u);
-        }
-        let password = match &self.password_file {
-            Some(p) => Some(
-                std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read password file {}", p.display()))?
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_string(),
-            ),
-            None => get(None, "GOVC_PASSWORD"),
-        };
-        if let Some(p) = password {
-            opts.password = Some(zeroize::Zeroizing::new(p));
-        }
-        let insecure = self.insecure || get(None, "GOVC_INSECURE").is_some_and(|v| truthy(&v));
-        opts.tls = TlsMode::from_settings(
-            get(self.thumbprint.as_ref(), "GOVC_TLS_THUMBPRINT"),
-            insecure,
-        );
-        let ca = self
-            .ca_file
-            .clone()
-            .or_else(|| get(None, "GOVC_TLS_CA_CERTS").map(PathBuf::from));
-        if let Some(ca) = ca {
-            opts = opts.with_ca_file(&ca)?;
-        }
-        Ok(opts)
-    }
-
-    /// Connects the chosen provider.
-    pub async fn connect(&self) -> anyhow::Result<Connected> {
-        Ok(match self.provider {
-            ProviderKind::Local => Connected {
-                provider: Box::new(LocalProvider::new(&self.dir)),
-                vsphere: None,
-            },
-            ProviderKind::Vsphere => {
-                let v = VsphereProvider::connect(&self.vsphere_options()?).await?;
-                Connected {
-                    provider: Box::new(v.clone()),
-                    vsphere: Some(v),
+        ProviderConfig::resolve(&self.provider, fields, &env).map_err(|e| {
+            // Name the flag for a missing field, as a CLI user would write it.
+            let text = e.to_string();
+            match text.split_once("missing field `") {
+                Some((_, rest)) => {
+                    let field = rest.split('`').next().unwrap_or("");
+                    anyhow::anyhow!(
+                        "--provider {} needs {} (or --provider-opt {field}=…, a \
+                         --provider-config file, or the platform's environment variable): {text}",
+                        self.provider,
+                        flag_of(field)
+                    )
                 }
+                None => anyhow::anyhow!(text),
             }
         })
+    }
+
+    /// Connects the chosen provider; `close` it when done.
+    pub async fn connect(&self) -> anyhow::Result<Box<dyn Provider>> {
+        Ok(self.config()?.connect().await?)
+    }
+}
+
+/// Ends a provider's session (errors only logged: the work is done).
+pub async fn close(provider: Box<dyn Provider>) {
+    if let Err(e) = provider.close().await {
+        tracing::warn!(error = %e, provider = provider.name(), "closing the provider session failed");
     }
 }

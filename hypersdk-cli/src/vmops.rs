@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use anyhow::bail;
 use clap::Subcommand;
 
-use crate::provider::{Connected, ProviderArgs};
+use hypersdk::{SnapshotOptions, VmOps};
+
+use crate::provider::{close, ProviderArgs};
 
 #[derive(Subcommand, Debug)]
 pub enum SnapshotCommand {
@@ -65,25 +66,27 @@ fn progress(what: &str) -> impl Fn(u32) + Send + Sync + '_ {
     move |p| eprintln!("{what}: {p}%")
 }
 
-async fn with_vsphere<T>(
+async fn with_ops<T>(
     provider: &ProviderArgs,
-    f: impl AsyncFnOnce(&hypersdk_vsphere::VsphereProvider) -> anyhow::Result<T>,
+    f: impl AsyncFnOnce(&dyn VmOps) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    let c: Connected = provider.connect().await?;
-    let Some(v) = c.vsphere() else {
-        c.close().await;
-        bail!("this operation needs --provider vsphere");
+    let p = provider.connect().await?;
+    let r = match p.vm_ops() {
+        Some(ops) => f(ops).await,
+        None => Err(anyhow::anyhow!(
+            "provider '{}' has no VM operations (snapshots, power, CD-ROM); \
+             providers that have them: vsphere",
+            p.name()
+        )),
     };
-    let v = v.clone();
-    let r = f(&v).await;
-    c.close().await;
+    close(p).await;
     r
 }
 
 pub async fn snapshot(cmd: SnapshotCommand) -> anyhow::Result<()> {
     match cmd {
         SnapshotCommand::List { vm, provider, json } => {
-            let tree = with_vsphere(&provider, async |v| Ok(v.snapshot_tree(&vm).await?)).await?;
+            let tree = with_ops(&provider, async |v| Ok(v.snapshot_tree(&vm).await?)).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&tree)?);
             } else if tree.is_empty() {
@@ -114,12 +117,19 @@ pub async fn snapshot(cmd: SnapshotCommand) -> anyhow::Result<()> {
             quiesce,
             provider,
         } => {
-            let id = with_vsphere(&provider, async |v| {
+            let id = with_ops(&provider, async |v| {
                 let p = progress("snapshot");
-                Ok(
-                    v.create_snapshot(&vm, &name, &description, memory, quiesce, Some(&p))
-                        .await?,
+                Ok(v.create_snapshot(
+                    &vm,
+                    &name,
+                    &SnapshotOptions {
+                        description,
+                        memory,
+                        quiesce,
+                    },
+                    Some(&p),
                 )
+                .await?)
             })
             .await?;
             println!("created snapshot '{name}' ({id}) of VM '{vm}'");
@@ -130,7 +140,7 @@ pub async fn snapshot(cmd: SnapshotCommand) -> anyhow::Result<()> {
             snapshot,
             provider,
         } => {
-            with_vsphere(&provider, async |v| {
+            with_ops(&provider, async |v| {
                 let p = progress("revert");
                 Ok(v.revert_snapshot(&vm, &snapshot, Some(&p)).await?)
             })
@@ -144,7 +154,7 @@ pub async fn snapshot(cmd: SnapshotCommand) -> anyhow::Result<()> {
             children,
             provider,
         } => {
-            with_vsphere(&provider, async |v| {
+            with_ops(&provider, async |v| {
                 let p = progress("remove");
                 Ok(v.remove_snapshot(&vm, &snapshot, children, Some(&p))
                     .await?)
@@ -157,13 +167,13 @@ pub async fn snapshot(cmd: SnapshotCommand) -> anyhow::Result<()> {
 }
 
 pub async fn power_off(vm: String, provider: ProviderArgs) -> anyhow::Result<()> {
-    with_vsphere(&provider, async |v| Ok(v.power_off(&vm, None).await?)).await?;
+    with_ops(&provider, async |v| Ok(v.power_off(&vm, None).await?)).await?;
     println!("VM '{vm}' is powered off");
     Ok(())
 }
 
 pub async fn shutdown(vm: String, timeout: u64, provider: ProviderArgs) -> anyhow::Result<()> {
-    with_vsphere(&provider, async |v| {
+    with_ops(&provider, async |v| {
         Ok(v.shutdown_guest(&vm, Duration::from_secs(timeout)).await?)
     })
     .await?;
@@ -172,7 +182,7 @@ pub async fn shutdown(vm: String, timeout: u64, provider: ProviderArgs) -> anyho
 }
 
 pub async fn eject_cdrom(vm: String, provider: ProviderArgs) -> anyhow::Result<()> {
-    let n = with_vsphere(&provider, async |v| Ok(v.eject_cdroms(&vm, None).await?)).await?;
+    let n = with_ops(&provider, async |v| Ok(v.eject_cdroms(&vm, None).await?)).await?;
     println!("emptied {n} CD-ROM drive(s) of VM '{vm}'");
     Ok(())
 }

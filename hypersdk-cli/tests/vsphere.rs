@@ -100,6 +100,74 @@ fn connection_settings_from_flags_environment_and_config_file() {
         search.contains("alpha") && !search.contains("DC0_H0_VM0"),
         "{search}"
     );
+    // The registry's URL form, and settings from a --provider-config file
+    // plus --provider-opt (the same fields as a daemon's providers: entry).
+    let host = s.sim.url.trim_start_matches("https://");
+    let host = host.split('/').next().unwrap();
+    let list = ok_env(
+        &[
+            "vms",
+            "list",
+            "--provider",
+            &format!("vsphere://migrator@{host}"),
+            "--provider-opt",
+            "insecure=true",
+        ],
+        &[("GOVC_PASSWORD", "pa55-word")],
+    );
+    assert!(list.contains("alpha"), "{list}");
+    let yaml = s._dir.path().join("vc.yaml");
+    fs::write(
+        &yaml,
+        format!(
+            "url: {}\nuser: migrator\npassword_file: {}\n",
+            s.sim.url, s.password_file
+        ),
+    )
+    .unwrap();
+    let list = ok_env(
+        &[
+            "vms",
+            "list",
+            "--provider",
+            "vsphere",
+            "--provider-config",
+            path_str(&yaml),
+            "--provider-opt",
+            &format!("thumbprint={}", s.sim.thumbprint),
+        ],
+        &[],
+    );
+    assert!(list.contains("alpha"), "{list}");
+    let line = fails_env(
+        &[
+            "vms",
+            "list",
+            "--provider",
+            "vsphere",
+            "--provider-config",
+            path_str(&yaml),
+            "--provider-opt",
+            "colour=blue",
+        ],
+        &[],
+    );
+    assert!(line.contains("unknown field `colour`"), "{line}");
+    let line = fails_env(&["vms", "list", "--provider", "hyperv"], &[]);
+    assert!(line.contains("unknown provider kind 'hyperv'"), "{line}");
+    let line = fails_env(
+        &[
+            "vms",
+            "list",
+            "--provider",
+            "vsphere://root:secret@vc.example",
+        ],
+        &[],
+    );
+    assert!(
+        line.contains("password in it") && !line.contains("secret"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -236,5 +304,8 @@ fn vm_operations_snapshots_power_and_cdrom() {
     assert!(show.contains("\"power_state\": \"off\""), "{show}");
     // The local provider has no such operations: a clear refusal.
     let line = fails_env(&["vms", "power-off", "demo-vm", "--provider", "local"], &[]);
-    assert!(line.contains("needs --provider vsphere"), "{line}");
+    assert!(
+        line.contains("provider 'local' has no VM operations"),
+        "{line}"
+    );
 }

@@ -208,8 +208,13 @@ mod tests {
         assert_eq!(u.user.as_deref(), Some("migrator@vsphere.local"));
         assert_eq!(u.host, "vc.example:8443");
         assert_eq!(u.path, "/sdk");
-        let l = ProviderUrl::parse("local:///etc/libvirt/qemu").unwrap().unwrap();
-        assert_eq!((l.host.as_str(), l.path.as_str()), ("", "/etc/libvirt/qemu"));
+        let l = ProviderUrl::parse("local:///etc/libvirt/qemu")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (l.host.as_str(), l.path.as_str()),
+            ("", "/etc/libvirt/qemu")
+        );
         assert_eq!(ProviderUrl::parse("vsphere").unwrap(), None);
         let e = ProviderUrl::parse("vsphere://root:secret@vc").unwrap_err();
         assert!(e.to_string().contains("password"), "{e}");

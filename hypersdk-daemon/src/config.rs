@@ -32,6 +32,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use hypersdk::ProviderConfig;
 use serde::Deserialize;
 
 /// Who may do what.
@@ -58,55 +59,42 @@ pub struct ApiKey {
     pub sha256: String,
 }
 
-/// A configured provider.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum ProviderConfig {
-    /// libvirt domain XML files in a directory.
-    Local {
-        /// Where the domain XML files are. Jobs name a VM by its name or
-        /// UUID among these files, never by a path.
-        dir: PathBuf,
-        /// Directories disk images may lie in (symbolic links followed);
-        /// a domain whose disk is elsewhere fails to export. Default: the
-        /// libvirt image directories (`/var/lib/libvirt/images`,
-        /// `/var/lib/libvirt/boot`); `dir` is always allowed.
-        #[serde(default)]
-        disk_roots: Option<Vec<PathBuf>>,
-        /// Exports of this provider at once (default: no own bound).
-        #[serde(default)]
-        max_concurrent: Option<usize>,
-    },
-    /// vCenter or ESXi.
-    Vsphere {
-        /// SDK URL.
-        url: String,
-        /// User name.
-        user: String,
-        /// File holding the password.
-        password_file: PathBuf,
-        /// Pinned certificate thumbprint.
-        #[serde(default)]
-        thumbprint: Option<String>,
-        /// CA bundle (PEM) to trust.
-        #[serde(default)]
-        ca_file: Option<PathBuf>,
-        /// Skip certificate checks.
-        #[serde(default)]
-        insecure: bool,
-        /// Exports of this provider at once.
-        #[serde(default)]
-        max_concurrent: Option<usize>,
-    },
+/// A configured provider: the settings of its kind (the `hypersdk`
+/// registry's [`ProviderConfig`], e.g. `kind: vsphere, url: …`), confined
+/// for jobs from callers who are not trusted with this host's files, plus
+/// the daemon's own `max_concurrent`.
+#[derive(Debug, Clone)]
+pub struct ProviderEntry {
+    /// The provider's settings.
+    pub config: ProviderConfig,
+    /// Exports of this provider at once (default: no own bound).
+    pub max_concurrent: Option<usize>,
 }
 
-impl ProviderConfig {
+impl<'de> Deserialize<'de> for ProviderEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut fields = hypersdk::Fields::deserialize(d)?;
+        let max_concurrent = match fields.remove("max_concurrent") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => Some(
+                serde_json::from_value::<usize>(v)
+                    .map_err(|e| D::Error::custom(format!("max_concurrent: {e}")))?,
+            ),
+        };
+        let mut config = ProviderConfig::from_fields(fields).map_err(D::Error::custom)?;
+        config.confine();
+        Ok(ProviderEntry {
+            config,
+            max_concurrent,
+        })
+    }
+}
+
+impl ProviderEntry {
     /// The provider's own bound on concurrent exports.
     pub fn max_concurrent(&self) -> Option<usize> {
-        match self {
-            ProviderConfig::Local { max_concurrent, .. }
-            | ProviderConfig::Vsphere { max_concurrent, .. } => *max_concurrent,
-        }
+        self.max_concurrent
     }
 }
 
@@ -126,7 +114,7 @@ pub struct Config {
     pub max_concurrent: usize,
     /// Providers by name.
     #[serde(default)]
-    pub providers: BTreeMap<String, ProviderConfig>,
+    pub providers: BTreeMap<String, ProviderEntry>,
     /// API keys; none means no authentication (loopback only).
     #[serde(default)]
     pub api_keys: Vec<ApiKey>,

@@ -14,13 +14,11 @@ use hypersdk_core::transforms::ratelimit::RateLimiter;
 use hypersdk_core::{
     CancellationToken, Error, ExportOptions, Exporter, PackageFormat, Provider, Sink,
 };
-use hypersdk_local::LocalProvider;
 use hypersdk_sinks::LocalDirSink;
-use hypersdk_vsphere::{ConnectOptions, TlsMode, VsphereProvider};
 use tokio::sync::{broadcast, Notify};
 use tracing::{info, warn, Instrument};
 
-use crate::config::{Config, ProviderConfig};
+use crate::config::{Config, ProviderEntry};
 use crate::lock;
 use crate::metrics::Metrics;
 use crate::model::{Format, Job, JobStatus, Progress};
@@ -30,13 +28,13 @@ use crate::webhooks::Webhooks;
 /// The configured providers, connected on first use and then shared.
 #[derive(Debug)]
 pub struct Providers {
-    configs: BTreeMap<String, ProviderConfig>,
+    configs: BTreeMap<String, ProviderEntry>,
     connected: tokio::sync::Mutex<HashMap<String, Arc<dyn Provider>>>,
 }
 
 impl Providers {
     /// Providers of `configs`.
-    pub fn new(configs: BTreeMap<String, ProviderConfig>) -> Self {
+    pub fn new(configs: BTreeMap<String, ProviderEntry>) -> Self {
         Providers {
             configs,
             connected: tokio::sync::Mutex::new(HashMap::new()),
@@ -58,46 +56,13 @@ impl Providers {
             .configs
             .get(name)
             .ok_or_else(|| Error::InvalidArgument(format!("unknown provider '{name}'")))?;
-        let p: Arc<dyn Provider> = match config {
-            ProviderConfig::Local {
-                dir, disk_roots, ..
-            } => {
-                let roots = match disk_roots {
-                    Some(r) => r.clone(),
-                    None => hypersdk_local::DEFAULT_DISK_ROOTS
-                        .iter()
-                        .map(PathBuf::from)
-                        .collect(),
-                };
-                Arc::new(LocalProvider::confined(dir, roots))
-            }
-            ProviderConfig::Vsphere {
-                url,
-                user,
-                password_file,
-                thumbprint,
-                ca_file,
-                insecure,
-                ..
-            } => {
-                let password = std::fs::read_to_string(password_file).map_err(|e| {
-                    Error::InvalidArgument(format!(
-                        "provider '{name}': cannot read password file {}: {e}",
-                        password_file.display()
-                    ))
-                })?;
-                let tls = TlsMode::from_settings(thumbprint.clone(), *insecure);
-                let mut opts = ConnectOptions::new(url)
-                    .with_login(user, password.trim_end_matches(['\r', '\n']))
-                    .with_tls(tls);
-                if let Some(ca) = ca_file {
-                    opts = opts
-                        .with_ca_file(ca)
-                        .map_err(|e| Error::InvalidArgument(format!("provider '{name}': {e}")))?;
+        let p: Arc<dyn Provider> =
+            Arc::from(config.config.connect().await.map_err(|e| match e {
+                Error::InvalidArgument(m) => {
+                    Error::InvalidArgument(format!("provider '{name}': {m}"))
                 }
-                Arc::new(VsphereProvider::connect(&opts).await?)
-            }
-        };
+                e => e,
+            })?);
         connected.insert(name.to_string(), p.clone());
         Ok(p)
     }

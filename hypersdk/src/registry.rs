@@ -130,7 +130,11 @@ impl ProviderConfig {
     pub fn from_fields(fields: Fields) -> Result<Self> {
         let kind = match fields.get("kind") {
             Some(serde_json::Value::String(k)) => k.clone(),
-            Some(_) => return Err(Error::InvalidArgument("provider kind must be a string".into())),
+            Some(_) => {
+                return Err(Error::InvalidArgument(
+                    "provider kind must be a string".into(),
+                ))
+            }
             None => {
                 return Err(Error::InvalidArgument(
                     "provider settings need a kind (e.g. kind: vsphere)".into(),
@@ -198,9 +202,12 @@ mod tests {
         };
         let c = ProviderConfig::resolve("vsphere", Fields::new(), &env).unwrap();
         let s: &hypersdk_vsphere::VsphereConfig = c.settings().unwrap();
-        assert_eq!((s.url.as_str(), s.insecure), ("https://env.example/sdk", true));
-        let c = ProviderConfig::resolve("vsphere://u@vc.example:8443", Fields::new(), &env)
-            .unwrap();
+        assert_eq!(
+            (s.url.as_str(), s.insecure),
+            ("https://env.example/sdk", true)
+        );
+        let c =
+            ProviderConfig::resolve("vsphere://u@vc.example:8443", Fields::new(), &env).unwrap();
         let s: &hypersdk_vsphere::VsphereConfig = c.settings().unwrap();
         assert_eq!(s.url, "https://vc.example:8443/sdk");
         assert_eq!(s.user.as_deref(), Some("u"));
@@ -223,7 +230,10 @@ mod tests {
         let e = ProviderConfig::resolve("vsphere", Fields::new(), &none).unwrap_err();
         assert!(e.to_string().contains("missing field `url`"), "{e}");
         let e = ProviderConfig::resolve("hyperv", Fields::new(), &none).unwrap_err();
-        assert!(e.to_string().contains("unknown provider kind 'hyperv'"), "{e}");
+        assert!(
+            e.to_string().contains("unknown provider kind 'hyperv'"),
+            "{e}"
+        );
         assert!(e.to_string().contains("local, vsphere"), "{e}");
         let e = ProviderConfig::from_fields(fields(r#"{"dir": "/x"}"#)).unwrap_err();
         assert!(e.to_string().contains("need a kind"), "{e}");
@@ -233,8 +243,8 @@ mod tests {
 
     #[test]
     fn confining_local_settings_sets_the_libvirt_image_directories() {
-        let mut c = ProviderConfig::from_fields(fields(r#"{"kind": "local", "dir": "/d"}"#))
-            .unwrap();
+        let mut c =
+            ProviderConfig::from_fields(fields(r#"{"kind": "local", "dir": "/d"}"#)).unwrap();
         c.confine();
         let s: &hypersdk_local::LocalConfig = c.settings().unwrap();
         assert_eq!(

@@ -34,29 +34,37 @@ options:
     type: path
     required: true
   provider:
-    description: Where the VM lives.
+    description:
+      - Where the VM lives - a provider kind of the hypersdk registry (C(local), C(vsphere),
+        and whatever else the installed wheel carries; see C(hypersdk.provider_kinds())) or a
+        URL such as C(vsphere://user@vc.example).
     type: str
-    choices: [local, vsphere]
     default: local
+  provider_options:
+    description:
+      - Further settings of the provider, by their registry names (the fields of a
+        hypervisord C(providers:) entry, e.g. C(password_file), C(timeout_secs)). Settings
+        not given come from the URL, then from the platform's environment variables
+        (GOVC_URL, GOVC_PASSWORD, ...).
+    type: dict
   dir:
-    description: C(local) only. Directory of libvirt domain XML files.
+    description: C(local). Directory of libvirt domain XML files (default /etc/libvirt/qemu).
     type: path
-    default: /etc/libvirt/qemu
   url:
-    description: C(vsphere) only. vCenter/ESXi address or SDK URL.
+    description: The platform's API address (C(vsphere) - vCenter/ESXi address or SDK URL).
     type: str
   username:
-    description: C(vsphere) only. User name.
+    description: User name.
     type: str
   password:
-    description: C(vsphere) only. Password (never logged).
+    description: Password (never logged).
     type: str
   insecure:
-    description: C(vsphere) only. Do not verify the server certificate.
+    description: Do not verify the server certificate.
     type: bool
     default: false
   thumbprint:
-    description: C(vsphere) only. Accept only the certificate with this SHA-1 or SHA-256 thumbprint.
+    description: Accept only the certificate with this SHA-1 or SHA-256 thumbprint.
     type: str
   ca_file:
     description: C(vsphere) only. PEM file of extra trusted CA certificates.
@@ -152,14 +160,18 @@ EXPORT_OPTIONS = ("format", "name", "compress", "digest", "encrypt_key_file",
                   "encrypt_passphrase_file", "bwlimit", "resume")
 
 
+# Module options that are provider settings, by their registry names.
+CONNECTION_OPTIONS = {"dir": "dir", "url": "url", "username": "user", "password": "password",
+                      "thumbprint": "thumbprint", "ca_file": "ca_file"}
+
+
 def connect(p):
-    if p["provider"] == "local":
-        return hypersdk.local(p["dir"])
-    for k in ("url", "username", "password"):
-        if not p[k]:
-            raise ValueError(f"provider=vsphere needs {k}")
-    return hypersdk.vsphere(p["url"], p["username"], p["password"], insecure=p["insecure"],
-                            thumbprint=p["thumbprint"], ca_file=p["ca_file"])
+    """Any provider of the registry: the connection options given, then provider_options."""
+    settings = {field: p[opt] for opt, field in CONNECTION_OPTIONS.items() if p[opt] is not None}
+    if p["insecure"]:
+        settings["insecure"] = True
+    settings.update(p["provider_options"] or {})
+    return hypersdk.connect(p["provider"], **settings)
 
 
 def check_existing(path, p):
@@ -178,8 +190,9 @@ def main():
         argument_spec=dict(
             vm=dict(type="str", required=True),
             output=dict(type="path", required=True),
-            provider=dict(type="str", choices=["local", "vsphere"], default="local"),
-            dir=dict(type="path", default="/etc/libvirt/qemu"),
+            provider=dict(type="str", default="local"),
+            provider_options=dict(type="dict"),
+            dir=dict(type="path"),
             url=dict(type="str"),
             username=dict(type="str"),
             password=dict(type="str", no_log=True),

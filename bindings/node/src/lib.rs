@@ -16,9 +16,7 @@ use napi_derive::napi;
 
 use hypersdk_core::task::ExportTask;
 use hypersdk_core::{files, ExportSettings, VmQuery};
-use hypersdk_local::LocalProvider;
 use hypersdk_sinks::LocalDirSink;
-use hypersdk_vsphere::{ConnectOptions, TlsMode, VsphereProvider};
 
 /// A failure as JavaScript sees it (see the crate docs).
 fn fail(code: &str, message: impl std::fmt::Display) -> Error {
@@ -62,16 +60,50 @@ pub struct VsphereTls {
 #[derive(Debug)]
 pub struct Provider {
     inner: Arc<dyn hypersdk_core::Provider>,
-    vsphere: Option<VsphereProvider>,
 }
 
-/// KVM/libvirt VMs described by the domain XML files in `dir`.
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Connects any provider of the registry: `kind_or_url` is a kind
+/// (`local`, `vsphere`, …) or a URL (`vsphere://user@vc.example`), and
+/// `settings_json` the provider's settings (JSON object; the fields of the
+/// daemon's `providers:` entries). Fields not given come from the URL, then
+/// from the environment variables the platform's tools read (GOVC_*).
 #[napi]
-pub fn local(dir: String) -> Provider {
-    Provider {
-        inner: Arc::new(LocalProvider::new(dir)),
-        vsphere: None,
-    }
+pub async fn connect(kind_or_url: String, settings_json: String) -> Result<Provider> {
+    let fields: hypersdk::Fields =
+        serde_json::from_str(&settings_json).map_err(|e| bad("provider settings", e))?;
+    let config =
+        hypersdk::ProviderConfig::resolve(&kind_or_url, fields, &process_env).map_err(lib_err)?;
+    Ok(Provider {
+        inner: Arc::from(config.connect().await.map_err(lib_err)?),
+    })
+}
+
+/// The provider kinds this build carries, as JSON `[{kind, about}]`.
+#[napi]
+pub fn provider_kinds() -> Result<String> {
+    let kinds: Vec<serde_json::Value> = hypersdk::kinds()
+        .iter()
+        .map(|k| serde_json::json!({"kind": k.kind, "about": k.about}))
+        .collect();
+    json(&kinds)
+}
+
+/// KVM/libvirt VMs described by the domain XML files in `dir` (through
+/// the registry; local providers connect without waiting, so this one is
+/// synchronous).
+#[napi]
+pub fn local(dir: String) -> Result<Provider> {
+    use futures_util::FutureExt as _;
+    connect(
+        "local".into(),
+        serde_json::json!({ "dir": dir }).to_string(),
+    )
+    .now_or_never()
+    .unwrap_or_else(|| Err(fail("internal", "the local provider waited to connect")))
 }
 
 /// Logs in to vCenter/ESXi.
@@ -82,26 +114,22 @@ pub async fn vsphere(
     password: String,
     tls: Option<VsphereTls>,
 ) -> Result<Provider> {
-    let (insecure, thumbprint, ca_file) = match tls {
-        Some(t) => (t.insecure.unwrap_or(false), t.thumbprint, t.ca_file),
-        None => (false, None, None),
-    };
-    let mut o = ConnectOptions::new(url)
-        .with_login(user, password)
-        .with_tls(TlsMode::from_settings(thumbprint, insecure));
-    if let Some(f) = ca_file {
-        o = o.with_ca_file(std::path::Path::new(&f)).map_err(lib_err)?;
+    let mut f = serde_json::json!({"url": url, "user": user, "password": password});
+    if let Some(t) = tls {
+        f["insecure"] = t.insecure.unwrap_or(false).into();
+        if let Some(tp) = t.thumbprint {
+            f["thumbprint"] = tp.into();
+        }
+        if let Some(ca) = t.ca_file {
+            f["ca_file"] = ca.into();
+        }
     }
-    let v = VsphereProvider::connect(&o).await.map_err(lib_err)?;
-    Ok(Provider {
-        inner: Arc::new(v.clone()),
-        vsphere: Some(v),
-    })
+    connect("vsphere".into(), f.to_string()).await
 }
 
 #[napi]
 impl Provider {
-    /// "local" or "vsphere".
+    /// The provider's kind: "local", "vsphere", …
     #[napi(getter)]
     pub fn name(&self) -> String {
         self.inner.name().to_string()
@@ -139,10 +167,7 @@ impl Provider {
     /// Ends the platform session (vSphere logout).
     #[napi]
     pub async fn close(&self) -> Result<()> {
-        if let Some(v) = &self.vsphere {
-            v.logout().await.map_err(lib_err)?;
-        }
-        Ok(())
+        self.inner.close().await.map_err(lib_err)
     }
 
     /// Starts exporting `vm` into the directory `output` with the options

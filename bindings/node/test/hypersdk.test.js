@@ -214,4 +214,15 @@ test('the vCenter simulator: CA-verified login, search, export, verify', async (
   const pinned = await hypersdk.vsphere(sim.url, sim.user, sim.password, { thumbprint: sim.thumbprint })
   await pinned.close()
   await assert.rejects(hypersdk.vsphere(sim.url, sim.user, sim.password), hypersdk.ProviderError)
+  // Any provider through the registry: a URL plus settings in camelCase.
+  const host = new URL(sim.url).host
+  const viaUrl = await hypersdk.connect(`vsphere://${sim.user}@${host}`, { password: sim.password, caFile: sim.ca })
+  try {
+    assert.equal((await viaUrl.searchVms('nodevm')).length, 1)
+  } finally {
+    await viaUrl.close()
+  }
+  assert.deepEqual(hypersdk.providerKinds().map((k) => k.kind), ['local', 'vsphere'])
+  await assert.rejects(hypersdk.connect('vsphere', { url: sim.url, colour: 'blue' }), (e) =>
+    e instanceof hypersdk.InvalidArgumentError && /unknown field `colour`/.test(e.message))
 })

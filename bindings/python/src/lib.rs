@@ -18,9 +18,7 @@ use pyo3::prelude::*;
 
 use hypersdk_core::task::{ExportTask, TaskFailure};
 use hypersdk_core::{files, Error, ExportSettings, VmQuery};
-use hypersdk_local::LocalProvider;
 use hypersdk_sinks::LocalDirSink;
-use hypersdk_vsphere::{ConnectOptions, TlsMode, VsphereProvider};
 
 create_exception!(
     _native,
@@ -179,73 +177,53 @@ fn block_on<T: Send + 'static>(
 #[pyclass(frozen, module = "hypersdk._native")]
 struct Provider {
     inner: Arc<dyn hypersdk_core::Provider>,
-    vsphere: Option<VsphereProvider>,
 }
 
-/// KVM/libvirt VMs described by the domain XML files in `dir`.
-#[pyfunction]
-fn local(dir: PathBuf) -> Provider {
-    Provider {
-        inner: Arc::new(LocalProvider::new(dir)),
-        vsphere: None,
-    }
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-fn vsphere_options(
-    url: String,
-    user: String,
-    password: String,
-    insecure: bool,
-    thumbprint: Option<String>,
-    ca_file: Option<PathBuf>,
-) -> PyResult<ConnectOptions> {
-    let o = ConnectOptions::new(url)
-        .with_login(user, password)
-        .with_tls(TlsMode::from_settings(thumbprint, insecure));
-    match ca_file {
-        Some(f) => o.with_ca_file(&f).map_err(py_err),
-        None => Ok(o),
-    }
+fn provider_config(kind_or_url: &str, settings: &str) -> PyResult<hypersdk::ProviderConfig> {
+    let fields: hypersdk::Fields = serde_json::from_str(settings)
+        .map_err(|e| InvalidArgument::new_err(format!("provider settings: {e}")))?;
+    hypersdk::ProviderConfig::resolve(kind_or_url, fields, &process_env).map_err(py_err)
 }
 
-async fn connect_vsphere(o: ConnectOptions) -> PyResult<Provider> {
-    let v = VsphereProvider::connect(&o).await.map_err(py_err)?;
+async fn connect_config(config: hypersdk::ProviderConfig) -> PyResult<Provider> {
     Ok(Provider {
-        inner: Arc::new(v.clone()),
-        vsphere: Some(v),
+        inner: Arc::from(config.connect().await.map_err(py_err)?),
     })
 }
 
-/// Logs in to vCenter/ESXi (blocking).
+/// Connects any provider of the registry (blocking): `kind_or_url` is a
+/// kind ("local", "vsphere", …) or a URL ("vsphere://user@vc.example"),
+/// `settings` a JSON object of its fields; fields not given come from the
+/// URL, then from the platform's environment variables (GOVC_*).
 #[pyfunction]
-#[pyo3(signature = (url, user, password, *, insecure=false, thumbprint=None, ca_file=None))]
-fn vsphere(
-    py: Python<'_>,
-    url: String,
-    user: String,
-    password: String,
-    insecure: bool,
-    thumbprint: Option<String>,
-    ca_file: Option<PathBuf>,
-) -> PyResult<Provider> {
-    let o = vsphere_options(url, user, password, insecure, thumbprint, ca_file)?;
-    block_on(py, connect_vsphere(o), || {})?
+fn connect(py: Python<'_>, kind_or_url: &str, settings: &str) -> PyResult<Provider> {
+    let config = provider_config(kind_or_url, settings)?;
+    block_on(py, connect_config(config), || {})?
 }
 
-/// Logs in to vCenter/ESXi (awaitable).
+/// [`connect`], awaitable.
 #[pyfunction]
-#[pyo3(signature = (url, user, password, *, insecure=false, thumbprint=None, ca_file=None))]
-fn vsphere_async(
-    py: Python<'_>,
-    url: String,
-    user: String,
-    password: String,
-    insecure: bool,
-    thumbprint: Option<String>,
-    ca_file: Option<PathBuf>,
-) -> PyResult<Bound<'_, PyAny>> {
-    let o = vsphere_options(url, user, password, insecure, thumbprint, ca_file)?;
-    pyo3_async_runtimes::tokio::future_into_py(py, connect_vsphere(o))
+fn connect_async<'py>(
+    py: Python<'py>,
+    kind_or_url: &str,
+    settings: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    let config = provider_config(kind_or_url, settings)?;
+    pyo3_async_runtimes::tokio::future_into_py(py, connect_config(config))
+}
+
+/// The provider kinds this build carries, as JSON `[{kind, about}]`.
+#[pyfunction]
+fn provider_kinds() -> PyResult<String> {
+    let kinds: Vec<serde_json::Value> = hypersdk::kinds()
+        .iter()
+        .map(|k| serde_json::json!({"kind": k.kind, "about": k.about}))
+        .collect();
+    json(&kinds)
 }
 
 fn parse_query(query: &str) -> PyResult<VmQuery> {
@@ -279,19 +257,14 @@ impl Provider {
     }
 
     fn close_fut(&self) -> impl std::future::Future<Output = PyResult<()>> + Send + 'static {
-        let v = self.vsphere.clone();
-        async move {
-            if let Some(v) = v {
-                v.logout().await.map_err(py_err)?;
-            }
-            Ok(())
-        }
+        let p = self.inner.clone();
+        async move { p.close().await.map_err(py_err) }
     }
 }
 
 #[pymethods]
 impl Provider {
-    /// The provider's name: "local" or "vsphere".
+    /// The provider's kind: "local", "vsphere", …
     #[getter]
     fn name(&self) -> String {
         self.inner.name().to_string()
@@ -516,9 +489,9 @@ fn unwrap(
 /// The native module.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(local, m)?)?;
-    m.add_function(wrap_pyfunction!(vsphere, m)?)?;
-    m.add_function(wrap_pyfunction!(vsphere_async, m)?)?;
+    m.add_function(wrap_pyfunction!(connect, m)?)?;
+    m.add_function(wrap_pyfunction!(connect_async, m)?)?;
+    m.add_function(wrap_pyfunction!(provider_kinds, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(unwrap, m)?)?;
     m.add_class::<Provider>()?;

@@ -11,9 +11,7 @@
 use std::sync::{Arc, OnceLock};
 
 use hypersdk_core::{files, CancellationToken, Exporter, PackageFormat};
-use hypersdk_local::LocalProvider;
 use hypersdk_sinks::LocalDirSink;
-use hypersdk_vsphere::{ConnectOptions, TlsMode, VsphereProvider};
 
 uniffi::setup_scaffolding!();
 
@@ -252,16 +250,47 @@ impl Cancel {
 #[derive(Debug, uniffi::Object)]
 pub struct Provider {
     inner: Arc<dyn hypersdk_core::Provider>,
-    vsphere: Option<VsphereProvider>,
+}
+
+/// Connects any provider of the registry: `kind_or_url` is a kind
+/// (`local`, `vsphere`, …) or a URL (`vsphere://user@vc.example`),
+/// `settings_json` a JSON object of its fields (those of the daemon's
+/// `providers:` entries); fields not given come from the URL, then from the
+/// platform's environment variables (GOVC_*).
+#[uniffi::export]
+pub fn connect_provider(
+    kind_or_url: String,
+    settings_json: String,
+) -> Result<Arc<Provider>, HypersdkError> {
+    let fields: hypersdk::Fields = serde_json::from_str(&settings_json).map_err(|e| {
+        HypersdkError::from(hypersdk_core::Error::InvalidArgument(format!(
+            "provider settings: {e}"
+        )))
+    })?;
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let config = hypersdk::ProviderConfig::resolve(&kind_or_url, fields, &env)?;
+    let p = runtime()?.block_on(config.connect())?;
+    Ok(Arc::new(Provider {
+        inner: Arc::from(p),
+    }))
+}
+
+/// The provider kinds this build carries.
+#[uniffi::export]
+pub fn provider_kinds() -> Vec<String> {
+    hypersdk::kinds()
+        .iter()
+        .map(|k| k.kind.to_string())
+        .collect()
 }
 
 /// KVM/libvirt VMs described by the domain XML files in `dir`.
 #[uniffi::export]
-pub fn local_provider(dir: String) -> Arc<Provider> {
-    Arc::new(Provider {
-        inner: Arc::new(LocalProvider::new(dir)),
-        vsphere: None,
-    })
+pub fn local_provider(dir: String) -> Result<Arc<Provider>, HypersdkError> {
+    connect_provider(
+        "local".into(),
+        serde_json::json!({ "dir": dir }).to_string(),
+    )
 }
 
 /// Logs in to vCenter/ESXi; the certificate is verified unless
@@ -275,22 +304,16 @@ pub fn vsphere_provider(
     thumbprint: Option<String>,
     ca_file: Option<String>,
 ) -> Result<Arc<Provider>, HypersdkError> {
-    let mut o = ConnectOptions::new(url)
-        .with_login(user, password)
-        .with_tls(TlsMode::from_settings(thumbprint, insecure));
-    if let Some(f) = ca_file {
-        o = o.with_ca_file(std::path::Path::new(&f))?;
-    }
-    let v = runtime()?.block_on(VsphereProvider::connect(&o))?;
-    Ok(Arc::new(Provider {
-        inner: Arc::new(v.clone()),
-        vsphere: Some(v),
-    }))
+    let f = serde_json::json!({
+        "url": url, "user": user, "password": password, "insecure": insecure,
+        "thumbprint": thumbprint, "ca_file": ca_file,
+    });
+    connect_provider("vsphere".into(), f.to_string())
 }
 
 #[uniffi::export]
 impl Provider {
-    /// "local" or "vsphere".
+    /// The provider's kind: "local", "vsphere", …
     pub fn name(&self) -> String {
         self.inner.name().to_string()
     }
@@ -365,10 +388,7 @@ impl Provider {
     /// Ends the platform session (vSphere logout). (Named so because the
     /// Kotlin object's `close()` frees the native handle.)
     pub fn logout(&self) -> Result<(), HypersdkError> {
-        if let Some(v) = &self.vsphere {
-            runtime()?.block_on(v.logout())?;
-        }
-        Ok(())
+        Ok(runtime()?.block_on(self.inner.close())?)
     }
 }
 

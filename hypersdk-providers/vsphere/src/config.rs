@@ -56,8 +56,10 @@ impl VsphereConfig {
     /// The connection options these settings describe (the password file
     /// and CA file are read here; an unreadable one is an error naming it).
     pub fn connect_options(&self) -> Result<ConnectOptions> {
-        let mut o = ConnectOptions::new(&self.url)
-            .with_tls(TlsMode::from_settings(self.thumbprint.clone(), self.insecure));
+        let mut o = ConnectOptions::new(&self.url).with_tls(TlsMode::from_settings(
+            self.thumbprint.clone(),
+            self.insecure,
+        ));
         o.user = self.user.clone();
         let password = match &self.password_file {
             Some(f) => Some(read_secret_file(f, "password file")?),
@@ -89,7 +91,11 @@ impl ProviderSettings for VsphereConfig {
                 "a vsphere URL needs a host: vsphere://[USER@]HOST[:PORT][/sdk]".into(),
             ));
         }
-        let path = if url.path.is_empty() { "/sdk" } else { &url.path };
+        let path = if url.path.is_empty() {
+            "/sdk"
+        } else {
+            &url.path
+        };
         let mut f = Fields::new();
         f.insert("url".into(), format!("https://{}{path}", url.host).into());
         if let Some(u) = &url.user {
@@ -120,6 +126,8 @@ impl ProviderSettings for VsphereConfig {
     }
 
     async fn connect(&self) -> Result<Box<dyn Provider>> {
-        Ok(Box::new(VsphereProvider::connect(&self.connect_options()?).await?))
+        Ok(Box::new(
+            VsphereProvider::connect(&self.connect_options()?).await?,
+        ))
     }
 }

@@ -56,8 +56,8 @@ pub mod soap;
 mod tls;
 
 pub use client::{ConnectOptions, Connection, ServiceContent};
-pub use inventory::VmRecord;
 pub use config::VsphereConfig;
 pub use hypersdk_core::vmops::{SnapshotInfo, TaskProgress};
+pub use inventory::VmRecord;
 pub use provider::VsphereProvider;
 pub use tls::{thumbprint_sha1, TlsMode};

@@ -55,7 +55,7 @@ from ._native import (
 __version__: str = _native.__version__
 
 __all__ = [
-    "local", "vsphere", "vsphere_async", "verify", "verify_async", "unwrap",
+    "connect", "connect_async", "provider_kinds", "local", "vsphere", "vsphere_async", "verify", "verify_async", "unwrap",
     "Provider", "Export", "VmInfo", "ProgressEvent", "ExportReport", "PackageReport",
     "HypersdkError", "NotFound", "AuthError", "IntegrityError", "CryptoError",
     "AlreadyExists", "InvalidArgument", "ProviderError", "DiskReadError",
@@ -348,29 +348,54 @@ class Provider:
         await self.close_async()
 
 
+def _provider_settings(settings: Dict[str, Any]) -> str:
+    return json.dumps({k: (fspath(v) if isinstance(v, PathLike) else v)
+                       for k, v in settings.items() if v is not None})
+
+
+def connect(kind_or_url: str, **settings: Any) -> Provider:
+    """Connects any provider this build carries (see :func:`provider_kinds`):
+    ``kind_or_url`` is a kind (``"local"``, ``"vsphere"``, …) or a URL
+    (``"vsphere://user@vc.example"``), ``settings`` its fields (``url``,
+    ``user``, ``password``, ``password_file``, ``insecure``, ``thumbprint``,
+    ``ca_file``, ``dir``, …, as in the daemon's ``providers:`` entries).
+    Fields not given come from the URL, then from the platform's own
+    environment variables (``GOVC_URL``, ``GOVC_PASSWORD``, …). An unknown
+    field raises :class:`InvalidArgument` naming it."""
+    return Provider(_native.connect(kind_or_url, _provider_settings(settings)))
+
+
+async def connect_async(kind_or_url: str, **settings: Any) -> Provider:
+    """:func:`connect` for asyncio."""
+    return Provider(await _native.connect_async(kind_or_url, _provider_settings(settings)))
+
+
+def provider_kinds() -> List[Dict[str, str]]:
+    """The provider kinds this build carries: ``[{"kind": …, "about": …}]``."""
+    return json.loads(_native.provider_kinds())
+
+
 def local(dir: StrPath = "/etc/libvirt/qemu") -> Provider:
     """KVM/libvirt VMs described by the domain XML files in ``dir``; a VM is
     named by its domain name, or by the path of its XML file."""
-    return Provider(_native.local(fspath(dir)))
+    return connect("local", dir=dir)
 
 
 def vsphere(url: str, user: str, password: str, *, insecure: bool = False,
             thumbprint: Optional[str] = None, ca_file: Optional[StrPath] = None) -> Provider:
     """Logs in to vCenter/ESXi at ``url`` (``vc.example`` or a full
     ``https://…/sdk``). The certificate is verified unless ``thumbprint``
-    pins one or ``insecure`` is set."""
-    return Provider(_native.vsphere(url, user, password, insecure=insecure, thumbprint=thumbprint,
-                                    ca_file=fspath(ca_file) if ca_file is not None else None))
+    pins it or ``insecure`` is set; ``ca_file`` adds trusted CAs."""
+    return connect("vsphere", url=url, user=user, password=password, insecure=insecure,
+                   thumbprint=thumbprint, ca_file=ca_file)
 
 
 async def vsphere_async(url: str, user: str, password: str, *, insecure: bool = False,
                         thumbprint: Optional[str] = None,
                         ca_file: Optional[StrPath] = None) -> Provider:
     """:func:`vsphere` for asyncio."""
-    native = await _native.vsphere_async(url, user, password, insecure=insecure,
-                                         thumbprint=thumbprint,
-                                         ca_file=fspath(ca_file) if ca_file is not None else None)
-    return Provider(native)
+    return await connect_async("vsphere", url=url, user=user, password=password,
+                               insecure=insecure, thumbprint=thumbprint, ca_file=ca_file)
 
 
 def verify(path: StrPath, *, key_file: Optional[StrPath] = None,

@@ -14,7 +14,9 @@ import uniffi.hypersdk_uniffi.ExportSettings
 import uniffi.hypersdk_uniffi.HypersdkException
 import uniffi.hypersdk_uniffi.ProgressEvent
 import uniffi.hypersdk_uniffi.ProgressListener
+import uniffi.hypersdk_uniffi.connectProvider
 import uniffi.hypersdk_uniffi.localProvider
+import uniffi.hypersdk_uniffi.providerKinds
 import uniffi.hypersdk_uniffi.verifyPackage
 import uniffi.hypersdk_uniffi.vsphereProvider
 
@@ -135,6 +137,14 @@ class HypersdkTest {
             assertTrue(report.verified)
             assertTrue(verifyPackage(report.location, null, null).verified)
             vc.logout()
+            // Any provider through the registry, by URL with settings as JSON.
+            val viaUrl = connectProvider(
+                "vsphere://$user@${url.host}:${url.port}${url.path}",
+                "{\"password\": \"$password\", \"thumbprint\": \"${field("thumbprint")}\"}",
+            )
+            assertTrue(viaUrl.listVms().any { it.name == "ktvm" })
+            viaUrl.logout()
+            assertEquals(listOf("local", "vsphere"), providerKinds())
         } finally {
             sim.outputStream.close()
             sim.waitFor(10, java.util.concurrent.TimeUnit.SECONDS) || sim.destroyForcibly().let { true }
