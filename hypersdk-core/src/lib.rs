@@ -37,7 +37,8 @@
 //! # Example
 //!
 //! A provider with one in-memory VM, exported into a sink that keeps objects
-//! in memory (real code uses `hypersdk-local` and `hypersdk-sinks`):
+//! in memory (real code uses `hypersdk-local` and `hypersdk-sinks`, whose
+//! `MemorySink` is a complete one):
 //!
 //! ```
 //! # use std::collections::BTreeMap;
@@ -65,6 +66,9 @@
 //! # #[async_trait] impl Sink for MemSink {
 //! #     fn describe(&self) -> String { "memory".into() }
 //! #     async fn begin(&self, _: &Artifact, _: bool) -> Result<Box<dyn Staging>> { Ok(Box::new(MemStaging(self.clone()))) }
+//! #     async fn list(&self, _: &str) -> Result<Vec<sink::ObjectMeta>> { Ok(vec![]) }
+//! #     async fn read(&self, _: &str) -> Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>> { unimplemented!() }
+//! #     async fn delete(&self, _: &Artifact) -> Result<bool> { Ok(false) }
 //! # }
 //! # #[async_trait] impl Staging for MemStaging {
 //! #     async fn create(&mut self, name: &str) -> Result<Box<dyn SinkWriter>> {

@@ -87,3 +87,54 @@ pub trait ExportSource: Send + Sync + std::fmt::Debug {
         self.close().await
     }
 }
+
+/// `stream` without its first `n` bytes: for sources that can only read a
+/// disk from its start (a decoded download) and are asked for an offset.
+/// The skipped bytes are still read; say so where it costs.
+pub fn skip_bytes(stream: DiskStream, n: u64) -> DiskStream {
+    use futures_util::StreamExt;
+    if n == 0 {
+        return stream;
+    }
+    Box::pin(
+        stream
+            .scan(n, |left, chunk| {
+                let out = match chunk {
+                    Ok(mut b) if *left > 0 => {
+                        let cut = (*left).min(b.len() as u64) as usize;
+                        *left -= cut as u64;
+                        Ok(b.split_off(cut))
+                    }
+                    other => other,
+                };
+                std::future::ready(Some(out))
+            })
+            .filter(|c| std::future::ready(!matches!(c, Ok(b) if b.is_empty()))),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    #[tokio::test]
+    async fn skip_bytes_drops_exactly_the_prefix() {
+        for (n, want) in [
+            (0, "abcdefgh"),
+            (2, "cdefgh"),
+            (3, "defgh"),
+            (6, "gh"),
+            (8, ""),
+            (9, ""),
+        ] {
+            let chunks: Vec<Result<Bytes>> = ["abc", "defg", "h"]
+                .iter()
+                .map(|c| Ok(Bytes::from_static(c.as_bytes())))
+                .collect();
+            let s: DiskStream = Box::pin(futures_util::stream::iter(chunks));
+            let got: Vec<u8> = skip_bytes(s, n).map(|c| c.unwrap().to_vec()).concat().await;
+            assert_eq!(String::from_utf8(got).unwrap(), want, "skip {n}");
+        }
+    }
+}

@@ -30,11 +30,34 @@ impl Artifact {
     }
 }
 
+/// A published object, as [`Sink::list`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Its path below the destination, `/`-separated: `vm.ova`, `vm/vm.ovf`.
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
 /// A destination for exports.
 #[async_trait]
 pub trait Sink: Send + Sync + std::fmt::Debug {
     /// Human-readable destination, e.g. "local directory /srv/exports".
     fn describe(&self) -> String;
+
+    /// The published objects whose path starts with `prefix`, sorted by
+    /// path. Staging areas and partial exports are never listed: what is
+    /// listed is whole.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+
+    /// Reads a published object (the verify pass, a user checking an
+    /// export); an [`Error::Sink`](crate::Error::Sink) whose cause is
+    /// `io::ErrorKind::NotFound` if there is none.
+    async fn read(&self, path: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>>;
+
+    /// Deletes a published artifact with every object in it; false if
+    /// there was none.
+    async fn delete(&self, artifact: &Artifact) -> Result<bool>;
 
     /// Opens a staging area for `artifact`. Fails with
     /// [`Error::AlreadyExists`](crate::Error::AlreadyExists) if the artifact

@@ -6,6 +6,9 @@
 //! complete, so a crash, an error or a cancellation never leaves a file under
 //! the final name. Objects are `fsync`ed before they count as finished.
 //!
+//! [`MemorySink`] keeps objects in memory, for tests and examples; the sink
+//! testkit (`hypersdk-testkit`) runs over both.
+//!
 //! ```
 //! use hypersdk_core::{Artifact, Sink};
 //! use hypersdk_sinks::LocalDirSink;
@@ -26,5 +29,7 @@
 #![deny(missing_docs)]
 
 mod local;
+mod memory;
 
 pub use local::{dir_mode, LocalDirSink, DEFAULT_FILE_MODE};
+pub use memory::MemorySink;

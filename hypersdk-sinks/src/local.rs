@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
+use hypersdk_core::sink::ObjectMeta;
 use hypersdk_core::{Artifact, CheckpointStore, Error, Result, Sink, SinkWriter, Staging};
 
 static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -216,6 +217,93 @@ impl Sink for LocalDirSink {
             Some(lock),
             modes,
         ))
+    }
+
+    /// Walks the directory without following links; hidden entries (the
+    /// staging directories `.NAME.partial*`) are skipped.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        blocking(move || {
+            let mut out = Vec::new();
+            let mut dirs = vec![(root.clone(), String::new())];
+            while let Some((dir, rel)) = dirs.pop() {
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && rel.is_empty() => {
+                        continue
+                    }
+                    Err(e) => return Err(Error::sink("cannot list", show(&dir), e)),
+                };
+                for entry in entries {
+                    let entry = entry.map_err(|e| Error::sink("cannot list", show(&dir), e))?;
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if name.starts_with('.') {
+                        continue;
+                    }
+                    let path = format!("{rel}{name}");
+                    let meta = entry
+                        .metadata()
+                        .map_err(|e| Error::sink("cannot look at", show(&entry.path()), e))?;
+                    if meta.is_dir() {
+                        let sub = format!("{path}/");
+                        if sub.starts_with(&prefix) || prefix.starts_with(&sub) {
+                            dirs.push((entry.path(), sub));
+                        }
+                    } else if meta.is_file() && path.starts_with(&prefix) {
+                        out.push(ObjectMeta {
+                            path,
+                            size: meta.len(),
+                        });
+                    }
+                }
+            }
+            out.sort_by(|a, b| a.path.cmp(&b.path));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn read(&self, path: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>> {
+        let mut full = self.root.clone();
+        let parts: Vec<&str> = path.split('/').collect();
+        for (i, part) in parts.iter().enumerate() {
+            check_name(part)?;
+            if part.starts_with('.') {
+                return Err(Error::InvalidArgument(format!(
+                    "{path}: not a published object"
+                )));
+            }
+            full.push(part);
+            if i + 1 < parts.len() && !real_dir(&full)? {
+                return Err(Error::sink(
+                    "cannot read",
+                    show(&full),
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
+                ));
+            }
+        }
+        let modes = self.modes();
+        let file = blocking(move || {
+            modes
+                .open(&full, false, false)
+                .map_err(|e| Error::sink("cannot read", show(&full), e))
+        })
+        .await?;
+        Ok(Box::new(tokio::fs::File::from_std(file)))
+    }
+
+    async fn delete(&self, artifact: &Artifact) -> Result<bool> {
+        check_name(artifact.name())?;
+        let target = self.root.join(artifact.name());
+        match tokio::fs::symlink_metadata(&target).await {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::sink("cannot look at", show(&target), e)),
+            Ok(m) if m.is_dir() => tokio::fs::remove_dir_all(&target).await,
+            Ok(_) => tokio::fs::remove_file(&target).await,
+        }
+        .map_err(|e| Error::sink("cannot delete", show(&target), e))?;
+        Ok(true)
     }
 
     async fn discard_partial(&self, artifact: &Artifact) -> Result<bool> {

@@ -332,6 +332,15 @@ impl Sink for CorruptOnRead {
             self.0.begin(artifact, overwrite).await?,
         )))
     }
+    async fn list(&self, prefix: &str) -> Result<Vec<hypersdk_core::sink::ObjectMeta>> {
+        self.0.list(prefix).await
+    }
+    async fn read(&self, path: &str) -> Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>> {
+        self.0.read(path).await
+    }
+    async fn delete(&self, artifact: &Artifact) -> Result<bool> {
+        self.0.delete(artifact).await
+    }
 }
 
 #[async_trait]

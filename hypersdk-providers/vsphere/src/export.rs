@@ -265,10 +265,12 @@ impl ExportSource for NfcSource {
             .get(index)
             .ok_or_else(|| Error::InvalidArgument(format!("no disk {index}")))?;
         if offset != 0 {
-            return Err(Error::InvalidArgument(format!(
-                "guest byte {offset} of disk '{}' has no known place in the VMDK vSphere serves: decoded downloads start at 0 (stored-as-served ones resume at a VMDK byte)",
-                disk.name
-            )));
+            // A guest byte has no known place in the served VMDK: decode
+            // from its first byte again and drop what lies before `offset`
+            // (downloaded again; an export resumes a served VMDK at a VMDK
+            // byte instead, see open_disk_vmdk).
+            let whole = self.open_disk(index, 0).await?;
+            return Ok(hypersdk_core::provider::skip_bytes(whole, offset));
         }
         let body = download(self.conn.clone(), self.target(index)?, 0)
             .map_err(|e| std::io::Error::other(e.to_string()));

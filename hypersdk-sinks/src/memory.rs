@@ -1,0 +1,390 @@
+//! [`MemorySink`]: a sink that keeps every object in memory.
+//!
+//! For tests, examples and small artifacts: it holds whole objects, so its
+//! memory grows with what is exported into it. It behaves as a sink must —
+//! objects appear only on commit, whole; an abort or a dropped staging area
+//! leaves nothing; resumable staging areas survive [`Staging::keep`] (for
+//! the life of the sink) with their checkpoint — and is the reference the
+//! sink testkit is checked against.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use tokio::io::AsyncRead;
+
+use hypersdk_core::sink::ObjectMeta;
+use hypersdk_core::{Artifact, CheckpointStore, Error, Result, Sink, SinkWriter, Staging};
+
+/// Objects by path, in memory (cheap to clone: clones share the objects).
+#[derive(Debug, Clone, Default)]
+pub struct MemorySink {
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Published objects by path.
+    published: BTreeMap<String, Arc<Vec<u8>>>,
+    /// Kept resumable staging areas by artifact name.
+    partial: BTreeMap<String, Partial>,
+    /// Artifact names with a staging area in use.
+    busy: std::collections::BTreeSet<String>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Partial {
+    objects: BTreeMap<String, Vec<u8>>,
+    checkpoint: Option<Vec<u8>>,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn not_found(what: &str) -> Error {
+    Error::sink(
+        "cannot read",
+        format!("memory:{what}"),
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no such object"),
+    )
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
+        return Err(Error::InvalidArgument(format!(
+            "object name {name:?} is not a plain file name"
+        )));
+    }
+    Ok(())
+}
+
+impl MemorySink {
+    /// An empty sink.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A published object's bytes, if there is one.
+    pub fn get(&self, path: &str) -> Option<Arc<Vec<u8>>> {
+        lock(&self.state).published.get(path).cloned()
+    }
+
+    /// Whether an artifact has a kept partial export.
+    pub fn has_partial(&self, artifact: &str) -> bool {
+        lock(&self.state).partial.contains_key(artifact)
+    }
+
+    fn exists(state: &State, artifact: &Artifact) -> bool {
+        let name = artifact.name();
+        let dir = format!("{name}/");
+        state
+            .published
+            .keys()
+            .any(|k| k == name || k.starts_with(&dir))
+    }
+
+    fn claim(&self, artifact: &Artifact, overwrite: bool) -> Result<()> {
+        check_name(artifact.name())?;
+        let mut st = lock(&self.state);
+        if !overwrite && Self::exists(&st, artifact) {
+            return Err(Error::AlreadyExists {
+                target: format!("memory:{}", artifact.name()),
+            });
+        }
+        if !st.busy.insert(artifact.name().to_string()) {
+            return Err(Error::sink(
+                "cannot use staging area",
+                format!("memory:{}", artifact.name()),
+                std::io::Error::new(
+                    std::io::ErrorKind::ResourceBusy,
+                    "another export of the same VM is writing it",
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for MemorySink {
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+
+    async fn begin(&self, artifact: &Artifact, overwrite: bool) -> Result<Box<dyn Staging>> {
+        self.claim(artifact, overwrite)?;
+        Ok(Box::new(MemoryStaging {
+            sink: self.clone(),
+            artifact: artifact.clone(),
+            overwrite,
+            objects: Arc::new(Mutex::new(BTreeMap::new())),
+            checkpoint: None,
+            done: false,
+        }))
+    }
+
+    async fn begin_resumable(
+        &self,
+        artifact: &Artifact,
+        overwrite: bool,
+        resume: bool,
+    ) -> Result<Box<dyn Staging>> {
+        self.claim(artifact, overwrite)?;
+        let kept = {
+            let mut st = lock(&self.state);
+            let p = st.partial.remove(artifact.name());
+            if resume {
+                p
+            } else {
+                None
+            }
+        }
+        .unwrap_or_default();
+        Ok(Box::new(MemoryStaging {
+            sink: self.clone(),
+            artifact: artifact.clone(),
+            overwrite,
+            objects: Arc::new(Mutex::new(kept.objects)),
+            checkpoint: Some(Arc::new(MemoryCheckpoints(Mutex::new(kept.checkpoint)))),
+            done: false,
+        }))
+    }
+
+    async fn discard_partial(&self, artifact: &Artifact) -> Result<bool> {
+        let mut st = lock(&self.state);
+        if st.busy.contains(artifact.name()) {
+            return Err(Error::sink(
+                "cannot remove partial export",
+                format!("memory:{}", artifact.name()),
+                std::io::Error::new(std::io::ErrorKind::ResourceBusy, "an export is using it"),
+            ));
+        }
+        Ok(st.partial.remove(artifact.name()).is_some())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        Ok(lock(&self.state)
+            .published
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| ObjectMeta {
+                path: k.clone(),
+                size: v.len() as u64,
+            })
+            .collect())
+    }
+
+    async fn read(&self, path: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>> {
+        let bytes = self.get(path).ok_or_else(|| not_found(path))?;
+        Ok(Box::new(std::io::Cursor::new(SharedBytes(bytes))))
+    }
+
+    async fn delete(&self, artifact: &Artifact) -> Result<bool> {
+        let mut st = lock(&self.state);
+        let existed = Self::exists(&st, artifact);
+        let (name, dir) = (artifact.name().to_string(), format!("{}/", artifact.name()));
+        st.published
+            .retain(|k, _| *k != name && !k.starts_with(&dir));
+        Ok(existed)
+    }
+}
+
+/// Shared bytes readable through a `Cursor`.
+#[derive(Debug)]
+struct SharedBytes(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for SharedBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+#[derive(Debug)]
+struct MemoryCheckpoints(Mutex<Option<Vec<u8>>>);
+
+impl CheckpointStore for MemoryCheckpoints {
+    fn load(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self.0.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+    fn save(&self, bytes: &[u8]) -> Result<()> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes.to_vec());
+        Ok(())
+    }
+    fn clear(&self) -> Result<()> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        Ok(())
+    }
+    fn location(&self) -> String {
+        "memory".into()
+    }
+}
+
+type Objects = Arc<Mutex<BTreeMap<String, Vec<u8>>>>;
+
+#[derive(Debug)]
+struct MemoryStaging {
+    sink: MemorySink,
+    artifact: Artifact,
+    overwrite: bool,
+    objects: Objects,
+    checkpoint: Option<Arc<MemoryCheckpoints>>,
+    done: bool,
+}
+
+impl MemoryStaging {
+    fn objects(&self) -> MutexGuard<'_, BTreeMap<String, Vec<u8>>> {
+        self.objects.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn release(&mut self) {
+        self.done = true;
+        lock(&self.sink.state).busy.remove(self.artifact.name());
+    }
+}
+
+impl Drop for MemoryStaging {
+    fn drop(&mut self) {
+        if !self.done {
+            self.release();
+        }
+    }
+}
+
+#[async_trait]
+impl Staging for MemoryStaging {
+    async fn create(&mut self, name: &str) -> Result<Box<dyn SinkWriter>> {
+        check_name(name)?;
+        self.objects().insert(name.to_string(), Vec::new());
+        Ok(Box::new(MemoryWriter {
+            objects: self.objects.clone(),
+            name: name.to_string(),
+        }))
+    }
+
+    async fn open(&self, name: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>> {
+        let bytes = self
+            .objects()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| not_found(name))?;
+        Ok(Box::new(std::io::Cursor::new(bytes)))
+    }
+
+    async fn remove(&mut self, name: &str) -> Result<()> {
+        self.objects()
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| not_found(name))
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<String> {
+        let objects = std::mem::take(&mut *self.objects());
+        {
+            let mut st = lock(&self.sink.state);
+            if !self.overwrite && MemorySink::exists(&st, &self.artifact) {
+                return Err(Error::AlreadyExists {
+                    target: format!("memory:{}", self.artifact.name()),
+                });
+            }
+            let name = self.artifact.name().to_string();
+            let dir = format!("{name}/");
+            st.published
+                .retain(|k, _| *k != name && !k.starts_with(&dir));
+            match &self.artifact {
+                Artifact::Directory(_) => {
+                    for (k, v) in objects {
+                        st.published.insert(format!("{dir}{k}"), Arc::new(v));
+                    }
+                }
+                Artifact::File(_) => {
+                    let v = objects
+                        .into_iter()
+                        .find(|(k, _)| *k == name)
+                        .map(|(_, v)| v);
+                    let v = v.ok_or_else(|| not_found(&name))?;
+                    st.published.insert(name.clone(), Arc::new(v));
+                }
+            }
+        }
+        self.release();
+        Ok(format!("memory:{}", self.artifact.name()))
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        self.release();
+        Ok(())
+    }
+
+    async fn keep(mut self: Box<Self>) -> Result<String> {
+        let Some(cp) = &self.checkpoint else {
+            self.release();
+            return Ok(String::new());
+        };
+        let partial = Partial {
+            objects: std::mem::take(&mut *self.objects()),
+            checkpoint: cp.load()?,
+        };
+        lock(&self.sink.state)
+            .partial
+            .insert(self.artifact.name().to_string(), partial);
+        self.release();
+        Ok(format!("memory:.{}.partial", self.artifact.name()))
+    }
+
+    fn destination(&self) -> String {
+        format!("memory:{}", self.artifact.name())
+    }
+
+    fn checkpoints(&self) -> Option<Arc<dyn CheckpointStore>> {
+        self.checkpoint
+            .clone()
+            .map(|c| c as Arc<dyn CheckpointStore>)
+    }
+
+    async fn size(&self, name: &str) -> Result<Option<u64>> {
+        Ok(self.objects().get(name).map(|v| v.len() as u64))
+    }
+
+    async fn append(&mut self, name: &str, len: u64) -> Result<Box<dyn SinkWriter>> {
+        let mut objects = self.objects();
+        let v = objects.get_mut(name).ok_or_else(|| not_found(name))?;
+        v.truncate(usize::try_from(len).unwrap_or(usize::MAX));
+        drop(objects);
+        Ok(Box::new(MemoryWriter {
+            objects: self.objects.clone(),
+            name: name.to_string(),
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct MemoryWriter {
+    objects: Objects,
+    name: String,
+}
+
+impl MemoryWriter {
+    fn with<T>(&self, f: impl FnOnce(&mut Vec<u8>) -> T) -> Result<T> {
+        let mut objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
+        let v = objects
+            .get_mut(&self.name)
+            .ok_or_else(|| not_found(&self.name))?;
+        Ok(f(v))
+    }
+}
+
+#[async_trait]
+impl SinkWriter for MemoryWriter {
+    async fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.with(|v| v.extend_from_slice(data))
+    }
+
+    async fn finish(self: Box<Self>) -> Result<u64> {
+        self.with(|v| v.len() as u64)
+    }
+
+    async fn sync(&mut self) -> Result<Option<u64>> {
+        self.with(|v| Some(v.len() as u64))
+    }
+}

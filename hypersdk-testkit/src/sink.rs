@@ -1,0 +1,343 @@
+//! The sink suite.
+
+use hypersdk_core::sink::ObjectMeta;
+use hypersdk_core::{Artifact, Sink, Staging};
+use tokio::io::AsyncReadExt;
+
+use crate::unique;
+
+/// What the sink under test says it can do; the suite checks that it does.
+#[derive(Debug, Clone, Copy)]
+pub struct Capabilities {
+    /// [`Sink::begin_resumable`] gives a staging area with checkpoints that
+    /// survives [`Staging::keep`].
+    pub resumable: bool,
+}
+
+/// Runs every check of this module on `sink`.
+pub async fn run_suite(sink: &dyn Sink, caps: Capabilities) {
+    a_directory_appears_whole_on_commit(sink).await;
+    a_file_artifact_publishes_only_its_file(sink).await;
+    abort_and_drop_leave_nothing(sink).await;
+    existing_artifacts_are_refused_unless_overwriting(sink).await;
+    names_cannot_climb_out(sink).await;
+    if caps.resumable {
+        a_kept_upload_continues_to_the_same_object(sink).await;
+    } else {
+        a_plain_sink_keeps_nothing(sink).await;
+    }
+}
+
+/// Bytes of a test object: `len` bytes of a pattern seeded by `seed`.
+pub fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed)
+        .collect()
+}
+
+async fn write(staging: &mut Box<dyn Staging>, name: &str, data: &[u8]) {
+    let mut w = staging.create(name).await.expect("create an object");
+    for part in data.chunks(300_007) {
+        w.write(part).await.expect("write a part");
+    }
+    assert_eq!(
+        w.finish().await.expect("finish an object"),
+        data.len() as u64,
+        "finish() reports the object's size"
+    );
+}
+
+/// A published object's bytes.
+pub async fn read_all(sink: &dyn Sink, path: &str) -> Vec<u8> {
+    let mut r = sink
+        .read(path)
+        .await
+        .unwrap_or_else(|e| panic!("{}: read {path}: {e}", sink.describe()));
+    let mut v = Vec::new();
+    r.read_to_end(&mut v)
+        .await
+        .expect("read a published object");
+    v
+}
+
+async fn listed(sink: &dyn Sink, prefix: &str) -> Vec<ObjectMeta> {
+    sink.list(prefix)
+        .await
+        .unwrap_or_else(|e| panic!("{}: list {prefix}: {e}", sink.describe()))
+}
+
+/// A directory artifact: nothing is listed before commit; after, exactly
+/// its objects, with their sizes and bytes; delete removes them all.
+pub async fn a_directory_appears_whole_on_commit(sink: &dyn Sink) {
+    let name = unique("tk-dir");
+    let artifact = Artifact::Directory(name.clone());
+    let (a, b) = (pattern(1, 1_500_000), pattern(2, 10));
+    let mut staging = sink.begin(&artifact, false).await.expect("begin");
+    write(&mut staging, "a.bin", &a).await;
+    write(&mut staging, "b.txt", &b).await;
+    write(&mut staging, "empty", &[]).await;
+    assert!(
+        listed(sink, &name).await.is_empty(),
+        "{}: staged objects are listed before commit",
+        sink.describe()
+    );
+    staging.commit().await.expect("commit");
+    let l = listed(sink, &format!("{name}/")).await;
+    let want: Vec<ObjectMeta> = [("a.bin", a.len()), ("b.txt", b.len()), ("empty", 0)]
+        .iter()
+        .map(|(n, len)| ObjectMeta {
+            path: format!("{name}/{n}"),
+            size: *len as u64,
+        })
+        .collect();
+    assert_eq!(l, want, "{}: listing after commit", sink.describe());
+    assert_eq!(
+        read_all(sink, &format!("{name}/a.bin")).await,
+        a,
+        "{}: bytes read back",
+        sink.describe()
+    );
+    assert!(
+        sink.delete(&artifact).await.expect("delete"),
+        "delete says it removed the artifact"
+    );
+    assert!(
+        listed(sink, &name).await.is_empty(),
+        "{}: objects left after delete",
+        sink.describe()
+    );
+    assert!(
+        !sink.delete(&artifact).await.expect("delete again"),
+        "a second delete finds nothing"
+    );
+    assert!(
+        sink.read(&format!("{name}/a.bin")).await.is_err(),
+        "a deleted object still reads"
+    );
+}
+
+/// A file artifact (an OVA): only the object of its name is published;
+/// the staging area's other objects (spools) are not.
+pub async fn a_file_artifact_publishes_only_its_file(sink: &dyn Sink) {
+    let name = format!("{}.ova", unique("tk-file"));
+    let artifact = Artifact::File(name.clone());
+    let mut staging = sink.begin(&artifact, false).await.expect("begin");
+    write(&mut staging, "spool", &pattern(3, 1000)).await;
+    let body = pattern(4, 70_000);
+    write(&mut staging, &name, &body).await;
+    staging.commit().await.expect("commit");
+    let stem = name.trim_end_matches(".ova");
+    assert_eq!(
+        listed(sink, stem).await,
+        vec![ObjectMeta {
+            path: name.clone(),
+            size: body.len() as u64
+        }],
+        "{}: a file artifact publishes its file alone",
+        sink.describe()
+    );
+    assert_eq!(read_all(sink, &name).await, body);
+    sink.delete(&artifact).await.expect("delete");
+}
+
+/// Aborted, or dropped without a word (a cancelled future), a staging area
+/// leaves nothing listed, and the name can be used again at once.
+pub async fn abort_and_drop_leave_nothing(sink: &dyn Sink) {
+    let name = unique("tk-abort");
+    let artifact = Artifact::Directory(name.clone());
+    let mut staging = sink.begin(&artifact, false).await.expect("begin");
+    write(&mut staging, "x", &pattern(5, 5000)).await;
+    staging.abort().await.expect("abort");
+    assert!(
+        listed(sink, &name).await.is_empty(),
+        "{}: an aborted upload is visible",
+        sink.describe()
+    );
+    let mut staging = sink
+        .begin(&artifact, false)
+        .await
+        .expect("begin after abort");
+    write(&mut staging, "x", &pattern(5, 5000)).await;
+    drop(staging);
+    assert!(
+        listed(sink, &name).await.is_empty(),
+        "{}: a dropped upload is visible",
+        sink.describe()
+    );
+    let staging = sink
+        .begin(&artifact, false)
+        .await
+        .expect("begin after drop");
+    staging.abort().await.expect("abort");
+}
+
+/// An existing artifact is refused (`already_exists`) without overwrite;
+/// with it, the new artifact replaces the old one whole (no old object
+/// survives).
+pub async fn existing_artifacts_are_refused_unless_overwriting(sink: &dyn Sink) {
+    let name = unique("tk-exists");
+    let artifact = Artifact::Directory(name.clone());
+    let mut staging = sink.begin(&artifact, false).await.expect("begin");
+    write(&mut staging, "old-only", b"old").await;
+    write(&mut staging, "both", b"old").await;
+    staging.commit().await.expect("commit");
+    let e = sink
+        .begin(&artifact, false)
+        .await
+        .expect_err("begin over an existing artifact");
+    assert_eq!(e.code(), "already_exists", "{}: {e}", sink.describe());
+    let mut staging = sink
+        .begin(&artifact, true)
+        .await
+        .expect("begin with overwrite");
+    write(&mut staging, "both", b"new").await;
+    staging.commit().await.expect("commit with overwrite");
+    assert_eq!(
+        listed(sink, &format!("{name}/")).await,
+        vec![ObjectMeta {
+            path: format!("{name}/both"),
+            size: 3
+        }],
+        "{}: the replaced artifact keeps old objects",
+        sink.describe()
+    );
+    assert_eq!(read_all(sink, &format!("{name}/both")).await, b"new");
+    sink.delete(&artifact).await.expect("delete");
+}
+
+/// Artifact and object names are single plain components.
+pub async fn names_cannot_climb_out(sink: &dyn Sink) {
+    for bad in ["../evil", "a/b", "..", "", "x\0y"] {
+        let r = sink.begin(&Artifact::Directory(bad.into()), false).await;
+        assert!(
+            r.is_err(),
+            "{}: artifact name {bad:?} accepted",
+            sink.describe()
+        );
+    }
+    let name = unique("tk-names");
+    let mut staging = sink
+        .begin(&Artifact::Directory(name), false)
+        .await
+        .expect("begin");
+    for bad in ["../evil", "a/b", ".."] {
+        assert!(
+            staging.create(bad).await.is_err(),
+            "{}: object name {bad:?} accepted",
+            sink.describe()
+        );
+    }
+    staging.abort().await.expect("abort");
+    assert!(
+        sink.read("../etc/passwd").await.is_err(),
+        "{}: read climbed out",
+        sink.describe()
+    );
+}
+
+/// A resumable upload kept after an interruption: the checkpoint and the
+/// bytes made durable come back; appending the rest gives the same object
+/// as an uninterrupted upload; nothing is listed until the commit.
+pub async fn a_kept_upload_continues_to_the_same_object(sink: &dyn Sink) {
+    let name = unique("tk-resume");
+    let artifact = Artifact::Directory(name.clone());
+    let whole = pattern(6, 2_000_000);
+    let cut = 1_234_567;
+    let mut staging = sink
+        .begin_resumable(&artifact, false, false)
+        .await
+        .expect("begin_resumable");
+    let cps = staging.checkpoints().unwrap_or_else(|| {
+        panic!(
+            "{}: a resumable staging area has no checkpoints",
+            sink.describe()
+        )
+    });
+    let mut w = staging.create("disk").await.expect("create");
+    w.write(&whole[..cut]).await.expect("write");
+    let synced = w.sync().await.expect("sync");
+    assert_eq!(
+        synced,
+        Some(cut as u64),
+        "{}: sync reports the durable size",
+        sink.describe()
+    );
+    drop(w);
+    cps.save(b"{\"at\":1234567}").expect("save checkpoint");
+    staging.keep().await.expect("keep");
+    assert!(
+        listed(sink, &name).await.is_empty(),
+        "{}: a kept partial upload is listed",
+        sink.describe()
+    );
+
+    let mut staging = sink
+        .begin_resumable(&artifact, false, true)
+        .await
+        .expect("resume");
+    let cps = staging.checkpoints().expect("checkpoints on resume");
+    assert_eq!(
+        cps.load().expect("load").as_deref(),
+        Some(&b"{\"at\":1234567}"[..]),
+        "{}: checkpoint after resume",
+        sink.describe()
+    );
+    assert_eq!(staging.size("disk").await.expect("size"), Some(cut as u64));
+    let mut w = staging.append("disk", cut as u64).await.expect("append");
+    w.write(&whole[cut..]).await.expect("write the rest");
+    assert_eq!(
+        w.finish().await.expect("finish"),
+        whole.len() as u64,
+        "{}: finish counts kept bytes",
+        sink.describe()
+    );
+    staging.commit().await.expect("commit");
+    assert_eq!(
+        read_all(sink, &format!("{name}/disk")).await,
+        whole,
+        "{}: resumed object differs",
+        sink.describe()
+    );
+    assert!(
+        !sink
+            .discard_partial(&artifact)
+            .await
+            .expect("discard_partial"),
+        "a committed upload leaves a partial"
+    );
+
+    // Starting afresh (resume = false) discards a kept partial upload.
+    let mut staging = sink
+        .begin_resumable(&artifact, true, false)
+        .await
+        .expect("begin");
+    write(&mut staging, "stale", b"x").await;
+    staging.keep().await.expect("keep");
+    let staging = sink
+        .begin_resumable(&artifact, true, false)
+        .await
+        .expect("begin afresh");
+    assert_eq!(
+        staging.size("stale").await.expect("size"),
+        None,
+        "{}: a fresh start kept old objects",
+        sink.describe()
+    );
+    staging.abort().await.expect("abort");
+    sink.delete(&artifact).await.expect("delete");
+}
+
+/// A sink that says it cannot resume gives no checkpoints.
+pub async fn a_plain_sink_keeps_nothing(sink: &dyn Sink) {
+    let artifact = Artifact::Directory(unique("tk-plain"));
+    let staging = sink
+        .begin_resumable(&artifact, false, false)
+        .await
+        .expect("begin");
+    assert!(
+        staging.checkpoints().is_none(),
+        "{}: checkpoints from a sink said not to resume",
+        sink.describe()
+    );
+    staging.abort().await.expect("abort");
+}
