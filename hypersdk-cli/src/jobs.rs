@@ -160,24 +160,19 @@ enum JobsCommand {
         /// A profile on the daemon whose options fill in the rest.
         #[arg(long, requires = "vm")]
         profile: Option<String>,
-        /// ova or ovf.
-        #[arg(long, requires = "vm")]
-        format: Option<String>,
         /// Directory below the daemon's output root.
         #[arg(long, requires = "vm")]
         output: Option<String>,
         /// critical, high, normal or low.
         #[arg(long, requires = "vm")]
         priority: Option<String>,
-        /// zstd[:L] or gzip[:L].
-        #[arg(long, requires = "vm")]
-        compress: Option<String>,
-        /// Bandwidth limit on reading the source.
-        #[arg(long, requires = "vm")]
-        bwlimit: Option<String>,
-        /// Read back and check before publishing.
-        #[arg(long, requires = "vm")]
-        verify: bool,
+        /// Encrypt with this named key of the daemon's encryption_keys.
+        #[arg(long, requires = "vm", value_name = "NAME")]
+        encryption_key: Option<String>,
+        /// The export options (as `hyperctl export`'s; key and passphrase
+        /// files are paths on the daemon's host, below its key_dirs).
+        #[command(flatten)]
+        options: Box<crate::settings::ExportFlags>,
         /// Follow the (first) job's progress until it ends.
         #[arg(long)]
         watch: bool,
@@ -439,33 +434,31 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
             vm,
             provider,
             profile,
-            format,
             output,
             priority,
-            compress,
-            bwlimit,
-            verify,
+            encryption_key,
+            options,
             watch,
             json,
         } => {
+            let settings = options.settings();
             let (body, content_type) = match (file, vm) {
+                (Some(_), _) if settings != hypersdk::ExportSettings::default() => {
+                    bail!("export options go in the job file, not on the command line, with a job file")
+                }
                 (Some(f), _) => file_body(&f)?,
                 (None, Some(vm)) => {
-                    let mut job = serde_json::json!({ "vm": vm });
-                    if verify {
-                        job["verify"] = Value::Bool(true);
-                    }
+                    let mut job = serde_json::to_value(&settings)?;
+                    job["vm"] = Value::String(vm);
                     if provider.is_none() && profile.is_none() {
                         bail!("--provider (or a --profile that names one) is needed with --vm");
                     }
                     for (k, v) in [
                         ("provider", provider),
                         ("profile", profile),
-                        ("format", format),
                         ("output", output),
                         ("priority", priority),
-                        ("compress", compress),
-                        ("bwlimit", bwlimit),
+                        ("encryption_key", encryption_key),
                     ] {
                         if let Some(v) = v {
                             job[k] = Value::String(v);

@@ -31,6 +31,7 @@ mod image;
 mod jobs;
 mod progress;
 mod provider;
+mod settings;
 mod vmops;
 
 use std::io::IsTerminal;
@@ -41,11 +42,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use hypersdk_core::transforms::encrypt::KeySource;
-use hypersdk_core::transforms::ratelimit::RateLimiter;
 use hypersdk_core::{
-    CancellationToken, Error, ExportOptions, ExportReport, Exporter, PackageFormat, PowerState,
-    VmInfo, VmQuery, VmSpec,
+    CancellationToken, Error, ExportReport, Exporter, PowerState, VmInfo, VmQuery, VmSpec,
 };
 use hypersdk_sinks::LocalDirSink;
 use provider::ProviderArgs;
@@ -186,78 +184,17 @@ enum Power {
     Suspended,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug)]
-enum Format {
-    /// One .ova file (tar: .ovf, .mf, disks).
-    Ova,
-    /// A directory with .ovf, .mf and disks.
-    Ovf,
-}
-
 #[derive(Args, Debug)]
 struct ExportArgs {
     /// VM name, UUID or (local) domain XML path.
     vm: String,
     #[command(flatten)]
     provider: ProviderArgs,
-    /// Package format.
-    #[arg(long, value_enum, default_value = "ova")]
-    format: Format,
     /// Directory the export is written into (created if missing).
     #[arg(long, short)]
     output: PathBuf,
-    /// Artifact name (default: the VM name, made file-safe).
-    #[arg(long)]
-    name: Option<String>,
-    /// Replace an existing export of the same name.
-    #[arg(long)]
-    overwrite: bool,
-    /// zlib level of VMDK grains, 0-9.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9))]
-    compression_level: u32,
-    /// Compress the stored files: `zstd[:LEVEL]` or `gzip[:LEVEL]` (adds .zst/.gz).
-    #[arg(long, value_name = "ALGO[:LEVEL]")]
-    compress: Option<String>,
-    /// Encrypt the stored files (AES-256-GCM, adds .enc) with the 32-byte key
-    /// in this file (raw, hex or base64).
-    #[arg(long, value_name = "FILE", conflicts_with = "encrypt_passphrase_file")]
-    encrypt_key_file: Option<PathBuf>,
-    /// Encrypt the stored files with the passphrase on the first line of this
-    /// file (argon2id).
-    #[arg(long, value_name = "FILE")]
-    encrypt_passphrase_file: Option<PathBuf>,
-    /// Bandwidth limit on reading the source: a rate (10M, 512K, off) or an
-    /// rclone-style timetable ("Mon-08:00,10M 18:00,off").
-    #[arg(long, value_name = "RATE|TIMETABLE")]
-    bwlimit: Option<String>,
-    /// Manifest digest: sha256, sha512 or sha1.
-    #[arg(long, default_value = "sha256")]
-    digest: String,
-    /// Read every stored file back and check it before publishing the export.
-    #[arg(long)]
-    verify: bool,
-    /// Fail (retryably) when a disk source sends nothing for this many
-    /// seconds; 0 waits forever.
-    #[arg(long, default_value_t = 120, value_name = "SECS")]
-    idle_timeout: u64,
-    /// Disks exported at once.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
-    parallel_disks: u16,
-    /// Decode and re-encode disks the source serves as streamOptimized VMDK
-    /// (vSphere) instead of storing them as they arrive.
-    #[arg(long)]
-    reencode: bool,
-    /// Continue the interrupted export of the same VM with the same options
-    /// in this output directory, if there is one (else start afresh).
-    #[arg(long)]
-    resume: bool,
-    /// Keep no checkpoint: an interrupted export leaves nothing to resume.
-    #[arg(long, conflicts_with = "resume")]
-    no_checkpoint: bool,
-    /// Checkpoint (sync and record) each disk at least every this many MiB
-    /// written, and every 2 seconds.
-    #[arg(long, default_value_t = 64, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
-    checkpoint_mib: u64,
+    #[command(flatten)]
+    options: settings::ExportFlags,
     /// Print the export report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -455,39 +392,7 @@ pub(crate) fn human_bytes(n: u64) -> String {
 
 async fn export(args: ExportArgs) -> anyhow::Result<()> {
     let sink = LocalDirSink::new(&args.output);
-    let mut options = ExportOptions::new(match args.format {
-        Format::Ova => PackageFormat::Ova,
-        Format::Ovf => PackageFormat::Ovf,
-    })
-    .with_overwrite(args.overwrite);
-    options.compression_level = args.compression_level;
-    options.digest = args
-        .digest
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!(e))?;
-    if let Some(c) = &args.compress {
-        options = options.with_compression(c.parse()?);
-    }
-    if let Some(f) = &args.encrypt_key_file {
-        options = options.with_encryption(KeySource::from_key_file(f)?);
-    }
-    if let Some(f) = &args.encrypt_passphrase_file {
-        options = options.with_encryption(KeySource::from_passphrase_file(f)?);
-    }
-    if let Some(b) = &args.bwlimit {
-        options = options.with_bwlimit(RateLimiter::from_spec(b)?);
-    }
-    options = options.with_verify(args.verify);
-    options.parallel_disks = usize::from(args.parallel_disks);
-    options.idle_timeout =
-        (args.idle_timeout > 0).then(|| std::time::Duration::from_secs(args.idle_timeout));
-    options.reencode = args.reencode;
-    options.checkpoint = !args.no_checkpoint;
-    options.resume = args.resume;
-    options.checkpoint_every = args.checkpoint_mib << 20;
-    if let Some(n) = &args.name {
-        options = options.with_name(n);
-    }
+    let options = args.options.settings().to_options()?;
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
     tokio::spawn(async move {

@@ -110,6 +110,7 @@
 #![deny(missing_docs)]
 
 pub mod checkpoint;
+pub mod confine;
 pub mod connect;
 pub mod error;
 pub mod exporter;

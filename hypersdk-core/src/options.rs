@@ -11,6 +11,7 @@ use crate::transforms::ratelimit::RateLimiter;
 
 /// The package layout of an export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum PackageFormat {
     /// One `.ova` file: a tar with the `.ovf` first, the `.mf` next, then the disks.
@@ -204,43 +205,76 @@ impl ExportOptions {
 /// assert!(o.verify && o.compression.is_some());
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct ExportSettings {
     /// `ova` (default) or `ovf`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub format: Option<PackageFormat>,
     /// Artifact name (default: the VM's, made file-system safe).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Replace an existing artifact.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub overwrite: bool,
     /// `zstd`, `zstd:LEVEL`, `gzip`, `gzip:LEVEL`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub compress: Option<String>,
     /// Deflate level of the VMDK grains (0–9).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub compression_level: Option<u32>,
     /// `sha256` (default), `sha512` or `sha1`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
     /// Encrypt with the 32-byte key in this file (raw, hex or base64).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub encrypt_key_file: Option<std::path::PathBuf>,
     /// Encrypt with the passphrase on this file's first line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub encrypt_passphrase_file: Option<std::path::PathBuf>,
     /// Bandwidth limit: `100M`, or a timetable like `08:00,10M 18:00,off`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bwlimit: Option<String>,
     /// Read every stored file back and check it against the manifest.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub verify: bool,
     /// Disks exported at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub parallel_disks: Option<usize>,
     /// Seconds without a byte from the source before the read fails (0: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout_secs: Option<u64>,
     /// Re-encode disks a platform serves already encoded.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub reencode: bool,
     /// Continue an interrupted export of the same VM and options.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub resume: bool,
     /// Keep no checkpoint (an interrupted export starts over).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub no_checkpoint: bool,
     /// MiB between checkpoints of a disk being written.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_mib: Option<u64>,
 }
 
 impl ExportSettings {
+    /// Checks every value without reading the key files (what a service
+    /// does when a job is submitted); the message names the field.
+    pub fn validate(&self) -> crate::Result<()> {
+        let mut plain = self.clone();
+        plain.encrypt_key_file = None;
+        plain.encrypt_passphrase_file = None;
+        if self.encrypt_key_file.is_some() && self.encrypt_passphrase_file.is_some() {
+            return Err(crate::Error::InvalidArgument(
+                "give encrypt_key_file or encrypt_passphrase_file, not both".into(),
+            ));
+        }
+        plain.to_options().map(|_| ())
+    }
+
     /// The options these settings describe; an invalid value or an
     /// unreadable key file is an [`Error::InvalidArgument`](crate::Error)
     /// or [`Error::Crypto`](crate::Error) naming it.
@@ -258,7 +292,7 @@ impl ExportSettings {
             o.compression_level = l;
         }
         if let Some(c) = &self.compress {
-            o.compression = Some(c.parse()?);
+            o.compression = Some(c.parse().map_err(|e| in_field("compress", e))?);
         }
         if let Some(d) = &self.digest {
             o.digest = d
@@ -276,7 +310,7 @@ impl ExportSettings {
             (None, None) => {}
         }
         if let Some(b) = &self.bwlimit {
-            o.bwlimit = Some(RateLimiter::from_spec(b)?);
+            o.bwlimit = Some(RateLimiter::from_spec(b).map_err(|e| in_field("bwlimit", e))?);
         }
         if let Some(n) = self.parallel_disks {
             if n == 0 {
@@ -301,5 +335,13 @@ impl ExportSettings {
             o.checkpoint_every = m << 20;
         }
         Ok(o)
+    }
+}
+
+/// An invalid-argument error's message prefixed with the field it is about.
+fn in_field(field: &str, e: crate::Error) -> crate::Error {
+    match e {
+        crate::Error::InvalidArgument(m) => crate::Error::InvalidArgument(format!("{field}: {m}")),
+        e => e,
     }
 }

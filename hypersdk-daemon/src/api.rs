@@ -32,7 +32,7 @@ use utoipa_axum::routes;
 
 use crate::config::{Config, Role};
 use crate::metrics::Metrics;
-use crate::model::{Format, Job, JobEvent, JobSpec, JobStatus, Priority, Progress};
+use crate::model::{Job, JobEvent, JobSpec, JobStatus, Priority, Progress};
 use crate::profiles;
 use crate::runner::{error_chain, Runner};
 use crate::schedules::{self, Schedule, ScheduleRun, ScheduleSpec, When};
@@ -416,7 +416,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         JobEvent,
         JobStatus,
         Priority,
-        Format,
+        hypersdk_core::ExportSettings,
+        hypersdk_core::PackageFormat,
         Progress,
         crate::outputs::PartialExport,
         JobList,

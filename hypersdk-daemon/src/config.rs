@@ -19,6 +19,9 @@
 //! max_body_bytes: 1048576
 //! artifact_mode: "0600"          # files of exports (directories: 0700); "0640" for group read
 //! partial_max_age_hours: 168      # partial exports of failed jobs kept this long for a retry
+//! key_dirs: [/etc/hypersdk/keys]   # where a job's encrypt_key_file / encrypt_passphrase_file may lie
+//! encryption_keys:               # or jobs name a key: encryption_key: archive
+//!   archive: { passphrase_file: /etc/hypersdk/archive.pass }
 //! telemetry:                     # OpenTelemetry traces over OTLP/HTTP (protobuf)
 //!   otlp_endpoint: http://collector:4318   # base URL; spans go to /v1/traces
 //!   service_name: hypervisord
@@ -145,6 +148,43 @@ pub struct Config {
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set).
     #[serde(default)]
     pub telemetry: Option<TelemetryConfig>,
+    /// Directories a job's `encrypt_key_file` / `encrypt_passphrase_file`
+    /// may lie in (links followed). None configured: jobs may encrypt only
+    /// with a named key of `encryption_keys`.
+    #[serde(default)]
+    pub key_dirs: Vec<PathBuf>,
+    /// Named encryption keys jobs may ask for with `encryption_key: NAME`.
+    #[serde(default)]
+    pub encryption_keys: BTreeMap<String, NamedKey>,
+}
+
+/// A named encryption key: a file of the daemon host's, given by its
+/// administrator (never by a job).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedKey {
+    /// A 32-byte key file (raw, hex or base64).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// A file whose first line is a passphrase (argon2id).
+    #[serde(default)]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+impl NamedKey {
+    /// The key it names (the file is read now).
+    pub fn key_source(
+        &self,
+    ) -> hypersdk_core::Result<hypersdk_core::transforms::encrypt::KeySource> {
+        use hypersdk_core::transforms::encrypt::KeySource;
+        match (&self.key_file, &self.passphrase_file) {
+            (Some(k), None) => KeySource::from_key_file(k),
+            (None, Some(p)) => KeySource::from_passphrase_file(p),
+            _ => Err(hypersdk_core::Error::InvalidArgument(
+                "a named key has key_file or passphrase_file, one of them".into(),
+            )),
+        }
+    }
 }
 
 /// OpenTelemetry trace export (OTLP over HTTP, protobuf encoding).
@@ -297,6 +337,13 @@ impl Config {
         }
         if self.max_concurrent == 0 {
             anyhow::bail!("max_concurrent must be at least 1");
+        }
+        for (name, k) in &self.encryption_keys {
+            if k.key_file.is_some() == k.passphrase_file.is_some() {
+                anyhow::bail!(
+                    "encryption_keys.{name}: give key_file or passphrase_file, one of them"
+                );
+            }
         }
         if let Some(t) = &self.telemetry {
             let url = t.otlp_endpoint.as_str();

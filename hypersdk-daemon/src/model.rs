@@ -3,9 +3,7 @@
 use std::path::{Component, Path};
 use std::str::FromStr;
 
-use hypersdk_core::transforms::compress::Compression;
-use hypersdk_core::transforms::ratelimit::RateLimiter;
-use hypersdk_formats::manifest::DigestAlgorithm;
+use hypersdk_core::ExportSettings;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -36,23 +34,16 @@ impl Priority {
     }
 }
 
-/// Package layout.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// One `.ova` file.
-    #[default]
-    Ova,
-    /// An OVF directory.
-    Ovf,
-}
-
 /// What to export and how: the body of a submission (JSON or YAML; a list
-/// submits a batch). Unknown fields are refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+/// submits a batch). Besides the job's own fields, every export option of
+/// the library's [`ExportSettings`] (the same names as `hyperctl export`'s
+/// flags and the bindings' options) sits flat beside them. Unknown fields
+/// are refused. Encryption takes a key or passphrase *file on the daemon
+/// host*, below one of the configured `key_dirs`, or a named key of the
+/// daemon's `encryption_keys` (`encryption_key`) — never key material.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct JobSpec {
-    /// VM name, id or (local provider) domain XML file name.
+    /// VM name or id.
     pub vm: String,
     /// A provider name from the daemon's configuration.
     pub provider: String,
@@ -62,33 +53,63 @@ pub struct JobSpec {
     /// Directory below the daemon's output root (relative; default: the root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
-    /// Package layout.
-    #[serde(default)]
-    pub format: Format,
-    /// Artifact name (default: the VM's name).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
     /// Queue priority.
     #[serde(default)]
     pub priority: Priority,
-    /// Compression of stored files: `zstd[:LEVEL]` or `gzip[:LEVEL]`.
+    /// Encrypt with this named key of the daemon's `encryption_keys`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compress: Option<String>,
-    /// Manifest digest: sha256 (default), sha512 or sha1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub digest: Option<String>,
-    /// Read every stored file back and check it before publishing.
+    pub encryption_key: Option<String>,
+    /// The export options.
+    #[serde(flatten)]
+    pub settings: ExportSettings,
+}
+
+/// The job's own fields (the rest of a submission is export settings).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobFields {
+    vm: String,
+    provider: String,
     #[serde(default)]
-    pub verify: bool,
-    /// Bandwidth limit on reading the source (rate or rclone timetable).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bwlimit: Option<String>,
-    /// Replace an existing export of the same name.
+    profile: Option<String>,
     #[serde(default)]
-    pub overwrite: bool,
-    /// Disks exported at once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parallel_disks: Option<u16>,
+    output: Option<String>,
+    #[serde(default)]
+    priority: Priority,
+    #[serde(default)]
+    encryption_key: Option<String>,
+}
+
+const JOB_FIELDS: [&str; 6] = [
+    "vm",
+    "provider",
+    "profile",
+    "output",
+    "priority",
+    "encryption_key",
+];
+
+impl<'de> Deserialize<'de> for JobSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let all = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let (job, settings): (serde_json::Map<_, _>, serde_json::Map<_, _>) = all
+            .into_iter()
+            .partition(|(k, _)| JOB_FIELDS.contains(&k.as_str()));
+        let job: JobFields =
+            serde_json::from_value(serde_json::Value::Object(job)).map_err(D::Error::custom)?;
+        let settings: ExportSettings = serde_json::from_value(serde_json::Value::Object(settings))
+            .map_err(D::Error::custom)?;
+        Ok(JobSpec {
+            vm: job.vm,
+            provider: job.provider,
+            profile: job.profile,
+            output: job.output,
+            priority: job.priority,
+            encryption_key: job.encryption_key,
+            settings,
+        })
+    }
 }
 
 impl JobSpec {
@@ -102,7 +123,7 @@ impl JobSpec {
             ("vm", Some(&self.vm)),
             ("provider", Some(&self.provider)),
             ("output", self.output.as_ref()),
-            ("name", self.name.as_ref()),
+            ("name", self.settings.name.as_ref()),
             ("profile", self.profile.as_ref()),
         ] {
             if let Some(v) = value {
@@ -139,7 +160,7 @@ impl JobSpec {
                 ));
             }
         }
-        if let Some(n) = &self.name {
+        if let Some(n) = &self.settings.name {
             if n.is_empty() || n.contains(['/', '\\', '\0']) || n == "." || n == ".." {
                 return Err(format!(
                     "name: '{}' is not a plain file name",
@@ -147,18 +168,27 @@ impl JobSpec {
                 ));
             }
         }
-        if let Some(c) = &self.compress {
-            Compression::from_str(c).map_err(|e| format!("compress: {e}"))?;
+        if self.settings.resume {
+            return Err(
+                "resume: a job always continues its own partial export; to run a failed job again, \
+                 POST /api/v1/jobs/{id}/retry"
+                    .into(),
+            );
         }
-        if let Some(d) = &self.digest {
-            DigestAlgorithm::from_str(d).map_err(|e| format!("digest: {e}"))?;
+        let files = [
+            self.settings.encrypt_key_file.is_some(),
+            self.settings.encrypt_passphrase_file.is_some(),
+            self.encryption_key.is_some(),
+        ];
+        if files.iter().filter(|x| **x).count() > 1 {
+            return Err(
+                "give one of encryption_key, encrypt_key_file and encrypt_passphrase_file".into(),
+            );
         }
-        if let Some(b) = &self.bwlimit {
-            RateLimiter::from_spec(b).map_err(|e| format!("bwlimit: {e}"))?;
-        }
-        if self.parallel_disks == Some(0) {
-            return Err("parallel_disks: must be at least 1".into());
-        }
+        self.settings.validate().map_err(|e| match e {
+            hypersdk_core::Error::InvalidArgument(m) => m,
+            e => e.to_string(),
+        })?;
         Ok(())
     }
 }

@@ -9,11 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hypersdk_core::transforms::compress::Compression;
-use hypersdk_core::transforms::ratelimit::RateLimiter;
-use hypersdk_core::{
-    CancellationToken, Error, ExportOptions, Exporter, PackageFormat, Provider, Sink,
-};
+use hypersdk_core::{CancellationToken, Error, ExportOptions, Exporter, Provider, Sink};
 use hypersdk_sinks::LocalDirSink;
 use tokio::sync::{broadcast, Notify};
 use tracing::{info, warn, Instrument};
@@ -21,7 +17,7 @@ use tracing::{info, warn, Instrument};
 use crate::config::{Config, ProviderEntry};
 use crate::lock;
 use crate::metrics::Metrics;
-use crate::model::{Format, Job, JobStatus, Progress};
+use crate::model::{Job, JobStatus, Progress};
 use crate::store::{JobEnd, Store};
 use crate::webhooks::Webhooks;
 
@@ -379,6 +375,41 @@ impl Runner {
         Some(report)
     }
 
+    /// The export options of a job: its settings, with key files confined
+    /// to `key_dirs` (read here, when the job runs) or a named key; a job
+    /// always continues its own partial export.
+    fn options(&self, spec: &crate::model::JobSpec) -> hypersdk_core::Result<ExportOptions> {
+        let mut settings = spec.settings.clone();
+        let roots = hypersdk_core::confine::PathRoots::new(
+            &self.config.key_dirs,
+            "key_dirs",
+            "the daemon may read encryption keys from",
+        );
+        for (what, file) in [
+            ("encrypt_key_file", &mut settings.encrypt_key_file),
+            (
+                "encrypt_passphrase_file",
+                &mut settings.encrypt_passphrase_file,
+            ),
+        ] {
+            if let Some(f) = file.as_mut() {
+                *f = roots.check(what, f).map_err(Error::InvalidArgument)?;
+            }
+        }
+        let mut options = settings.to_options()?;
+        if let Some(name) = &spec.encryption_key {
+            let key = self.config.encryption_keys.get(name).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "encryption_key: no key named '{}' in the daemon's encryption_keys",
+                    hypersdk_formats::error::display_name(name)
+                ))
+            })?;
+            options.encryption = Some(key.key_source()?);
+        }
+        options.resume = true;
+        Ok(options)
+    }
+
     async fn export(
         self: &Arc<Self>,
         job: &Job,
@@ -386,28 +417,7 @@ impl Runner {
         kept: Arc<Mutex<Option<String>>>,
     ) -> hypersdk_core::Result<hypersdk_core::ExportReport> {
         let spec = &job.spec;
-        let mut options = ExportOptions::new(match spec.format {
-            Format::Ova => PackageFormat::Ova,
-            Format::Ovf => PackageFormat::Ovf,
-        });
-        options.name = spec.name.clone();
-        options.overwrite = spec.overwrite;
-        options.verify = spec.verify;
-        options.resume = true;
-        if let Some(c) = &spec.compress {
-            options.compression = Some(c.parse::<Compression>()?);
-        }
-        if let Some(d) = &spec.digest {
-            options.digest = d
-                .parse()
-                .map_err(|e| Error::InvalidArgument(format!("digest: {e}")))?;
-        }
-        if let Some(b) = &spec.bwlimit {
-            options.bwlimit = Some(RateLimiter::from_spec(b)?);
-        }
-        if let Some(n) = spec.parallel_disks {
-            options.parallel_disks = usize::from(n);
-        }
+        let options = self.options(spec)?;
         let root = self.config.output_root.clone();
         let sub = spec.output.clone();
         let file_mode = self.config.file_mode();

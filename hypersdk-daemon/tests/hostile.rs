@@ -589,3 +589,119 @@ fn partial_exports_are_removed_after_their_age() {
         "{logs}"
     );
 }
+
+#[test]
+fn jobs_take_every_export_option_and_encrypt_only_with_keys_the_daemon_allows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    std::fs::write(keys.join("job.pass"), "a job passphrase\n").unwrap();
+    std::fs::write(tmp.path().join("named.pass"), "the archive passphrase\n").unwrap();
+    std::fs::write(tmp.path().join("outside.pass"), "not allowed\n").unwrap();
+    let extra = format!(
+        "key_dirs: [{}]\nencryption_keys:\n  archive: {{ passphrase_file: {} }}\n",
+        keys.display(),
+        tmp.path().join("named.pass").display()
+    );
+    let d = Daemon::start(&hostile_config(tmp.path(), &extra));
+    // Every option of ExportSettings is a job field.
+    let job = run_job(
+        &d,
+        &serde_json::json!({
+            "vm": "ok", "provider": "kvm", "format": "ovf", "name": "all-options",
+            "compress": "zstd:3", "compression_level": 6, "digest": "sha512",
+            "encrypt_passphrase_file": keys.join("job.pass"), "verify": true,
+            "parallel_disks": 1, "idle_timeout_secs": 30, "reencode": true,
+            "no_checkpoint": true, "checkpoint_mib": 8, "bwlimit": "off", "overwrite": true,
+        })
+        .to_string(),
+    );
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["result"]["encrypted"], true, "{job}");
+    assert_eq!(job["result"]["digest_algorithm"], "SHA512", "{job}");
+    assert_eq!(
+        job["spec"]["compression_level"], 6,
+        "the job record keeps its options: {job}"
+    );
+    let ovf = tmp.path().join("out/all-options/all-options.ovf.zst.enc");
+    assert!(
+        ovf.exists(),
+        "{:?}",
+        files_below(&tmp.path().join("out/all-options"))
+    );
+    // A named key.
+    let job = run_job(
+        &d,
+        r#"{"vm": "ok", "provider": "kvm", "name": "named", "encryption_key": "archive"}"#,
+    );
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert!(tmp.path().join("out/named.ova.enc").exists());
+    // Key files outside key_dirs, through .. or a link, and unknown names fail
+    // the job with the rule named, whether the file exists or not.
+    std::os::unix::fs::symlink(tmp.path().join("outside.pass"), keys.join("link.pass")).unwrap();
+    for (field, value) in [
+        (
+            "encrypt_passphrase_file",
+            tmp.path().join("outside.pass").display().to_string(),
+        ),
+        ("encrypt_key_file", "/etc/hostname".to_string()),
+        (
+            "encrypt_key_file",
+            keys.join("../outside.pass").display().to_string(),
+        ),
+        (
+            "encrypt_passphrase_file",
+            keys.join("link.pass").display().to_string(),
+        ),
+    ] {
+        let job = run_job(
+            &d,
+            &serde_json::json!({"vm": "ok", "provider": "kvm", "name": "x", field: value})
+                .to_string(),
+        );
+        assert_eq!(job["status"], "failed", "{job}");
+        let e = job["error"].as_str().unwrap();
+        assert!(e.contains("key_dirs") && e.contains(field), "{e}");
+    }
+    let job = run_job(
+        &d,
+        r#"{"vm": "ok", "provider": "kvm", "name": "y", "encryption_key": "nope"}"#,
+    );
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap()
+            .contains("no key named 'nope'"),
+        "{job}"
+    );
+    assert!(
+        !tmp.path().join("out/x.ova.enc").exists() && !tmp.path().join("out/y.ova.enc").exists()
+    );
+    // Refused at submission: unknown fields, bad values, resume, two keys.
+    for (body, says) in [
+        (
+            r#"{"vm": "ok", "provider": "kvm", "colour": "blue"}"#,
+            "unknown field `colour`",
+        ),
+        (
+            r#"{"vm": "ok", "provider": "kvm", "compression_level": 12}"#,
+            "compression_level 12",
+        ),
+        (
+            r#"{"vm": "ok", "provider": "kvm", "checkpoint_mib": 0}"#,
+            "checkpoint_mib",
+        ),
+        (
+            r#"{"vm": "ok", "provider": "kvm", "resume": true}"#,
+            "retry",
+        ),
+        (
+            r#"{"vm": "ok", "provider": "kvm", "encryption_key": "archive", "encrypt_key_file": "/k"}"#,
+            "one of encryption_key",
+        ),
+    ] {
+        let (code, answer) = d.json("POST", "/api/v1/jobs", Some(body));
+        assert_eq!(code, 400, "{body}: {answer}");
+        assert!(answer.to_string().contains(says), "{body}: {answer}");
+    }
+}

@@ -98,6 +98,26 @@ options:
     description: Continue an interrupted export of the same VM and options.
     type: bool
     default: true
+  compression_level:
+    description: Deflate level of the VMDK grains, 0-9 (default 1).
+    type: int
+  parallel_disks:
+    description: Disks exported at once (default 2).
+    type: int
+  idle_timeout_secs:
+    description: Seconds without a byte from the source before the read fails (0 waits forever; default 120).
+    type: int
+  reencode:
+    description: Re-encode disks a platform serves already encoded (vSphere's streamOptimized VMDKs).
+    type: bool
+    default: false
+  no_checkpoint:
+    description: Keep no checkpoint (an interrupted export starts over).
+    type: bool
+    default: false
+  checkpoint_mib:
+    description: MiB between checkpoints of a disk being written (default 64).
+    type: int
   force:
     description: Export again even if a verified package exists.
     type: bool
@@ -156,8 +176,11 @@ except ImportError:
     HAS_HYPERSDK = False
     IMPORT_ERROR = traceback.format_exc()
 
-EXPORT_OPTIONS = ("format", "name", "compress", "digest", "encrypt_key_file",
-                  "encrypt_passphrase_file", "bwlimit", "resume")
+# Every export option of the library's ExportSettings except those the module
+# decides itself (overwrite and verify: an export is verified, then replaces).
+EXPORT_OPTIONS = ("format", "name", "compress", "compression_level", "digest", "encrypt_key_file",
+                  "encrypt_passphrase_file", "bwlimit", "resume", "parallel_disks",
+                  "idle_timeout_secs", "reencode", "no_checkpoint", "checkpoint_mib")
 
 
 # Module options that are provider settings, by their registry names.
@@ -207,6 +230,12 @@ def main():
             encrypt_passphrase_file=dict(type="path", no_log=False),
             bwlimit=dict(type="str"),
             resume=dict(type="bool", default=True),
+            compression_level=dict(type="int"),
+            parallel_disks=dict(type="int"),
+            idle_timeout_secs=dict(type="int"),
+            reencode=dict(type="bool", default=False),
+            no_checkpoint=dict(type="bool", default=False),
+            checkpoint_mib=dict(type="int"),
             force=dict(type="bool", default=False),
         ),
         mutually_exclusive=[("encrypt_key_file", "encrypt_passphrase_file")],
