@@ -53,6 +53,7 @@ use hypersdk_formats::vmdk::{
 
 use crate::checkpoint::{Checkpoint, Checkpointer, DiskState, DoneDisk, Identity};
 use crate::error::{Error, Result};
+use crate::layers;
 use crate::options::{ExportOptions, PackageFormat};
 use crate::package::{disk_file_name, ovf_system, safe_name, WrittenDisk};
 use crate::progress::{Phase, ProgressEvent, ProgressFn, ProgressTracker};
@@ -62,7 +63,6 @@ use crate::sink::{Sink, SinkWriter, Staging};
 use crate::transforms::compress::decompress_reader;
 use crate::transforms::encrypt::DecryptReader;
 use crate::transforms::pipeline::{self, Continue, PipelineInput, PipelineOutput, TransformSpec};
-use crate::transforms::ratelimit::acquire_all;
 use crate::vm::VmSpec;
 
 /// How often progress events are sent per disk, at most.
@@ -702,10 +702,12 @@ impl Exporter {
         };
         let mut outcome = match p.stream {
             DiskInput::ServedVmdk(s) => {
+                let s = self.layered(s, spec, p.index);
                 self.store_vmdk(spec, s, p.index, &p.name, (p.input, p.object), checker)
                     .await
             }
             DiskInput::Guest(s) => {
+                let s = self.layered(s, spec, p.index);
                 self.encode_disk(spec, s, p.index, &p.name, (p.input, p.object), writer)
                     .await
             }
@@ -766,7 +768,6 @@ impl Exporter {
 
         // Stage 1: read the source (within the bandwidth limits), report
         // progress, feed the encoder.
-        let limiter = self.options.bwlimit.as_deref();
         let reader = async move {
             let mut tracker = ProgressTracker::new(PROGRESS_INTERVAL);
             let mut done: u64 = start;
@@ -774,7 +775,7 @@ impl Exporter {
                 let next = tokio::select! {
                     biased;
                     _ = self.cancel.cancelled() => return Err(Some(Error::Cancelled)),
-                    n = self.next_chunk(&mut stream, spec, index) => n.map_err(Some)?,
+                    n = stream.next() => n,
                 };
                 let Some(item) = next else { break };
                 let data = item.map_err(Some)?;
@@ -786,11 +787,6 @@ impl Exporter {
                         expected: capacity,
                         actual: done,
                     }));
-                }
-                tokio::select! {
-                    biased;
-                    _ = self.cancel.cancelled() => return Err(Some(Error::Cancelled)),
-                    _ = acquire_all(limiter, data.len() as u64) => {}
                 }
                 self.emit(tracker.event(Phase::Disk, index, &disk.name, done, capacity, false));
                 if in_tx.send(data).await.is_err() {
@@ -861,30 +857,28 @@ impl Exporter {
         })
     }
 
-    /// The next item of a disk stream, or a retryable error if the source
-    /// sends nothing for `idle_timeout` (a stalled connection).
-    async fn next_chunk(
+    /// Disk `index`'s source stream with the export's layers: the bandwidth
+    /// limits (its own, then the shared ones) and the idle timeout.
+    fn layered(
         &self,
-        stream: &mut crate::provider::DiskStream,
+        stream: crate::provider::DiskStream,
         spec: &VmSpec,
         index: usize,
-    ) -> Result<Option<Result<Bytes>>> {
+    ) -> crate::provider::DiskStream {
+        let limiters: Vec<_> = self
+            .options
+            .bwlimit
+            .iter()
+            .chain(&self.options.shared_limiters)
+            .cloned()
+            .collect();
+        let stream = layers::throttled(stream, limiters);
         match self.options.idle_timeout {
-            None => Ok(stream.next().await),
-            Some(limit) => tokio::time::timeout(limit, stream.next())
-                .await
-                .map_err(|_| Error::DiskRead {
-                    vm: spec.name.clone(),
-                    disk: spec.disks[index].name.clone(),
-                    location: spec.disks[index].location.clone(),
-                    source: Box::new(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!(
-                            "the source sent nothing for {:.1} s (stalled)",
-                            limit.as_secs_f64()
-                        ),
-                    )),
-                }),
+            None => stream,
+            Some(limit) => {
+                let d = &spec.disks[index];
+                layers::idle_timeout(stream, limit, (&spec.name, &d.name, &d.location))
+            }
         }
     }
 
@@ -900,7 +894,6 @@ impl Exporter {
         checker: Option<StreamChecker>,
     ) -> Result<DiskOutcome> {
         let disk = &spec.disks[index];
-        let limiter = self.options.bwlimit.as_deref();
         let start = checker.as_ref().map_or(0, |c| c.guest_position());
         let bad_vmdk = |e: hypersdk_formats::Error| Error::DiskRead {
             vm: spec.name.clone(),
@@ -916,16 +909,11 @@ impl Exporter {
                 let next = tokio::select! {
                     biased;
                     _ = self.cancel.cancelled() => return Err(Error::Cancelled),
-                    n = self.next_chunk(&mut stream, spec, index) => n?,
+                    n = stream.next() => n,
                 };
                 let Some(item) = next else { break };
                 let data = item?;
                 checker.push(&data).map_err(bad_vmdk)?;
-                tokio::select! {
-                    biased;
-                    _ = self.cancel.cancelled() => return Err(Error::Cancelled),
-                    _ = acquire_all(limiter, data.len() as u64) => {}
-                }
                 let pos = checker.guest_position();
                 self.emit(tracker.event(Phase::Disk, index, &disk.name, pos, disk.capacity, false));
                 input

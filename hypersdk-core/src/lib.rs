@@ -115,6 +115,9 @@ pub mod connect;
 pub mod error;
 pub mod exporter;
 pub mod files;
+#[cfg(feature = "http")]
+pub mod http;
+pub mod layers;
 pub mod options;
 pub mod package;
 pub mod progress;

@@ -63,9 +63,11 @@ pub struct ExportOptions {
     pub encryption: Option<KeySource>,
     /// Compression threads per file (default: the number of cores).
     pub workers: usize,
-    /// This export's own bandwidth limit on reading the source (the
-    /// process-wide [`RateLimiter::global`] applies too; the lower wins).
+    /// This export's own bandwidth limit on reading the source.
     pub bwlimit: Option<Arc<RateLimiter>>,
+    /// Limits this export shares with others (a daemon's limit over all
+    /// its jobs): the source waits for each of them too, so the lowest wins.
+    pub shared_limiters: Vec<Arc<RateLimiter>>,
     /// Disks exported at once (each with its own pipeline and memory).
     pub parallel_disks: usize,
     /// A disk source that sends nothing for this long fails the export with
@@ -108,6 +110,7 @@ impl Default for ExportOptions {
             encryption: None,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             bwlimit: None,
+            shared_limiters: Vec::new(),
             parallel_disks: 2,
             idle_timeout: Some(std::time::Duration::from_secs(120)),
             reencode: false,
@@ -171,6 +174,12 @@ impl ExportOptions {
     /// Limits this export's source reads.
     pub fn with_bwlimit(mut self, limiter: Arc<RateLimiter>) -> Self {
         self.bwlimit = Some(limiter);
+        self
+    }
+
+    /// Shares `limiter` with other exports (see [`shared_limiters`](Self::shared_limiters)).
+    pub fn with_shared_limiter(mut self, limiter: Arc<RateLimiter>) -> Self {
+        self.shared_limiters.push(limiter);
         self
     }
 

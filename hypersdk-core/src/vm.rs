@@ -50,6 +50,40 @@ pub enum OsFamily {
     Other,
 }
 
+impl OsFamily {
+    /// The family a platform's OS identifiers and names point to (a
+    /// libosinfo URI, a vSphere guest id and full name, an AMI platform,
+    /// an Azure image offer, …): one keyword list for every provider.
+    ///
+    /// ```
+    /// use hypersdk_core::OsFamily;
+    /// assert_eq!(OsFamily::guess(&["http://microsoft.com/win/2k22"]), OsFamily::Windows);
+    /// assert_eq!(OsFamily::guess(&["windows9Server64Guest"]), OsFamily::Windows);
+    /// assert_eq!(OsFamily::guess(&["rhel9_64Guest", "Red Hat Enterprise Linux 9"]), OsFamily::Linux);
+    /// assert_eq!(OsFamily::guess(&["http://ubuntu.com/ubuntu/22.04"]), OsFamily::Linux);
+    /// assert_eq!(OsFamily::guess(&["freebsd13_64Guest"]), OsFamily::Other);
+    /// ```
+    pub fn guess(texts: &[&str]) -> OsFamily {
+        const WINDOWS: [&str; 3] = ["windows", "microsoft", "/win"];
+        const LINUX: [&str; 22] = [
+            "linux", "ubuntu", "debian", "fedora", "redhat", "red hat", "rhel", "centos", "suse",
+            "sles", "alpine", "arch", "rocky", "alma", "oracle", "photon", "coreos", "amazon",
+            "amzn", "flatcar", "mint", "gentoo",
+        ];
+        let lower: Vec<String> = texts.iter().map(|t| t.to_ascii_lowercase()).collect();
+        if lower
+            .iter()
+            .any(|t| t.starts_with("win") || WINDOWS.iter().any(|k| t.contains(k)))
+        {
+            OsFamily::Windows
+        } else if lower.iter().any(|t| LINUX.iter().any(|k| t.contains(k))) {
+            OsFamily::Linux
+        } else {
+            OsFamily::Other
+        }
+    }
+}
+
 /// The guest operating system, as far as the platform knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestOs {

@@ -5,6 +5,7 @@
 //! database: /var/lib/hypersdk/jobs.db
 //! output_root: /srv/exports       # every job writes below this directory
 //! max_concurrent: 4               # exports at once, all providers
+//! bwlimit: "08:00,200M 20:00,off" # all jobs together (each job's own bwlimit applies too)
 //! providers:
 //!   kvm:   { kind: local, dir: /etc/libvirt/qemu, max_concurrent: 2,
 //!            disk_roots: [/var/lib/libvirt/images] }   # where disk images may lie
@@ -153,6 +154,10 @@ pub struct Config {
     /// with a named key of `encryption_keys`.
     #[serde(default)]
     pub key_dirs: Vec<PathBuf>,
+    /// Bandwidth limit over all jobs together (a rate or an rclone-style
+    /// timetable, as a job's `bwlimit`); each job's own limit applies too.
+    #[serde(default)]
+    pub bwlimit: Option<String>,
     /// Named encryption keys jobs may ask for with `encryption_key: NAME`.
     #[serde(default)]
     pub encryption_keys: BTreeMap<String, NamedKey>,
@@ -338,6 +343,10 @@ impl Config {
         if self.max_concurrent == 0 {
             anyhow::bail!("max_concurrent must be at least 1");
         }
+        if let Some(b) = &self.bwlimit {
+            hypersdk_core::transforms::ratelimit::RateLimiter::from_spec(b)
+                .map_err(|e| anyhow::anyhow!("bwlimit: {e}"))?;
+        }
         for (name, k) in &self.encryption_keys {
             if k.key_file.is_some() == k.passphrase_file.is_some() {
                 anyhow::bail!(
@@ -362,5 +371,47 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> anyhow::Result<Config> {
+        Config::parse(
+            &format!(
+                "database: /tmp/x.db\noutput_root: /tmp/out\nproviders:\n  kvm: {{ kind: local, dir: /tmp/vms, max_concurrent: 2 }}\n{extra}"
+            ),
+            "test",
+        )
+    }
+
+    #[test]
+    fn providers_are_registry_settings_confined_for_jobs() {
+        let c = parse("").unwrap();
+        let kvm = &c.providers["kvm"];
+        assert_eq!(kvm.max_concurrent(), Some(2));
+        let local: &hypersdk::local::LocalConfig = kvm.config.settings().unwrap();
+        assert!(
+            local.disk_roots.is_some(),
+            "jobs get a confined local provider"
+        );
+        let e = Config::parse(
+            "database: /x\noutput_root: /o\nproviders:\n  k: { kind: local, dri: /v }\n",
+            "test",
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("unknown field `dri`"), "{e:#}");
+    }
+
+    #[test]
+    fn shared_limits_and_named_keys_are_checked() {
+        assert!(parse("bwlimit: 08:00,20M 18:00,off\n").is_ok());
+        let e = parse("bwlimit: fast\n").unwrap_err();
+        assert!(format!("{e:#}").contains("bwlimit"), "{e:#}");
+        let e =
+            parse("encryption_keys:\n  a: { key_file: /k, passphrase_file: /p }\n").unwrap_err();
+        assert!(format!("{e:#}").contains("encryption_keys.a"), "{e:#}");
     }
 }

@@ -83,6 +83,8 @@ pub struct Runner {
     /// Where job events go.
     pub webhooks: Arc<Webhooks>,
     metrics: Arc<Metrics>,
+    /// The daemon's `bwlimit`, shared by every job.
+    shared_limit: Option<Arc<hypersdk_core::transforms::ratelimit::RateLimiter>>,
     running: Mutex<HashMap<i64, Running>>,
     wake: Notify,
     stopping: std::sync::atomic::AtomicBool,
@@ -100,6 +102,11 @@ impl Runner {
             store,
             webhooks,
             providers: Providers::new(config.providers.clone()),
+            // Checked when the configuration was read.
+            shared_limit: config
+                .bwlimit
+                .as_deref()
+                .and_then(|b| hypersdk_core::transforms::ratelimit::RateLimiter::from_spec(b).ok()),
             config,
             metrics,
             running: Mutex::new(HashMap::new()),
@@ -407,6 +414,7 @@ impl Runner {
             options.encryption = Some(key.key_source()?);
         }
         options.resume = true;
+        options.shared_limiters.extend(self.shared_limit.clone());
         Ok(options)
     }
 

@@ -494,7 +494,10 @@ fn profiles_fill_in_what_a_job_leaves_out() {
         (Some("kvm"), Some("ovf"))
     );
     // The job's own setting wins (false options are left out of the record).
-    assert!(matches!(spec.get("verify"), None | Some(Value::Bool(false))), "{spec}");
+    assert!(
+        matches!(spec.get("verify"), None | Some(Value::Bool(false))),
+        "{spec}"
+    );
     assert_eq!(spec["digest"], "sha512");
     let job = d.wait(
         sub["jobs"][0]["id"].as_i64().unwrap(),

@@ -1,5 +1,4 @@
-//! Bandwidth limits: a byte token bucket, a process-wide limiter, and
-//! rclone-style timetables.
+//! Bandwidth limits: a byte token bucket and rclone-style timetables.
 //!
 //! A [`RateLimiter`] holds a bucket of `burst` bytes that refills at the
 //! current rate. [`acquire(n)`](RateLimiter::acquire) takes `n` bytes at once,
@@ -10,8 +9,12 @@
 //! or by the timetable) takes effect within a second, even in the middle of a
 //! long wait.
 //!
-//! Every export passes through [`RateLimiter::global`] (unlimited until set)
-//! and through its own limiter if it has one, so the lower of the two wins.
+//! An export waits on its own limiter and on every limiter its caller shares
+//! between exports (`ExportOptions::shared_limiters`, e.g. the daemon's
+//! `bwlimit` over all jobs), so the lowest wins; the waiting is the
+//! [`throttled`](crate::layers::throttled) layer. There is no process-wide
+//! limiter: two daemons or libraries in one process do not share one by
+//! accident.
 //!
 //! # Timetables
 //!
@@ -24,7 +27,7 @@
 //! suffixes `B`, `K`, `M`, `G`, `T` (KiB, MiB, … per second); a bare number
 //! is KiB/s, as in rclone; `off` is unlimited.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -104,13 +107,6 @@ impl RateLimiter {
         })
     }
 
-    /// The limiter every export in this process passes through; unlimited
-    /// until [`set_rate`](Self::set_rate) is called on it.
-    pub fn global() -> &'static Arc<RateLimiter> {
-        static GLOBAL: OnceLock<Arc<RateLimiter>> = OnceLock::new();
-        GLOBAL.get_or_init(|| RateLimiter::new(None, 1 << 20))
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Bucket> {
         // A panic while holding the lock leaves a consistent bucket.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -169,17 +165,6 @@ impl RateLimiter {
             };
             tokio::time::sleep(wait.min(RECHECK)).await;
         }
-    }
-}
-
-/// Takes `n` bytes from the process-wide limiter and from `own`, if given.
-pub async fn acquire_all(own: Option<&RateLimiter>, n: u64) {
-    let global = RateLimiter::global();
-    if global.is_limited() {
-        global.acquire(n).await;
-    }
-    if let Some(l) = own {
-        l.acquire(n).await;
     }
 }
 
@@ -444,8 +429,8 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_lower_of_global_and_own_wins() {
-        // Not the process-wide one (other tests share it): two limiters in a row.
+    async fn the_lower_of_shared_and_own_wins() {
+        // Two limiters in a row.
         let global = RateLimiter::new(Some(4 * MIB), 64 * 1024);
         let own = RateLimiter::new(Some(MIB), 64 * 1024);
         let start = Instant::now();

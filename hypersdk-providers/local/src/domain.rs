@@ -53,20 +53,7 @@ fn guest_os(root: &Element) -> GuestOs {
         .and_then(|os| os.attr("id"))
         .unwrap_or("")
         .to_string();
-    let lower = id.to_ascii_lowercase();
-    let family = if lower.contains("microsoft") || lower.contains("/win") {
-        OsFamily::Windows
-    } else if [
-        "linux", "ubuntu", "debian", "fedora", "redhat", "rhel", "centos", "suse", "alpine",
-        "arch", "rocky", "alma",
-    ]
-    .iter()
-    .any(|k| lower.contains(k))
-    {
-        OsFamily::Linux
-    } else {
-        OsFamily::Other
-    };
+    let family = OsFamily::guess(&[&id]);
     // "http://ubuntu.com/ubuntu/22.04" -> "ubuntu 22.04"
     let description = {
         let parts: Vec<&str> = id.trim_end_matches('/').rsplit('/').take(2).collect();

@@ -255,20 +255,7 @@ fn record(obj: &Element) -> Result<VmRecord> {
 }
 
 fn os_family(id: &str, name: &str) -> OsFamily {
-    let s = format!("{id} {name}").to_ascii_lowercase();
-    if s.contains("windows") || s.starts_with("win") {
-        OsFamily::Windows
-    } else if [
-        "linux", "ubuntu", "debian", "centos", "rhel", "sles", "fedora", "oracle", "photon",
-        "rocky", "alma", "coreos",
-    ]
-    .iter()
-    .any(|k| s.contains(k))
-    {
-        OsFamily::Linux
-    } else {
-        OsFamily::Other
-    }
+    OsFamily::guess(&[id, name])
 }
 
 /// Disks (in device order), their files, and NICs from `config.hardware.device`.
