@@ -1,0 +1,468 @@
+//! One disk: opened (continuing what an interrupted run left), then
+//! encoded from guest bytes or stored as the platform serves it.
+
+use super::*;
+
+impl Exporter {
+    /// Opens disk `index`'s source and staging object — continuing what an
+    /// interrupted run left when resuming, or reporting a disk it finished.
+    pub(super) async fn prepare_disk(
+        &self,
+        source: &dyn ExportSource,
+        index: usize,
+        name: &str,
+        staging: &mut dyn Staging,
+        ck: Option<&Checkpointer>,
+    ) -> Result<Prepared> {
+        // An OVA's disks are spools: the OVA as a whole is wrapped later.
+        let wrapped = self.options.format == PackageFormat::Ovf;
+        let transforms = self.transform_spec(wrapped);
+        let stored_name = format!("{name}{}", transforms.extension());
+        let disk_name = source.spec().disks[index].name.clone();
+        let prev = match ck {
+            Some(ck) => ck.disk(index).await,
+            None => DiskState::default(),
+        };
+        if let Some(done) = &prev.done {
+            if staging.size(&done.file.stored_name).await? == Some(done.file.stored_size) {
+                return Ok(Prepared::Done(DiskOutcome {
+                    file: done.file.clone(),
+                    populated: done.populated,
+                    bytes_read: 0,
+                    kept: done.file.stored_size,
+                }));
+            }
+        }
+        let served_wanted = !self.options.reencode;
+        let mut resumed: Option<(Recovered, DiskInput)> = None;
+        if prev.durable > 0 && prev.stored_name == stored_name {
+            if transforms.changes_bytes() {
+                tracing::warn!(disk = %disk_name, "a compressed or encrypted disk file cannot be continued mid-way: writing it again");
+            } else {
+                match self
+                    .reopen(source, index, staging, &stored_name, &prev, served_wanted)
+                    .await
+                {
+                    Ok(r) => resumed = r,
+                    Err(e) => {
+                        tracing::warn!(disk = %disk_name, error = %e, "cannot continue the disk: writing it again")
+                    }
+                }
+            }
+        }
+        let slot = ck.map(|c| (c.clone(), index));
+        let (stream, input, object, resume) = match resumed {
+            Some((rec, stream)) => {
+                info!(disk = %disk_name, kept = rec.offset, "continuing the disk");
+                let cont = Continue {
+                    offset: rec.offset,
+                    hasher: rec.hasher,
+                };
+                let (input, object) = self
+                    .open_object_at(staging, name, wrapped, Some(cont), slot)
+                    .await?;
+                let resume = DiskResume {
+                    kept: rec.offset,
+                    checker: rec.checker,
+                    writer: rec.writer,
+                };
+                (stream, input, object, Some(resume))
+            }
+            None => {
+                let served = if served_wanted {
+                    source.open_disk_vmdk(index, 0).await?
+                } else {
+                    None
+                };
+                let stream = match served {
+                    Some(s) => DiskInput::ServedVmdk(s),
+                    None => DiskInput::Guest(source.open_disk(index, 0).await?),
+                };
+                let (input, object) = self
+                    .open_object_at(staging, name, wrapped, None, slot)
+                    .await?;
+                (stream, input, object, None)
+            }
+        };
+        if let Some(ck) = ck {
+            let state = DiskState {
+                stored_name: stored_name.clone(),
+                durable: resume.as_ref().map_or(0, |r| r.kept),
+                served: matches!(stream, DiskInput::ServedVmdk(_)),
+                done: None,
+            };
+            ck.update(|c| c.disks[index] = state).await?;
+        }
+        Ok(Prepared::Run(Box::new(PreparedDisk {
+            index,
+            name: name.to_string(),
+            stream,
+            input,
+            object,
+            resume,
+        })))
+    }
+
+    /// Reads back the durable bytes of an interrupted disk's object and
+    /// opens the source where they end; None if the source cannot continue
+    /// there (the disk is then written again).
+    pub(super) async fn reopen(
+        &self,
+        source: &dyn ExportSource,
+        index: usize,
+        staging: &dyn Staging,
+        stored_name: &str,
+        prev: &DiskState,
+        served_wanted: bool,
+    ) -> Result<Option<(Recovered, DiskInput)>> {
+        let Some(size) = staging.size(stored_name).await? else {
+            return Ok(None);
+        };
+        let rec = recover(
+            staging,
+            stored_name,
+            prev.durable.min(size),
+            self.options.digest,
+        )
+        .await?;
+        if prev.served {
+            if !served_wanted {
+                return Ok(None);
+            }
+            // Ask for the last kept bytes again: the platform must serve the
+            // same VMDK as before for the rest to fit.
+            let overlap = rec.tail.len() as u64;
+            let Some(mut stream) = source.open_disk_vmdk(index, rec.offset - overlap).await? else {
+                return Ok(None);
+            };
+            let mut got: Vec<u8> = Vec::with_capacity(rec.tail.len());
+            let mut rest = Vec::new();
+            while got.len() < rec.tail.len() {
+                let Some(item) = stream.next().await else {
+                    break;
+                };
+                let b = item?;
+                let take = (rec.tail.len() - got.len()).min(b.len());
+                got.extend_from_slice(&b[..take]);
+                if take < b.len() {
+                    rest.push(Ok(b.slice(take..)));
+                }
+            }
+            if got != rec.tail {
+                tracing::warn!(
+                    "the platform serves this disk's VMDK differently than before: writing it again"
+                );
+                return Ok(None);
+            }
+            let stream: crate::provider::DiskStream =
+                Box::pin(futures_util::stream::iter(rest).chain(stream));
+            return Ok(Some((rec, DiskInput::ServedVmdk(stream))));
+        }
+        let Some(w) = rec.writer.clone() else {
+            return Ok(None);
+        };
+        let capacity = source.spec().disks[index].capacity;
+        let stream = source.open_disk(index, w.received.min(capacity)).await?;
+        Ok(Some((rec, DiskInput::Guest(stream))))
+    }
+
+    /// Exports one opened disk.
+    pub(super) async fn run_disk(
+        &self,
+        spec: &VmSpec,
+        p: Box<PreparedDisk>,
+    ) -> Result<DiskOutcome> {
+        let p = *p;
+        let kept = p.resume.as_ref().map_or(0, |r| r.kept);
+        let (checker, writer) = match p.resume {
+            Some(r) => (Some(r.checker), r.writer),
+            None => (None, None),
+        };
+        let mut outcome = match p.stream {
+            DiskInput::ServedVmdk(s) => {
+                let s = self.layered(s, spec, p.index);
+                self.store_vmdk(spec, s, p.index, &p.name, (p.input, p.object), checker)
+                    .await
+            }
+            DiskInput::Guest(s) => {
+                let s = self.layered(s, spec, p.index);
+                self.encode_disk(spec, s, p.index, &p.name, (p.input, p.object), writer)
+                    .await
+            }
+        }?;
+        outcome.kept = kept;
+        Ok(outcome)
+    }
+
+    /// Streams guest bytes through the VMDK encoder into the disk's object.
+    pub(super) async fn encode_disk(
+        &self,
+        spec: &VmSpec,
+        mut stream: crate::provider::DiskStream,
+        index: usize,
+        name: &str,
+        (mut input, object): (PipelineInput, ObjectSink),
+        resume: Option<WriterResume>,
+    ) -> Result<DiskOutcome> {
+        let disk = &spec.disks[index];
+        let capacity = disk.capacity;
+        let start = resume.as_ref().map_or(0, |r| r.received.min(capacity));
+        let fed_before = resume.as_ref().map_or(0, |r| r.received);
+        // VMDK capacities are whole sectors; a raw disk of odd size is zero-padded.
+        let vmdk_capacity = hypersdk_formats::image::sector_capacity(capacity);
+        let depth = self.options.queue_depth.max(1);
+        let (in_tx, mut in_rx) = mpsc::channel::<Bytes>(depth);
+        let vmdk_options = VmdkWriterOptions {
+            compression_level: self.options.compression_level,
+            extent_name: name.to_string(),
+            ..Default::default()
+        };
+        let what = format!("VMDK of disk '{}'", disk.name);
+        let encoder_what = format!("cannot write {what}");
+        let encoder = tokio::task::spawn_blocking(move || -> Result<VmdkWriterStats> {
+            let fmt_err = |source| Error::Format {
+                what: encoder_what.clone(),
+                source,
+            };
+            let mut w = match &resume {
+                Some(r) => {
+                    StreamOptimizedWriter::resume(&mut input, vmdk_capacity, &vmdk_options, r)
+                }
+                None => StreamOptimizedWriter::new(&mut input, vmdk_capacity, &vmdk_options),
+            }
+            .map_err(fmt_err)?;
+            while let Some(data) = in_rx.blocking_recv() {
+                w.write(&data).map_err(fmt_err)?;
+            }
+            let (_, stats) = w.finish().map_err(fmt_err)?;
+            input.close_blocking().map_err(|e| {
+                fmt_err(hypersdk_formats::Error::io(
+                    "handing VMDK bytes to the sink",
+                    e,
+                ))
+            })?;
+            Ok(stats)
+        });
+
+        // Stage 1: read the source (within the bandwidth limits), report
+        // progress, feed the encoder.
+        let reader = async move {
+            let mut tracker = ProgressTracker::new(PROGRESS_INTERVAL);
+            let mut done: u64 = start;
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => return Err(Some(Error::Cancelled)),
+                    n = stream.next() => n,
+                };
+                let Some(item) = next else { break };
+                let data = item.map_err(Some)?;
+                done += data.len() as u64;
+                if done > capacity {
+                    return Err(Some(Error::DiskLength {
+                        vm: spec.name.clone(),
+                        disk: disk.name.clone(),
+                        expected: capacity,
+                        actual: done,
+                    }));
+                }
+                self.emit(tracker.event(Phase::Disk, index, &disk.name, done, capacity, false));
+                if in_tx.send(data).await.is_err() {
+                    return Err(None); // the encoder stopped; its error tells why
+                }
+            }
+            if done != capacity {
+                return Err(Some(Error::DiskLength {
+                    vm: spec.name.clone(),
+                    disk: disk.name.clone(),
+                    expected: capacity,
+                    actual: done,
+                }));
+            }
+            let fed = done.max(fed_before);
+            if vmdk_capacity > fed {
+                let pad = Bytes::from(vec![0u8; (vmdk_capacity - fed) as usize]);
+                if in_tx.send(pad).await.is_err() {
+                    return Err(None);
+                }
+            }
+            self.emit(tracker.event(Phase::DiskDone, index, &disk.name, done, capacity, true));
+            Ok(done - start)
+        };
+
+        // Stages 2 and 3 (digest, transforms) run on the pipeline's threads;
+        // this drains their output into the sink.
+        let (read_result, write_result) = tokio::join!(reader, object.drain());
+        let encoded = encoder
+            .await
+            .map_err(|e| Error::Internal(format!("{what} encoder thread failed: {e}")));
+        // Report the root cause: source problems first, then the sink, then
+        // the encoder. (A sink failure makes the encoder fail writing; an
+        // encoder failure leaves the pipeline's input unclosed, which the
+        // drain reports as Cancelled.)
+        let encoded = encoded.and_then(|r| r);
+        let bytes_read = match read_result {
+            Err(Some(e)) => return Err(e),
+            Err(None) => {
+                return Err(match (write_result, encoded) {
+                    (Err(e), _) if !matches!(e, Error::Cancelled) => e,
+                    (_, Err(e)) => e,
+                    (Err(e), Ok(_)) => e,
+                    (Ok(_), Ok(_)) => {
+                        Error::Internal(format!("{what} encoder stopped without an error"))
+                    }
+                })
+            }
+            Ok(n) => n,
+        };
+        let (file, stats) = match (write_result, encoded) {
+            (Ok(f), Ok(s)) => (f, s),
+            (Err(e), _) if !matches!(e, Error::Cancelled) => return Err(e),
+            (_, Err(e)) => return Err(e),
+            (Err(e), Ok(_)) => return Err(e),
+        };
+        if file.size != stats.file_size {
+            return Err(Error::Internal(format!(
+                "{what}: encoder wrote {} bytes, the pipeline passed {}",
+                stats.file_size, file.size
+            )));
+        }
+        Ok(DiskOutcome {
+            file,
+            populated: stats.populated_bytes,
+            bytes_read,
+            kept: 0,
+        })
+    }
+
+    /// Disk `index`'s source stream with the export's layers: the bandwidth
+    /// limits (its own, then the shared ones) and the idle timeout.
+    pub(super) fn layered(
+        &self,
+        stream: crate::provider::DiskStream,
+        spec: &VmSpec,
+        index: usize,
+    ) -> crate::provider::DiskStream {
+        let limiters: Vec<_> = self
+            .options
+            .bwlimit
+            .iter()
+            .chain(&self.options.shared_limiters)
+            .cloned()
+            .collect();
+        let stream = layers::throttled(stream, limiters);
+        match self.options.idle_timeout {
+            None => stream,
+            Some(limit) => {
+                let d = &spec.disks[index];
+                layers::idle_timeout(stream, limit, (&spec.name, &d.name, &d.location))
+            }
+        }
+    }
+
+    /// Stores a disk the source serves as streamOptimized VMDK as it arrives,
+    /// checking its structure on the way ([`StreamChecker`]).
+    pub(super) async fn store_vmdk(
+        &self,
+        spec: &VmSpec,
+        mut stream: crate::provider::DiskStream,
+        index: usize,
+        name: &str,
+        (mut input, object): (PipelineInput, ObjectSink),
+        checker: Option<StreamChecker>,
+    ) -> Result<DiskOutcome> {
+        let disk = &spec.disks[index];
+        let start = checker.as_ref().map_or(0, |c| c.guest_position());
+        let bad_vmdk = |e: hypersdk_formats::Error| Error::DiskRead {
+            vm: spec.name.clone(),
+            disk: disk.name.clone(),
+            location: disk.location.clone(),
+            source: format!("the VMDK the source serves is not a sound streamOptimized VMDK: {e}")
+                .into(),
+        };
+        let feed = async {
+            let mut checker = checker.unwrap_or_default();
+            let mut tracker = ProgressTracker::new(PROGRESS_INTERVAL);
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => return Err(Error::Cancelled),
+                    n = stream.next() => n,
+                };
+                let Some(item) = next else { break };
+                let data = item?;
+                checker.push(&data).map_err(bad_vmdk)?;
+                let pos = checker.guest_position();
+                self.emit(tracker.event(Phase::Disk, index, &disk.name, pos, disk.capacity, false));
+                input
+                    .write(&data)
+                    .await
+                    .map_err(|e| Error::sink("cannot write", name, e))?;
+            }
+            let stats = checker.finish().map_err(bad_vmdk)?;
+            if stats.capacity != hypersdk_formats::image::sector_capacity(disk.capacity) {
+                return Err(Error::DiskLength {
+                    vm: spec.name.clone(),
+                    disk: disk.name.clone(),
+                    expected: disk.capacity,
+                    actual: stats.capacity,
+                });
+            }
+            self.emit(tracker.event(
+                Phase::DiskDone,
+                index,
+                &disk.name,
+                disk.capacity,
+                disk.capacity,
+                true,
+            ));
+            input
+                .close()
+                .await
+                .map_err(|e| Error::sink("cannot write", name, e))?;
+            Ok(stats)
+        };
+        let (fed, drained) = tokio::join!(feed, object.drain());
+        let (stats, file) = first_cause(fed, drained)?;
+        Ok(DiskOutcome {
+            file,
+            populated: stats.populated,
+            bytes_read: disk.capacity - start.min(disk.capacity),
+            kept: 0,
+        })
+    }
+}
+
+/// Where a disk's bytes come from.
+pub(super) enum DiskInput {
+    /// Guest bytes, to be encoded.
+    Guest(crate::provider::DiskStream),
+    /// A streamOptimized VMDK as the source serves it, stored as it is.
+    ServedVmdk(crate::provider::DiskStream),
+}
+
+/// A disk whose source stream and staging object are open.
+pub(super) struct PreparedDisk {
+    pub(super) index: usize,
+    pub(super) name: String,
+    pub(super) stream: DiskInput,
+    pub(super) input: PipelineInput,
+    pub(super) object: ObjectSink,
+    pub(super) resume: Option<DiskResume>,
+}
+
+/// A disk to run, or one an interrupted run finished.
+pub(super) enum Prepared {
+    Run(Box<PreparedDisk>),
+    Done(DiskOutcome),
+}
+
+/// Where a continued disk picks up.
+pub(super) struct DiskResume {
+    /// Stored bytes kept.
+    pub(super) kept: u64,
+    /// The checker having seen them (for a served VMDK).
+    pub(super) checker: StreamChecker,
+    /// The VMDK writer's state after them (for guest bytes).
+    pub(super) writer: Option<WriterResume>,
+}

@@ -1,0 +1,473 @@
+//! The Exporter: drives one VM export from an [`ExportSource`] into a [`Sink`].
+//!
+//! Its parts, one file each: this one orchestrates (staging area,
+//! checkpoint, disks in parallel, descriptor and manifest, publish or keep);
+//! `disk.rs` opens and runs one disk (encoded from guest bytes, or stored as
+//! the platform serves it); `object.rs` writes one stored object through
+//! the transform pipeline; `ova.rs` assembles an OVA; `verify.rs` reads the
+//! stored files back; `resume.rs` takes up an interrupted disk.
+//!
+//! Per disk, the stages run concurrently, joined by bounded queues:
+//!
+//! ```text
+//! source stream ─▶ encoder thread ─▶ transform pipeline ──────────▶ sink write
+//!  (async task,     (blocking pool:   (threads: digest, then         (async task)
+//!   rate limit)      zero-grain skip,  compression ×N and
+//!                    deflate)          encryption when asked)
+//! ```
+//!
+//! The transform pipeline is [`transforms::pipeline`](crate::transforms::pipeline):
+//! the digest for the manifest is computed as the bytes pass, never by
+//! re-reading. Memory per disk is bounded by the source→encoder queue
+//! (`queue_depth` chunks), the encoder's grain buffers, and the pipeline's
+//! bound (`chunk_size × (2 × queue_depth + 4 × workers + 2)`, see
+//! [`TransformSpec::memory_bound`]); with the defaults (1 MiB chunks, depth 4,
+//! 2 cores) about 30 MiB, whatever the disk size. Up to
+//! [`ExportOptions::parallel_disks`] disks (default 2) run at once, each with
+//! its own stages and memory.
+//!
+//! A disk the source already serves as a streamOptimized VMDK (vSphere NFC)
+//! skips the encoder: its bytes are checked for structure
+//! ([`StreamChecker`]) and stored as they arrive.
+//!
+//! An OVA needs every disk's size and digest before its first member (the
+//! `.ovf`, then the `.mf`), and a compressed disk's size is known only once it
+//! is written. So for OVA output the disks are first written to the sink's
+//! staging area (a spool), then the OVA is assembled from them — through the
+//! transforms, if any — and the spools are removed. OVF directory output
+//! writes each disk once, in place, each file through the transforms.
+//!
+//! With [`ExportOptions::verify`], every stored file is then read back from
+//! the staging area, unwrapped (decrypted, decompressed) and digested again,
+//! and the export is published only if each digest matches.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, info_span, Instrument};
+
+use hypersdk_formats::manifest::{write_manifest, DigestAlgorithm, Hasher, ManifestEntry};
+use hypersdk_formats::ova::{tar_header, tar_padding, END_OF_ARCHIVE};
+use hypersdk_formats::ovf::write_envelope;
+use hypersdk_formats::vmdk::{
+    StreamChecker, StreamOptimizedWriter, VmdkWriterOptions, VmdkWriterStats, WriterResume,
+};
+
+use crate::checkpoint::{Checkpoint, Checkpointer, DiskState, DoneDisk, Identity};
+use crate::error::{Error, Result};
+use crate::layers;
+use crate::options::{ExportOptions, PackageFormat};
+use crate::package::{disk_file_name, ovf_system, safe_name, WrittenDisk};
+use crate::progress::{Phase, ProgressEvent, ProgressFn, ProgressTracker};
+use crate::provider::{ExportSource, Provider};
+use crate::report::{DiskReport, ExportReport, FileReport};
+use crate::sink::{Sink, SinkWriter, Staging};
+use crate::transforms::compress::decompress_reader;
+use crate::transforms::encrypt::DecryptReader;
+use crate::transforms::pipeline::{self, Continue, PipelineInput, PipelineOutput, TransformSpec};
+use crate::vm::VmSpec;
+
+/// How often progress events are sent per disk, at most.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Runs exports. Cheap to build; one per export or shared.
+#[derive(Clone)]
+pub struct Exporter {
+    options: ExportOptions,
+    progress: Option<ProgressFn>,
+    cancel: CancellationToken,
+    before_publish: Option<PublishFn>,
+    on_partial_kept: Option<PartialKeptFn>,
+}
+
+/// Called with the location of the partial export a failed or cancelled
+/// export leaves for a later resume.
+pub type PartialKeptFn = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Called with the finished report (its `location` the destination) right
+/// before the artifact is published; an error stops the publication.
+pub type PublishFn = Arc<
+    dyn Fn(&ExportReport) -> futures_util::future::BoxFuture<'static, Result<()>> + Send + Sync,
+>;
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exporter")
+            .field("options", &self.options)
+            .field("cancelled", &self.cancel.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A disk written to the staging area.
+pub(super) struct DiskOutcome {
+    pub(super) file: FileReport,
+    pub(super) populated: u64,
+    pub(super) bytes_read: u64,
+    /// Stored bytes kept from an earlier, interrupted run.
+    pub(super) kept: u64,
+}
+
+impl Exporter {
+    /// An exporter with these options.
+    pub fn new(options: ExportOptions) -> Self {
+        Exporter {
+            options,
+            progress: None,
+            cancel: CancellationToken::new(),
+            before_publish: None,
+            on_partial_kept: None,
+        }
+    }
+
+    /// Calls `f` with the location of the partial export when a failed or
+    /// cancelled export keeps one for a resume (nothing is called when
+    /// nothing was kept).
+    pub fn on_partial_kept(mut self, f: PartialKeptFn) -> Self {
+        self.on_partial_kept = Some(f);
+        self
+    }
+
+    /// Calls `f` with the finished report right before publishing, e.g. to
+    /// record durably what is about to appear (a job daemon then knows, after
+    /// a crash between the two, that the artifact there is this export's).
+    pub fn before_publish(mut self, f: PublishFn) -> Self {
+        self.before_publish = Some(f);
+        self
+    }
+
+    /// Sends progress events to `f`.
+    pub fn on_progress(mut self, f: ProgressFn) -> Self {
+        self.progress = Some(f);
+        self
+    }
+
+    /// Uses `token` for cancellation: cancelling it stops the export, which
+    /// then fails with [`Error::Cancelled`] and leaves nothing published.
+    pub fn with_cancel(mut self, token: CancellationToken) -> Self {
+        self.cancel = token;
+        self
+    }
+
+    /// The options of this exporter.
+    pub fn options(&self) -> &ExportOptions {
+        &self.options
+    }
+
+    /// The cancellation token of this exporter.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    pub(super) fn emit(&self, event: Option<ProgressEvent>) {
+        if let (Some(f), Some(e)) = (&self.progress, event) {
+            f(&e);
+        }
+    }
+
+    /// Exports VM `vm` of `provider` into `sink`.
+    pub async fn export(
+        &self,
+        provider: &dyn Provider,
+        vm: &str,
+        sink: &dyn Sink,
+    ) -> Result<ExportReport> {
+        let source = provider.open_export(vm).await?;
+        let result = self
+            .export_source(source.as_ref(), provider.name(), sink)
+            .await;
+        let closed = source.close_after(result.is_ok()).await;
+        let report = result?;
+        closed?;
+        Ok(report)
+    }
+
+    /// Exports an already opened source into `sink`. The caller closes the source.
+    pub async fn export_source(
+        &self,
+        source: &dyn ExportSource,
+        provider: &str,
+        sink: &dyn Sink,
+    ) -> Result<ExportReport> {
+        let spec = source.spec().clone();
+        let artifact = self.options.artifact(&spec.name);
+        let base = safe_name(self.options.name.as_deref().unwrap_or(&spec.name));
+        let span = info_span!("export", vm = %spec.name, provider, artifact = artifact.name());
+        async {
+            let start = Instant::now();
+            let mut staging = if self.options.checkpoint {
+                sink.begin_resumable(&artifact, self.options.overwrite, self.options.resume)
+                    .await?
+            } else {
+                sink.begin(&artifact, self.options.overwrite).await?
+            };
+            let ck = match self.checkpointer(&spec, staging.as_ref()).await {
+                Ok(ck) => ck,
+                Err(e) => {
+                    // A checkpoint of something else: leave it for the user.
+                    if let Err(keep_err) = staging.keep().await {
+                        tracing::warn!(error = %keep_err, "could not leave the partial export");
+                    }
+                    return Err(e);
+                }
+            };
+            let mut built = self
+                .build(&spec, source, staging.as_mut(), &base, ck.as_ref())
+                .await;
+            if let (Ok(report), true) = (&mut built, self.options.verify) {
+                match self.verify(staging.as_ref(), report).await {
+                    Ok(()) => report.verified = true,
+                    Err(e) => built = Err(e),
+                }
+            }
+            if let (Ok(_), Some(ck)) = (&built, &ck) {
+                if let Err(e) = ck.clear().await {
+                    built = Err(e);
+                }
+            }
+            if let (Ok(report), Some(hook)) = (&mut built, &self.before_publish) {
+                report.location = staging.destination();
+                report.provider = provider.to_string();
+                if let Err(e) = hook(report).await {
+                    built = Err(e);
+                }
+            }
+            let mut report = match built {
+                Ok(r) => r,
+                Err(e) => {
+                    if ck.is_some() && self.options.keeps_partial_after(&e) {
+                        match staging.keep().await {
+                            Ok(at) => {
+                                tracing::warn!(
+                                    partial = %at,
+                                    "the partial export is kept: the same export with resume continues it"
+                                );
+                                if let Some(f) = &self.on_partial_kept {
+                                    f(&at);
+                                }
+                            }
+                            Err(keep_err) => tracing::warn!(error = %keep_err, "could not keep the partial export"),
+                        }
+                    } else if let Err(abort_err) = staging.abort().await {
+                        tracing::warn!(error = %abort_err, "could not clean up the staging area");
+                    }
+                    return Err(e);
+                }
+            };
+            report.location = staging.commit().await?;
+            report.provider = provider.to_string();
+            report.duration_secs = start.elapsed().as_secs_f64();
+            report.throughput_mb_s = if report.duration_secs > 0.0 {
+                report.bytes_read as f64 / report.duration_secs / 1e6
+            } else {
+                0.0
+            };
+            self.emit(Some(ProgressEvent {
+                phase: Phase::Done,
+                disk_index: 0,
+                disk: String::new(),
+                bytes_done: report.bytes_read,
+                bytes_total: report.bytes_read,
+                rate_bps: report.throughput_mb_s * 1e6,
+                eta_secs: Some(0.0),
+            }));
+            info!(location = %report.location, size = report.size, secs = report.duration_secs, "export complete");
+            Ok(report)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The checkpoint of this export, if it keeps one: the saved one when
+    /// resuming (refused if it is of another export), else a fresh one.
+    async fn checkpointer(
+        &self,
+        spec: &VmSpec,
+        staging: &dyn Staging,
+    ) -> Result<Option<Checkpointer>> {
+        let Some(store) = staging.checkpoints().filter(|_| self.options.checkpoint) else {
+            return Ok(None);
+        };
+        let identity = Identity::of(spec, &self.options);
+        let saved = if self.options.resume {
+            let s = store.clone();
+            tokio::task::spawn_blocking(move || s.load())
+                .await
+                .map_err(|e| Error::Internal(format!("checkpoint thread failed: {e}")))??
+        } else {
+            None
+        };
+        let state = match saved {
+            Some(bytes) => {
+                let c = Checkpoint::parse(&bytes, &identity, &store.location())?;
+                info!(checkpoint = %store.location(), "continuing the partial export");
+                c
+            }
+            None => Checkpoint::new(identity),
+        };
+        let ck = Checkpointer::new(store, state, self.options.checkpoint_every);
+        ck.update(|_| {}).await?;
+        Ok(Some(ck))
+    }
+
+    /// Writes every file of the package into `staging`; does not commit.
+    async fn build(
+        &self,
+        spec: &VmSpec,
+        source: &dyn ExportSource,
+        staging: &mut dyn Staging,
+        base: &str,
+        ck: Option<&Checkpointer>,
+    ) -> Result<ExportReport> {
+        // Up to `parallel_disks` disks at once. Opening a disk (its source
+        // stream and its object in the staging area) needs the staging area,
+        // so it happens here, one at a time, when a slot is free; the running
+        // disks need nothing shared.
+        let n = spec.disks.len();
+        let parallel = self.options.parallel_disks.max(1);
+        let mut outcomes: Vec<Option<DiskOutcome>> = (0..n).map(|_| None).collect();
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        let mut next = 0;
+        while next < n || !running.is_empty() {
+            while next < n && running.len() < parallel {
+                let name = disk_file_name(base, next);
+                let index = next;
+                next += 1;
+                let prepared = match self.prepare_disk(source, index, &name, staging, ck).await? {
+                    Prepared::Done(o) => {
+                        info!(disk = %spec.disks[index].name, "disk already exported; kept");
+                        outcomes[index] = Some(o);
+                        continue;
+                    }
+                    Prepared::Run(p) => p,
+                };
+                let span = info_span!("disk", index, disk = %spec.disks[index].name);
+                running.push(async move {
+                    let outcome = self.run_disk(spec, prepared).instrument(span).await;
+                    if let (Ok(o), Some(ck)) = (&outcome, ck) {
+                        let done = DoneDisk {
+                            file: o.file.clone(),
+                            populated: o.populated,
+                            bytes_read: o.bytes_read,
+                        };
+                        ck.update(|c| {
+                            c.disks[index].durable = done.file.stored_size;
+                            c.disks[index].done = Some(done);
+                        })
+                        .await?;
+                    }
+                    Ok::<_, Error>((index, outcome?))
+                });
+            }
+            if let Some(finished) = running.next().await {
+                let (index, outcome) = finished?;
+                outcomes[index] = Some(outcome);
+            }
+        }
+        let outcomes: Vec<DiskOutcome> = outcomes.into_iter().flatten().collect();
+        let written: Vec<WrittenDisk> = outcomes
+            .iter()
+            .map(|o| WrittenDisk {
+                file: o.file.name.clone(),
+                file_size: o.file.size,
+                populated: o.populated,
+            })
+            .collect();
+        let ovf = write_envelope(&ovf_system(spec, &written));
+        let ovf_name = format!("{base}.ovf");
+        let mf_name = format!("{base}.mf");
+        let mut manifest_entries = vec![manifest_entry(
+            self.options.digest,
+            &ovf_name,
+            &digest_hex(self.options.digest, ovf.as_bytes()),
+        )?];
+        for o in &outcomes {
+            manifest_entries.push(manifest_entry(
+                self.options.digest,
+                &o.file.name,
+                &o.file.digest,
+            )?);
+        }
+        let manifest = write_manifest(&manifest_entries);
+
+        let (size, ova_digest, ovf_file, mf_file) = match self.options.format {
+            PackageFormat::Ovf => {
+                let ovf_file = self.write_small(staging, &ovf_name, ovf.as_bytes()).await?;
+                let mf_file = self
+                    .write_small(staging, &mf_name, manifest.as_bytes())
+                    .await?;
+                let total = ovf_file.stored_size
+                    + mf_file.stored_size
+                    + outcomes.iter().map(|o| o.file.stored_size).sum::<u64>();
+                (total, None, ovf_file, mf_file)
+            }
+            PackageFormat::Ova => {
+                let plain = |name: &str, bytes: &[u8]| FileReport {
+                    name: name.to_string(),
+                    size: bytes.len() as u64,
+                    digest: digest_hex(self.options.digest, bytes),
+                    stored_name: name.to_string(),
+                    stored_size: bytes.len() as u64,
+                };
+                let ovf_file = plain(&ovf_name, ovf.as_bytes());
+                let mf_file = plain(&mf_name, manifest.as_bytes());
+                let ova = self
+                    .write_ova(
+                        staging,
+                        base,
+                        (&ovf_file, ovf.as_bytes()),
+                        (&mf_file, manifest.as_bytes()),
+                        &outcomes,
+                    )
+                    .await?;
+                (ova.stored_size, Some(ova), ovf_file, mf_file)
+            }
+        };
+        let mut files = vec![ovf_file, mf_file];
+        files.extend(outcomes.iter().map(|o| o.file.clone()));
+        Ok(ExportReport {
+            vm: spec.name.clone(),
+            provider: String::new(),
+            format: self.options.format,
+            location: String::new(),
+            size,
+            digest_algorithm: self.options.digest.manifest_name().to_string(),
+            ova: ova_digest,
+            compression: self.options.compression.map(|c| c.to_string()),
+            encrypted: self.options.encryption.is_some(),
+            verified: false,
+            files,
+            manifest,
+            disks: spec
+                .disks
+                .iter()
+                .zip(&outcomes)
+                .map(|(d, o)| DiskReport {
+                    name: d.name.clone(),
+                    capacity: d.capacity,
+                    file: o.file.name.clone(),
+                    populated: o.populated,
+                })
+                .collect(),
+            duration_secs: 0.0,
+            bytes_read: outcomes.iter().map(|o| o.bytes_read).sum(),
+            resumed_bytes: outcomes.iter().map(|o| o.kept).sum(),
+            throughput_mb_s: 0.0,
+        })
+    }
+}
+
+mod disk;
+mod object;
+mod ova;
+mod resume;
+mod verify;
+
+use disk::Prepared;
+use object::{digest_hex, first_cause, manifest_entry, ObjectSink};
+use resume::{recover, Recovered};

@@ -1,0 +1,175 @@
+//! Stored objects: each goes through the transform pipeline (digest,
+//! compression, encryption) into a sink writer.
+
+use super::*;
+
+impl Exporter {
+    /// The transforms for a stored object: the digest always; compression
+    /// and encryption when `wrapped` (the stored form, not a spool).
+    pub(super) fn transform_spec(&self, wrapped: bool) -> TransformSpec {
+        TransformSpec {
+            digest: Some(self.options.digest),
+            compression: self.options.compression.filter(|_| wrapped),
+            encryption: self.options.encryption.clone().filter(|_| wrapped),
+            chunk_size: self.options.chunk_size.max(64 * 1024),
+            queue_depth: self.options.queue_depth.max(1),
+            workers: self.options.workers.max(1),
+        }
+    }
+
+    /// Creates object `name` (plus the transforms' suffix when `wrapped`)
+    /// and starts its pipeline.
+    pub(super) async fn open_object(
+        &self,
+        staging: &mut dyn Staging,
+        name: &str,
+        wrapped: bool,
+    ) -> Result<(PipelineInput, ObjectSink)> {
+        self.open_object_at(staging, name, wrapped, None, None)
+            .await
+    }
+
+    /// [`open_object`](Self::open_object), continuing the object after the
+    /// bytes `cont` kept, and checkpointing it as disk `slot`'s.
+    pub(super) async fn open_object_at(
+        &self,
+        staging: &mut dyn Staging,
+        name: &str,
+        wrapped: bool,
+        cont: Option<Continue>,
+        slot: Option<(Checkpointer, usize)>,
+    ) -> Result<(PipelineInput, ObjectSink)> {
+        let spec = self.transform_spec(wrapped);
+        let stored_name = format!("{name}{}", spec.extension());
+        let base = cont.as_ref().map_or(0, |c| c.offset);
+        let writer = match &cont {
+            Some(c) => staging.append(&stored_name, c.offset).await?,
+            None => staging.create(&stored_name).await?,
+        };
+        let (input, output) = pipeline::start_at(&spec, cont)?;
+        Ok((
+            input,
+            ObjectSink {
+                name: name.to_string(),
+                stored_name,
+                writer,
+                output,
+                base,
+                slot,
+            },
+        ))
+    }
+
+    /// Writes a small object (descriptor, manifest) through the transforms.
+    pub(super) async fn write_small(
+        &self,
+        staging: &mut dyn Staging,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<FileReport> {
+        let (mut input, object) = self.open_object(staging, name, true).await?;
+        let feed = async move {
+            input.write(bytes).await?;
+            input.close().await
+        };
+        let (fed, drained) = tokio::join!(feed, object.drain());
+        first_cause(
+            fed.map_err(|e| Error::sink("cannot write", name, e)),
+            drained,
+        )
+        .map(|((), report)| report)
+    }
+}
+
+/// The drain of one object's pipeline into its sink writer.
+pub(super) struct ObjectSink {
+    pub(super) name: String,
+    pub(super) stored_name: String,
+    pub(super) writer: Box<dyn SinkWriter>,
+    pub(super) output: PipelineOutput,
+    /// Bytes the object already holds (continued).
+    pub(super) base: u64,
+    /// The checkpoint and disk this object's progress is recorded as.
+    pub(super) slot: Option<(Checkpointer, usize)>,
+}
+
+impl ObjectSink {
+    /// Writes the pipeline's output to the sink until it ends, then makes
+    /// the object durable and reports it. With a checkpoint slot, syncs the
+    /// object and records its durable size every `checkpoint_every` bytes
+    /// or [`checkpoint::INTERVAL`](crate::checkpoint::INTERVAL).
+    pub(super) async fn drain(mut self) -> Result<FileReport> {
+        let mut stored: u64 = self.base;
+        let mut synced = (stored, Instant::now());
+        while let Some(buf) = self.output.recv().await {
+            self.writer.write(&buf).await?;
+            stored += buf.len() as u64;
+            self.output.recycle(buf);
+            if let Some((ck, index)) = &self.slot {
+                if stored - synced.0 >= ck.every
+                    || synced.1.elapsed() >= crate::checkpoint::INTERVAL
+                {
+                    if let Some(durable) = self.writer.sync().await? {
+                        let index = *index;
+                        ck.update(|c| c.disks[index].durable = durable).await?;
+                    }
+                    synced = (stored, Instant::now());
+                }
+            }
+        }
+        let summary = self.output.finish().await?;
+        let finished = self.writer.finish().await?;
+        if finished != stored || stored - self.base != summary.output_bytes {
+            return Err(Error::Internal(format!(
+                "{}: the pipeline passed {} bytes, the sink received {stored} and stored {finished}",
+                self.stored_name, summary.output_bytes
+            )));
+        }
+        Ok(FileReport {
+            name: self.name,
+            size: summary.input_bytes,
+            digest: summary
+                .digest
+                .ok_or_else(|| Error::Internal("the pipeline computed no digest".into()))?,
+            stored_name: self.stored_name,
+            stored_size: stored,
+        })
+    }
+}
+
+/// The error that caused the others, when a feeder and a drain ran together:
+/// a sink failure makes the feeder fail too (report the sink's); a feeder
+/// failure leaves the pipeline's input unclosed, which the drain reports as
+/// Cancelled (report the feeder's).
+pub(super) fn first_cause<A, B>(fed: Result<A>, drained: Result<B>) -> Result<(A, B)> {
+    match (fed, drained) {
+        (Ok(a), Ok(b)) => Ok((a, b)),
+        (Err(e), Err(Error::Cancelled)) => Err(e),
+        (_, Err(e)) => Err(e),
+        (Err(e), Ok(_)) => Err(e),
+    }
+}
+
+/// The digest of `bytes`, lower-case hex.
+pub(super) fn digest_hex(algorithm: DigestAlgorithm, bytes: &[u8]) -> String {
+    let mut h = Hasher::new(algorithm);
+    h.update(bytes);
+    h.finish_hex()
+}
+
+pub(super) fn manifest_entry(
+    algorithm: DigestAlgorithm,
+    name: &str,
+    hex: &str,
+) -> Result<ManifestEntry> {
+    let digest = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("x"), 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|e| Error::Internal(format!("bad digest of {name}: {e}")))?;
+    Ok(ManifestEntry {
+        algorithm,
+        name: name.to_string(),
+        digest,
+    })
+}
