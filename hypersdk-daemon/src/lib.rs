@@ -47,6 +47,7 @@ pub mod runner;
 pub mod schedules;
 pub mod serve;
 pub mod store;
+pub mod submit;
 pub mod telemetry;
 pub mod webhooks;
 
@@ -100,8 +101,10 @@ impl Daemon {
         let metrics = Arc::new(metrics::Metrics::default());
         let hooks = webhooks::Webhooks::start(store.clone(), config.webhooks.clone()).await?;
         let runner = runner::Runner::new(store.clone(), config.clone(), metrics.clone(), hooks);
+        let submitter = Arc::new(submit::Submitter::new(store.clone(), runner.clone()));
         let state = Arc::new(api::AppState {
             store,
+            submitter: submitter.clone(),
             runner: runner.clone(),
             metrics,
             config: config.clone(),
@@ -134,7 +137,7 @@ impl Daemon {
             }
         });
         let worker = tokio::spawn(runner.clone().run(stop.clone()));
-        let scheduler = tokio::spawn(schedules::run(state, stop.clone()));
+        let scheduler = tokio::spawn(schedules::run(submitter, stop.clone()));
         Ok(Daemon {
             addr,
             tls: config.tls.is_some(),

@@ -278,7 +278,7 @@ impl Runner {
                 ),
                 Err(e) => {
                     let end = JobEnd {
-                        error: Some(error_chain(&e)),
+                        error: Some(hypersdk_core::error::chain(&e)),
                         retryable: hypersdk_core::checkpoint::keeps_partial(&e),
                         partial,
                         ..JobEnd::default()
@@ -482,6 +482,3 @@ impl Runner {
             .await
     }
 }
-
-/// An error and its causes, joined by ": ".
-pub use hypersdk_core::error::chain as error_chain;

@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::api::AppState;
 use crate::store::{db_err, now, Store, StoreError, StoreResult};
+use crate::submit::Submitter;
 
 /// How late an occurrence may be found and still run.
 pub const GRACE: Duration = Duration::from_secs(60);
@@ -293,44 +293,24 @@ impl Store {
 /// Submits a schedule's job template now; the run record says what came
 /// of it.
 pub async fn submit(
-    st: &AppState,
+    sub: &Submitter,
     s: &Schedule,
     due: Option<DateTime<Utc>>,
     why: &str,
 ) -> ScheduleRun {
     let at = now();
     let due_at = due.map(rfc3339);
-    let specs = match crate::api::resolve_jobs(st, s.job.clone()).await {
-        Ok(specs) => specs,
-        Err(e) => {
-            return ScheduleRun {
-                at,
-                due_at,
-                status: "failed".into(),
-                jobs: vec![],
-                message: e.to_string(),
-            }
-        }
-    };
-    match st
-        .store
-        .insert(
-            specs,
-            format!("schedule:{}", s.name),
-            crate::telemetry::current_traceparent(),
-        )
+    match sub
+        .submit(s.job.clone(), format!("schedule:{}", s.name))
         .await
     {
-        Ok(jobs) => {
-            crate::api::created(st, &jobs);
-            ScheduleRun {
-                at,
-                due_at,
-                status: "submitted".into(),
-                jobs: jobs.iter().map(|j| j.id).collect(),
-                message: why.to_string(),
-            }
-        }
+        Ok(jobs) => ScheduleRun {
+            at,
+            due_at,
+            status: "submitted".into(),
+            jobs: jobs.iter().map(|j| j.id).collect(),
+            message: why.to_string(),
+        },
         Err(e) => ScheduleRun {
             at,
             due_at,
@@ -342,7 +322,7 @@ pub async fn submit(
 }
 
 /// Runs due schedules until `stop` fires.
-pub async fn run(st: Arc<AppState>, stop: hypersdk_core::CancellationToken) {
+pub async fn run(st: Arc<Submitter>, stop: hypersdk_core::CancellationToken) {
     loop {
         if let Err(e) = tick(&st, Utc::now()).await {
             tracing::warn!(error = %e, "scheduler check failed");
@@ -355,8 +335,8 @@ pub async fn run(st: Arc<AppState>, stop: hypersdk_core::CancellationToken) {
 }
 
 /// One check at time `t`.
-async fn tick(st: &AppState, t: DateTime<Utc>) -> Result<(), StoreError> {
-    for s in st.store.schedules(None).await? {
+async fn tick(st: &Submitter, t: DateTime<Utc>) -> Result<(), StoreError> {
+    for s in st.store().schedules(None).await? {
         let Some(next) = s.next_run_at.as_deref().and_then(parse_time) else {
             continue;
         };
@@ -414,7 +394,7 @@ async fn tick(st: &AppState, t: DateTime<Utc>) -> Result<(), StoreError> {
             runs.push(submit(st, &s, Some(latest), "on schedule").await);
         }
         let next = when.next_after(t).map(rfc3339);
-        st.store
+        st.store()
             .record_runs(s.id, runs, next, run_latest && !more)
             .await?;
     }

@@ -506,7 +506,7 @@ impl Worker {
                 (Some(i64::from(s.as_u16())), err)
             }
             // Without the URL: it may hold credentials.
-            Err(e) => (None, Some(crate::runner::error_chain(&e.without_url()))),
+            Err(e) => (None, Some(hypersdk_core::error::chain(&e.without_url()))),
         }
     }
 

@@ -1,0 +1,57 @@
+//! Who calls: API keys (hashed), bearer or X-API-Key, and the role each
+//! route needs.
+
+use super::*;
+
+/// The caller, once authenticated.
+#[derive(Debug, Clone)]
+pub(super) struct Caller {
+    pub(super) name: String,
+    /// Whether the caller showed a valid key (or none are configured:
+    /// then everyone is admin, on loopback only).
+    pub(super) known: bool,
+}
+
+/// The role a route needs.
+pub(super) fn needed_role(method: &Method, route: &str) -> Role {
+    if route.starts_with("/api/v1/audit") {
+        Role::Admin
+    } else if method == Method::GET || method == Method::HEAD {
+        Role::Viewer
+    } else {
+        Role::Operator
+    }
+}
+
+/// The token of an `Authorization: Bearer TOKEN` value; the scheme is
+/// case-insensitive (RFC 9110, section 11.1).
+pub(super) fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
+}
+
+/// Who presents `headers`: Ok(None) without a key, Err for a wrong key.
+pub(super) fn authenticate(
+    config: &Config,
+    headers: &HeaderMap,
+) -> Result<Option<(String, Role)>, ()> {
+    let key = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(bearer_token)
+        });
+    let Some(key) = key else { return Ok(None) };
+    let digest = hypersdk_formats::manifest::to_hex(&Sha256::digest(key.trim().as_bytes()));
+    config
+        .api_keys
+        .iter()
+        .find(|k| k.sha256.eq_ignore_ascii_case(&digest))
+        .map(|k| Some((k.name.clone(), k.role)))
+        .ok_or(())
+}

@@ -1,0 +1,91 @@
+//! `/health`, `/ready` and Prometheus `/metrics`.
+
+use super::*;
+
+/// Liveness and readiness.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// "ok", or what is wrong.
+    pub status: String,
+    /// Jobs waiting.
+    pub queued: Option<i64>,
+    /// Exports running.
+    pub active: Option<usize>,
+    /// Free bytes on the output root's file system.
+    pub free_bytes: Option<u64>,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", responses((status = 200, body = Health)))]
+pub(super) async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        queued: None,
+        active: None,
+        free_bytes: None,
+    })
+}
+
+/// Readiness: the database answers. Callers with a key (or every caller
+/// when no keys are configured) also get queue depth, active exports and
+/// free space; anonymous ones only ready or not.
+#[utoipa::path(get, path = "/ready", responses((status = 200, body = Health), (status = 503, body = Health)))]
+pub(super) async fn ready(State(st): Shared, caller: axum::Extension<Caller>) -> Response {
+    let db = st.store.ping().await;
+    let code = if db.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    if !caller.known {
+        let status = if db.is_ok() { "ok" } else { "not ready" };
+        let body = Health {
+            status: status.into(),
+            queued: None,
+            active: None,
+            free_bytes: None,
+        };
+        return (code, Json(body)).into_response();
+    }
+    let counts = st.store.counts().await.unwrap_or_default();
+    let queued = counts
+        .iter()
+        .find(|(k, _)| k == "queued")
+        .map_or(0, |(_, n)| *n);
+    let free = free_bytes(&st.config.output_root);
+    let body = Health {
+        status: match &db {
+            Ok(()) => "ok".into(),
+            Err(e) => e.to_string(),
+        },
+        queued: Some(queued),
+        active: Some(st.runner.active()),
+        free_bytes: free,
+    };
+    (code, Json(body)).into_response()
+}
+
+/// Free bytes of the file system holding `path` (from `df`, which every
+/// Unix has; None if it cannot tell).
+pub(super) fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    let out = std::process::Command::new("df")
+        .args(["-Pk"])
+        .arg(path)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().nth(1)?;
+    let kib: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String)))]
+pub(super) async fn metrics(State(st): Shared) -> Response {
+    let counts = st.store.counts().await.unwrap_or_default();
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        st.metrics.render(&counts),
+    )
+        .into_response()
+}

@@ -1,0 +1,119 @@
+//! Submitting jobs: the one path by which API calls and schedules queue
+//! work — resolve each job against its profile, check it, store it, announce
+//! it (webhooks) and wake the runner.
+
+use std::sync::Arc;
+
+use crate::model::{Job, JobSpec};
+use crate::runner::Runner;
+use crate::store::{Store, StoreError};
+
+/// Most jobs one submission may hold.
+pub const MAX_BATCH: usize = 1000;
+
+/// Why a submission was refused.
+#[derive(Debug)]
+pub enum SubmitError {
+    /// A job is malformed or invalid; the message names the job and field.
+    Invalid(String),
+    /// More jobs than [`MAX_BATCH`] at once.
+    TooMany(String),
+    /// The store failed.
+    Store(StoreError),
+}
+
+impl std::fmt::Display for SubmitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubmitError::Invalid(m) | SubmitError::TooMany(m) => f.write_str(m),
+            SubmitError::Store(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Queues jobs.
+#[derive(Debug, Clone)]
+pub struct Submitter {
+    store: Store,
+    runner: Arc<Runner>,
+}
+
+impl Submitter {
+    /// A submitter over `store` whose jobs `runner` runs.
+    pub fn new(store: Store, runner: Arc<Runner>) -> Self {
+        Submitter { store, runner }
+    }
+
+    /// The job store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A submission's jobs: one job (an object) or a list, each resolved
+    /// against its profile and checked; messages name the job and the field.
+    pub async fn resolve(&self, value: serde_json::Value) -> Result<Vec<JobSpec>, SubmitError> {
+        let (items, batch) = match value {
+            serde_json::Value::Array(items) => {
+                if items.is_empty() {
+                    return Err(SubmitError::Invalid("an empty list of jobs".into()));
+                }
+                if items.len() > MAX_BATCH {
+                    return Err(SubmitError::TooMany(format!(
+                        "{} jobs in one submission; at most {MAX_BATCH}",
+                        items.len()
+                    )));
+                }
+                (items, true)
+            }
+            v @ serde_json::Value::Object(_) => (vec![v], false),
+            _ => {
+                return Err(SubmitError::Invalid(
+                    "expected a job (an object) or a list of jobs".into(),
+                ))
+            }
+        };
+        let providers = self.runner.providers.names();
+        let mut specs = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let spec = crate::profiles::resolve(&self.store, item, &providers)
+                .await
+                .map_err(|e| {
+                    SubmitError::Invalid(if batch {
+                        format!("job {}: {e}", i + 1)
+                    } else {
+                        format!("job: {e}")
+                    })
+                })?;
+            specs.push(spec);
+        }
+        Ok(specs)
+    }
+
+    /// Resolves, stores and announces a submission by `by`.
+    pub async fn submit(
+        &self,
+        value: serde_json::Value,
+        by: String,
+    ) -> Result<Vec<Job>, SubmitError> {
+        let specs = self.resolve(value).await?;
+        let jobs = self
+            .store
+            .insert(specs, by, crate::telemetry::current_traceparent())
+            .await
+            .map_err(SubmitError::Store)?;
+        self.announce(&jobs);
+        Ok(jobs)
+    }
+
+    /// Announces new jobs (webhooks) and wakes the runner.
+    pub fn announce(&self, jobs: &[Job]) {
+        for j in jobs {
+            self.runner.webhooks.emit(
+                "job.created",
+                j.id,
+                serde_json::to_value(j).unwrap_or_default(),
+            );
+        }
+        self.runner.wake();
+    }
+}
