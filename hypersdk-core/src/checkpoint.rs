@@ -207,9 +207,8 @@ impl Checkpointer {
     }
 }
 
-/// Whether an export that failed with `e` is worth continuing later: it
-/// was cancelled or interrupted, or the sink failed (e.g. a full disk) —
-/// not bad input, which would fail the same way again.
+/// Whether an export that failed with `e` is worth continuing later
+/// ([`Error::worth_resuming`]).
 pub fn keeps_partial(e: &Error) -> bool {
-    matches!(e, Error::Cancelled | Error::Sink { .. }) || e.is_retryable()
+    e.worth_resuming()
 }

@@ -123,6 +123,13 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether an export that failed with this is worth continuing later:
+    /// it was cancelled or interrupted, or the sink failed (e.g. a full
+    /// disk) — not bad input, which would fail the same way again.
+    pub fn worth_resuming(&self) -> bool {
+        matches!(self, Error::Cancelled | Error::Sink { .. }) || self.is_retryable()
+    }
+
     /// Whether the operation may succeed if tried again (network hiccups,
     /// timeouts, busy resources). Missing VMs, bad input, corrupt data and
     /// cancellation are permanent.

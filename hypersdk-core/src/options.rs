@@ -125,11 +125,11 @@ impl Default for ExportOptions {
 impl ExportOptions {
     /// Whether an export with these options that failed with `e` leaves its
     /// partial state for a resume: checkpoints are on, the failure is worth
-    /// continuing ([`crate::checkpoint::keeps_partial`]), and the staged
+    /// continuing ([`Error::worth_resuming`](crate::Error::worth_resuming)), and the staged
     /// files are not plain spools of an encrypted OVA (never left behind).
     pub fn keeps_partial_after(&self, e: &crate::Error) -> bool {
         let plain_spools = self.encryption.is_some() && self.format == PackageFormat::Ova;
-        self.checkpoint && !plain_spools && crate::checkpoint::keeps_partial(e)
+        self.checkpoint && !plain_spools && e.worth_resuming()
     }
 
     /// What an export of the VM named `vm` with these options publishes:

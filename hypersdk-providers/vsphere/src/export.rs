@@ -31,7 +31,7 @@ use tracing::{debug, warn};
 use crate::client::{permanent, Connection};
 use crate::download::{download, Target};
 use crate::inventory::{self, properties};
-use crate::ops::{delete_snapshot, take_snapshot};
+use crate::tasks::{delete_snapshot, take_snapshot};
 use crate::soap::{el, MoRef};
 
 /// How long a lease may take to become ready, and a snapshot task to run.

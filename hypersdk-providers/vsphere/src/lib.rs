@@ -53,6 +53,7 @@ mod inventory;
 mod ops;
 mod provider;
 pub mod soap;
+mod tasks;
 mod tls;
 
 pub use client::{ConnectOptions, Connection, ServiceContent};
