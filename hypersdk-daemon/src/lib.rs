@@ -40,6 +40,7 @@ pub mod api;
 pub mod config;
 pub mod egress;
 pub mod metrics;
+pub mod migrations;
 pub mod model;
 pub mod outputs;
 pub mod profiles;

@@ -36,90 +36,6 @@ pub struct Store {
     reader: Arc<Mutex<Connection>>,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    spec TEXT NOT NULL,
-    vm TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    submitted_by TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    started_at TEXT,
-    finished_at TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    result TEXT,
-    error TEXT,
-    trace_parent TEXT,
-    retryable INTEGER NOT NULL DEFAULT 0,
-    partial TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, priority DESC, id);
-CREATE TABLE IF NOT EXISTS job_events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id INTEGER NOT NULL,
-    at TEXT NOT NULL,
-    status TEXT,
-    message TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS job_events_job ON job_events (job_id, id);
-CREATE TABLE IF NOT EXISTS profiles (
-    name TEXT PRIMARY KEY,
-    body TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS schedules (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL UNIQUE,
-    cron TEXT NOT NULL,
-    timezone TEXT NOT NULL,
-    job TEXT NOT NULL,
-    enabled INTEGER NOT NULL,
-    created_at TEXT NOT NULL,
-    next_run_at TEXT,
-    last_run_at TEXT
-);
-CREATE TABLE IF NOT EXISTS schedule_runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    schedule_id INTEGER NOT NULL,
-    at TEXT NOT NULL,
-    due_at TEXT,
-    status TEXT NOT NULL,
-    jobs TEXT NOT NULL,
-    message TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS schedule_runs_schedule ON schedule_runs (schedule_id, id);
-CREATE TABLE IF NOT EXISTS webhooks (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    url TEXT NOT NULL,
-    events TEXT NOT NULL,
-    secret TEXT NOT NULL,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS webhook_deliveries (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    webhook_id INTEGER NOT NULL,
-    delivery TEXT NOT NULL,
-    event TEXT NOT NULL,
-    job_id INTEGER,
-    attempt INTEGER NOT NULL,
-    at TEXT NOT NULL,
-    status INTEGER,
-    ok INTEGER NOT NULL,
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS webhook_deliveries_hook ON webhook_deliveries (webhook_id, id);
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at TEXT NOT NULL,
-    who TEXT NOT NULL,
-    method TEXT NOT NULL,
-    path TEXT NOT NULL,
-    status INTEGER NOT NULL
-);
-";
-
 /// Creates the database file 0600 if it is missing, and makes it and its
 /// `-wal`/`-shm` companions 0600 if they exist with wider modes.
 fn private_files(path: &Path) -> StoreResult<()> {
@@ -242,42 +158,9 @@ impl Store {
                 .map_err(db_err("pragmas"))?;
             Ok(c)
         };
-        let writer = open("writer")?;
-        writer.execute_batch(SCHEMA).map_err(db_err("schema"))?;
-        // Databases made before jobs kept these columns.
-        for (column, ddl) in [
-            (
-                "trace_parent",
-                "ALTER TABLE jobs ADD COLUMN trace_parent TEXT",
-            ),
-            (
-                "retryable",
-                "ALTER TABLE jobs ADD COLUMN retryable INTEGER NOT NULL DEFAULT 0",
-            ),
-            ("partial", "ALTER TABLE jobs ADD COLUMN partial TEXT"),
-        ] {
-            let has: bool = writer
-                .query_row(
-                    "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = ?1",
-                    [column],
-                    |r| r.get::<_, i64>(0),
-                )
-                .map_err(db_err("schema"))?
-                > 0;
-            if !has {
-                writer
-                    .execute_batch(ddl)
-                    .map_err(db_err("schema upgrade"))?;
-            }
-        }
-        // The age sweep's query (after each job) reads only jobs that keep
-        // a partial export. SQLite gives the -wal and -shm files it creates
-        // the database file's mode, so they are private too.
-        writer
-            .execute_batch(
-                "CREATE INDEX IF NOT EXISTS jobs_partial ON jobs (finished_at) WHERE partial IS NOT NULL",
-            )
-            .map_err(db_err("schema"))?;
+        let mut writer = open("writer")?;
+        crate::migrations::migrate(&mut writer)
+            .map_err(|e| StoreError(format!("database {}: {e}", path.display())))?;
         let reader = open("reader")?;
         Ok(Store {
             writer: Arc::new(Mutex::new(writer)),

@@ -31,8 +31,8 @@ use tracing::{debug, warn};
 use crate::client::{permanent, Connection};
 use crate::download::{download, Target};
 use crate::inventory::{self, properties};
-use crate::tasks::{delete_snapshot, take_snapshot};
 use crate::soap::{el, MoRef};
+use crate::tasks::{delete_snapshot, take_snapshot};
 
 /// How long a lease may take to become ready, and a snapshot task to run.
 const READY_TIMEOUT: Duration = Duration::from_secs(600);

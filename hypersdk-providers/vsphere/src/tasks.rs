@@ -80,4 +80,3 @@ pub(crate) async fn run_task(
     let task = returned_task(&rv, method)?;
     inventory::wait_task(conn, &task, what, TASK_TIMEOUT, progress).await
 }
-
