@@ -124,6 +124,7 @@ pub mod progress;
 pub mod provider;
 pub mod report;
 pub mod retry;
+pub mod served;
 pub mod sink;
 pub mod task;
 pub mod transforms;
@@ -137,6 +138,7 @@ pub use options::{ExportOptions, ExportSettings, PackageFormat};
 pub use progress::{Phase, ProgressEvent, ProgressFn};
 pub use provider::{DiskStream, ExportSource, Provider};
 pub use report::{DiskReport, ExportReport, FileReport};
+pub use served::ServedFormat;
 pub use sink::{Artifact, CheckpointStore, Sink, SinkWriter, Staging};
 pub use tokio_util::sync::CancellationToken;
 pub use vm::{

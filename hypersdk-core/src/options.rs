@@ -76,7 +76,7 @@ pub struct ExportOptions {
     pub idle_timeout: Option<std::time::Duration>,
     /// Decode and re-encode disks the source already serves as
     /// streamOptimized VMDK (see
-    /// [`ExportSource::open_disk_vmdk`](crate::ExportSource::open_disk_vmdk))
+    /// [`ExportSource::open_served`](crate::ExportSource::open_served))
     /// instead of storing them as they arrive.
     pub reencode: bool,
     /// After writing, read every stored file back from the sink (decrypting

@@ -59,17 +59,59 @@ pub trait ExportSource: Send + Sync + std::fmt::Debug {
     /// The VM's hardware, with one entry per disk in `disks`.
     fn spec(&self) -> &VmSpec;
 
-    /// Opens disk `index` (into `spec().disks`) for reading from byte `offset`.
-    async fn open_disk(&self, index: usize, offset: u64) -> Result<DiskStream>;
+    /// Opens disk `index` (into `spec().disks`) for reading its guest
+    /// bytes from byte `offset`. The default decodes what
+    /// [`open_served`](Self::open_served) gives (see [`crate::served`]),
+    /// from the first byte, dropping what lies before `offset`; sources
+    /// that can seek in guest bytes override it.
+    async fn open_disk(&self, index: usize, offset: u64) -> Result<DiskStream> {
+        let spec = self.spec();
+        let disk = spec
+            .disks
+            .get(index)
+            .ok_or_else(|| crate::Error::InvalidArgument(format!("no disk {index}")))?;
+        let (Some(format), Some(served)) =
+            (self.served_format(index), self.open_served(index, 0).await?)
+        else {
+            return Err(crate::Error::Internal(format!(
+                "the source of VM '{}' serves disk '{}' neither as guest bytes nor in a format it names",
+                spec.name, disk.name
+            )));
+        };
+        let guest = crate::served::guest_bytes(
+            format,
+            served,
+            disk.capacity,
+            (&spec.name, &disk.name, &disk.location),
+        );
+        Ok(skip_bytes(guest, offset))
+    }
 
-    /// Disk `index` as a streamOptimized VMDK, when the platform serves it so
-    /// (an ESXi/vCenter NFC export): the Exporter then stores those bytes as
-    /// they arrive, checking their structure, instead of decoding and
-    /// re-encoding them. The stream starts at byte `offset` of that VMDK
-    /// (to resume a download). The default, None, means only guest bytes
-    /// ([`open_disk`](Self::open_disk)) are available.
-    async fn open_disk_vmdk(&self, index: usize, offset: u64) -> Result<Option<DiskStream>> {
+    /// The encoding the platform serves disk `index` in, if it serves one
+    /// ([`open_served`](Self::open_served)). The default: None, guest
+    /// bytes only.
+    fn served_format(&self, index: usize) -> Option<crate::served::ServedFormat> {
+        let _ = index;
+        None
+    }
+
+    /// Disk `index` as the platform serves it ([`served_format`](Self::served_format)),
+    /// from byte `offset` of that encoding (to resume a download). The
+    /// Exporter stores a streamOptimized VMDK as it arrives, checking its
+    /// structure, unless asked to re-encode; other formats it decodes. The
+    /// default, None, means only guest bytes are available.
+    async fn open_served(&self, index: usize, offset: u64) -> Result<Option<DiskStream>> {
         let _ = (index, offset);
+        Ok(None)
+    }
+
+    /// The byte ranges of disk `index` that hold data (sorted, disjoint,
+    /// within the capacity; bytes outside them read as zeros), when the
+    /// platform can tell (allocation maps, EBS block lists, page ranges):
+    /// for sparse reads, and the first of an incremental chain. None: not
+    /// known.
+    async fn allocated_ranges(&self, index: usize) -> Result<Option<Vec<std::ops::Range<u64>>>> {
+        let _ = index;
         Ok(None)
     }
 

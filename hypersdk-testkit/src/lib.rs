@@ -12,8 +12,9 @@
 //!   kept after an interruption continues to the same object.
 //! - [`provider::run_suite`]: list, search and get agree; a missing VM is
 //!   `vm_not_found`; every disk stream is exactly the disk's capacity, and
-//!   opening at an offset gives the same bytes as skipping to it (the served
-//!   VMDK too); two exports of one VM give identical packages; a cancelled
+//!   opening at an offset gives the same bytes as skipping to it (a served
+//!   encoding too, which decodes to the guest bytes); two exports of one VM
+//!   give identical packages; a cancelled
 //!   export leaves nothing visible.
 //!
 //! Failures panic with a message naming the rule, the implementation and

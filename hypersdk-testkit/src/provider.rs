@@ -33,7 +33,8 @@ pub async fn run_suite(provider: &dyn Provider, vm: &str) {
 pub async fn source_suite(source: &dyn ExportSource) {
     for i in 0..source.spec().disks.len() {
         a_disk_stream_is_its_capacity_and_offsets_agree(source, i).await;
-        a_served_vmdk_resumes_at_any_offset(source, i).await;
+        a_served_disk_resumes_at_any_offset_and_decodes_to_the_guest_bytes(source, i).await;
+        allocated_ranges_hold_every_nonzero_byte(source, i).await;
     }
 }
 
@@ -174,36 +175,98 @@ pub async fn a_disk_stream_is_its_capacity_and_offsets_agree(
     assert_eq!(e, 0, "{what}: a stream opened at the end has bytes");
 }
 
-/// Where the platform serves a disk as a VMDK, opening it at an offset
-/// gives the rest of the same bytes (what a resumed download appends).
-pub async fn a_served_vmdk_resumes_at_any_offset(source: &dyn ExportSource, index: usize) {
-    let Some(full) = source
-        .open_disk_vmdk(index, 0)
-        .await
-        .expect("open_disk_vmdk")
-    else {
+/// Where the platform serves a disk in an encoding of its own
+/// ([`ExportSource::served_format`]), opening it at an offset gives the
+/// rest of the same bytes (what a resumed download appends), and decoding
+/// it gives the guest bytes `open_disk` gives.
+pub async fn a_served_disk_resumes_at_any_offset_and_decodes_to_the_guest_bytes(
+    source: &dyn ExportSource,
+    index: usize,
+) {
+    let Some(format) = source.served_format(index) else {
+        assert!(
+            source
+                .open_served(index, 0)
+                .await
+                .expect("open_served")
+                .is_none(),
+            "a source that names no served format serves one"
+        );
         return; // this source serves guest bytes only (checked above)
     };
-    let (_, _, len) = hash_stream(full, 0).await;
+    let open = |offset| async move {
+        source
+            .open_served(index, offset)
+            .await
+            .expect("open_served")
+            .unwrap_or_else(|| panic!("served_format is {format:?} but open_served gives nothing"))
+    };
+    let (_, _, len) = hash_stream(open(0).await, 0).await;
     let cut = len / 3 + 7; // deliberately unaligned
-    let again = source
-        .open_disk_vmdk(index, 0)
-        .await
-        .expect("open_disk_vmdk")
-        .expect("served twice");
-    let (_, tail, len2) = hash_stream(again, cut).await;
-    assert_eq!(len, len2, "the served VMDK's length changed between reads");
-    let rest = source
-        .open_disk_vmdk(index, cut)
-        .await
-        .expect("open_disk_vmdk at an offset")
-        .expect("served");
-    let (rest_hash, _, rest_len) = hash_stream(rest, 0).await;
+    let (_, tail, len2) = hash_stream(open(0).await, cut).await;
+    assert_eq!(len, len2, "the served disk's length changed between reads");
+    let (rest_hash, _, rest_len) = hash_stream(open(cut).await, 0).await;
     assert_eq!(
         (rest_len, rest_hash),
         (len - cut, tail),
-        "the served VMDK from byte {cut} differs"
+        "the served disk from byte {cut} differs"
     );
+    let spec = source.spec();
+    let d = &spec.disks[index];
+    let decoded = hypersdk_core::served::guest_bytes(
+        format,
+        open(0).await,
+        d.capacity,
+        (&spec.name, &d.name, &d.location),
+    );
+    let (decoded_hash, _, n) = hash_stream(decoded, 0).await;
+    let (guest_hash, _, _) =
+        hash_stream(source.open_disk(index, 0).await.expect("open_disk"), 0).await;
+    assert_eq!(
+        (n, decoded_hash),
+        (d.capacity, guest_hash),
+        "the served {format:?} decodes to other bytes than open_disk gives"
+    );
+}
+
+/// Where a source reports a disk's allocated ranges, they are sorted,
+/// disjoint and within the capacity, and every byte outside them is zero.
+pub async fn allocated_ranges_hold_every_nonzero_byte(source: &dyn ExportSource, index: usize) {
+    let Some(ranges) = source
+        .allocated_ranges(index)
+        .await
+        .expect("allocated_ranges")
+    else {
+        return; // this source cannot tell
+    };
+    let d = &source.spec().disks[index];
+    let what = format!("disk '{}' of VM '{}'", d.name, source.spec().name);
+    let mut end = 0;
+    for r in &ranges {
+        assert!(
+            r.start >= end && r.start < r.end && r.end <= d.capacity,
+            "{what}: range {r:?} after {end} (capacity {})",
+            d.capacity
+        );
+        end = r.end;
+    }
+    let mut s = source.open_disk(index, 0).await.expect("open_disk");
+    let (mut pos, mut next) = (0u64, 0usize);
+    while let Some(chunk) = s.next().await {
+        let chunk = chunk.expect("read the disk stream");
+        for (i, b) in chunk.iter().enumerate() {
+            let at = pos + i as u64;
+            while next < ranges.len() && ranges[next].end <= at {
+                next += 1;
+            }
+            let inside = next < ranges.len() && ranges[next].start <= at;
+            assert!(
+                inside || *b == 0,
+                "{what}: byte {at} is not zero but lies outside every allocated range"
+            );
+        }
+        pos += chunk.len() as u64;
+    }
 }
 
 fn options() -> ExportOptions {

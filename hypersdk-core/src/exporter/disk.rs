@@ -69,8 +69,8 @@ impl Exporter {
                 (stream, input, object, Some(resume))
             }
             None => {
-                let served = if served_wanted {
-                    source.open_disk_vmdk(index, 0).await?
+                let served = if served_wanted && stores_as_served(source, index) {
+                    source.open_served(index, 0).await?
                 } else {
                     None
                 };
@@ -132,7 +132,10 @@ impl Exporter {
             // Ask for the last kept bytes again: the platform must serve the
             // same VMDK as before for the rest to fit.
             let overlap = rec.tail.len() as u64;
-            let Some(mut stream) = source.open_disk_vmdk(index, rec.offset - overlap).await? else {
+            if !stores_as_served(source, index) {
+                return Ok(None);
+            }
+            let Some(mut stream) = source.open_served(index, rec.offset - overlap).await? else {
                 return Ok(None);
             };
             let mut got: Vec<u8> = Vec::with_capacity(rec.tail.len());
@@ -431,6 +434,12 @@ impl Exporter {
             kept: 0,
         })
     }
+}
+
+/// Whether disk `index` is stored as the source serves it: a
+/// streamOptimized VMDK is already the package's disk format.
+fn stores_as_served(source: &dyn ExportSource, index: usize) -> bool {
+    source.served_format(index) == Some(crate::served::ServedFormat::StreamOptimizedVmdk)
 }
 
 /// Where a disk's bytes come from.

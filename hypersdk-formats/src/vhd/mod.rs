@@ -32,6 +32,52 @@ pub const FOOTER_COOKIE: &[u8; 8] = b"conectix";
 /// The dynamic header cookie.
 pub const DYNAMIC_COOKIE: &[u8; 8] = b"cxsparse";
 
+/// What a footer says that every reader needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footer {
+    /// The guest size in bytes (current size).
+    pub size: u64,
+    /// 2 fixed, 3 dynamic, 4 differencing.
+    pub disk_type: u32,
+    /// The dynamic header's offset (all ones for a fixed disk).
+    pub data_offset: u64,
+}
+
+impl Footer {
+    /// Checks a 512-byte footer (cookie, checksum, a positive size that is
+    /// a multiple of 512); the error says which check failed and at which
+    /// byte of the footer.
+    pub fn parse(f: &[u8; 512]) -> std::result::Result<Footer, (u64, String)> {
+        let be32 = |at: usize| u32::from_be_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
+        let be64 = |at: usize| (u64::from(be32(at)) << 32) | u64::from(be32(at + 4));
+        if &f[0..8] != FOOTER_COOKIE {
+            return Err((0, "no \"conectix\" footer at the end of the file".into()));
+        }
+        let stored = be32(64);
+        if checksum(f, 64) != stored {
+            return Err((
+                64,
+                format!(
+                    "footer checksum {stored:#x} does not match {:#x}",
+                    checksum(f, 64)
+                ),
+            ));
+        }
+        let size = be64(48);
+        if size == 0 || !size.is_multiple_of(512) {
+            return Err((
+                48,
+                format!("current size {size} is not a positive multiple of 512"),
+            ));
+        }
+        Ok(Footer {
+            size,
+            disk_type: be32(60),
+            data_offset: be64(16),
+        })
+    }
+}
+
 /// The footer checksum: one's complement of the sum of all bytes, the
 /// checksum field (bytes `at..at + 4`) counted as zero.
 pub fn checksum(bytes: &[u8], at: usize) -> u32 {

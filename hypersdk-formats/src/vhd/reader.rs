@@ -2,7 +2,7 @@
 
 use std::io::{Read, Seek, SeekFrom};
 
-use super::{checksum, DYNAMIC_COOKIE, FOOTER_COOKIE};
+use super::{checksum, Footer, DYNAMIC_COOKIE};
 use crate::error::{Error, Result};
 use crate::image::{DiskImage, Region};
 
@@ -64,27 +64,8 @@ impl<R: Read + Seek> VhdReader<R> {
         let at = file_len - 512;
         read_exact_at(&mut file, at, &mut f, "reading the VHD footer")?;
         // Some tools wrote 511-byte footers; accept only the standard form.
-        if &f[0..8] != FOOTER_COOKIE {
-            return Err(corrupt(at, "no \"conectix\" footer at the end of the file"));
-        }
-        let stored = be32(&f, 64);
-        if checksum(&f, 64) != stored {
-            return Err(corrupt(
-                at + 64,
-                format!(
-                    "footer checksum {stored:#x} does not match {:#x}",
-                    checksum(&f, 64)
-                ),
-            ));
-        }
-        let size = be64(&f, 48);
-        let disk_type = be32(&f, 60);
-        if size == 0 || !size.is_multiple_of(512) {
-            return Err(corrupt(
-                at + 48,
-                format!("current size {size} is not a positive multiple of 512"),
-            ));
-        }
+        let footer = Footer::parse(&f).map_err(|(off, what)| corrupt(at + off, what))?;
+        let (size, disk_type) = (footer.size, footer.disk_type);
         let kind = match disk_type {
             2 => {
                 if size > file_len - 512 {
@@ -96,7 +77,7 @@ impl<R: Read + Seek> VhdReader<R> {
                 Kind::Fixed
             }
             3 => {
-                let hdr_at = be64(&f, 16);
+                let hdr_at = footer.data_offset;
                 let mut h = [0u8; 1024];
                 if hdr_at.checked_add(1024).is_none_or(|e| e > file_len) {
                     return Err(corrupt(

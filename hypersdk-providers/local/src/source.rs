@@ -73,6 +73,49 @@ impl ExportSource for LocalSource {
             |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
         )))
     }
+
+    /// The image's data regions (qcow2 and VMDK allocation, holes of a
+    /// sparse raw file), adjacent ones merged.
+    async fn allocated_ranges(&self, index: usize) -> Result<Option<Vec<std::ops::Range<u64>>>> {
+        let (Some(disk), Some(path)) = (self.spec.disks.get(index), self.paths.get(index)) else {
+            return Err(Error::InvalidArgument(format!(
+                "VM '{}' has no disk {index}",
+                self.spec.name
+            )));
+        };
+        let (path, format, capacity) = (path.clone(), disk.format, disk.capacity);
+        let (vm, name) = (self.spec.name.clone(), disk.name.clone());
+        tokio::task::spawn_blocking(move || {
+            let ranges = (|| -> std::result::Result<_, BoxError> {
+                let mut image = open_disk_image(&path, format)?;
+                let mut ranges: Vec<std::ops::Range<u64>> = Vec::new();
+                let mut pos = 0;
+                while pos < capacity {
+                    let (data, len) = match image.region(pos)? {
+                        Region::Data(len) => (true, len),
+                        Region::Zero(len) => (false, len),
+                    };
+                    let end = (pos + len).min(capacity);
+                    if data {
+                        match ranges.last_mut() {
+                            Some(last) if last.end == pos => last.end = end,
+                            _ => ranges.push(pos..end),
+                        }
+                    }
+                    pos = end;
+                }
+                Ok(ranges)
+            })();
+            ranges.map(Some).map_err(|source| Error::DiskRead {
+                vm,
+                disk: name,
+                location: path.display().to_string(),
+                source,
+            })
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("allocation map thread failed: {e}")))?
+    }
 }
 
 /// A shared buffer of zeros handed out for unallocated regions without copying.

@@ -268,7 +268,7 @@ impl ExportSource for NfcSource {
             // A guest byte has no known place in the served VMDK: decode
             // from its first byte again and drop what lies before `offset`
             // (downloaded again; an export resumes a served VMDK at a VMDK
-            // byte instead, see open_disk_vmdk).
+            // byte instead, see open_served).
             let whole = self.open_disk(index, 0).await?;
             return Ok(hypersdk_core::provider::skip_bytes(whole, offset));
         }
@@ -331,7 +331,11 @@ impl ExportSource for NfcSource {
         Ok(Box::pin(stream))
     }
 
-    async fn open_disk_vmdk(&self, index: usize, offset: u64) -> Result<Option<DiskStream>> {
+    fn served_format(&self, _index: usize) -> Option<hypersdk_core::ServedFormat> {
+        Some(hypersdk_core::ServedFormat::StreamOptimizedVmdk)
+    }
+
+    async fn open_served(&self, index: usize, offset: u64) -> Result<Option<DiskStream>> {
         let body = download(self.conn.clone(), self.target(index)?, offset);
         let progress = self.progress.clone();
         let finished = self.finished.clone();

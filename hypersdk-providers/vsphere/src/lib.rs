@@ -28,14 +28,14 @@
 //! Exports go through an HttpNfcLease (`ExportVm` for a powered-off VM, a
 //! temporary snapshot and `ExportSnapshot` for a running one; see the
 //! `export` module); the disks arrive as streamOptimized VMDKs, which the
-//! Exporter stores as they are ([`ExportSource::open_disk_vmdk`]) or decodes
+//! Exporter stores as they are ([`ExportSource::open_served`]) or decodes
 //! on request. A download that breaks off resumes from the byte it broke
 //! at (HTTP Range; a server that ignores Range is re-read, never appended),
 //! and an interrupted export resumed later asks for the rest of each
 //! partial disk's VMDK. [`VsphereProvider`] also has the operations a migration needs:
 //! snapshots, power off, guest shutdown, CD-ROM ejection.
 //!
-//! [`ExportSource::open_disk_vmdk`]: hypersdk_core::ExportSource::open_disk_vmdk
+//! [`ExportSource::open_served`]: hypersdk_core::ExportSource::open_served
 //!
 //! TLS is verified against the system trust store by default; a pinned
 //! thumbprint ([`TlsMode::Thumbprint`]) or no verification
