@@ -31,6 +31,17 @@
 //! [`ExportOptions`] as plain data (what configuration files, job
 //! definitions and the language bindings hand over).
 //!
+//! The extension points beside those traits: [`ProviderSettings`] (how a
+//! provider is configured and connected; the `hypersdk` facade crate's
+//! registry gathers them), [`VmOps`] (snapshots, power, CD-ROM: a capability
+//! a provider may offer), [`served`] (disks in a platform's own encoding,
+//! decoded here), [`layers`] (bandwidth limits and idle timeouts wrapping a
+//! stream), [`retry`] and, with the `http` feature, `http` (the
+//! Range-resuming download every HTTP-based provider uses), and [`confine`]
+//! (paths kept under allowed directories, for untrusted callers). The
+//! `hypersdk-testkit` crate holds the behaviour every implementation must
+//! show.
+//!
 //! Errors are one [`Error`] enum; [`Error::is_retryable`] separates transient
 //! failures from permanent ones, [`Error::code`] names the kind for programs.
 //!

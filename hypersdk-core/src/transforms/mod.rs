@@ -8,7 +8,7 @@
 //!   joined by bounded queues of fixed-size chunks; a blocking or async
 //!   writing end, and [`transform_stream`](pipeline::transform_stream) as an
 //!   adapter over an async byte stream.
-//! - [`ratelimit`]: byte token buckets, the process-wide limiter, and
+//! - [`ratelimit`]: byte token buckets and
 //!   rclone-style `--bwlimit` timetables.
 //! - [`unwrap`]: the way back — decrypt and decompress by magic bytes, as a
 //!   blocking `Read` or an `AsyncRead`.
