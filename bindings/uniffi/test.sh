@@ -18,7 +18,7 @@ rm -rf "$gen"
 swift="$root/bindings/uniffi/kotlin/target/generated-swift"
 rm -rf "$swift"
 "$root/target/debug/uniffi-bindgen" generate --library "$lib" --language swift --no-format --out-dir "$swift" >&2
-grep -q "public func localProvider(dir: String) -> Provider" "$swift/hypersdk_uniffi.swift"
+grep -Eq "public func connectProvider\(kindOrUrl: String, settingsJson: String\) *throws +-> Provider" "$swift/hypersdk_uniffi.swift"
 start=$(date +%s)
 rm -rf kotlin/target/surefire-reports
 set +e
