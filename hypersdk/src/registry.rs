@@ -47,7 +47,7 @@ macro_rules! providers {
         impl ProviderConfig {
             /// Its kind.
             pub fn kind(&self) -> &'static str {
-                match self {$(
+                match *self {$(
                     #[cfg(feature = $kind)]
                     ProviderConfig::$variant(_) => <$settings as ProviderSettings>::KIND,
                 )*}
@@ -56,26 +56,27 @@ macro_rules! providers {
             /// Tightens the settings for callers not trusted with the
             /// host's files ([`ProviderSettings::confine`]).
             pub fn confine(&mut self) {
-                match self {$(
+                match *self {$(
                     #[cfg(feature = $kind)]
-                    ProviderConfig::$variant(s) => s.confine(),
+                    ProviderConfig::$variant(ref mut s) => s.confine(),
                 )*}
             }
 
             /// Connects the provider.
             pub async fn connect(&self) -> Result<Box<dyn Provider>> {
-                match self {$(
+                match *self {$(
                     #[cfg(feature = $kind)]
-                    ProviderConfig::$variant(s) => s.connect().await,
+                    ProviderConfig::$variant(ref s) => s.connect().await,
                 )*}
             }
 
             /// The settings as the settings type of one provider, if
             /// they are of that kind.
+            #[allow(unreachable_code, unused_variables)] // a build without providers
             pub fn settings<S: ProviderSettings>(&self) -> Option<&S> {
-                let any: &dyn std::any::Any = match self {$(
+                let any: &dyn std::any::Any = match *self {$(
                     #[cfg(feature = $kind)]
-                    ProviderConfig::$variant(s) => s,
+                    ProviderConfig::$variant(ref s) => s,
                 )*};
                 any.downcast_ref()
             }
@@ -90,6 +91,7 @@ macro_rules! providers {
                 }
             }
 
+            #[allow(unused_variables)] // a build without providers
             fn env_fields(kind: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Fields> {
                 match kind {
                     $(
@@ -176,7 +178,7 @@ impl ProviderConfig {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "local", feature = "vsphere"))]
 mod tests {
     use super::*;
 
