@@ -178,7 +178,8 @@ impl ProviderConfig {
     }
 }
 
-#[cfg(all(test, feature = "local", feature = "vsphere"))]
+#[cfg(test)]
+#[cfg(all(feature = "local", feature = "vsphere"))]
 mod tests {
     use super::*;
 
