@@ -5,6 +5,7 @@ use std::io::{Read, Seek, SeekFrom};
 use flate2::{Decompress, FlushDecompress, Status};
 
 use super::QCOW2_MAGIC;
+use crate::endian::{be32, be64};
 use crate::error::{Error, Result};
 use crate::image::{DiskImage, Region};
 
@@ -79,14 +80,6 @@ fn corrupt(offset: u64, what: impl Into<String>) -> Error {
         offset,
         what: what.into(),
     }
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    (u64::from(be32(b, at)) << 32) | u64::from(be32(b, at + 4))
 }
 
 impl<R: Read + Seek> Qcow2Reader<R> {

@@ -48,8 +48,9 @@ impl Footer {
     /// a multiple of 512); the error says which check failed and at which
     /// byte of the footer.
     pub fn parse(f: &[u8; 512]) -> std::result::Result<Footer, (u64, String)> {
-        let be32 = |at: usize| u32::from_be_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
-        let be64 = |at: usize| (u64::from(be32(at)) << 32) | u64::from(be32(at + 4));
+        use crate::endian::{be32, be64};
+        let be32 = |at: usize| be32(f, at);
+        let be64 = |at: usize| be64(f, at);
         if &f[0..8] != FOOTER_COOKIE {
             return Err((0, "no \"conectix\" footer at the end of the file".into()));
         }

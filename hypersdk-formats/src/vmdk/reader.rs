@@ -7,6 +7,7 @@ use std::io::{Read, Seek, SeekFrom};
 use flate2::{Decompress, FlushDecompress, Status};
 
 use super::*;
+use crate::endian::{le32, le64};
 use crate::error::{Error, Result};
 use crate::image::{DiskImage, Region};
 
@@ -52,14 +53,6 @@ fn corrupt(offset: u64, what: impl Into<String>) -> Error {
         offset,
         what: what.into(),
     }
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    u64::from(le32(b, at)) | (u64::from(le32(b, at + 4)) << 32)
 }
 
 pub(crate) fn parse_header(h: &[u8; 512], at: u64) -> Result<SparseHeader> {
