@@ -15,17 +15,13 @@
 //! server honours it, else by re-reading and dropping the bytes already
 //! received. The session cookie is sent only to the host the session is on.
 
-use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use hypersdk_core::{DiskStream, Error, ExportSource, PowerState, Result, VmSpec};
-use hypersdk_formats::vmdk::StreamDecoder;
-use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::client::{permanent, Connection};
@@ -258,78 +254,8 @@ impl ExportSource for NfcSource {
         &self.spec
     }
 
-    async fn open_disk(&self, index: usize, offset: u64) -> Result<DiskStream> {
-        let disk = self
-            .spec
-            .disks
-            .get(index)
-            .ok_or_else(|| Error::InvalidArgument(format!("no disk {index}")))?;
-        if offset != 0 {
-            // A guest byte has no known place in the served VMDK: decode
-            // from its first byte again and drop what lies before `offset`
-            // (downloaded again; an export resumes a served VMDK at a VMDK
-            // byte instead, see open_served).
-            let whole = self.open_disk(index, 0).await?;
-            return Ok(hypersdk_core::provider::skip_bytes(whole, offset));
-        }
-        let body = download(self.conn.clone(), self.target(index)?, 0)
-            .map_err(|e| std::io::Error::other(e.to_string()));
-        let bridge = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(body));
-        let (tx, rx) = mpsc::channel::<Result<Bytes>>(4);
-        let capacity = disk.capacity;
-        let vm = self.spec.name.clone();
-        let name = disk.name.clone();
-        let location = disk.location.clone();
-        let progress = self.progress.clone();
-        let finished = self.finished.clone();
-        tokio::task::spawn_blocking(move || {
-            let err = |e: String| Error::DiskRead {
-                vm: vm.clone(),
-                disk: name.clone(),
-                location: location.clone(),
-                source: e.into(),
-            };
-            let mut dec = match StreamDecoder::new(bridge) {
-                Ok(d) => d,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(err(format!(
-                        "the NFC download is not a streamOptimized VMDK: {e}"
-                    ))));
-                    return;
-                }
-            };
-            if dec.capacity() != hypersdk_formats::image::sector_capacity(capacity) {
-                let _ = tx.blocking_send(Err(err(format!(
-                    "the NFC download holds {} bytes, the VM's configuration says {capacity}",
-                    dec.capacity()
-                ))));
-                return;
-            }
-            let mut left = capacity;
-            while left > 0 {
-                let mut buf = vec![0u8; (1 << 20).min(left as usize)];
-                if let Err(e) = dec.read_exact(&mut buf) {
-                    let _ = tx.blocking_send(Err(err(format!("the NFC download broke off: {e}"))));
-                    return;
-                }
-                left -= buf.len() as u64;
-                progress.fetch_add(buf.len() as u64, Ordering::Relaxed);
-                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
-                    return; // the export stopped reading
-                }
-            }
-            // The rest of the stream (tables, footer, end marker) must be sound.
-            if let Err(e) = dec.read(&mut [0u8; 1]) {
-                let _ = tx.blocking_send(Err(err(format!("the NFC download ends badly: {e}"))));
-                return;
-            }
-            finished[index].store(true, Ordering::SeqCst);
-        });
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        });
-        Ok(Box::pin(stream))
-    }
+    // open_disk: the trait's default, which decodes open_served's VMDK
+    // (hypersdk_core::served) from its first byte and skips to the offset.
 
     fn served_format(&self, _index: usize) -> Option<hypersdk_core::ServedFormat> {
         Some(hypersdk_core::ServedFormat::StreamOptimizedVmdk)
