@@ -147,12 +147,7 @@ impl ProviderArgs {
             Some(p) => read_env_file(p)?,
             None => HashMap::new(),
         };
-        let env = |k: &str| {
-            std::env::var(k)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .or_else(|| file.get(k).cloned())
-        };
+        let env = |k: &str| hypersdk::process_env(k).or_else(|| file.get(k).cloned());
         let flag_of = |field: &str| match field {
             "user" => "--username".to_string(),
             f => format!("--{}", f.replace('_', "-")),

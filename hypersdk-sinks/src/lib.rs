@@ -33,3 +33,14 @@ mod memory;
 
 pub use local::{dir_mode, LocalDirSink, DEFAULT_FILE_MODE};
 pub use memory::MemorySink;
+
+/// Artifact and object names are single path components: no separators,
+/// no `.` or `..`, no NUL.
+pub(crate) fn check_name(name: &str) -> hypersdk_core::Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
+        return Err(hypersdk_core::Error::InvalidArgument(format!(
+            "object name {name:?} is not a plain file name"
+        )));
+    }
+    Ok(())
+}

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
+use crate::check_name;
 use hypersdk_core::sink::ObjectMeta;
 use hypersdk_core::{Artifact, CheckpointStore, Error, Result, Sink, SinkWriter, Staging};
 
@@ -138,16 +139,6 @@ fn real_dir(d: &Path) -> Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(Error::sink("cannot look at staging directory", show(d), e)),
     }
-}
-
-/// Object names are single path components: no separators, no `..`.
-fn check_name(name: &str) -> Result<()> {
-    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
-        return Err(Error::InvalidArgument(format!(
-            "object name {name:?} is not a plain file name"
-        )));
-    }
-    Ok(())
 }
 
 #[async_trait]

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use tokio::io::AsyncRead;
 
+use crate::check_name;
 use hypersdk_core::sink::ObjectMeta;
 use hypersdk_core::{Artifact, CheckpointStore, Error, Result, Sink, SinkWriter, Staging};
 
@@ -50,15 +51,6 @@ fn not_found(what: &str) -> Error {
     )
 }
 
-fn check_name(name: &str) -> Result<()> {
-    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
-        return Err(Error::InvalidArgument(format!(
-            "object name {name:?} is not a plain file name"
-        )));
-    }
-    Ok(())
-}
-
 impl MemorySink {
     /// An empty sink.
     pub fn new() -> Self {
@@ -75,13 +67,24 @@ impl MemorySink {
         lock(&self.state).partial.contains_key(artifact)
     }
 
+    /// Whether `path` is artifact `name` or an object in it.
+    fn of_artifact(path: &str, name: &str) -> bool {
+        path.strip_prefix(name)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+
     fn exists(state: &State, artifact: &Artifact) -> bool {
-        let name = artifact.name();
-        let dir = format!("{name}/");
         state
             .published
             .keys()
-            .any(|k| k == name || k.starts_with(&dir))
+            .any(|k| Self::of_artifact(k, artifact.name()))
+    }
+
+    /// Removes every published object of `artifact`.
+    fn remove(state: &mut State, artifact: &Artifact) {
+        state
+            .published
+            .retain(|k, _| !Self::of_artifact(k, artifact.name()));
     }
 
     fn claim(&self, artifact: &Artifact, overwrite: bool) -> Result<()> {
@@ -183,9 +186,7 @@ impl Sink for MemorySink {
     async fn delete(&self, artifact: &Artifact) -> Result<bool> {
         let mut st = lock(&self.state);
         let existed = Self::exists(&st, artifact);
-        let (name, dir) = (artifact.name().to_string(), format!("{}/", artifact.name()));
-        st.published
-            .retain(|k, _| *k != name && !k.starts_with(&dir));
+        Self::remove(&mut st, artifact);
         Ok(existed)
     }
 }
@@ -287,10 +288,9 @@ impl Staging for MemoryStaging {
                     target: format!("memory:{}", self.artifact.name()),
                 });
             }
+            MemorySink::remove(&mut st, &self.artifact);
             let name = self.artifact.name().to_string();
             let dir = format!("{name}/");
-            st.published
-                .retain(|k, _| *k != name && !k.starts_with(&dir));
             match &self.artifact {
                 Artifact::Directory(_) => {
                     for (k, v) in objects {

@@ -67,4 +67,4 @@ pub use hypersdk_sinks as sinks;
 #[cfg(feature = "vsphere")]
 pub use hypersdk_vsphere as vsphere;
 
-pub use registry::{kinds, ProviderConfig, ProviderKind};
+pub use registry::{kinds, process_env, ProviderConfig, ProviderKind};

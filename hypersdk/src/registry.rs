@@ -5,7 +5,7 @@ use hypersdk_core::{Error, Fields, Provider, ProviderSettings, ProviderUrl, Resu
 use serde::Deserialize;
 
 /// A provider kind this build carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ProviderKind {
     /// The `kind` tag and URL scheme.
     pub kind: &'static str,
@@ -109,6 +109,13 @@ macro_rules! providers {
 providers! {
     "local" => Local(hypersdk_local::LocalConfig),
     "vsphere" => Vsphere(hypersdk_vsphere::VsphereConfig),
+}
+
+/// A variable of this process's environment, None if unset or empty: the
+/// `env` to hand [`ProviderConfig::resolve`] where the platform's own
+/// variables (GOVC_*, …) should count.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 fn unknown_kind(kind: &str) -> Error {

@@ -62,10 +62,6 @@ pub struct Provider {
     inner: Arc<dyn hypersdk_core::Provider>,
 }
 
-fn process_env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
 /// Connects any provider of the registry: `kind_or_url` is a kind
 /// (`local`, `vsphere`, …) or a URL (`vsphere://user@vc.example`), and
 /// `settings_json` the provider's settings (JSON object; the fields of the
@@ -75,8 +71,8 @@ fn process_env(name: &str) -> Option<String> {
 pub async fn connect(kind_or_url: String, settings_json: String) -> Result<Provider> {
     let fields: hypersdk::Fields =
         serde_json::from_str(&settings_json).map_err(|e| bad("provider settings", e))?;
-    let config =
-        hypersdk::ProviderConfig::resolve(&kind_or_url, fields, &process_env).map_err(lib_err)?;
+    let config = hypersdk::ProviderConfig::resolve(&kind_or_url, fields, &hypersdk::process_env)
+        .map_err(lib_err)?;
     Ok(Provider {
         inner: Arc::from(config.connect().await.map_err(lib_err)?),
     })
@@ -85,11 +81,7 @@ pub async fn connect(kind_or_url: String, settings_json: String) -> Result<Provi
 /// The provider kinds this build carries, as JSON `[{kind, about}]`.
 #[napi]
 pub fn provider_kinds() -> Result<String> {
-    let kinds: Vec<serde_json::Value> = hypersdk::kinds()
-        .iter()
-        .map(|k| serde_json::json!({"kind": k.kind, "about": k.about}))
-        .collect();
-    json(&kinds)
+    json(&hypersdk::kinds())
 }
 
 /// KVM/libvirt VMs described by the domain XML files in `dir` (through

@@ -179,14 +179,10 @@ struct Provider {
     inner: Arc<dyn hypersdk_core::Provider>,
 }
 
-fn process_env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
 fn provider_config(kind_or_url: &str, settings: &str) -> PyResult<hypersdk::ProviderConfig> {
     let fields: hypersdk::Fields = serde_json::from_str(settings)
         .map_err(|e| InvalidArgument::new_err(format!("provider settings: {e}")))?;
-    hypersdk::ProviderConfig::resolve(kind_or_url, fields, &process_env).map_err(py_err)
+    hypersdk::ProviderConfig::resolve(kind_or_url, fields, &hypersdk::process_env).map_err(py_err)
 }
 
 async fn connect_config(config: hypersdk::ProviderConfig) -> PyResult<Provider> {
@@ -219,11 +215,7 @@ fn connect_async<'py>(
 /// The provider kinds this build carries, as JSON `[{kind, about}]`.
 #[pyfunction]
 fn provider_kinds() -> PyResult<String> {
-    let kinds: Vec<serde_json::Value> = hypersdk::kinds()
-        .iter()
-        .map(|k| serde_json::json!({"kind": k.kind, "about": k.about}))
-        .collect();
-    json(&kinds)
+    json(&hypersdk::kinds())
 }
 
 fn parse_query(query: &str) -> PyResult<VmQuery> {

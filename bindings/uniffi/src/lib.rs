@@ -267,8 +267,7 @@ pub fn connect_provider(
             "provider settings: {e}"
         )))
     })?;
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let config = hypersdk::ProviderConfig::resolve(&kind_or_url, fields, &env)?;
+    let config = hypersdk::ProviderConfig::resolve(&kind_or_url, fields, &hypersdk::process_env)?;
     let p = runtime()?.block_on(config.connect())?;
     Ok(Arc::new(Provider {
         inner: Arc::from(p),
