@@ -336,12 +336,13 @@ impl ExportSettings {
         o.resume = self.resume;
         o.checkpoint = !self.no_checkpoint;
         if let Some(m) = self.checkpoint_mib {
-            if m == 0 {
-                return Err(crate::Error::InvalidArgument(
-                    "checkpoint_mib must be at least 1".into(),
-                ));
-            }
-            o.checkpoint_every = m << 20;
+            // A job hands this over: no shift that overflows.
+            o.checkpoint_every = m.checked_mul(1 << 20).filter(|_| m > 0).ok_or_else(|| {
+                crate::Error::InvalidArgument(format!(
+                    "checkpoint_mib {m}: must be at least 1 and at most {}",
+                    u64::MAX >> 20
+                ))
+            })?;
         }
         Ok(o)
     }
