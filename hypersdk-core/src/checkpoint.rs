@@ -32,11 +32,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::options::ExportOptions;
 use crate::report::FileReport;
-use crate::sink::CheckpointStore;
+use crate::sink::{CheckpointStore, Reserved, UploadState};
 use crate::vm::VmSpec;
 
 /// Format version of the checkpoint document.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// The longest a written disk goes without a checkpoint.
 pub const INTERVAL: Duration = Duration::from_secs(2);
@@ -102,14 +102,62 @@ pub struct DoneDisk {
 /// One disk's progress.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskState {
-    /// The staged object it is written to.
+    /// The object it is written to: a file of the package, a spool in the
+    /// exporter's scratch area, or the OVA it is a member of.
     pub stored_name: String,
-    /// Bytes of that object known to be durable.
+    /// Bytes of this disk's file known to be durable.
     pub durable: u64,
     /// Whether the bytes are the VMDK as the platform served it.
     pub served: bool,
+    /// Where the bytes go.
+    #[serde(default)]
+    pub place: Place,
+    /// What the sink (or scratch area) said continuing its object needs,
+    /// as of the last save (not for archive members: see [`ArchiveState`]).
+    #[serde(default)]
+    pub upload: Option<UploadState>,
     /// Set once the disk is done.
     pub done: Option<DoneDisk>,
+}
+
+/// Where a disk's bytes go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Place {
+    /// Its own object in the sink (OVF directory).
+    #[default]
+    Object,
+    /// A spool in the exporter's scratch area, copied into the OVA later.
+    Spool,
+    /// Straight into the OVA, as a member written in place.
+    Member,
+}
+
+/// An OVA written in place: its upload, the region kept for the
+/// descriptor and manifest, and the disks appended so far, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveState {
+    /// The OVA's object name.
+    pub name: String,
+    /// The region left at its start for the descriptor and manifest.
+    pub prefix: Reserved,
+    /// Members written (the last one perhaps in part), in disk order.
+    pub members: Vec<MemberState>,
+    /// The OVA upload as of the last save.
+    pub upload: Option<UploadState>,
+}
+
+/// One disk in an OVA written in place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberState {
+    /// The disk.
+    pub disk: usize,
+    /// Its tar header's region.
+    pub header: Reserved,
+    /// Where its bytes start.
+    pub start: u64,
+    /// Its size once whole (header filled, padding written).
+    pub size: Option<u64>,
 }
 
 /// The checkpoint document.
@@ -121,6 +169,9 @@ pub struct Checkpoint {
     pub identity: Identity,
     /// Per disk, in the VM's order.
     pub disks: Vec<DiskState>,
+    /// The OVA being written in place, if it is.
+    #[serde(default)]
+    pub archive: Option<ArchiveState>,
 }
 
 impl Checkpoint {
@@ -131,6 +182,7 @@ impl Checkpoint {
             version: VERSION,
             identity,
             disks: vec![DiskState::default(); n],
+            archive: None,
         }
     }
 
@@ -184,6 +236,11 @@ impl Checkpointer {
             .get(index)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// The checkpoint as last recorded.
+    pub(crate) async fn snapshot(&self) -> Checkpoint {
+        self.state.lock().await.clone()
     }
 
     /// Changes the checkpoint with `f` and saves it.

@@ -82,20 +82,21 @@
 //! #     async fn delete(&self, _: &Artifact) -> Result<bool> { Ok(false) }
 //! # }
 //! # #[async_trait] impl Staging for MemStaging {
-//! #     async fn create(&mut self, name: &str) -> Result<Box<dyn SinkWriter>> {
+//! #     async fn start(&mut self, name: &str) -> Result<Box<dyn Upload>> {
 //! #         self.0 .0.lock().unwrap().insert(name.into(), Vec::new());
 //! #         Ok(Box::new(MemWriter(self.0.clone(), name.into())))
 //! #     }
-//! #     async fn open(&self, name: &str) -> Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>> {
-//! #         Ok(Box::new(std::io::Cursor::new(self.0 .0.lock().unwrap()[name].clone())))
+//! #     async fn open(&self, name: &str, at: u64) -> Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>> {
+//! #         Ok(Box::new(std::io::Cursor::new(self.0 .0.lock().unwrap()[name][at as usize..].to_vec())))
 //! #     }
-//! #     async fn remove(&mut self, name: &str) -> Result<()> { self.0 .0.lock().unwrap().remove(name); Ok(()) }
 //! #     async fn commit(self: Box<Self>) -> Result<String> { Ok("memory".into()) }
 //! #     async fn abort(self: Box<Self>) -> Result<()> { Ok(()) }
 //! # }
-//! # #[async_trait] impl SinkWriter for MemWriter {
-//! #     async fn write(&mut self, d: &[u8]) -> Result<()> { self.0 .0.lock().unwrap().get_mut(&self.1).unwrap().extend_from_slice(d); Ok(()) }
-//! #     async fn finish(self: Box<Self>) -> Result<u64> { Ok(self.0 .0.lock().unwrap()[&self.1].len() as u64) }
+//! # #[async_trait] impl Upload for MemWriter {
+//! #     async fn put(&mut self, d: &[u8]) -> Result<()> { self.0 .0.lock().unwrap().get_mut(&self.1).unwrap().extend_from_slice(d); Ok(()) }
+//! #     fn size(&self) -> u64 { self.0 .0.lock().unwrap()[&self.1].len() as u64 }
+//! #     async fn complete(self: Box<Self>) -> Result<u64> { Ok(self.size()) }
+//! #     async fn abort(self: Box<Self>) -> Result<()> { Ok(()) }
 //! # }
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -126,6 +127,7 @@ pub mod connect;
 pub mod error;
 pub mod exporter;
 pub mod files;
+mod file_upload;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod layers;
@@ -150,7 +152,8 @@ pub use progress::{Phase, ProgressEvent, ProgressFn};
 pub use provider::{DiskStream, ExportSource, Provider};
 pub use report::{DiskReport, ExportReport, FileReport};
 pub use served::ServedFormat;
-pub use sink::{Artifact, CheckpointStore, Sink, SinkWriter, Staging};
+pub use file_upload::FileUpload;
+pub use sink::{Artifact, CheckpointStore, Reserved, Sink, Staging, Upload, UploadState};
 pub use tokio_util::sync::CancellationToken;
 pub use vm::{
     ControllerKind, DiskFormat, DiskSpec, Firmware, GuestOs, NicSpec, OsFamily, PowerState, VmInfo,

@@ -94,6 +94,13 @@ pub struct ExportOptions {
     /// Checkpoint a disk being written at least every this many stored bytes
     /// (and every 2 seconds).
     pub checkpoint_every: u64,
+    /// Where the exporter keeps what it writes but never publishes: the
+    /// disks of an OVA that cannot be written in place (an OVA compressed
+    /// or encrypted as a whole, a sink that cannot fill in headers later, or
+    /// disks exported in parallel beyond the one being written into the
+    /// archive), copied into the archive afterwards. Needs room for those
+    /// disks. None: the system's temporary directory.
+    pub scratch_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ExportOptions {
@@ -118,6 +125,7 @@ impl Default for ExportOptions {
             checkpoint: true,
             resume: false,
             checkpoint_every: 64 << 20,
+            scratch_dir: None,
         }
     }
 }
@@ -186,6 +194,12 @@ impl ExportOptions {
     /// Verifies the stored files before publishing.
     pub fn with_verify(mut self, verify: bool) -> Self {
         self.verify = verify;
+        self
+    }
+
+    /// Keeps spools under `dir` ([`scratch_dir`](Self::scratch_dir)).
+    pub fn with_scratch_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.scratch_dir = Some(dir.into());
         self
     }
 

@@ -105,17 +105,64 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     fn location(&self) -> String;
 }
 
-/// The objects of one artifact being written.
+/// What an interrupted upload left: how many of its bytes the sink holds
+/// durably, and what the sink needs to continue it. Saved in the export's
+/// checkpoint ([`Upload::save`]) and handed back to [`Staging::resume`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UploadState {
+    /// Bytes of the object the sink holds durably.
+    pub size: u64,
+    /// The sink's own record of the upload — an upload id and its finished
+    /// parts for an object store; nothing for a local file. Never holds
+    /// secrets: it is written into the checkpoint.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub sink: serde_json::Value,
+}
+
+/// A region of an upload left to be filled later ([`Upload::reserve`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Reserved {
+    /// Where it starts in the object.
+    pub offset: u64,
+    /// Its length.
+    pub len: u64,
+}
+
+/// The objects of one artifact being uploaded: each object is an
+/// [`Upload`] that completes whole (or is abandoned); the artifact is
+/// published by [`commit`](Self::commit) in one step.
 #[async_trait]
 pub trait Staging: Send + Sync + std::fmt::Debug {
-    /// Creates (or truncates) object `name`.
-    async fn create(&mut self, name: &str) -> Result<Box<dyn SinkWriter>>;
+    /// Starts uploading object `name` (replacing one of that name).
+    async fn start(&mut self, name: &str) -> Result<Box<dyn Upload>>;
 
-    /// Reads back a finished object (for packaging from a spool, or verifying).
-    async fn open(&self, name: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>>;
+    /// Continues the upload of object `name` that an interrupted export
+    /// saved as `saved`, keeping its first `keep` bytes (at most
+    /// `saved.size`). A sink that cannot keep exactly `keep` bytes fails,
+    /// and the object is uploaded again from its start.
+    async fn resume(
+        &mut self,
+        name: &str,
+        saved: &UploadState,
+        keep: u64,
+    ) -> Result<Box<dyn Upload>> {
+        let _ = (saved, keep);
+        Err(crate::Error::InvalidArgument(format!(
+            "this sink cannot continue object {name}"
+        )))
+    }
 
-    /// Deletes a finished object.
-    async fn remove(&mut self, name: &str) -> Result<()>;
+    /// Whether this sink's uploads can leave regions to fill later
+    /// ([`Upload::reserve`]): an OVA is then written in place, every disk
+    /// byte once, instead of being assembled from spools.
+    fn fills_reserved(&self) -> bool {
+        false
+    }
+
+    /// Reads back an uploaded object from byte `offset` on, for the verify
+    /// pass (and, until checkpoints carry every state, for continuing a
+    /// disk).
+    async fn open(&self, name: &str, offset: u64) -> Result<Box<dyn AsyncRead + Send + Unpin>>;
 
     /// Publishes the artifact whole and returns where it is (path or URL).
     async fn commit(self: Box<Self>) -> Result<String>;
@@ -140,35 +187,54 @@ pub trait Staging: Send + Sync + std::fmt::Debug {
         None
     }
 
-    /// The size of object `name`, None if there is none.
+    /// The size of object `name` as the sink holds it (a completed upload,
+    /// or what an interrupted one left), None if there is none.
     async fn size(&self, name: &str) -> Result<Option<u64>> {
         let _ = name;
         Ok(None)
     }
-
-    /// Opens existing object `name` for appending, after cutting it to
-    /// `len` bytes; the writer's [`finish`](SinkWriter::finish) counts the
-    /// kept bytes too.
-    async fn append(&mut self, name: &str, len: u64) -> Result<Box<dyn SinkWriter>> {
-        let _ = len;
-        Err(crate::Error::InvalidArgument(format!(
-            "this sink cannot continue object {name}"
-        )))
-    }
 }
 
-/// One object being written.
+/// One object being uploaded: bytes are put in order; it appears (as part
+/// of the staged artifact) only when [`complete`](Self::complete)d.
 #[async_trait]
-pub trait SinkWriter: Send + std::fmt::Debug {
+pub trait Upload: Send + Sync + std::fmt::Debug {
     /// Appends bytes.
-    async fn write(&mut self, data: &[u8]) -> Result<()>;
+    async fn put(&mut self, data: &[u8]) -> Result<()>;
 
-    /// Makes the object durable (flushed and synced) and returns its size.
-    async fn finish(self: Box<Self>) -> Result<u64>;
+    /// Bytes of the object so far (what was put and reserved, plus what a
+    /// continued upload kept).
+    fn size(&self) -> u64;
 
-    /// Makes what was written so far durable and returns its size, for a
-    /// checkpoint; None if this sink cannot tell.
-    async fn sync(&mut self) -> Result<Option<u64>> {
+    /// Leaves `len` bytes here to be [`fill`](Self::fill)ed before the
+    /// upload completes — a header whose content is known only later.
+    /// Only where [`Staging::fills_reserved`] says so.
+    async fn reserve(&mut self, len: u64) -> Result<Reserved> {
+        let _ = len;
+        Err(crate::Error::InvalidArgument(
+            "this sink cannot leave a region of an object to fill later".into(),
+        ))
+    }
+
+    /// Fills a region left by [`reserve`](Self::reserve); `data` is exactly
+    /// as long as the region.
+    async fn fill(&mut self, at: Reserved, data: &[u8]) -> Result<()> {
+        let _ = (at, data);
+        Err(crate::Error::InvalidArgument(
+            "this sink cannot fill a region of an object later".into(),
+        ))
+    }
+
+    /// Makes what was put so far durable and returns what continuing the
+    /// upload needs ([`Staging::resume`]); None if this sink cannot
+    /// continue uploads.
+    async fn save(&mut self) -> Result<Option<UploadState>> {
         Ok(None)
     }
+
+    /// Makes the object durable and whole and returns its size.
+    async fn complete(self: Box<Self>) -> Result<u64>;
+
+    /// Abandons the object: nothing of it stays.
+    async fn abort(self: Box<Self>) -> Result<()>;
 }

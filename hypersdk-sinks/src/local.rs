@@ -4,11 +4,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::AsyncRead;
 
 use crate::check_name;
 use hypersdk_core::sink::ObjectMeta;
-use hypersdk_core::{Artifact, CheckpointStore, Error, Result, Sink, SinkWriter, Staging};
+use hypersdk_core::{
+    Artifact, CheckpointStore, Error, FileUpload, Result, Sink, Staging, Upload, UploadState,
+};
 
 static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -485,28 +487,37 @@ impl LocalStaging {
 
 #[async_trait]
 impl Staging for LocalStaging {
-    async fn create(&mut self, name: &str) -> Result<Box<dyn SinkWriter>> {
+    async fn start(&mut self, name: &str) -> Result<Box<dyn Upload>> {
         let path = self.path(name)?;
         let file = self.open_file(&path, true, true, "cannot create").await?;
-        Ok(Box::new(LocalWriter {
-            file,
-            path,
-            size: 0,
-        }))
+        Ok(Box::new(FileUpload::new(file, path, 0)))
     }
 
-    async fn open(&self, name: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>> {
+    /// Cuts the file back to `keep` bytes and goes on from there; the
+    /// saved state of a local file is its size alone.
+    async fn resume(
+        &mut self,
+        name: &str,
+        saved: &UploadState,
+        keep: u64,
+    ) -> Result<Box<dyn Upload>> {
         let path = self.path(name)?;
-        Ok(Box::new(
-            self.open_file(&path, false, false, "cannot open").await?,
-        ))
+        let file = self.open_file(&path, true, false, "cannot open").await?;
+        Ok(Box::new(FileUpload::resume(file, path, saved, keep).await?))
     }
 
-    async fn remove(&mut self, name: &str) -> Result<()> {
+    fn fills_reserved(&self) -> bool {
+        true
+    }
+
+    async fn open(&self, name: &str, offset: u64) -> Result<Box<dyn AsyncRead + Send + Unpin>> {
+        use tokio::io::AsyncSeekExt;
         let path = self.path(name)?;
-        tokio::fs::remove_file(&path)
+        let mut file = self.open_file(&path, false, false, "cannot open").await?;
+        file.seek(std::io::SeekFrom::Start(offset))
             .await
-            .map_err(|e| Error::sink("cannot remove", show(&path), e))
+            .map_err(|e| Error::sink("cannot seek in", show(&path), e))?;
+        Ok(Box::new(file))
     }
 
     async fn commit(mut self: Box<Self>) -> Result<String> {
@@ -580,23 +591,6 @@ impl Staging for LocalStaging {
         }
     }
 
-    async fn append(&mut self, name: &str, len: u64) -> Result<Box<dyn SinkWriter>> {
-        use tokio::io::AsyncSeekExt;
-        let path = self.path(name)?;
-        let mut file = self.open_file(&path, true, false, "cannot open").await?;
-        file.set_len(len)
-            .await
-            .map_err(|e| Error::sink("cannot cut back", show(&path), e))?;
-        file.seek(std::io::SeekFrom::Start(len))
-            .await
-            .map_err(|e| Error::sink("cannot seek in", show(&path), e))?;
-        Ok(Box::new(LocalWriter {
-            file,
-            path,
-            size: len,
-        }))
-    }
-
     async fn abort(mut self: Box<Self>) -> Result<()> {
         self.done = true;
         match tokio::fs::remove_dir_all(&self.dir).await {
@@ -639,43 +633,6 @@ async fn remove_any(path: &Path) {
     }
 }
 
-/// One file being written in the staging directory.
-#[derive(Debug)]
-struct LocalWriter {
-    file: tokio::fs::File,
-    path: PathBuf,
-    size: u64,
-}
-
-#[async_trait]
-impl SinkWriter for LocalWriter {
-    async fn write(&mut self, data: &[u8]) -> Result<()> {
-        self.file
-            .write_all(data)
-            .await
-            .map_err(|e| Error::sink("cannot write", show(&self.path), e))?;
-        self.size += data.len() as u64;
-        Ok(())
-    }
-
-    async fn sync(&mut self) -> Result<Option<u64>> {
-        self.file
-            .flush()
-            .await
-            .map_err(|e| Error::sink("cannot write", show(&self.path), e))?;
-        self.file
-            .sync_data()
-            .await
-            .map_err(|e| Error::sink("cannot sync", show(&self.path), e))?;
-        Ok(Some(self.size))
-    }
-
-    async fn finish(mut self: Box<Self>) -> Result<u64> {
-        self.sync().await?;
-        Ok(self.size)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -698,9 +655,9 @@ mod tests {
             .await
             .unwrap();
         for name in ["vm.ovf", "vm.mf"] {
-            let mut w = st.create(name).await.unwrap();
-            w.write(name.as_bytes()).await.unwrap();
-            w.finish().await.unwrap();
+            let mut w = st.start(name).await.unwrap();
+            w.put(name.as_bytes()).await.unwrap();
+            w.complete().await.unwrap();
         }
         assert_eq!(entries(&dir.path().join("out")).len(), 1);
         assert!(entries(&dir.path().join("out"))[0].starts_with(".vm.partial-"));
@@ -717,7 +674,7 @@ mod tests {
             .begin(&Artifact::File("a.ova".into()), false)
             .await
             .unwrap();
-        st.create("a.ova").await.unwrap().write(b"x").await.unwrap();
+        st.start("a.ova").await.unwrap().put(b"x").await.unwrap();
         st.abort().await.unwrap();
         assert!(entries(dir.path()).is_empty());
         let st = sink
@@ -742,9 +699,9 @@ mod tests {
             .begin(&Artifact::File("a.ova".into()), true)
             .await
             .unwrap();
-        let mut w = st.create("a.ova").await.unwrap();
-        w.write(b"new").await.unwrap();
-        w.finish().await.unwrap();
+        let mut w = st.start("a.ova").await.unwrap();
+        w.put(b"new").await.unwrap();
+        w.complete().await.unwrap();
         st.commit().await.unwrap();
         assert_eq!(std::fs::read(dir.path().join("a.ova")).unwrap(), b"new");
         assert_eq!(entries(dir.path()), vec!["a.ova"]);
@@ -771,7 +728,7 @@ mod tests {
         let artifact = Artifact::File("a.ova".into());
         assert!(!sink.discard_partial(&artifact).await.unwrap());
         let mut st = sink.begin_resumable(&artifact, false, false).await.unwrap();
-        st.create("a.ova").await.unwrap().write(b"x").await.unwrap();
+        st.start("a.ova").await.unwrap().put(b"x").await.unwrap();
         // Held by a running export: left alone, with a clear error.
         let err = sink.discard_partial(&artifact).await.unwrap_err();
         assert!(
@@ -817,9 +774,9 @@ mod tests {
                 file
             );
             assert_eq!(mode(&sink.root().join(".vm.partial")), d);
-            let mut w = st.create("vm.ovf").await.unwrap();
-            w.write(b"x").await.unwrap();
-            w.finish().await.unwrap();
+            let mut w = st.start("vm.ovf").await.unwrap();
+            w.put(b"x").await.unwrap();
+            w.complete().await.unwrap();
             let loc = st.commit().await.unwrap();
             assert_eq!(mode(Path::new(&loc)), d);
             assert_eq!(mode(&Path::new(&loc).join("vm.ovf")), file);
@@ -862,9 +819,12 @@ mod tests {
         st.keep().await.unwrap();
         std::os::unix::fs::symlink(&victim, dir.path().join(".a.ova.partial/a.ova")).unwrap();
         let mut st = sink.begin_resumable(&artifact, false, true).await.unwrap();
-        assert!(st.create("a.ova").await.is_err());
-        assert!(st.append("a.ova", 0).await.is_err());
-        assert!(st.open("a.ova").await.is_err());
+        assert!(st.start("a.ova").await.is_err());
+        assert!(st
+            .resume("a.ova", &UploadState::default(), 0)
+            .await
+            .is_err());
+        assert!(st.open("a.ova", 0).await.is_err());
         assert_eq!(st.size("a.ova").await.unwrap(), None);
         st.abort().await.unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");

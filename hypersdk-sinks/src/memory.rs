@@ -15,7 +15,9 @@ use tokio::io::AsyncRead;
 
 use crate::check_name;
 use hypersdk_core::sink::ObjectMeta;
-use hypersdk_core::{Artifact, CheckpointStore, Error, Result, Sink, SinkWriter, Staging};
+use hypersdk_core::{
+    Artifact, CheckpointStore, Error, Reserved, Result, Sink, Staging, Upload, UploadState,
+};
 
 /// Objects by path, in memory (cheap to clone: clones share the objects).
 #[derive(Debug, Clone, Default)]
@@ -254,29 +256,45 @@ impl Drop for MemoryStaging {
 
 #[async_trait]
 impl Staging for MemoryStaging {
-    async fn create(&mut self, name: &str) -> Result<Box<dyn SinkWriter>> {
+    async fn start(&mut self, name: &str) -> Result<Box<dyn Upload>> {
         check_name(name)?;
         self.objects().insert(name.to_string(), Vec::new());
-        Ok(Box::new(MemoryWriter {
-            objects: self.objects.clone(),
-            name: name.to_string(),
-        }))
+        Ok(Box::new(MemoryUpload::new(self.objects.clone(), name)))
     }
 
-    async fn open(&self, name: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>> {
+    async fn resume(
+        &mut self,
+        name: &str,
+        saved: &UploadState,
+        keep: u64,
+    ) -> Result<Box<dyn Upload>> {
+        let mut objects = self.objects();
+        let v = objects.get_mut(name).ok_or_else(|| not_found(name))?;
+        if keep > saved.size || keep > v.len() as u64 {
+            return Err(Error::sink(
+                "cannot continue",
+                name,
+                std::io::Error::other(format!("{keep} bytes to keep, {} there", v.len())),
+            ));
+        }
+        v.truncate(usize::try_from(keep).unwrap_or(usize::MAX));
+        drop(objects);
+        Ok(Box::new(MemoryUpload::new(self.objects.clone(), name)))
+    }
+
+    fn fills_reserved(&self) -> bool {
+        true
+    }
+
+    async fn open(&self, name: &str, offset: u64) -> Result<Box<dyn AsyncRead + Send + Unpin>> {
         let bytes = self
             .objects()
             .get(name)
             .cloned()
             .ok_or_else(|| not_found(name))?;
-        Ok(Box::new(std::io::Cursor::new(bytes)))
-    }
-
-    async fn remove(&mut self, name: &str) -> Result<()> {
-        self.objects()
-            .remove(name)
-            .map(|_| ())
-            .ok_or_else(|| not_found(name))
+        let mut cursor = std::io::Cursor::new(bytes);
+        cursor.set_position(offset);
+        Ok(Box::new(cursor))
     }
 
     async fn commit(mut self: Box<Self>) -> Result<String> {
@@ -345,26 +363,31 @@ impl Staging for MemoryStaging {
     async fn size(&self, name: &str) -> Result<Option<u64>> {
         Ok(self.objects().get(name).map(|v| v.len() as u64))
     }
-
-    async fn append(&mut self, name: &str, len: u64) -> Result<Box<dyn SinkWriter>> {
-        let mut objects = self.objects();
-        let v = objects.get_mut(name).ok_or_else(|| not_found(name))?;
-        v.truncate(usize::try_from(len).unwrap_or(usize::MAX));
-        drop(objects);
-        Ok(Box::new(MemoryWriter {
-            objects: self.objects.clone(),
-            name: name.to_string(),
-        }))
-    }
 }
 
 #[derive(Debug)]
-struct MemoryWriter {
+struct MemoryUpload {
     objects: Objects,
     name: String,
+    size: u64,
+    unfilled: Vec<Reserved>,
 }
 
-impl MemoryWriter {
+impl MemoryUpload {
+    fn new(objects: Objects, name: &str) -> Self {
+        let size = objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .map_or(0, |v| v.len() as u64);
+        MemoryUpload {
+            objects,
+            name: name.to_string(),
+            size,
+            unfilled: Vec::new(),
+        }
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut Vec<u8>) -> T) -> Result<T> {
         let mut objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
         let v = objects
@@ -375,16 +398,69 @@ impl MemoryWriter {
 }
 
 #[async_trait]
-impl SinkWriter for MemoryWriter {
-    async fn write(&mut self, data: &[u8]) -> Result<()> {
-        self.with(|v| v.extend_from_slice(data))
+impl Upload for MemoryUpload {
+    async fn put(&mut self, data: &[u8]) -> Result<()> {
+        self.with(|v| v.extend_from_slice(data))?;
+        self.size += data.len() as u64;
+        Ok(())
     }
 
-    async fn finish(self: Box<Self>) -> Result<u64> {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    async fn reserve(&mut self, len: u64) -> Result<Reserved> {
+        let at = Reserved {
+            offset: self.size,
+            len,
+        };
+        let n = usize::try_from(len).map_err(|_| Error::Internal("region too large".into()))?;
+        self.with(|v| v.resize(v.len() + n, 0))?;
+        self.size += len;
+        self.unfilled.push(at);
+        Ok(at)
+    }
+
+    async fn fill(&mut self, at: Reserved, data: &[u8]) -> Result<()> {
+        let start = usize::try_from(at.offset).unwrap_or(usize::MAX);
+        self.with(|v| match v.get_mut(start..start.saturating_add(data.len())) {
+            Some(region) if data.len() as u64 == at.len => {
+                region.copy_from_slice(data);
+                Ok(())
+            }
+            _ => Err(Error::Internal(format!(
+                "{} bytes to fill a region of {} at {}",
+                data.len(),
+                at.len,
+                at.offset
+            ))),
+        })??;
+        self.unfilled.retain(|r| *r != at);
+        Ok(())
+    }
+
+    async fn save(&mut self) -> Result<Option<UploadState>> {
+        Ok(Some(UploadState {
+            size: self.size,
+            sink: serde_json::Value::Null,
+        }))
+    }
+
+    async fn complete(self: Box<Self>) -> Result<u64> {
+        if let Some(r) = self.unfilled.first() {
+            return Err(Error::Internal(format!(
+                "{}: the region of {} bytes at {} was reserved and never filled",
+                self.name, r.len, r.offset
+            )));
+        }
         self.with(|v| v.len() as u64)
     }
 
-    async fn sync(&mut self) -> Result<Option<u64>> {
-        self.with(|v| Some(v.len() as u64))
+    async fn abort(self: Box<Self>) -> Result<()> {
+        self.objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.name);
+        Ok(())
     }
 }

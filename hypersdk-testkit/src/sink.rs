@@ -1,7 +1,7 @@
 //! The sink suite.
 
 use hypersdk_core::sink::ObjectMeta;
-use hypersdk_core::{Artifact, Sink, Staging};
+use hypersdk_core::{Artifact, Sink, Staging, UploadState};
 use tokio::io::AsyncReadExt;
 
 use crate::unique;
@@ -21,6 +21,8 @@ pub async fn run_suite(sink: &dyn Sink, caps: Capabilities) {
     abort_and_drop_leave_nothing(sink).await;
     existing_artifacts_are_refused_unless_overwriting(sink).await;
     names_cannot_climb_out(sink).await;
+    an_aborted_upload_leaves_nothing(sink).await;
+    reserved_regions_are_filled_in_place(sink).await;
     if caps.resumable {
         a_kept_upload_continues_to_the_same_object(sink).await;
     } else {
@@ -36,14 +38,15 @@ pub fn pattern(seed: u8, len: usize) -> Vec<u8> {
 }
 
 async fn write(staging: &mut Box<dyn Staging>, name: &str, data: &[u8]) {
-    let mut w = staging.create(name).await.expect("create an object");
+    let mut w = staging.start(name).await.expect("start an upload");
     for part in data.chunks(300_007) {
-        w.write(part).await.expect("write a part");
+        w.put(part).await.expect("put a part");
     }
+    assert_eq!(w.size(), data.len() as u64, "size() counts what was put");
     assert_eq!(
-        w.finish().await.expect("finish an object"),
+        w.complete().await.expect("complete an upload"),
         data.len() as u64,
-        "finish() reports the object's size"
+        "complete() reports the object's size"
     );
 }
 
@@ -222,7 +225,7 @@ pub async fn names_cannot_climb_out(sink: &dyn Sink) {
         .expect("begin");
     for bad in ["../evil", "a/b", ".."] {
         assert!(
-            staging.create(bad).await.is_err(),
+            staging.start(bad).await.is_err(),
             "{}: object name {bad:?} accepted",
             sink.describe()
         );
@@ -253,15 +256,25 @@ pub async fn a_kept_upload_continues_to_the_same_object(sink: &dyn Sink) {
             sink.describe()
         )
     });
-    let mut w = staging.create("disk").await.expect("create");
-    w.write(&whole[..cut]).await.expect("write");
-    let synced = w.sync().await.expect("sync");
+    let mut w = staging.start("disk").await.expect("start");
+    w.put(&whole[..cut]).await.expect("put");
+    let saved = w.save().await.expect("save").unwrap_or_else(|| {
+        panic!(
+            "{}: a resumable sink's upload saves no state",
+            sink.describe()
+        )
+    });
     assert_eq!(
-        synced,
-        Some(cut as u64),
-        "{}: sync reports the durable size",
+        saved.size,
+        cut as u64,
+        "{}: save reports the durable size",
         sink.describe()
     );
+    // What a checkpoint records must survive being written down.
+    let saved: UploadState =
+        serde_json::from_slice(&serde_json::to_vec(&saved).expect("encode the upload state"))
+            .expect("decode the upload state");
+    w.put(b"not durable: lost with the process").await.expect("put");
     drop(w);
     cps.save(b"{\"at\":1234567}").expect("save checkpoint");
     staging.keep().await.expect("keep");
@@ -282,13 +295,27 @@ pub async fn a_kept_upload_continues_to_the_same_object(sink: &dyn Sink) {
         "{}: checkpoint after resume",
         sink.describe()
     );
-    assert_eq!(staging.size("disk").await.expect("size"), Some(cut as u64));
-    let mut w = staging.append("disk", cut as u64).await.expect("append");
-    w.write(&whole[cut..]).await.expect("write the rest");
+    // Keeping less than was saved (a resume at an earlier record) is
+    // allowed; more is not.
+    assert!(
+        staging
+            .resume("disk", &saved, saved.size + 1)
+            .await
+            .is_err(),
+        "{}: resume kept more than was saved",
+        sink.describe()
+    );
+    let keep = cut - 1000;
+    let mut w = staging
+        .resume("disk", &saved, keep as u64)
+        .await
+        .expect("resume the upload");
+    assert_eq!(w.size(), keep as u64, "{}: a resumed upload's size", sink.describe());
+    w.put(&whole[keep..]).await.expect("put the rest");
     assert_eq!(
-        w.finish().await.expect("finish"),
+        w.complete().await.expect("complete"),
         whole.len() as u64,
-        "{}: finish counts kept bytes",
+        "{}: complete counts kept bytes",
         sink.describe()
     );
     staging.commit().await.expect("commit");
@@ -325,6 +352,90 @@ pub async fn a_kept_upload_continues_to_the_same_object(sink: &dyn Sink) {
     );
     staging.abort().await.expect("abort");
     sink.delete(&artifact).await.expect("delete");
+}
+
+/// An aborted upload leaves nothing: the artifact is published without it.
+pub async fn an_aborted_upload_leaves_nothing(sink: &dyn Sink) {
+    let name = unique("tk-abort-upload");
+    let artifact = Artifact::Directory(name.clone());
+    let mut staging = sink.begin(&artifact, false).await.expect("begin");
+    write(&mut staging, "kept", b"kept").await;
+    let mut w = staging.start("dropped").await.expect("start");
+    w.put(&pattern(3, 100_000)).await.expect("put");
+    w.abort().await.expect("abort the upload");
+    staging.commit().await.expect("commit");
+    let got: Vec<String> = listed(sink, &name)
+        .await
+        .into_iter()
+        .map(|m| m.path)
+        .collect();
+    assert_eq!(
+        got,
+        vec![format!("{name}/kept")],
+        "{}: an aborted upload was published",
+        sink.describe()
+    );
+    sink.delete(&artifact).await.expect("delete");
+}
+
+/// Where a sink fills reserved regions: a region left before the data and
+/// filled after it gives the object with the region in its place; an
+/// upload with a region never filled does not complete.
+pub async fn reserved_regions_are_filled_in_place(sink: &dyn Sink) {
+    let name = unique("tk-reserve");
+    let artifact = Artifact::File(name.clone());
+    let mut staging = sink.begin(&artifact, false).await.expect("begin");
+    if !staging.fills_reserved() {
+        staging.abort().await.expect("abort");
+        return;
+    }
+    let head = pattern(4, 1536);
+    let body = pattern(5, 2_500_000);
+    let mid = pattern(6, 512);
+    let mut w = staging.start(&name).await.expect("start");
+    let first = w.reserve(head.len() as u64).await.expect("reserve");
+    assert_eq!(first.offset, 0, "{}: first region's offset", sink.describe());
+    w.put(&body).await.expect("put");
+    let second = w.reserve(mid.len() as u64).await.expect("reserve");
+    assert_eq!(second.offset, (head.len() + body.len()) as u64);
+    w.put(b"tail").await.expect("put");
+    assert!(
+        w.fill(second, &mid[..100]).await.is_err(),
+        "{}: a fill of the wrong length was taken",
+        sink.describe()
+    );
+    w.fill(second, &mid).await.expect("fill");
+    w.fill(first, &head).await.expect("fill");
+    let size = w.complete().await.expect("complete");
+    let mut whole = head.clone();
+    whole.extend_from_slice(&body);
+    whole.extend_from_slice(&mid);
+    whole.extend_from_slice(b"tail");
+    assert_eq!(size, whole.len() as u64);
+    staging.commit().await.expect("commit");
+    assert_eq!(
+        read_all(sink, &name).await,
+        whole,
+        "{}: filled regions are not in place",
+        sink.describe()
+    );
+    sink.delete(&artifact).await.expect("delete");
+
+    let mut staging = sink.begin(&artifact, false).await.expect("begin");
+    let mut w = staging.start(&name).await.expect("start");
+    w.reserve(512).await.expect("reserve");
+    w.put(b"data").await.expect("put");
+    assert!(
+        w.complete().await.is_err(),
+        "{}: an upload with an unfilled region completed",
+        sink.describe()
+    );
+    staging.abort().await.expect("abort");
+    assert!(
+        listed(sink, &name).await.is_empty(),
+        "{}: a failed upload was published",
+        sink.describe()
+    );
 }
 
 /// A sink that says it cannot resume gives no checkpoints.

@@ -4,53 +4,75 @@
 use super::*;
 
 impl Exporter {
-    /// Opens disk `index`'s source and staging object — continuing what an
-    /// interrupted run left when resuming, or reporting a disk it finished.
+    /// Opens disk `index`'s source and the object it is written to —
+    /// continuing what an interrupted run left when resuming.
     pub(super) async fn prepare_disk(
         &self,
         source: &dyn ExportSource,
         index: usize,
         name: &str,
-        staging: &mut dyn Staging,
+        target: Target<'_>,
         ck: Option<&Checkpointer>,
-    ) -> Result<Prepared> {
-        // An OVA's disks are spools: the OVA as a whole is wrapped later.
+    ) -> Result<Box<PreparedDisk>> {
+        let place = target.place();
+        // Only an OVF directory's files are wrapped one by one; an OVA is
+        // wrapped as a whole.
         let wrapped = self.options.format == PackageFormat::Ovf;
         let transforms = self.transform_spec(wrapped);
-        let stored_name = format!("{name}{}", transforms.extension());
         let disk_name = source.spec().disks[index].name.clone();
         let prev = match ck {
             Some(ck) => ck.disk(index).await,
             None => DiskState::default(),
         };
-        if let Some(done) = &prev.done {
-            if staging.size(&done.file.stored_name).await? == Some(done.file.stored_size) {
-                return Ok(Prepared::Done(DiskOutcome {
-                    file: done.file.clone(),
-                    populated: done.populated,
-                    bytes_read: 0,
-                    kept: done.file.stored_size,
-                }));
-            }
-        }
         let served_wanted = !self.options.reencode;
-        let mut resumed: Option<(Recovered, DiskInput)> = None;
-        if prev.durable > 0 && prev.stored_name == stored_name {
-            if transforms.changes_bytes() {
-                tracing::warn!(disk = %disk_name, "a compressed or encrypted disk file cannot be continued mid-way: writing it again");
-            } else {
-                match self
-                    .reopen(source, index, staging, &stored_name, &prev, served_wanted)
-                    .await
-                {
-                    Ok(r) => resumed = r,
-                    Err(e) => {
-                        tracing::warn!(disk = %disk_name, error = %e, "cannot continue the disk: writing it again")
+        let (stored_name, writer, resumed, member) = match target {
+            Target::Object(staging, _) => {
+                let stored_name = format!("{name}{}", transforms.extension());
+                let mut resumed: Option<(Recovered, DiskInput)> = None;
+                let mut writer = None;
+                if prev.durable > 0 && prev.stored_name == stored_name && prev.place == place {
+                    if transforms.changes_bytes() {
+                        tracing::warn!(disk = %disk_name, "a compressed or encrypted disk file cannot be continued mid-way: writing it again");
+                    } else if let Some(saved) = &prev.upload {
+                        match self.reopen(source, index, &*staging, &stored_name, &prev).await {
+                            Ok(Some((rec, input))) => {
+                                match staging.resume(&stored_name, saved, rec.offset).await {
+                                    Ok(w) => {
+                                        writer = Some(w);
+                                        resumed = Some((rec, input));
+                                    }
+                                    Err(e) => tracing::warn!(disk = %disk_name, error = %e, "cannot continue the disk: writing it again"),
+                                }
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::warn!(disk = %disk_name, error = %e, "cannot continue the disk: writing it again")
+                            }
+                        }
                     }
                 }
+                let writer = match writer {
+                    Some(w) => w,
+                    None => staging.start(&stored_name).await?,
+                };
+                (stored_name, writer, resumed, None)
             }
-        }
-        let slot = ck.map(|c| (c.clone(), index));
+            Target::Member(archive) => {
+                let resumed = match archive.pending.take() {
+                    Some((i, rec, input)) if i == index => Some((rec, input)),
+                    _ => None,
+                };
+                let kept = resumed.as_ref().map_or(0, |(r, _)| r.offset);
+                let (member, start) = self.start_member(archive, index, kept, ck).await?;
+                let writer: Box<dyn Upload> = Box::new(member);
+                (archive.name.clone(), writer, resumed, Some(start))
+            }
+        };
+        let slot = ck.map(|c| Slot {
+            ck: c.clone(),
+            index,
+            member,
+        });
         let (stream, input, object, resume) = match resumed {
             Some((rec, stream)) => {
                 info!(disk = %disk_name, kept = rec.offset, "continuing the disk");
@@ -58,9 +80,8 @@ impl Exporter {
                     offset: rec.offset,
                     hasher: rec.hasher,
                 };
-                let (input, object) = self
-                    .open_object_at(staging, name, wrapped, Some(cont), slot)
-                    .await?;
+                let (input, object) =
+                    self.object_sink(name, &stored_name, writer, wrapped, Some(cont), slot)?;
                 let resume = DiskResume {
                     kept: rec.offset,
                     checker: rec.checker,
@@ -78,9 +99,8 @@ impl Exporter {
                     Some(s) => DiskInput::ServedVmdk(s),
                     None => DiskInput::Guest(source.open_disk(index, 0).await?),
                 };
-                let (input, object) = self
-                    .open_object_at(staging, name, wrapped, None, slot)
-                    .await?;
+                let (input, object) =
+                    self.object_sink(name, &stored_name, writer, wrapped, None, slot)?;
                 (stream, input, object, None)
             }
         };
@@ -89,18 +109,21 @@ impl Exporter {
                 stored_name: stored_name.clone(),
                 durable: resume.as_ref().map_or(0, |r| r.kept),
                 served: matches!(stream, DiskInput::ServedVmdk(_)),
+                place,
+                upload: None,
                 done: None,
             };
             ck.update(|c| c.disks[index] = state).await?;
         }
-        Ok(Prepared::Run(Box::new(PreparedDisk {
+        Ok(Box::new(PreparedDisk {
             index,
             name: name.to_string(),
+            place,
             stream,
             input,
             object,
             resume,
-        })))
+        }))
     }
 
     /// Reads back the durable bytes of an interrupted disk's object and
@@ -113,7 +136,6 @@ impl Exporter {
         staging: &dyn Staging,
         stored_name: &str,
         prev: &DiskState,
-        served_wanted: bool,
     ) -> Result<Option<(Recovered, DiskInput)>> {
         let Some(size) = staging.size(stored_name).await? else {
             return Ok(None);
@@ -121,12 +143,27 @@ impl Exporter {
         let rec = recover(
             staging,
             stored_name,
+            0,
             prev.durable.min(size),
             self.options.digest,
         )
         .await?;
-        if prev.served {
-            if !served_wanted {
+        self.continue_source(source, index, rec, prev.served).await
+    }
+
+    /// Opens disk `index`'s source where the recovered bytes `rec` end: at
+    /// that guest offset, or, for a VMDK stored as the platform served it
+    /// (`served`), at that byte of the VMDK once the platform is seen to
+    /// serve the same bytes again. None if it cannot go on there.
+    pub(super) async fn continue_source(
+        &self,
+        source: &dyn ExportSource,
+        index: usize,
+        rec: Recovered,
+        served: bool,
+    ) -> Result<Option<(Recovered, DiskInput)>> {
+        if served {
+            if self.options.reencode {
                 return Ok(None);
             }
             // Ask for the last kept bytes again: the platform must serve the
@@ -181,6 +218,7 @@ impl Exporter {
             Some(r) => (Some(r.checker), r.writer),
             None => (None, None),
         };
+        let place = p.place;
         let mut outcome = match p.stream {
             DiskInput::ServedVmdk(s) => {
                 let s = self.layered(s, spec, p.index);
@@ -194,6 +232,7 @@ impl Exporter {
             }
         }?;
         outcome.kept = kept;
+        outcome.place = place;
         Ok(outcome)
     }
 
@@ -335,6 +374,7 @@ impl Exporter {
             populated: stats.populated_bytes,
             bytes_read,
             kept: 0,
+            place: Place::Object,
         })
     }
 
@@ -432,6 +472,7 @@ impl Exporter {
             populated: stats.populated,
             bytes_read: disk.capacity - start.min(disk.capacity),
             kept: 0,
+            place: Place::Object,
         })
     }
 }
@@ -450,20 +491,33 @@ pub(super) enum DiskInput {
     ServedVmdk(crate::provider::DiskStream),
 }
 
-/// A disk whose source stream and staging object are open.
+/// Where a disk is written.
+pub(super) enum Target<'a> {
+    /// Its own object in a staging area: the sink's (a file of an OVF
+    /// directory) or the scratch area's (a spool).
+    Object(&'a mut dyn Staging, Place),
+    /// The OVA written in place, as its next member.
+    Member(&'a mut Archive),
+}
+
+impl Target<'_> {
+    fn place(&self) -> Place {
+        match self {
+            Target::Object(_, p) => *p,
+            Target::Member(_) => Place::Member,
+        }
+    }
+}
+
+/// A disk whose source stream and object are open.
 pub(super) struct PreparedDisk {
     pub(super) index: usize,
     pub(super) name: String,
+    pub(super) place: Place,
     pub(super) stream: DiskInput,
     pub(super) input: PipelineInput,
     pub(super) object: ObjectSink,
     pub(super) resume: Option<DiskResume>,
-}
-
-/// A disk to run, or one an interrupted run finished.
-pub(super) enum Prepared {
-    Run(Box<PreparedDisk>),
-    Done(DiskOutcome),
 }
 
 /// Where a continued disk picks up.

@@ -58,7 +58,9 @@ use hypersdk_formats::vmdk::{
     StreamChecker, StreamOptimizedWriter, VmdkWriterOptions, VmdkWriterStats, WriterResume,
 };
 
-use crate::checkpoint::{Checkpoint, Checkpointer, DiskState, DoneDisk, Identity};
+use crate::checkpoint::{
+    ArchiveState, Checkpoint, Checkpointer, DiskState, DoneDisk, Identity, MemberState, Place,
+};
 use crate::error::{Error, Result};
 use crate::layers;
 use crate::options::{ExportOptions, PackageFormat};
@@ -66,7 +68,7 @@ use crate::package::{disk_file_name, ovf_system, safe_name, WrittenDisk};
 use crate::progress::{Phase, ProgressEvent, ProgressFn, ProgressTracker};
 use crate::provider::{ExportSource, Provider};
 use crate::report::{DiskReport, ExportReport, FileReport};
-use crate::sink::{Sink, SinkWriter, Staging};
+use crate::sink::{Reserved, Sink, Staging, Upload, UploadState};
 use crate::transforms::compress::decompress_reader;
 use crate::transforms::encrypt::DecryptReader;
 use crate::transforms::pipeline::{self, Continue, PipelineInput, PipelineOutput, TransformSpec};
@@ -111,6 +113,8 @@ pub(super) struct DiskOutcome {
     pub(super) bytes_read: u64,
     /// Stored bytes kept from an earlier, interrupted run.
     pub(super) kept: u64,
+    /// Where it was written.
+    pub(super) place: Place,
 }
 
 impl Exporter {
@@ -216,11 +220,20 @@ impl Exporter {
                     return Err(e);
                 }
             };
+            let mut scratch: Option<Scratch> = None;
             let mut built = self
-                .build(&spec, source, staging.as_mut(), &base, ck.as_ref())
+                .build(&spec, source, staging.as_mut(), &base, ck.as_ref(), &mut scratch)
                 .await;
+            if let Some(s) = scratch.take() {
+                // Spools are copied into the archive by now, unless it failed.
+                if built.is_ok() {
+                    s.discard().await;
+                } else {
+                    scratch = Some(s);
+                }
+            }
             if let (Ok(report), true) = (&mut built, self.options.verify) {
-                match self.verify(staging.as_ref(), report).await {
+                match self.verify(staging.as_ref(), &base, report).await {
                     Ok(()) => report.verified = true,
                     Err(e) => built = Err(e),
                 }
@@ -240,7 +253,15 @@ impl Exporter {
             let mut report = match built {
                 Ok(r) => r,
                 Err(e) => {
-                    if ck.is_some() && self.options.keeps_partial_after(&e) {
+                    let keep = ck.is_some() && self.options.keeps_partial_after(&e);
+                    if let Some(s) = scratch {
+                        if keep {
+                            s.keep().await;
+                        } else {
+                            s.discard().await;
+                        }
+                    }
+                    if keep {
                         match staging.keep().await {
                             Ok(at) => {
                                 tracing::warn!(
@@ -315,6 +336,69 @@ impl Exporter {
         Ok(Some(ck))
     }
 
+    /// The scratch area, opened on first use.
+    async fn scratch<'s>(
+        &self,
+        scratch: &'s mut Option<Scratch>,
+        staging: &dyn Staging,
+        resumable: bool,
+    ) -> Result<&'s mut Scratch> {
+        if scratch.is_none() {
+            let root = self
+                .options
+                .scratch_dir
+                .clone()
+                .unwrap_or_else(std::env::temp_dir);
+            let s = Scratch::open(
+                &root,
+                &staging.destination(),
+                resumable,
+                self.options.resume,
+            )
+            .await?;
+            *scratch = Some(s);
+        }
+        scratch
+            .as_mut()
+            .ok_or_else(|| Error::Internal("no scratch area".into()))
+    }
+
+    /// Disk `index` as an interrupted run finished it, if what it wrote is
+    /// still whole where it was written (`appended`: disks whole in the OVA
+    /// written in place).
+    async fn kept_disk(
+        &self,
+        index: usize,
+        staging: &dyn Staging,
+        scratch: Option<&Scratch>,
+        appended: Option<usize>,
+        ck: Option<&Checkpointer>,
+    ) -> Result<Option<DiskOutcome>> {
+        let Some(ck) = ck else {
+            return Ok(None);
+        };
+        let prev = ck.disk(index).await;
+        let Some(done) = prev.done else {
+            return Ok(None);
+        };
+        let stored = &done.file.stored_name;
+        let whole = match prev.place {
+            Place::Object => staging.size(stored).await? == Some(done.file.stored_size),
+            Place::Spool => match scratch {
+                Some(s) => s.size(stored).await? == Some(done.file.stored_size),
+                None => false,
+            },
+            Place::Member => appended.is_some_and(|n| index < n),
+        };
+        Ok(whole.then(|| DiskOutcome {
+            kept: done.file.stored_size,
+            file: done.file,
+            populated: done.populated,
+            bytes_read: 0,
+            place: prev.place,
+        }))
+    }
+
     /// Writes every file of the package into `staging`; does not commit.
     async fn build(
         &self,
@@ -323,12 +407,36 @@ impl Exporter {
         staging: &mut dyn Staging,
         base: &str,
         ck: Option<&Checkpointer>,
+        scratch: &mut Option<Scratch>,
     ) -> Result<ExportReport> {
-        // Up to `parallel_disks` disks at once. Opening a disk (its source
-        // stream and its object in the staging area) needs the staging area,
-        // so it happens here, one at a time, when a slot is free; the running
-        // disks need nothing shared.
         let n = spec.disks.len();
+        let ova = self.options.format == PackageFormat::Ova;
+        let layout = if ova {
+            Some(self.prefix_layout(spec, base)?)
+        } else {
+            None
+        };
+        let resumable = ck.is_some();
+        if let Some(ck) = ck {
+            if ck
+                .snapshot()
+                .await
+                .disks
+                .iter()
+                .any(|d| d.place == Place::Spool)
+            {
+                self.scratch(scratch, staging, resumable).await?;
+            }
+        }
+        let mut archive = if self.in_place(staging) {
+            Some(self.open_archive(staging, source, base, ck).await?)
+        } else {
+            None
+        };
+        // Up to `parallel_disks` disks at once. Opening a disk (its source
+        // stream and its object) needs the staging area, so it happens here,
+        // one at a time, when a slot is free; the running disks need
+        // nothing shared but the archive they may be written into.
         let parallel = self.options.parallel_disks.max(1);
         let mut outcomes: Vec<Option<DiskOutcome>> = (0..n).map(|_| None).collect();
         let mut running = futures_util::stream::FuturesUnordered::new();
@@ -338,14 +446,25 @@ impl Exporter {
                 let name = disk_file_name(base, next);
                 let index = next;
                 next += 1;
-                let prepared = match self.prepare_disk(source, index, &name, staging, ck).await? {
-                    Prepared::Done(o) => {
-                        info!(disk = %spec.disks[index].name, "disk already exported; kept");
-                        outcomes[index] = Some(o);
-                        continue;
-                    }
-                    Prepared::Run(p) => p,
+                if let Some(o) = self
+                    .kept_disk(index, staging, scratch.as_ref(), archive.as_ref().map(|a| a.next), ck)
+                    .await?
+                {
+                    info!(disk = %spec.disks[index].name, "disk already exported; kept");
+                    outcomes[index] = Some(o);
+                    continue;
+                }
+                let target = if !ova {
+                    Target::Object(&mut *staging, Place::Object)
+                } else if let Some(a) = archive.as_mut().filter(|a| a.next == index && !a.busy) {
+                    Target::Member(a)
+                } else {
+                    Target::Object(
+                        self.scratch(scratch, staging, resumable).await?,
+                        Place::Spool,
+                    )
                 };
+                let prepared = self.prepare_disk(source, index, &name, target, ck).await?;
                 let span = info_span!("disk", index, disk = %spec.disks[index].name);
                 running.push(async move {
                     let outcome = self.run_disk(spec, prepared).instrument(span).await;
@@ -368,6 +487,9 @@ impl Exporter {
                 let (index, outcome) = finished?;
                 outcomes[index] = Some(outcome);
             }
+            if let Some(a) = archive.as_mut() {
+                self.append_ready(a, &outcomes, scratch.as_ref(), ck).await?;
+            }
         }
         let outcomes: Vec<DiskOutcome> = outcomes.into_iter().flatten().collect();
         let written: Vec<WrittenDisk> = outcomes
@@ -379,12 +501,16 @@ impl Exporter {
             })
             .collect();
         let ovf = write_envelope(&ovf_system(spec, &written));
+        let ovf_bytes = match layout {
+            Some(l) => padded_descriptor(&ovf, l.ovf_len)?,
+            None => ovf.into_bytes(),
+        };
         let ovf_name = format!("{base}.ovf");
         let mf_name = format!("{base}.mf");
         let mut manifest_entries = vec![manifest_entry(
             self.options.digest,
             &ovf_name,
-            &digest_hex(self.options.digest, ovf.as_bytes()),
+            &digest_hex(self.options.digest, &ovf_bytes),
         )?];
         for o in &outcomes {
             manifest_entries.push(manifest_entry(
@@ -394,10 +520,17 @@ impl Exporter {
             )?);
         }
         let manifest = write_manifest(&manifest_entries);
+        let plain = |name: &str, bytes: &[u8]| FileReport {
+            name: name.to_string(),
+            size: bytes.len() as u64,
+            digest: digest_hex(self.options.digest, bytes),
+            stored_name: name.to_string(),
+            stored_size: bytes.len() as u64,
+        };
 
-        let (size, ova_digest, ovf_file, mf_file) = match self.options.format {
-            PackageFormat::Ovf => {
-                let ovf_file = self.write_small(staging, &ovf_name, ovf.as_bytes()).await?;
+        let (size, ova_digest, ovf_file, mf_file) = match (layout, archive) {
+            (None, _) => {
+                let ovf_file = self.write_small(staging, &ovf_name, &ovf_bytes).await?;
                 let mf_file = self
                     .write_small(staging, &mf_name, manifest.as_bytes())
                     .await?;
@@ -406,21 +539,37 @@ impl Exporter {
                     + outcomes.iter().map(|o| o.file.stored_size).sum::<u64>();
                 (total, None, ovf_file, mf_file)
             }
-            PackageFormat::Ova => {
-                let plain = |name: &str, bytes: &[u8]| FileReport {
-                    name: name.to_string(),
-                    size: bytes.len() as u64,
-                    digest: digest_hex(self.options.digest, bytes),
-                    stored_name: name.to_string(),
-                    stored_size: bytes.len() as u64,
-                };
-                let ovf_file = plain(&ovf_name, ovf.as_bytes());
+            (Some(_), Some(archive)) => {
+                if archive.next != n {
+                    return Err(Error::Internal(format!(
+                        "{} of {n} disks are in the OVA",
+                        archive.next
+                    )));
+                }
+                let ovf_file = plain(&ovf_name, &ovf_bytes);
                 let mf_file = plain(&mf_name, manifest.as_bytes());
+                let size = self
+                    .finish_archive(
+                        archive,
+                        (&ovf_file, &ovf_bytes),
+                        (&mf_file, manifest.as_bytes()),
+                    )
+                    .await?;
+                // The archive's own digest needs it read whole: the verify
+                // pass does that.
+                (size, None, ovf_file, mf_file)
+            }
+            (Some(layout), None) => {
+                let ovf_file = plain(&ovf_name, &ovf_bytes);
+                let mf_file = plain(&mf_name, manifest.as_bytes());
+                let sc = self.scratch(scratch, staging, resumable).await?;
                 let ova = self
                     .write_ova(
                         staging,
+                        sc,
                         base,
-                        (&ovf_file, ovf.as_bytes()),
+                        layout,
+                        (&ovf_file, &ovf_bytes),
                         (&mf_file, manifest.as_bytes()),
                         &outcomes,
                     )
@@ -466,8 +615,11 @@ mod disk;
 mod object;
 mod ova;
 mod resume;
+mod scratch;
 mod verify;
 
-use disk::Prepared;
-use object::{digest_hex, first_cause, manifest_entry, ObjectSink};
+use disk::{DiskInput, Target};
+use object::{digest_hex, first_cause, manifest_entry, ObjectSink, Slot};
+use ova::{padded_descriptor, Archive};
 use resume::{recover, Recovered};
+use scratch::Scratch;

@@ -25,33 +25,32 @@ impl Exporter {
         name: &str,
         wrapped: bool,
     ) -> Result<(PipelineInput, ObjectSink)> {
-        self.open_object_at(staging, name, wrapped, None, None)
-            .await
-    }
-
-    /// [`open_object`](Self::open_object), continuing the object after the
-    /// bytes `cont` kept, and checkpointing it as disk `slot`'s.
-    pub(super) async fn open_object_at(
-        &self,
-        staging: &mut dyn Staging,
-        name: &str,
-        wrapped: bool,
-        cont: Option<Continue>,
-        slot: Option<(Checkpointer, usize)>,
-    ) -> Result<(PipelineInput, ObjectSink)> {
         let spec = self.transform_spec(wrapped);
         let stored_name = format!("{name}{}", spec.extension());
+        let writer = staging.start(&stored_name).await?;
+        self.object_sink(name, &stored_name, writer, wrapped, None, None)
+    }
+
+    /// Starts the pipeline of object `name` stored as `stored_name` into
+    /// `writer`, continuing after the bytes `cont` kept, and checkpointing
+    /// it in `slot`.
+    pub(super) fn object_sink(
+        &self,
+        name: &str,
+        stored_name: &str,
+        writer: Box<dyn Upload>,
+        wrapped: bool,
+        cont: Option<Continue>,
+        slot: Option<Slot>,
+    ) -> Result<(PipelineInput, ObjectSink)> {
+        let spec = self.transform_spec(wrapped);
         let base = cont.as_ref().map_or(0, |c| c.offset);
-        let writer = match &cont {
-            Some(c) => staging.append(&stored_name, c.offset).await?,
-            None => staging.create(&stored_name).await?,
-        };
         let (input, output) = pipeline::start_at(&spec, cont)?;
         Ok((
             input,
             ObjectSink {
                 name: name.to_string(),
-                stored_name,
+                stored_name: stored_name.to_string(),
                 writer,
                 output,
                 base,
@@ -85,12 +84,41 @@ impl Exporter {
 pub(super) struct ObjectSink {
     pub(super) name: String,
     pub(super) stored_name: String,
-    pub(super) writer: Box<dyn SinkWriter>,
+    pub(super) writer: Box<dyn Upload>,
     pub(super) output: PipelineOutput,
     /// Bytes the object already holds (continued).
     pub(super) base: u64,
     /// The checkpoint and disk this object's progress is recorded as.
-    pub(super) slot: Option<(Checkpointer, usize)>,
+    pub(super) slot: Option<Slot>,
+}
+
+/// Where an object's progress is recorded: disk `index`'s state in the
+/// checkpoint; for an OVA member, the archive's upload too.
+#[derive(Clone)]
+pub(super) struct Slot {
+    pub(super) ck: Checkpointer,
+    pub(super) index: usize,
+    /// Where the member starts in the archive (an OVA written in place).
+    pub(super) member: Option<u64>,
+}
+
+impl Slot {
+    /// Records the upload's saved state.
+    async fn saved(&self, state: UploadState) -> Result<()> {
+        let (index, member) = (self.index, self.member);
+        self.ck
+            .update(|c| match (member, c.archive.as_mut()) {
+                (Some(start), Some(a)) => {
+                    c.disks[index].durable = state.size.saturating_sub(start);
+                    a.upload = Some(state);
+                }
+                _ => {
+                    c.disks[index].durable = state.size;
+                    c.disks[index].upload = Some(state);
+                }
+            })
+            .await
+    }
 }
 
 impl ObjectSink {
@@ -102,23 +130,22 @@ impl ObjectSink {
         let mut stored: u64 = self.base;
         let mut synced = (stored, Instant::now());
         while let Some(buf) = self.output.recv().await {
-            self.writer.write(&buf).await?;
+            self.writer.put(&buf).await?;
             stored += buf.len() as u64;
             self.output.recycle(buf);
-            if let Some((ck, index)) = &self.slot {
-                if stored - synced.0 >= ck.every
+            if let Some(slot) = &self.slot {
+                if stored - synced.0 >= slot.ck.every
                     || synced.1.elapsed() >= crate::checkpoint::INTERVAL
                 {
-                    if let Some(durable) = self.writer.sync().await? {
-                        let index = *index;
-                        ck.update(|c| c.disks[index].durable = durable).await?;
+                    if let Some(state) = self.writer.save().await? {
+                        slot.saved(state).await?;
                     }
                     synced = (stored, Instant::now());
                 }
             }
         }
         let summary = self.output.finish().await?;
-        let finished = self.writer.finish().await?;
+        let finished = self.writer.complete().await?;
         if finished != stored || stored - self.base != summary.output_bytes {
             return Err(Error::Internal(format!(
                 "{}: the pipeline passed {} bytes, the sink received {stored} and stored {finished}",

@@ -17,11 +17,13 @@ pub(super) struct Recovered {
     pub(super) tail: Vec<u8>,
 }
 
-/// Reads object `name` back up to `durable` bytes: finds the last whole
-/// VMDK record, then digests and checks the bytes up to it.
+/// Reads the VMDK at byte `at` of object `name` back up to `durable` bytes:
+/// finds the last whole VMDK record, then digests and checks the bytes up
+/// to it.
 pub(super) async fn recover(
     staging: &dyn Staging,
     name: &str,
+    at: u64,
     durable: u64,
     algorithm: DigestAlgorithm,
 ) -> Result<Recovered> {
@@ -32,7 +34,7 @@ pub(super) async fn recover(
     };
     // Pass 1: where the last whole record ends.
     let mut first = StreamChecker::new();
-    read_back(staging, name, durable, |b| first.push(b).map_err(bad)).await?;
+    read_back(staging, name, at, durable, |b| first.push(b).map_err(bad)).await?;
     let offset = first.boundary();
     if offset == 0 {
         return Err(Error::Integrity {
@@ -44,7 +46,7 @@ pub(super) async fn recover(
     let mut checker = StreamChecker::new();
     let mut hasher = Hasher::new(algorithm);
     let mut tail: Vec<u8> = Vec::with_capacity(TAIL);
-    let got = read_back(staging, name, offset, |b| {
+    let got = read_back(staging, name, at, offset, |b| {
         checker.push(b).map_err(bad)?;
         hasher.update(b);
         let keep = b.len().min(TAIL);
@@ -71,16 +73,17 @@ pub(super) async fn recover(
     })
 }
 
-/// Reads the first `limit` bytes of staged object `name` in 1 MiB pieces,
-/// handing each to `f`; returns how many there were.
+/// Reads `limit` bytes of staged object `name` from byte `at` in 1 MiB
+/// pieces, handing each to `f`; returns how many there were.
 pub(super) async fn read_back(
     staging: &dyn Staging,
     name: &str,
+    at: u64,
     limit: u64,
     mut f: impl FnMut(&[u8]) -> Result<()>,
 ) -> Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
-    let mut r = staging.open(name).await?.take(limit);
+    let mut r = staging.open(name, at).await?.take(limit);
     let mut total = 0u64;
     loop {
         let n = r

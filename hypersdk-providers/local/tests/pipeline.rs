@@ -13,7 +13,7 @@ use hypersdk_core::transforms::compress::{decompress_reader, Compression};
 use hypersdk_core::transforms::encrypt::{DecryptReader, KeySource};
 use hypersdk_core::{
     Artifact, DiskStream, Error, ExportOptions, ExportSource, Exporter, PackageFormat, Phase,
-    Provider, Result, Sink, SinkWriter, Staging, VmSpec,
+    Provider, Result, Sink, Staging, Upload, VmSpec,
 };
 use hypersdk_local::LocalProvider;
 use hypersdk_sinks::LocalDirSink;
@@ -345,14 +345,21 @@ impl Sink for CorruptOnRead {
 
 #[async_trait]
 impl Staging for CorruptStaging {
-    async fn create(&mut self, name: &str) -> Result<Box<dyn SinkWriter>> {
-        self.0.create(name).await
+    async fn start(&mut self, name: &str) -> Result<Box<dyn Upload>> {
+        self.0.start(name).await
     }
-    async fn open(&self, name: &str) -> Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>> {
+    fn fills_reserved(&self) -> bool {
+        self.0.fills_reserved()
+    }
+    async fn open(
+        &self,
+        name: &str,
+        offset: u64,
+    ) -> Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>> {
         use tokio::io::AsyncReadExt;
         let mut bytes = Vec::new();
         self.0
-            .open(name)
+            .open(name, offset)
             .await?
             .read_to_end(&mut bytes)
             .await
@@ -360,9 +367,6 @@ impl Staging for CorruptStaging {
         let at = bytes.len() / 2;
         bytes[at] ^= 0x10;
         Ok(Box::new(std::io::Cursor::new(bytes)))
-    }
-    async fn remove(&mut self, name: &str) -> Result<()> {
-        self.0.remove(name).await
     }
     async fn commit(self: Box<Self>) -> Result<String> {
         self.0.commit().await

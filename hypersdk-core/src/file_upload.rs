@@ -1,0 +1,197 @@
+//! Uploads into local files.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use tokio::io::AsyncWriteExt;
+
+use crate::error::{Error, Result};
+use crate::sink::{Reserved, Upload, UploadState};
+
+fn show(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// An [`Upload`] into a local file, as a local sink's staging area or the
+/// exporter's scratch area writes them. Reserved regions are holes the
+/// writer skips over and fills in place (`pwrite`); the upload completes
+/// only once every one is filled. [`save`](Upload::save) and
+/// [`complete`](Upload::complete) flush and `fdatasync`.
+#[derive(Debug)]
+pub struct FileUpload {
+    file: tokio::fs::File,
+    path: PathBuf,
+    size: u64,
+    unfilled: Vec<Reserved>,
+}
+
+impl FileUpload {
+    /// An upload into `file` (at `path`, for messages) whose first `size`
+    /// bytes are kept; the writes go on from the file's position.
+    pub fn new(file: tokio::fs::File, path: PathBuf, size: u64) -> Self {
+        FileUpload {
+            file,
+            path,
+            size,
+            unfilled: Vec::new(),
+        }
+    }
+
+    /// Continues the upload of the file an interrupted export saved as
+    /// `saved`: cut back to `keep` bytes (at most what was saved and what is
+    /// there), writing on from there.
+    pub async fn resume(
+        mut file: tokio::fs::File,
+        path: PathBuf,
+        saved: &UploadState,
+        keep: u64,
+    ) -> Result<Self> {
+        use tokio::io::AsyncSeekExt;
+        let len = file
+            .metadata()
+            .await
+            .map_err(|e| Error::sink("cannot look at", show(&path), e))?
+            .len();
+        if keep > saved.size || keep > len {
+            return Err(Error::sink(
+                "cannot continue",
+                show(&path),
+                std::io::Error::other(format!(
+                    "{keep} bytes to keep, but {} were saved and {len} are there",
+                    saved.size
+                )),
+            ));
+        }
+        file.set_len(keep)
+            .await
+            .map_err(|e| Error::sink("cannot cut back", show(&path), e))?;
+        file.seek(std::io::SeekFrom::Start(keep))
+            .await
+            .map_err(|e| Error::sink("cannot seek in", show(&path), e))?;
+        Ok(FileUpload::new(file, path, keep))
+    }
+
+    fn err(&self, action: &str, e: std::io::Error) -> Error {
+        Error::sink(action, show(&self.path), e)
+    }
+}
+
+#[async_trait]
+impl Upload for FileUpload {
+    async fn put(&mut self, data: &[u8]) -> Result<()> {
+        self.file
+            .write_all(data)
+            .await
+            .map_err(|e| self.err("cannot write", e))?;
+        self.size += data.len() as u64;
+        Ok(())
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    async fn reserve(&mut self, len: u64) -> Result<Reserved> {
+        use tokio::io::AsyncSeekExt;
+        let at = Reserved {
+            offset: self.size,
+            len,
+        };
+        let end = self.size.checked_add(len).ok_or_else(|| {
+            self.err("cannot reserve", std::io::Error::other("size overflow"))
+        })?;
+        self.file
+            .seek(std::io::SeekFrom::Start(end))
+            .await
+            .map_err(|e| self.err("cannot seek in", e))?;
+        self.size = end;
+        self.unfilled.push(at);
+        Ok(at)
+    }
+
+    async fn fill(&mut self, at: Reserved, data: &[u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        if data.len() as u64 != at.len || at.offset.saturating_add(at.len) > self.size {
+            return Err(Error::Internal(format!(
+                "{}: {} bytes to fill a region of {} at {} (object of {})",
+                show(&self.path),
+                data.len(),
+                at.len,
+                at.offset,
+                self.size
+            )));
+        }
+        self.file
+            .flush()
+            .await
+            .map_err(|e| self.err("cannot write", e))?;
+        // A second handle on the same open file: `pwrite` does not move the
+        // position the sequential writes go on from.
+        let file = self
+            .file
+            .try_clone()
+            .await
+            .map_err(|e| self.err("cannot write", e))?
+            .into_std()
+            .await;
+        let bytes = data.to_vec();
+        tokio::task::spawn_blocking(move || file.write_all_at(&bytes, at.offset))
+            .await
+            .map_err(|e| Error::Internal(format!("file task failed: {e}")))?
+            .map_err(|e| self.err("cannot write", e))?;
+        self.unfilled.retain(|r| *r != at);
+        Ok(())
+    }
+
+    async fn save(&mut self) -> Result<Option<UploadState>> {
+        self.file
+            .flush()
+            .await
+            .map_err(|e| self.err("cannot write", e))?;
+        self.file
+            .sync_data()
+            .await
+            .map_err(|e| self.err("cannot sync", e))?;
+        Ok(Some(UploadState {
+            size: self.size,
+            sink: serde_json::Value::Null,
+        }))
+    }
+
+    async fn complete(mut self: Box<Self>) -> Result<u64> {
+        if let Some(r) = self.unfilled.first() {
+            return Err(Error::Internal(format!(
+                "{}: the region of {} bytes at {} was reserved and never filled",
+                show(&self.path),
+                r.len,
+                r.offset
+            )));
+        }
+        // A reserved region at the very end is a hole past the last write.
+        let len = self
+            .file
+            .metadata()
+            .await
+            .map_err(|e| self.err("cannot look at", e))?
+            .len();
+        if len < self.size {
+            self.file
+                .set_len(self.size)
+                .await
+                .map_err(|e| self.err("cannot write", e))?;
+        }
+        self.save().await?;
+        Ok(self.size)
+    }
+
+    async fn abort(self: Box<Self>) -> Result<()> {
+        let path = self.path.clone();
+        drop(self.file);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::sink("cannot remove", show(&path), e)),
+        }
+    }
+}
+
