@@ -17,9 +17,9 @@
 //! let dir = tempfile::tempdir().unwrap();
 //! let sink = LocalDirSink::new(dir.path());
 //! let mut staging = sink.begin(&Artifact::File("vm.ova".into()), false).await?;
-//! let mut w = staging.create("vm.ova").await?;
-//! w.write(b"hello").await?;
-//! assert_eq!(w.finish().await?, 5);
+//! let mut w = staging.start("vm.ova").await?;
+//! w.put(b"hello").await?;
+//! assert_eq!(w.complete().await?, 5);
 //! assert!(!dir.path().join("vm.ova").exists()); // not yet published
 //! let location = staging.commit().await?;
 //! assert_eq!(std::fs::read(&location).unwrap(), b"hello");

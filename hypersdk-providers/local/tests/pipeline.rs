@@ -423,7 +423,9 @@ async fn wrapped_ova_unwraps_to_the_plain_ova() {
     let xml = make_vm(tmp.path(), 6 << 20);
     let provider = LocalProvider::new(tmp.path());
     let key = KeySource::Key(zeroize::Zeroizing::new([3u8; 32]));
-    let plain = Exporter::new(ExportOptions::new(PackageFormat::Ova))
+    // Verified: an OVA written in place has its whole digest from the
+    // verify pass.
+    let plain = Exporter::new(ExportOptions::new(PackageFormat::Ova).with_verify(true))
         .export(
             &provider,
             xml.to_str().unwrap(),
