@@ -99,7 +99,9 @@ pub struct ExportOptions {
     /// or encrypted as a whole, a sink that cannot fill in headers later, or
     /// disks exported in parallel beyond the one being written into the
     /// archive), copied into the archive afterwards. Needs room for those
-    /// disks. None: the system's temporary directory.
+    /// disks. None: where the sink suggests (a local directory sink: its
+    /// directory, so spools stay on the destination's file system), else
+    /// the system's temporary directory.
     pub scratch_dir: Option<std::path::PathBuf>,
 }
 

@@ -50,7 +50,10 @@ pub struct ExportReport {
     /// Manifest digest algorithm, as a manifest names it (`SHA256`, …).
     pub digest_algorithm: String,
     /// The `.ova` itself (OVA exports only): its size and digest before any
-    /// compression or encryption, and as stored.
+    /// compression or encryption, and as stored. An OVA written in place
+    /// (plain, into a local directory) is digested whole only by the verify
+    /// pass, which reads it back: without `verify` this is None, and the
+    /// manifest inside it holds every member's digest.
     pub ova: Option<FileReport>,
     /// Compression of the stored files (e.g. `zstd:1`), if any.
     pub compression: Option<String>,

@@ -187,6 +187,13 @@ pub trait Staging: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// A local directory on the same file system as the destination, where
+    /// the exporter may keep its scratch area (spools) when not told where;
+    /// None for destinations that are not local.
+    fn scratch_hint(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+
     /// The size of object `name` as the sink holds it (a completed upload,
     /// or what an interrupted one left), None if there is none.
     async fn size(&self, name: &str) -> Result<Option<u64>> {

@@ -573,6 +573,10 @@ impl Staging for LocalStaging {
         show(&self.target)
     }
 
+    fn scratch_hint(&self) -> Option<PathBuf> {
+        self.dir.parent().map(Path::to_path_buf)
+    }
+
     fn checkpoints(&self) -> Option<std::sync::Arc<dyn CheckpointStore>> {
         self.lock.as_ref()?;
         Some(std::sync::Arc::new(LocalCheckpoints {

@@ -4,7 +4,8 @@
 //! checkpoint, disks in parallel, descriptor and manifest, publish or keep);
 //! `disk.rs` opens and runs one disk (encoded from guest bytes, or stored as
 //! the platform serves it); `object.rs` writes one stored object through
-//! the transform pipeline; `ova.rs` assembles an OVA; `verify.rs` reads the
+//! the transform pipeline; `ova.rs` writes an OVA (in place, or from spools);
+//! `scratch.rs` is the local scratch area for spools; `verify.rs` reads the
 //! stored files back; `resume.rs` takes up an interrupted disk.
 //!
 //! Per disk, the stages run concurrently, joined by bounded queues:
@@ -31,15 +32,25 @@
 //! ([`StreamChecker`]) and stored as they arrive.
 //!
 //! An OVA needs every disk's size and digest before its first member (the
-//! `.ovf`, then the `.mf`), and a compressed disk's size is known only once it
-//! is written. So for OVA output the disks are first written to the sink's
-//! staging area (a spool), then the OVA is assembled from them — through the
-//! transforms, if any — and the spools are removed. OVF directory output
-//! writes each disk once, in place, each file through the transforms.
+//! `.ovf`, then the `.mf`), and a disk's size is known only once it is
+//! written. Where the sink can fill a region of an upload later
+//! ([`Staging::fills_reserved`]) and the OVA is not compressed or encrypted
+//! as a whole, the OVA is written **in place**: a region for the descriptor
+//! and manifest is reserved first (sized from the descriptor with every
+//! number at its widest), each disk goes straight into the archive after a
+//! reserved tar header, and the headers and the prefix are filled in at the
+//! end — every disk byte written once. Disks that run beside the one being
+//! written into the archive, and every disk of a wrapped OVA, are spooled to
+//! the exporter's scratch area (`scratch.rs`, a private local directory, not
+//! the sink) and copied in when their turn comes (see `ova.rs`). OVF
+//! directory output writes each disk once, in place, each file through the
+//! transforms.
 //!
 //! With [`ExportOptions::verify`], every stored file is then read back from
 //! the staging area, unwrapped (decrypted, decompressed) and digested again,
-//! and the export is published only if each digest matches.
+//! and the export is published only if each digest matches; an OVA written
+//! in place is walked member by member and digested whole (its only whole
+//! digest: see [`ExportReport::ova`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -348,6 +359,7 @@ impl Exporter {
                 .options
                 .scratch_dir
                 .clone()
+                .or_else(|| staging.scratch_hint())
                 .unwrap_or_else(std::env::temp_dir);
             let s = Scratch::open(
                 &root,

@@ -4,7 +4,8 @@
 //! only ever receives the archive.
 //!
 //! It lives under [`ExportOptions::scratch_dir`](crate::ExportOptions::scratch_dir)
-//! (default: the system's temporary directory), as a directory of mode 0700
+//! (default: where the sink suggests — a local directory sink's own
+//! directory — else the system's temporary directory), as a directory of mode 0700
 //! named after the export's destination, so that a resumed export finds the
 //! spools it kept. The directory may be in a place others can write to
 //! (`/tmp`): one that is not a real directory, not ours, or open to others is
