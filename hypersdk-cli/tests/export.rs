@@ -137,9 +137,11 @@ fn exports_example_vm_to_a_verified_ova() {
         "ova",
         "--output",
         path_str(out.path()),
+        "--verify",
         "--json",
     ]);
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["verified"], true);
     let ova = out.path().join("demo-vm.ova");
     assert_eq!(report["location"], path_str(&ova));
     assert_eq!(

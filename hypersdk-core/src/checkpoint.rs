@@ -5,24 +5,30 @@
 //! process ([`Sink::begin_resumable`](crate::Sink::begin_resumable)) and
 //! keeps there a small JSON checkpoint, replaced atomically
 //! ([`CheckpointStore`]): what the export is (VM, disks, the options that
-//! shape the bytes), and per disk the object it is written to, how many of
-//! its bytes are durable (synced) and, once the disk is done, its report.
-//! It is saved when a disk starts and ends, and while one is written every
+//! shape the bytes); per disk where it is written ([`Place`]: its own object,
+//! a spool in the exporter's scratch area, or a member of an OVA written in
+//! place), the sink's saved state of that upload ([`UploadState`]: its
+//! durable size and what the sink needs to go on, e.g. an upload id and its
+//! parts), and, once the disk is done, its report; for an OVA written in
+//! place, the archive's own upload state, its reserved prefix and its
+//! members ([`ArchiveState`]). It is saved when a disk starts and ends, and
+//! while one is written every
 //! [`ExportOptions::checkpoint_every`](crate::ExportOptions::checkpoint_every)
 //! bytes or two seconds, whichever comes first.
 //!
-//! Nothing else is saved: the state needed to go on is recomputed from the
-//! durable bytes themselves. A disk's VMDK is read back up to its last
+//! The encoder's state is not saved: it is recomputed from the durable
+//! bytes themselves. A disk's VMDK is read back up to its last
 //! whole record ([`StreamChecker::boundary`](hypersdk_formats::vmdk::StreamChecker::boundary)),
 //! digested on the way, the VMDK writer's tables rebuilt from it
-//! ([`WriterResume`](hypersdk_formats::vmdk::WriterResume)), and the source
-//! opened again where those bytes end: at that guest offset, or, for a disk
-//! the platform serves as a VMDK, at that byte of the VMDK (after checking
-//! that the platform serves the same bytes again). The result is the same,
-//! byte for byte, as an uninterrupted export's. Disks already done are kept
-//! as they are. Compressed or encrypted disk files (OVF directory output)
-//! are written again from their start; OVA disks are plain spools and
-//! always continue.
+//! ([`WriterResume`](hypersdk_formats::vmdk::WriterResume)), the upload
+//! continued there ([`Staging::resume`](crate::Staging::resume)), and the
+//! source opened again where those bytes end: at that guest offset, or, for
+//! a disk the platform serves as a VMDK, at that byte of the VMDK (after
+//! checking that the platform serves the same bytes again). The result is
+//! the same, byte for byte, as an uninterrupted export's. Disks already
+//! done are kept as they are; an OVA's whole members are kept and the
+//! member in progress continued. Compressed or encrypted disk files (OVF
+//! directory output) are written again from their start.
 
 use std::sync::Arc;
 use std::time::Duration;
