@@ -446,11 +446,17 @@ impl Exporter {
             };
             let state = archive.upload.lock().await.save().await?;
             if let Some(ck) = ck {
+                let archive_name = archive.name.clone();
                 ck.update(|c| {
                     if let Some(a) = c.archive.as_mut() {
                         a.members.retain(|m| m.disk != index);
                         a.members.push(member);
                         a.upload = state;
+                    }
+                    // A spool copied in lives in the archive from now on.
+                    if let Some(d) = c.disks.get_mut(index) {
+                        d.place = Place::Member;
+                        d.stored_name = archive_name;
                     }
                 })
                 .await?;
