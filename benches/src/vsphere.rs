@@ -109,9 +109,7 @@ fn main() -> anyhow::Result<()> {
             2,
         ),
     ] {
-        let out = work
-            .path()
-            .join(format!("{format}-{reencode}-{parallel}"));
+        let out = work.path().join(format!("{format}-{reencode}-{parallel}"));
         let secs = rt.block_on(async {
             let vc = VsphereProvider::connect(
                 &ConnectOptions::new(&sim.url)

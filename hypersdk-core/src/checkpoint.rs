@@ -215,12 +215,20 @@ impl Checkpoint {
     }
 }
 
-/// The checkpoint of a running export, shared by its disks; saves are
-/// serialized, so the store always holds the newest.
+/// The checkpoint of a running export, shared by its disks; the store
+/// always ends up holding the newest.
+///
+/// No lock is ever held across an `await`: the disks of an export are
+/// futures polled by one loop, which also updates the checkpoint between
+/// polls — a disk suspended while holding an async lock would never be
+/// polled again to release it. The state sits behind a plain mutex, taken
+/// only to change and serialize it; saves run on a blocking thread, in
+/// order of their changes (an older one arriving after a newer is dropped).
 #[derive(Debug, Clone)]
 pub(crate) struct Checkpointer {
     store: Arc<dyn CheckpointStore>,
-    state: Arc<tokio::sync::Mutex<Checkpoint>>,
+    state: Arc<std::sync::Mutex<(Checkpoint, u64)>>,
+    saved: Arc<std::sync::Mutex<u64>>,
     pub every: u64,
 }
 
@@ -228,37 +236,47 @@ impl Checkpointer {
     pub(crate) fn new(store: Arc<dyn CheckpointStore>, state: Checkpoint, every: u64) -> Self {
         Checkpointer {
             store,
-            state: Arc::new(tokio::sync::Mutex::new(state)),
+            state: Arc::new(std::sync::Mutex::new((state, 0))),
+            saved: Arc::new(std::sync::Mutex::new(0)),
             every: every.max(1),
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Checkpoint, u64)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Disk `index` as last recorded.
     pub(crate) async fn disk(&self, index: usize) -> DiskState {
-        self.state
-            .lock()
-            .await
-            .disks
-            .get(index)
-            .cloned()
-            .unwrap_or_default()
+        self.lock().0.disks.get(index).cloned().unwrap_or_default()
     }
 
     /// The checkpoint as last recorded.
     pub(crate) async fn snapshot(&self) -> Checkpoint {
-        self.state.lock().await.clone()
+        self.lock().0.clone()
     }
 
     /// Changes the checkpoint with `f` and saves it.
     pub(crate) async fn update(&self, f: impl FnOnce(&mut Checkpoint)) -> Result<()> {
-        let mut state = self.state.lock().await;
-        f(&mut state);
-        let bytes = serde_json::to_vec_pretty(&*state)
-            .map_err(|e| Error::Internal(format!("cannot encode the checkpoint: {e}")))?;
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.save(&bytes))
-            .await
-            .map_err(|e| Error::Internal(format!("checkpoint thread failed: {e}")))?
+        let (seq, bytes) = {
+            let mut state = self.lock();
+            f(&mut state.0);
+            state.1 += 1;
+            let bytes = serde_json::to_vec_pretty(&state.0)
+                .map_err(|e| Error::Internal(format!("cannot encode the checkpoint: {e}")))?;
+            (state.1, bytes)
+        };
+        let (store, saved) = (self.store.clone(), self.saved.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut last = saved.lock().unwrap_or_else(|p| p.into_inner());
+            if seq > *last {
+                store.save(&bytes)?;
+                *last = seq;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("checkpoint thread failed: {e}")))?
     }
 
     /// Removes the checkpoint (the export is about to be published).

@@ -97,9 +97,10 @@ impl Upload for FileUpload {
             offset: self.size,
             len,
         };
-        let end = self.size.checked_add(len).ok_or_else(|| {
-            self.err("cannot reserve", std::io::Error::other("size overflow"))
-        })?;
+        let end = self
+            .size
+            .checked_add(len)
+            .ok_or_else(|| self.err("cannot reserve", std::io::Error::other("size overflow")))?;
         self.file
             .seek(std::io::SeekFrom::Start(end))
             .await
@@ -194,4 +195,3 @@ impl Upload for FileUpload {
         }
     }
 }
-

@@ -126,8 +126,8 @@ pub mod confine;
 pub mod connect;
 pub mod error;
 pub mod exporter;
-pub mod files;
 mod file_upload;
+pub mod files;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod layers;
@@ -147,12 +147,12 @@ pub mod vmops;
 pub use connect::{Fields, ProviderSettings, ProviderUrl, Secret};
 pub use error::{BoxError, Error, Result};
 pub use exporter::Exporter;
+pub use file_upload::FileUpload;
 pub use options::{ExportOptions, ExportSettings, PackageFormat};
 pub use progress::{Phase, ProgressEvent, ProgressFn};
 pub use provider::{DiskStream, ExportSource, Provider};
 pub use report::{DiskReport, ExportReport, FileReport};
 pub use served::ServedFormat;
-pub use file_upload::FileUpload;
 pub use sink::{Artifact, CheckpointStore, Reserved, Sink, Staging, Upload, UploadState};
 pub use tokio_util::sync::CancellationToken;
 pub use vm::{

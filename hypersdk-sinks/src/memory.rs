@@ -423,18 +423,20 @@ impl Upload for MemoryUpload {
 
     async fn fill(&mut self, at: Reserved, data: &[u8]) -> Result<()> {
         let start = usize::try_from(at.offset).unwrap_or(usize::MAX);
-        self.with(|v| match v.get_mut(start..start.saturating_add(data.len())) {
-            Some(region) if data.len() as u64 == at.len => {
-                region.copy_from_slice(data);
-                Ok(())
-            }
-            _ => Err(Error::Internal(format!(
-                "{} bytes to fill a region of {} at {}",
-                data.len(),
-                at.len,
-                at.offset
-            ))),
-        })??;
+        self.with(
+            |v| match v.get_mut(start..start.saturating_add(data.len())) {
+                Some(region) if data.len() as u64 == at.len => {
+                    region.copy_from_slice(data);
+                    Ok(())
+                }
+                _ => Err(Error::Internal(format!(
+                    "{} bytes to fill a region of {} at {}",
+                    data.len(),
+                    at.len,
+                    at.offset
+                ))),
+            },
+        )??;
         self.unfilled.retain(|r| *r != at);
         Ok(())
     }

@@ -274,7 +274,9 @@ pub async fn a_kept_upload_continues_to_the_same_object(sink: &dyn Sink) {
     let saved: UploadState =
         serde_json::from_slice(&serde_json::to_vec(&saved).expect("encode the upload state"))
             .expect("decode the upload state");
-    w.put(b"not durable: lost with the process").await.expect("put");
+    w.put(b"not durable: lost with the process")
+        .await
+        .expect("put");
     drop(w);
     cps.save(b"{\"at\":1234567}").expect("save checkpoint");
     staging.keep().await.expect("keep");
@@ -310,7 +312,12 @@ pub async fn a_kept_upload_continues_to_the_same_object(sink: &dyn Sink) {
         .resume("disk", &saved, keep as u64)
         .await
         .expect("resume the upload");
-    assert_eq!(w.size(), keep as u64, "{}: a resumed upload's size", sink.describe());
+    assert_eq!(
+        w.size(),
+        keep as u64,
+        "{}: a resumed upload's size",
+        sink.describe()
+    );
     w.put(&whole[keep..]).await.expect("put the rest");
     assert_eq!(
         w.complete().await.expect("complete"),
@@ -394,7 +401,12 @@ pub async fn reserved_regions_are_filled_in_place(sink: &dyn Sink) {
     let mid = pattern(6, 512);
     let mut w = staging.start(&name).await.expect("start");
     let first = w.reserve(head.len() as u64).await.expect("reserve");
-    assert_eq!(first.offset, 0, "{}: first region's offset", sink.describe());
+    assert_eq!(
+        first.offset,
+        0,
+        "{}: first region's offset",
+        sink.describe()
+    );
     w.put(&body).await.expect("put");
     let second = w.reserve(mid.len() as u64).await.expect("reserve");
     assert_eq!(second.offset, (head.len() + body.len()) as u64);

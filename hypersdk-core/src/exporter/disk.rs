@@ -34,14 +34,19 @@ impl Exporter {
                     if transforms.changes_bytes() {
                         tracing::warn!(disk = %disk_name, "a compressed or encrypted disk file cannot be continued mid-way: writing it again");
                     } else if let Some(saved) = &prev.upload {
-                        match self.reopen(source, index, &*staging, &stored_name, &prev).await {
+                        match self
+                            .reopen(source, index, &*staging, &stored_name, &prev)
+                            .await
+                        {
                             Ok(Some((rec, input))) => {
                                 match staging.resume(&stored_name, saved, rec.offset).await {
                                     Ok(w) => {
                                         writer = Some(w);
                                         resumed = Some((rec, input));
                                     }
-                                    Err(e) => tracing::warn!(disk = %disk_name, error = %e, "cannot continue the disk: writing it again"),
+                                    Err(e) => {
+                                        tracing::warn!(disk = %disk_name, error = %e, "cannot continue the disk: writing it again")
+                                    }
                                 }
                             }
                             Ok(None) => {}

@@ -459,7 +459,13 @@ impl Exporter {
                 let index = next;
                 next += 1;
                 if let Some(o) = self
-                    .kept_disk(index, staging, scratch.as_ref(), archive.as_ref().map(|a| a.next), ck)
+                    .kept_disk(
+                        index,
+                        staging,
+                        scratch.as_ref(),
+                        archive.as_ref().map(|a| a.next),
+                        ck,
+                    )
                     .await?
                 {
                     info!(disk = %spec.disks[index].name, "disk already exported; kept");
@@ -500,7 +506,8 @@ impl Exporter {
                 outcomes[index] = Some(outcome);
             }
             if let Some(a) = archive.as_mut() {
-                self.append_ready(a, &outcomes, scratch.as_ref(), ck).await?;
+                self.append_ready(a, &outcomes, scratch.as_ref(), ck)
+                    .await?;
             }
         }
         let outcomes: Vec<DiskOutcome> = outcomes.into_iter().flatten().collect();

@@ -58,7 +58,13 @@ pub(super) fn padded_descriptor(ovf: &str, len: u64) -> Result<Vec<u8>> {
 }
 
 /// The archive's prefix: descriptor and manifest members.
-pub(super) fn prefix_bytes(layout: PrefixLayout, ovf: &FileReport, ovf_bytes: &[u8], mf: &FileReport, mf_bytes: &[u8]) -> Result<Vec<u8>> {
+pub(super) fn prefix_bytes(
+    layout: PrefixLayout,
+    ovf: &FileReport,
+    ovf_bytes: &[u8],
+    mf: &FileReport,
+    mf_bytes: &[u8],
+) -> Result<Vec<u8>> {
     let fmt_err = |source| Error::Format {
         what: "cannot write the OVA's first members".into(),
         source,
@@ -279,7 +285,9 @@ impl Exporter {
                         pending = Some((m.disk, rec, input));
                     }
                     Ok(None) => {}
-                    Err(e) => tracing::warn!(error = %e, "cannot continue the disk: writing it again"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot continue the disk: writing it again")
+                    }
                 }
             }
         }
@@ -290,10 +298,11 @@ impl Exporter {
         // Headers of whole members again: a crash may have come between
         // filling one and the save that made it durable.
         for (m, dd) in members.iter().zip(&done) {
-            let header = tar_header(&dd.file.name, dd.file.size, 0).map_err(|source| Error::Format {
-                what: format!("cannot write OVA {}", a.name),
-                source,
-            })?;
+            let header =
+                tar_header(&dd.file.name, dd.file.size, 0).map_err(|source| Error::Format {
+                    what: format!("cannot write OVA {}", a.name),
+                    source,
+                })?;
             upload.fill(m.header, &header).await?;
         }
         let next = members.len();
@@ -473,7 +482,12 @@ impl Exporter {
 
     /// Copies spooled disk `file` from the scratch area into `put`, with
     /// progress.
-    async fn copy_spool(&self, scratch: &Scratch, file: &FileReport, mut to: CopyTo<'_>) -> Result<()> {
+    async fn copy_spool(
+        &self,
+        scratch: &Scratch,
+        file: &FileReport,
+        mut to: CopyTo<'_>,
+    ) -> Result<()> {
         let chunk = self.options.chunk_size.max(64 * 1024);
         let mut spool = scratch.open(&file.stored_name, 0).await?;
         let mut tracker = ProgressTracker::new(PROGRESS_INTERVAL);

@@ -154,7 +154,11 @@ fn prepare(dir: &Path, uid: u32, take_up: bool) -> Result<()> {
             .mode(0o700)
             .create(dir)
             .map_err(|e| Error::sink("cannot create scratch directory", show(dir), e)),
-        Err(e) => Err(Error::sink("cannot look at scratch directory", show(dir), e)),
+        Err(e) => Err(Error::sink(
+            "cannot look at scratch directory",
+            show(dir),
+            e,
+        )),
     }
 }
 

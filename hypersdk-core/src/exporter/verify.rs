@@ -201,7 +201,13 @@ fn tar_member(block: &[u8; 512]) -> Option<(String, u64)> {
     let sum: u64 = block
         .iter()
         .enumerate()
-        .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u64::from(b) })
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u64::from(b)
+            }
+        })
         .sum();
     if octal(148..156)? != sum {
         return None;

@@ -129,9 +129,10 @@ async fn cancellation_leaves_a_checkpoint_that_resume_continues() {
         let mut cut = options.clone();
         // Slowed down so that progress is seen mid-disk (an event every
         // 250 ms).
-        cut.bwlimit = Some(
-            hypersdk_core::transforms::ratelimit::RateLimiter::new(Some(48 << 20), 1 << 20),
-        );
+        cut.bwlimit = Some(hypersdk_core::transforms::ratelimit::RateLimiter::new(
+            Some(48 << 20),
+            1 << 20,
+        ));
         let exporter = Exporter::new(cut);
         let token = exporter.cancel_token();
         let calls = Arc::new(AtomicUsize::new(0));
@@ -516,4 +517,81 @@ async fn a_stalled_source_is_a_retryable_error_not_a_hang() {
     let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
     assert!(text.contains("stalled"), "{text}");
     assert!(published(&out).is_empty());
+}
+
+/// Four disks, two at a time, a checkpoint every 64 KiB: the loop that
+/// starts disks and appends them to an OVA updates the checkpoint while
+/// other disks are suspended mid-save — nothing may wait on a lock one of
+/// them holds (this hung before). Every layout gives the same disks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_disks_at_once_with_frequent_checkpoints_finish() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, seed) in [1u8, 2, 3, 4].iter().enumerate() {
+        let data: Vec<u8> = mixed_content(6 << 20)
+            .into_iter()
+            .map(|b| b ^ seed)
+            .collect();
+        std::fs::write(tmp.path().join(format!("d{i}.raw")), data).unwrap();
+    }
+    let disks: String = (0..4)
+        .map(|i| {
+            format!(
+                "<disk type='file' device='disk'><driver type='raw'/><source file='d{i}.raw'/>\
+                 <target dev='vd{}' bus='virtio'/></disk>",
+                (b'a' + i as u8) as char
+            )
+        })
+        .collect();
+    let xml = tmp.path().join("four.xml");
+    std::fs::write(
+        &xml,
+        format!(
+            "<domain type='kvm'><name>four</name><memory unit='GiB'>1</memory><vcpu>1</vcpu>\
+             <devices>{disks}</devices></domain>"
+        ),
+    )
+    .unwrap();
+    let provider = LocalProvider::new(tmp.path());
+    let mut manifests = Vec::new();
+    for (format, parallel) in [
+        (PackageFormat::Ova, 2),
+        (PackageFormat::Ova, 3),
+        (PackageFormat::Ova, 1),
+        (PackageFormat::Ovf, 2),
+    ] {
+        for round in 0..3 {
+            let out = tmp
+                .path()
+                .join(format!("out-{format:?}-{parallel}-{round}"));
+            let mut options = ExportOptions::new(format).with_verify(true);
+            options.parallel_disks = parallel;
+            options.checkpoint_every = 64 << 10;
+            let report = tokio::time::timeout(
+                std::time::Duration::from_secs(120),
+                Exporter::new(options).export(
+                    &provider,
+                    xml.to_str().unwrap(),
+                    &LocalDirSink::new(&out),
+                ),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{format:?} with {parallel} disks at once hung"))
+            .unwrap();
+            assert!(report.verified);
+            assert!(
+                listing(&out).iter().all(|n| !n.starts_with('.')),
+                "left {:?}",
+                listing(&out)
+            );
+            manifests.push(
+                report
+                    .manifest
+                    .lines()
+                    .filter(|l| l.contains("-disk"))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>(),
+            );
+        }
+    }
+    assert!(manifests.windows(2).all(|w| w[0] == w[1]), "{manifests:?}");
 }
