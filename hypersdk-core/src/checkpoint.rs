@@ -178,6 +178,20 @@ pub struct Checkpoint {
     /// The OVA being written in place, if it is.
     #[serde(default)]
     pub archive: Option<ArchiveState>,
+    /// The host's boot id when saved ([`boot_id`]): spools in the scratch
+    /// area are not synced to disk, so after a restart of the host they
+    /// are not trusted.
+    #[serde(default)]
+    pub boot: Option<String>,
+}
+
+/// This boot of the host (Linux `/proc/sys/kernel/random/boot_id`), None
+/// where unknown.
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 impl Checkpoint {
@@ -189,6 +203,7 @@ impl Checkpoint {
             identity,
             disks: vec![DiskState::default(); n],
             archive: None,
+            boot: boot_id(),
         }
     }
 
@@ -210,6 +225,15 @@ impl Checkpoint {
                 "the partial export at {location} is of something else: it was {:?}, now {:?}; export without --resume to start over",
                 c.identity, identity
             )));
+        }
+        let mut c = c;
+        let now = boot_id();
+        if c.boot.is_none() || c.boot != now {
+            // The host restarted (or cannot tell): spools were not synced.
+            for d in c.disks.iter_mut().filter(|d| d.place == Place::Spool) {
+                *d = DiskState::default();
+            }
+            c.boot = now;
         }
         Ok(c)
     }
@@ -292,4 +316,50 @@ impl Checkpointer {
 /// ([`Error::worth_resuming`]).
 pub fn keeps_partial(e: &Error) -> bool {
     e.worth_resuming()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> Identity {
+        Identity {
+            vm: "vm".into(),
+            vm_id: "1".into(),
+            disks: vec![("a".into(), 1 << 20), ("b".into(), 1 << 20)],
+            format: "Ova".into(),
+            digest: "SHA256".into(),
+            compression: None,
+            encrypted: false,
+            vmdk_level: 1,
+            reencode: false,
+            chunk_size: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn spools_are_not_trusted_after_the_host_restarted() {
+        let mut c = Checkpoint::new(identity());
+        c.disks[0] = DiskState {
+            stored_name: "vm.ova".into(),
+            durable: 100,
+            place: Place::Member,
+            ..Default::default()
+        };
+        c.disks[1] = DiskState {
+            stored_name: "vm-disk2.vmdk".into(),
+            durable: 200,
+            place: Place::Spool,
+            ..Default::default()
+        };
+        let same = Checkpoint::parse(&serde_json::to_vec(&c).unwrap(), &identity(), "x").unwrap();
+        if boot_id().is_some() {
+            assert_eq!(same.disks, c.disks, "same boot: everything kept");
+        }
+        c.boot = Some("another boot".into());
+        let after = Checkpoint::parse(&serde_json::to_vec(&c).unwrap(), &identity(), "x").unwrap();
+        assert_eq!(after.disks[0], c.disks[0], "members were synced: kept");
+        assert_eq!(after.disks[1], DiskState::default(), "the spool is redone");
+        assert_eq!(after.boot, boot_id());
+    }
 }

@@ -23,6 +23,8 @@ pub struct FileUpload {
     path: PathBuf,
     size: u64,
     unfilled: Vec<Reserved>,
+    /// `fdatasync` on save and complete (else only flushed to the OS).
+    sync: bool,
 }
 
 impl FileUpload {
@@ -34,6 +36,7 @@ impl FileUpload {
             path,
             size,
             unfilled: Vec::new(),
+            sync: true,
         }
     }
 
@@ -69,6 +72,14 @@ impl FileUpload {
             .await
             .map_err(|e| Error::sink("cannot seek in", show(&path), e))?;
         Ok(FileUpload::new(file, path, keep))
+    }
+
+    /// Saves and completes without `fdatasync`: what was written survives
+    /// the process, not the host (scratch files the exporter checks again
+    /// before it trusts them after a restart of the host).
+    pub fn unsynced(mut self) -> Self {
+        self.sync = false;
+        self
     }
 
     fn err(&self, action: &str, e: std::io::Error) -> Error {
@@ -149,10 +160,12 @@ impl Upload for FileUpload {
             .flush()
             .await
             .map_err(|e| self.err("cannot write", e))?;
-        self.file
-            .sync_data()
-            .await
-            .map_err(|e| self.err("cannot sync", e))?;
+        if self.sync {
+            self.file
+                .sync_data()
+                .await
+                .map_err(|e| self.err("cannot sync", e))?;
+        }
         Ok(Some(UploadState {
             size: self.size,
             sink: serde_json::Value::Null,

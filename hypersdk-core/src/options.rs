@@ -100,8 +100,8 @@ pub struct ExportOptions {
     /// disks exported in parallel beyond the one being written into the
     /// archive), copied into the archive afterwards. Needs room for those
     /// disks. None: where the sink suggests (a local directory sink: its
-    /// directory, so spools stay on the destination's file system), else
-    /// the system's temporary directory.
+    /// staging directory, so spools stay on the destination's file system
+    /// and go with a partial export), else the system's temporary directory.
     pub scratch_dir: Option<std::path::PathBuf>,
 }
 

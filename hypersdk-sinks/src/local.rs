@@ -573,8 +573,11 @@ impl Staging for LocalStaging {
         show(&self.target)
     }
 
+    /// The staging directory itself: spools stay on the destination's
+    /// file system, are kept with a partial export for its resume, and go
+    /// wherever the partial export goes (published, aborted, swept).
     fn scratch_hint(&self) -> Option<PathBuf> {
-        self.dir.parent().map(Path::to_path_buf)
+        Some(self.dir.clone())
     }
 
     fn checkpoints(&self) -> Option<std::sync::Arc<dyn CheckpointStore>> {

@@ -4,7 +4,7 @@
 //! only ever receives the archive.
 //!
 //! It lives under [`ExportOptions::scratch_dir`](crate::ExportOptions::scratch_dir)
-//! (default: where the sink suggests — a local directory sink's own
+//! (default: where the sink suggests — a local directory sink's staging
 //! directory — else the system's temporary directory), as a directory of mode 0700
 //! named after the export's destination, so that a resumed export finds the
 //! spools it kept. The directory may be in a place others can write to
@@ -174,7 +174,7 @@ impl Drop for Scratch {
 impl Staging for Scratch {
     async fn start(&mut self, name: &str) -> Result<Box<dyn Upload>> {
         let (file, path) = self.file(name, true).await?;
-        Ok(Box::new(FileUpload::new(file, path, 0)))
+        Ok(Box::new(FileUpload::new(file, path, 0).unsynced()))
     }
 
     async fn resume(
@@ -184,7 +184,11 @@ impl Staging for Scratch {
         keep: u64,
     ) -> Result<Box<dyn Upload>> {
         let (file, path) = self.file(name, false).await?;
-        Ok(Box::new(FileUpload::resume(file, path, saved, keep).await?))
+        Ok(Box::new(
+            FileUpload::resume(file, path, saved, keep)
+                .await?
+                .unsynced(),
+        ))
     }
 
     async fn open(&self, name: &str, offset: u64) -> Result<Box<dyn AsyncRead + Send + Unpin>> {
