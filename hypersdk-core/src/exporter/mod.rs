@@ -402,7 +402,7 @@ impl Exporter {
             },
             Place::Member => appended.is_some_and(|n| index < n),
         };
-        Ok(whole.then(|| DiskOutcome {
+        Ok(whole.then_some(DiskOutcome {
             kept: done.file.stored_size,
             file: done.file,
             populated: done.populated,
@@ -567,13 +567,12 @@ impl Exporter {
                 }
                 let ovf_file = plain(&ovf_name, &ovf_bytes);
                 let mf_file = plain(&mf_name, manifest.as_bytes());
-                let size = self
-                    .finish_archive(
-                        archive,
-                        (&ovf_file, &ovf_bytes),
-                        (&mf_file, manifest.as_bytes()),
-                    )
-                    .await?;
+                let prefix = prefix_bytes(
+                    archive.layout,
+                    (&ovf_file, &ovf_bytes),
+                    (&mf_file, manifest.as_bytes()),
+                )?;
+                let size = self.finish_archive(archive, &prefix).await?;
                 // The archive's own digest needs it read whole: the verify
                 // pass does that.
                 (size, None, ovf_file, mf_file)
@@ -581,17 +580,14 @@ impl Exporter {
             (Some(layout), None) => {
                 let ovf_file = plain(&ovf_name, &ovf_bytes);
                 let mf_file = plain(&mf_name, manifest.as_bytes());
+                let prefix = prefix_bytes(
+                    layout,
+                    (&ovf_file, &ovf_bytes),
+                    (&mf_file, manifest.as_bytes()),
+                )?;
                 let sc = self.scratch(scratch, staging, resumable).await?;
                 let ova = self
-                    .write_ova(
-                        staging,
-                        sc,
-                        base,
-                        layout,
-                        (&ovf_file, &ovf_bytes),
-                        (&mf_file, manifest.as_bytes()),
-                        &outcomes,
-                    )
+                    .write_ova(staging, sc, base, &prefix, &outcomes)
                     .await?;
                 (ova.stored_size, Some(ova), ovf_file, mf_file)
             }
@@ -639,6 +635,6 @@ mod verify;
 
 use disk::{DiskInput, Target};
 use object::{digest_hex, first_cause, manifest_entry, ObjectSink, Slot};
-use ova::{padded_descriptor, Archive};
+use ova::{padded_descriptor, prefix_bytes, Archive};
 use resume::{recover, Recovered};
 use scratch::Scratch;

@@ -60,10 +60,8 @@ pub(super) fn padded_descriptor(ovf: &str, len: u64) -> Result<Vec<u8>> {
 /// The archive's prefix: descriptor and manifest members.
 pub(super) fn prefix_bytes(
     layout: PrefixLayout,
-    ovf: &FileReport,
-    ovf_bytes: &[u8],
-    mf: &FileReport,
-    mf_bytes: &[u8],
+    (ovf, ovf_bytes): (&FileReport, &[u8]),
+    (mf, mf_bytes): (&FileReport, &[u8]),
 ) -> Result<Vec<u8>> {
     let fmt_err = |source| Error::Format {
         what: "cannot write the OVA's first members".into(),
@@ -518,17 +516,11 @@ impl Exporter {
     }
 
     /// Fills the archive's prefix, ends it and completes the upload.
-    pub(super) async fn finish_archive(
-        &self,
-        archive: Archive,
-        ovf: (&FileReport, &[u8]),
-        mf: (&FileReport, &[u8]),
-    ) -> Result<u64> {
-        let prefix = prefix_bytes(archive.layout, ovf.0, ovf.1, mf.0, mf.1)?;
+    pub(super) async fn finish_archive(&self, archive: Archive, prefix: &[u8]) -> Result<u64> {
         let upload = Arc::try_unwrap(archive.upload)
             .map_err(|_| Error::Internal("the OVA is still being written".into()))?;
         let mut upload = upload.into_inner();
-        upload.fill(archive.prefix, &prefix).await?;
+        upload.fill(archive.prefix, prefix).await?;
         upload.put(&END_OF_ARCHIVE).await?;
         upload.complete().await
     }
@@ -540,9 +532,7 @@ impl Exporter {
         staging: &mut dyn Staging,
         scratch: &Scratch,
         base: &str,
-        layout: PrefixLayout,
-        ovf: (&FileReport, &[u8]),
-        mf: (&FileReport, &[u8]),
+        prefix: &[u8],
         disks: &[DiskOutcome],
     ) -> Result<FileReport> {
         let ova_name = format!("{base}.ova");
@@ -550,11 +540,10 @@ impl Exporter {
             what: format!("cannot write OVA {ova_name}"),
             source,
         };
-        let prefix = prefix_bytes(layout, ovf.0, ovf.1, mf.0, mf.1)?;
         let (mut out, object) = self.open_object(staging, &ova_name, true).await?;
         let feed = async {
             let io = |e: std::io::Error| Error::sink("cannot write", ova_name.as_str(), e);
-            out.write(&prefix).await.map_err(io)?;
+            out.write(prefix).await.map_err(io)?;
             for d in disks {
                 out.write(&tar_header(&d.file.name, d.file.size, 0).map_err(fmt_err)?)
                     .await
