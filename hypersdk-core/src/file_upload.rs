@@ -12,6 +12,30 @@ fn show(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// The size of the regular file at `path`, never through a link; None if
+/// there is none (or something else is there).
+pub async fn file_size(path: &Path) -> Result<Option<u64>> {
+    match tokio::fs::symlink_metadata(path).await {
+        Ok(m) if m.is_file() => Ok(Some(m.len())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::sink("cannot look at", show(path), e)),
+    }
+}
+
+/// `file` (opened from `path`) positioned at byte `offset`, for reading.
+pub async fn reading_from(
+    mut file: tokio::fs::File,
+    path: &Path,
+    offset: u64,
+) -> Result<tokio::fs::File> {
+    use tokio::io::AsyncSeekExt;
+    file.seek(std::io::SeekFrom::Start(offset))
+        .await
+        .map_err(|e| Error::sink("cannot seek in", show(path), e))?;
+    Ok(file)
+}
+
 /// An [`Upload`] into a local file, as a local sink's staging area or the
 /// exporter's scratch area writes them. Reserved regions are holes the
 /// writer skips over and fills in place (`pwrite`); the upload completes

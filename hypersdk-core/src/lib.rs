@@ -147,7 +147,7 @@ pub mod vmops;
 pub use connect::{Fields, ProviderSettings, ProviderUrl, Secret};
 pub use error::{BoxError, Error, Result};
 pub use exporter::Exporter;
-pub use file_upload::FileUpload;
+pub use file_upload::{file_size, reading_from, FileUpload};
 pub use options::{ExportOptions, ExportSettings, PackageFormat};
 pub use progress::{Phase, ProgressEvent, ProgressFn};
 pub use provider::{DiskStream, ExportSource, Provider};

@@ -511,13 +511,11 @@ impl Staging for LocalStaging {
     }
 
     async fn open(&self, name: &str, offset: u64) -> Result<Box<dyn AsyncRead + Send + Unpin>> {
-        use tokio::io::AsyncSeekExt;
         let path = self.path(name)?;
-        let mut file = self.open_file(&path, false, false, "cannot open").await?;
-        file.seek(std::io::SeekFrom::Start(offset))
-            .await
-            .map_err(|e| Error::sink("cannot seek in", show(&path), e))?;
-        Ok(Box::new(file))
+        let file = self.open_file(&path, false, false, "cannot open").await?;
+        Ok(Box::new(
+            hypersdk_core::reading_from(file, &path, offset).await?,
+        ))
     }
 
     async fn commit(mut self: Box<Self>) -> Result<String> {
@@ -589,13 +587,7 @@ impl Staging for LocalStaging {
     }
 
     async fn size(&self, name: &str) -> Result<Option<u64>> {
-        let path = self.path(name)?;
-        match tokio::fs::symlink_metadata(&path).await {
-            Ok(m) if m.is_file() => Ok(Some(m.len())),
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::sink("cannot look at", show(&path), e)),
-        }
+        hypersdk_core::file_size(&self.path(name)?).await
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {

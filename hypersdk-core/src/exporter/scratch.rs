@@ -192,22 +192,14 @@ impl Staging for Scratch {
     }
 
     async fn open(&self, name: &str, offset: u64) -> Result<Box<dyn AsyncRead + Send + Unpin>> {
-        use tokio::io::AsyncSeekExt;
-        let (mut file, path) = self.file(name, false).await?;
-        file.seek(std::io::SeekFrom::Start(offset))
-            .await
-            .map_err(|e| Error::sink("cannot seek in", show(&path), e))?;
-        Ok(Box::new(file))
+        let (file, path) = self.file(name, false).await?;
+        Ok(Box::new(
+            crate::file_upload::reading_from(file, &path, offset).await?,
+        ))
     }
 
     async fn size(&self, name: &str) -> Result<Option<u64>> {
-        let path = self.path(name)?;
-        match tokio::fs::symlink_metadata(&path).await {
-            Ok(m) if m.is_file() => Ok(Some(m.len())),
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::sink("cannot look at", show(&path), e)),
-        }
+        crate::file_upload::file_size(&self.path(name)?).await
     }
 
     async fn commit(self: Box<Self>) -> Result<String> {
