@@ -90,21 +90,34 @@ fn kill_9_at_random_moments_then_resume_gives_the_same_export() {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            let wait_ms = 300 + next(&mut rng) % 1500;
-            std::thread::sleep(Duration::from_millis(wait_ms));
-            let _ = child.kill(); // SIGKILL
-            let status = child.wait().unwrap();
-            println!("{format} round {round}: killed after {wait_ms} ms ({status})");
-            if status.success() {
-                assert!(round > 0, "the first run cannot finish before its kill");
-                completed = true;
-                break;
-            }
+            // Killed at a random moment once something is durable (a kill
+            // before the first checkpoint with durable bytes keeps nothing:
+            // that comes after 2 MiB of VMDK are stored, later on a loaded
+            // machine than on a quiet one).
             let partial = out.join(if format == "ova" {
                 ".resumable.ova.partial"
             } else {
                 ".resumable.partial"
             });
+            let started = std::time::Instant::now();
+            while started.elapsed() < Duration::from_secs(20)
+                && !durable_bytes_saved(&partial.join(".checkpoint.json"))
+                && child.try_wait().unwrap().is_none()
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let wait_ms = next(&mut rng) % 1200;
+            std::thread::sleep(Duration::from_millis(wait_ms));
+            let _ = child.kill(); // SIGKILL
+            let status = child.wait().unwrap();
+            println!(
+                "{format} round {round}: killed {wait_ms} ms after the first durable checkpoint ({status})"
+            );
+            if status.success() {
+                assert!(round > 0, "the first run cannot finish before its kill");
+                completed = true;
+                break;
+            }
             assert!(partial.is_dir(), "the partial export survives kill -9");
             if partial.join(".checkpoint.json").is_file() {
                 killed_with_checkpoint += 1;
@@ -162,6 +175,19 @@ fn kill_9_at_random_moments_then_resume_gives_the_same_export() {
             listing(&out)
         );
     }
+}
+
+/// Whether the checkpoint at `path` records durable bytes of some disk.
+fn durable_bytes_saved(path: &Path) -> bool {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|c| {
+            c["disks"]
+                .as_array()
+                .map(|d| d.iter().any(|d| d["durable"].as_u64().unwrap_or(0) > 0))
+        })
+        .unwrap_or(false)
 }
 
 /// Runs `script` with `sh` in a private mount namespace (so it may mount a
