@@ -25,6 +25,9 @@ impl Exporter {
             None => DiskState::default(),
         };
         let served_wanted = !self.options.reencode;
+        // The upload state a continued object starts from: what was saved,
+        // cut to the bytes kept.
+        let mut continued: Option<UploadState> = None;
         let (stored_name, writer, resumed, member) = match target {
             Target::Object(staging, _) => {
                 let stored_name = format!("{name}{}", transforms.extension());
@@ -41,6 +44,10 @@ impl Exporter {
                             Ok(Some((rec, input))) => {
                                 match staging.resume(&stored_name, saved, rec.offset).await {
                                     Ok(w) => {
+                                        continued = Some(UploadState {
+                                            size: rec.offset,
+                                            sink: saved.sink.clone(),
+                                        });
                                         writer = Some(w);
                                         resumed = Some((rec, input));
                                     }
@@ -115,7 +122,9 @@ impl Exporter {
                 durable: resume.as_ref().map_or(0, |r| r.kept),
                 served: matches!(stream, DiskInput::ServedVmdk(_)),
                 place,
-                upload: None,
+                // A continued object keeps what continuing it again needs
+                // until its next save.
+                upload: continued,
                 done: None,
             };
             ck.update(|c| c.disks[index] = state).await?;

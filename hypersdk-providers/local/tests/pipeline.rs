@@ -168,6 +168,16 @@ async fn cancellation_leaves_a_checkpoint_that_resume_continues() {
         );
 
         options.resume = true;
+        // Taken up and interrupted again at once, before it saves anything
+        // new: what it continued is still recorded as continuable.
+        let again = Exporter::new(cut_again(&options));
+        let token = again.cancel_token();
+        let err = again
+            .on_progress(Arc::new(move |_| token.cancel()))
+            .export(&provider, vm, &LocalDirSink::new(&out))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Cancelled), "{case}: {err}");
         let resumed = Exporter::new(options.clone())
             .export(&provider, vm, &LocalDirSink::new(&out))
             .await
@@ -481,6 +491,17 @@ async fn wrapped_ova_unwraps_to_the_plain_ova() {
     let mut back = Vec::new();
     r.read_to_end(&mut back).unwrap();
     assert_eq!(back, std::fs::read(&plain.location).unwrap());
+}
+
+/// `options` slowed down, so that an export is still running at its first
+/// progress event.
+fn cut_again(options: &ExportOptions) -> ExportOptions {
+    let mut o = options.clone();
+    o.bwlimit = Some(hypersdk_core::transforms::ratelimit::RateLimiter::new(
+        Some(8 << 20),
+        1 << 20,
+    ));
+    o
 }
 
 /// A source whose disk sends 1 MiB and then nothing, ever: a stalled connection.
