@@ -114,8 +114,10 @@ impl Exporter {
                 }
                 std::io::Read::read_exact(&mut r, &mut block)
                     .map_err(|e| bad(format!("reading the header of {want_name}: {e}")))?;
-                let (got_name, got_size) = tar_member(&block)
-                    .ok_or_else(|| bad(format!("no sound tar header where {want_name} belongs")))?;
+                let (got_name, got_size) =
+                    hypersdk_formats::ova::parse_member_header(&block, r.read - 512).map_err(|e| {
+                        bad(format!("no sound tar header where {want_name} belongs: {e}"))
+                    })?;
                 if &got_name != want_name || got_size != *want_size {
                     return Err(bad(format!(
                         "member {got_name} of {got_size} bytes where {want_name} of {want_size} belongs"
@@ -187,30 +189,4 @@ impl<R: std::io::Read> std::io::Read for WholeDigest<R> {
         self.read += n as u64;
         Ok(n)
     }
-}
-
-/// Name and size of a ustar header block, None if it is not one (a bad
-/// checksum, an empty block).
-fn tar_member(block: &[u8; 512]) -> Option<(String, u64)> {
-    let field = |r: std::ops::Range<usize>| {
-        let f = &block[r];
-        let end = f.iter().position(|&b| b == 0).unwrap_or(f.len());
-        std::str::from_utf8(&f[..end]).ok().map(str::trim)
-    };
-    let octal = |r| u64::from_str_radix(field(r)?, 8).ok();
-    let sum: u64 = block
-        .iter()
-        .enumerate()
-        .map(|(i, &b)| {
-            if (148..156).contains(&i) {
-                32
-            } else {
-                u64::from(b)
-            }
-        })
-        .sum();
-    if octal(148..156)? != sum {
-        return None;
-    }
-    Some((field(0..100)?.to_string(), octal(124..136)?))
 }

@@ -100,7 +100,7 @@ pub fn safe_member_name(raw: &str) -> Result<String> {
 /// Checks one tar header block at archive offset `pos` (checksum, member
 /// type, a safe name) and returns the member's name and size. The caller
 /// handles the all-zero end-of-archive block.
-pub(crate) fn parse_member_header(header: &[u8; BLOCK_SIZE], pos: u64) -> Result<(String, u64)> {
+pub fn parse_member_header(header: &[u8; BLOCK_SIZE], pos: u64) -> Result<(String, u64)> {
     let stored = number(&header[148..156], pos + 148)?;
     let mut sum: u64 = header.iter().map(|&b| u64::from(b)).sum();
     sum -= header[148..156].iter().map(|&b| u64::from(b)).sum::<u64>();
