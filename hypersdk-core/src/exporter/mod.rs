@@ -440,10 +440,11 @@ impl Exporter {
                 self.scratch(scratch, staging, resumable).await?;
             }
         }
-        let mut archive = if self.in_place(staging) {
-            Some(self.open_archive(staging, source, base, ck).await?)
-        } else {
-            None
+        let mut archive = match layout {
+            Some(l) if self.in_place(staging) => {
+                Some(self.open_archive(staging, source, base, l, ck).await?)
+            }
+            _ => None,
         };
         // Up to `parallel_disks` disks at once. Opening a disk (its source
         // stream and its object) needs the staging area, so it happens here,
@@ -558,7 +559,7 @@ impl Exporter {
                     + outcomes.iter().map(|o| o.file.stored_size).sum::<u64>();
                 (total, None, ovf_file, mf_file)
             }
-            (Some(_), Some(archive)) => {
+            (Some(layout), Some(archive)) => {
                 if archive.next != n {
                     return Err(Error::Internal(format!(
                         "{} of {n} disks are in the OVA",
@@ -568,7 +569,7 @@ impl Exporter {
                 let ovf_file = plain(&ovf_name, &ovf_bytes);
                 let mf_file = plain(&mf_name, manifest.as_bytes());
                 let prefix = prefix_bytes(
-                    archive.layout,
+                    layout,
                     (&ovf_file, &ovf_bytes),
                     (&mf_file, manifest.as_bytes()),
                 )?;

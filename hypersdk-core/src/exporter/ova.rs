@@ -124,7 +124,6 @@ impl Upload for MemberUpload {
 pub(super) struct Archive {
     pub(super) name: String,
     pub(super) upload: Arc<tokio::sync::Mutex<Box<dyn Upload>>>,
-    pub(super) layout: PrefixLayout,
     pub(super) prefix: Reserved,
     /// Disks appended whole; the next member is disk `next`.
     pub(super) next: usize,
@@ -179,11 +178,10 @@ impl Exporter {
         staging: &mut dyn Staging,
         source: &dyn ExportSource,
         base: &str,
+        layout: PrefixLayout,
         ck: Option<&Checkpointer>,
     ) -> Result<Archive> {
-        let spec = source.spec();
         let name = format!("{base}.ova");
-        let layout = self.prefix_layout(spec, base)?;
         let saved = match ck {
             Some(ck) => ck.snapshot().await.archive,
             None => None,
@@ -221,7 +219,6 @@ impl Exporter {
                 Archive {
                     name,
                     upload: Arc::new(tokio::sync::Mutex::new(upload)),
-                    layout,
                     prefix,
                     next: 0,
                     busy: false,
@@ -245,7 +242,6 @@ impl Exporter {
         let (Some(saved), Some(ck)) = (&a.upload, ck) else {
             return Ok(None);
         };
-        let layout = self.prefix_layout(source.spec(), a.name.trim_end_matches(".ova"))?;
         let state = ck.snapshot().await;
         // Whole members, in disk order from the first, are kept as they are.
         let mut members: Vec<MemberState> = Vec::new();
@@ -328,7 +324,6 @@ impl Exporter {
         Ok(Some(Archive {
             name: a.name.clone(),
             upload: Arc::new(tokio::sync::Mutex::new(upload)),
-            layout,
             prefix: a.prefix,
             next,
             busy: false,
@@ -361,8 +356,8 @@ impl Exporter {
         kept: u64,
         ck: Option<&Checkpointer>,
     ) -> Result<(MemberUpload, u64)> {
-        let (header, start) = match archive.current {
-            Some(c) => c,
+        let start = match archive.current {
+            Some((_, start)) => start,
             None => {
                 let mut up = archive.upload.lock().await;
                 let header = up.reserve(512).await?;
@@ -381,10 +376,9 @@ impl Exporter {
                     })
                     .await?;
                 }
-                (header, start)
+                start
             }
         };
-        let _ = header;
         archive.busy = true;
         let member = MemberUpload {
             ova: archive.upload.clone(),
