@@ -569,6 +569,7 @@ impl Exporter {
                 let ovf_file = plain(&ovf_name, &ovf_bytes);
                 let mf_file = plain(&mf_name, manifest.as_bytes());
                 let prefix = prefix_bytes(
+                    &format!("{base}.ova"),
                     layout,
                     (&ovf_file, &ovf_bytes),
                     (&mf_file, manifest.as_bytes()),
@@ -582,6 +583,7 @@ impl Exporter {
                 let ovf_file = plain(&ovf_name, &ovf_bytes);
                 let mf_file = plain(&mf_name, manifest.as_bytes());
                 let prefix = prefix_bytes(
+                    &format!("{base}.ova"),
                     layout,
                     (&ovf_file, &ovf_bytes),
                     (&mf_file, manifest.as_bytes()),

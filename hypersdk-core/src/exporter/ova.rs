@@ -57,16 +57,22 @@ pub(super) fn padded_descriptor(ovf: &str, len: u64) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// The archive's prefix: descriptor and manifest members.
+/// The tar header of member `file` of OVA `ova`. Members carry a fixed
+/// time (0): the same VM exported twice gives the same bytes.
+fn member_header(ova: &str, file: &FileReport) -> Result<[u8; 512]> {
+    tar_header(&file.name, file.size, 0).map_err(|source| Error::Format {
+        what: format!("cannot write OVA {ova}"),
+        source,
+    })
+}
+
+/// The prefix of OVA `ova`: its descriptor and manifest members.
 pub(super) fn prefix_bytes(
+    ova: &str,
     layout: PrefixLayout,
     (ovf, ovf_bytes): (&FileReport, &[u8]),
     (mf, mf_bytes): (&FileReport, &[u8]),
 ) -> Result<Vec<u8>> {
-    let fmt_err = |source| Error::Format {
-        what: "cannot write the OVA's first members".into(),
-        source,
-    };
     if ovf_bytes.len() as u64 != layout.ovf_len || mf_bytes.len() as u64 != layout.mf_len {
         return Err(Error::Internal(format!(
             "descriptor of {} bytes and manifest of {} for a prefix laid out for {} and {}",
@@ -77,9 +83,9 @@ pub(super) fn prefix_bytes(
         )));
     }
     let mut out = Vec::with_capacity(layout.total() as usize);
-    out.extend_from_slice(&tar_header(&ovf.name, ovf.size, 0).map_err(fmt_err)?);
+    out.extend_from_slice(&member_header(ova, ovf)?);
     out.extend_from_slice(ovf_bytes);
-    out.extend_from_slice(&tar_header(&mf.name, mf.size, 0).map_err(fmt_err)?);
+    out.extend_from_slice(&member_header(ova, mf)?);
     out.extend_from_slice(mf_bytes);
     out.extend_from_slice(&[0u8; 512][..tar_padding(mf.size)]);
     Ok(out)
@@ -292,12 +298,9 @@ impl Exporter {
         // Headers of whole members again: a crash may have come between
         // filling one and the save that made it durable.
         for (m, dd) in members.iter().zip(&done) {
-            let header =
-                tar_header(&dd.file.name, dd.file.size, 0).map_err(|source| Error::Format {
-                    what: format!("cannot write OVA {}", a.name),
-                    source,
-                })?;
-            upload.fill(m.header, &header).await?;
+            upload
+                .fill(m.header, &member_header(&a.name, &dd.file)?)
+                .await?;
         }
         let next = members.len();
         if let Some((header, start)) = current {
@@ -399,11 +402,7 @@ impl Exporter {
     ) -> Result<()> {
         while let Some(Some(o)) = outcomes.get(archive.next) {
             let index = archive.next;
-            let fmt_err = |source| Error::Format {
-                what: format!("cannot write OVA {}", archive.name),
-                source,
-            };
-            let header_bytes = tar_header(&o.file.name, o.file.size, 0).map_err(fmt_err)?;
+            let header_bytes = member_header(&archive.name, &o.file)?;
             let pad = &[0u8; 512][..tar_padding(o.file.size)];
             let member = match o.place {
                 Place::Member => {
@@ -530,16 +529,12 @@ impl Exporter {
         disks: &[DiskOutcome],
     ) -> Result<FileReport> {
         let ova_name = format!("{base}.ova");
-        let fmt_err = |source| Error::Format {
-            what: format!("cannot write OVA {ova_name}"),
-            source,
-        };
         let (mut out, object) = self.open_object(staging, &ova_name, true).await?;
         let feed = async {
             let io = |e: std::io::Error| Error::sink("cannot write", ova_name.as_str(), e);
             out.write(prefix).await.map_err(io)?;
             for d in disks {
-                out.write(&tar_header(&d.file.name, d.file.size, 0).map_err(fmt_err)?)
+                out.write(&member_header(&ova_name, &d.file)?)
                     .await
                     .map_err(io)?;
                 self.copy_spool(scratch, &d.file, CopyTo::Pipeline(&mut out, &ova_name))
