@@ -235,12 +235,10 @@ impl Exporter {
             let mut built = self
                 .build(&spec, source, staging.as_mut(), &base, ck.as_ref(), &mut scratch)
                 .await;
-            if let Some(s) = scratch.take() {
-                // Spools are copied into the archive by now, unless it failed.
-                if built.is_ok() {
+            // Spools are copied into the archive by now, unless it failed.
+            if built.is_ok() {
+                if let Some(s) = scratch.take() {
                     s.discard().await;
-                } else {
-                    scratch = Some(s);
                 }
             }
             if let (Ok(report), true) = (&mut built, self.options.verify) {
