@@ -212,3 +212,80 @@ impl Staging for Scratch {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    async fn dir_of(root: &Path) -> PathBuf {
+        let s = Scratch::open(root, "dest", true, false).await.unwrap();
+        let d = s.dir.clone();
+        s.discard().await;
+        d
+    }
+
+    /// The scratch area may sit where others can write (`/tmp`): a link,
+    /// a directory open to others, or one planted in its place is refused
+    /// and what it points to is left alone.
+    #[tokio::test]
+    async fn planted_scratch_directories_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let victim = tempfile::tempdir().unwrap();
+        std::fs::write(victim.path().join("precious"), b"x").unwrap();
+        let dir = dir_of(root.path()).await;
+
+        std::os::unix::fs::symlink(victim.path(), &dir).unwrap();
+        for resume in [false, true] {
+            let err = Scratch::open(root.path(), "dest", true, resume)
+                .await
+                .unwrap_err();
+            let msg = crate::error::chain(&err);
+            assert!(msg.contains("not a directory"), "{msg}");
+        }
+        assert!(victim.path().join("precious").exists());
+        std::fs::remove_file(&dir).unwrap();
+
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = Scratch::open(root.path(), "dest", true, true)
+            .await
+            .unwrap_err();
+        let msg = crate::error::chain(&err);
+        assert!(msg.contains("others may use it"), "{msg}");
+    }
+
+    /// A resumable export's area is taken up with its spools when
+    /// resuming, emptied when starting afresh, and created 0700.
+    #[tokio::test]
+    async fn kept_for_a_resume_and_emptied_otherwise() {
+        let root = tempfile::tempdir().unwrap();
+        let mut s = Scratch::open(root.path(), "dest", true, false)
+            .await
+            .unwrap();
+        let mode = std::fs::metadata(&s.dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let mut up = s.start("spool").await.unwrap();
+        up.put(b"kept").await.unwrap();
+        up.complete().await.unwrap();
+        let dir = s.dir.clone();
+        s.keep().await;
+        assert!(dir.join("spool").exists(), "a resumable area is kept");
+
+        let s = Scratch::open(root.path(), "dest", true, true)
+            .await
+            .unwrap();
+        assert_eq!(s.size("spool").await.unwrap(), Some(4));
+        drop(s);
+        let s = Scratch::open(root.path(), "dest", true, false)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.size("spool").await.unwrap(),
+            None,
+            "a fresh start empties it"
+        );
+        s.discard().await;
+        assert!(!dir.exists());
+    }
+}
