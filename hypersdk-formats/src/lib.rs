@@ -36,6 +36,7 @@
 #![deny(missing_docs)]
 
 pub mod convert;
+mod digest;
 mod endian;
 pub mod error;
 pub mod image;

@@ -122,70 +122,7 @@ pub fn parse_manifest(text: &str) -> Result<Vec<(String, String, String)>, usize
     Ok(out)
 }
 
-/// A running digest of one of the algorithms manifests use; `Write` feeds it.
-#[derive(Debug, Clone)]
-pub enum Hasher {
-    /// SHA-1 (older OVF tools).
-    Sha1(sha1::Sha1),
-    /// SHA-256.
-    Sha256(sha2::Sha256),
-    /// SHA-512.
-    Sha512(sha2::Sha512),
-}
-
-impl Hasher {
-    /// A hasher for `algorithm`.
-    pub fn new(algorithm: DigestAlgorithm) -> Hasher {
-        use sha2::Digest;
-        match algorithm {
-            DigestAlgorithm::Sha1 => Hasher::Sha1(sha1::Sha1::new()),
-            DigestAlgorithm::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
-            DigestAlgorithm::Sha512 => Hasher::Sha512(sha2::Sha512::new()),
-        }
-    }
-
-    /// A hasher for a manifest algorithm name (`SHA1`, `SHA256`, `SHA512`,
-    /// any case), or None if unknown.
-    pub fn for_name(name: &str) -> Option<Hasher> {
-        use sha2::Digest;
-        match name.to_ascii_uppercase().as_str() {
-            "SHA1" => Some(Hasher::Sha1(sha1::Sha1::new())),
-            "SHA256" => Some(Hasher::Sha256(sha2::Sha256::new())),
-            "SHA512" => Some(Hasher::Sha512(sha2::Sha512::new())),
-            _ => None,
-        }
-    }
-
-    /// Feeds bytes.
-    pub fn update(&mut self, data: &[u8]) {
-        use sha2::Digest;
-        match self {
-            Hasher::Sha1(h) => h.update(data),
-            Hasher::Sha256(h) => h.update(data),
-            Hasher::Sha512(h) => h.update(data),
-        }
-    }
-
-    /// The digest as lower-case hex.
-    pub fn finish_hex(self) -> String {
-        use sha2::Digest;
-        match self {
-            Hasher::Sha1(h) => to_hex(&h.finalize()),
-            Hasher::Sha256(h) => to_hex(&h.finalize()),
-            Hasher::Sha512(h) => to_hex(&h.finalize()),
-        }
-    }
-}
-
-impl std::io::Write for Hasher {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+pub use crate::digest::Hasher;
 
 /// The outcome for one manifest line.
 #[derive(Debug, Clone, PartialEq, Eq)]
