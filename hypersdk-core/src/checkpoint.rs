@@ -16,15 +16,17 @@
 //! [`ExportOptions::checkpoint_every`](crate::ExportOptions::checkpoint_every)
 //! bytes or two seconds, whichever comes first.
 //!
-//! The encoder's state is not saved: it is recomputed from the durable
-//! bytes themselves. A disk's VMDK is read back up to its last
-//! whole record ([`StreamChecker::boundary`](hypersdk_formats::vmdk::StreamChecker::boundary)),
-//! digested on the way, the VMDK writer's tables rebuilt from it
-//! ([`WriterResume`](hypersdk_formats::vmdk::WriterResume)), the upload
-//! continued there ([`Staging::resume`](crate::Staging::resume)), and the
-//! source opened again where those bytes end: at that guest offset, or, for
-//! a disk the platform serves as a VMDK, at that byte of the VMDK (after
-//! checking that the platform serves the same bytes again). The result is
+//! Nothing stored is read back to continue: as a disk's VMDK goes out, its
+//! record structure is followed ([`StreamChecker`](hypersdk_formats::vmdk::StreamChecker)),
+//! and each save records a [`ResumePoint`] — the last record boundary
+//! before it, with the digest state and the record structure there. A
+//! resumed export rebuilds the VMDK writer's tables from that structure
+//! ([`WriterResume`](hypersdk_formats::vmdk::WriterResume)), continues the
+//! upload there ([`Staging::resume`](crate::Staging::resume), keeping what
+//! precedes the boundary), and opens the source again where those bytes
+//! end: at that guest offset, or, for a disk the platform serves as a VMDK,
+//! at that byte of the VMDK (after checking that the platform serves the
+//! 64 KiB before it again with the recorded digest). The result is
 //! the same, byte for byte, as an uninterrupted export's. Disks already
 //! done are kept as they are; an OVA's whole members are kept and the
 //! member in progress continued. Compressed or encrypted disk files (OVF
@@ -122,8 +124,32 @@ pub struct DiskState {
     /// as of the last save (not for archive members: see [`ArchiveState`]).
     #[serde(default)]
     pub upload: Option<UploadState>,
+    /// Where its bytes can be continued without reading them back, as of
+    /// the last save.
+    #[serde(default)]
+    pub resume: Option<ResumePoint>,
     /// Set once the disk is done.
     pub done: Option<DoneDisk>,
+}
+
+/// Where a disk's VMDK can be continued without reading back what was
+/// stored: a record boundary at or before the last save, with the digest
+/// and the VMDK's record structure up to it, recorded as the bytes went
+/// out. (The VMDK writer's state follows from the structure:
+/// [`StreamChecker::writer_resume`](hypersdk_formats::vmdk::StreamChecker::writer_resume).)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumePoint {
+    /// Bytes of the disk's VMDK kept.
+    pub offset: u64,
+    /// The digest state after them ([`Hasher::state`](hypersdk_formats::manifest::Hasher::state), hex).
+    pub digest: String,
+    /// The VMDK's record structure up to them.
+    pub vmdk: hypersdk_formats::vmdk::CheckerState,
+    /// How many bytes before `offset` `tail_digest` covers (up to 64 KiB).
+    pub tail: u64,
+    /// Their digest: a platform serving the VMDK itself must serve them
+    /// again unchanged for the rest to fit.
+    pub tail_digest: String,
 }
 
 /// Where a disk's bytes go.

@@ -160,8 +160,8 @@ pub trait Staging: Send + Sync + std::fmt::Debug {
     }
 
     /// Reads back an uploaded object from byte `offset` on, for the verify
-    /// pass (and, until checkpoints carry every state, for continuing a
-    /// disk).
+    /// pass only: continuing an interrupted upload never reads back (the
+    /// checkpoint carries what it needs).
     async fn open(&self, name: &str, offset: u64) -> Result<Box<dyn AsyncRead + Send + Unpin>>;
 
     /// Publishes the artifact whole and returns where it is (path or URL).

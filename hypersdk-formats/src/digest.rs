@@ -232,15 +232,15 @@ impl Hasher {
         let (chain, rest) = match tag {
             1 => {
                 let (w, rest) = split_words::<5, 4>(rest)?;
-                (Chain::Sha1(w.map(|b| u32::from_be_bytes(b))), rest)
+                (Chain::Sha1(w.map(u32::from_be_bytes)), rest)
             }
             2 => {
                 let (w, rest) = split_words::<8, 4>(rest)?;
-                (Chain::Sha256(w.map(|b| u32::from_be_bytes(b))), rest)
+                (Chain::Sha256(w.map(u32::from_be_bytes)), rest)
             }
             3 => {
                 let (w, rest) = split_words::<8, 8>(rest)?;
-                (Chain::Sha512(w.map(|b| u64::from_be_bytes(b))), rest)
+                (Chain::Sha512(w.map(u64::from_be_bytes)), rest)
             }
             _ => return None,
         };

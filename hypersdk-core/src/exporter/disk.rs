@@ -36,9 +36,9 @@ impl Exporter {
                 if prev.durable > 0 && prev.stored_name == stored_name && prev.place == place {
                     if transforms.changes_bytes() {
                         tracing::warn!(disk = %disk_name, "a compressed or encrypted disk file cannot be continued mid-way: writing it again");
-                    } else if let Some(saved) = &prev.upload {
+                    } else if let (Some(saved), Some(point)) = (&prev.upload, &prev.resume) {
                         match self
-                            .reopen(source, index, &*staging, &stored_name, &prev)
+                            .reopen(source, index, &stored_name, &prev, saved, point)
                             .await
                         {
                             Ok(Some((rec, input))) => {
@@ -88,16 +88,13 @@ impl Exporter {
         let (stream, input, object, resume) = match resumed {
             Some((rec, stream)) => {
                 info!(disk = %disk_name, kept = rec.offset, "continuing the disk");
-                let cont = Continue {
-                    offset: rec.offset,
-                    hasher: rec.hasher,
-                };
                 let (input, object) =
-                    self.object_sink(name, &stored_name, writer, wrapped, Some(cont), slot)?;
+                    self.object_sink(name, &stored_name, writer, wrapped, Some(&rec), slot)?;
                 let resume = DiskResume {
                     kept: rec.offset,
                     checker: rec.checker,
                     writer: rec.writer,
+                    point: rec.point,
                 };
                 (stream, input, object, Some(resume))
             }
@@ -125,6 +122,7 @@ impl Exporter {
                 // A continued object keeps what continuing it again needs
                 // until its next save.
                 upload: continued,
+                resume: resume.as_ref().map(|r| r.point.clone()),
                 done: None,
             };
             ck.update(|c| c.disks[index] = state).await?;
@@ -140,28 +138,22 @@ impl Exporter {
         }))
     }
 
-    /// Reads back the durable bytes of an interrupted disk's object and
-    /// opens the source where they end; None if the source cannot continue
-    /// there (the disk is then written again).
+    /// Takes up where an interrupted disk's object can be continued and
+    /// opens the source where its kept bytes end; None if the source cannot
+    /// continue there (the disk is then written again).
     pub(super) async fn reopen(
         &self,
         source: &dyn ExportSource,
         index: usize,
-        staging: &dyn Staging,
         stored_name: &str,
         prev: &DiskState,
+        saved: &UploadState,
+        point: &ResumePoint,
     ) -> Result<Option<(Recovered, DiskInput)>> {
-        let Some(size) = staging.size(stored_name).await? else {
+        if point.offset > saved.size {
             return Ok(None);
-        };
-        let rec = recover(
-            staging,
-            stored_name,
-            0,
-            prev.durable.min(size),
-            self.options.digest,
-        )
-        .await?;
+        }
+        let rec = Recovered::from_point(point, stored_name, self.options.digest)?;
         self.continue_source(source, index, rec, prev.served).await
     }
 
@@ -182,27 +174,29 @@ impl Exporter {
             }
             // Ask for the last kept bytes again: the platform must serve the
             // same VMDK as before for the rest to fit.
-            let overlap = rec.tail.len() as u64;
+            let overlap = rec.point.tail.min(rec.offset);
             if !stores_as_served(source, index) {
                 return Ok(None);
             }
             let Some(mut stream) = source.open_served(index, rec.offset - overlap).await? else {
                 return Ok(None);
             };
-            let mut got: Vec<u8> = Vec::with_capacity(rec.tail.len());
+            let want = overlap as usize;
+            let mut got: Vec<u8> = Vec::with_capacity(want);
             let mut rest = Vec::new();
-            while got.len() < rec.tail.len() {
+            while got.len() < want {
                 let Some(item) = stream.next().await else {
                     break;
                 };
                 let b = item?;
-                let take = (rec.tail.len() - got.len()).min(b.len());
+                let take = (want - got.len()).min(b.len());
                 got.extend_from_slice(&b[..take]);
                 if take < b.len() {
                     rest.push(Ok(b.slice(take..)));
                 }
             }
-            if got != rec.tail {
+            if got.len() != want || tail_digest(self.options.digest, &got) != rec.point.tail_digest
+            {
                 tracing::warn!(
                     "the platform serves this disk's VMDK differently than before: writing it again"
                 );
@@ -542,4 +536,6 @@ pub(super) struct DiskResume {
     pub(super) checker: StreamChecker,
     /// The VMDK writer's state after them (for guest bytes).
     pub(super) writer: Option<WriterResume>,
+    /// Where they end, as recorded.
+    pub(super) point: ResumePoint,
 }

@@ -71,6 +71,7 @@ use hypersdk_formats::vmdk::{
 
 use crate::checkpoint::{
     ArchiveState, Checkpoint, Checkpointer, DiskState, DoneDisk, Identity, MemberState, Place,
+    ResumePoint,
 };
 use crate::error::{Error, Result};
 use crate::layers;
@@ -637,5 +638,5 @@ mod verify;
 use disk::{DiskInput, Target};
 use object::{digest_hex, first_cause, manifest_entry, ObjectSink, Slot};
 use ova::{padded_descriptor, prefix_bytes, Archive};
-use resume::{recover, Recovered};
+use resume::{tail_digest, Recovered, Tracker};
 use scratch::Scratch;

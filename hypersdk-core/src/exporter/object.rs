@@ -32,7 +32,7 @@ impl Exporter {
     }
 
     /// Starts the pipeline of object `name` stored as `stored_name` into
-    /// `writer`, continuing after the bytes `cont` kept, and checkpointing
+    /// `writer`, continuing after the bytes `from` kept, and checkpointing
     /// it in `slot`.
     pub(super) fn object_sink(
         &self,
@@ -40,12 +40,22 @@ impl Exporter {
         stored_name: &str,
         writer: Box<dyn Upload>,
         wrapped: bool,
-        cont: Option<Continue>,
+        from: Option<&Recovered>,
         slot: Option<Slot>,
     ) -> Result<(PipelineInput, ObjectSink)> {
         let spec = self.transform_spec(wrapped);
-        let base = cont.as_ref().map_or(0, |c| c.offset);
+        let base = from.map_or(0, |r| r.offset);
+        let cont = from.map(|r| Continue {
+            offset: r.offset,
+            hasher: r.hasher.clone(),
+        });
         let (input, output) = pipeline::start_at(&spec, cont)?;
+        // A disk stored unchanged is followed, so that saves can record
+        // where to continue it.
+        let tracker = match (&slot, spec.changes_bytes()) {
+            (Some(_), false) => Some(Tracker::new(from)),
+            _ => None,
+        };
         Ok((
             input,
             ObjectSink {
@@ -55,6 +65,7 @@ impl Exporter {
                 output,
                 base,
                 slot,
+                tracker,
             },
         ))
     }
@@ -90,6 +101,8 @@ pub(super) struct ObjectSink {
     pub(super) base: u64,
     /// The checkpoint and disk this object's progress is recorded as.
     pub(super) slot: Option<Slot>,
+    /// Follows a disk's VMDK for its resume points.
+    pub(super) tracker: Option<Tracker>,
 }
 
 /// Where an object's progress is recorded: disk `index`'s state in the
@@ -103,18 +116,22 @@ pub(super) struct Slot {
 }
 
 impl Slot {
-    /// Records the upload's saved state.
-    async fn saved(&self, state: UploadState) -> Result<()> {
+    /// Records the upload's saved state, and where the disk can be
+    /// continued.
+    async fn saved(&self, state: UploadState, point: Option<ResumePoint>) -> Result<()> {
         let (index, member) = (self.index, self.member);
         self.ck
-            .update(|c| match (member, c.archive.as_mut()) {
-                (Some(start), Some(a)) => {
-                    c.disks[index].durable = state.size.saturating_sub(start);
-                    a.upload = Some(state);
-                }
-                _ => {
-                    c.disks[index].durable = state.size;
-                    c.disks[index].upload = Some(state);
+            .update(|c| {
+                c.disks[index].resume = point;
+                match (member, c.archive.as_mut()) {
+                    (Some(start), Some(a)) => {
+                        c.disks[index].durable = state.size.saturating_sub(start);
+                        a.upload = Some(state);
+                    }
+                    _ => {
+                        c.disks[index].durable = state.size;
+                        c.disks[index].upload = Some(state);
+                    }
                 }
             })
             .await
@@ -123,24 +140,43 @@ impl Slot {
 
 impl ObjectSink {
     /// Writes the pipeline's output to the sink until it ends, then makes
-    /// the object durable and reports it. With a checkpoint slot, syncs the
-    /// object and records its durable size every `checkpoint_every` bytes
-    /// or [`checkpoint::INTERVAL`](crate::checkpoint::INTERVAL).
+    /// the object durable and reports it. With a checkpoint slot, saves the
+    /// upload and records its state every `checkpoint_every` bytes or
+    /// [`checkpoint::INTERVAL`](crate::checkpoint::INTERVAL) — for a
+    /// tracked disk, with the resume point of a record boundary in the
+    /// chunk just put (a save waits for a chunk that has one).
     pub(super) async fn drain(mut self) -> Result<FileReport> {
         let mut stored: u64 = self.base;
         let mut synced = (stored, Instant::now());
+        let mut due = false;
         while let Some(buf) = self.output.recv().await {
-            self.writer.put(&buf).await?;
-            stored += buf.len() as u64;
-            self.output.recycle(buf);
+            let len = buf.len() as u64;
             if let Some(slot) = &self.slot {
-                if stored - synced.0 >= slot.ck.every
-                    || synced.1.elapsed() >= crate::checkpoint::INTERVAL
-                {
+                due = due
+                    || stored + len - synced.0 >= slot.ck.every
+                    || synced.1.elapsed() >= crate::checkpoint::INTERVAL;
+            }
+            let point = match self.tracker.as_mut() {
+                Some(t) => match t.push(&buf, stored, self.output.mark().filter(|_| due)) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(object = %self.stored_name, error = %e, "cannot follow the disk's VMDK: an interrupted export will write it again");
+                        self.tracker = None;
+                        None
+                    }
+                },
+                None => None,
+            };
+            self.writer.put(&buf).await?;
+            stored += len;
+            self.output.recycle(buf);
+            if let (true, Some(slot)) = (due, &self.slot) {
+                if self.tracker.is_none() || point.is_some() {
                     if let Some(state) = self.writer.save().await? {
-                        slot.saved(state).await?;
+                        slot.saved(state, point).await?;
                     }
                     synced = (stored, Instant::now());
+                    due = false;
                 }
             }
         }

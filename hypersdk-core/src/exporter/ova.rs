@@ -274,9 +274,9 @@ impl Exporter {
         }) {
             let d = state.disks.get(m.disk).cloned().unwrap_or_default();
             let durable = d.durable.min(saved.size.saturating_sub(m.start));
-            if durable > 0 && d.place == Place::Member {
+            if let (Some(point), Place::Member) = (&d.resume, d.place) {
                 match self
-                    .continue_member(staging, source, &a.name, m, &d, durable)
+                    .continue_member(source, &a.name, m, &d, point, durable)
                     .await
                 {
                     Ok(Some((rec, input))) => {
@@ -335,18 +335,21 @@ impl Exporter {
         }))
     }
 
-    /// Reads back the durable bytes of the member an interrupted run left
-    /// in part and opens its source where they end.
+    /// Takes up where the member an interrupted run left in part can be
+    /// continued (within its `durable` bytes) and opens its source there.
     async fn continue_member(
         &self,
-        staging: &dyn Staging,
         source: &dyn ExportSource,
         name: &str,
         m: &MemberState,
         d: &DiskState,
+        point: &ResumePoint,
         durable: u64,
     ) -> Result<Option<(Recovered, DiskInput)>> {
-        let rec = recover(staging, name, m.start, durable, self.options.digest).await?;
+        if point.offset > durable {
+            return Ok(None);
+        }
+        let rec = Recovered::from_point(point, name, self.options.digest)?;
         self.continue_source(source, m.disk, rec, d.served).await
     }
 

@@ -174,6 +174,10 @@ pub struct PipelineOutput {
     rx: mpsc::Receiver<Vec<u8>>,
     pool: Pool,
     output_bytes: u64,
+    /// Digest states, one before each output buffer (a pipeline that
+    /// passes its chunks on unchanged).
+    marks: Option<Receiver<Hasher>>,
+    mark: Option<Hasher>,
     threads: Vec<(&'static str, JoinHandle<Result<Option<Stats>>>)>,
 }
 
@@ -296,13 +300,28 @@ impl PipelineOutput {
     pub async fn recv(&mut self) -> Option<Vec<u8>> {
         let b = self.rx.recv().await?;
         self.output_bytes += b.len() as u64;
+        if let Some(m) = &self.marks {
+            // Sent before its buffer, so already there.
+            self.mark = m.try_recv().ok();
+        }
         Some(b)
+    }
+
+    /// The digest state before the bytes of the buffer last received, for
+    /// a pipeline that passes its input on unchanged (digest only): with
+    /// it, a checkpoint can record the digest at any byte of the output
+    /// and the object be continued there without reading it back.
+    pub fn mark(&self) -> Option<&Hasher> {
+        self.mark.as_ref()
     }
 
     /// The same, from a thread.
     pub fn blocking_recv(&mut self) -> Option<Vec<u8>> {
         let b = self.rx.blocking_recv()?;
         self.output_bytes += b.len() as u64;
+        if let Some(m) = &self.marks {
+            self.mark = m.try_recv().ok();
+        }
         Some(b)
     }
 
@@ -438,6 +457,15 @@ pub fn start_at(
         (None, None)
     };
     let tail_needed = !from_workers.is_empty() || spec.encryption.is_some();
+    // Unchanged chunks: the digest state before each goes with it. (At most
+    // one more than the output queue holds is waiting.)
+    let (mut marks_tx, marks_rx) = match (tail_needed, spec.digest) {
+        (false, Some(_)) => {
+            let (t, r) = std::sync::mpsc::channel::<Hasher>();
+            (Some(t), Some(r))
+        }
+        _ => (None, None),
+    };
 
     // `closed`: the input was closed, not dropped. `ended`: the digest thread
     // saw that close, so the tail may finish the output (an abandoned input
@@ -454,6 +482,7 @@ pub fn start_at(
             None => (0, spec.digest.map(Hasher::new)),
         };
         let out_tx = (!tail_needed).then(|| out_tx.clone());
+        let marks_tx = marks_tx.take();
         let to_workers = to_workers;
         threads.push(spawn(
             "digest",
@@ -463,6 +492,9 @@ pub fn start_at(
                 while let Some(data) = in_rx.blocking_recv() {
                     n += data.len() as u64;
                     if let Some(h) = hasher.as_mut() {
+                        if let Some(m) = &marks_tx {
+                            let _ = m.send(h.clone());
+                        }
                         h.update(&data);
                     }
                     let sent = if !to_workers.is_empty() {
@@ -562,6 +594,8 @@ pub fn start_at(
             rx: out_rx,
             pool,
             output_bytes: 0,
+            marks: marks_rx,
+            mark: None,
             threads,
         },
     ))

@@ -40,7 +40,7 @@ mod writer;
 pub use descriptor::{parse_descriptor, Descriptor, Extent, ExtentKind, MAX_DESCRIPTOR_BYTES};
 pub use image::VmdkImage;
 pub use reader::{SparseExtentReader, SparseHeader};
-pub use stream::{StreamChecker, StreamDecoder, StreamStats, WriterResume};
+pub use stream::{CheckerState, StreamChecker, StreamDecoder, StreamStats, WriterResume};
 
 pub use writer::{StreamOptimizedWriter, VmdkWriterOptions, VmdkWriterStats, MAX_CAPACITY};
 

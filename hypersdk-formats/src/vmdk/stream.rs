@@ -391,8 +391,11 @@ mod tests {
 /// sizes, grains in ascending order inside the capacity, and — in VMware's
 /// layout — the end-of-stream marker with nothing after it. For storing an
 /// NFC export as it arrives while still refusing a truncated or garbled one.
-/// Memory: one sector.
-#[derive(Debug)]
+/// Its state between two records can be saved and taken up again
+/// ([`state`](Self::state)). Memory: one sector, the grains since the last
+/// grain table (at most 512) and one entry per grain table (one per 32 MiB
+/// of guest data in our layout).
+#[derive(Debug, Clone)]
 pub struct StreamChecker {
     sector: Vec<u8>,
     skip: u64,
@@ -433,6 +436,33 @@ pub struct WriterResume {
     pub gd: Vec<(u64, u32)>,
     /// Grains written.
     pub grains: u64,
+}
+
+/// A [`StreamChecker`] between two records, saved so that it can be taken
+/// up again ([`StreamChecker::state`], [`StreamChecker::from_state`]): with
+/// the bytes before it, the record structure is all a checker carries.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CheckerState {
+    /// Bytes of the stream seen (a record boundary).
+    pub pos: u64,
+    /// Guest capacity in bytes.
+    pub capacity: u64,
+    /// Grain size in bytes.
+    pub grain_bytes: u64,
+    /// Whether the stream must end with an end-of-stream marker.
+    pub needs_eos: bool,
+    /// Where the next grain may start (guest bytes).
+    pub next_lba_bytes: u64,
+    /// Guest bytes in grains seen.
+    pub populated: u64,
+    /// Grains since the last grain table: (grain number, marker sector).
+    pub gt: Vec<(u64, u32)>,
+    /// Grain tables so far: (table number, first sector of the table).
+    pub gd: Vec<(u64, u32)>,
+    /// Grains seen.
+    pub grains: u64,
+    /// Whether the layout is other than ours.
+    pub foreign: bool,
 }
 
 /// What [`StreamChecker::finish`] found.
@@ -509,6 +539,73 @@ impl StreamChecker {
             gd: self.gd.clone(),
             grains: self.grains,
         })
+    }
+
+    /// The checker's state, if it stands between two records (at
+    /// [`boundary`](Self::boundary), before the stream's tail).
+    pub fn state(&self) -> Option<CheckerState> {
+        if !self.header_done || self.pos != self.boundary || self.tail || self.skip > 0 {
+            return None;
+        }
+        Some(CheckerState {
+            pos: self.pos,
+            capacity: self.capacity,
+            grain_bytes: self.grain_bytes,
+            needs_eos: self.needs_eos,
+            next_lba_bytes: self.next_lba_bytes,
+            populated: self.populated,
+            gt: self.gt.clone(),
+            gd: self.gd.clone(),
+            grains: self.grains,
+            foreign: self.foreign,
+        })
+    }
+
+    /// A checker taken up from a saved [`state`](Self::state): it goes on
+    /// as the one that saved it would have.
+    pub fn from_state(s: CheckerState) -> Result<Self> {
+        if s.grain_bytes == 0
+            || !s.grain_bytes.is_multiple_of(SECTOR_SIZE)
+            || !s.pos.is_multiple_of(SECTOR_SIZE)
+        {
+            return Err(corrupt(s.pos, "a saved checker state that no stream gives"));
+        }
+        Ok(StreamChecker {
+            sector: Vec::with_capacity(512),
+            skip: 0,
+            pos: s.pos,
+            header_done: true,
+            capacity: s.capacity,
+            grain_bytes: s.grain_bytes,
+            needs_eos: s.needs_eos,
+            next_lba_bytes: s.next_lba_bytes,
+            populated: s.populated,
+            done: false,
+            boundary: s.pos,
+            tail: false,
+            gt: s.gt,
+            gd: s.gd,
+            grains: s.grains,
+            foreign: s.foreign,
+        })
+    }
+
+    /// How many more bytes at most end the record being read (or the
+    /// header): pushing exactly that many reaches the next boundary, if
+    /// there is one. At least 1.
+    pub fn to_boundary(&self) -> usize {
+        if self.done {
+            usize::MAX
+        } else if self.skip > 0 {
+            usize::try_from(self.skip).unwrap_or(usize::MAX)
+        } else {
+            512 - self.sector.len()
+        }
+    }
+
+    /// Bytes of the stream pushed so far.
+    pub fn position(&self) -> u64 {
+        self.pos
     }
 
     /// Guest capacity, once the header has been seen (else 0).
@@ -715,5 +812,55 @@ mod checker_tests {
         extra.extend_from_slice(b"garbage");
         assert!(check(&extra, 4096).is_err());
         assert!(check(b"# Disk DescriptorFile\nversion=1\n", 64).is_err());
+    }
+
+    #[test]
+    fn a_saved_state_goes_on_like_the_checker_that_saved_it() {
+        let data: Vec<u8> = (0..(40usize << 20))
+            .map(|i| {
+                if (i >> 16) % 5 == 3 {
+                    0
+                } else {
+                    (i * 31 % 253) as u8
+                }
+            })
+            .collect();
+        let (vmdk, populated) = encode(&data);
+        // Push record by record, save at every boundary, take the state up
+        // again and finish the stream from there.
+        let mut c = StreamChecker::new();
+        let mut at = 0usize;
+        let mut saved = Vec::new();
+        while at < vmdk.len() {
+            let n = c.to_boundary().min(vmdk.len() - at);
+            assert!(n >= 1);
+            c.push(&vmdk[at..at + n]).unwrap();
+            at += n;
+            if let Some(s) = c.state() {
+                assert_eq!(s.pos, at as u64);
+                assert_eq!(c.boundary(), at as u64);
+                saved.push(s);
+            }
+        }
+        assert!(saved.len() > 500, "{} boundaries", saved.len());
+        let whole = c.finish().unwrap();
+        for s in saved.iter().step_by(97).chain(saved.last()) {
+            let from = s.pos as usize;
+            let resume = StreamChecker::from_state(s.clone()).unwrap();
+            let mut c = StreamChecker::from_state(s.clone()).unwrap();
+            // The writer state agrees with the one a read-back gives.
+            let mut fresh = StreamChecker::new();
+            fresh.push(&vmdk[..from]).unwrap();
+            assert_eq!(resume.writer_resume(), fresh.writer_resume(), "at {from}");
+            for part in vmdk[from..].chunks(100_000) {
+                c.push(part).unwrap();
+            }
+            assert_eq!(c.finish().unwrap(), whole);
+        }
+        assert_eq!(whole.populated, populated);
+        // A state from a cut record is refused where it goes wrong.
+        let mut c = StreamChecker::from_state(saved[5].clone()).unwrap();
+        let from = saved[5].pos as usize;
+        assert!(c.push(&vmdk[from + 512..]).is_err());
     }
 }

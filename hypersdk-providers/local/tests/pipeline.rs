@@ -172,14 +172,16 @@ async fn cancellation_leaves_a_checkpoint_that_resume_continues() {
         // new: what it continued is still recorded as continuable.
         let again = Exporter::new(cut_again(&options));
         let token = again.cancel_token();
+        // Neither run reads back a byte of what was stored.
+        let no_read_back = || OnRead(LocalDirSink::new(&out), ReadBack::Refused);
         let err = again
             .on_progress(Arc::new(move |_| token.cancel()))
-            .export(&provider, vm, &LocalDirSink::new(&out))
+            .export(&provider, vm, &no_read_back())
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Cancelled), "{case}: {err}");
         let resumed = Exporter::new(options.clone())
-            .export(&provider, vm, &LocalDirSink::new(&out))
+            .export(&provider, vm, &no_read_back())
             .await
             .unwrap();
         assert!(
@@ -349,23 +351,44 @@ async fn vmdk_backed_disks_export() {
     assert_same_guest_data(&raw, Some("raw"), &exported, Some("vmdk"));
 }
 
-/// A local directory sink whose read-back flips one byte of every object:
-/// what a failing disk or a lying object store would do.
+/// What reading an object back gives.
+#[derive(Debug, Clone, Copy)]
+enum ReadBack {
+    /// The object with one byte flipped: what a failing disk or a lying
+    /// object store would do.
+    Corrupt,
+    /// An error: a sink that must never be read (resume without reading
+    /// back).
+    Refused,
+}
+
+/// A local directory sink whose read-back misbehaves as told.
 #[derive(Debug)]
-struct CorruptOnRead(LocalDirSink);
+struct OnRead(LocalDirSink, ReadBack);
 
 #[derive(Debug)]
-struct CorruptStaging(Box<dyn Staging>);
+struct OnReadStaging(Box<dyn Staging>, ReadBack);
 
 #[async_trait]
-impl Sink for CorruptOnRead {
+impl Sink for OnRead {
     fn describe(&self) -> String {
         self.0.describe()
     }
     async fn begin(&self, artifact: &Artifact, overwrite: bool) -> Result<Box<dyn Staging>> {
-        Ok(Box::new(CorruptStaging(
-            self.0.begin(artifact, overwrite).await?,
-        )))
+        let inner = self.0.begin(artifact, overwrite).await?;
+        Ok(Box::new(OnReadStaging(inner, self.1)))
+    }
+    async fn begin_resumable(
+        &self,
+        artifact: &Artifact,
+        overwrite: bool,
+        resume: bool,
+    ) -> Result<Box<dyn Staging>> {
+        let inner = self.0.begin_resumable(artifact, overwrite, resume).await?;
+        Ok(Box::new(OnReadStaging(inner, self.1)))
+    }
+    async fn discard_partial(&self, artifact: &Artifact) -> Result<bool> {
+        self.0.discard_partial(artifact).await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<hypersdk_core::sink::ObjectMeta>> {
         self.0.list(prefix).await
@@ -379,9 +402,17 @@ impl Sink for CorruptOnRead {
 }
 
 #[async_trait]
-impl Staging for CorruptStaging {
+impl Staging for OnReadStaging {
     async fn start(&mut self, name: &str) -> Result<Box<dyn Upload>> {
         self.0.start(name).await
+    }
+    async fn resume(
+        &mut self,
+        name: &str,
+        saved: &hypersdk_core::UploadState,
+        keep: u64,
+    ) -> Result<Box<dyn Upload>> {
+        self.0.resume(name, saved, keep).await
     }
     fn fills_reserved(&self) -> bool {
         self.0.fills_reserved()
@@ -392,6 +423,9 @@ impl Staging for CorruptStaging {
         offset: u64,
     ) -> Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>> {
         use tokio::io::AsyncReadExt;
+        if let ReadBack::Refused = self.1 {
+            panic!("{name} read back from byte {offset}");
+        }
         let mut bytes = Vec::new();
         self.0
             .open(name, offset)
@@ -408,6 +442,21 @@ impl Staging for CorruptStaging {
     }
     async fn abort(self: Box<Self>) -> Result<()> {
         self.0.abort().await
+    }
+    async fn keep(self: Box<Self>) -> Result<String> {
+        self.0.keep().await
+    }
+    fn destination(&self) -> String {
+        self.0.destination()
+    }
+    fn checkpoints(&self) -> Option<Arc<dyn hypersdk_core::CheckpointStore>> {
+        self.0.checkpoints()
+    }
+    fn scratch_hint(&self) -> Option<std::path::PathBuf> {
+        self.0.scratch_hint()
+    }
+    async fn size(&self, name: &str) -> Result<Option<u64>> {
+        self.0.size(name).await
     }
 }
 
@@ -431,7 +480,7 @@ async fn verify_pass_catches_bytes_that_come_back_different() {
             .export(
                 &provider,
                 xml.to_str().unwrap(),
-                &CorruptOnRead(LocalDirSink::new(&out)),
+                &OnRead(LocalDirSink::new(&out), ReadBack::Corrupt),
             )
             .await
             .unwrap_err();
