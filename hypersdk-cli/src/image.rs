@@ -236,49 +236,56 @@ fn package_json(r: &PackageReport) -> PackageJson {
         files: r.files.clone(),
         manifest: r.manifest.clone(),
         systems: r
-            .summary
+            .envelope
             .systems
             .iter()
             .map(|s| SystemJson {
-                name: s.name.clone(),
-                os: s.os.clone(),
-                cpus: s.cpus,
-                memory_mib: s.memory_mib,
-                disks: s.disks.len(),
-                nics: s.nics.len(),
-                firmware: s.firmware.clone(),
+                name: s.display_name().to_string(),
+                os: s.os().to_string(),
+                cpus: s.cpus(),
+                memory_mib: s.memory_mib(),
+                disks: s.disk_ids().len(),
+                nics: s.nics().len(),
+                firmware: s.firmware().map(str::to_string),
             })
             .collect(),
         disks: r
-            .summary
+            .envelope
             .disks
             .iter()
-            .map(|d| (d.disk_id.clone(), d.capacity, d.format.clone()))
+            .map(|d| {
+                (
+                    d.disk_id().to_string(),
+                    d.capacity().unwrap_or_default(),
+                    d.format().to_string(),
+                )
+            })
             .collect(),
-        networks: r.summary.networks.clone(),
+        networks: r.envelope.networks.iter().map(|n| n.name.clone()).collect(),
     }
 }
 
 fn print_package(r: &PackageReport) {
     println!("package:   {} ({})", r.path.display(), r.kind);
-    for s in &r.summary.systems {
+    for s in &r.envelope.systems {
+        let os = s.os();
         println!(
             "vm:        {} — {} vCPU, {} MiB, os {}, {} disk(s), {} NIC(s), firmware {}",
-            s.name,
-            s.cpus,
-            s.memory_mib,
-            if s.os.is_empty() { "?" } else { &s.os },
-            s.disks.len(),
-            s.nics.len(),
-            s.firmware.as_deref().unwrap_or("bios")
+            s.display_name(),
+            s.cpus(),
+            s.memory_mib(),
+            if os.is_empty() { "?" } else { os },
+            s.disk_ids().len(),
+            s.nics().len(),
+            s.firmware().unwrap_or("bios")
         );
     }
-    for d in &r.summary.disks {
+    for d in &r.envelope.disks {
         println!(
             "disk:      {} {} ({})",
-            d.disk_id,
-            human_bytes(d.capacity),
-            d.format.rsplit('#').next().unwrap_or("")
+            d.disk_id(),
+            human_bytes(d.capacity().unwrap_or_default()),
+            d.format().rsplit('#').next().unwrap_or("")
         );
     }
     for (name, size) in &r.files {

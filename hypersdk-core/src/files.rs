@@ -102,7 +102,7 @@ pub fn package_summary(r: &PackageReport) -> serde_json::Value {
         "failures": r.failures(),
         "files": r.files,
         "manifest": r.manifest,
-        "vms": r.summary.systems.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+        "vms": r.envelope.systems.iter().map(|s| s.display_name().to_string()).collect::<Vec<_>>(),
     })
 }
 

@@ -6,7 +6,7 @@
 //! (`lsilogicsas` for Windows guests); IDE and SATA keep their bus. virtio NICs
 //! become `VmxNet3`, `e1000e` stays `E1000e`, everything else is `E1000`.
 
-use hypersdk_formats::ovf::{OvfController, OvfControllerKind, OvfDisk, OvfNic, OvfOs, OvfSystem};
+use hypersdk_formats::ovf::{ControllerType, Envelope, OvfVersion};
 use hypersdk_formats::vmdk::STREAM_OPTIMIZED_FORMAT_URI;
 
 use crate::vm::{ControllerKind, Firmware, GuestOs, OsFamily, VmSpec};
@@ -36,7 +36,7 @@ pub fn disk_file_name(base: &str, index: usize) -> String {
     format!("{base}-disk{}.vmdk", index + 1)
 }
 
-/// The written disk files, for [`ovf_system`].
+/// The written disk files, for [`ovf_envelope`].
 #[derive(Debug, Clone)]
 pub struct WrittenDisk {
     /// File name in the package.
@@ -47,76 +47,91 @@ pub struct WrittenDisk {
     pub populated: u64,
 }
 
-/// The OVF description of `spec` whose disks were written as `disks`.
-pub fn ovf_system(spec: &VmSpec, disks: &[WrittenDisk]) -> OvfSystem {
+/// The OVF descriptor of `spec` whose disks were written as `disks`.
+pub fn ovf_descriptor(spec: &VmSpec, disks: &[WrittenDisk]) -> String {
+    ovf_envelope(spec, disks).to_xml(OvfVersion::V1_0)
+}
+
+/// The OVF envelope of `spec` whose disks were written as `disks`.
+pub fn ovf_envelope(spec: &VmSpec, disks: &[WrittenDisk]) -> Envelope {
     let windows = spec.guest_os.family == OsFamily::Windows;
-    let mut controllers: Vec<OvfController> = Vec::new();
-    let mut ovf_disks = Vec::new();
-    // Unit numbers per controller, assigned in disk order.
-    let mut next_unit: Vec<u32> = Vec::new();
-    for (d, w) in spec.disks.iter().zip(disks) {
+    let mut env = Envelope::for_vm(&spec.name, "vmx-14");
+    let disk_ids: Vec<String> = spec
+        .disks
+        .iter()
+        .zip(disks)
+        .map(|(d, w)| {
+            env.add_disk_file(
+                &w.file,
+                w.file_size,
+                d.capacity,
+                Some(w.populated),
+                STREAM_OPTIMIZED_FORMAT_URI,
+            )
+        })
+        .collect();
+    for n in &spec.nics {
+        env.add_network(&n.network);
+    }
+    let sys = &mut env.systems[0];
+    sys.annotation = spec.annotation.clone();
+    let (cim_id, vmw_os_type) = ovf_os(&spec.guest_os);
+    sys.set_os(cim_id, vmw_os_type, &spec.guest_os.description);
+    let hw = &mut sys.hardware[0];
+    hw.add_cpus(spec.cpus.max(1));
+    hw.add_memory_mib(spec.memory_mib.max(1));
+    // Controllers in order of first use, then the disks with their unit
+    // numbers assigned in disk order.
+    let mut controllers: Vec<(ControllerType, u32, u32)> = Vec::new(); // kind, InstanceID, next unit
+    let mut placed = Vec::new();
+    for d in &spec.disks {
         let kind = match d.controller {
-            ControllerKind::Ide => OvfControllerKind::Ide,
-            ControllerKind::Sata => OvfControllerKind::Sata,
-            _ => OvfControllerKind::Scsi(if windows { "lsilogicsas" } else { "lsilogic" }.into()),
+            ControllerKind::Ide => ControllerType::Ide,
+            ControllerKind::Sata => ControllerType::Sata,
+            _ => ControllerType::Scsi(if windows { "lsilogicsas" } else { "lsilogic" }.into()),
         };
-        let ci = match controllers.iter().position(|c| c.kind == kind) {
+        let ci = match controllers.iter().position(|c| c.0 == kind) {
             Some(i) => i,
             None => {
-                controllers.push(OvfController { kind, bus: 0 });
-                next_unit.push(0);
+                let id = hw.add_controller(&kind, 0);
+                controllers.push((kind, id, 0));
                 controllers.len() - 1
             }
         };
-        let mut unit = next_unit[ci];
+        let c = &mut controllers[ci];
+        let mut unit = c.2;
         // SCSI unit 7 is the controller itself.
-        if matches!(controllers[ci].kind, OvfControllerKind::Scsi(_)) && unit == 7 {
+        if matches!(c.0, ControllerType::Scsi(_)) && unit == 7 {
             unit += 1;
         }
-        next_unit[ci] = unit + 1;
-        ovf_disks.push(OvfDisk {
-            file_href: w.file.clone(),
-            file_size: w.file_size,
-            capacity: d.capacity,
-            populated_size: Some(w.populated),
-            format_uri: STREAM_OPTIMIZED_FORMAT_URI.into(),
-            controller: ci,
-            address_on_parent: unit,
-        });
+        c.2 = unit + 1;
+        placed.push((c.1, unit));
     }
-    let nics = spec
-        .nics
-        .iter()
-        .map(|n| OvfNic {
-            network: n.network.clone(),
-            mac: n.mac.clone(),
-            adapter: match n.model.to_ascii_lowercase().as_str() {
-                "virtio" | "vmxnet3" => "VmxNet3",
-                "e1000e" => "E1000e",
-                _ => "E1000",
-            }
-            .into(),
-        })
-        .collect();
-    OvfSystem {
-        name: spec.name.clone(),
-        annotation: spec.annotation.clone(),
-        os: ovf_os(&spec.guest_os),
-        cpus: spec.cpus.max(1),
-        memory_mib: spec.memory_mib.max(1),
-        efi: spec.firmware == Firmware::Uefi,
-        system_type: "vmx-14".into(),
-        controllers,
-        disks: ovf_disks,
-        nics,
+    for (i, (id, (parent, unit))) in disk_ids.iter().zip(placed).enumerate() {
+        hw.add_disk(i + 1, id, parent, unit);
     }
+    for (i, n) in spec.nics.iter().enumerate() {
+        let adapter = match n.model.to_ascii_lowercase().as_str() {
+            "virtio" | "vmxnet3" => "VmxNet3",
+            "e1000e" => "E1000e",
+            _ => "E1000",
+        };
+        hw.add_nic(i + 1, &n.network, adapter, n.mac.as_deref());
+    }
+    let firmware = if spec.firmware == Firmware::Uefi {
+        "efi"
+    } else {
+        "bios"
+    };
+    hw.set_config("firmware", firmware);
+    env
 }
 
 /// CIM OS id and VMware guest id for a guest OS. Known libosinfo and vSphere
 /// ids map to their specific entries; the rest to the family's generic one.
-pub fn ovf_os(os: &GuestOs) -> OvfOs {
+pub fn ovf_os(os: &GuestOs) -> (u16, &'static str) {
     let id = os.id.to_ascii_lowercase();
-    let (cim_id, vmw) = if id.contains("ubuntu") {
+    if id.contains("ubuntu") {
         (94, "ubuntu64Guest")
     } else if id.contains("debian") {
         (96, "debian10_64Guest")
@@ -132,11 +147,6 @@ pub fn ovf_os(os: &GuestOs) -> OvfOs {
             OsFamily::Windows => (113, "windows9Server64Guest"),
             OsFamily::Other => (102, "otherGuest64"),
         }
-    };
-    OvfOs {
-        cim_id,
-        vmw_os_type: vmw.into(),
-        description: os.description.clone(),
     }
 }
 

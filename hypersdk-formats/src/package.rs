@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{display_name, Error, Result};
 use crate::manifest::{verify_manifest, ManifestCheck};
 use crate::ova::OvaReader;
-use crate::ovf::{read_summary, OvfSummary, MAX_OVF_BYTES};
+use crate::ovf::{Envelope, MAX_OVF_BYTES};
 
 /// Largest manifest read, in bytes.
 const MAX_MANIFEST_BYTES: u64 = 1 << 20;
@@ -22,8 +22,8 @@ pub struct PackageReport {
     pub files: Vec<(String, u64)>,
     /// The descriptor's file name.
     pub descriptor: String,
-    /// What the descriptor says.
-    pub summary: OvfSummary,
+    /// The descriptor ([`Envelope::read`]; its views say what it holds).
+    pub envelope: Envelope,
     /// The manifest's file name, if there is one.
     pub manifest: Option<String>,
     /// One result per manifest line.
@@ -99,17 +99,19 @@ fn cover_and_check(report: &mut PackageReport) {
                 && !covered.contains(&n.as_str())
         })
         .collect();
-    for f in &report.summary.files {
+    for f in &report.envelope.files {
         match report.files.iter().find(|(n, _)| *n == f.href) {
             None => report.problems.push(format!(
                 "{} is referenced by the descriptor but missing",
                 display_name(&f.href)
             )),
-            Some((_, size)) if f.size.is_some_and(|s| s != *size) => report.problems.push(format!(
-                "{} is {size} bytes, the descriptor says {}",
-                display_name(&f.href),
-                f.size.unwrap_or_default()
-            )),
+            Some((_, size)) if f.size_bytes().is_some_and(|s| s != *size) => {
+                report.problems.push(format!(
+                    "{} is {size} bytes, the descriptor says {}",
+                    display_name(&f.href),
+                    f.size_bytes().unwrap_or_default()
+                ))
+            }
             _ => {}
         }
     }
@@ -174,7 +176,7 @@ pub fn inspect_package(path: &Path) -> Result<PackageReport> {
         }
         std::fs::read_to_string(&p).map_err(|e| Error::io(format!("reading {}", p.display()), e))
     };
-    let summary = read_summary(&read_limited(&descriptor, MAX_OVF_BYTES)?)?;
+    let envelope = Envelope::read(&read_limited(&descriptor, MAX_OVF_BYTES)?)?;
     let manifest = find_manifest(&descriptor, files.iter().map(|(n, _)| n.as_str()));
     let checks = match &manifest {
         Some(mf) => verify_manifest(&read_limited(mf, MAX_MANIFEST_BYTES)?, |name, hasher| {
@@ -198,7 +200,7 @@ pub fn inspect_package(path: &Path) -> Result<PackageReport> {
         path: dir,
         files,
         descriptor,
-        summary,
+        envelope,
         manifest,
         checks,
         uncovered: Vec::new(),
@@ -238,7 +240,7 @@ fn inspect_ova(path: &Path) -> Result<PackageReport> {
             what: "descriptor is not UTF-8".into(),
         }
     })?;
-    let summary = read_summary(&xml)?;
+    let envelope = Envelope::read(&xml)?;
     let manifest = find_manifest(&descriptor, files.iter().map(|(n, _)| n.as_str()));
     if let Some(mf) = &manifest {
         let at = files.iter().position(|(n, _)| n == mf).unwrap_or(0);
@@ -272,7 +274,7 @@ fn inspect_ova(path: &Path) -> Result<PackageReport> {
         path: path.to_path_buf(),
         files,
         descriptor,
-        summary,
+        envelope,
         manifest,
         checks,
         uncovered: Vec::new(),
@@ -413,7 +415,7 @@ pub fn inspect_ova_stream<R: std::io::Read>(mut input: R, label: &Path) -> Resul
     if files.first().map(|(n, _)| n) != Some(&descriptor) {
         problems.push("the first member is not the .ovf descriptor".to_string());
     }
-    let summary = read_summary(&xml)?;
+    let envelope = Envelope::read(&xml)?;
     let (manifest_name, checks) = match manifest {
         Some((mf, lines)) => {
             let at = files.iter().position(|(n, _)| *n == mf).unwrap_or(0);
@@ -440,7 +442,7 @@ pub fn inspect_ova_stream<R: std::io::Read>(mut input: R, label: &Path) -> Resul
         path: label.to_path_buf(),
         files,
         descriptor,
-        summary,
+        envelope,
         manifest: manifest_name,
         checks,
         uncovered: Vec::new(),

@@ -1,13 +1,13 @@
 //! Every descriptor of tests/ovf-corpus is read, written back and read again:
 //! the model must survive unchanged, every element not kept must be
-//! reported, and the summary reader must agree before and after.
+//! reported, and the views (CPUs, memory, disks, NICs, firmware) must agree
+//! before and after.
 
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 
 use hypersdk_formats::ovf::model::{Envelope, OvfVersion};
-use hypersdk_formats::ovf::read_summary;
 
 fn corpus(name: &str) -> String {
     std::fs::read_to_string(
@@ -34,9 +34,40 @@ fn round_trip(name: &str, version: OvfVersion) -> Vec<String> {
         first.envelope, second.envelope,
         "{name}: model changed through a round trip"
     );
-    let (a, b) = (read_summary(&xml).unwrap(), read_summary(&written).unwrap());
-    assert_eq!(a, b, "{name}: summary changed through a round trip");
+    let (a, b) = (
+        Envelope::read(&xml).unwrap(),
+        Envelope::read(&written).unwrap(),
+    );
+    assert_eq!(
+        views(&a),
+        views(&b),
+        "{name}: views changed through a round trip"
+    );
     first.dropped
+}
+
+/// What the views say of each system and disk.
+fn views(e: &Envelope) -> String {
+    let mut out = String::new();
+    for s in &e.systems {
+        out += &format!(
+            "{} {} {} {} {:?} {:?} {:?}\n",
+            s.display_name(),
+            s.os(),
+            s.cpus(),
+            s.memory_mib(),
+            s.disk_ids(),
+            s.nics(),
+            s.firmware()
+        );
+    }
+    for d in &e.disks {
+        out += &format!("{} {:?} {:?}\n", d.disk_id(), d.capacity(), d.file_ref());
+    }
+    for f in &e.files {
+        out += &format!("{} {:?}\n", f.href, f.size_bytes());
+    }
+    out
 }
 
 #[test]
@@ -64,10 +95,10 @@ fn vcenter_export_round_trips_with_vmware_extensions() {
         env.systems[0].products[0].fields[1],
         ("Vendor".into(), "Example & Co".into())
     );
-    let s = read_summary(&corpus("vcenter-export.ovf")).unwrap();
-    assert_eq!((s.systems[0].cpus, s.systems[0].memory_mib), (4, 16384));
-    assert_eq!(s.disks[1].capacity, 100 << 30);
-    assert_eq!(s.systems[0].firmware.as_deref(), Some("efi"));
+    let s = &env.systems[0];
+    assert_eq!((s.cpus(), s.memory_mib()), (4, 16384));
+    assert_eq!(env.disks[1].capacity(), Some(100 << 30));
+    assert_eq!(s.firmware(), Some("efi"));
 }
 
 #[test]
@@ -87,9 +118,9 @@ fn virtualbox_export_reports_its_machine_section() {
         env.extra_namespaces.iter().any(|(p, _)| p == "vbox"),
         "vbox prefix kept for vbox:uuid"
     );
-    let s = read_summary(&corpus("virtualbox-export.ovf")).unwrap();
-    assert_eq!((s.systems[0].cpus, s.systems[0].memory_mib), (2, 2048));
-    assert_eq!(s.disks[0].capacity, 20 << 30);
+    let s = &env.systems[0];
+    assert_eq!((s.cpus(), s.memory_mib()), (2, 2048));
+    assert_eq!(env.disks[0].capacity(), Some(20 << 30));
 }
 
 #[test]
@@ -99,10 +130,10 @@ fn dmtf_collection_keeps_every_system() {
         dropped,
         vec!["Envelope/VirtualSystemCollection/StartupSection"]
     );
-    let s = read_summary(&corpus("dmtf-collection.ovf")).unwrap();
-    assert_eq!(s.systems.len(), 2);
+    let e = Envelope::read(&corpus("dmtf-collection.ovf")).unwrap();
+    assert_eq!(e.systems.len(), 2);
     assert_eq!(
-        (s.systems[1].name.as_str(), s.systems[1].memory_mib),
+        (e.systems[1].display_name(), e.systems[1].memory_mib()),
         ("Database", 4096)
     );
 }
@@ -110,13 +141,11 @@ fn dmtf_collection_keeps_every_system() {
 #[test]
 fn ovf2_storage_and_ethernet_items() {
     assert!(round_trip("ovf2-storage.ovf", OvfVersion::V2_0).is_empty());
-    let s = read_summary(&corpus("ovf2-storage.ovf")).unwrap();
-    assert_eq!((s.systems[0].cpus, s.systems[0].memory_mib), (8, 32 << 10));
-    assert_eq!(s.systems[0].disks, vec!["d1"]);
-    assert_eq!(
-        s.systems[0].nics[0].mac.as_deref(),
-        Some("52:54:00:00:00:01")
-    );
+    let e = Envelope::read(&corpus("ovf2-storage.ovf")).unwrap();
+    let s = &e.systems[0];
+    assert_eq!((s.cpus(), s.memory_mib()), (8, 32 << 10));
+    assert_eq!(s.disk_ids(), vec!["d1"]);
+    assert_eq!(s.nics()[0].mac, Some("52:54:00:00:00:01"));
     // written as 1.0 too
     let env = Envelope::parse(&corpus("ovf2-storage.ovf"))
         .unwrap()
@@ -128,22 +157,15 @@ fn ovf2_storage_and_ethernet_items() {
 
 #[test]
 fn hypersdk_own_descriptor_round_trips_with_nothing_dropped() {
-    let xml = hypersdk_formats::ovf::write_envelope(&hypersdk_formats::ovf::OvfSystem {
-        name: "own".into(),
-        annotation: Some("note".into()),
-        os: hypersdk_formats::ovf::OvfOs {
-            cim_id: 101,
-            vmw_os_type: "otherLinux64Guest".into(),
-            description: "Linux".into(),
-        },
-        cpus: 2,
-        memory_mib: 1024,
-        efi: false,
-        system_type: "vmx-14".into(),
-        controllers: vec![],
-        disks: vec![],
-        nics: vec![],
-    });
-    let p = Envelope::parse(&xml).unwrap();
+    let mut env = Envelope::for_vm("own", "vmx-14");
+    let sys = &mut env.systems[0];
+    sys.annotation = Some("note".into());
+    sys.set_os(101, "otherLinux64Guest", "Linux");
+    let hw = &mut sys.hardware[0];
+    hw.add_cpus(2);
+    hw.add_memory_mib(1024);
+    hw.set_config("firmware", "bios");
+    let p = Envelope::parse(&env.to_xml(OvfVersion::V1_0)).unwrap();
     assert!(p.dropped.is_empty(), "{:?}", p.dropped);
+    assert_eq!(p.envelope, env);
 }

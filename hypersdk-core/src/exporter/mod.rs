@@ -64,7 +64,6 @@ use tracing::{info, info_span, Instrument};
 
 use hypersdk_formats::manifest::{write_manifest, DigestAlgorithm, Hasher, ManifestEntry};
 use hypersdk_formats::ova::{tar_header, tar_padding, END_OF_ARCHIVE};
-use hypersdk_formats::ovf::write_envelope;
 use hypersdk_formats::vmdk::{
     StreamChecker, StreamOptimizedWriter, VmdkWriterOptions, VmdkWriterStats, WriterResume,
 };
@@ -76,7 +75,7 @@ use crate::checkpoint::{
 use crate::error::{Error, Result};
 use crate::layers;
 use crate::options::{ExportOptions, PackageFormat};
-use crate::package::{disk_file_name, ovf_system, safe_name, WrittenDisk};
+use crate::package::{disk_file_name, ovf_descriptor, safe_name, WrittenDisk};
 use crate::progress::{Phase, ProgressEvent, ProgressFn, ProgressTracker};
 use crate::provider::{ExportSource, Provider};
 use crate::report::{DiskReport, ExportReport, FileReport};
@@ -519,7 +518,7 @@ impl Exporter {
                 populated: o.populated,
             })
             .collect();
-        let ovf = write_envelope(&ovf_system(spec, &written));
+        let ovf = ovf_descriptor(spec, &written);
         let ovf_bytes = match layout {
             Some(l) => padded_descriptor(&ovf, l.ovf_len)?,
             None => ovf.into_bytes(),

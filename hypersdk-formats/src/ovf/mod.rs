@@ -1,39 +1,31 @@
-//! OVF descriptors (DMTF DSP0243, OVF 1.x).
+//! OVF descriptors (DMTF DSP0243, OVF 1.x and 2.0): one typed model,
+//! [`model::Envelope`], that every part of the project reads, builds and
+//! writes.
 //!
-//! [`write_envelope`] renders an [`OvfSystem`] — the hardware of one virtual
-//! machine and the files of its disks — as an OVF 1.0 envelope in the shape
-//! vSphere, VirtualBox and virt-v2v import:
-//!
-//! - `References`: one `File` per disk file (`ovf:href`, `ovf:size`);
-//! - `DiskSection`: one `Disk` per disk (`ovf:capacity` in bytes, `ovf:format`
-//!   URI, `ovf:populatedSize`);
-//! - `NetworkSection`: the distinct networks the NICs connect to;
-//! - `VirtualSystem` with `OperatingSystemSection` (CIM OS id and `vmw:osType`)
-//!   and `VirtualHardwareSection`: CPUs (ResourceType 3), memory (4, in MiB),
-//!   controllers (IDE 5, SCSI 6, SATA 20), disks (17), NICs (10), and the
-//!   firmware as `vmw:Config firmware=efi|bios`.
-//!
-//! [`model::Envelope`] is the typed model: it reads real-world descriptors
-//! (vCenter/ovftool with `vmw:` extensions and vApp properties, VirtualBox,
-//! the DMTF examples, VirtualSystemCollections), reports every element it
-//! does not keep, and writes OVF 1.0, 1.1 or 2.0.
-//!
-//! [`read_summary`] reads any OVF 1.x/2.x descriptor (vendor sections skipped)
-//! into an [`OvfSummary`]: files, disks with capacities, networks, and per
-//! virtual system its name, OS, CPUs, memory, disks, NICs and firmware.
+//! - [`model`]: the envelope's types; [`Envelope::parse`](model::Envelope::parse)
+//!   reads real-world descriptors (vCenter/ovftool with `vmw:` extensions and
+//!   vApp properties, VirtualBox, the DMTF examples, VirtualSystemCollections)
+//!   and reports every element it does not keep; [`Envelope::to_xml`](model::Envelope::to_xml)
+//!   writes OVF 1.0, 1.1 or 2.0.
+//! - [`view`]: what an envelope amounts to — file sizes, disk capacities,
+//!   per virtual system its OS, CPUs, memory, disks, NICs and firmware — and
+//!   [`Envelope::read`](model::Envelope::read), which parses and checks
+//!   that every such number is one.
+//! - [`build`]: an envelope of one virtual machine, as the exporter writes
+//!   it: `References` (one `File` per disk file), `DiskSection` (capacity in
+//!   bytes, format URI, `ovf:populatedSize`), `NetworkSection`, and a
+//!   `VirtualSystem` with `OperatingSystemSection` (CIM OS id and
+//!   `vmw:osType`) and `VirtualHardwareSection`: CPUs (ResourceType 3),
+//!   memory (4, in MiB), controllers (IDE 5, SCSI 6, SATA 20), disks (17),
+//!   NICs (10), and the firmware as `vmw:Config firmware=efi|bios`.
 //!
 //! Inside an `Item`, the `rasd:` elements are written in alphabetical order,
 //! as the CIM schema's sequence requires.
 
+pub mod build;
 pub mod model;
-mod reader;
-mod writer;
+pub mod view;
 
-pub use reader::{
-    allocation_units, read_summary, OvfDiskInfo, OvfFileRef, OvfNicInfo, OvfSummary, OvfSystemInfo,
-    MAX_OVF_BYTES,
-};
-
-pub use writer::{
-    write_envelope, OvfController, OvfControllerKind, OvfDisk, OvfNic, OvfOs, OvfSystem,
-};
+pub use build::ControllerType;
+pub use model::{Envelope, OvfVersion, MAX_OVF_BYTES};
+pub use view::{allocation_units, Nic};

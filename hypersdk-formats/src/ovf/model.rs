@@ -19,7 +19,9 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 
 use crate::error::{Error, Result};
-use crate::ovf::MAX_OVF_BYTES;
+
+/// Largest descriptor accepted, in bytes.
+pub const MAX_OVF_BYTES: u64 = 16 << 20;
 
 /// OVF versions the writer emits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,296 @@
+//! Building an [`Envelope`] for one virtual machine: the package's files
+//! and disks, its networks, and hardware items in the shape vSphere,
+//! VirtualBox and virt-v2v import. What each item means is the caller's
+//! (the exporter maps a VM's hardware onto these); the envelope is written
+//! with [`Envelope::to_xml`].
+
+use super::model::{
+    Envelope, FileRef, HardwareSection, HwField, HwItem, Network, VirtualDiskDesc, VirtualSystem,
+};
+
+/// A `rasd:`/`vssd:` field without attributes.
+fn field(name: &str, value: impl Into<String>) -> HwField {
+    HwField {
+        name: name.to_string(),
+        attrs: Vec::new(),
+        value: value.into(),
+    }
+}
+
+impl Envelope {
+    /// An envelope of one virtual system named `name`, of virtual hardware
+    /// family `system_type` (`vssd:VirtualSystemType`, e.g. `vmx-14`), with
+    /// no files, disks or devices yet.
+    pub fn for_vm(name: &str, system_type: &str) -> Envelope {
+        Envelope {
+            systems: vec![VirtualSystem {
+                id: name.to_string(),
+                info: "A virtual machine".into(),
+                name: Some(name.to_string()),
+                hardware: vec![HardwareSection {
+                    system: vec![
+                        field("vssd:ElementName", "Virtual Hardware Family"),
+                        field("vssd:InstanceID", "0"),
+                        field("vssd:VirtualSystemIdentifier", name),
+                        field("vssd:VirtualSystemType", system_type),
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// Adds a package file `href` of `file_size` bytes holding a disk of
+    /// `capacity` bytes (`populated` of them stored) in format `format_uri`;
+    /// returns the disk's `ovf:diskId`, for [`HardwareSection::add_disk`].
+    pub fn add_disk_file(
+        &mut self,
+        href: &str,
+        file_size: u64,
+        capacity: u64,
+        populated: Option<u64>,
+        format_uri: &str,
+    ) -> String {
+        let n = self.files.len() + 1;
+        let file_id = format!("file{n}");
+        let disk_id = format!("vmdisk{}", self.disks.len() + 1);
+        self.files.push(FileRef {
+            id: file_id.clone(),
+            href: href.to_string(),
+            size: Some(file_size.to_string()),
+            other: Vec::new(),
+        });
+        let mut attrs = vec![
+            ("ovf:capacity".to_string(), capacity.to_string()),
+            ("ovf:capacityAllocationUnits".into(), "byte".into()),
+            ("ovf:diskId".into(), disk_id.clone()),
+            ("ovf:fileRef".into(), file_id),
+            ("ovf:format".into(), format_uri.to_string()),
+        ];
+        if let Some(p) = populated {
+            attrs.push(("ovf:populatedSize".into(), p.to_string()));
+        }
+        self.disks.push(VirtualDiskDesc { attrs });
+        disk_id
+    }
+
+    /// Declares network `name` (once).
+    pub fn add_network(&mut self, name: &str) {
+        if !self.networks.iter().any(|n| n.name == name) {
+            self.networks.push(Network {
+                name: name.to_string(),
+                description: Some(format!("The {name} network")),
+            });
+        }
+    }
+}
+
+impl VirtualSystem {
+    /// Sets the guest OS: its CIM `OsType` number, VMware guest id and a
+    /// description.
+    pub fn set_os(&mut self, cim_id: u16, vmw_os_type: &str, description: &str) {
+        self.os_attrs = vec![
+            ("ovf:id".into(), cim_id.to_string()),
+            ("vmw:osType".into(), vmw_os_type.to_string()),
+        ];
+        self.os_description = Some(description.to_string());
+    }
+}
+
+impl HardwareSection {
+    /// Adds an `Item` of `rasd:` fields (given by local name, written in
+    /// the alphabetical order the CIM schema requires) with the next free
+    /// `InstanceID`, which it returns.
+    pub fn add_item(&mut self, fields: &[(&str, String)]) -> u32 {
+        let id = self
+            .items
+            .iter()
+            .filter_map(|i| i.get("InstanceID")?.parse::<u32>().ok())
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let mut fields: Vec<HwField> = fields
+            .iter()
+            .map(|(k, v)| field(&format!("rasd:{k}"), v.clone()))
+            .chain([field("rasd:InstanceID", id.to_string())])
+            .collect();
+        fields.sort_by(|a, b| a.name.cmp(&b.name));
+        self.items.push(HwItem {
+            element: "Item".into(),
+            attrs: Vec::new(),
+            fields,
+            configs: Vec::new(),
+        });
+        id
+    }
+
+    /// Adds `n` virtual CPUs.
+    pub fn add_cpus(&mut self, n: u32) -> u32 {
+        self.add_item(&[
+            ("AllocationUnits", "hertz * 10^6".into()),
+            ("Description", "Number of Virtual CPUs".into()),
+            ("ElementName", format!("{n} virtual CPU(s)")),
+            ("ResourceType", "3".into()),
+            ("VirtualQuantity", n.to_string()),
+        ])
+    }
+
+    /// Adds `mib` MiB of memory.
+    pub fn add_memory_mib(&mut self, mib: u64) -> u32 {
+        self.add_item(&[
+            ("AllocationUnits", "byte * 2^20".into()),
+            ("Description", "Memory Size".into()),
+            ("ElementName", format!("{mib}MB of memory")),
+            ("ResourceType", "4".into()),
+            ("VirtualQuantity", mib.to_string()),
+        ])
+    }
+
+    /// Adds a storage controller of `kind` as bus `bus`; returns its
+    /// `InstanceID`, the `Parent` of its disks.
+    pub fn add_controller(&mut self, kind: &ControllerType, bus: u32) -> u32 {
+        let (desc, name, subtype, rtype) = match kind {
+            ControllerType::Ide => ("IDE Controller", format!("IDE {bus}"), None, "5"),
+            ControllerType::Scsi(sub) => (
+                "SCSI Controller",
+                format!("SCSI controller {bus}"),
+                Some(sub.clone()),
+                "6",
+            ),
+            ControllerType::Sata => (
+                "SATA Controller",
+                format!("SATA controller {bus}"),
+                Some("vmware.sata.ahci".to_string()),
+                "20",
+            ),
+        };
+        let mut fields = vec![
+            ("Address", bus.to_string()),
+            ("Description", desc.to_string()),
+            ("ElementName", name),
+            ("ResourceType", rtype.to_string()),
+        ];
+        if let Some(s) = subtype {
+            fields.push(("ResourceSubType", s));
+        }
+        self.add_item(&fields)
+    }
+
+    /// Adds hard disk number `n` (1-based, for its name), `disk_id` of the
+    /// DiskSection, at unit `unit` of the controller whose `InstanceID` is
+    /// `parent`.
+    pub fn add_disk(&mut self, n: usize, disk_id: &str, parent: u32, unit: u32) -> u32 {
+        self.add_item(&[
+            ("AddressOnParent", unit.to_string()),
+            ("ElementName", format!("Hard disk {n}")),
+            ("HostResource", format!("ovf:/disk/{disk_id}")),
+            ("Parent", parent.to_string()),
+            ("ResourceType", "17".into()),
+        ])
+    }
+
+    /// Adds network adapter number `n` (1-based) of type `adapter`
+    /// (`E1000`, `E1000e`, `VmxNet3`, …) on network `network`, with a fixed
+    /// `mac` if given.
+    pub fn add_nic(&mut self, n: usize, network: &str, adapter: &str, mac: Option<&str>) -> u32 {
+        let mut fields = vec![
+            ("AddressOnParent", (6 + n).to_string()),
+            ("AutomaticAllocation", "true".into()),
+            ("Connection", network.to_string()),
+            (
+                "Description",
+                format!("{adapter} ethernet adapter on \"{network}\""),
+            ),
+            ("ElementName", format!("Network adapter {n}")),
+            ("ResourceSubType", adapter.to_string()),
+            ("ResourceType", "10".into()),
+        ];
+        if let Some(m) = mac {
+            fields.push(("Address", m.to_string()));
+        }
+        self.add_item(&fields)
+    }
+
+    /// Sets a `vmw:Config` entry of the section (e.g. `firmware`), not
+    /// required of importers that do not know it.
+    pub fn set_config(&mut self, key: &str, value: &str) {
+        self.configs
+            .retain(|c| !c.iter().any(|(k, v)| k == "vmw:key" && v == key));
+        self.configs.push(vec![
+            ("ovf:required".into(), "false".into()),
+            ("vmw:key".into(), key.to_string()),
+            ("vmw:value".into(), value.to_string()),
+        ]);
+    }
+}
+
+/// A storage controller type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControllerType {
+    /// IDE (ResourceType 5).
+    Ide,
+    /// SCSI with a subtype such as `lsilogic`, `lsilogicsas`, `VirtualSCSI`.
+    Scsi(String),
+    /// SATA AHCI (ResourceType 20).
+    Sata,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ovf::model::OvfVersion;
+
+    #[test]
+    fn builds_escaped_well_formed_xml_that_reads_back() {
+        let mut env = Envelope::for_vm("web<1>&", "vmx-14");
+        let disk = env.add_disk_file(
+            "d1.vmdk",
+            10,
+            1 << 30,
+            Some(4096),
+            crate::vmdk::STREAM_OPTIMIZED_FORMAT_URI,
+        );
+        env.add_network("VM Network");
+        env.add_network("VM Network");
+        let sys = &mut env.systems[0];
+        sys.annotation = Some("a \"quote\"".into());
+        sys.set_os(101, "otherLinux64Guest", "Linux");
+        let hw = &mut sys.hardware[0];
+        assert_eq!(hw.add_cpus(2), 1);
+        hw.add_memory_mib(2048);
+        let scsi = hw.add_controller(&ControllerType::Scsi("lsilogic".into()), 0);
+        hw.add_disk(1, &disk, scsi, 0);
+        hw.add_nic(1, "VM Network", "E1000", Some("52:54:00:aa:bb:cc"));
+        hw.set_config("firmware", "bios");
+        hw.set_config("firmware", "efi");
+        let xml = env.to_xml(OvfVersion::V1_0);
+        assert!(xml.contains("web&lt;1&gt;&amp;"));
+        assert!(xml.contains("<rasd:VirtualQuantity>2048</rasd:VirtualQuantity>"));
+        assert!(xml.contains("vmw:value=\"efi\"") && !xml.contains("vmw:value=\"bios\""));
+        // rasd fields in alphabetical order inside each item.
+        let cpu = &env.systems[0].hardware[0].items[0];
+        let names: Vec<&str> = cpu.fields.iter().map(|f| f.name.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+
+        let back = Envelope::parse(&xml).unwrap();
+        assert!(back.dropped.is_empty(), "{:?}", back.dropped);
+        assert_eq!(back.envelope, env);
+        let s = &back.envelope.systems[0];
+        assert_eq!((s.cpus(), s.memory_mib()), (2, 2048));
+        assert_eq!(s.disk_ids(), vec!["vmdisk1"]);
+        assert_eq!(s.firmware(), Some("efi"));
+        assert_eq!(s.os(), "otherLinux64Guest");
+        let nic = &s.nics()[0];
+        assert_eq!(
+            (nic.network, nic.adapter, nic.mac),
+            ("VM Network", "E1000", Some("52:54:00:aa:bb:cc"))
+        );
+        assert_eq!(back.envelope.networks.len(), 1);
+        assert_eq!(back.envelope.disks[0].capacity(), Some(1 << 30));
+        assert_eq!(back.envelope.files[0].size_bytes(), Some(10));
+    }
+}
