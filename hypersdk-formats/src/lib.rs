@@ -7,9 +7,9 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`ovf`] | OVF 1.x envelope writer; descriptor summary reader |
+//! | [`ovf`] | OVF 1.x/2.0 descriptors: one typed model that is parsed, read through views, built and written |
 //! | [`ova`] | OVA writer in spec order; safe reader/extractor for untrusted archives |
-//! | [`manifest`] | `.mf` manifests: strict writer, tolerant reader, verification (SHA1/256/512) |
+//! | [`manifest`] | `.mf` manifests: strict writer, tolerant reader, verification (SHA1/256/512); digests whose state can be saved ([`digest`]) |
 //! | [`package`] | a whole OVA or OVF directory inspected and verified against its manifest |
 //! | [`vmdk`] | streamOptimized VMDK writer (VMware layout), sparse extent reader (both stream layouts, monolithicSparse) |
 //! | [`qcow2`] | qcow2 v2/v3 reader |
@@ -36,7 +36,7 @@
 #![deny(missing_docs)]
 
 pub mod convert;
-mod digest;
+pub mod digest;
 mod endian;
 pub mod error;
 pub mod image;
