@@ -546,7 +546,22 @@ impl Exporter {
             stored_size: bytes.len() as u64,
         };
 
-        let (size, ova_digest, ovf_file, mf_file) = match (layout, archive) {
+        // An OVA's descriptor and manifest are plain members of its prefix.
+        let prefix = match layout {
+            None => None,
+            Some(layout) => {
+                let ovf_file = plain(&ovf_name, &ovf_bytes);
+                let mf_file = plain(&mf_name, manifest.as_bytes());
+                let bytes = prefix_bytes(
+                    &format!("{base}.ova"),
+                    layout,
+                    (&ovf_file, &ovf_bytes),
+                    (&mf_file, manifest.as_bytes()),
+                )?;
+                Some((bytes, ovf_file, mf_file))
+            }
+        };
+        let (size, ova_digest, ovf_file, mf_file) = match (prefix, archive) {
             (None, _) => {
                 let ovf_file = self.write_small(staging, &ovf_name, &ovf_bytes).await?;
                 let mf_file = self
@@ -557,35 +572,19 @@ impl Exporter {
                     + outcomes.iter().map(|o| o.file.stored_size).sum::<u64>();
                 (total, None, ovf_file, mf_file)
             }
-            (Some(layout), Some(archive)) => {
+            (Some((prefix, ovf_file, mf_file)), Some(archive)) => {
                 if archive.next != n {
                     return Err(Error::Internal(format!(
                         "{} of {n} disks are in the OVA",
                         archive.next
                     )));
                 }
-                let ovf_file = plain(&ovf_name, &ovf_bytes);
-                let mf_file = plain(&mf_name, manifest.as_bytes());
-                let prefix = prefix_bytes(
-                    &format!("{base}.ova"),
-                    layout,
-                    (&ovf_file, &ovf_bytes),
-                    (&mf_file, manifest.as_bytes()),
-                )?;
                 let size = self.finish_archive(archive, &prefix).await?;
                 // The archive's own digest needs it read whole: the verify
                 // pass does that.
                 (size, None, ovf_file, mf_file)
             }
-            (Some(layout), None) => {
-                let ovf_file = plain(&ovf_name, &ovf_bytes);
-                let mf_file = plain(&mf_name, manifest.as_bytes());
-                let prefix = prefix_bytes(
-                    &format!("{base}.ova"),
-                    layout,
-                    (&ovf_file, &ovf_bytes),
-                    (&mf_file, manifest.as_bytes()),
-                )?;
+            (Some((prefix, ovf_file, mf_file)), None) => {
                 let sc = self.scratch(scratch, staging, resumable).await?;
                 let ova = self
                     .write_ova(staging, sc, base, &prefix, &outcomes)
