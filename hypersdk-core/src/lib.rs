@@ -107,7 +107,9 @@
 //!     disks: vec![DiskSpec {
 //!         name: "disk0".into(), capacity: 1 << 20, format: DiskFormat::Raw,
 //!         controller: ControllerKind::Scsi, unit: 0, location: "memory".into(),
+//!         controller_index: None,
 //!     }],
+//!     hardware: Default::default(),
 //! };
 //! let sink = MemSink::default();
 //! let report = Exporter::new(ExportOptions::new(PackageFormat::Ova))
@@ -156,7 +158,7 @@ pub use served::ServedFormat;
 pub use sink::{Artifact, CheckpointStore, Reserved, Sink, Staging, Upload, UploadState};
 pub use tokio_util::sync::CancellationToken;
 pub use vm::{
-    ControllerKind, DiskFormat, DiskSpec, Firmware, GuestOs, NicSpec, OsFamily, PowerState, VmInfo,
-    VmQuery, VmSpec,
+    ControllerKind, ControllerSpec, DiskFormat, DiskSpec, DriveKind, DriveSpec, Firmware, GuestOs,
+    Hardware, NicSpec, OsFamily, PowerState, VideoSpec, VmInfo, VmQuery, VmSpec,
 };
 pub use vmops::{SnapshotInfo, SnapshotOptions, TaskProgress, VmOps};

@@ -1,15 +1,26 @@
 //! From a [`VmSpec`] to the pieces of an OVF package: file names and the
 //! OVF hardware description.
 //!
-//! Mapping decisions, for importers that know only VMware's device set:
-//! virtio-blk, SCSI and NVMe disks go on an LSI Logic SCSI controller
-//! (`lsilogicsas` for Windows guests); IDE and SATA keep their bus. virtio NICs
-//! become `VmxNet3`, `e1000e` stays `E1000e`, everything else is `E1000`.
+//! The hardware is kept as the platform describes it ([`VmSpec::hardware`](crate::VmSpec)),
+//! in the shape ovftool writes: the virtual hardware family (`vmx-13` stays
+//! `vmx-13`; without one, the oldest that has every device used, at least
+//! `vmx-10`), each controller as its own type (ParaVirtual SCSI as
+//! `VirtualSCSI`, LSI Logic, LSI Logic SAS, BusLogic, SATA/AHCI, NVMe, IDE) on
+//! its bus, disks and CD-ROMs on the controller and unit they sit on, empty
+//! CD-ROM and floppy drives, the video card and VMCI device, cores per
+//! socket, firmware and secure boot, and the platform's settings
+//! (`vmw:Config`) and advanced settings (`vmw:ExtraConfig`).
+//!
+//! Where VMware has no such device: virtio-scsi, virtio-blk and unknown SCSI
+//! controllers become LSI Logic (`lsilogicsas` for Windows guests); virtio
+//! NICs become `VmxNet3`, unknown ones `E1000`. Disks and CD-ROMs whose
+//! controller the platform does not name go on the first controller of
+//! their bus type, added if missing.
 
 use hypersdk_formats::ovf::{ControllerType, Envelope, OvfVersion};
 use hypersdk_formats::vmdk::STREAM_OPTIMIZED_FORMAT_URI;
 
-use crate::vm::{ControllerKind, Firmware, GuestOs, OsFamily, VmSpec};
+use crate::vm::{ControllerKind, DriveKind, Firmware, GuestOs, OsFamily, VmSpec};
 
 /// A file-system- and tar-safe version of a VM name: ASCII letters, digits,
 /// `.`, `_` and `-`; anything else becomes `_`; at most 64 characters.
@@ -52,10 +63,12 @@ pub fn ovf_descriptor(spec: &VmSpec, disks: &[WrittenDisk]) -> String {
     ovf_envelope(spec, disks).to_xml(OvfVersion::V1_0)
 }
 
-/// The OVF envelope of `spec` whose disks were written as `disks`.
+/// The OVF envelope of `spec` whose disks were written as `disks`: its
+/// hardware as the platform describes it (see the module's mapping).
 pub fn ovf_envelope(spec: &VmSpec, disks: &[WrittenDisk]) -> Envelope {
     let windows = spec.guest_os.family == OsFamily::Windows;
-    let mut env = Envelope::for_vm(&spec.name, "vmx-14");
+    let hw_spec = &spec.hardware;
+    let mut env = Envelope::for_vm(&spec.name, &hardware_version(spec));
     let disk_ids: Vec<String> = spec
         .disks
         .iter()
@@ -78,53 +91,196 @@ pub fn ovf_envelope(spec: &VmSpec, disks: &[WrittenDisk]) -> Envelope {
     let (cim_id, vmw_os_type) = ovf_os(&spec.guest_os);
     sys.set_os(cim_id, vmw_os_type, &spec.guest_os.description);
     let hw = &mut sys.hardware[0];
-    hw.add_cpus(spec.cpus.max(1));
+    hw.add_cpus(
+        spec.cpus.max(1),
+        hw_spec.cores_per_socket.filter(|c| *c > 1),
+    );
     hw.add_memory_mib(spec.memory_mib.max(1));
-    // Controllers in order of first use, then the disks with their unit
-    // numbers assigned in disk order.
-    let mut controllers: Vec<(ControllerType, u32, u32)> = Vec::new(); // kind, InstanceID, next unit
-    let mut placed = Vec::new();
+
+    // The VM's own controllers, in its device order, each as its own type.
+    let mut controllers: Vec<Placed> = hw_spec
+        .controllers
+        .iter()
+        .map(|c| Placed {
+            kind: ovf_controller(c.kind, &c.model, windows),
+            bus: c.bus,
+            id: None,
+            next_unit: 0,
+        })
+        .collect();
+    // Where each disk and drive goes: its own controller and unit when the
+    // platform says; else the first controller of a fitting type (added if
+    // missing), at the next free unit.
+    let mut disk_places = Vec::new();
     for d in &spec.disks {
-        let kind = match d.controller {
-            ControllerKind::Ide => ControllerType::Ide,
-            ControllerKind::Sata => ControllerType::Sata,
-            _ => ControllerType::Scsi(if windows { "lsilogicsas" } else { "lsilogic" }.into()),
-        };
-        let ci = match controllers.iter().position(|c| c.0 == kind) {
-            Some(i) => i,
+        let at = match d.controller_index.filter(|i| *i < controllers.len()) {
+            Some(i) => (i, d.unit),
             None => {
-                let id = hw.add_controller(&kind, 0);
-                controllers.push((kind, id, 0));
-                controllers.len() - 1
+                let kind = ovf_controller(d.controller, "", windows);
+                let i = fitting(&mut controllers, kind);
+                (i, controllers[i].take_unit())
             }
         };
-        let c = &mut controllers[ci];
-        let mut unit = c.2;
-        // SCSI unit 7 is the controller itself.
-        if matches!(c.0, ControllerType::Scsi(_)) && unit == 7 {
-            unit += 1;
-        }
-        c.2 = unit + 1;
-        placed.push((c.1, unit));
+        disk_places.push(at);
     }
-    for (i, (id, (parent, unit))) in disk_ids.iter().zip(placed).enumerate() {
-        hw.add_disk(i + 1, id, parent, unit);
+    let mut drive_places = Vec::new();
+    for d in &hw_spec.drives {
+        drive_places.push(match (d.kind, d.controller_index) {
+            (DriveKind::Floppy, _) => None,
+            (DriveKind::Cdrom, Some(i)) if i < controllers.len() => Some((i, d.unit)),
+            (DriveKind::Cdrom, _) => {
+                let i = fitting(&mut controllers, ControllerType::Ide);
+                Some((i, controllers[i].take_unit()))
+            }
+        });
+    }
+    for c in &mut controllers {
+        c.id = Some(hw.add_controller(&c.kind, c.bus));
+    }
+    let parent = |i: usize| controllers[i].id.unwrap_or(0);
+    for (n, (id, (ci, unit))) in disk_ids.iter().zip(disk_places).enumerate() {
+        hw.add_disk(n + 1, id, parent(ci), unit);
+    }
+    let (mut cdroms, mut floppies) = (0, 0);
+    for place in drive_places {
+        match place {
+            Some((ci, unit)) => {
+                cdroms += 1;
+                hw.add_cdrom(cdroms, parent(ci), unit);
+            }
+            None => {
+                floppies += 1;
+                hw.add_floppy(floppies);
+            }
+        }
     }
     for (i, n) in spec.nics.iter().enumerate() {
-        let adapter = match n.model.to_ascii_lowercase().as_str() {
-            "virtio" | "vmxnet3" => "VmxNet3",
-            "e1000e" => "E1000e",
-            _ => "E1000",
-        };
-        hw.add_nic(i + 1, &n.network, adapter, n.mac.as_deref());
+        hw.add_nic(i + 1, &n.network, ovf_nic(&n.model), n.mac.as_deref());
     }
-    let firmware = if spec.firmware == Firmware::Uefi {
-        "efi"
-    } else {
-        "bios"
-    };
-    hw.set_config("firmware", firmware);
+    if let Some(v) = &hw_spec.video {
+        hw.add_video(v.vram_kib, v.displays, v.accel_3d);
+    }
+    if hw_spec.vmci {
+        hw.add_vmci();
+    }
+    let efi = spec.firmware == Firmware::Uefi;
+    hw.set_config("firmware", if efi { "efi" } else { "bios" });
+    if efi && hw_spec.secure_boot {
+        hw.set_config("bootOptions.efiSecureBootEnabled", "true");
+    }
+    for (k, v) in &hw_spec.settings {
+        hw.set_config(k, v);
+    }
+    for (k, v) in &hw_spec.extra_config {
+        hw.add_extra_config(k, v);
+    }
     env
+}
+
+/// A controller of the envelope being built.
+struct Placed {
+    kind: ControllerType,
+    bus: u32,
+    /// Its `InstanceID`, once added.
+    id: Option<u32>,
+    /// The next unit a device without one gets.
+    next_unit: u32,
+}
+
+impl Placed {
+    fn take_unit(&mut self) -> u32 {
+        let mut u = self.next_unit;
+        // SCSI unit 7 is the controller itself; IDE has two units per bus.
+        if matches!(self.kind, ControllerType::Scsi(_)) && u == 7 {
+            u += 1;
+        }
+        self.next_unit = u + 1;
+        u
+    }
+}
+
+/// The first controller of type `kind` (with a free IDE unit), added at the
+/// next bus number if there is none.
+fn fitting(controllers: &mut Vec<Placed>, kind: ControllerType) -> usize {
+    let free = |c: &Placed| c.kind == kind && !(kind == ControllerType::Ide && c.next_unit >= 2);
+    if let Some(i) = controllers.iter().position(free) {
+        return i;
+    }
+    let bus = controllers.iter().filter(|c| c.kind == kind).count() as u32;
+    controllers.push(Placed {
+        kind,
+        bus,
+        id: None,
+        next_unit: 0,
+    });
+    controllers.len() - 1
+}
+
+/// The OVF controller type of a controller of `kind` and platform `model`.
+/// SCSI keeps its model where VMware has it (ParaVirtual, LSI Logic, LSI
+/// Logic SAS, BusLogic); virtio-scsi, virtio-blk and unknown SCSI become LSI
+/// Logic (LSI Logic SAS for Windows), which every guest has a driver for.
+fn ovf_controller(kind: ControllerKind, model: &str, windows: bool) -> ControllerType {
+    let lsi = || ControllerType::Scsi(if windows { "lsilogicsas" } else { "lsilogic" }.into());
+    match kind {
+        ControllerKind::Ide => ControllerType::Ide,
+        ControllerKind::Sata => ControllerType::Sata,
+        ControllerKind::Nvme => ControllerType::Nvme,
+        ControllerKind::Scsi => match model.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
+            "pvscsi" | "paravirtual" | "virtualscsi" => ControllerType::Scsi("VirtualSCSI".into()),
+            "lsilogic" => ControllerType::Scsi("lsilogic".into()),
+            "lsilogicsas" => ControllerType::Scsi("lsilogicsas".into()),
+            "buslogic" => ControllerType::Scsi("buslogic".into()),
+            _ => lsi(),
+        },
+        _ => lsi(),
+    }
+}
+
+/// The OVF adapter type (`ResourceSubType`) of a NIC model: VMware's own
+/// keep their name; virtio becomes VmxNet3, the rest E1000.
+fn ovf_nic(model: &str) -> &'static str {
+    match model.to_ascii_lowercase().as_str() {
+        "vmxnet3" | "virtio" => "VmxNet3",
+        "vmxnet2" => "VmxNet2",
+        "vmxnet" => "VmxNet",
+        "e1000e" => "E1000e",
+        "pcnet32" => "PCNet32",
+        _ => "E1000",
+    }
+}
+
+/// The virtual hardware family written: the VM's own (`vmx-NN`) when the
+/// platform has one; else the oldest that has every device and feature
+/// the VM uses (NVMe needs `vmx-13`, secure boot `vmx-14`), at least
+/// `vmx-10` (ESXi 5.5).
+pub fn hardware_version(spec: &VmSpec) -> String {
+    if let Some(v) = spec
+        .hardware
+        .version
+        .as_deref()
+        .filter(|v| v.starts_with("vmx-") && v[4..].parse::<u32>().is_ok())
+    {
+        return v.to_string();
+    }
+    let nvme = spec
+        .disks
+        .iter()
+        .any(|d| d.controller == ControllerKind::Nvme)
+        || spec
+            .hardware
+            .controllers
+            .iter()
+            .any(|c| c.kind == ControllerKind::Nvme);
+    let secure_boot = spec.firmware == Firmware::Uefi && spec.hardware.secure_boot;
+    let n = if secure_boot {
+        14
+    } else if nvme {
+        13
+    } else {
+        10
+    };
+    format!("vmx-{n}")
 }
 
 /// CIM OS id and VMware guest id for a guest OS. Known libosinfo and vSphere

@@ -106,7 +106,7 @@ impl Default for GuestOs {
 }
 
 /// The bus a disk is attached to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum ControllerKind {
@@ -150,6 +150,10 @@ pub struct DiskSpec {
     pub unit: u32,
     /// Where it is stored (file path or URL, never with credentials).
     pub location: String,
+    /// Its controller among [`Hardware::controllers`], when the platform
+    /// says which.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_index: Option<usize>,
 }
 
 /// One network adapter.
@@ -186,6 +190,101 @@ pub struct VmSpec {
     pub disks: Vec<DiskSpec>,
     /// Free-text notes.
     pub annotation: Option<String>,
+    /// The rest of its virtual hardware, as far as the platform says.
+    #[serde(default)]
+    pub hardware: Hardware,
+}
+
+/// Virtual hardware beyond CPUs, memory, disks and NICs: what an OVF
+/// descriptor carries so that the VM comes out of an import as it went in.
+/// Empty where the platform does not say.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hardware {
+    /// The platform's hardware version: a VMware virtual hardware family
+    /// (`vmx-13`), or a QEMU machine type (`pc-q35-7.2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Cores per virtual socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cores_per_socket: Option<u32>,
+    /// Storage controllers, in the platform's device order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub controllers: Vec<ControllerSpec>,
+    /// CD-ROM and floppy drives (exported empty, as ovftool does).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drives: Vec<DriveSpec>,
+    /// The video card, if the VM has one the platform describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<VideoSpec>,
+    /// Whether it has a VMCI device (vSphere).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub vmci: bool,
+    /// UEFI secure boot.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secure_boot: bool,
+    /// Boot order, as device kinds in order (`disk`, `cdrom`, `network`,
+    /// `floppy`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub boot_order: Vec<String>,
+    /// Platform settings an importer can take back as they are, e.g.
+    /// vSphere's `tools.syncTimeWithHost`, `nestedHVEnabled`,
+    /// `cpuHotAddEnabled` (name, value).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<(String, String)>,
+    /// Advanced settings (vSphere `extraConfig`) worth keeping.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_config: Vec<(String, String)>,
+}
+
+/// A storage controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControllerSpec {
+    /// Its bus.
+    pub kind: ControllerKind,
+    /// Its model on the platform: for SCSI `pvscsi`, `lsilogic`,
+    /// `lsilogic-sas`, `buslogic`, `virtio-scsi`; `ahci`, `nvme`, `piix4`…
+    #[serde(default)]
+    pub model: String,
+    /// Bus number among controllers of its kind.
+    #[serde(default)]
+    pub bus: u32,
+}
+
+/// A removable-media drive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriveSpec {
+    /// CD-ROM or floppy.
+    pub kind: DriveKind,
+    /// Its controller among [`Hardware::controllers`] (none for a floppy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_index: Option<usize>,
+    /// Unit number on that controller.
+    #[serde(default)]
+    pub unit: u32,
+}
+
+/// What a removable-media drive reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriveKind {
+    /// CD or DVD.
+    Cdrom,
+    /// Floppy disk.
+    Floppy,
+}
+
+/// A video card.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VideoSpec {
+    /// Video memory in KiB, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vram_kib: Option<u64>,
+    /// Displays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub displays: Option<u32>,
+    /// 3D acceleration.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accel_3d: bool,
 }
 
 /// A one-line summary of a VM, for listings.

@@ -162,7 +162,7 @@ fn hypersdk_own_descriptor_round_trips_with_nothing_dropped() {
     sys.annotation = Some("note".into());
     sys.set_os(101, "otherLinux64Guest", "Linux");
     let hw = &mut sys.hardware[0];
-    hw.add_cpus(2);
+    hw.add_cpus(2, None);
     hw.add_memory_mib(1024);
     hw.set_config("firmware", "bios");
     let p = Envelope::parse(&env.to_xml(OvfVersion::V1_0)).unwrap();

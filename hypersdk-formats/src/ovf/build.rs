@@ -104,6 +104,18 @@ impl HardwareSection {
     /// the alphabetical order the CIM schema requires) with the next free
     /// `InstanceID`, which it returns.
     pub fn add_item(&mut self, fields: &[(&str, String)]) -> u32 {
+        self.add_item_with(fields, true, &[])
+    }
+
+    /// [`add_item`](Self::add_item), marked `ovf:required="false"` unless
+    /// `required` (an importer may leave the device out), with `vmw:Config`
+    /// entries (key, value) for VMware's importers.
+    pub fn add_item_with(
+        &mut self,
+        fields: &[(&str, String)],
+        required: bool,
+        configs: &[(&str, String)],
+    ) -> u32 {
         let id = self
             .items
             .iter()
@@ -119,22 +131,35 @@ impl HardwareSection {
         fields.sort_by(|a, b| a.name.cmp(&b.name));
         self.items.push(HwItem {
             element: "Item".into(),
-            attrs: Vec::new(),
+            attrs: if required {
+                Vec::new()
+            } else {
+                vec![("ovf:required".into(), "false".into())]
+            },
             fields,
-            configs: Vec::new(),
+            configs: configs.iter().map(|(k, v)| config(k, v)).collect(),
         });
         id
     }
 
-    /// Adds `n` virtual CPUs.
-    pub fn add_cpus(&mut self, n: u32) -> u32 {
-        self.add_item(&[
+    /// Adds `n` virtual CPUs, `cores_per_socket` of them per socket when
+    /// given (`vmw:CoresPerSocket`, as ovftool writes it).
+    pub fn add_cpus(&mut self, n: u32, cores_per_socket: Option<u32>) -> u32 {
+        let id = self.add_item(&[
             ("AllocationUnits", "hertz * 10^6".into()),
             ("Description", "Number of Virtual CPUs".into()),
             ("ElementName", format!("{n} virtual CPU(s)")),
             ("ResourceType", "3".into()),
             ("VirtualQuantity", n.to_string()),
-        ])
+        ]);
+        if let (Some(c), Some(item)) = (cores_per_socket, self.items.last_mut()) {
+            item.fields.push(HwField {
+                name: "vmw:CoresPerSocket".into(),
+                attrs: vec![("ovf:required".into(), "false".into())],
+                value: c.to_string(),
+            });
+        }
+        id
     }
 
     /// Adds `mib` MiB of memory.
@@ -163,6 +188,12 @@ impl HardwareSection {
                 "SATA Controller",
                 format!("SATA controller {bus}"),
                 Some("vmware.sata.ahci".to_string()),
+                "20",
+            ),
+            ControllerType::Nvme => (
+                "NVMe Controller",
+                format!("NVME controller {bus}"),
+                Some("vmware.nvme.controller".to_string()),
                 "20",
             ),
         };
@@ -213,17 +244,102 @@ impl HardwareSection {
         self.add_item(&fields)
     }
 
+    /// Adds an empty CD/DVD drive (number `n`, 1-based) at unit `unit` of
+    /// the controller whose `InstanceID` is `parent`, as ovftool writes one.
+    pub fn add_cdrom(&mut self, n: usize, parent: u32, unit: u32) -> u32 {
+        self.add_item_with(
+            &[
+                ("AddressOnParent", unit.to_string()),
+                ("AutomaticAllocation", "false".into()),
+                ("ElementName", format!("CD/DVD drive {n}")),
+                ("Parent", parent.to_string()),
+                ("ResourceSubType", "vmware.cdrom.remotepassthrough".into()),
+                ("ResourceType", "15".into()),
+            ],
+            false,
+            &[],
+        )
+    }
+
+    /// Adds an empty floppy drive (number `n`, 1-based).
+    pub fn add_floppy(&mut self, n: usize) -> u32 {
+        self.add_item_with(
+            &[
+                ("AddressOnParent", (n - 1).to_string()),
+                ("AutomaticAllocation", "false".into()),
+                ("ElementName", format!("Floppy drive {n}")),
+                ("ResourceSubType", "vmware.floppy.remotedevice".into()),
+                ("ResourceType", "14".into()),
+            ],
+            false,
+            &[],
+        )
+    }
+
+    /// Adds the video card: `vram_kib` of video memory, `displays`, 3D
+    /// support.
+    pub fn add_video(
+        &mut self,
+        vram_kib: Option<u64>,
+        displays: Option<u32>,
+        accel_3d: bool,
+    ) -> u32 {
+        let mut configs = vec![
+            ("enable3DSupport", accel_3d.to_string()),
+            ("useAutoDetect", "false".to_string()),
+        ];
+        if let Some(v) = vram_kib {
+            configs.push(("videoRamSizeInKB", v.to_string()));
+        }
+        if let Some(d) = displays {
+            configs.push(("numDisplays", d.to_string()));
+        }
+        self.add_item_with(
+            &[
+                ("AutomaticAllocation", "false".into()),
+                ("ElementName", "Video card".into()),
+                ("ResourceType", "24".into()),
+            ],
+            false,
+            &configs,
+        )
+    }
+
+    /// Adds VMware's VMCI device.
+    pub fn add_vmci(&mut self) -> u32 {
+        self.add_item_with(
+            &[
+                ("AutomaticAllocation", "false".into()),
+                ("ElementName", "VMCI device".into()),
+                ("ResourceSubType", "vmware.vmci".into()),
+                ("ResourceType", "1".into()),
+            ],
+            false,
+            &[("allowUnrestrictedCommunication", "false".into())],
+        )
+    }
+
     /// Sets a `vmw:Config` entry of the section (e.g. `firmware`), not
     /// required of importers that do not know it.
     pub fn set_config(&mut self, key: &str, value: &str) {
         self.configs
             .retain(|c| !c.iter().any(|(k, v)| k == "vmw:key" && v == key));
-        self.configs.push(vec![
-            ("ovf:required".into(), "false".into()),
-            ("vmw:key".into(), key.to_string()),
-            ("vmw:value".into(), value.to_string()),
-        ]);
+        self.configs.push(config(key, value));
     }
+
+    /// Adds a `vmw:ExtraConfig` entry (an advanced setting).
+    pub fn add_extra_config(&mut self, key: &str, value: &str) {
+        self.extra_config.push(config(key, value));
+    }
+}
+
+/// A `vmw:Config`/`vmw:ExtraConfig` entry's attributes.
+fn config(key: &str, value: &str) -> Vec<(String, String)> {
+    vec![
+        ("ovf:required".into(), "false".into()),
+        ("vmw:key".into(), key.to_string()),
+        ("vmw:value".into(), value.to_string()),
+    ]
 }
 
 /// A storage controller type.
@@ -235,6 +351,8 @@ pub enum ControllerType {
     Scsi(String),
     /// SATA AHCI (ResourceType 20).
     Sata,
+    /// NVMe (ResourceType 20, `vmware.nvme.controller`).
+    Nvme,
 }
 
 #[cfg(test)]
@@ -258,11 +376,17 @@ mod tests {
         sys.annotation = Some("a \"quote\"".into());
         sys.set_os(101, "otherLinux64Guest", "Linux");
         let hw = &mut sys.hardware[0];
-        assert_eq!(hw.add_cpus(2), 1);
+        assert_eq!(hw.add_cpus(2, Some(2)), 1);
         hw.add_memory_mib(2048);
         let scsi = hw.add_controller(&ControllerType::Scsi("lsilogic".into()), 0);
         hw.add_disk(1, &disk, scsi, 0);
         hw.add_nic(1, "VM Network", "E1000", Some("52:54:00:aa:bb:cc"));
+        let ide = hw.add_controller(&ControllerType::Ide, 1);
+        hw.add_cdrom(1, ide, 0);
+        hw.add_floppy(1);
+        hw.add_video(Some(8192), Some(1), false);
+        hw.add_vmci();
+        hw.add_extra_config("tools.guest.desktop.autolock", "false");
         hw.set_config("firmware", "bios");
         hw.set_config("firmware", "efi");
         let xml = env.to_xml(OvfVersion::V1_0);

@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use hypersdk_core::{
-    ControllerKind, DiskFormat, DiskSpec, Firmware, GuestOs, NicSpec, OsFamily, PowerState, VmSpec,
+    ControllerKind, ControllerSpec, DiskFormat, DiskSpec, DriveKind, DriveSpec, Firmware, GuestOs,
+    Hardware, NicSpec, OsFamily, PowerState, VideoSpec, VmSpec,
 };
 
 use crate::LocalError;
@@ -130,11 +131,83 @@ pub fn parse_domain(text: &str, xml_path: &Path) -> Result<Domain, LocalError> {
     let mut disks = Vec::new();
     let mut disk_paths = Vec::new();
     let mut nics = Vec::new();
+    let mut hw = Hardware {
+        version: os
+            .and_then(|o| o.child("type"))
+            .and_then(|t| t.attr("machine"))
+            .map(str::to_string),
+        cores_per_socket: root
+            .child("cpu")
+            .and_then(|c| c.child("topology"))
+            .and_then(|t| {
+                let n = |a: &str| t.attr(a).and_then(|v| v.parse::<u32>().ok());
+                Some(n("cores")? * n("threads").unwrap_or(1))
+            }),
+        secure_boot: os.is_some_and(|o| {
+            o.child("loader").and_then(|l| l.attr("secure")) == Some("yes")
+                || o.child("firmware").is_some_and(|f| {
+                    f.children_named("feature").any(|x| {
+                        x.attr("name") == Some("secure-boot") && x.attr("enabled") == Some("yes")
+                    })
+                })
+        }),
+        ..Default::default()
+    };
     if let Some(devices) = root.child("devices") {
+        // Storage controllers, by (bus, libvirt index) → index in hw.
+        let mut by_index = std::collections::HashMap::new();
+        for c in devices.children_named("controller") {
+            let t = c.attr("type").unwrap_or("");
+            if !matches!(t, "scsi" | "sata" | "ide" | "nvme") {
+                continue; // usb, pci, virtio-serial, …
+            }
+            let index: u32 = c.attr("index").and_then(|i| i.parse().ok()).unwrap_or(0);
+            by_index.insert((controller(t), index), hw.controllers.len());
+            hw.controllers.push(ControllerSpec {
+                kind: controller(t),
+                model: c
+                    .attr("model")
+                    .unwrap_or(if t == "sata" { "ahci" } else { "" })
+                    .to_string(),
+                bus: index,
+            });
+        }
+        let placed = |d: &Element, kind: ControllerKind| -> Option<usize> {
+            let a = d
+                .child("address")
+                .filter(|a| a.attr("type") == Some("drive"));
+            let index: u32 = a
+                .and_then(|a| a.attr("controller"))
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            by_index.get(&(kind, index)).copied()
+        };
         let mut units: Vec<(ControllerKind, u32)> = Vec::new();
         for d in devices.children_named("disk") {
-            if d.attr("device").unwrap_or("disk") != "disk" {
-                continue; // cdrom, floppy, lun
+            let device = d.attr("device").unwrap_or("disk");
+            if device == "cdrom" || device == "floppy" {
+                let bus = d
+                    .child("target")
+                    .and_then(|t| t.attr("bus"))
+                    .unwrap_or(if device == "cdrom" { "ide" } else { "fdc" });
+                let kind = controller(bus);
+                hw.drives.push(DriveSpec {
+                    kind: if device == "cdrom" {
+                        DriveKind::Cdrom
+                    } else {
+                        DriveKind::Floppy
+                    },
+                    controller_index: (device == "cdrom").then(|| placed(d, kind)).flatten(),
+                    unit: d
+                        .child("address")
+                        .and_then(|a| a.attr("unit"))
+                        .and_then(|u| u.parse().ok())
+                        .unwrap_or(0),
+                });
+                continue;
+            }
+            if device != "disk" {
+                continue; // lun
             }
             let target = d.child("target");
             let dev = target
@@ -188,8 +261,17 @@ pub fn parse_domain(text: &str, xml_path: &Path) -> Result<Domain, LocalError> {
                 controller: kind,
                 unit,
                 location: path.display().to_string(),
+                controller_index: placed(d, kind),
             });
             disk_paths.push(path);
+        }
+        if let Some(m) = devices.child("video").and_then(|v| v.child("model")) {
+            let n = |a: &str| m.attr(a).and_then(|v| v.parse::<u64>().ok());
+            hw.video = Some(VideoSpec {
+                vram_kib: n("vram"),
+                displays: n("heads").map(|h| h as u32),
+                accel_3d: m.child("acceleration").and_then(|a| a.attr("accel3d")) == Some("yes"),
+            });
         }
         for i in devices.children_named("interface") {
             let source = i.child("source");
@@ -231,6 +313,7 @@ pub fn parse_domain(text: &str, xml_path: &Path) -> Result<Domain, LocalError> {
                 .child_text("description")
                 .filter(|d| !d.is_empty())
                 .map(str::to_string),
+            hardware: hw,
         },
         disk_paths,
     })

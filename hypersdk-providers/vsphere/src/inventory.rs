@@ -4,8 +4,8 @@
 //! a listing and a [`VmSpec`] need — never one call per VM.
 
 use hypersdk_core::{
-    ControllerKind, DiskFormat, DiskSpec, Error, Firmware, GuestOs, NicSpec, OsFamily, PowerState,
-    Result, VmSpec,
+    ControllerKind, ControllerSpec, DiskFormat, DiskSpec, DriveKind, DriveSpec, Error, Firmware,
+    GuestOs, Hardware, NicSpec, OsFamily, PowerState, Result, VideoSpec, VmSpec,
 };
 use hypersdk_formats::xml::Element;
 
@@ -23,6 +23,14 @@ const VM_PROPERTIES: &[&str] = &[
     "config.hardware.memoryMB",
     "config.hardware.device",
     "config.firmware",
+    "config.version",
+    "config.hardware.numCoresPerSocket",
+    "config.bootOptions",
+    "config.tools",
+    "config.nestedHVEnabled",
+    "config.cpuHotAddEnabled",
+    "config.memoryHotAddEnabled",
+    "config.extraConfig",
     "config.annotation",
     "runtime.powerState",
     "parent",
@@ -74,9 +82,30 @@ pub async fn list(conn: &Connection) -> Result<Vec<VmRecord>> {
         tree.insert(me.value, (name, parent.map(|p| p.value)));
     }
     let root = &conn.content().root_folder.value;
+    // Distributed portgroups by key: a NIC on one names it by key
+    // (`dvportgroup-12`); vCenter exports it under its name.
+    let portgroups: std::collections::HashMap<String, String> =
+        retrieve_view(conn, &[("DistributedVirtualPortgroup", &["name", "key"])])
+            .await?
+            .iter()
+            .filter_map(|o| {
+                let prop = |n: &str| {
+                    o.find_all("propSet")
+                        .find(|p| p.find_text("name") == Some(n))
+                        .and_then(|p| p.find_text("val"))
+                        .map(str::to_string)
+                };
+                Some((prop("key")?, prop("name")?))
+            })
+            .collect();
     let mut out = Vec::with_capacity(vms.len());
     for obj in &vms {
         let mut rec = record(obj)?;
+        for n in &mut rec.spec.nics {
+            if let Some(name) = portgroups.get(&n.network) {
+                n.network = name.clone();
+            }
+        }
         let mut parts = Vec::new();
         let mut at = obj
             .find_all("propSet")
@@ -192,6 +221,7 @@ fn record(obj: &Element) -> Result<VmRecord> {
     let mut annotation = None;
     let mut power = PowerState::Unknown;
     let mut devices: Option<&Element> = None;
+    let mut hw = Hardware::default();
     for prop in obj.find_all("propSet") {
         let val = prop.find("val");
         let text = val.map(|v| v.text.trim()).unwrap_or("");
@@ -220,10 +250,48 @@ fn record(obj: &Element) -> Result<VmRecord> {
                 }
             }
             "config.hardware.device" => devices = val,
+            "config.version" if !text.is_empty() => hw.version = Some(text.to_string()),
+            "config.hardware.numCoresPerSocket" => hw.cores_per_socket = text.parse().ok(),
+            "config.bootOptions" => {
+                if let Some(v) = val {
+                    hw.secure_boot = v.find_text("efiSecureBootEnabled") == Some("true");
+                    hw.boot_order = v
+                        .find_all("bootOrder")
+                        .filter_map(|b| boot_kind(b.attr_local("type").unwrap_or("")))
+                        .map(str::to_string)
+                        .collect();
+                }
+            }
+            "config.tools" => {
+                for k in TOOLS_SETTINGS {
+                    if let Some(v) = val.and_then(|v| v.find_text(k)).filter(|v| !v.is_empty()) {
+                        hw.settings.push((format!("tools.{k}"), v.to_string()));
+                    }
+                }
+            }
+            k @ ("config.nestedHVEnabled"
+            | "config.cpuHotAddEnabled"
+            | "config.memoryHotAddEnabled")
+                if !text.is_empty() =>
+            {
+                hw.settings.push((
+                    k.trim_start_matches("config.").to_string(),
+                    text.to_string(),
+                ));
+            }
+            "config.extraConfig" => {
+                for o in val.into_iter().flat_map(|v| v.children.iter()) {
+                    if let (Some(k), Some(v)) = (o.find_text("key"), o.find_text("value")) {
+                        if keeps_extra_config(k) {
+                            hw.extra_config.push((k.to_string(), v.to_string()));
+                        }
+                    }
+                }
+            }
             _ => {}
         }
     }
-    let (disks, disk_files, nics) = devices.map(hardware).unwrap_or_default();
+    let (disks, disk_files, nics) = devices.map(|d| hardware(d, &mut hw)).unwrap_or_default();
     let family = os_family(&guest_id, &guest_name);
     Ok(VmRecord {
         uuid,
@@ -247,6 +315,7 @@ fn record(obj: &Element) -> Result<VmRecord> {
             nics,
             disks,
             annotation,
+            hardware: hw,
         },
         moref,
         disk_files,
@@ -258,28 +327,92 @@ fn os_family(id: &str, name: &str) -> OsFamily {
     OsFamily::guess(&[id, name])
 }
 
-/// Disks (in device order), their files, and NICs from `config.hardware.device`.
-fn hardware(devices: &Element) -> (Vec<DiskSpec>, Vec<String>, Vec<NicSpec>) {
-    // Controller key → kind.
+/// `VirtualMachineToolsConfigInfo` fields kept as `tools.*` settings, as
+/// ovftool exports them.
+const TOOLS_SETTINGS: &[&str] = &[
+    "afterPowerOn",
+    "afterResume",
+    "beforeGuestStandby",
+    "beforeGuestShutdown",
+    "beforeGuestReboot",
+    "syncTimeWithHost",
+    "toolsUpgradePolicy",
+];
+
+/// Whether an advanced setting (`extraConfig`) is exported: settings of
+/// the virtual hardware and of VMware Tools, never `guestinfo.*` (which
+/// often carries cloud-init user data and secrets) nor host-specific state
+/// (`nvram`, `sched.*`, `migrate.*`, UUIDs).
+fn keeps_extra_config(key: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "tools.",
+        "svga.",
+        "vhv.",
+        "isolation.",
+        "mks.",
+        "cpuid.coresPerSocket",
+    ];
+    const EXACT: &[&str] = &[
+        "disk.EnableUUID",
+        "hpet0.present",
+        "vcpu.hotadd",
+        "mem.hotadd",
+    ];
+    PREFIXES.iter().any(|p| key.starts_with(p)) || EXACT.contains(&key)
+}
+
+/// The device kind of a `VirtualMachineBootOptionsBootableDevice` type.
+fn boot_kind(t: &str) -> Option<&'static str> {
+    match t {
+        "VirtualMachineBootOptionsBootableDiskDevice" => Some("disk"),
+        "VirtualMachineBootOptionsBootableCdromDevice" => Some("cdrom"),
+        "VirtualMachineBootOptionsBootableEthernetDevice" => Some("network"),
+        "VirtualMachineBootOptionsBootableFloppyDevice" => Some("floppy"),
+        _ => None,
+    }
+}
+
+/// A storage controller's kind and model from its device type.
+fn controller_of(kind: &str) -> Option<(ControllerKind, &'static str)> {
+    Some(match kind {
+        "VirtualIDEController" => (ControllerKind::Ide, "piix4"),
+        "VirtualAHCIController" => (ControllerKind::Sata, "ahci"),
+        "VirtualSATAController" => (ControllerKind::Sata, "sata"),
+        "VirtualNVMEController" => (ControllerKind::Nvme, "nvme"),
+        "ParaVirtualSCSIController" => (ControllerKind::Scsi, "pvscsi"),
+        "VirtualLsiLogicController" => (ControllerKind::Scsi, "lsilogic"),
+        "VirtualLsiLogicSASController" => (ControllerKind::Scsi, "lsilogic-sas"),
+        "VirtualBusLogicController" => (ControllerKind::Scsi, "buslogic"),
+        k if k.ends_with("SCSIController") => (ControllerKind::Scsi, "scsi"),
+        _ => return None,
+    })
+}
+
+/// Disks (in device order), their files, and NICs from
+/// `config.hardware.device`; its controllers, drives, video card and VMCI
+/// device go into `hw`.
+fn hardware(devices: &Element, hw: &mut Hardware) -> (Vec<DiskSpec>, Vec<String>, Vec<NicSpec>) {
+    // Controller key → (kind, index in hw.controllers).
     let mut controllers = std::collections::HashMap::new();
     for d in &devices.children {
         let kind = d.attr_local("type").unwrap_or("");
-        let c = match kind {
-            "VirtualIDEController" => Some(ControllerKind::Ide),
-            "VirtualAHCIController" | "VirtualSATAController" => Some(ControllerKind::Sata),
-            "VirtualNVMEController" => Some(ControllerKind::Nvme),
-            k if k.ends_with("SCSIController")
-                || k.contains("LsiLogic")
-                || k.contains("BusLogic") =>
-            {
-                Some(ControllerKind::Scsi)
-            }
-            _ => None,
-        };
-        if let (Some(c), Some(key)) = (c, d.find_text("key")) {
-            controllers.insert(key.to_string(), c);
+        if let (Some((c, model)), Some(key)) = (controller_of(kind), d.find_text("key")) {
+            controllers.insert(key.to_string(), (c, hw.controllers.len()));
+            hw.controllers.push(ControllerSpec {
+                kind: c,
+                model: model.to_string(),
+                bus: d
+                    .find_text("busNumber")
+                    .and_then(|b| b.parse().ok())
+                    .unwrap_or(0),
+            });
         }
     }
+    let unit_of = |d: &Element| -> u32 {
+        d.find_text("unitNumber")
+            .and_then(|u| u.parse().ok())
+            .unwrap_or(0)
+    };
     let mut disks = Vec::new();
     let mut files = Vec::new();
     let mut nics = Vec::new();
@@ -306,10 +439,9 @@ fn hardware(devices: &Element) -> (Vec<DiskSpec>, Vec<String>, Vec<NicSpec>) {
                 .and_then(|b| b.find_text("fileName"))
                 .unwrap_or("")
                 .to_string();
-            let controller = d
+            let on = d
                 .find_text("controllerKey")
-                .and_then(|k| controllers.get(k).copied())
-                .unwrap_or(ControllerKind::Scsi);
+                .and_then(|k| controllers.get(k).copied());
             disks.push(DiskSpec {
                 name: if label.is_empty() {
                     format!("disk {}", disks.len() + 1)
@@ -318,14 +450,33 @@ fn hardware(devices: &Element) -> (Vec<DiskSpec>, Vec<String>, Vec<NicSpec>) {
                 },
                 capacity,
                 format: DiskFormat::Vmdk,
-                controller,
-                unit: d
-                    .find_text("unitNumber")
-                    .and_then(|u| u.parse().ok())
-                    .unwrap_or(0),
+                controller: on.map_or(ControllerKind::Scsi, |(k, _)| k),
+                unit: unit_of(d),
                 location: file.clone(),
+                controller_index: on.map(|(_, i)| i),
             });
             files.push(file);
+        } else if kind == "VirtualCdrom" || kind == "VirtualFloppy" {
+            hw.drives.push(DriveSpec {
+                kind: if kind == "VirtualCdrom" {
+                    DriveKind::Cdrom
+                } else {
+                    DriveKind::Floppy
+                },
+                controller_index: d
+                    .find_text("controllerKey")
+                    .and_then(|k| controllers.get(k))
+                    .map(|(_, i)| *i),
+                unit: unit_of(d),
+            });
+        } else if kind == "VirtualMachineVideoCard" {
+            hw.video = Some(VideoSpec {
+                vram_kib: d.find_text("videoRamSizeInKB").and_then(|v| v.parse().ok()),
+                displays: d.find_text("numDisplays").and_then(|v| v.parse().ok()),
+                accel_3d: d.find_text("enable3DSupport") == Some("true"),
+            });
+        } else if kind == "VirtualMachineVMCIDevice" {
+            hw.vmci = true;
         } else if d.find("macAddress").is_some()
             || kind.starts_with("VirtualE1000")
             || kind.starts_with("VirtualVmxnet")
