@@ -114,7 +114,7 @@ pub fn ovf_envelope(spec: &VmSpec, disks: &[WrittenDisk]) -> Envelope {
     let mut disk_places = Vec::new();
     for d in &spec.disks {
         let at = match d.controller_index.filter(|i| *i < controllers.len()) {
-            Some(i) => (i, d.unit),
+            Some(i) => (i, controllers[i].took(d.unit)),
             None => {
                 let kind = ovf_controller(d.controller, "", windows);
                 let i = fitting(&mut controllers, kind);
@@ -127,9 +127,12 @@ pub fn ovf_envelope(spec: &VmSpec, disks: &[WrittenDisk]) -> Envelope {
     for d in &hw_spec.drives {
         drive_places.push(match (d.kind, d.controller_index) {
             (DriveKind::Floppy, _) => None,
-            (DriveKind::Cdrom, Some(i)) if i < controllers.len() => Some((i, d.unit)),
+            (DriveKind::Cdrom, Some(i)) if i < controllers.len() => {
+                Some((i, controllers[i].took(d.unit)))
+            }
             (DriveKind::Cdrom, _) => {
-                let i = fitting(&mut controllers, ControllerType::Ide);
+                let kind = ovf_controller(d.bus.unwrap_or(ControllerKind::Ide), "", windows);
+                let i = fitting(&mut controllers, kind);
                 Some((i, controllers[i].take_unit()))
             }
         });
@@ -188,6 +191,13 @@ struct Placed {
 }
 
 impl Placed {
+    /// Notes that a device sits at `unit` (returned); devices without a
+    /// unit go after it.
+    fn took(&mut self, unit: u32) -> u32 {
+        self.next_unit = self.next_unit.max(unit + 1);
+        unit
+    }
+
     fn take_unit(&mut self) -> u32 {
         let mut u = self.next_unit;
         // SCSI unit 7 is the controller itself; IDE has two units per bus.

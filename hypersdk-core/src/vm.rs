@@ -258,6 +258,10 @@ pub struct DriveSpec {
     /// Its controller among [`Hardware::controllers`] (none for a floppy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controller_index: Option<usize>,
+    /// The bus it is on, when the platform names no controller (a CD-ROM
+    /// goes on IDE unless told).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus: Option<ControllerKind>,
     /// Unit number on that controller.
     #[serde(default)]
     pub unit: u32,

@@ -37,8 +37,16 @@ qemu-img --version | head -n1 >&2
 # older than its go.mod wants fetches the right toolchain the same way).
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 mkdir -p "$root/target/peers"
-(cd "$root/tests/peers/vcsim" && GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" go build -o "$root/target/peers/vcsim-launcher" .)
-echo "vcsim launcher: $root/target/peers/vcsim-launcher" >&2
+# With it, from the same module: govc (govmomi's command packages) to import
+# exported packages into the simulator, and ovfspec (govmomi's OVF reader).
+(
+  cd "$root/tests/peers/vcsim"
+  export GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
+  go build -o "$root/target/peers/vcsim-launcher" .
+  go build -o "$root/target/peers/govc" ./govc
+  go build -o "$root/target/peers/ovfspec" ./ovfspec
+)
+echo "vcsim launcher, govc, ovfspec: $root/target/peers/" >&2
 
 # Python packages, in a virtual environment of our own; reinstalled only when
 # requirements.txt changes.

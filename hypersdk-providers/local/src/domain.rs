@@ -182,7 +182,7 @@ pub fn parse_domain(text: &str, xml_path: &Path) -> Result<Domain, LocalError> {
                 .unwrap_or(0);
             by_index.get(&(kind, index)).copied()
         };
-        let mut units: Vec<(ControllerKind, u32)> = Vec::new();
+        let mut units: Vec<((ControllerKind, Option<usize>), u32)> = Vec::new();
         for d in devices.children_named("disk") {
             let device = d.attr("device").unwrap_or("disk");
             if device == "cdrom" || device == "floppy" {
@@ -198,6 +198,7 @@ pub fn parse_domain(text: &str, xml_path: &Path) -> Result<Domain, LocalError> {
                         DriveKind::Floppy
                     },
                     controller_index: (device == "cdrom").then(|| placed(d, kind)).flatten(),
+                    bus: (device == "cdrom").then_some(kind),
                     unit: d
                         .child("address")
                         .and_then(|a| a.attr("unit"))
@@ -241,18 +242,19 @@ pub fn parse_domain(text: &str, xml_path: &Path) -> Result<Domain, LocalError> {
             };
             let bus = target.and_then(|t| t.attr("bus")).unwrap_or("virtio");
             let kind = controller(bus);
+            // Without an address, the first unit free on its controller.
+            let on = (kind, placed(d, kind));
             let unit = match d
                 .child("address")
                 .and_then(|a| a.attr("unit"))
                 .and_then(|u| u.parse().ok())
             {
                 Some(u) => u,
-                None => {
-                    let n = units.iter().filter(|(k, _)| *k == kind).count() as u32;
-                    n
-                }
+                None => (0..)
+                    .find(|u| !units.contains(&(on, *u)))
+                    .unwrap_or_default(),
             };
-            units.push((kind, unit));
+            units.push((on, unit));
             let path = base_dir.join(file);
             disks.push(DiskSpec {
                 name: dev,
@@ -261,7 +263,7 @@ pub fn parse_domain(text: &str, xml_path: &Path) -> Result<Domain, LocalError> {
                 controller: kind,
                 unit,
                 location: path.display().to_string(),
-                controller_index: placed(d, kind),
+                controller_index: on.1,
             });
             disk_paths.push(path);
         }
@@ -368,6 +370,71 @@ mod tests {
         assert_eq!(d.disk_paths[0], Path::new("/vms/disks/web01.qcow2"));
         assert_eq!(s.nics[0].mac.as_deref(), Some("52:54:00:12:34:56"));
         assert_eq!(s.annotation.as_deref(), Some("front end"));
+    }
+
+    #[test]
+    fn reads_controllers_drives_and_the_rest_of_the_hardware() {
+        let xml = r#"<domain type='kvm'>
+  <name>db</name><memory unit='GiB'>4</memory><vcpu>4</vcpu>
+  <os firmware='efi'><type arch='x86_64' machine='pc-q35-8.2'>hvm</type>
+    <firmware><feature enabled='yes' name='secure-boot'/></firmware></os>
+  <cpu mode='host-passthrough'><topology sockets='1' dies='1' cores='2' threads='2'/></cpu>
+  <devices>
+    <controller type='usb' index='0' model='qemu-xhci'/>
+    <controller type='scsi' index='0' model='virtio-scsi'/>
+    <controller type='scsi' index='1' model='lsilogic'/>
+    <controller type='sata' index='0'/>
+    <disk type='file' device='disk'><source file='a.qcow2'/><driver type='qcow2'/>
+      <target dev='sda' bus='scsi'/><address type='drive' controller='1' bus='0' target='0' unit='3'/></disk>
+    <disk type='file' device='disk'><source file='b.raw'/>
+      <target dev='sdb' bus='scsi'/></disk>
+    <disk type='file' device='cdrom'><target dev='sdc' bus='sata'/>
+      <address type='drive' controller='0' bus='0' target='0' unit='1'/></disk>
+    <disk type='file' device='floppy'><target dev='fda' bus='fdc'/></disk>
+    <video><model type='qxl' ram='65536' vram='16384' heads='2'/></video>
+  </devices>
+</domain>"#;
+        let d = parse_domain(xml, Path::new("/vms/db.xml")).unwrap();
+        let h = &d.spec.hardware;
+        assert_eq!(h.version.as_deref(), Some("pc-q35-8.2"));
+        assert_eq!(h.cores_per_socket, Some(4));
+        assert!(h.secure_boot);
+        let kinds: Vec<_> = h
+            .controllers
+            .iter()
+            .map(|c| (c.kind, c.model.as_str(), c.bus))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (ControllerKind::Scsi, "virtio-scsi", 0),
+                (ControllerKind::Scsi, "lsilogic", 1),
+                (ControllerKind::Sata, "ahci", 0)
+            ]
+        );
+        // An address names the controller; without one, controller 0.
+        let at: Vec<_> = d
+            .spec
+            .disks
+            .iter()
+            .map(|x| (x.controller_index, x.unit))
+            .collect();
+        assert_eq!(at, vec![(Some(1), 3), (Some(0), 0)]);
+        assert_eq!(h.drives.len(), 2);
+        assert_eq!(
+            (
+                h.drives[0].kind,
+                h.drives[0].controller_index,
+                h.drives[0].unit
+            ),
+            (DriveKind::Cdrom, Some(2), 1)
+        );
+        assert_eq!(
+            (h.drives[1].kind, h.drives[1].controller_index),
+            (DriveKind::Floppy, None)
+        );
+        let v = h.video.as_ref().unwrap();
+        assert_eq!((v.vram_kib, v.displays), (Some(16384), Some(2)));
     }
 
     #[test]

@@ -467,6 +467,10 @@ fn hardware(devices: &Element, hw: &mut Hardware) -> (Vec<DiskSpec>, Vec<String>
                     .find_text("controllerKey")
                     .and_then(|k| controllers.get(k))
                     .map(|(_, i)| *i),
+                bus: d
+                    .find_text("controllerKey")
+                    .and_then(|k| controllers.get(k))
+                    .map(|(k, _)| *k),
                 unit: unit_of(d),
             });
         } else if kind == "VirtualMachineVideoCard" {

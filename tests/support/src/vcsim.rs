@@ -40,33 +40,56 @@ pub struct Vcsim {
 /// process runs it.
 fn launcher() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let src = workspace_root().join("tests/peers/vcsim");
-            let out = workspace_root().join("target/peers/vcsim-launcher");
-            let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-            let newest_source = ["main.go", "go.mod", "go.sum"]
-                .iter()
-                .filter_map(|f| modified(&src.join(f)))
-                .max();
-            if let (Some(bin), Some(source)) = (modified(&out), newest_source) {
-                if bin >= source {
-                    return out;
-                }
-            }
-            let status = Command::new("go")
-                .args(["build", "-o"])
-                .arg(&out)
-                .arg(".")
-                .current_dir(&src)
-                .status()
-                .unwrap_or_else(|e| {
-                    panic!("cannot run go to build the vcsim launcher: {e} (Go is needed; bash tests/peers/install.sh)")
-                });
-            assert!(status.success(), "go build of tests/peers/vcsim failed");
-            out
-        })
-        .clone()
+    BUILT.get_or_init(|| go_tool("vcsim-launcher", ".")).clone()
+}
+
+/// govc, as the govmomi project builds it from its command packages
+/// (`tests/peers/vcsim/govc`), for importing packages into the simulator.
+pub fn govc() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| go_tool("govc", "govc")).clone()
+}
+
+/// `ovfspec FILE.ovf`: what govmomi's OVF reader makes of a descriptor (the
+/// ConfigSpec an import creates), as JSON (`tests/peers/vcsim/ovfspec`).
+pub fn ovfspec() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| go_tool("ovfspec", "ovfspec")).clone()
+}
+
+/// `target/peers/NAME`, built from package `dir` of the launcher's Go module
+/// when missing or older than its sources.
+fn go_tool(name: &str, dir: &str) -> PathBuf {
+    let src = workspace_root().join("tests/peers/vcsim");
+    let out = workspace_root().join("target/peers").join(name);
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let newest_source = [
+        src.join(dir).join("main.go"),
+        src.join("go.mod"),
+        src.join("go.sum"),
+    ]
+    .iter()
+    .filter_map(|f| modified(f))
+    .max();
+    if let (Some(bin), Some(source)) = (modified(&out), newest_source) {
+        if bin >= source {
+            return out;
+        }
+    }
+    let status = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(format!("./{}", dir.trim_start_matches("./")))
+        .current_dir(&src)
+        .status()
+        .unwrap_or_else(|e| {
+            panic!("cannot run go to build {name}: {e} (Go is needed; bash tests/peers/install.sh)")
+        });
+    assert!(
+        status.success(),
+        "go build of tests/peers/vcsim/{dir} failed"
+    );
+    out
 }
 
 impl Vcsim {
@@ -176,6 +199,26 @@ impl Vcsim {
         let url = self.url.trim_end_matches("/sdk").to_string() + "/hsdk/stats";
         let out = crate::run_tool("curl", &["-sSk", &url]);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("stats {out:?}: {e}"))
+    }
+
+    /// Runs [`govc`] against this simulator (its URL and credentials in
+    /// govc's environment, TLS not verified); returns its standard output,
+    /// or panics with its standard error.
+    pub fn govc(&self, args: &[&str]) -> String {
+        let out = Command::new(govc())
+            .args(args)
+            .env("GOVC_URL", &self.url)
+            .env("GOVC_USERNAME", &self.user)
+            .env("GOVC_PASSWORD", &self.password)
+            .env("GOVC_INSECURE", "1")
+            .output()
+            .expect("run govc");
+        assert!(
+            out.status.success(),
+            "govc {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// The simulator's own address (e.g. to put a proxy in front of it).

@@ -1,0 +1,134 @@
+//! Packages exported from the simulator, imported by VMware's own tools:
+//! govmomi's OVF reader turns the descriptor into the ConfigSpec an import
+//! creates (strict: an item it does not know fails), and govc imports the
+//! OVA into the simulator. The VM that comes out is compared with the one
+//! that went in.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+use common::*;
+
+use hypersdk_core::{ControllerKind, DriveKind, ExportOptions, Exporter, PackageFormat, Provider};
+use hypersdk_sinks::LocalDirSink;
+use hypersdk_testsupport::vcsim::{ovfspec, Vcsim};
+use hypersdk_testsupport::{mixed_content, run_tool};
+
+/// What govmomi's OVF reader makes of `ovf`.
+fn config_spec(ovf: &std::path::Path) -> serde_json::Value {
+    let out = std::process::Command::new(ovfspec())
+        .arg(ovf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "govmomi refuses the descriptor: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The devices of a config spec of type `t`.
+fn of_type<'a>(spec: &'a serde_json::Value, t: &str) -> Vec<&'a serde_json::Value> {
+    spec["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["type"] == t)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exported_vm_imports_with_its_hardware() {
+    let sim = Vcsim::start(&[("alpha", &[8, 4])]);
+    for (i, mib) in [8usize, 4].iter().enumerate() {
+        std::fs::write(sim.flat_file("alpha", i), mixed_content(mib << 20)).unwrap();
+    }
+    let vc = connect(&sim).await;
+    let source = vc.vm_spec("alpha").await.unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let report = Exporter::new(ExportOptions::new(PackageFormat::Ova))
+        .export(&vc, "alpha", &LocalDirSink::new(out.path()))
+        .await
+        .unwrap();
+    let x = tempfile::tempdir().unwrap();
+    run_tool(
+        "tar",
+        &["-xf", &report.location, "-C", x.path().to_str().unwrap()],
+    );
+
+    // govmomi's reader: the VM as it was, device by device.
+    let spec = config_spec(&x.path().join("alpha.ovf"));
+    assert_eq!(spec["version"], "vmx-13", "{spec}");
+    assert_eq!(
+        source.hardware.version.as_deref(),
+        Some("vmx-13"),
+        "the simulator's hardware version is kept, not normalised"
+    );
+    assert_eq!(
+        (spec["cpus"].as_u64(), spec["memory"].as_u64()),
+        (Some(2), Some(2048))
+    );
+    assert_eq!(spec["firmware"], "efi");
+    assert_eq!(spec["guest_id"], "ubuntu64Guest");
+    let pvscsi = of_type(&spec, "ParaVirtualSCSIController");
+    assert_eq!(pvscsi.len(), 1, "{spec}");
+    let disks = of_type(&spec, "VirtualDisk");
+    assert_eq!(disks.len(), 2);
+    for (i, d) in disks.iter().enumerate() {
+        assert_eq!(d["controller_key"], pvscsi[0]["key"]);
+        assert_eq!(d["unit"].as_u64(), Some(source.disks[i].unit as u64));
+        assert_eq!(d["capacity_bytes"].as_u64(), Some(source.disks[i].capacity));
+    }
+    let ide_keys: Vec<_> = of_type(&spec, "VirtualIDEController")
+        .iter()
+        .map(|c| c["key"].clone())
+        .collect();
+    let cdroms = of_type(&spec, "VirtualCdrom");
+    assert_eq!(cdroms.len(), 1);
+    assert!(ide_keys.contains(&cdroms[0]["controller_key"]), "{spec}");
+    assert_eq!(of_type(&spec, "VirtualVmxnet3").len(), 1);
+    assert_eq!(of_type(&spec, "VirtualMachineVideoCard").len(), 1);
+    assert_eq!(of_type(&spec, "VirtualMachineVMCIDevice").len(), 1);
+
+    // govc import.ova into the simulator, then read back as any VM.
+    sim.govc(&[
+        "import.ova",
+        "-pool",
+        "/DC0/host/DC0_C0/Resources",
+        "-ds",
+        "LocalDS_0",
+        "-name",
+        "alpha-imported",
+        &report.location,
+    ]);
+    let imported = vc.vm_spec("alpha-imported").await.unwrap();
+    assert_eq!(
+        (imported.cpus, imported.memory_mib),
+        (source.cpus, source.memory_mib)
+    );
+    assert_eq!(imported.hardware.version, source.hardware.version);
+    assert_eq!(imported.guest_os.id, source.guest_os.id);
+    let caps = |s: &hypersdk_core::VmSpec| s.disks.iter().map(|d| d.capacity).collect::<Vec<_>>();
+    assert_eq!(caps(&imported), caps(&source));
+    for d in &imported.disks {
+        let c = &imported.hardware.controllers[d.controller_index.unwrap()];
+        assert_eq!((c.kind, c.model.as_str()), (ControllerKind::Scsi, "pvscsi"));
+    }
+    assert_eq!(
+        imported
+            .hardware
+            .drives
+            .iter()
+            .filter(|d| d.kind == DriveKind::Cdrom)
+            .count(),
+        1
+    );
+    let nics = |s: &hypersdk_core::VmSpec| {
+        s.nics
+            .iter()
+            .map(|n| (n.network.clone(), n.model.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(nics(&imported), nics(&source));
+}
