@@ -88,8 +88,8 @@ pub fn ovf_envelope(spec: &VmSpec, disks: &[WrittenDisk]) -> Envelope {
     }
     let sys = &mut env.systems[0];
     sys.annotation = spec.annotation.clone();
-    let (cim_id, vmw_os_type) = ovf_os(&spec.guest_os);
-    sys.set_os(cim_id, vmw_os_type, &spec.guest_os.description);
+    let (cim_id, version, vmw_os_type) = ovf_os(&spec.guest_os);
+    sys.set_os(cim_id, version, &vmw_os_type, &spec.guest_os.description);
     let hw = &mut sys.hardware[0];
     hw.add_cpus(
         spec.cpus.max(1),
@@ -293,27 +293,27 @@ pub fn hardware_version(spec: &VmSpec) -> String {
     format!("vmx-{n}")
 }
 
-/// CIM OS id and VMware guest id for a guest OS. Known libosinfo and vSphere
-/// ids map to their specific entries; the rest to the family's generic one.
-pub fn ovf_os(os: &GuestOs) -> (u16, &'static str) {
-    let id = os.id.to_ascii_lowercase();
-    if id.contains("ubuntu") {
-        (94, "ubuntu64Guest")
-    } else if id.contains("debian") {
-        (96, "debian10_64Guest")
-    } else if id.contains("rhel") || id.contains("redhat") {
-        (80, "rhel8_64Guest")
-    } else if id.contains("centos") || id.contains("rocky") || id.contains("alma") {
-        (107, "centos8_64Guest")
-    } else if id.contains("sles") || id.contains("suse") {
-        (85, "sles15_64Guest")
-    } else {
-        match os.family {
-            OsFamily::Linux => (101, "otherLinux64Guest"),
-            OsFamily::Windows => (113, "windows9Server64Guest"),
-            OsFamily::Other => (102, "otherGuest64"),
-        }
+/// The OVF guest OS of `os` ([`hypersdk_formats::ovf::os`]): a VMware
+/// guest id is kept as the platform wrote it (with its CIM number when the
+/// table knows it); a libosinfo id is looked up; anything else falls back
+/// to its family's generic entry.
+pub fn ovf_os(os: &GuestOs) -> (u16, Option<&'static str>, String) {
+    use hypersdk_formats::ovf::os::{by_guest_id, by_libosinfo};
+    let fallback = match os.family {
+        OsFamily::Linux => "otherLinux64Guest",
+        OsFamily::Windows => "windows9Server64Guest",
+        OsFamily::Other => "otherGuest64",
+    };
+    let generic = by_guest_id(fallback);
+    if let Some(e) = by_guest_id(&os.id).or_else(|| by_libosinfo(&os.id)) {
+        return (e.cim, e.version, e.guest_id.to_string());
     }
+    let (cim, version) = generic.map_or((102, None), |e| (e.cim, e.version));
+    // A vSphere guest id the table does not list stays as it is.
+    if os.id.ends_with("Guest") && os.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return (cim, version, os.id.clone());
+    }
+    (cim, version, fallback.to_string())
 }
 
 #[cfg(test)]

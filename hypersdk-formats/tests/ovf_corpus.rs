@@ -160,7 +160,7 @@ fn hypersdk_own_descriptor_round_trips_with_nothing_dropped() {
     let mut env = Envelope::for_vm("own", "vmx-14");
     let sys = &mut env.systems[0];
     sys.annotation = Some("note".into());
-    sys.set_os(101, "otherLinux64Guest", "Linux");
+    sys.set_os(101, None, "otherLinux64Guest", "Linux");
     let hw = &mut sys.hardware[0];
     hw.add_cpus(2, None);
     hw.add_memory_mib(1024);

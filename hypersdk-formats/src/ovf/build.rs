@@ -88,13 +88,21 @@ impl Envelope {
 }
 
 impl VirtualSystem {
-    /// Sets the guest OS: its CIM `OsType` number, VMware guest id and a
-    /// description.
-    pub fn set_os(&mut self, cim_id: u16, vmw_os_type: &str, description: &str) {
-        self.os_attrs = vec![
-            ("ovf:id".into(), cim_id.to_string()),
-            ("vmw:osType".into(), vmw_os_type.to_string()),
-        ];
+    /// Sets the guest OS: its CIM `OsType` number (with the `ovf:version`
+    /// it needs, see [`os`](super::os)), VMware guest id and a description.
+    pub fn set_os(
+        &mut self,
+        cim_id: u16,
+        version: Option<&str>,
+        vmw_os_type: &str,
+        description: &str,
+    ) {
+        self.os_attrs = vec![("ovf:id".into(), cim_id.to_string())];
+        if let Some(v) = version {
+            self.os_attrs.push(("ovf:version".into(), v.to_string()));
+        }
+        self.os_attrs
+            .push(("vmw:osType".into(), vmw_os_type.to_string()));
         self.os_description = Some(description.to_string());
     }
 }
@@ -374,7 +382,7 @@ mod tests {
         env.add_network("VM Network");
         let sys = &mut env.systems[0];
         sys.annotation = Some("a \"quote\"".into());
-        sys.set_os(101, "otherLinux64Guest", "Linux");
+        sys.set_os(101, None, "otherLinux64Guest", "Linux");
         let hw = &mut sys.hardware[0];
         assert_eq!(hw.add_cpus(2, Some(2)), 1);
         hw.add_memory_mib(2048);

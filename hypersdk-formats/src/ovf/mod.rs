@@ -11,6 +11,8 @@
 //!   per virtual system its OS, CPUs, memory, disks, NICs and firmware — and
 //!   [`Envelope::read`](model::Envelope::read), which parses and checks
 //!   that every such number is one.
+//! - [`os`]: guest operating systems both ways — VMware guest ids, CIM
+//!   `OsType` numbers (with `ovf:version`) and libosinfo ids in one table.
 //! - [`build`]: an envelope of one virtual machine, as the exporter writes
 //!   it: `References` (one `File` per disk file), `DiskSection` (capacity in
 //!   bytes, format URI, `ovf:populatedSize`), `NetworkSection`, and a
@@ -24,6 +26,7 @@
 
 pub mod build;
 pub mod model;
+pub mod os;
 pub mod view;
 
 pub use build::ControllerType;

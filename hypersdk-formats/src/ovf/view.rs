@@ -108,9 +108,16 @@ impl VirtualSystem {
         self.name.as_deref().unwrap_or(&self.id)
     }
 
-    /// The guest OS: `vmw:osType`, else the OS section's description.
+    /// The guest OS as a VMware guest id: `vmw:osType`; else the guest id
+    /// of its CIM `OsType` number and `ovf:version` ([`os`](super::os));
+    /// else the OS section's description.
     pub fn os(&self) -> &str {
+        let cim = || {
+            let id = attr(&self.os_attrs, "id")?.trim().parse::<u16>().ok()?;
+            super::os::by_cim(id, attr(&self.os_attrs, "version")).map(|e| e.guest_id)
+        };
         attr(&self.os_attrs, "osType")
+            .or_else(cim)
             .or(self.os_description.as_deref())
             .unwrap_or_default()
     }
@@ -241,5 +248,29 @@ mod tests {
              <rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>two</rasd:VirtualQuantity>\
              </Item></VirtualHardwareSection></VirtualSystem></Envelope>";
         assert!(Envelope::read(quantity).is_err());
+    }
+
+    #[test]
+    fn a_cim_os_id_alone_names_the_guest() {
+        let os = |section: &str| {
+            let xml =
+                format!("<Envelope><VirtualSystem ovf:id='v'>{section}</VirtualSystem></Envelope>");
+            Envelope::read(&xml).unwrap().systems[0].os().to_string()
+        };
+        let cim = |id: &str, version: &str| {
+            os(&format!(
+                "<OperatingSystemSection ovf:id='{id}' ovf:version='{version}'/>"
+            ))
+        };
+        assert_eq!(cim("96", "12"), "debian12_64Guest");
+        assert_eq!(cim("94", ""), "ubuntu64Guest");
+        assert_eq!(
+            os("<OperatingSystemSection ovf:id='101' vmw:osType='rockylinux_64Guest'/>"),
+            "rockylinux_64Guest"
+        );
+        assert_eq!(
+            os("<OperatingSystemSection ovf:id='9999'><Description>Plan 9</Description></OperatingSystemSection>"),
+            "Plan 9"
+        );
     }
 }

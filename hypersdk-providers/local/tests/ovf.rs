@@ -48,6 +48,8 @@ async fn the_example_vm_reads_back_with_its_controllers_and_drives() {
         (spec["cpus"].as_u64(), spec["memory"].as_u64()),
         (Some(2), Some(1024))
     );
+    // Debian 12 (libosinfo debian/12) is debian12_64Guest, not debian10.
+    assert_eq!(spec["guest_id"], "debian12_64Guest");
     // vda (virtio-blk) on LSI Logic; sda and the CD-ROM sdb on one AHCI.
     let lsi = of_type(&spec, "VirtualLsiLogicController");
     let ahci = of_type(&spec, "VirtualAHCIController");
