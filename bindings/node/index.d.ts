@@ -45,6 +45,8 @@ export interface ExportOptions {
   resume?: boolean
   noCheckpoint?: boolean
   checkpointMib?: number
+  /** VMware virtual hardware family the descriptor declares, `vmx-N`. */
+  hardwareVersion?: string
 }
 
 export interface ProgressEvent {

@@ -75,6 +75,7 @@ const SETTINGS = {
   bwlimit: 'bwlimit', verify: 'verify', parallelDisks: 'parallel_disks',
   idleTimeoutSecs: 'idle_timeout_secs', reencode: 'reencode', resume: 'resume',
   noCheckpoint: 'no_checkpoint', checkpointMib: 'checkpoint_mib',
+  hardwareVersion: 'hardware_version',
 }
 const QUERY = {
   name: 'name', nameRegex: 'name_regex', folder: 'folder', powerState: 'power_state',

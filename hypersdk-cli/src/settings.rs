@@ -72,6 +72,11 @@ pub struct ExportFlags {
     /// written, and every 2 seconds [default: 64].
     #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
     checkpoint_mib: Option<u64>,
+    /// VMware virtual hardware family the descriptor declares, e.g. vmx-13
+    /// for ESXi 6.5 [default: the VM's own; else the oldest with every
+    /// device it uses, at least vmx-10].
+    #[arg(long, value_name = "vmx-N")]
+    hardware_version: Option<String>,
 }
 
 impl ExportFlags {
@@ -97,6 +102,7 @@ impl ExportFlags {
             resume: self.resume,
             no_checkpoint: self.no_checkpoint,
             checkpoint_mib: self.checkpoint_mib,
+            hardware_version: self.hardware_version.clone(),
         }
     }
 }

@@ -103,6 +103,10 @@ pub struct ExportOptions {
     /// staging directory, so spools stay on the destination's file system
     /// and go with a partial export), else the system's temporary directory.
     pub scratch_dir: Option<std::path::PathBuf>,
+    /// The VMware virtual hardware family the descriptor declares
+    /// (`vmx-13`), instead of the VM's own or, for a VM without one, the
+    /// oldest that has every device it uses.
+    pub hardware_version: Option<String>,
 }
 
 impl Default for ExportOptions {
@@ -128,6 +132,7 @@ impl Default for ExportOptions {
             resume: false,
             checkpoint_every: 64 << 20,
             scratch_dir: None,
+            hardware_version: None,
         }
     }
 }
@@ -283,6 +288,11 @@ pub struct ExportSettings {
     /// MiB between checkpoints of a disk being written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_mib: Option<u64>,
+    /// VMware virtual hardware family the descriptor declares, `vmx-N`
+    /// (default: the VM's own; for a VM without one, the oldest that has
+    /// every device it uses, at least `vmx-10`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hardware_version: Option<String>,
 }
 
 impl ExportSettings {
@@ -347,6 +357,18 @@ impl ExportSettings {
         }
         if let Some(s) = self.idle_timeout_secs {
             o.idle_timeout = (s > 0).then(|| std::time::Duration::from_secs(s));
+        }
+        if let Some(v) = &self.hardware_version {
+            let n = v
+                .strip_prefix("vmx-")
+                .and_then(|n| n.parse::<u32>().ok())
+                .filter(|n| (4..=99).contains(n));
+            if n.is_none() {
+                return Err(crate::Error::InvalidArgument(format!(
+                    "hardware_version {v:?}: must be vmx-N, e.g. vmx-13 (ESXi 6.5) or vmx-19 (ESXi 7.0 U2)"
+                )));
+            }
+            o.hardware_version = Some(v.clone());
         }
         o.reencode = self.reencode;
         o.resume = self.resume;

@@ -58,9 +58,18 @@ pub struct WrittenDisk {
     pub populated: u64,
 }
 
-/// The OVF descriptor of `spec` whose disks were written as `disks`.
-pub fn ovf_descriptor(spec: &VmSpec, disks: &[WrittenDisk]) -> String {
-    ovf_envelope(spec, disks).to_xml(OvfVersion::V1_0)
+/// The OVF descriptor of `spec` whose disks were written as `disks`,
+/// declaring virtual hardware family `hardware_version` if given.
+pub fn ovf_descriptor(
+    spec: &VmSpec,
+    disks: &[WrittenDisk],
+    hardware_version: Option<&str>,
+) -> String {
+    let mut env = ovf_envelope(spec, disks);
+    if let Some(v) = hardware_version {
+        env.set_system_type(v);
+    }
+    env.to_xml(OvfVersion::V1_0)
 }
 
 /// The OVF envelope of `spec` whose disks were written as `disks`: its

@@ -613,6 +613,7 @@ fn jobs_take_every_export_option_and_encrypt_only_with_keys_the_daemon_allows() 
             "encrypt_passphrase_file": keys.join("job.pass"), "verify": true,
             "parallel_disks": 1, "idle_timeout_secs": 30, "reencode": true,
             "no_checkpoint": true, "checkpoint_mib": 8, "bwlimit": "off", "overwrite": true,
+            "hardware_version": "vmx-13",
         })
         .to_string(),
     );

@@ -118,6 +118,9 @@ options:
   checkpoint_mib:
     description: MiB between checkpoints of a disk being written (default 64).
     type: int
+  hardware_version:
+    description: VMware virtual hardware family the descriptor declares, vmx-N (default the VM's own).
+    type: str
   force:
     description: Export again even if a verified package exists.
     type: bool
@@ -180,7 +183,8 @@ except ImportError:
 # decides itself (overwrite and verify: an export is verified, then replaces).
 EXPORT_OPTIONS = ("format", "name", "compress", "compression_level", "digest", "encrypt_key_file",
                   "encrypt_passphrase_file", "bwlimit", "resume", "parallel_disks",
-                  "idle_timeout_secs", "reencode", "no_checkpoint", "checkpoint_mib")
+                  "idle_timeout_secs", "reencode", "no_checkpoint", "checkpoint_mib",
+                  "hardware_version")
 
 
 # Module options that are provider settings, by their registry names.
@@ -236,6 +240,7 @@ def main():
             reencode=dict(type="bool", default=False),
             no_checkpoint=dict(type="bool", default=False),
             checkpoint_mib=dict(type="int"),
+            hardware_version=dict(type="str"),
             force=dict(type="bool", default=False),
         ),
         mutually_exclusive=[("encrypt_key_file", "encrypt_passphrase_file")],

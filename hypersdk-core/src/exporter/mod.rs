@@ -518,7 +518,7 @@ impl Exporter {
                 populated: o.populated,
             })
             .collect();
-        let ovf = ovf_descriptor(spec, &written);
+        let ovf = ovf_descriptor(spec, &written, self.options.hardware_version.as_deref());
         let ovf_bytes = match layout {
             Some(l) => padded_descriptor(&ovf, l.ovf_len)?,
             None => ovf.into_bytes(),

@@ -158,7 +158,7 @@ impl Exporter {
                 populated: WIDEST,
             })
             .collect();
-        let ovf = ovf_descriptor(spec, &widest);
+        let ovf = ovf_descriptor(spec, &widest, self.options.hardware_version.as_deref());
         let ovf_len = (ovf.len() as u64 + 512).next_multiple_of(512);
         let placeholder = digest_hex(self.options.digest, b"");
         let mut entries = vec![manifest_entry(

@@ -76,6 +76,20 @@ impl Envelope {
         disk_id
     }
 
+    /// Sets the virtual hardware family (`vssd:VirtualSystemType`) of every
+    /// system.
+    pub fn set_system_type(&mut self, system_type: &str) {
+        for f in self
+            .systems
+            .iter_mut()
+            .flat_map(|s| s.hardware.iter_mut())
+            .flat_map(|h| h.system.iter_mut())
+            .filter(|f| f.name.rsplit(':').next() == Some("VirtualSystemType"))
+        {
+            f.value = system_type.to_string();
+        }
+    }
+
     /// Declares network `name` (once).
     pub fn add_network(&mut self, name: &str) {
         if !self.networks.iter().any(|n| n.name == name) {

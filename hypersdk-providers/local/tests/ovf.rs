@@ -65,3 +65,30 @@ async fn the_example_vm_reads_back_with_its_controllers_and_drives() {
     assert_eq!(of_type(&spec, "VirtualVmxnet3").len(), 1);
     assert_eq!(of_type(&spec, "VirtualE1000e").len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hardware_version_can_be_chosen() {
+    let vms = workspace_root().join("examples/vms");
+    let out = tempfile::tempdir().unwrap();
+    let settings: hypersdk_core::ExportSettings =
+        serde_json::from_str(r#"{"format": "ovf", "hardware_version": "vmx-13"}"#).unwrap();
+    Exporter::new(settings.to_options().unwrap())
+        .export(
+            &LocalProvider::new(&vms),
+            vms.join("demo-vm.xml").to_str().unwrap(),
+            &LocalDirSink::new(out.path()),
+        )
+        .await
+        .unwrap();
+    let ovf = std::fs::read_to_string(out.path().join("demo-vm/demo-vm.ovf")).unwrap();
+    assert!(
+        ovf.contains("<vssd:VirtualSystemType>vmx-13</vssd:VirtualSystemType>"),
+        "{ovf}"
+    );
+    for bad in ["13", "vmx-", "vmx-x", "esx-13", "vmx-1000"] {
+        let s: hypersdk_core::ExportSettings =
+            serde_json::from_value(serde_json::json!({ "hardware_version": bad })).unwrap();
+        let err = s.to_options().unwrap_err().to_string();
+        assert!(err.contains("hardware_version"), "{bad}: {err}");
+    }
+}

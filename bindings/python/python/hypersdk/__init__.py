@@ -279,7 +279,8 @@ class Provider:
                      parallel_disks: Optional[int] = None,
                      idle_timeout_secs: Optional[int] = None, reencode: bool = False,
                      resume: bool = False, no_checkpoint: bool = False,
-                     checkpoint_mib: Optional[int] = None) -> Export:
+                     checkpoint_mib: Optional[int] = None,
+                     hardware_version: Optional[str] = None) -> Export:
         """Starts exporting ``vm`` into the directory ``output``; returns at once.
 
         ``format``: ``ova`` or ``ovf``; ``compress``: ``zstd``, ``zstd:LEVEL``,
@@ -287,7 +288,8 @@ class Provider:
         ``encrypt_key_file``/``encrypt_passphrase_file``: AES-256-GCM;
         ``bwlimit``: ``100M`` or a timetable ``"08:00,10M 18:00,off"``;
         ``verify``: read every stored file back against the manifest;
-        ``resume``: continue an interrupted export of the same VM and options.
+        ``resume``: continue an interrupted export of the same VM and options;
+        ``hardware_version``: the VMware hardware family declared, ``vmx-N``.
         """
         settings = _settings(dict(
             format=format, name=name, overwrite=overwrite, compress=compress,
@@ -295,7 +297,8 @@ class Provider:
             encrypt_key_file=encrypt_key_file, encrypt_passphrase_file=encrypt_passphrase_file,
             bwlimit=bwlimit, verify=verify, parallel_disks=parallel_disks,
             idle_timeout_secs=idle_timeout_secs, reencode=reencode, resume=resume,
-            no_checkpoint=no_checkpoint, checkpoint_mib=checkpoint_mib))
+            no_checkpoint=no_checkpoint, checkpoint_mib=checkpoint_mib,
+            hardware_version=hardware_version))
         return Export(self._native.start_export(vm, fspath(output), settings))
 
     def export(self, vm: str, output: StrPath, *,
