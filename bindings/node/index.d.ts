@@ -47,6 +47,10 @@ export interface ExportOptions {
   checkpointMib?: number
   /** VMware virtual hardware family the descriptor declares, `vmx-N`. */
   hardwareVersion?: string
+  /** Sign the manifest with the RSA key in this PEM file (a `.cert`). */
+  signKeyFile?: string
+  /** The signing key's X.509 certificate (PEM). */
+  signCertFile?: string
 }
 
 export interface ProgressEvent {

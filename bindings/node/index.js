@@ -76,6 +76,7 @@ const SETTINGS = {
   idleTimeoutSecs: 'idle_timeout_secs', reencode: 'reencode', resume: 'resume',
   noCheckpoint: 'no_checkpoint', checkpointMib: 'checkpoint_mib',
   hardwareVersion: 'hardware_version',
+  signKeyFile: 'sign_key_file', signCertFile: 'sign_cert_file',
 }
 const QUERY = {
   name: 'name', nameRegex: 'name_regex', folder: 'folder', powerState: 'power_state',

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use hypersdk_formats::convert::{convert as convert_image, ConvertOptions, TargetFormat};
-use hypersdk_formats::package::{inspect_package, is_ova, PackageReport};
+use hypersdk_formats::package::{is_ova, PackageReport};
 use hypersdk_formats::vmdk::VmdkWriterOptions;
 use hypersdk_formats::{open_image, Region};
 
@@ -211,6 +211,7 @@ struct PackageJson {
     failures: Vec<String>,
     files: Vec<(String, u64)>,
     manifest: Option<String>,
+    signed_by: Option<String>,
     systems: Vec<SystemJson>,
     disks: Vec<(String, u64, String)>,
     networks: Vec<String>,
@@ -235,6 +236,7 @@ fn package_json(r: &PackageReport) -> PackageJson {
         failures: r.failures(),
         files: r.files.clone(),
         manifest: r.manifest.clone(),
+        signed_by: r.signed_by.clone(),
         systems: r
             .envelope
             .systems
@@ -291,6 +293,9 @@ fn print_package(r: &PackageReport) {
     for (name, size) in &r.files {
         println!("file:      {name} ({size} bytes)");
     }
+    if let Some(s) = &r.signed_by {
+        println!("signed:    {s}");
+    }
     if r.verified() {
         println!(
             "manifest:  {} verified ({} files)",
@@ -306,7 +311,7 @@ fn print_package(r: &PackageReport) {
 
 async fn package(path: PathBuf) -> anyhow::Result<PackageReport> {
     let shown = path.display().to_string();
-    tokio::task::spawn_blocking(move || inspect_package(&path))
+    tokio::task::spawn_blocking(move || hypersdk_core::files::verify_package(&path, None))
         .await
         .context("inspect task failed")?
         .with_context(|| format!("cannot read package {shown}"))
@@ -340,10 +345,15 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     }
     if !args.json {
         println!(
-            "{}: verified — {} files match {}",
+            "{}: verified — {} files match {}{}",
             args.path.display(),
             report.checks.len(),
-            report.manifest.as_deref().unwrap_or("")
+            report.manifest.as_deref().unwrap_or(""),
+            report
+                .signed_by
+                .as_deref()
+                .map(|s| format!("; {s}"))
+                .unwrap_or_default()
         );
     }
     Ok(())

@@ -77,6 +77,13 @@ pub struct ExportFlags {
     /// device it uses, at least vmx-10].
     #[arg(long, value_name = "vmx-N")]
     hardware_version: Option<String>,
+    /// Sign the manifest with the RSA private key in this PEM file: a .cert
+    /// file as ovftool's --privateKey writes it (needs --sign-cert-file).
+    #[arg(long, value_name = "FILE", requires = "sign_cert_file")]
+    sign_key_file: Option<PathBuf>,
+    /// The X.509 certificate (PEM) of the signing key, put into the .cert.
+    #[arg(long, value_name = "FILE", requires = "sign_key_file")]
+    sign_cert_file: Option<PathBuf>,
 }
 
 impl ExportFlags {
@@ -103,6 +110,8 @@ impl ExportFlags {
             no_checkpoint: self.no_checkpoint,
             checkpoint_mib: self.checkpoint_mib,
             hardware_version: self.hardware_version.clone(),
+            sign_key_file: self.sign_key_file.clone(),
+            sign_cert_file: self.sign_cert_file.clone(),
         }
     }
 }

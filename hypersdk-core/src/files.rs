@@ -82,13 +82,36 @@ pub fn verify_package(path: &Path, key: Option<&KeySource>) -> Result<PackageRep
         what: format!("cannot read package {}", path.display()),
         source: e,
     };
-    if is_wrapped(path) {
+    let mut report = if is_wrapped(path) {
         let file =
             std::fs::File::open(path).map_err(|e| Error::sink("cannot open", show(path), e))?;
         let plain = open_unwrapped(file, key, path)?;
-        inspect_ova_stream(plain, path).map_err(format_err)
+        inspect_ova_stream(plain, path).map_err(format_err)?
     } else {
-        inspect_package(path).map_err(format_err)
+        inspect_package(path).map_err(format_err)?
+    };
+    check_signature(&mut report);
+    Ok(report)
+}
+
+/// Checks the package's `.cert` against its manifest
+/// ([`crate::signing::verify_cert`]): who signed it, or a problem.
+fn check_signature(report: &mut PackageReport) {
+    let (Some((cert_name, cert)), Some(mf)) = (&report.certificate, &report.manifest) else {
+        return;
+    };
+    let text = report.manifest_text.as_deref().unwrap_or_default();
+    match crate::signing::verify_cert(cert, mf, text.as_bytes()) {
+        Ok(c) => {
+            report.signed_by = Some(format!(
+                "{} signature, certificate SHA-256 {}",
+                c.algorithm, c.certificate_sha256
+            ))
+        }
+        Err(e) => report.problems.push(format!(
+            "{}: {e}",
+            hypersdk_formats::error::display_name(cert_name)
+        )),
     }
 }
 
@@ -102,6 +125,7 @@ pub fn package_summary(r: &PackageReport) -> serde_json::Value {
         "failures": r.failures(),
         "files": r.files,
         "manifest": r.manifest,
+        "signed_by": r.signed_by,
         "vms": r.envelope.systems.iter().map(|s| s.display_name().to_string()).collect::<Vec<_>>(),
     })
 }

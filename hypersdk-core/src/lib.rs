@@ -140,6 +140,7 @@ pub mod provider;
 pub mod report;
 pub mod retry;
 pub mod served;
+pub mod signing;
 pub mod sink;
 pub mod task;
 pub mod transforms;

@@ -107,6 +107,9 @@ pub struct ExportOptions {
     /// (`vmx-13`), instead of the VM's own or, for a VM without one, the
     /// oldest that has every device it uses.
     pub hardware_version: Option<String>,
+    /// Signs the manifest: a `.cert` file (an OVA member right after the
+    /// manifest) as ovftool's `--privateKey` writes it.
+    pub signer: Option<std::sync::Arc<crate::signing::ManifestSigner>>,
 }
 
 impl Default for ExportOptions {
@@ -133,6 +136,7 @@ impl Default for ExportOptions {
             checkpoint_every: 64 << 20,
             scratch_dir: None,
             hardware_version: None,
+            signer: None,
         }
     }
 }
@@ -293,6 +297,17 @@ pub struct ExportSettings {
     /// every device it uses, at least `vmx-10`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hardware_version: Option<String>,
+    /// Sign the manifest with the RSA private key in this PEM file (a
+    /// `.cert` file, as ovftool's `--privateKey` writes); needs
+    /// `sign_cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub sign_key_file: Option<std::path::PathBuf>,
+    /// The X.509 certificate (PEM) of `sign_key_file`'s key, put into the
+    /// `.cert` file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub sign_cert_file: Option<std::path::PathBuf>,
 }
 
 impl ExportSettings {
@@ -302,6 +317,13 @@ impl ExportSettings {
         let mut plain = self.clone();
         plain.encrypt_key_file = None;
         plain.encrypt_passphrase_file = None;
+        if self.sign_key_file.is_some() != self.sign_cert_file.is_some() {
+            return Err(crate::Error::InvalidArgument(
+                "give sign_key_file and sign_cert_file together".into(),
+            ));
+        }
+        plain.sign_key_file = None;
+        plain.sign_cert_file = None;
         if self.encrypt_key_file.is_some() && self.encrypt_passphrase_file.is_some() {
             return Err(crate::Error::InvalidArgument(
                 "give encrypt_key_file or encrypt_passphrase_file, not both".into(),
@@ -357,6 +379,19 @@ impl ExportSettings {
         }
         if let Some(s) = self.idle_timeout_secs {
             o.idle_timeout = (s > 0).then(|| std::time::Duration::from_secs(s));
+        }
+        match (&self.sign_key_file, &self.sign_cert_file) {
+            (Some(k), Some(c)) => {
+                o.signer = Some(std::sync::Arc::new(
+                    crate::signing::ManifestSigner::from_files(k, c)?,
+                ))
+            }
+            (None, None) => {}
+            _ => {
+                return Err(crate::Error::InvalidArgument(
+                    "give sign_key_file and sign_cert_file together".into(),
+                ))
+            }
         }
         if let Some(v) = &self.hardware_version {
             let n = v

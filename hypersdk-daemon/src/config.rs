@@ -20,7 +20,7 @@
 //! max_body_bytes: 1048576
 //! artifact_mode: "0600"          # files of exports (directories: 0700); "0640" for group read
 //! partial_max_age_hours: 168      # partial exports of failed jobs kept this long for a retry
-//! key_dirs: [/etc/hypersdk/keys]   # where a job's encrypt_key_file / encrypt_passphrase_file may lie
+//! key_dirs: [/etc/hypersdk/keys]   # where a job's encrypt_key_file / encrypt_passphrase_file / sign_key_file / sign_cert_file may lie
 //! encryption_keys:               # or jobs name a key: encryption_key: archive
 //!   archive: { passphrase_file: /etc/hypersdk/archive.pass }
 //! telemetry:                     # OpenTelemetry traces over OTLP/HTTP (protobuf)

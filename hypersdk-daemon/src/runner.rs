@@ -390,7 +390,7 @@ impl Runner {
         let roots = hypersdk_core::confine::PathRoots::new(
             &self.config.key_dirs,
             "key_dirs",
-            "the daemon may read encryption keys from",
+            "the daemon may read encryption and signing keys from",
         );
         for (what, file) in [
             ("encrypt_key_file", &mut settings.encrypt_key_file),
@@ -398,6 +398,8 @@ impl Runner {
                 "encrypt_passphrase_file",
                 &mut settings.encrypt_passphrase_file,
             ),
+            ("sign_key_file", &mut settings.sign_key_file),
+            ("sign_cert_file", &mut settings.sign_cert_file),
         ] {
             if let Some(f) = file.as_mut() {
                 *f = roots.check(what, f).map_err(Error::InvalidArgument)?;

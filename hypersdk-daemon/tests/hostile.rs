@@ -664,6 +664,16 @@ fn jobs_take_every_export_option_and_encrypt_only_with_keys_the_daemon_allows() 
         let e = job["error"].as_str().unwrap();
         assert!(e.contains("key_dirs") && e.contains(field), "{e}");
     }
+    // Signing keys too.
+    let job = run_job(
+        &d,
+        &serde_json::json!({"vm": "ok", "provider": "kvm", "name": "s",
+            "sign_key_file": "/etc/hostname", "sign_cert_file": "/etc/hostname"})
+        .to_string(),
+    );
+    assert_eq!(job["status"], "failed", "{job}");
+    let e = job["error"].as_str().unwrap();
+    assert!(e.contains("key_dirs") && e.contains("sign_key_file"), "{e}");
     let job = run_job(
         &d,
         r#"{"vm": "ok", "provider": "kvm", "name": "y", "encryption_key": "nope"}"#,

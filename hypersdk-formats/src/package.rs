@@ -26,6 +26,15 @@ pub struct PackageReport {
     pub envelope: Envelope,
     /// The manifest's file name, if there is one.
     pub manifest: Option<String>,
+    /// The manifest's text (for checking a signature over it).
+    pub manifest_text: Option<String>,
+    /// The signature file (`NAME.cert`, as ovftool's `--privateKey`
+    /// writes it) and its text, if the package has one. This crate does
+    /// not check it: `hypersdk_core::signing` does.
+    pub certificate: Option<(String, String)>,
+    /// Who signed the manifest, once the certificate was checked (by the
+    /// caller: e.g. `SHA256 signature, certificate SHA-256 ab12…`).
+    pub signed_by: Option<String>,
     /// One result per manifest line.
     pub checks: Vec<ManifestCheck>,
     /// Files of the package the manifest does not cover (besides itself and a `.cert`).
@@ -178,8 +187,16 @@ pub fn inspect_package(path: &Path) -> Result<PackageReport> {
     };
     let envelope = Envelope::read(&read_limited(&descriptor, MAX_OVF_BYTES)?)?;
     let manifest = find_manifest(&descriptor, files.iter().map(|(n, _)| n.as_str()));
-    let checks = match &manifest {
-        Some(mf) => verify_manifest(&read_limited(mf, MAX_MANIFEST_BYTES)?, |name, hasher| {
+    let manifest_text = match &manifest {
+        Some(mf) => Some(read_limited(mf, MAX_MANIFEST_BYTES)?),
+        None => None,
+    };
+    let certificate = match find_certificate(&manifest, files.iter().map(|(n, _)| n.as_str())) {
+        Some(c) => Some((c.clone(), read_limited(&c, MAX_MANIFEST_BYTES)?)),
+        None => None,
+    };
+    let checks = match &manifest_text {
+        Some(text) => verify_manifest(text, |name, hasher| {
             if crate::ova::safe_member_name(name).is_err() {
                 return Ok(false); // never follow a manifest out of the package
             }
@@ -202,6 +219,9 @@ pub fn inspect_package(path: &Path) -> Result<PackageReport> {
         descriptor,
         envelope,
         manifest,
+        manifest_text,
+        certificate,
+        signed_by: None,
         checks,
         uncovered: Vec::new(),
         problems: Vec::new(),
@@ -250,6 +270,20 @@ fn inspect_ova(path: &Path) -> Result<PackageReport> {
             ));
         }
     }
+    let certificate = match find_certificate(&manifest, files.iter().map(|(n, _)| n.as_str())) {
+        Some(c) => {
+            let text =
+                String::from_utf8(ova.read_small(&c, MAX_MANIFEST_BYTES)?).map_err(|_| {
+                    Error::InvalidInput {
+                        format: "OVA",
+                        what: format!("{} is not UTF-8", display_name(&c)),
+                    }
+                })?;
+            Some((c, text))
+        }
+        None => None,
+    };
+    let mut manifest_text = None;
     let checks = match &manifest {
         Some(mf) => {
             let text =
@@ -259,6 +293,7 @@ fn inspect_ova(path: &Path) -> Result<PackageReport> {
                         what: "manifest is not UTF-8".into(),
                     }
                 })?;
+            manifest_text = Some(text.clone());
             verify_manifest(&text, |name, hasher| {
                 if ova.entry(name).is_none() {
                     return Ok(false);
@@ -276,6 +311,9 @@ fn inspect_ova(path: &Path) -> Result<PackageReport> {
         descriptor,
         envelope,
         manifest,
+        manifest_text,
+        certificate,
+        signed_by: None,
         checks,
         uncovered: Vec::new(),
         problems,
@@ -305,6 +343,8 @@ pub fn inspect_ova_stream<R: std::io::Read>(mut input: R, label: &Path) -> Resul
     // (file name, lines as (algorithm, member, hex digest))
     type Manifest = (String, Vec<(String, String, String)>);
     let mut manifest: Option<Manifest> = None;
+    let mut manifest_text: Option<String> = None;
+    let mut certificate: Option<(String, String)> = None;
     // (member, algorithm as the manifest names it) → hex digest
     let mut digests: HashMap<(String, String), String> = HashMap::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -334,7 +374,8 @@ pub fn inspect_ova_stream<R: std::io::Read>(mut input: R, label: &Path) -> Resul
         }
         files.push((name.clone(), size));
         let small = (name.ends_with(".ovf") && descriptor.is_none())
-            || (name.ends_with(".mf") && manifest.is_none());
+            || (name.ends_with(".mf") && manifest.is_none())
+            || (name.ends_with(".cert") && certificate.is_none());
         let limit = if name.ends_with(".ovf") {
             MAX_OVF_BYTES
         } else {
@@ -392,7 +433,10 @@ pub fn inspect_ova_stream<R: std::io::Read>(mut input: R, label: &Path) -> Resul
             })?;
             if name.ends_with(".ovf") {
                 descriptor = Some((name, text));
+            } else if name.ends_with(".cert") {
+                certificate = Some((name, text));
             } else {
+                manifest_text = Some(text.clone());
                 let lines = parse_manifest(&text).map_err(|line| Error::ManifestInvalid {
                     line,
                     what: "not of the form ALGO(name)= hex".into(),
@@ -443,7 +487,12 @@ pub fn inspect_ova_stream<R: std::io::Read>(mut input: R, label: &Path) -> Resul
         files,
         descriptor,
         envelope,
+        certificate: certificate.filter(|(c, _)| {
+            manifest_name.as_deref().and_then(|m| m.strip_suffix(".mf")) == c.strip_suffix(".cert")
+        }),
         manifest: manifest_name,
+        manifest_text,
+        signed_by: None,
         checks,
         uncovered: Vec::new(),
         problems,
@@ -464,6 +513,15 @@ fn find_manifest<'a>(
     }
     let mfs: Vec<&str> = names.filter(|n| n.ends_with(".mf")).collect();
     (mfs.len() == 1).then(|| mfs[0].to_string())
+}
+
+/// The signature file of manifest `NAME.mf`: `NAME.cert`, if present.
+fn find_certificate<'a>(
+    manifest: &Option<String>,
+    mut names: impl Iterator<Item = &'a str>,
+) -> Option<String> {
+    let wanted = format!("{}.cert", manifest.as_deref()?.strip_suffix(".mf")?);
+    names.any(|n| n == wanted).then_some(wanted)
 }
 
 fn list_dir(dir: &Path) -> Result<Vec<(String, u64)>> {

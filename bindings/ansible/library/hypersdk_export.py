@@ -121,6 +121,12 @@ options:
   hardware_version:
     description: VMware virtual hardware family the descriptor declares, vmx-N (default the VM's own).
     type: str
+  sign_key_file:
+    description: Sign the manifest with the RSA private key in this PEM file (a .cert file, as ovftool writes).
+    type: path
+  sign_cert_file:
+    description: The X.509 certificate (PEM) of the signing key.
+    type: path
   force:
     description: Export again even if a verified package exists.
     type: bool
@@ -184,7 +190,7 @@ except ImportError:
 EXPORT_OPTIONS = ("format", "name", "compress", "compression_level", "digest", "encrypt_key_file",
                   "encrypt_passphrase_file", "bwlimit", "resume", "parallel_disks",
                   "idle_timeout_secs", "reencode", "no_checkpoint", "checkpoint_mib",
-                  "hardware_version")
+                  "hardware_version", "sign_key_file", "sign_cert_file")
 
 
 # Module options that are provider settings, by their registry names.
@@ -241,6 +247,8 @@ def main():
             no_checkpoint=dict(type="bool", default=False),
             checkpoint_mib=dict(type="int"),
             hardware_version=dict(type="str"),
+            sign_key_file=dict(type="path", no_log=False),
+            sign_cert_file=dict(type="path"),
             force=dict(type="bool", default=False),
         ),
         mutually_exclusive=[("encrypt_key_file", "encrypt_passphrase_file")],

@@ -538,6 +538,11 @@ impl Exporter {
             )?);
         }
         let manifest = write_manifest(&manifest_entries);
+        let cert_name = format!("{base}.cert");
+        let cert = match &self.options.signer {
+            Some(s) => Some(s.sign(&mf_name, manifest.as_bytes(), self.options.digest)?),
+            None => None,
+        };
         let plain = |name: &str, bytes: &[u8]| FileReport {
             name: name.to_string(),
             size: bytes.len() as u64,
@@ -546,33 +551,42 @@ impl Exporter {
             stored_size: bytes.len() as u64,
         };
 
-        // An OVA's descriptor and manifest are plain members of its prefix.
+        // An OVA's descriptor, manifest and certificate are plain members
+        // of its prefix.
         let prefix = match layout {
             None => None,
             Some(layout) => {
-                let ovf_file = plain(&ovf_name, &ovf_bytes);
-                let mf_file = plain(&mf_name, manifest.as_bytes());
-                let bytes = prefix_bytes(
-                    &format!("{base}.ova"),
-                    layout,
-                    (&ovf_file, &ovf_bytes),
-                    (&mf_file, manifest.as_bytes()),
-                )?;
-                Some((bytes, ovf_file, mf_file))
+                let mut members = vec![
+                    (plain(&ovf_name, &ovf_bytes), ovf_bytes.as_slice()),
+                    (plain(&mf_name, manifest.as_bytes()), manifest.as_bytes()),
+                ];
+                if let Some(c) = &cert {
+                    members.push((plain(&cert_name, c.as_bytes()), c.as_bytes()));
+                }
+                let refs: Vec<(&FileReport, &[u8])> =
+                    members.iter().map(|(f, b)| (f, *b)).collect();
+                let bytes = prefix_bytes(&format!("{base}.ova"), layout, &refs)?;
+                Some((
+                    bytes,
+                    members.into_iter().map(|(f, _)| f).collect::<Vec<_>>(),
+                ))
             }
         };
-        let (size, ova_digest, ovf_file, mf_file) = match (prefix, archive) {
+        let (size, ova_digest, front) = match (prefix, archive) {
             (None, _) => {
-                let ovf_file = self.write_small(staging, &ovf_name, &ovf_bytes).await?;
-                let mf_file = self
-                    .write_small(staging, &mf_name, manifest.as_bytes())
-                    .await?;
-                let total = ovf_file.stored_size
-                    + mf_file.stored_size
+                let mut front = vec![
+                    self.write_small(staging, &ovf_name, &ovf_bytes).await?,
+                    self.write_small(staging, &mf_name, manifest.as_bytes())
+                        .await?,
+                ];
+                if let Some(c) = &cert {
+                    front.push(self.write_small(staging, &cert_name, c.as_bytes()).await?);
+                }
+                let total = front.iter().map(|f| f.stored_size).sum::<u64>()
                     + outcomes.iter().map(|o| o.file.stored_size).sum::<u64>();
-                (total, None, ovf_file, mf_file)
+                (total, None, front)
             }
-            (Some((prefix, ovf_file, mf_file)), Some(archive)) => {
+            (Some((prefix, front)), Some(archive)) => {
                 if archive.next != n {
                     return Err(Error::Internal(format!(
                         "{} of {n} disks are in the OVA",
@@ -582,17 +596,17 @@ impl Exporter {
                 let size = self.finish_archive(archive, &prefix).await?;
                 // The archive's own digest needs it read whole: the verify
                 // pass does that.
-                (size, None, ovf_file, mf_file)
+                (size, None, front)
             }
-            (Some((prefix, ovf_file, mf_file)), None) => {
+            (Some((prefix, front)), None) => {
                 let sc = self.scratch(scratch, staging, resumable).await?;
                 let ova = self
                     .write_ova(staging, sc, base, &prefix, &outcomes)
                     .await?;
-                (ova.stored_size, Some(ova), ovf_file, mf_file)
+                (ova.stored_size, Some(ova), front)
             }
         };
-        let mut files = vec![ovf_file, mf_file];
+        let mut files = front;
         files.extend(outcomes.iter().map(|o| o.file.clone()));
         Ok(ExportReport {
             vm: spec.name.clone(),

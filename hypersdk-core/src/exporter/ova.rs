@@ -27,12 +27,16 @@ pub(super) struct PrefixLayout {
     pub(super) ovf_len: u64,
     /// The manifest member's size.
     pub(super) mf_len: u64,
+    /// The certificate member's size, for a signed package.
+    pub(super) cert_len: Option<u64>,
 }
 
 impl PrefixLayout {
-    /// Bytes of the region: two headers, the members, the manifest's padding.
+    /// Bytes of the region: the headers, the members, their padding (the
+    /// descriptor is padded to whole blocks already).
     pub(super) fn total(&self) -> u64 {
-        2 * 512 + self.ovf_len + self.mf_len + tar_padding(self.mf_len) as u64
+        let member = |len: u64| 512 + len + tar_padding(len) as u64;
+        member(self.ovf_len) + member(self.mf_len) + self.cert_len.map_or(0, member)
     }
 }
 
@@ -70,24 +74,24 @@ fn member_header(ova: &str, file: &FileReport) -> Result<[u8; 512]> {
 pub(super) fn prefix_bytes(
     ova: &str,
     layout: PrefixLayout,
-    (ovf, ovf_bytes): (&FileReport, &[u8]),
-    (mf, mf_bytes): (&FileReport, &[u8]),
+    members: &[(&FileReport, &[u8])],
 ) -> Result<Vec<u8>> {
-    if ovf_bytes.len() as u64 != layout.ovf_len || mf_bytes.len() as u64 != layout.mf_len {
+    let lens: Vec<u64> = members.iter().map(|(_, b)| b.len() as u64).collect();
+    let laid: Vec<u64> = [Some(layout.ovf_len), Some(layout.mf_len), layout.cert_len]
+        .into_iter()
+        .flatten()
+        .collect();
+    if lens != laid {
         return Err(Error::Internal(format!(
-            "descriptor of {} bytes and manifest of {} for a prefix laid out for {} and {}",
-            ovf_bytes.len(),
-            mf_bytes.len(),
-            layout.ovf_len,
-            layout.mf_len
+            "members of {lens:?} bytes for a prefix laid out for {laid:?}"
         )));
     }
     let mut out = Vec::with_capacity(layout.total() as usize);
-    out.extend_from_slice(&member_header(ova, ovf)?);
-    out.extend_from_slice(ovf_bytes);
-    out.extend_from_slice(&member_header(ova, mf)?);
-    out.extend_from_slice(mf_bytes);
-    out.extend_from_slice(&[0u8; 512][..tar_padding(mf.size)]);
+    for (file, bytes) in members {
+        out.extend_from_slice(&member_header(ova, file)?);
+        out.extend_from_slice(bytes);
+        out.extend_from_slice(&[0u8; 512][..tar_padding(file.size)]);
+    }
     Ok(out)
 }
 
@@ -172,6 +176,11 @@ impl Exporter {
         Ok(PrefixLayout {
             ovf_len,
             mf_len: write_manifest(&entries).len() as u64,
+            cert_len: self
+                .options
+                .signer
+                .as_ref()
+                .map(|s| s.cert_len(&format!("{base}.mf"))),
         })
     }
 

@@ -280,7 +280,9 @@ class Provider:
                      idle_timeout_secs: Optional[int] = None, reencode: bool = False,
                      resume: bool = False, no_checkpoint: bool = False,
                      checkpoint_mib: Optional[int] = None,
-                     hardware_version: Optional[str] = None) -> Export:
+                     hardware_version: Optional[str] = None,
+                     sign_key_file: Optional[StrPath] = None,
+                     sign_cert_file: Optional[StrPath] = None) -> Export:
         """Starts exporting ``vm`` into the directory ``output``; returns at once.
 
         ``format``: ``ova`` or ``ovf``; ``compress``: ``zstd``, ``zstd:LEVEL``,
@@ -289,7 +291,8 @@ class Provider:
         ``bwlimit``: ``100M`` or a timetable ``"08:00,10M 18:00,off"``;
         ``verify``: read every stored file back against the manifest;
         ``resume``: continue an interrupted export of the same VM and options;
-        ``hardware_version``: the VMware hardware family declared, ``vmx-N``.
+        ``hardware_version``: the VMware hardware family declared, ``vmx-N``;
+        ``sign_key_file``/``sign_cert_file``: sign the manifest (a ``.cert``).
         """
         settings = _settings(dict(
             format=format, name=name, overwrite=overwrite, compress=compress,
@@ -298,7 +301,8 @@ class Provider:
             bwlimit=bwlimit, verify=verify, parallel_disks=parallel_disks,
             idle_timeout_secs=idle_timeout_secs, reencode=reencode, resume=resume,
             no_checkpoint=no_checkpoint, checkpoint_mib=checkpoint_mib,
-            hardware_version=hardware_version))
+            hardware_version=hardware_version, sign_key_file=sign_key_file,
+            sign_cert_file=sign_cert_file))
         return Export(self._native.start_export(vm, fspath(output), settings))
 
     def export(self, vm: str, output: StrPath, *,
