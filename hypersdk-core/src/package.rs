@@ -336,4 +336,146 @@ mod tests {
         assert_eq!(safe_name("ok-name_1.2"), "ok-name_1.2");
         assert_eq!(safe_name(&"x".repeat(100)).len(), 64);
     }
+
+    use crate::vm::{DiskFormat, DiskSpec, DriveSpec, PowerState};
+
+    fn vm(disks: &[(ControllerKind, Option<usize>, u32)], hardware: crate::Hardware) -> VmSpec {
+        VmSpec {
+            id: "1".into(),
+            name: "t".into(),
+            power_state: PowerState::Off,
+            cpus: 4,
+            memory_mib: 4096,
+            firmware: Firmware::Bios,
+            guest_os: GuestOs {
+                id: "http://microsoft.com/win/2k22".into(),
+                family: OsFamily::Windows,
+                description: "Windows Server 2022".into(),
+            },
+            nics: vec![],
+            disks: disks
+                .iter()
+                .enumerate()
+                .map(|(i, (kind, index, unit))| DiskSpec {
+                    name: format!("d{i}"),
+                    capacity: 1 << 30,
+                    format: DiskFormat::Raw,
+                    controller: *kind,
+                    unit: *unit,
+                    location: String::new(),
+                    controller_index: *index,
+                })
+                .collect(),
+            annotation: None,
+            hardware,
+        }
+    }
+
+    fn written(n: usize) -> Vec<WrittenDisk> {
+        (0..n)
+            .map(|i| WrittenDisk {
+                file: format!("t-disk{}.vmdk", i + 1),
+                file_size: 1,
+                populated: 0,
+            })
+            .collect()
+    }
+
+    /// (ResourceType, ResourceSubType, Parent, AddressOnParent) of each item
+    /// after CPU and memory.
+    fn items(env: &Envelope) -> Vec<(String, String, String, String)> {
+        env.systems[0].hardware[0].items[2..]
+            .iter()
+            .map(|i| {
+                let f = |k: &str| i.get(k).unwrap_or_default().to_string();
+                (
+                    f("ResourceType"),
+                    f("ResourceSubType"),
+                    f("Parent"),
+                    f("AddressOnParent"),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn without_controllers_disks_get_one_per_bus_and_units_in_order() {
+        // virtio-blk and NVMe of a Windows guest, three IDE CD-ROMs and disks.
+        let spec = vm(
+            &[
+                (ControllerKind::Virtio, None, 0),
+                (ControllerKind::Nvme, None, 0),
+                (ControllerKind::Ide, None, 0),
+                (ControllerKind::Ide, None, 0),
+                (ControllerKind::Ide, None, 0),
+            ],
+            crate::Hardware::default(),
+        );
+        let env = ovf_envelope(&spec, &written(5));
+        assert_eq!(hardware_version(&spec), "vmx-13", "NVMe needs vmx-13");
+        let got = items(&env);
+        let s = |a: &str, b: &str, c: &str, d: &str| (a.into(), b.into(), c.into(), d.into());
+        assert_eq!(
+            got[..4],
+            [
+                s("6", "lsilogicsas", "", ""),
+                s("20", "vmware.nvme.controller", "", ""),
+                s("5", "", "", ""),
+                s("5", "", "", ""),
+            ]
+        );
+        // Controllers are items 3..6 (InstanceIDs 3, 4, 5, 6).
+        assert_eq!(
+            got[4..],
+            [
+                s("17", "", "3", "0"),
+                s("17", "", "4", "0"),
+                s("17", "", "5", "0"),
+                s("17", "", "5", "1"),
+                s("17", "", "6", "0"),
+            ],
+            "two units per IDE bus, then the next bus"
+        );
+        let os = &env.systems[0].os_attrs;
+        assert!(os
+            .iter()
+            .any(|(k, v)| k == "vmw:osType" && v == "windows2019srvNext_64Guest"));
+    }
+
+    #[test]
+    fn named_controllers_keep_their_units_and_secure_boot_needs_vmx14() {
+        let hardware = crate::Hardware {
+            controllers: vec![crate::ControllerSpec {
+                kind: ControllerKind::Scsi,
+                model: "pvscsi".into(),
+                bus: 0,
+            }],
+            drives: vec![DriveSpec {
+                kind: crate::DriveKind::Cdrom,
+                controller_index: None,
+                bus: Some(ControllerKind::Sata),
+                unit: 0,
+            }],
+            secure_boot: true,
+            ..Default::default()
+        };
+        let mut spec = vm(&[(ControllerKind::Scsi, Some(0), 3)], hardware);
+        spec.firmware = Firmware::Uefi;
+        let env = ovf_envelope(&spec, &written(1));
+        assert_eq!(hardware_version(&spec), "vmx-14");
+        let got = items(&env);
+        assert_eq!(got[0].1, "VirtualSCSI");
+        assert_eq!(got[1].1, "vmware.sata.ahci", "the CD-ROM's bus is added");
+        assert_eq!((got[2].0.as_str(), got[2].3.as_str()), ("17", "3"));
+        assert_eq!((got[3].0.as_str(), got[3].2.as_str()), ("15", "4"));
+        let configs = &env.systems[0].hardware[0].configs;
+        assert!(configs.iter().any(|c| c
+            .iter()
+            .any(|(_, v)| v == "bootOptions.efiSecureBootEnabled")));
+        // A platform version is kept as it is.
+        spec.hardware.version = Some("vmx-19".into());
+        assert_eq!(hardware_version(&spec), "vmx-19");
+        spec.hardware.version = Some("pc-q35-8.2".into());
+        assert_eq!(hardware_version(&spec), "vmx-14");
+    }
 }
