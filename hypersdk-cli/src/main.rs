@@ -348,21 +348,45 @@ fn print_spec(s: &VmSpec) {
     println!("power:     {}", s.power_state);
     println!("cpus:      {}", s.cpus);
     println!("memory:    {} MiB", s.memory_mib);
-    println!("firmware:  {:?}", s.firmware);
+    let h = &s.hardware;
+    println!(
+        "firmware:  {:?}{}",
+        s.firmware,
+        if h.secure_boot { ", secure boot" } else { "" }
+    );
     println!(
         "guest os:  {} ({:?})",
         s.guest_os.description, s.guest_os.family
     );
+    if let Some(v) = &h.version {
+        println!("hardware:  {v}");
+    }
+    if let Some(c) = h.cores_per_socket {
+        println!("cores:     {c} per socket");
+    }
+    let controller = |i: Option<usize>| {
+        i.and_then(|i| h.controllers.get(i))
+            .map(|c| format!("{:?} {} bus {}", c.kind, c.model, c.bus))
+    };
+    for c in &h.controllers {
+        println!("controller: {:?} {} bus {}", c.kind, c.model, c.bus);
+    }
     for d in &s.disks {
         println!(
-            "disk:      {} {} {:?} on {:?} unit {} — {}",
+            "disk:      {} {} {:?} on {} unit {} — {}",
             d.name,
             human_bytes(d.capacity),
             d.format,
-            d.controller,
+            controller(d.controller_index).unwrap_or_else(|| format!("{:?}", d.controller)),
             d.unit,
             d.location
         );
+    }
+    for d in &h.drives {
+        match controller(d.controller_index) {
+            Some(c) => println!("drive:     {:?} on {c} unit {}", d.kind, d.unit),
+            None => println!("drive:     {:?}", d.kind),
+        }
     }
     for n in &s.nics {
         println!(
