@@ -113,27 +113,13 @@ fn govc_imports_a_libvirt_vm() {
         "tar",
         &["-xf", path_str(&out.join("kvm1.ova")), "-C", path_str(&x)],
     );
-    let spec = std::process::Command::new(hypersdk_testsupport::vcsim::ovfspec())
-        .arg(x.join("kvm1.ovf"))
-        .output()
-        .unwrap();
-    assert!(
-        spec.status.success(),
-        "{}",
-        String::from_utf8_lossy(&spec.stderr)
-    );
-    let spec: serde_json::Value = serde_json::from_slice(&spec.stdout).unwrap();
+    let spec = hypersdk_testsupport::vcsim::config_spec(&x.join("kvm1.ovf"));
     assert_eq!(
         (spec["cores"].as_u64(), spec["firmware"].as_str()),
         (Some(2), Some("efi")),
         "{spec}"
     );
-    let first_disk = spec["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["type"] == "VirtualDisk")
-        .unwrap();
+    let first_disk = hypersdk_testsupport::vcsim::devices_of(&spec, "VirtualDisk")[0];
     assert_eq!(first_disk["unit"], 2, "{spec}");
 
     let sim = Vcsim::start(&[]);

@@ -8,17 +8,8 @@
 use hypersdk_core::{ExportOptions, Exporter, PackageFormat};
 use hypersdk_local::LocalProvider;
 use hypersdk_sinks::LocalDirSink;
-use hypersdk_testsupport::vcsim::ovfspec;
+use hypersdk_testsupport::vcsim::{config_spec, devices_of as of_type};
 use hypersdk_testsupport::workspace_root;
-
-fn of_type<'a>(spec: &'a serde_json::Value, t: &str) -> Vec<&'a serde_json::Value> {
-    spec["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| d["type"] == t)
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_vm_reads_back_with_its_controllers_and_drives() {
@@ -32,16 +23,7 @@ async fn the_example_vm_reads_back_with_its_controllers_and_drives() {
         )
         .await
         .unwrap();
-    let got = std::process::Command::new(ovfspec())
-        .arg(out.path().join("demo-vm/demo-vm.ovf"))
-        .output()
-        .unwrap();
-    assert!(
-        got.status.success(),
-        "govmomi refuses the descriptor: {}",
-        String::from_utf8_lossy(&got.stderr)
-    );
-    let spec: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap();
+    let spec = config_spec(&out.path().join("demo-vm/demo-vm.ovf"));
     // q35 with SATA: the oldest VMware hardware with AHCI, not vmx-14.
     assert_eq!(spec["version"], "vmx-10", "{spec}");
     assert_eq!(

@@ -11,32 +11,8 @@ use common::*;
 
 use hypersdk_core::{ControllerKind, DriveKind, ExportOptions, Exporter, PackageFormat, Provider};
 use hypersdk_sinks::LocalDirSink;
-use hypersdk_testsupport::vcsim::{ovfspec, Vcsim};
+use hypersdk_testsupport::vcsim::{config_spec, devices_of as of_type, Vcsim};
 use hypersdk_testsupport::{mixed_content, run_tool};
-
-/// What govmomi's OVF reader makes of `ovf`.
-fn config_spec(ovf: &std::path::Path) -> serde_json::Value {
-    let out = std::process::Command::new(ovfspec())
-        .arg(ovf)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "govmomi refuses the descriptor: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// The devices of a config spec of type `t`.
-fn of_type<'a>(spec: &'a serde_json::Value, t: &str) -> Vec<&'a serde_json::Value> {
-    spec["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| d["type"] == t)
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exported_vm_imports_with_its_hardware() {

@@ -57,6 +57,30 @@ pub fn ovfspec() -> PathBuf {
     BUILT.get_or_init(|| go_tool("ovfspec", "ovfspec")).clone()
 }
 
+/// What govmomi's OVF reader makes of descriptor `ovf` ([`ovfspec`]): the
+/// ConfigSpec an import creates, as JSON; panics if it refuses it.
+pub fn config_spec(ovf: &std::path::Path) -> serde_json::Value {
+    let out = Command::new(ovfspec())
+        .arg(ovf)
+        .output()
+        .expect("run ovfspec");
+    assert!(
+        out.status.success(),
+        "govmomi refuses the descriptor {}: {}",
+        ovf.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ovfspec's JSON")
+}
+
+/// The devices of a [`config_spec`] of vSphere type `t`.
+pub fn devices_of<'a>(spec: &'a serde_json::Value, t: &str) -> Vec<&'a serde_json::Value> {
+    spec["devices"]
+        .as_array()
+        .map(|d| d.iter().filter(|d| d["type"] == t).collect())
+        .unwrap_or_default()
+}
+
 /// `target/peers/NAME`, built from package `dir` of the launcher's Go module
 /// when missing or older than its sources.
 fn go_tool(name: &str, dir: &str) -> PathBuf {
