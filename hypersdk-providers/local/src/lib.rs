@@ -7,7 +7,12 @@
 //! (unallocated and zero clusters become zeros without being read).
 //!
 //! A VM is named either by the path of its XML file or by its name or UUID
-//! among the `*.xml` files of the provider's directory.
+//! among the `*.xml` files of the provider's directory. The path of an OVF
+//! package — an `.ova`, or an `.ovf` with its files beside it — is a VM too:
+//! its descriptor gives the hardware and its VMDKs are read in place (inside
+//! the archive, never extracted), so an export can be exported again (another
+//! digest, compression, signature or hardware version) and gives the same
+//! package when nothing changes.
 //!
 //! A provider built with [`LocalProvider::confined`] (as the daemon builds
 //! it, for callers who are not trusted with the host's files) looks VMs up
@@ -44,6 +49,7 @@
 mod config;
 mod disk_roots;
 mod domain;
+mod package;
 mod source;
 
 use std::path::{Path, PathBuf};
@@ -54,6 +60,7 @@ use hypersdk_core::{DiskFormat, Error, ExportSource, Provider, Result, VmInfo, V
 
 pub use config::LocalConfig;
 pub use domain::{parse_domain, Domain};
+pub use package::{is_package, read_package, DiskAt};
 pub use source::LocalSource;
 
 /// The provider's name.
@@ -175,6 +182,13 @@ impl LocalProvider {
         Ok(parse_domain(&text, path)?)
     }
 
+    /// Whether `vm` names an OVF package (`.ova`, or `.ovf` with its files
+    /// beside it) taken as the VM: by path, so never for a confined
+    /// provider.
+    fn package_path(&self, vm: &str) -> bool {
+        self.confined.is_none() && is_package(vm)
+    }
+
     /// Finds VM `vm`: a path to a domain XML file (not for a confined
     /// provider), or a name or UUID in the directory.
     pub fn find(&self, vm: &str) -> Result<Domain> {
@@ -265,7 +279,7 @@ fn disk_capacity(
     path: &Path,
     format: DiskFormat,
 ) -> std::result::Result<u64, hypersdk_core::BoxError> {
-    Ok(source::open_disk_image(path, format)?.virtual_size())
+    Ok(source::open_disk_image(&DiskAt::File(path.to_path_buf()), format)?.virtual_size())
 }
 
 #[async_trait]
@@ -298,12 +312,19 @@ impl Provider for LocalProvider {
     async fn vm_spec(&self, vm: &str) -> Result<VmSpec> {
         let this = self.clone();
         let vm = vm.to_string();
+        if self.package_path(&vm) {
+            return blocking(move || Ok(read_package(Path::new(&vm))?.0)).await;
+        }
         blocking(move || this.resolve_checked(&mut this.find(&vm)?)).await
     }
 
     async fn open_export(&self, vm: &str) -> Result<Box<dyn ExportSource>> {
         let this = self.clone();
         let vm = vm.to_string();
+        if self.package_path(&vm) {
+            let (spec, disks) = blocking(move || read_package(Path::new(&vm))).await?;
+            return Ok(Box::new(LocalSource::at(spec, disks)));
+        }
         let (spec, paths) = blocking(move || {
             let mut d = this.find(&vm)?;
             Ok((this.resolve_checked(&mut d)?, d.disk_paths))

@@ -1,7 +1,8 @@
 //! Streaming the disks of a local VM.
 
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileTypeExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -10,7 +11,9 @@ use tokio::sync::mpsc;
 use hypersdk_core::{BoxError, DiskFormat, DiskStream, Error, ExportSource, Result, VmSpec};
 use hypersdk_formats::qcow2::Qcow2Reader;
 use hypersdk_formats::raw::RawImage;
-use hypersdk_formats::vmdk::VmdkImage;
+use hypersdk_formats::vmdk::{SparseExtentReader, VmdkImage};
+
+use crate::package::DiskAt;
 use hypersdk_formats::{DiskImage, Region};
 
 /// Chunk size of disk streams.
@@ -22,13 +25,22 @@ const AHEAD: usize = 4;
 #[derive(Debug, Clone)]
 pub struct LocalSource {
     spec: VmSpec,
-    paths: Vec<PathBuf>,
+    disks: Vec<DiskAt>,
 }
 
 impl LocalSource {
     /// A source for `spec` whose disk `i` is stored in `paths[i]`.
     pub fn new(spec: VmSpec, paths: Vec<PathBuf>) -> Self {
-        LocalSource { spec, paths }
+        LocalSource {
+            spec,
+            disks: paths.into_iter().map(DiskAt::File).collect(),
+        }
+    }
+
+    /// A source for `spec` whose disk `i` lies at `disks[i]` (a file, or a
+    /// member of an archive).
+    pub fn at(spec: VmSpec, disks: Vec<DiskAt>) -> Self {
+        LocalSource { spec, disks }
     }
 }
 
@@ -39,7 +51,7 @@ impl ExportSource for LocalSource {
     }
 
     async fn open_disk(&self, index: usize, offset: u64) -> Result<DiskStream> {
-        let (Some(disk), Some(path)) = (self.spec.disks.get(index), self.paths.get(index)) else {
+        let (Some(disk), Some(path)) = (self.spec.disks.get(index), self.disks.get(index)) else {
             return Err(Error::InvalidArgument(format!(
                 "VM '{}' has no disk {index}",
                 self.spec.name
@@ -61,7 +73,7 @@ impl ExportSource for LocalSource {
             let to_err = |source: BoxError| Error::DiskRead {
                 vm: vm.clone(),
                 disk: disk_name.clone(),
-                location: path.display().to_string(),
+                location: path.to_string(),
                 source,
             };
             if let Err(e) = pump(&path, format, capacity, offset, &tx) {
@@ -77,7 +89,7 @@ impl ExportSource for LocalSource {
     /// The image's data regions (qcow2 and VMDK allocation, holes of a
     /// sparse raw file), adjacent ones merged.
     async fn allocated_ranges(&self, index: usize) -> Result<Option<Vec<std::ops::Range<u64>>>> {
-        let (Some(disk), Some(path)) = (self.spec.disks.get(index), self.paths.get(index)) else {
+        let (Some(disk), Some(path)) = (self.spec.disks.get(index), self.disks.get(index)) else {
             return Err(Error::InvalidArgument(format!(
                 "VM '{}' has no disk {index}",
                 self.spec.name
@@ -109,7 +121,7 @@ impl ExportSource for LocalSource {
             ranges.map(Some).map_err(|source| Error::DiskRead {
                 vm,
                 disk: name,
-                location: path.display().to_string(),
+                location: path.to_string(),
                 source,
             })
         })
@@ -123,9 +135,22 @@ static ZEROS: [u8; CHUNK] = [0; CHUNK];
 
 /// Opens the image of a disk in its declared format.
 pub(crate) fn open_disk_image(
-    path: &Path,
+    at: &DiskAt,
     format: DiskFormat,
 ) -> std::result::Result<Box<dyn DiskImage>, BoxError> {
+    let path = match at {
+        DiskAt::File(p) => p.as_path(),
+        DiskAt::Member {
+            archive,
+            offset,
+            size,
+        } => {
+            // A VMDK inside an archive: read in place, within its bounds.
+            let file = std::fs::File::open(archive)?;
+            let member = Window::new(file, *offset, *size)?;
+            return Ok(Box::new(SparseExtentReader::open(member)?));
+        }
+    };
     let file = std::fs::File::open(path)?;
     let kind = file.metadata()?.file_type();
     if !(kind.is_file() || kind.is_block_device()) {
@@ -142,7 +167,7 @@ pub(crate) fn open_disk_image(
 /// are sent from a shared zero buffer without reading. Returns early, without
 /// error, if the receiver goes away.
 fn pump(
-    path: &Path,
+    path: &DiskAt,
     format: DiskFormat,
     capacity: u64,
     offset: u64,
@@ -176,4 +201,74 @@ fn pump(
         }
     }
     Ok(())
+}
+
+impl std::fmt::Display for DiskAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DiskAt::File(p) => write!(f, "{}", p.display()),
+            DiskAt::Member {
+                archive, offset, ..
+            } => write!(f, "{} (member at byte {offset})", archive.display()),
+        }
+    }
+}
+
+/// `len` bytes of a file from `start` on, as a file of their own: reads
+/// stop at its end, seeks are relative to its start.
+#[derive(Debug)]
+struct Window {
+    file: std::fs::File,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl Window {
+    fn new(file: std::fs::File, start: u64, len: u64) -> std::io::Result<Window> {
+        let end = start
+            .checked_add(len)
+            .filter(|e| *e <= file.metadata().map_or(0, |m| m.len()));
+        if end.is_none() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the member runs past the end of the archive",
+            ));
+        }
+        Ok(Window {
+            file,
+            start,
+            len,
+            pos: 0,
+        })
+    }
+}
+
+impl Read for Window {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.len.saturating_sub(self.pos);
+        let n = (buf.len() as u64).min(left) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
+        let got = self.file.read(&mut buf[..n])?;
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
+impl Seek for Window {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let pos = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        }
+        .ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start")
+        })?;
+        self.pos = pos;
+        Ok(pos)
+    }
 }

@@ -67,6 +67,32 @@ async fn an_exported_vm_imports_with_its_hardware() {
     assert_eq!(of_type(&spec, "VirtualMachineVideoCard").len(), 1);
     assert_eq!(of_type(&spec, "VirtualMachineVMCIDevice").len(), 1);
 
+    // The package taken as a VM (the local provider reads OVAs) and
+    // exported again: the same hardware, device by device.
+    let local = hypersdk_local::LocalProvider::new(x.path());
+    let again = tempfile::tempdir().unwrap();
+    let report2 = Exporter::new(ExportOptions::new(PackageFormat::Ovf))
+        .export(&local, &report.location, &LocalDirSink::new(again.path()))
+        .await
+        .unwrap();
+    assert_eq!(report2.files.len(), report.files.len());
+    let spec2 = config_spec(&again.path().join("alpha/alpha.ovf"));
+    let shape = |s: &serde_json::Value| {
+        let mut s = s.clone();
+        for d in s["devices"].as_array_mut().unwrap() {
+            let d = d.as_object_mut().unwrap();
+            // Disk keys are made up per reading; controllers are matched by position.
+            d.remove("key");
+            d.remove("controller_key");
+        }
+        s
+    };
+    assert_eq!(
+        shape(&spec2),
+        shape(&spec),
+        "the re-export changed the hardware"
+    );
+
     // govc import.ova into the simulator, then read back as any VM.
     sim.govc(&[
         "import.ova",
