@@ -98,6 +98,8 @@ export interface PackageReport {
   files: Array<[string, number]>
   manifest: string | null
   vms: string[]
+  /** Who signed the manifest (`.cert`), once its signature checked out. */
+  signedBy: string | null
 }
 
 export class Export implements PromiseLike<ExportReport>, AsyncIterable<ProgressEvent> {

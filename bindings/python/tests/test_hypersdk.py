@@ -56,6 +56,25 @@ def test_blocking_export_with_progress_callback_then_verify(examples, tmp_path):
     check_ova_disks(report.location, tmp_path)
 
 
+def test_signed_export_names_its_signer(examples, tmp_path):
+    import subprocess
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=py", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    vms = hypersdk.local(examples)
+    report = vms.export("demo-vm", tmp_path / "out", sign_key_file=key, sign_cert_file=cert,
+                        hardware_version="vmx-13")
+    with tarfile.open(report.location) as t:
+        assert [m.name for m in t.getmembers()][:3] == ["demo-vm.ovf", "demo-vm.mf", "demo-vm.cert"]
+        ovf = t.extractfile("demo-vm.ovf").read().decode()
+    assert "<vssd:VirtualSystemType>vmx-13</vssd:VirtualSystemType>" in ovf
+    package = hypersdk.verify(report.location)
+    assert package.verified and package.signed_by.startswith("SHA256 signature")
+    with pytest.raises(hypersdk.InvalidArgument, match="sign_cert_file"):
+        vms.export("demo-vm", tmp_path / "bad", sign_key_file=key)
+
+
 async def test_asyncio_export_events_and_awaitable_report(examples, tmp_path):
     vms = hypersdk.local(examples)
     assert [v.name for v in await vms.list_vms_async()] == ["demo-vm"]

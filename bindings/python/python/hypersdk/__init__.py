@@ -140,6 +140,8 @@ class PackageReport:
     files: List[Tuple[str, int]]
     manifest: Optional[str]
     vms: List[str]
+    #: Who signed the manifest (``.cert``), once its signature checked out.
+    signed_by: Optional[str] = None
 
     @classmethod
     def _of(cls, d: Dict[str, Any]) -> "PackageReport":
