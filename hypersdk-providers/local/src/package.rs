@@ -22,14 +22,12 @@ use hypersdk_formats::ovf::{Envelope, MAX_OVF_BYTES};
 pub enum DiskAt {
     /// A file of its own.
     File(PathBuf),
-    /// `size` bytes at `offset` of archive `archive`.
+    /// Member `member` of OVA `archive`.
     Member {
         /// The archive.
         archive: PathBuf,
-        /// Where the member's data starts.
-        offset: u64,
-        /// Its size.
-        size: u64,
+        /// The member's name.
+        member: String,
     },
 }
 
@@ -91,8 +89,7 @@ pub fn read_package(path: &Path) -> Result<(VmSpec, Vec<DiskAt>)> {
                 .find(|e| e.name == href)
                 .map(|e| DiskAt::Member {
                     archive: path.to_path_buf(),
-                    offset: e.data_offset,
-                    size: e.size,
+                    member: e.name.clone(),
                 })
                 .ok_or_else(|| bad(path, format!("no member {href}"))),
             None => Ok(DiskAt::File(dir.join(href))),
@@ -143,10 +140,7 @@ pub fn read_package(path: &Path) -> Result<(VmSpec, Vec<DiskAt>)> {
                 .and_then(|i| spec.hardware.controllers.get(i))
                 .map_or(ControllerKind::Scsi, |c| c.kind),
             unit,
-            location: match &location {
-                DiskAt::File(p) => p.display().to_string(),
-                DiskAt::Member { archive, .. } => format!("{}#{href}", archive.display()),
-            },
+            location: location.to_string(),
             controller_index,
         });
         at.push(location);

@@ -1,6 +1,5 @@
 //! Streaming the disks of a local VM.
 
-use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 
@@ -9,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
 use hypersdk_core::{BoxError, DiskFormat, DiskStream, Error, ExportSource, Result, VmSpec};
+use hypersdk_formats::ova::OvaReader;
 use hypersdk_formats::qcow2::Qcow2Reader;
 use hypersdk_formats::raw::RawImage;
 use hypersdk_formats::vmdk::{SparseExtentReader, VmdkImage};
@@ -140,14 +140,10 @@ pub(crate) fn open_disk_image(
 ) -> std::result::Result<Box<dyn DiskImage>, BoxError> {
     let path = match at {
         DiskAt::File(p) => p.as_path(),
-        DiskAt::Member {
-            archive,
-            offset,
-            size,
-        } => {
+        DiskAt::Member { archive, member } => {
             // A VMDK inside an archive: read in place, within its bounds.
             let file = std::fs::File::open(archive)?;
-            let member = Window::new(file, *offset, *size)?;
+            let member = OvaReader::open(file)?.member(member)?;
             return Ok(Box::new(SparseExtentReader::open(member)?));
         }
     };
@@ -207,68 +203,7 @@ impl std::fmt::Display for DiskAt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DiskAt::File(p) => write!(f, "{}", p.display()),
-            DiskAt::Member {
-                archive, offset, ..
-            } => write!(f, "{} (member at byte {offset})", archive.display()),
+            DiskAt::Member { archive, member } => write!(f, "{}#{member}", archive.display()),
         }
-    }
-}
-
-/// `len` bytes of a file from `start` on, as a file of their own: reads
-/// stop at its end, seeks are relative to its start.
-#[derive(Debug)]
-struct Window {
-    file: std::fs::File,
-    start: u64,
-    len: u64,
-    pos: u64,
-}
-
-impl Window {
-    fn new(file: std::fs::File, start: u64, len: u64) -> std::io::Result<Window> {
-        let end = start
-            .checked_add(len)
-            .filter(|e| *e <= file.metadata().map_or(0, |m| m.len()));
-        if end.is_none() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the member runs past the end of the archive",
-            ));
-        }
-        Ok(Window {
-            file,
-            start,
-            len,
-            pos: 0,
-        })
-    }
-}
-
-impl Read for Window {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let left = self.len.saturating_sub(self.pos);
-        let n = (buf.len() as u64).min(left) as usize;
-        if n == 0 {
-            return Ok(0);
-        }
-        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
-        let got = self.file.read(&mut buf[..n])?;
-        self.pos += got as u64;
-        Ok(got)
-    }
-}
-
-impl Seek for Window {
-    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
-        let pos = match to {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        }
-        .ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start")
-        })?;
-        self.pos = pos;
-        Ok(pos)
     }
 }
