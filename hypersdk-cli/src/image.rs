@@ -226,6 +226,7 @@ struct SystemJson {
     disks: usize,
     nics: usize,
     firmware: Option<String>,
+    hardware: Option<String>,
 }
 
 fn package_json(r: &PackageReport) -> PackageJson {
@@ -249,6 +250,7 @@ fn package_json(r: &PackageReport) -> PackageJson {
                 disks: s.disk_ids().len(),
                 nics: s.nics().len(),
                 firmware: s.firmware().map(str::to_string),
+                hardware: s.system_type().map(str::to_string),
             })
             .collect(),
         disks: r
@@ -272,14 +274,15 @@ fn print_package(r: &PackageReport) {
     for s in &r.envelope.systems {
         let os = s.os();
         println!(
-            "vm:        {} — {} vCPU, {} MiB, os {}, {} disk(s), {} NIC(s), firmware {}",
+            "vm:        {} — {} vCPU, {} MiB, os {}, {} disk(s), {} NIC(s), firmware {}, hardware {}",
             s.display_name(),
             s.cpus(),
             s.memory_mib(),
             if os.is_empty() { "?" } else { os },
             s.disk_ids().len(),
             s.nics().len(),
-            s.firmware().unwrap_or("bios")
+            s.firmware().unwrap_or("bios"),
+            s.system_type().unwrap_or("?")
         );
     }
     for d in &r.envelope.disks {

@@ -161,6 +161,17 @@ impl VirtualSystem {
             .collect()
     }
 
+    /// The virtual hardware family (`vssd:VirtualSystemType`, e.g.
+    /// `vmx-13`) of its first hardware section, when given.
+    pub fn system_type(&self) -> Option<&str> {
+        self.hardware
+            .first()?
+            .system
+            .iter()
+            .find(|f| f.name.rsplit(':').next() == Some("VirtualSystemType"))
+            .map(|f| f.value.as_str())
+    }
+
     /// Firmware from `vmw:Config firmware`, when given.
     pub fn firmware(&self) -> Option<&str> {
         let h = self.hardware.first()?;

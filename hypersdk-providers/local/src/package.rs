@@ -231,13 +231,7 @@ fn vm_spec(s: &VirtualSystem) -> VmSpec {
         _ => Firmware::Bios,
     };
     let mut hardware = Hardware {
-        version: hw
-            .and_then(|h| {
-                h.system
-                    .iter()
-                    .find(|f| f.name.rsplit(':').next() == Some("VirtualSystemType"))
-            })
-            .map(|f| f.value.clone()),
+        version: s.system_type().map(str::to_string),
         cores_per_socket: items(s, "3").next().and_then(|i| {
             i.fields
                 .iter()
