@@ -143,6 +143,19 @@ pub fn parse_domain(text: &str, xml_path: &Path) -> Result<Domain, LocalError> {
                 let n = |a: &str| t.attr(a).and_then(|v| v.parse::<u32>().ok());
                 Some(n("cores")? * n("threads").unwrap_or(1))
             }),
+        // <os><boot dev='…'/> in order (per-device <boot order='N'/> is not read).
+        boot_order: os
+            .into_iter()
+            .flat_map(|o| o.children_named("boot"))
+            .filter_map(|b| match b.attr("dev")? {
+                "hd" => Some("disk"),
+                "cdrom" => Some("cdrom"),
+                "network" => Some("network"),
+                "fd" => Some("floppy"),
+                _ => None,
+            })
+            .map(str::to_string)
+            .collect(),
         secure_boot: os.is_some_and(|o| {
             o.child("loader").and_then(|l| l.attr("secure")) == Some("yes")
                 || o.child("firmware").is_some_and(|f| {
@@ -377,7 +390,8 @@ mod tests {
         let xml = r#"<domain type='kvm'>
   <name>db</name><memory unit='GiB'>4</memory><vcpu>4</vcpu>
   <os firmware='efi'><type arch='x86_64' machine='pc-q35-8.2'>hvm</type>
-    <firmware><feature enabled='yes' name='secure-boot'/></firmware></os>
+    <firmware><feature enabled='yes' name='secure-boot'/></firmware>
+    <boot dev='cdrom'/><boot dev='hd'/></os>
   <cpu mode='host-passthrough'><topology sockets='1' dies='1' cores='2' threads='2'/></cpu>
   <devices>
     <controller type='usb' index='0' model='qemu-xhci'/>
@@ -399,6 +413,7 @@ mod tests {
         assert_eq!(h.version.as_deref(), Some("pc-q35-8.2"));
         assert_eq!(h.cores_per_socket, Some(4));
         assert!(h.secure_boot);
+        assert_eq!(h.boot_order, vec!["cdrom", "disk"]);
         let kinds: Vec<_> = h
             .controllers
             .iter()
