@@ -201,11 +201,8 @@ pub fn verify_cert(cert: &str, manifest_name: &str, bytes: &[u8]) -> Result<Sign
             )))
         }
     };
-    let sig = (0..sig_hex.trim().len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(sig_hex.trim().get(i..i + 2).unwrap_or("x"), 16))
-        .collect::<std::result::Result<Vec<u8>, _>>()
-        .map_err(|_| fail("the .cert file's signature is not hex".into()))?;
+    let sig = hypersdk_formats::manifest::from_hex(sig_hex.trim())
+        .ok_or_else(|| fail("the .cert file's signature is not hex".into()))?;
     let der = pem_item(cert.as_bytes(), |i| match i {
         rustls_pemfile::Item::X509Certificate(c) => Some(c.as_ref().to_vec()),
         _ => None,

@@ -195,8 +195,7 @@ impl Exporter {
                     rest.push(Ok(b.slice(take..)));
                 }
             }
-            if got.len() != want || tail_digest(self.options.digest, &got) != rec.point.tail_digest
-            {
+            if got.len() != want || digest_hex(self.options.digest, &got) != rec.point.tail_digest {
                 tracing::warn!(
                     "the platform serves this disk's VMDK differently than before: writing it again"
                 );

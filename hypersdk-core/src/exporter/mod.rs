@@ -650,5 +650,5 @@ mod verify;
 use disk::{DiskInput, Target};
 use object::{digest_hex, first_cause, manifest_entry, ObjectSink, Slot};
 use ova::{padded_descriptor, prefix_bytes, Archive};
-use resume::{tail_digest, Recovered, Tracker};
+use resume::{Recovered, Tracker};
 use scratch::Scratch;

@@ -225,11 +225,8 @@ pub(super) fn manifest_entry(
     name: &str,
     hex: &str,
 ) -> Result<ManifestEntry> {
-    let digest = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("x"), 16))
-        .collect::<Result<Vec<u8>, _>>()
-        .map_err(|e| Error::Internal(format!("bad digest of {name}: {e}")))?;
+    let digest = hypersdk_formats::manifest::from_hex(hex)
+        .ok_or_else(|| Error::Internal(format!("bad digest of {name}: {hex:?} is not hex")))?;
     Ok(ManifestEntry {
         algorithm,
         name: name.to_string(),

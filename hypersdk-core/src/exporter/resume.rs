@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::checkpoint::ResumePoint;
-use hypersdk_formats::manifest::to_hex;
+use hypersdk_formats::manifest::{from_hex, to_hex};
 
 /// Bytes before a resume point whose digest is recorded: a platform that
 /// serves the VMDK itself must serve them again the same.
@@ -140,24 +140,6 @@ impl Tracker {
     }
 }
 
-/// Bytes from lower- or upper-case hex; None if it is not hex.
-fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-/// The digest of `bytes` with `algorithm`, lower-case hex.
-pub(super) fn tail_digest(algorithm: DigestAlgorithm, bytes: &[u8]) -> String {
-    let mut h = Hasher::new(algorithm);
-    h.update(bytes);
-    h.finish_hex()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,7 +193,7 @@ mod tests {
             assert_eq!(c.state().unwrap(), p.vmdk);
             assert_eq!(r.writer, c.writer_resume());
             let from = kept.len() - p.tail as usize;
-            assert_eq!(p.tail_digest, tail_digest(alg, &kept[from..]));
+            assert_eq!(p.tail_digest, digest_hex(alg, &kept[from..]));
             assert!(p.offset > at - chunk.len() as u64 && p.offset <= at);
         }
         assert!(points > 10, "{points}");

@@ -31,4 +31,4 @@ pub mod view;
 
 pub use build::ControllerType;
 pub use model::{Envelope, OvfVersion, MAX_OVF_BYTES};
-pub use view::{allocation_units, Nic};
+pub use view::{allocation_units, config_value, Nic};

@@ -94,7 +94,7 @@ pub struct Nic<'a> {
 
 impl VirtualSystem {
     /// Items of its (first) hardware section of CIM resource type `t`.
-    fn items(&self, t: &str) -> impl Iterator<Item = &HwItem> {
+    pub fn items(&self, t: &str) -> impl Iterator<Item = &HwItem> {
         let t = t.to_string();
         self.hardware
             .iter()
@@ -175,12 +175,21 @@ impl VirtualSystem {
     /// Firmware from `vmw:Config firmware`, when given.
     pub fn firmware(&self) -> Option<&str> {
         let h = self.hardware.first()?;
-        h.configs
-            .iter()
-            .chain(h.items.iter().flat_map(|i| i.configs.iter()))
-            .find(|c| attr(c, "key") == Some("firmware"))
-            .and_then(|c| attr(c, "value"))
+        config_value(&h.configs, "firmware").or_else(|| {
+            h.items
+                .iter()
+                .find_map(|i| config_value(&i.configs, "firmware"))
+        })
     }
+}
+
+/// The value of the `vmw:Config` entry `key` among `configs` (a hardware
+/// section's or an item's).
+pub fn config_value<'a>(configs: &'a [Vec<(String, String)>], key: &str) -> Option<&'a str> {
+    configs
+        .iter()
+        .find(|c| attr(c, "key") == Some(key))
+        .and_then(|c| attr(c, "value"))
 }
 
 impl Envelope {

@@ -15,7 +15,7 @@ use hypersdk_core::{
 };
 use hypersdk_formats::ova::{safe_member_name, OvaReader};
 use hypersdk_formats::ovf::model::{HwItem, VirtualSystem};
-use hypersdk_formats::ovf::{Envelope, MAX_OVF_BYTES};
+use hypersdk_formats::ovf::{config_value, Envelope, MAX_OVF_BYTES};
 
 /// Where a disk's image lies.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,15 +148,6 @@ pub fn read_package(path: &Path) -> Result<(VmSpec, Vec<DiskAt>)> {
     Ok((spec, at))
 }
 
-/// Items of the system's hardware of resource type `t`.
-fn items<'a>(s: &'a VirtualSystem, t: &'a str) -> impl Iterator<Item = &'a HwItem> {
-    s.hardware
-        .iter()
-        .take(1)
-        .flat_map(|h| h.items.iter())
-        .filter(move |i| i.get("ResourceType") == Some(t))
-}
-
 /// The controllers of a system, in item order: (InstanceID, spec).
 fn controllers(s: &VirtualSystem) -> Vec<(String, ControllerSpec)> {
     let mut out = Vec::new();
@@ -201,25 +192,12 @@ fn parent_of(s: &VirtualSystem, item: &HwItem) -> (Option<usize>, u32) {
 
 /// Where disk `id`'s item sits.
 fn placement(s: &VirtualSystem, id: &str) -> (Option<usize>, u32) {
-    items(s, "17")
+    s.items("17")
         .find(|i| {
             i.get("HostResource")
                 .is_some_and(|h| h.rsplit('/').next() == Some(id))
         })
         .map_or((None, 0), |i| parent_of(s, i))
-}
-
-/// The value of a `vmw:Config` entry `key` among `configs`.
-fn config<'a>(configs: &'a [Vec<(String, String)>], key: &str) -> Option<&'a str> {
-    let get = |c: &'a Vec<(String, String)>, k: &str| {
-        c.iter()
-            .find(|(n, _)| n.rsplit(':').next() == Some(k))
-            .map(|(_, v)| v.as_str())
-    };
-    configs
-        .iter()
-        .find(|c| get(c, "key") == Some(key))
-        .and_then(|c| get(c, "value"))
 }
 
 /// The VM a virtual system describes (disks are added by the caller).
@@ -232,19 +210,21 @@ fn vm_spec(s: &VirtualSystem) -> VmSpec {
     };
     let mut hardware = Hardware {
         version: s.system_type().map(str::to_string),
-        cores_per_socket: items(s, "3").next().and_then(|i| {
+        cores_per_socket: s.items("3").next().and_then(|i| {
             i.fields
                 .iter()
                 .find(|f| f.name.rsplit(':').next() == Some("CoresPerSocket"))
                 .and_then(|f| f.value.parse().ok())
         }),
         controllers: controllers(s).into_iter().map(|(_, c)| c).collect(),
-        secure_boot: config(section, "bootOptions.efiSecureBootEnabled") == Some("true"),
-        vmci: items(s, "1").any(|i| i.get("ResourceSubType") == Some("vmware.vmci")),
+        secure_boot: config_value(section, "bootOptions.efiSecureBootEnabled") == Some("true"),
+        vmci: s
+            .items("1")
+            .any(|i| i.get("ResourceSubType") == Some("vmware.vmci")),
         ..Default::default()
     };
     for (t, kind) in [("15", DriveKind::Cdrom), ("14", DriveKind::Floppy)] {
-        for i in items(s, t) {
+        for i in s.items(t) {
             let (controller_index, unit) = parent_of(s, i);
             hardware.drives.push(DriveSpec {
                 kind,
@@ -256,10 +236,10 @@ fn vm_spec(s: &VirtualSystem) -> VmSpec {
             });
         }
     }
-    hardware.video = items(s, "24").next().map(|i| VideoSpec {
-        vram_kib: config(&i.configs, "videoRamSizeInKB").and_then(|v| v.parse().ok()),
-        displays: config(&i.configs, "numDisplays").and_then(|v| v.parse().ok()),
-        accel_3d: config(&i.configs, "enable3DSupport") == Some("true"),
+    hardware.video = s.items("24").next().map(|i| VideoSpec {
+        vram_kib: config_value(&i.configs, "videoRamSizeInKB").and_then(|v| v.parse().ok()),
+        displays: config_value(&i.configs, "numDisplays").and_then(|v| v.parse().ok()),
+        accel_3d: config_value(&i.configs, "enable3DSupport") == Some("true"),
     });
     let attr = |c: &Vec<(String, String)>, k: &str| {
         c.iter()
