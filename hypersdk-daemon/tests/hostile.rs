@@ -71,6 +71,9 @@ fn a_job_names_a_vm_never_a_path() {
         evil.display().to_string(),
         "../evil.xml".to_string(),
         "evil.xml".to_string(),
+        // OVF packages, which the local provider reads as VMs by path only.
+        tmp.path().join("evil.ova").display().to_string(),
+        "../exports/evil.ovf".to_string(),
     ] {
         let job = run_job(
             &d,
@@ -674,6 +677,18 @@ fn jobs_take_every_export_option_and_encrypt_only_with_keys_the_daemon_allows() 
     assert_eq!(job["status"], "failed", "{job}");
     let e = job["error"].as_str().unwrap();
     assert!(e.contains("key_dirs") && e.contains("sign_key_file"), "{e}");
+    let job = run_job(
+        &d,
+        &serde_json::json!({"vm": "ok", "provider": "kvm", "name": "s2",
+            "sign_key_file": keys.join("job.pass"), "sign_cert_file": "/etc/hostname"})
+        .to_string(),
+    );
+    assert_eq!(job["status"], "failed", "{job}");
+    let e = job["error"].as_str().unwrap();
+    assert!(
+        e.contains("key_dirs") && e.contains("sign_cert_file"),
+        "{e}"
+    );
     let job = run_job(
         &d,
         r#"{"vm": "ok", "provider": "kvm", "name": "y", "encryption_key": "nope"}"#,
