@@ -159,7 +159,7 @@ pub use served::ServedFormat;
 pub use sink::{Artifact, CheckpointStore, Reserved, Sink, Staging, Upload, UploadState};
 pub use tokio_util::sync::CancellationToken;
 pub use vm::{
-    ControllerKind, ControllerSpec, DiskFormat, DiskSpec, DriveKind, DriveSpec, Firmware, GuestOs,
-    Hardware, NicSpec, OsFamily, PowerState, VideoSpec, VmInfo, VmQuery, VmSpec,
+    BootDevice, ControllerKind, ControllerSpec, DiskFormat, DiskSpec, DriveKind, DriveSpec,
+    Firmware, GuestOs, Hardware, NicSpec, OsFamily, PowerState, VideoSpec, VmInfo, VmQuery, VmSpec,
 };
 pub use vmops::{SnapshotInfo, SnapshotOptions, TaskProgress, VmOps};

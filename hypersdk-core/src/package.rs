@@ -150,24 +150,30 @@ pub fn ovf_envelope(spec: &VmSpec, disks: &[WrittenDisk]) -> Envelope {
         c.id = Some(hw.add_controller(&c.kind, c.bus));
     }
     let parent = |i: usize| controllers[i].id.unwrap_or(0);
+    // Each device's InstanceID by kind, in order, for the boot order.
+    let mut ids: Vec<(&str, u32)> = Vec::new();
+    let mut note = |kind: &'static str, id: u32| ids.push((kind, id));
     for (n, (id, (ci, unit))) in disk_ids.iter().zip(disk_places).enumerate() {
-        hw.add_disk(n + 1, id, parent(ci), unit);
+        note("disk", hw.add_disk(n + 1, id, parent(ci), unit));
     }
     let (mut cdroms, mut floppies) = (0, 0);
     for place in drive_places {
         match place {
             Some((ci, unit)) => {
                 cdroms += 1;
-                hw.add_cdrom(cdroms, parent(ci), unit);
+                note("cdrom", hw.add_cdrom(cdroms, parent(ci), unit));
             }
             None => {
                 floppies += 1;
-                hw.add_floppy(floppies);
+                note("floppy", hw.add_floppy(floppies));
             }
         }
     }
     for (i, n) in spec.nics.iter().enumerate() {
-        hw.add_nic(i + 1, &n.network, ovf_nic(&n.model), n.mac.as_deref());
+        note(
+            "net",
+            hw.add_nic(i + 1, &n.network, ovf_nic(&n.model), n.mac.as_deref()),
+        );
     }
     if let Some(v) = &hw_spec.video {
         hw.add_video(v.vram_kib, v.displays, v.accel_3d);
@@ -185,6 +191,18 @@ pub fn ovf_envelope(spec: &VmSpec, disks: &[WrittenDisk]) -> Envelope {
     }
     for (k, v) in &hw_spec.extra_config {
         hw.add_extra_config(k, v);
+    }
+    // Boot order where the platform gave one, as vmw:BootOrderSections
+    // naming each device's item; a device the descriptor lacks is skipped.
+    for dev in &hw_spec.boot_order {
+        let kind = match dev.kind.as_str() {
+            "network" => "net",
+            k @ ("disk" | "cdrom" | "floppy") => k,
+            _ => continue,
+        };
+        if let Some((_, id)) = ids.iter().filter(|(k, _)| *k == kind).nth(dev.index) {
+            sys.add_boot_device(*id, kind);
+        }
     }
     env
 }
@@ -477,5 +495,41 @@ mod tests {
         assert_eq!(hardware_version(&spec), "vmx-19");
         spec.hardware.version = Some("pc-q35-8.2".into());
         assert_eq!(hardware_version(&spec), "vmx-14");
+    }
+
+    #[test]
+    fn boot_order_names_each_device_by_its_item() {
+        let b = |kind: &str, index| crate::BootDevice {
+            kind: kind.into(),
+            index,
+        };
+        let hardware = crate::Hardware {
+            // The second disk first, a NIC that is not there, then the first disk.
+            boot_order: vec![b("disk", 1), b("network", 3), b("disk", 0)],
+            ..Default::default()
+        };
+        let spec = vm(
+            &[
+                (ControllerKind::Scsi, None, 0),
+                (ControllerKind::Scsi, None, 0),
+            ],
+            hardware,
+        );
+        let env = ovf_envelope(&spec, &written(2));
+        let sys = &env.systems[0];
+        let disk_items: Vec<u32> = sys.hardware[0]
+            .items
+            .iter()
+            .filter(|i| i.get("ResourceType") == Some("17"))
+            .map(|i| i.get("InstanceID").unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(
+            sys.boot_devices(),
+            vec![(disk_items[1], "disk"), (disk_items[0], "disk")]
+        );
+        let xml = env.to_xml(OvfVersion::V1_0);
+        assert!(xml.contains("<vmw:BootOrderSection ovf:required=\"false\" vmw:instanceId="));
+        let back = Envelope::read(&xml).unwrap();
+        assert_eq!(back.systems[0].boot_devices(), sys.boot_devices());
     }
 }

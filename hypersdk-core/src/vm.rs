@@ -222,10 +222,9 @@ pub struct Hardware {
     /// UEFI secure boot.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub secure_boot: bool,
-    /// Boot order, as device kinds in order (`disk`, `cdrom`, `network`,
-    /// `floppy`).
+    /// Boot order: the devices a VM boots from, first first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub boot_order: Vec<String>,
+    pub boot_order: Vec<BootDevice>,
     /// Platform settings an importer can take back as they are, e.g.
     /// vSphere's `tools.syncTimeWithHost`, `nestedHVEnabled`,
     /// `cpuHotAddEnabled` (name, value).
@@ -234,6 +233,28 @@ pub struct Hardware {
     /// Advanced settings (vSphere `extraConfig`) worth keeping.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_config: Vec<(String, String)>,
+}
+
+/// A device a VM boots from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootDevice {
+    /// `disk`, `cdrom`, `network` or `floppy`.
+    pub kind: String,
+    /// Which device of its kind, counting from 0: disks in
+    /// [`VmSpec::disks`] order, NICs in [`VmSpec::nics`] order, drives in
+    /// [`Hardware::drives`] order.
+    #[serde(default)]
+    pub index: usize,
+}
+
+impl BootDevice {
+    /// The first device of `kind`.
+    pub fn first(kind: &str) -> BootDevice {
+        BootDevice {
+            kind: kind.to_string(),
+            index: 0,
+        }
+    }
 }
 
 /// A storage controller.

@@ -119,6 +119,38 @@ impl VirtualSystem {
             .push(("vmw:osType".into(), vmw_os_type.to_string()));
         self.os_description = Some(description.to_string());
     }
+
+    /// Adds a boot device after those already added: the item whose
+    /// `InstanceID` is `instance_id`, of `kind` (`disk`, `cdrom`, `net`,
+    /// `floppy`), as a `vmw:BootOrderSection`. Unlike ovftool's, the section
+    /// says `ovf:required="false"`: an importer that does not know it (some
+    /// vCenter versions refuse such packages, per Packer's users) skips it.
+    pub fn add_boot_device(&mut self, instance_id: u32, kind: &str) {
+        self.boot_order.push(vec![
+            ("ovf:required".into(), "false".into()),
+            ("vmw:instanceId".into(), instance_id.to_string()),
+            ("vmw:type".into(), kind.to_string()),
+        ]);
+    }
+
+    /// The boot devices, in order: (`InstanceID`, kind).
+    pub fn boot_devices(&self) -> Vec<(u32, &str)> {
+        self.boot_order
+            .iter()
+            .filter_map(|b| {
+                let get = |n: &str| {
+                    b.iter()
+                        .find(|(k, _)| local_of(k) == n)
+                        .map(|(_, v)| v.as_str())
+                };
+                Some((get("instanceId")?.parse().ok()?, get("type")?))
+            })
+            .collect()
+    }
+}
+
+fn local_of(name: &str) -> &str {
+    name.rsplit(':').next().unwrap_or(name)
 }
 
 impl HardwareSection {

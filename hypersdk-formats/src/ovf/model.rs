@@ -143,6 +143,9 @@ pub struct VirtualSystem {
     pub os_description: Option<String>,
     /// VirtualHardwareSections (several when per-configuration).
     pub hardware: Vec<HardwareSection>,
+    /// `vmw:BootOrderSection` attributes (`vmw:instanceId`, `vmw:type`),
+    /// one section per boot device, in boot order.
+    pub boot_order: Vec<Vec<(String, String)>>,
 }
 
 /// A whole descriptor.
@@ -653,6 +656,10 @@ fn system(n: &Node, path: &str, dropped: &mut Vec<String>) -> Result<VirtualSyst
                 }
                 s.hardware.push(h);
             }
+            "BootOrderSection" => {
+                s.boot_order.push(c.attrs.clone());
+                report_others(c, &["Info"], &format!("{path}/BootOrderSection"), dropped);
+            }
             other => dropped.push(format!("{path}/{other}")),
         }
     }
@@ -769,6 +776,16 @@ fn write_system(x: &mut String, i: usize, s: &VirtualSystem) {
             empty(x, i + 4, "vmw:ExtraConfig", c);
         }
         let _ = writeln!(x, "{pad}  </VirtualHardwareSection>");
+    }
+    for b in &s.boot_order {
+        let _ = write!(x, "{pad}  <vmw:BootOrderSection");
+        for (k, v) in b {
+            let _ = write!(x, " {k}=\"{}\"", escape(v));
+        }
+        let _ = writeln!(
+            x,
+            ">\n{pad}    <Info>Virtual hardware device boot order</Info>\n{pad}  </vmw:BootOrderSection>"
+        );
     }
     let _ = writeln!(x, "{pad}</VirtualSystem>");
 }

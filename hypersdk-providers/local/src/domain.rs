@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use hypersdk_core::{
-    ControllerKind, ControllerSpec, DiskFormat, DiskSpec, DriveKind, DriveSpec, Firmware, GuestOs,
-    Hardware, NicSpec, OsFamily, PowerState, VideoSpec, VmSpec,
+    BootDevice, ControllerKind, ControllerSpec, DiskFormat, DiskSpec, DriveKind, DriveSpec,
+    Firmware, GuestOs, Hardware, NicSpec, OsFamily, PowerState, VideoSpec, VmSpec,
 };
 
 use crate::LocalError;
@@ -143,7 +143,8 @@ pub fn parse_domain(text: &str, xml_path: &Path) -> Result<Domain, LocalError> {
                 let n = |a: &str| t.attr(a).and_then(|v| v.parse::<u32>().ok());
                 Some(n("cores")? * n("threads").unwrap_or(1))
             }),
-        // <os><boot dev='…'/> in order (per-device <boot order='N'/> is not read).
+        // <os><boot dev='…'/> in order; a device's own <boot order='N'/>
+        // (which libvirt allows only without those) replaces it below.
         boot_order: os
             .into_iter()
             .flat_map(|o| o.children_named("boot"))
@@ -154,7 +155,7 @@ pub fn parse_domain(text: &str, xml_path: &Path) -> Result<Domain, LocalError> {
                 "fd" => Some("floppy"),
                 _ => None,
             })
-            .map(str::to_string)
+            .map(BootDevice::first)
             .collect(),
         secure_boot: os.is_some_and(|o| {
             o.child("loader").and_then(|l| l.attr("secure")) == Some("yes")
@@ -196,9 +197,32 @@ pub fn parse_domain(text: &str, xml_path: &Path) -> Result<Domain, LocalError> {
             by_index.get(&(kind, index)).copied()
         };
         let mut units: Vec<((ControllerKind, Option<usize>), u32)> = Vec::new();
+        // Devices with <boot order='N'/>: (N, device).
+        let mut per_device: Vec<(u32, BootDevice)> = Vec::new();
+        let mut boot_of = |e: &Element, kind: &str, index: usize| {
+            if let Some(n) = e
+                .child("boot")
+                .and_then(|b| b.attr("order"))
+                .and_then(|o| o.parse().ok())
+            {
+                per_device.push((
+                    n,
+                    BootDevice {
+                        kind: kind.to_string(),
+                        index,
+                    },
+                ));
+            }
+        };
         for d in devices.children_named("disk") {
             let device = d.attr("device").unwrap_or("disk");
             if device == "cdrom" || device == "floppy" {
+                let same = hw
+                    .drives
+                    .iter()
+                    .filter(|x| (x.kind == DriveKind::Cdrom) == (device == "cdrom"))
+                    .count();
+                boot_of(d, device, same);
                 let bus = d
                     .child("target")
                     .and_then(|t| t.attr("bus"))
@@ -268,6 +292,7 @@ pub fn parse_domain(text: &str, xml_path: &Path) -> Result<Domain, LocalError> {
                     .unwrap_or_default(),
             };
             units.push((on, unit));
+            boot_of(d, "disk", disks.len());
             let path = base_dir.join(file);
             disks.push(DiskSpec {
                 name: dev,
@@ -298,6 +323,7 @@ pub fn parse_domain(text: &str, xml_path: &Path) -> Result<Domain, LocalError> {
             }
             .unwrap_or("default")
             .to_string();
+            boot_of(i, "network", nics.len());
             nics.push(NicSpec {
                 network,
                 mac: i
@@ -310,6 +336,10 @@ pub fn parse_domain(text: &str, xml_path: &Path) -> Result<Domain, LocalError> {
                     .unwrap_or("rtl8139")
                     .to_string(),
             });
+        }
+        if !per_device.is_empty() {
+            per_device.sort_by_key(|(n, _)| *n);
+            hw.boot_order = per_device.into_iter().map(|(_, b)| b).collect();
         }
     }
     Ok(Domain {
@@ -413,7 +443,26 @@ mod tests {
         assert_eq!(h.version.as_deref(), Some("pc-q35-8.2"));
         assert_eq!(h.cores_per_socket, Some(4));
         assert!(h.secure_boot);
-        assert_eq!(h.boot_order, vec!["cdrom", "disk"]);
+        assert_eq!(
+            h.boot_order,
+            vec![BootDevice::first("cdrom"), BootDevice::first("disk")]
+        );
+        // Per-device boot order: the second disk, then the NIC.
+        let xml = r"<domain type='kvm'><name>b</name><memory unit='MiB'>64</memory>
+  <devices>
+    <disk type='file' device='disk'><source file='a.raw'/><target dev='vda' bus='virtio'/></disk>
+    <disk type='file' device='disk'><source file='b.raw'/><target dev='vdb' bus='virtio'/><boot order='1'/></disk>
+    <interface type='network'><source network='default'/><boot order='2'/></interface>
+  </devices></domain>";
+        let per_device = parse_domain(xml, Path::new("/x/b.xml")).unwrap();
+        let b = |kind: &str, index| BootDevice {
+            kind: kind.into(),
+            index,
+        };
+        assert_eq!(
+            per_device.spec.hardware.boot_order,
+            vec![b("disk", 1), b("network", 0)]
+        );
         let kinds: Vec<_> = h
             .controllers
             .iter()

@@ -10,8 +10,8 @@
 use std::path::{Path, PathBuf};
 
 use hypersdk_core::{
-    ControllerKind, ControllerSpec, DiskFormat, DiskSpec, DriveKind, DriveSpec, Error, Firmware,
-    GuestOs, Hardware, NicSpec, OsFamily, PowerState, Result, VideoSpec, VmSpec,
+    BootDevice, ControllerKind, ControllerSpec, DiskFormat, DiskSpec, DriveKind, DriveSpec, Error,
+    Firmware, GuestOs, Hardware, NicSpec, OsFamily, PowerState, Result, VideoSpec, VmSpec,
 };
 use hypersdk_formats::ova::{safe_member_name, OvaReader};
 use hypersdk_formats::ovf::model::{HwItem, VirtualSystem};
@@ -200,6 +200,33 @@ fn placement(s: &VirtualSystem, id: &str) -> (Option<usize>, u32) {
         .map_or((None, 0), |i| parent_of(s, i))
 }
 
+/// Its `vmw:BootOrderSection`s as boot devices: each names an item, whose
+/// position among the items of its type is the device's index (disks and
+/// NICs are taken in item order, as drives are). A section naming no item
+/// of its type is skipped.
+fn boot_order(s: &VirtualSystem) -> Vec<BootDevice> {
+    s.boot_devices()
+        .into_iter()
+        .filter_map(|(id, kind)| {
+            let (kind, t) = match kind {
+                "disk" => ("disk", "17"),
+                "cdrom" => ("cdrom", "15"),
+                "floppy" => ("floppy", "14"),
+                "net" => ("network", "10"),
+                _ => return None,
+            };
+            let id = id.to_string();
+            let index = s
+                .items(t)
+                .position(|i| i.get("InstanceID") == Some(id.as_str()))?;
+            Some(BootDevice {
+                kind: kind.to_string(),
+                index,
+            })
+        })
+        .collect()
+}
+
 /// The VM a virtual system describes (disks are added by the caller).
 fn vm_spec(s: &VirtualSystem) -> VmSpec {
     let hw = s.hardware.first();
@@ -221,6 +248,7 @@ fn vm_spec(s: &VirtualSystem) -> VmSpec {
         vmci: s
             .items("1")
             .any(|i| i.get("ResourceSubType") == Some("vmware.vmci")),
+        boot_order: boot_order(s),
         ..Default::default()
     };
     for (t, kind) in [("15", DriveKind::Cdrom), ("14", DriveKind::Floppy)] {

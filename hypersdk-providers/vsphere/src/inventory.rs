@@ -4,8 +4,8 @@
 //! a listing and a [`VmSpec`] need — never one call per VM.
 
 use hypersdk_core::{
-    ControllerKind, ControllerSpec, DiskFormat, DiskSpec, DriveKind, DriveSpec, Error, Firmware,
-    GuestOs, Hardware, NicSpec, OsFamily, PowerState, Result, VideoSpec, VmSpec,
+    BootDevice, ControllerKind, ControllerSpec, DiskFormat, DiskSpec, DriveKind, DriveSpec, Error,
+    Firmware, GuestOs, Hardware, NicSpec, OsFamily, PowerState, Result, VideoSpec, VmSpec,
 };
 use hypersdk_formats::xml::Element;
 
@@ -82,27 +82,46 @@ pub async fn list(conn: &Connection) -> Result<Vec<VmRecord>> {
         tree.insert(me.value, (name, parent.map(|p| p.value)));
     }
     let root = &conn.content().root_folder.value;
-    // Distributed portgroups by key: a NIC on one names it by key
-    // (`dvportgroup-12`); vCenter exports it under its name.
-    let portgroups: std::collections::HashMap<String, String> =
-        retrieve_view(conn, &[("DistributedVirtualPortgroup", &["name", "key"])])
-            .await?
-            .iter()
+    // Networks a NIC names by key rather than by name: distributed
+    // portgroups (`dvportgroup-12`) and NSX opaque networks (a logical
+    // switch's uuid). vCenter exports both under their names.
+    // (key, name) of each object; the key is property `prop`, or its field
+    // `field` when given.
+    let named = |objs: Vec<Element>, prop: &str, field: Option<&str>| {
+        objs.iter()
             .filter_map(|o| {
-                let prop = |n: &str| {
+                let val = |n: &str| {
                     o.find_all("propSet")
-                        .find(|p| p.find_text("name") == Some(n))
-                        .and_then(|p| p.find_text("val"))
-                        .map(str::to_string)
+                        .find(|p| p.find_text("name") == Some(n))?
+                        .find("val")
                 };
-                Some((prop("key")?, prop("name")?))
+                let name = val("name")?.text.trim().to_string();
+                let v = val(prop)?;
+                let key = match field {
+                    Some(f) => v.find_text(f)?,
+                    None => v.text.trim(),
+                };
+                Some((key.to_string(), name))
             })
-            .collect();
+            .collect::<Vec<_>>()
+    };
+    let network_names: std::collections::HashMap<String, String> = named(
+        retrieve_view(conn, &[("DistributedVirtualPortgroup", &["name", "key"])]).await?,
+        "key",
+        None,
+    )
+    .into_iter()
+    .chain(named(
+        retrieve_view(conn, &[("OpaqueNetwork", &["name", "summary"])]).await?,
+        "summary",
+        Some("opaqueNetworkId"),
+    ))
+    .collect();
     let mut out = Vec::with_capacity(vms.len());
     for obj in &vms {
         let mut rec = record(obj)?;
         for n in &mut rec.spec.nics {
-            if let Some(name) = portgroups.get(&n.network) {
+            if let Some(name) = network_names.get(&n.network) {
                 n.network = name.clone();
             }
         }
@@ -219,6 +238,7 @@ fn record(obj: &Element) -> Result<VmRecord> {
     let (mut cpus, mut memory) = (0u32, 0u64);
     let mut firmware = Firmware::Bios;
     let mut annotation = None;
+    let mut boot: Vec<(&str, Option<String>)> = Vec::new();
     let mut power = PowerState::Unknown;
     let mut devices: Option<&Element> = None;
     let mut hw = Hardware::default();
@@ -255,10 +275,12 @@ fn record(obj: &Element) -> Result<VmRecord> {
             "config.bootOptions" => {
                 if let Some(v) = val {
                     hw.secure_boot = v.find_text("efiSecureBootEnabled") == Some("true");
-                    hw.boot_order = v
+                    boot = v
                         .find_all("bootOrder")
-                        .filter_map(|b| boot_kind(b.attr_local("type").unwrap_or("")))
-                        .map(str::to_string)
+                        .filter_map(|b| {
+                            let kind = boot_kind(b.attr_local("type").unwrap_or(""))?;
+                            Some((kind, b.find_text("deviceKey").map(str::to_string)))
+                        })
                         .collect();
                 }
             }
@@ -291,7 +313,23 @@ fn record(obj: &Element) -> Result<VmRecord> {
             _ => {}
         }
     }
-    let (disks, disk_files, nics) = devices.map(|d| hardware(d, &mut hw)).unwrap_or_default();
+    let (disks, disk_files, nics, keys) = devices.map(|d| hardware(d, &mut hw)).unwrap_or_default();
+    // A bootable disk or NIC is named by device key; a CD-ROM or floppy
+    // entry means the first of its kind.
+    hw.boot_order = boot
+        .into_iter()
+        .filter_map(|(kind, key)| {
+            let index = match (kind, key) {
+                ("disk", Some(k)) => keys.disks.iter().position(|d| *d == k)?,
+                ("network", Some(k)) => keys.nics.iter().position(|d| *d == k)?,
+                _ => 0,
+            };
+            Some(BootDevice {
+                kind: kind.to_string(),
+                index,
+            })
+        })
+        .collect();
     let family = os_family(&guest_id, &guest_name);
     Ok(VmRecord {
         uuid,
@@ -388,10 +426,20 @@ fn controller_of(kind: &str) -> Option<(ControllerKind, &'static str)> {
     })
 }
 
-/// Disks (in device order), their files, and NICs from
+/// Device keys of the disks and NICs [`hardware`] returns, in its order.
+#[derive(Default)]
+struct DeviceKeys {
+    disks: Vec<String>,
+    nics: Vec<String>,
+}
+
+/// Disks (in device order), their files, NICs and their device keys from
 /// `config.hardware.device`; its controllers, drives, video card and VMCI
 /// device go into `hw`.
-fn hardware(devices: &Element, hw: &mut Hardware) -> (Vec<DiskSpec>, Vec<String>, Vec<NicSpec>) {
+fn hardware(
+    devices: &Element,
+    hw: &mut Hardware,
+) -> (Vec<DiskSpec>, Vec<String>, Vec<NicSpec>, DeviceKeys) {
     // Controller key → (kind, index in hw.controllers).
     let mut controllers = std::collections::HashMap::new();
     for d in &devices.children {
@@ -416,6 +464,8 @@ fn hardware(devices: &Element, hw: &mut Hardware) -> (Vec<DiskSpec>, Vec<String>
     let mut disks = Vec::new();
     let mut files = Vec::new();
     let mut nics = Vec::new();
+    let mut keys = DeviceKeys::default();
+    let key_of = |d: &Element| d.find_text("key").unwrap_or("").to_string();
     for d in &devices.children {
         let kind = d.attr_local("type").unwrap_or("");
         let label = d
@@ -456,6 +506,7 @@ fn hardware(devices: &Element, hw: &mut Hardware) -> (Vec<DiskSpec>, Vec<String>
                 controller_index: on.map(|(_, i)| i),
             });
             files.push(file);
+            keys.disks.push(key_of(d));
         } else if kind == "VirtualCdrom" || kind == "VirtualFloppy" {
             hw.drives.push(DriveSpec {
                 kind: if kind == "VirtualCdrom" {
@@ -498,11 +549,17 @@ fn hardware(devices: &Element, hw: &mut Hardware) -> (Vec<DiskSpec>, Vec<String>
                         .map(str::to_string)
                 })
                 .or_else(|| {
+                    backing
+                        .and_then(|b| b.find_text("opaqueNetworkId"))
+                        .map(str::to_string)
+                })
+                .or_else(|| {
                     d.find("deviceInfo")
                         .and_then(|i| i.find_text("summary"))
                         .map(str::to_string)
                 })
                 .unwrap_or_default();
+            keys.nics.push(key_of(d));
             nics.push(NicSpec {
                 network,
                 mac: d
@@ -513,7 +570,7 @@ fn hardware(devices: &Element, hw: &mut Hardware) -> (Vec<DiskSpec>, Vec<String>
             });
         }
     }
-    (disks, files, nics)
+    (disks, files, nics, keys)
 }
 
 /// The VM named or identified by `key`: a name, a moref value (`vm-42`), a

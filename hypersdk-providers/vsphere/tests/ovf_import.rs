@@ -134,3 +134,100 @@ async fn an_exported_vm_imports_with_its_hardware() {
     };
     assert_eq!(nics(&imported), nics(&source));
 }
+
+/// Networks by name (a distributed portgroup and an NSX opaque network,
+/// which the VM's NICs name by key and by logical-switch id) and the boot
+/// order, set with govc as an administrator would: all in the descriptor,
+/// accepted by govc's import, and kept by a re-export of the package.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn networks_by_name_and_boot_order() {
+    let sim = Vcsim::start_with_flags(&[("beta", &[4])], &["-opaque-network", "nsx-segment-1"]);
+    sim.govc(&[
+        "vm.network.change",
+        "-vm",
+        "beta",
+        "-net",
+        "DC0_DVPG0",
+        "ethernet-0",
+    ]);
+    sim.govc(&[
+        "vm.network.add",
+        "-vm",
+        "beta",
+        "-net",
+        "nsx-segment-1",
+        "-net.adapter",
+        "vmxnet3",
+    ]);
+    sim.govc(&[
+        "device.boot",
+        "-vm",
+        "beta",
+        "-order",
+        "cdrom,ethernet,disk",
+    ]);
+    let vc = connect(&sim).await;
+    let source = vc.vm_spec("beta").await.unwrap();
+    let networks: Vec<&str> = source.nics.iter().map(|n| n.network.as_str()).collect();
+    assert_eq!(
+        networks,
+        ["DC0_DVPG0", "nsx-segment-1"],
+        "{:?}",
+        source.nics
+    );
+    let boot = |s: &hypersdk_core::VmSpec| {
+        s.hardware
+            .boot_order
+            .iter()
+            .map(|b| format!("{}{}", b.kind, b.index))
+            .collect::<Vec<_>>()
+    };
+    // govc puts every NIC in the order, each by its device key.
+    assert_eq!(boot(&source), ["cdrom0", "network0", "network1", "disk0"]);
+
+    let out = tempfile::tempdir().unwrap();
+    let report = Exporter::new(ExportOptions::new(PackageFormat::Ova))
+        .export(&vc, "beta", &LocalDirSink::new(out.path()))
+        .await
+        .unwrap();
+    let package =
+        hypersdk_core::files::verify_package(std::path::Path::new(&report.location), None).unwrap();
+    let envelope = &package.envelope;
+    let sys = &envelope.systems[0];
+    let kinds: Vec<&str> = sys.boot_devices().into_iter().map(|(_, k)| k).collect();
+    assert_eq!(kinds, ["cdrom", "net", "net", "disk"]);
+    // Each boot device names the item of its kind.
+    let items = &sys.hardware[0].items;
+    for (id, kind) in sys.boot_devices() {
+        let item = items
+            .iter()
+            .find(|i| i.get("InstanceID") == Some(id.to_string().as_str()))
+            .unwrap();
+        let want = match kind {
+            "cdrom" => "15",
+            "net" => "10",
+            _ => "17",
+        };
+        assert_eq!(item.get("ResourceType"), Some(want), "{kind}");
+    }
+    let names: Vec<&str> = envelope.networks.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["DC0_DVPG0", "nsx-segment-1"]);
+
+    // govc imports it (the section is optional to importers), and the
+    // package read back as a VM keeps networks and boot order.
+    sim.govc(&[
+        "import.ova",
+        "-pool",
+        "/DC0/host/DC0_C0/Resources",
+        "-ds",
+        "LocalDS_0",
+        "-name",
+        "beta-imported",
+        &report.location,
+    ]);
+    let local = hypersdk_local::LocalProvider::new(out.path());
+    let read = local.vm_spec(&report.location).await.unwrap();
+    assert_eq!(boot(&read), boot(&source));
+    let networks: Vec<&str> = read.nics.iter().map(|n| n.network.as_str()).collect();
+    assert_eq!(networks, ["DC0_DVPG0", "nsx-segment-1"]);
+}

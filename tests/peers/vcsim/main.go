@@ -111,6 +111,8 @@ func main() {
 	flag.IntVar(&leaseTimeout, "lease-timeout", 300, "timeout in seconds that ExportVm leases declare")
 	pass := flag.String("password", "", "with -user: accept only this password")
 	flag.BoolVar(&nfcRange, "nfc-range", false, "serve NFC disk downloads with Range support (from a cache of built VMDKs)")
+	var opaque vmFlags
+	flag.Var(&opaque, "opaque-network", "NAME: add an NSX opaque network of this name, not backed by a portgroup, as NSX-T's logical switches appear to vCenter (repeatable)")
 	flag.Parse()
 	log.SetOutput(io.Discard) // the simulator logs every request
 	dir, err := os.MkdirTemp("", "vcsim-nfc-cache-")
@@ -197,6 +199,12 @@ func main() {
 		}
 		inner.ServeHTTP(w, r)
 	})
+
+	for _, name := range opaque {
+		if err := addOpaqueNetwork(model, name); err != nil {
+			fatal("opaque network %s: %v", name, err)
+		}
+	}
 
 	ctx := context.Background()
 	client, err := vim25.NewClient(ctx, model.Service)
@@ -718,4 +726,25 @@ func allZero(b []byte) bool {
 		}
 	}
 	return true
+}
+
+// addOpaqueNetwork puts an opaque network into the first datacenter's
+// network folder. The vSphere API has no method that creates one (NSX does),
+// so the simulator's folder is called directly, as its own example does.
+// Its type is not "nsx.LogicalSwitch": the simulator swaps a NIC backing of
+// that type for the NSX portgroup of the same switch (vSphere 7 on a VDS),
+// and a NIC on an N-VDS host keeps its opaque backing, which is the case
+// tested.
+func addOpaqueNetwork(model *simulator.Model, name string) error {
+	for _, e := range model.Map().All("Folder") {
+		f, ok := e.(*simulator.Folder)
+		if !ok || f.Name != "network" {
+			continue
+		}
+		return f.AddOpaqueNetwork(model.Service.Context, types.OpaqueNetworkSummary{
+			NetworkSummary:    types.NetworkSummary{Name: name},
+			OpaqueNetworkType: "nsx.segment",
+		})
+	}
+	return fmt.Errorf("no network folder")
 }
