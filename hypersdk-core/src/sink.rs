@@ -159,6 +159,14 @@ pub trait Staging: Send + Sync + std::fmt::Debug {
         false
     }
 
+    /// Whether [`open`](Self::open) reads objects before the commit. An
+    /// object store cannot serve an upload before it completes, which is
+    /// its publication: the verify pass then reads the published objects
+    /// right after the commit (and deletes them if they do not match).
+    fn reads_before_commit(&self) -> bool {
+        true
+    }
+
     /// Reads back an uploaded object from byte `offset` on, for the verify
     /// pass only: continuing an interrupted upload never reads back (the
     /// checkpoint carries what it needs).
@@ -237,6 +245,14 @@ pub trait Upload: Send + Sync + std::fmt::Debug {
     /// continue uploads.
     async fn save(&mut self) -> Result<Option<UploadState>> {
         Ok(None)
+    }
+
+    /// Like [`save`](Self::save), for continuing from byte `end` (at most
+    /// [`size`](Self::size)): the state returned covers at least `end`
+    /// bytes, and a sink that keeps only whole parts cuts one at `end`.
+    /// None if it cannot now (the next save may).
+    async fn save_to(&mut self, end: u64) -> Result<Option<UploadState>> {
+        Ok(self.save().await?.filter(|s| s.size >= end))
     }
 
     /// Makes the object durable and whole and returns its size.

@@ -30,9 +30,15 @@
 
 mod local;
 mod memory;
+#[cfg(feature = "s3")]
+mod object;
+#[cfg(feature = "s3")]
+pub mod s3;
 
 pub use local::{dir_mode, LocalDirSink, DEFAULT_FILE_MODE};
 pub use memory::MemorySink;
+#[cfg(feature = "s3")]
+pub use object::{ObjectStoreSink, DEFAULT_PART, MIN_PART};
 
 /// Artifact and object names are single path components: no separators,
 /// no `.` or `..`, no NUL.

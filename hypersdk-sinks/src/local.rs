@@ -87,14 +87,14 @@ impl Modes {
     }
 
     /// Creates directory `d` (not its parents) with the directory mode.
-    fn create_dir(self, d: &Path) -> std::io::Result<()> {
+    pub(crate) fn create_dir(self, d: &Path) -> std::io::Result<()> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         std::fs::DirBuilder::new().mode(self.dir).create(d)?;
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(self.dir))
     }
 
     /// Creates `d` and any missing parents, new ones with the directory mode.
-    fn create_dir_all(self, d: &Path) -> std::io::Result<()> {
+    pub(crate) fn create_dir_all(self, d: &Path) -> std::io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -319,7 +319,7 @@ impl Sink for LocalDirSink {
 
 /// Locks a staging directory for this process (released when the file is
 /// closed); busy if another export holds it.
-fn lock_staging(d: &Path) -> Result<std::fs::File> {
+pub(crate) fn lock_staging(d: &Path) -> Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
         .read(true)
@@ -379,14 +379,26 @@ const CHECKPOINT: &str = ".checkpoint.json";
 /// Checkpoints in a staging directory: written to a temporary file, synced,
 /// renamed over the old one, and the directory synced.
 #[derive(Debug)]
-struct LocalCheckpoints {
+pub(crate) struct FileStore {
     dir: PathBuf,
+    file: &'static str,
     modes: Modes,
 }
 
-impl CheckpointStore for LocalCheckpoints {
+impl FileStore {
+    /// The document `file` in directory `dir`.
+    pub(crate) fn new(dir: &Path, file: &'static str, modes: Modes) -> FileStore {
+        FileStore {
+            dir: dir.to_path_buf(),
+            file,
+            modes,
+        }
+    }
+}
+
+impl CheckpointStore for FileStore {
     fn load(&self) -> Result<Option<Vec<u8>>> {
-        let path = self.dir.join(CHECKPOINT);
+        let path = self.dir.join(self.file);
         match std::fs::read(&path) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -396,8 +408,8 @@ impl CheckpointStore for LocalCheckpoints {
 
     fn save(&self, bytes: &[u8]) -> Result<()> {
         use std::io::Write;
-        let path = self.dir.join(CHECKPOINT);
-        let tmp = self.dir.join(format!("{CHECKPOINT}.tmp"));
+        let path = self.dir.join(self.file);
+        let tmp = self.dir.join(format!("{}.tmp", self.file));
         let err = |e| Error::sink("cannot save checkpoint", show(&path), e);
         let mut f = self.modes.open(&tmp, true, true).map_err(err)?;
         f.write_all(bytes).map_err(err)?;
@@ -410,7 +422,7 @@ impl CheckpointStore for LocalCheckpoints {
     }
 
     fn clear(&self) -> Result<()> {
-        for name in [CHECKPOINT.to_string(), format!("{CHECKPOINT}.tmp")] {
+        for name in [self.file.to_string(), format!("{}.tmp", self.file)] {
             let path = self.dir.join(name);
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
@@ -422,7 +434,7 @@ impl CheckpointStore for LocalCheckpoints {
     }
 
     fn location(&self) -> String {
-        show(&self.dir.join(CHECKPOINT))
+        show(&self.dir.join(self.file))
     }
 }
 
@@ -520,11 +532,7 @@ impl Staging for LocalStaging {
 
     async fn commit(mut self: Box<Self>) -> Result<String> {
         if self.lock.is_some() {
-            (LocalCheckpoints {
-                dir: self.dir.clone(),
-                modes: self.modes,
-            })
-            .clear()?;
+            FileStore::new(&self.dir, CHECKPOINT, self.modes).clear()?;
         }
         let exists = tokio::fs::symlink_metadata(&self.target).await.is_ok();
         if exists && !self.overwrite {
@@ -580,10 +588,9 @@ impl Staging for LocalStaging {
 
     fn checkpoints(&self) -> Option<std::sync::Arc<dyn CheckpointStore>> {
         self.lock.as_ref()?;
-        Some(std::sync::Arc::new(LocalCheckpoints {
-            dir: self.dir.clone(),
-            modes: self.modes,
-        }))
+        Some(std::sync::Arc::new(FileStore::new(
+            &self.dir, CHECKPOINT, self.modes,
+        )))
     }
 
     async fn size(&self, name: &str) -> Result<Option<u64>> {

@@ -7,7 +7,7 @@ use hypersdk_testkit::sink::{run_suite, Capabilities};
 async fn local_dir_sink_passes_the_sink_testkit() {
     let dir = tempfile::tempdir().unwrap();
     let sink = LocalDirSink::new(dir.path().join("out"));
-    run_suite(&sink, Capabilities { resumable: true }).await;
+    run_suite(&sink, Capabilities::LOCAL).await;
     // Nothing but what the suite left published (it deletes its artifacts).
     let left: Vec<_> = std::fs::read_dir(dir.path().join("out")).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
@@ -16,5 +16,5 @@ async fn local_dir_sink_passes_the_sink_testkit() {
 #[tokio::test]
 async fn memory_sink_passes_the_sink_testkit() {
     let sink = MemorySink::new();
-    run_suite(&sink, Capabilities { resumable: true }).await;
+    run_suite(&sink, Capabilities::LOCAL).await;
 }

@@ -23,7 +23,7 @@
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let sink = hypersdk_sinks::MemorySink::new();
-//! hypersdk_testkit::sink::run_suite(&sink, hypersdk_testkit::sink::Capabilities { resumable: true }).await;
+//! hypersdk_testkit::sink::run_suite(&sink, hypersdk_testkit::sink::Capabilities::LOCAL).await;
 //! # });
 //! ```
 

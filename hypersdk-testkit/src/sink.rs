@@ -12,6 +12,28 @@ pub struct Capabilities {
     /// [`Sink::begin_resumable`] gives a staging area with checkpoints that
     /// survives [`Staging::keep`].
     pub resumable: bool,
+    /// The smallest part the sink keeps durably when it is not an
+    /// object's last (5 MiB on S3); 0 where any save is durable.
+    pub min_part: usize,
+    /// A continued upload may keep fewer bytes than were saved (a local
+    /// file is cut); false where only whole saved parts can be kept.
+    pub truncates: bool,
+}
+
+impl Capabilities {
+    /// A local directory's: resumable, any save durable, files cut.
+    pub const LOCAL: Capabilities = Capabilities {
+        resumable: true,
+        min_part: 0,
+        truncates: true,
+    };
+
+    /// An object store's: resumable, parts of 5 MiB, whole parts kept.
+    pub const OBJECT_STORE: Capabilities = Capabilities {
+        resumable: true,
+        min_part: 5 << 20,
+        truncates: false,
+    };
 }
 
 /// Runs every check of this module on `sink`.
@@ -24,7 +46,7 @@ pub async fn run_suite(sink: &dyn Sink, caps: Capabilities) {
     an_aborted_upload_leaves_nothing(sink).await;
     reserved_regions_are_filled_in_place(sink).await;
     if caps.resumable {
-        a_kept_upload_continues_to_the_same_object(sink).await;
+        a_kept_upload_continues_to_the_same_object(sink, caps).await;
     } else {
         a_plain_sink_keeps_nothing(sink).await;
     }
@@ -241,11 +263,11 @@ pub async fn names_cannot_climb_out(sink: &dyn Sink) {
 /// A resumable upload kept after an interruption: the checkpoint and the
 /// bytes made durable come back; appending the rest gives the same object
 /// as an uninterrupted upload; nothing is listed until the commit.
-pub async fn a_kept_upload_continues_to_the_same_object(sink: &dyn Sink) {
+pub async fn a_kept_upload_continues_to_the_same_object(sink: &dyn Sink, caps: Capabilities) {
     let name = unique("tk-resume");
     let artifact = Artifact::Directory(name.clone());
-    let whole = pattern(6, 2_000_000);
-    let cut = 1_234_567;
+    let cut = 1_234_567 + caps.min_part;
+    let whole = pattern(6, cut + 765_433 + caps.min_part);
     let mut staging = sink
         .begin_resumable(&artifact, false, false)
         .await
@@ -307,7 +329,19 @@ pub async fn a_kept_upload_continues_to_the_same_object(sink: &dyn Sink) {
         "{}: resume kept more than was saved",
         sink.describe()
     );
-    let keep = cut - 1000;
+    let keep = if caps.truncates {
+        cut - 1000
+    } else {
+        assert!(
+            staging
+                .resume("disk", &saved, saved.size - 1000)
+                .await
+                .is_err(),
+            "{}: resume kept part of a part",
+            sink.describe()
+        );
+        cut
+    };
     let mut w = staging
         .resume("disk", &saved, keep as u64)
         .await

@@ -172,7 +172,11 @@ impl ObjectSink {
             self.output.recycle(buf);
             if let (true, Some(slot)) = (due, &self.slot) {
                 if self.tracker.is_none() || point.is_some() {
-                    if let Some(state) = self.writer.save().await? {
+                    let state = match &point {
+                        Some(p) => self.writer.save_to(p.offset).await?,
+                        None => self.writer.save().await?,
+                    };
+                    if let Some(state) = state {
                         slot.saved(state, point).await?;
                     }
                     synced = (stored, Instant::now());

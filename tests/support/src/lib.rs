@@ -12,6 +12,7 @@ use std::process::Command;
 
 pub mod faultproxy;
 pub mod python;
+pub mod s3;
 pub mod vcsim;
 
 /// Runs `tool args…`, panics with its output unless it succeeds, returns stdout.

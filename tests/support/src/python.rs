@@ -34,6 +34,57 @@ pub fn venv_python() -> PathBuf {
         .clone()
 }
 
+/// Starts a Python peer script of tests/peers that listens on 127.0.0.1,
+/// prints `{"port": N}` first and exits when its standard input closes;
+/// returns it and its port.
+pub fn start_peer(script: &str, args: &[&str]) -> (Child, u16) {
+    let path = workspace_root().join(script);
+    let mut child = Command::new(venv_python())
+        .arg(path)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {script}: {e}"));
+    let stdout = child.stdout.take().expect("peer stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(l) => l,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("{script} did not start within 60 s");
+        }
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{script} printed {line:?}: {e}"));
+    let port = v["port"].as_u64().expect("port") as u16;
+    (child, port)
+}
+
+/// Runs a Python snippet in the tests' virtual environment with `args`
+/// (as `sys.argv[1:]`); returns its standard output, or panics with its
+/// standard error.
+pub fn run_python(code: &str, args: &[&str]) -> String {
+    let out = Command::new(venv_python())
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// An OTLP/HTTP trace receiver on 127.0.0.1 (a port the OS picked); killed
 /// on drop.
 #[derive(Debug)]
@@ -46,31 +97,7 @@ pub struct OtlpReceiver {
 impl OtlpReceiver {
     /// Starts one (it lives at most 10 minutes).
     pub fn start() -> OtlpReceiver {
-        let script = workspace_root().join("tests/peers/otlp_receiver.py");
-        let mut child = Command::new(venv_python())
-            .arg(script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the OTLP receiver");
-        let stdout = child.stdout.take().expect("receiver stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the OTLP receiver did not start within 30 s");
-            }
-        };
-        let v: serde_json::Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("the OTLP receiver printed {line:?}: {e}"));
-        let port = v["port"].as_u64().expect("port") as u16;
+        let (child, port) = start_peer("tests/peers/otlp_receiver.py", &[]);
         OtlpReceiver { port, child }
     }
 

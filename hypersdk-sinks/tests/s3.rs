@@ -1,0 +1,108 @@
+//! The S3 sink against moto's S3 server: the sink testkit, and what only an
+//! object store can get wrong — no open uploads left behind, parts not
+//! sent again on resume, objects AWS's own client reads back.
+
+#![cfg(feature = "s3")]
+#![allow(clippy::unwrap_used)]
+
+use hypersdk_core::{Artifact, Sink};
+use hypersdk_sinks::s3::{sink, S3Settings};
+use hypersdk_sinks::ObjectStoreSink;
+use hypersdk_testkit::sink::{pattern, run_suite, Capabilities};
+use hypersdk_testsupport::s3::{MotoS3, ACCESS_KEY, SECRET_KEY};
+
+fn settings(moto: &MotoS3) -> S3Settings {
+    S3Settings {
+        endpoint: Some(moto.endpoint()),
+        access_key_id: Some(ACCESS_KEY.into()),
+        secret_access_key: Some(SECRET_KEY.into()),
+        region: Some("us-east-1".into()),
+        ..Default::default()
+    }
+}
+
+fn s3_sink(moto: &MotoS3, url: &str, state: &std::path::Path) -> ObjectStoreSink {
+    sink(url, &settings(moto), state.to_path_buf()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_sink_passes_the_sink_testkit_on_moto() {
+    let moto = MotoS3::start();
+    moto.create_bucket("tk-bucket");
+    let state = tempfile::tempdir().unwrap();
+    let s = s3_sink(&moto, "s3://tk-bucket/some/prefix/", state.path());
+    assert_eq!(s.describe(), "s3://tk-bucket/some/prefix");
+    run_suite(&s, Capabilities::OBJECT_STORE).await;
+    // Everything the suite published it deleted; nothing is left open.
+    assert_eq!(moto.list("tk-bucket"), vec![]);
+    // Aborts of dropped staging areas run in the background.
+    for _ in 0..50 {
+        if moto.open_uploads("tk-bucket").is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(moto.open_uploads("tk-bucket"), Vec::<String>::new());
+    // The root of a bucket works too.
+    let root = s3_sink(&moto, "s3://tk-bucket", state.path());
+    run_suite(&root, Capabilities::OBJECT_STORE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_are_not_sent_again_and_boto3_reads_the_object() {
+    let moto = MotoS3::start();
+    moto.create_bucket("resume");
+    let state = tempfile::tempdir().unwrap();
+    let s = s3_sink(&moto, "s3://resume/x", state.path()).with_part_size(5 << 20);
+    let artifact = Artifact::File("vm.ova".into());
+    let whole = pattern(9, 23 << 20);
+    let mut staging = s.begin_resumable(&artifact, false, false).await.unwrap();
+    let mut w = staging.start("vm.ova").await.unwrap();
+    w.put(&whole[..12 << 20]).await.unwrap();
+    let saved = w.save_to(11 << 20).await.unwrap().unwrap();
+    assert_eq!(saved.size, 11 << 20);
+    drop(w);
+    staging.keep().await.unwrap();
+    let sent = moto.stats()["part_puts"].as_u64().unwrap();
+    assert_eq!(
+        sent, 3,
+        "5 MiB twice by size, then the second again as 6 MiB to end at the save"
+    );
+
+    let mut staging = s.begin_resumable(&artifact, false, true).await.unwrap();
+    let mut w = staging.resume("vm.ova", &saved, saved.size).await.unwrap();
+    w.put(&whole[11 << 20..]).await.unwrap();
+    assert_eq!(w.complete().await.unwrap(), whole.len() as u64);
+    assert!(moto.list("resume").is_empty(), "visible before commit");
+    let at = staging.commit().await.unwrap();
+    assert_eq!(at, "s3://resume/x/vm.ova");
+    // 12 MiB more: 5 + 5 + 2.
+    assert_eq!(moto.stats()["part_puts"].as_u64().unwrap(), sent + 3);
+    let dir = tempfile::tempdir().unwrap();
+    let got = dir.path().join("vm.ova");
+    moto.download("resume", "x/vm.ova", &got);
+    assert!(
+        std::fs::read(&got).unwrap() == whole,
+        "boto3 read other bytes"
+    );
+    assert!(moto.open_uploads("resume").is_empty());
+    assert!(
+        !std::fs::read_dir(state.path()).unwrap().any(|_| true),
+        "state left after commit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_name_the_bucket_and_never_the_secret() {
+    let moto = MotoS3::start();
+    let state = tempfile::tempdir().unwrap();
+    let s = s3_sink(&moto, "s3://no-such-bucket/p", state.path());
+    let e = s
+        .begin(&Artifact::Directory("vm".into()), false)
+        .await
+        .unwrap_err();
+    let text = hypersdk_core::error::chain(&e);
+    assert!(text.contains("s3://no-such-bucket/p"), "{text}");
+    assert!(!text.contains(SECRET_KEY), "{text}");
+    assert!(!format!("{s:?}").contains(SECRET_KEY));
+}

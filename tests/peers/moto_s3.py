@@ -1,0 +1,77 @@
+"""moto's S3 server for the test suite.
+
+Runs moto (PyPI moto[server]) on 127.0.0.1 on a port the OS picks and
+prints {"port": N} as its first line; exits when its standard input closes
+(so it never outlives the test that started it) or after --lifetime
+seconds. Counts the requests it serves by kind — GET /_peer/stats answers
+{"part_puts": N, "creates": N, "completes": N, "aborts": N} — so tests can
+tell that a resumed upload did not send finished parts again.
+"""
+
+import argparse
+import json
+import sys
+import logging
+import threading
+from collections import Counter
+
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import make_server
+
+COUNTS = Counter()
+LOCK = threading.Lock()
+
+
+def counting(app):
+    def wrapped(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        query = environ.get("QUERY_STRING", "")
+        method = environ.get("REQUEST_METHOD", "")
+        if path == "/_peer/stats":
+            with LOCK:
+                body = json.dumps(dict(COUNTS)).encode()
+            start_response(
+                "200 OK",
+                [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+            )
+            return [body]
+        kind = None
+        if method == "PUT" and "partNumber=" in query:
+            kind = "part_puts"
+        elif method == "POST" and "uploads" in query.split("&"):
+            kind = "creates"
+        elif method == "POST" and "uploadId=" in query:
+            kind = "completes"
+        elif method == "DELETE" and "uploadId=" in query:
+            kind = "aborts"
+        if kind:
+            with LOCK:
+                COUNTS[kind] += 1
+        return app(environ, start_response)
+
+    return wrapped
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lifetime", type=float, default=1800)
+    args = ap.parse_args()
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    app = counting(DomainDispatcherApplication(create_backend_app))
+    server = make_server(
+        "127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    print(json.dumps({"port": server.server_address[1]}), flush=True)
+    done = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+    done.wait(args.lifetime)
+    server.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+//! moto's S3 server (tests/peers/moto_s3.py) as a peer, with AWS's own
+//! client (boto3) to make buckets and read objects back.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Child;
+use std::time::Duration;
+
+use crate::python::{run_python, start_peer};
+
+/// The credentials the tests give moto (any are accepted).
+pub const ACCESS_KEY: &str = "hypersdk-test-key";
+/// The secret that goes with [`ACCESS_KEY`].
+pub const SECRET_KEY: &str = "hypersdk-test-secret-never-logged";
+
+/// A moto S3 server on 127.0.0.1; killed on drop.
+#[derive(Debug)]
+pub struct MotoS3 {
+    /// Its port.
+    pub port: u16,
+    child: Child,
+}
+
+const BOTO: &str = r#"
+import sys, boto3
+from botocore.config import Config
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
+    aws_access_key_id=sys.argv[2], aws_secret_access_key=sys.argv[3],
+    config=Config(s3={"addressing_style": "path"}))
+"#;
+
+impl MotoS3 {
+    /// Starts one.
+    pub fn start() -> MotoS3 {
+        let (child, port) = start_peer("tests/peers/moto_s3.py", &[]);
+        MotoS3 { port, child }
+    }
+
+    /// Its endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `code` after a boto3 client `s3` for this server is made;
+    /// `args` follow as `sys.argv[4:]`.
+    pub fn boto3(&self, code: &str, args: &[&str]) -> String {
+        let ep = self.endpoint();
+        let mut all = vec![ep.as_str(), ACCESS_KEY, SECRET_KEY];
+        all.extend_from_slice(args);
+        run_python(&format!("{BOTO}\n{code}"), &all)
+    }
+
+    /// Creates bucket `name`.
+    pub fn create_bucket(&self, name: &str) {
+        self.boto3("s3.create_bucket(Bucket=sys.argv[4])", &[name]);
+    }
+
+    /// Downloads `key` of `bucket` into `to` with boto3's download_file.
+    pub fn download(&self, bucket: &str, key: &str, to: &std::path::Path) {
+        self.boto3(
+            "s3.download_file(sys.argv[4], sys.argv[5], sys.argv[6])",
+            &[bucket, key, to.to_str().expect("a UTF-8 path")],
+        );
+    }
+
+    /// Keys and sizes in `bucket`, sorted, as boto3 lists them.
+    pub fn list(&self, bucket: &str) -> Vec<(String, u64)> {
+        let out = self.boto3(
+            "import json\nr = s3.list_objects_v2(Bucket=sys.argv[4])\nprint(json.dumps([[o['Key'], o['Size']] for o in r.get('Contents', [])]))",
+            &[bucket],
+        );
+        let v: Vec<(String, u64)> = serde_json::from_str(out.trim()).expect("a listing");
+        v
+    }
+
+    /// Multipart uploads still open in `bucket` (what a failed export must
+    /// not leave billing its owner).
+    pub fn open_uploads(&self, bucket: &str) -> Vec<String> {
+        let out = self.boto3(
+            "import json\nr = s3.list_multipart_uploads(Bucket=sys.argv[4])\nprint(json.dumps([u['Key'] for u in r.get('Uploads', [])]))",
+            &[bucket],
+        );
+        serde_json::from_str(out.trim()).expect("a list of uploads")
+    }
+
+    /// Requests counted so far: `part_puts`, `creates`, `completes`, `aborts`.
+    pub fn stats(&self) -> serde_json::Value {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(b"GET /_peer/stats HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .expect("ask moto");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read moto");
+        let (_, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+        serde_json::from_str(body).expect("stats as JSON")
+    }
+}
+
+impl Drop for MotoS3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
