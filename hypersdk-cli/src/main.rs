@@ -45,7 +45,6 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use hypersdk_core::{
     CancellationToken, Error, ExportReport, Exporter, PowerState, VmInfo, VmQuery, VmSpec,
 };
-use hypersdk_sinks::LocalDirSink;
 use provider::ProviderArgs;
 
 #[derive(Parser, Debug)]
@@ -70,7 +69,7 @@ enum Command {
         command: VmsCommand,
     },
     /// Export a VM to an OVA file or an OVF directory.
-    Export(ExportArgs),
+    Export(Box<ExportArgs>),
     /// Convert a disk image (qcow2, VMDK, raw) to another format.
     Convert(image::ConvertArgs),
     /// Describe a disk image (format, sizes) or a package (VM, files, manifest check).
@@ -190,9 +189,13 @@ struct ExportArgs {
     vm: String,
     #[command(flatten)]
     provider: ProviderArgs,
-    /// Directory the export is written into (created if missing).
+    /// Where the export is written: a local directory (created if
+    /// missing), or s3://bucket/prefix/ (credentials from AWS_* variables,
+    /// ~/.aws profiles or the instance role).
     #[arg(long, short)]
-    output: PathBuf,
+    output: String,
+    #[command(flatten)]
+    store: StoreArgs,
     #[command(flatten)]
     options: settings::ExportFlags,
     /// Print the export report as JSON on stdout.
@@ -237,7 +240,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Vms { command } => vms(command).await,
-        Command::Export(args) => export(args).await,
+        Command::Export(args) => export(*args).await,
         Command::Convert(args) => image::convert(args).await,
         Command::Inspect(args) => image::inspect(args).await,
         Command::Verify(args) => image::verify(args).await,
@@ -414,8 +417,47 @@ pub(crate) fn human_bytes(n: u64) -> String {
     }
 }
 
+/// How to reach an object-store output (secrets only from the
+/// environment or the store's own credential files, never the command line).
+#[derive(Args, Debug)]
+struct StoreArgs {
+    /// Endpoint of an S3-compatible store (http://127.0.0.1:9000); default
+    /// AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS.
+    #[arg(long, value_name = "URL")]
+    s3_endpoint: Option<String>,
+    /// S3 region (default AWS_REGION, the profile's, else us-east-1).
+    #[arg(long, value_name = "REGION")]
+    s3_region: Option<String>,
+    /// Profile of ~/.aws/credentials and ~/.aws/config (default AWS_PROFILE).
+    #[arg(long, value_name = "NAME")]
+    s3_profile: Option<String>,
+    /// Virtual-hosted-style S3 requests (bucket.endpoint) instead of path style.
+    #[arg(long)]
+    s3_virtual_hosted: bool,
+    /// Where object-store outputs keep what resuming needs (default
+    /// ~/.local/state/hypersdk/uploads).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn options(&self) -> hypersdk::OutputOptions {
+        hypersdk::OutputOptions {
+            file_mode: None,
+            state_dir: self.state_dir.clone(),
+            s3: hypersdk::sinks::s3::S3Settings {
+                endpoint: self.s3_endpoint.clone(),
+                region: self.s3_region.clone(),
+                profile: self.s3_profile.clone(),
+                virtual_hosted: self.s3_virtual_hosted,
+                ..Default::default()
+            },
+        }
+    }
+}
+
 async fn export(args: ExportArgs) -> anyhow::Result<()> {
-    let sink = LocalDirSink::new(&args.output);
+    let sink = hypersdk::open_output(&args.output, &args.store.options())?;
     let options = args.options.settings().to_options()?;
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
@@ -430,14 +472,16 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
     let exporter = Exporter::new(options)
         .with_cancel(cancel)
         .on_progress(Arc::new(move |e| shown.event(e)));
-    let result = exporter.export(connected.as_ref(), &args.vm, &sink).await;
+    let result = exporter
+        .export(connected.as_ref(), &args.vm, sink.as_ref())
+        .await;
     display.finish();
     provider::close(connected).await;
     if let Err(e) = &result {
         if exporter.options().keeps_partial_after(e) {
             eprintln!(
                 "note: the partial export is kept in {}; run the same command with --resume to continue it",
-                args.output.display()
+                args.output
             );
         }
     }

@@ -17,11 +17,12 @@
 //!
 //! # Memory
 //!
-//! An upload holds the part it is filling plus the parts in flight: with
-//! the default 16 MiB parts, at most 4 in flight, so 80 MiB per object
-//! being written. Parts grow (32, 64, 128, 256 MiB, every 2000 parts) so
-//! that an object of up to about 1 TB fits in S3's 10 000 parts; in-flight
-//! parts are then fewer, keeping about 64 MiB in flight.
+//! An upload holds the part it is filling, 16 MiB it keeps back so that a
+//! save can always cut a part of at least 5 MiB, and the parts in flight
+//! (about 64 MiB): with the default 16 MiB parts, at most 4 in flight, so
+//! about 100 MiB per object being written. Parts grow (32, 64, 128,
+//! 256 MiB, every 2000 parts) so that an object of up to about 1 TB fits in
+//! S3's 10 000 parts; in-flight parts are then fewer.
 //!
 //! # Resume
 //!
@@ -30,8 +31,9 @@
 //! the export's checkpoint, and a registry of the uploads it opened (so a
 //! fresh start aborts them). An upload's saved state is its upload id and
 //! its finished parts; saving cuts a part exactly where the exporter's
-//! resume point is (parts of at least 5 MiB; a save with less is skipped),
-//! so continuing keeps whole parts and never reads back.
+//! resume point is (parts of at least 5 MiB; a save that would make a
+//! smaller one is skipped, the next takes it), so continuing keeps whole
+//! parts, sends none again and never reads back.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -60,6 +62,10 @@ pub const DEFAULT_PART: usize = 16 << 20;
 const IN_FLIGHT_BYTES: usize = 64 << 20;
 /// Parts an upload may have (S3).
 const MAX_PARTS: usize = 10_000;
+/// Bytes an upload keeps back beyond a full part before sending it, so
+/// that a save (at a resume point at most one pipeline chunk behind the
+/// end) can always cut a part of at least [`MIN_PART`].
+const RESERVE: usize = 16 << 20;
 
 /// A store as a sink: objects under `prefix` of one bucket or container.
 pub struct ObjectStoreSink {
@@ -770,9 +776,6 @@ struct ObjectUpload {
     buf: Vec<u8>,
     /// Bytes handed to parts.
     flushed: u64,
-    /// The last part's bytes, to send it again longer when a save must
-    /// end less than 5 MiB after it.
-    last: Option<Bytes>,
 }
 
 impl std::fmt::Debug for ObjectUpload {
@@ -805,7 +808,6 @@ impl ObjectUpload {
             in_flight: JoinSet::new(),
             buf: Vec::new(),
             flushed,
-            last: None,
         }
     }
 
@@ -837,7 +839,6 @@ impl ObjectUpload {
         self.parts.push(None);
         self.sizes.push(data.len() as u64);
         self.flushed += data.len() as u64;
-        self.last = Some(data.clone());
         let (mp, key, id) = (
             self.shared.multipart.clone(),
             self.key.clone(),
@@ -897,7 +898,7 @@ impl Upload for ObjectUpload {
         self.buf.extend_from_slice(data);
         loop {
             let len = self.part_len(self.parts.len());
-            if self.buf.len() < len {
+            if self.buf.len() < len + RESERVE {
                 return Ok(());
             }
             self.send(len).await?;
@@ -923,45 +924,12 @@ impl Upload for ObjectUpload {
         }
         if end > self.flushed {
             let cut = (end - self.flushed) as usize;
-            if cut >= MIN_PART {
-                self.send(cut).await?;
-            } else {
-                // Too little for a part of its own: the last part is sent
-                // again with it (the store keeps the later one).
-                let Some(last) = self.last.take() else {
-                    return Ok(None);
-                };
-                self.join_all().await?;
-                let rest = self.buf.split_off(cut);
-                let mut longer = last.to_vec();
-                longer.extend_from_slice(&std::mem::replace(&mut self.buf, rest));
-                let data = Bytes::from(longer);
-                let index = self.parts.len() - 1;
-                let part = self
-                    .shared
-                    .multipart
-                    .put_part(
-                        &self.key,
-                        &self.upload_id,
-                        index,
-                        PutPayload::from(data.clone()),
-                    )
-                    .await
-                    .map_err(|e| {
-                        store_error(
-                            "cannot upload a part of",
-                            self.shared.show(self.key.as_ref()),
-                            e,
-                        )
-                    })?;
-                self.sizes[index] = data.len() as u64;
-                self.parts[index] = Some(SavedPart {
-                    id: part.content_id,
-                    size: data.len() as u64,
-                });
-                self.flushed += cut as u64;
-                self.last = Some(data);
+            // Too little for a part of its own: not now (the next save
+            // has more; put keeps RESERVE bytes back for this).
+            if cut < MIN_PART {
+                return Ok(None);
             }
+            self.send(cut).await?;
         }
         self.join_all().await?;
         // `end` must be a part boundary.

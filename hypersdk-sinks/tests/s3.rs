@@ -55,29 +55,31 @@ async fn parts_are_not_sent_again_and_boto3_reads_the_object() {
     let state = tempfile::tempdir().unwrap();
     let s = s3_sink(&moto, "s3://resume/x", state.path()).with_part_size(5 << 20);
     let artifact = Artifact::File("vm.ova".into());
-    let whole = pattern(9, 23 << 20);
+    let whole = pattern(9, 40 << 20);
     let mut staging = s.begin_resumable(&artifact, false, false).await.unwrap();
     let mut w = staging.start("vm.ova").await.unwrap();
-    w.put(&whole[..12 << 20]).await.unwrap();
-    let saved = w.save_to(11 << 20).await.unwrap().unwrap();
-    assert_eq!(saved.size, 11 << 20);
+    w.put(&whole[..30 << 20]).await.unwrap();
+    // A save within 5 MiB of the last part cannot be made now.
+    assert!(w.save_to(12 << 20).await.unwrap().is_none());
+    let saved = w.save_to(27 << 20).await.unwrap().unwrap();
+    assert_eq!(saved.size, 27 << 20);
     drop(w);
     staging.keep().await.unwrap();
     let sent = moto.stats()["part_puts"].as_u64().unwrap();
     assert_eq!(
         sent, 3,
-        "5 MiB twice by size, then the second again as 6 MiB to end at the save"
+        "two 5 MiB parts by size (16 MiB kept back), then 17 MiB cut at the save"
     );
 
     let mut staging = s.begin_resumable(&artifact, false, true).await.unwrap();
     let mut w = staging.resume("vm.ova", &saved, saved.size).await.unwrap();
-    w.put(&whole[11 << 20..]).await.unwrap();
+    w.put(&whole[27 << 20..]).await.unwrap();
     assert_eq!(w.complete().await.unwrap(), whole.len() as u64);
     assert!(moto.list("resume").is_empty(), "visible before commit");
     let at = staging.commit().await.unwrap();
     assert_eq!(at, "s3://resume/x/vm.ova");
-    // 12 MiB more: 5 + 5 + 2.
-    assert_eq!(moto.stats()["part_puts"].as_u64().unwrap(), sent + 3);
+    // The last 13 MiB in one part: nothing sent again.
+    assert_eq!(moto.stats()["part_puts"].as_u64().unwrap(), sent + 1);
     let dir = tempfile::tempdir().unwrap();
     let got = dir.path().join("vm.ova");
     moto.download("resume", "x/vm.ova", &got);

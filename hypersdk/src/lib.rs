@@ -15,7 +15,9 @@
 //!
 //! The CLI, the daemon, the language bindings and the Ansible module build
 //! every provider through [`ProviderConfig`], so a provider added here
-//! appears in all of them.
+//! appears in all of them. Outputs go the same way: [`open_output`] turns
+//! a local path or an `s3://bucket/prefix/` URL into its sink (the `s3`
+//! feature, default, adds S3 and S3-compatible stores).
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -56,6 +58,7 @@
 //! module's `provider`/`provider_options` take it from the registry.
 #![deny(missing_docs)]
 
+mod outputs;
 mod registry;
 
 pub use hypersdk_core as core;
@@ -67,4 +70,5 @@ pub use hypersdk_sinks as sinks;
 #[cfg(feature = "vsphere")]
 pub use hypersdk_vsphere as vsphere;
 
+pub use outputs::{default_state_dir, open_output, scheme as output_scheme, OutputOptions};
 pub use registry::{kinds, process_env, ProviderConfig, ProviderKind};

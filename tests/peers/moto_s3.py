@@ -4,7 +4,8 @@ Runs moto (PyPI moto[server]) on 127.0.0.1 on a port the OS picks and
 prints {"port": N} as its first line; exits when its standard input closes
 (so it never outlives the test that started it) or after --lifetime
 seconds. Counts the requests it serves by kind — GET /_peer/stats answers
-{"part_puts": N, "creates": N, "completes": N, "aborts": N} — so tests can
+{"part_puts": N, "part_bytes": N, "creates": N, "completes": N,
+"aborts": N} — so tests can
 tell that a resumed upload did not send finished parts again.
 """
 
@@ -51,6 +52,8 @@ def counting(app):
         if kind:
             with LOCK:
                 COUNTS[kind] += 1
+                if kind == "part_puts":
+                    COUNTS["part_bytes"] += int(environ.get("CONTENT_LENGTH") or 0)
         return app(environ, start_response)
 
     return wrapped

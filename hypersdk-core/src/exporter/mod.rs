@@ -241,8 +241,12 @@ impl Exporter {
                     s.discard().await;
                 }
             }
-            if let (Ok(report), true) = (&mut built, self.options.verify) {
-                match self.verify(staging.as_ref(), &base, report).await {
+            let verify_after = !staging.reads_before_commit();
+            if let (Ok(report), true, false) = (&mut built, self.options.verify, verify_after) {
+                match self
+                    .verify(verify::ReadBack::Staged(staging.as_ref()), &base, report)
+                    .await
+                {
                     Ok(()) => report.verified = true,
                     Err(e) => built = Err(e),
                 }
@@ -290,6 +294,24 @@ impl Exporter {
                 }
             };
             report.location = staging.commit().await?;
+            if self.options.verify && verify_after {
+                // Read back as published; what does not match goes.
+                let dir = match &artifact {
+                    crate::Artifact::Directory(d) => Some(d.as_str()),
+                    crate::Artifact::File(_) => None,
+                };
+                if let Err(e) = self
+                    .verify(verify::ReadBack::Published(sink, dir), &base, &mut report)
+                    .await
+                {
+                    tracing::error!(location = %report.location, error = %e, "the published export does not read back as written: deleting it");
+                    if let Err(d) = sink.delete(&artifact).await {
+                        tracing::warn!(error = %d, "could not delete the export that failed verification");
+                    }
+                    return Err(e);
+                }
+                report.verified = true;
+            }
             report.provider = provider.to_string();
             report.duration_secs = start.elapsed().as_secs_f64();
             report.throughput_mb_s = if report.duration_secs > 0.0 {

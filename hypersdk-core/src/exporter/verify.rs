@@ -3,19 +3,39 @@
 
 use super::*;
 
+/// Where the verify pass reads stored files: the staging area, or — for a
+/// sink that serves objects only once published — the published artifact.
+pub(super) enum ReadBack<'a> {
+    /// Before the commit.
+    Staged(&'a dyn Staging),
+    /// After it: the sink and the artifact's directory (None for a file
+    /// artifact, whose objects sit at the top).
+    Published(&'a dyn Sink, Option<&'a str>),
+}
+
+impl ReadBack<'_> {
+    async fn open(&self, name: &str) -> Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>> {
+        match self {
+            ReadBack::Staged(s) => s.open(name, 0).await,
+            ReadBack::Published(sink, Some(dir)) => sink.read(&format!("{dir}/{name}")).await,
+            ReadBack::Published(sink, None) => sink.read(name).await,
+        }
+    }
+}
+
 impl Exporter {
     /// Reads every stored file back, unwraps it and checks its digest. An
     /// OVA written in place is read back whole: each member is checked
     /// against its digest, and the archive's own digest is reported.
     pub(super) async fn verify(
         &self,
-        staging: &dyn Staging,
+        staging: ReadBack<'_>,
         base: &str,
         report: &mut ExportReport,
     ) -> Result<()> {
         if report.format == PackageFormat::Ova && report.ova.is_none() {
             let ova = self
-                .verify_archive(staging, &format!("{base}.ova"), report)
+                .verify_archive(&staging, &format!("{base}.ova"), report)
                 .await?;
             report.ova = Some(ova);
             return Ok(());
@@ -31,7 +51,7 @@ impl Exporter {
             if self.cancel.is_cancelled() {
                 return Err(Error::Cancelled);
             }
-            let reader = staging.open(&f.stored_name, 0).await?;
+            let reader = staging.open(&f.stored_name).await?;
             let algorithm = self.options.digest;
             let key = self.options.encryption.clone();
             let compressed = self.options.compression.is_some();
@@ -80,11 +100,11 @@ impl Exporter {
     /// the whole archive.
     async fn verify_archive(
         &self,
-        staging: &dyn Staging,
+        staging: &ReadBack<'_>,
         name: &str,
         report: &ExportReport,
     ) -> Result<FileReport> {
-        let reader = staging.open(name, 0).await?;
+        let reader = staging.open(name).await?;
         let algorithm = self.options.digest;
         let expected: Vec<(String, u64, String)> = report
             .files
