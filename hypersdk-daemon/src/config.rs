@@ -102,6 +102,58 @@ impl ProviderEntry {
     }
 }
 
+/// A named object-store destination.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkEntry {
+    /// `s3://bucket/prefix/`.
+    pub url: String,
+    /// S3 settings: endpoint, region, credentials (else the daemon's
+    /// environment, `~/.aws`, the instance role).
+    #[serde(default)]
+    pub s3: hypersdk::sinks::s3::S3Settings,
+}
+
+impl std::fmt::Debug for SinkEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkEntry")
+            .field("url", &self.url)
+            .field("s3", &self.s3)
+            .finish()
+    }
+}
+
+impl SinkEntry {
+    /// The sink for a job's `output` below this destination.
+    pub fn open(
+        &self,
+        output: Option<&str>,
+        state_dir: PathBuf,
+    ) -> hypersdk_core::Result<Box<dyn hypersdk_core::Sink>> {
+        let mut url = self.url.trim_end_matches('/').to_string();
+        if let Some(sub) = output {
+            let shown = hypersdk_formats::error::display_name(sub);
+            for c in sub.split('/').filter(|c| !c.is_empty() && *c != ".") {
+                if c == ".." || c.starts_with('.') || c.contains('\\') {
+                    return Err(hypersdk_core::Error::InvalidArgument(format!(
+                        "output: '{shown}' must be plain names below the sink's prefix"
+                    )));
+                }
+                url.push('/');
+                url.push_str(c);
+            }
+        }
+        hypersdk::open_output(
+            &url,
+            &hypersdk::OutputOptions {
+                file_mode: None,
+                state_dir: Some(state_dir),
+                s3: self.s3.clone(),
+            },
+        )
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,6 +171,14 @@ pub struct Config {
     /// Providers by name.
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderEntry>,
+    /// Object-store destinations by name, which jobs choose with `sink`
+    /// (their credentials stay here, on the daemon host).
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkEntry>,
+    /// Where exports into object stores keep what resuming needs (default:
+    /// `uploads` next to the database).
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
     /// API keys; none means no authentication (loopback only).
     #[serde(default)]
     pub api_keys: Vec<ApiKey>,
@@ -318,6 +378,16 @@ impl Config {
         Ok(c)
     }
 
+    /// Where object-store exports keep their resume state.
+    pub fn uploads_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(|| {
+            self.database
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join("uploads")
+        })
+    }
+
     /// Refuses settings that cannot work or are unsafe.
     pub fn check(&self) -> anyhow::Result<()> {
         if self.api_keys.is_empty() && !self.listen.ip().is_loopback() {
@@ -342,6 +412,13 @@ impl Config {
         }
         if self.max_concurrent == 0 {
             anyhow::bail!("max_concurrent must be at least 1");
+        }
+        for (name, s) in &self.sinks {
+            if hypersdk::output_scheme(&s.url).is_none() {
+                anyhow::bail!("sinks.{name}: url '{}' is not an object-store URL (s3://bucket/prefix/); local exports go below output_root", s.url);
+            }
+            s.open(None, self.uploads_dir())
+                .map_err(|e| anyhow::anyhow!("sinks.{name}: {e}"))?;
         }
         if let Some(b) = &self.bwlimit {
             hypersdk_core::transforms::ratelimit::RateLimiter::from_spec(b)

@@ -50,9 +50,14 @@ pub struct JobSpec {
     /// A profile whose options fill in what this job does not set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
-    /// Directory below the daemon's output root (relative; default: the root).
+    /// Directory below the daemon's output root, or below the named sink's
+    /// prefix (relative; default: the root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// A sink from the daemon's `sinks` (an object store; its credentials
+    /// stay in the daemon's configuration); default: the output root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<String>,
     /// Queue priority.
     #[serde(default)]
     pub priority: Priority,
@@ -75,16 +80,19 @@ struct JobFields {
     #[serde(default)]
     output: Option<String>,
     #[serde(default)]
+    sink: Option<String>,
+    #[serde(default)]
     priority: Priority,
     #[serde(default)]
     encryption_key: Option<String>,
 }
 
-const JOB_FIELDS: [&str; 6] = [
+const JOB_FIELDS: [&str; 7] = [
     "vm",
     "provider",
     "profile",
     "output",
+    "sink",
     "priority",
     "encryption_key",
 ];
@@ -105,6 +113,7 @@ impl<'de> Deserialize<'de> for JobSpec {
             provider: job.provider,
             profile: job.profile,
             output: job.output,
+            sink: job.sink,
             priority: job.priority,
             encryption_key: job.encryption_key,
             settings,
@@ -123,6 +132,7 @@ impl JobSpec {
             ("vm", Some(&self.vm)),
             ("provider", Some(&self.provider)),
             ("output", self.output.as_ref()),
+            ("sink", self.sink.as_ref()),
             ("name", self.settings.name.as_ref()),
             ("profile", self.profile.as_ref()),
         ] {

@@ -428,15 +428,20 @@ impl Runner {
     ) -> hypersdk_core::Result<hypersdk_core::ExportReport> {
         let spec = &job.spec;
         let options = self.options(spec)?;
-        let root = self.config.output_root.clone();
-        let sub = spec.output.clone();
-        let file_mode = self.config.file_mode();
-        let out = tokio::task::spawn_blocking(move || {
-            crate::outputs::job_dir(&root, sub.as_deref(), hypersdk_sinks::dir_mode(file_mode))
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("output directory task failed: {e}")))?
-        .map_err(Error::InvalidArgument)?;
+        let sink: Box<dyn hypersdk_core::Sink> = match &spec.sink {
+            Some(name) => self
+                .config
+                .sinks
+                .get(name)
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "sink: no sink named '{}' in the daemon's sinks",
+                        hypersdk_formats::error::display_name(name)
+                    ))
+                })?
+                .open(spec.output.as_deref(), self.config.uploads_dir())?,
+            None => Box::new(self.local_output(spec).await?),
+        };
         let provider = self.providers.get(&spec.provider).await?;
         let runner = self.clone();
         let id = job.id;
@@ -476,11 +481,29 @@ impl Runner {
                 );
             }));
         exporter
-            .export(
-                provider.as_ref(),
-                &spec.vm,
-                &LocalDirSink::new(out).with_file_mode(file_mode),
-            )
+            .export(provider.as_ref(), &spec.vm, sink.as_ref())
             .await
+    }
+
+    /// Names of the configured sinks.
+    pub fn sink_names(&self) -> Vec<String> {
+        self.config.sinks.keys().cloned().collect()
+    }
+
+    /// A job's directory below the output root, as a sink.
+    async fn local_output(
+        &self,
+        spec: &crate::model::JobSpec,
+    ) -> hypersdk_core::Result<LocalDirSink> {
+        let root = self.config.output_root.clone();
+        let sub = spec.output.clone();
+        let file_mode = self.config.file_mode();
+        let out = tokio::task::spawn_blocking(move || {
+            crate::outputs::job_dir(&root, sub.as_deref(), hypersdk_sinks::dir_mode(file_mode))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("output directory task failed: {e}")))?
+        .map_err(Error::InvalidArgument)?;
+        Ok(LocalDirSink::new(out).with_file_mode(file_mode))
     }
 }

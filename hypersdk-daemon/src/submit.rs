@@ -73,10 +73,23 @@ impl Submitter {
             }
         };
         let providers = self.runner.providers.names();
+        let sinks = self.runner.sink_names();
         let mut specs = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
             let spec = crate::profiles::resolve(&self.store, item, &providers)
                 .await
+                .and_then(|spec| match &spec.sink {
+                    Some(s) if !sinks.contains(s) => Err(format!(
+                        "sink: unknown sink '{}' (configured: {})",
+                        hypersdk_formats::error::display_name(s),
+                        if sinks.is_empty() {
+                            "none".to_string()
+                        } else {
+                            sinks.join(", ")
+                        }
+                    )),
+                    _ => Ok(spec),
+                })
                 .map_err(|e| {
                     SubmitError::Invalid(if batch {
                         format!("job {}: {e}", i + 1)

@@ -16,7 +16,6 @@ use napi_derive::napi;
 
 use hypersdk_core::task::ExportTask;
 use hypersdk_core::{files, ExportSettings, VmQuery};
-use hypersdk_sinks::LocalDirSink;
 
 /// A failure as JavaScript sees it (see the crate docs).
 fn fail(code: &str, message: impl std::fmt::Display) -> Error {
@@ -179,7 +178,7 @@ impl Provider {
             options,
             self.inner.clone(),
             vm,
-            Box::new(LocalDirSink::new(output)),
+            hypersdk::open_output(&output, &hypersdk::OutputOptions::default()).map_err(lib_err)?,
         )))
     }
 }

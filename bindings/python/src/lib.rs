@@ -18,7 +18,6 @@ use pyo3::prelude::*;
 
 use hypersdk_core::task::{ExportTask, TaskFailure};
 use hypersdk_core::{files, Error, ExportSettings, VmQuery};
-use hypersdk_sinks::LocalDirSink;
 
 create_exception!(
     _native,
@@ -309,9 +308,10 @@ impl Provider {
         Ok(options.artifact(&spec.name).name().to_string())
     }
 
-    /// Starts exporting `vm` into the directory `output` with the options
+    /// Starts exporting `vm` into `output` (a directory, or an
+    /// s3://bucket/prefix/ URL) with the options
     /// of `settings` (JSON of ExportSettings); returns at once.
-    fn start_export(&self, vm: String, output: PathBuf, settings: &str) -> PyResult<Export> {
+    fn start_export(&self, vm: String, output: String, settings: &str) -> PyResult<Export> {
         let settings: ExportSettings = serde_json::from_str(settings)
             .map_err(|e| InvalidArgument::new_err(format!("export options: {e}")))?;
         let options = settings.to_options().map_err(py_err)?;
@@ -320,7 +320,7 @@ impl Provider {
             options,
             self.inner.clone(),
             vm,
-            Box::new(LocalDirSink::new(output)),
+            hypersdk::open_output(&output, &hypersdk::OutputOptions::default()).map_err(py_err)?,
         )))
     }
 }

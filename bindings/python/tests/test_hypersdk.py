@@ -221,3 +221,32 @@ def test_any_provider_through_the_registry(vcsim, tmp_path, monkeypatch):
         hypersdk.connect("hyperv")
     with pytest.raises(hypersdk.InvalidArgument, match="password in it"):
         hypersdk.connect("vsphere://root:secret@vc.example")
+
+
+def test_export_into_s3_reads_back_with_boto3(examples, tmp_path, monkeypatch):
+    """An s3:// output goes to the bucket (moto's server, in this process),
+    never to a local directory named 's3:'; boto3 reads the package back."""
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        for k, v in {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
+                     "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        s3.create_bucket(Bucket="py-exports")
+        monkeypatch.chdir(tmp_path)
+        report = hypersdk.local(examples).export("demo-vm", "s3://py-exports/wave/", verify=True)
+        assert report.location == "s3://py-exports/wave/demo-vm.ova"
+        assert not os.path.exists(tmp_path / "s3:")
+        s3.download_file("py-exports", "wave/demo-vm.ova", str(tmp_path / "got.ova"))
+        assert hypersdk.verify(tmp_path / "got.ova").verified
+        with pytest.raises(hypersdk.InvalidArgument):
+            hypersdk.local(examples).export("demo-vm", "gs://bucket/x/")
+    finally:
+        server.stop()

@@ -11,7 +11,6 @@
 use std::sync::{Arc, OnceLock};
 
 use hypersdk_core::{files, CancellationToken, Exporter, PackageFormat};
-use hypersdk_sinks::LocalDirSink;
 
 uniffi::setup_scaffolding!();
 
@@ -363,8 +362,8 @@ impl Provider {
                 })
             }));
         }
-        let sink = LocalDirSink::new(output);
-        let r = runtime()?.block_on(exporter.export(self.inner.as_ref(), &vm, &sink))?;
+        let sink = hypersdk::open_output(&output, &hypersdk::OutputOptions::default())?;
+        let r = runtime()?.block_on(exporter.export(self.inner.as_ref(), &vm, sink.as_ref()))?;
         Ok(ExportReport {
             json: serde_json::to_string(&r).map_err(|e| HypersdkError::Internal {
                 detail: e.to_string(),

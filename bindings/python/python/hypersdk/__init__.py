@@ -285,7 +285,9 @@ class Provider:
                      hardware_version: Optional[str] = None,
                      sign_key_file: Optional[StrPath] = None,
                      sign_cert_file: Optional[StrPath] = None) -> Export:
-        """Starts exporting ``vm`` into the directory ``output``; returns at once.
+        """Starts exporting ``vm`` into ``output``, a directory or an S3 URL
+        (``s3://bucket/prefix/``, credentials from ``AWS_*`` variables, ``~/.aws``
+        or the instance role); returns at once.
 
         ``format``: ``ova`` or ``ovf``; ``compress``: ``zstd``, ``zstd:LEVEL``,
         ``gzip``, ``gzip:LEVEL``; ``digest``: ``sha256``, ``sha512``, ``sha1``;
