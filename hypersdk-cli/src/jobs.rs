@@ -160,9 +160,12 @@ enum JobsCommand {
         /// A profile on the daemon whose options fill in the rest.
         #[arg(long, requires = "vm")]
         profile: Option<String>,
-        /// Directory below the daemon's output root.
+        /// Directory below the daemon's output root (or the sink's prefix).
         #[arg(long, requires = "vm")]
         output: Option<String>,
+        /// A named object-store sink of the daemon's configuration.
+        #[arg(long, requires = "vm", value_name = "NAME")]
+        sink: Option<String>,
         /// critical, high, normal or low.
         #[arg(long, requires = "vm")]
         priority: Option<String>,
@@ -435,6 +438,7 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
             provider,
             profile,
             output,
+            sink,
             priority,
             encryption_key,
             options,
@@ -457,6 +461,7 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
                         ("provider", provider),
                         ("profile", profile),
                         ("output", output),
+                        ("sink", sink),
                         ("priority", priority),
                         ("encryption_key", encryption_key),
                     ] {

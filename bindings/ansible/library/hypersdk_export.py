@@ -30,8 +30,12 @@ options:
     type: str
     required: true
   output:
-    description: Directory the package is written below (created if missing).
-    type: path
+    description:
+      - Directory the package is written below (created if missing), or an object-store
+        URL such as C(s3://bucket/prefix/) (credentials from the C(AWS_*) environment,
+        C(~/.aws) profiles or the instance role of the host running the module). An
+        existing package in a bucket is left as it is (not changed) unless C(force).
+    type: str
     required: true
   provider:
     description:
@@ -222,7 +226,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             vm=dict(type="str", required=True),
-            output=dict(type="path", required=True),
+            output=dict(type="str", required=True),
             provider=dict(type="str", default="local"),
             provider_options=dict(type="dict"),
             dir=dict(type="path"),
@@ -263,7 +267,20 @@ def main():
         provider = connect(p)
     except (hypersdk.HypersdkError, ValueError) as e:
         module.fail_json(msg=f"cannot connect: {e}", code=getattr(e, "code", "invalid_argument"))
+    remote = "://" in p["output"]
+    if not remote:
+        p["output"] = os.path.abspath(os.path.expanduser(p["output"]))
     try:
+        if remote:
+            if module.check_mode:
+                module.exit_json(changed=True, path=p["output"])
+            try:
+                report = provider.export(p["vm"], p["output"], overwrite=p["force"], verify=True,
+                                         **options)
+            except hypersdk.AlreadyExists:
+                module.exit_json(changed=False, path=p["output"], verified=True)
+            module.exit_json(changed=True, path=report.location, verified=report.verified,
+                             report=report.raw, manifest=report.manifest)
         path = provider.artifact_path(p["vm"], p["output"], **options)
         if not p["force"] and check_existing(path, p):
             module.exit_json(changed=False, path=path, verified=True)
