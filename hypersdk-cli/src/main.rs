@@ -190,8 +190,10 @@ struct ExportArgs {
     #[command(flatten)]
     provider: ProviderArgs,
     /// Where the export is written: a local directory (created if
-    /// missing), or s3://bucket/prefix/ (credentials from AWS_* variables,
-    /// ~/.aws profiles or the instance role).
+    /// missing), s3://bucket/prefix/ (credentials from AWS_* variables,
+    /// ~/.aws profiles or the instance role), or az://container/prefix/
+    /// (AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_ACCOUNT with
+    /// AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN, a managed identity).
     #[arg(long, short)]
     output: String,
     #[command(flatten)]
@@ -452,6 +454,7 @@ impl StoreArgs {
                 virtual_hosted: self.s3_virtual_hosted,
                 ..Default::default()
             },
+            ..Default::default()
         }
     }
 }

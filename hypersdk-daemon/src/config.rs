@@ -112,6 +112,10 @@ pub struct SinkEntry {
     /// environment, `~/.aws`, the instance role).
     #[serde(default)]
     pub s3: hypersdk::sinks::s3::S3Settings,
+    /// Azure settings: account, key, SAS token or connection string,
+    /// endpoint (else the daemon's environment, its managed identity).
+    #[serde(default)]
+    pub azure: hypersdk::sinks::azure::AzureSettings,
 }
 
 impl std::fmt::Debug for SinkEntry {
@@ -119,6 +123,7 @@ impl std::fmt::Debug for SinkEntry {
         f.debug_struct("SinkEntry")
             .field("url", &self.url)
             .field("s3", &self.s3)
+            .field("azure", &self.azure)
             .finish()
     }
 }
@@ -149,6 +154,7 @@ impl SinkEntry {
                 file_mode: None,
                 state_dir: Some(state_dir),
                 s3: self.s3.clone(),
+                azure: self.azure.clone(),
             },
         )
     }
@@ -415,7 +421,7 @@ impl Config {
         }
         for (name, s) in &self.sinks {
             if hypersdk::output_scheme(&s.url).is_none() {
-                anyhow::bail!("sinks.{name}: url '{}' is not an object-store URL (s3://bucket/prefix/); local exports go below output_root", s.url);
+                anyhow::bail!("sinks.{name}: url '{}' is not an object-store URL (s3://bucket/prefix/, az://container/prefix/); local exports go below output_root", s.url);
             }
             s.open(None, self.uploads_dir())
                 .map_err(|e| anyhow::anyhow!("sinks.{name}: {e}"))?;

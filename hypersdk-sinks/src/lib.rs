@@ -28,16 +28,18 @@
 //! ```
 #![deny(missing_docs)]
 
+#[cfg(feature = "azure")]
+pub mod azure;
 mod local;
 mod memory;
-#[cfg(feature = "s3")]
+#[cfg(feature = "object")]
 mod object;
 #[cfg(feature = "s3")]
 pub mod s3;
 
 pub use local::{dir_mode, LocalDirSink, DEFAULT_FILE_MODE};
 pub use memory::MemorySink;
-#[cfg(feature = "s3")]
+#[cfg(feature = "object")]
 pub use object::{ObjectStoreSink, DEFAULT_PART, MIN_PART};
 
 /// Artifact and object names are single path components: no separators,

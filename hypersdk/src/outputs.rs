@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | a path (`out/`, `/srv/exports`), or `file:///srv/exports` | [`LocalDirSink`] | always |
 //! | `s3://bucket/prefix/` | [`sinks::s3`](hypersdk_sinks) (S3, MinIO, Ceph) | `s3` (default) |
+//! | `az://container/prefix/`, `azure://account/container/prefix/` | `sinks::azure` (Azure Blob, Azurite) | `azure` (default) |
 //!
 //! An output with a URL scheme is never taken as a local path: a scheme
 //! this build does not carry is refused, naming what would add it.
@@ -27,6 +28,10 @@ pub struct OutputOptions {
     /// and `~/.aws` fill in the rest.
     #[cfg(feature = "s3")]
     pub s3: hypersdk_sinks::s3::S3Settings,
+    /// Azure settings (account, key or SAS, connection string, endpoint);
+    /// the environment fills in the rest.
+    #[cfg(feature = "azure")]
+    pub azure: hypersdk_sinks::azure::AzureSettings,
 }
 
 /// The URL scheme of `output` (`s3` of `s3://b/p`), if it has one. A
@@ -85,11 +90,20 @@ pub fn open_output(output: &str, options: &OutputOptions) -> Result<Box<dyn Sink
         "s3" => Err(Error::InvalidArgument(format!(
             "{output}: this build has no S3 sink; build hypersdk with cargo feature `s3`"
         ))),
-        "az" | "azure" | "gs" => Err(Error::InvalidArgument(format!(
-            "{output}: {scheme}:// outputs are not supported yet (S3 and local directories are)"
+        #[cfg(feature = "azure")]
+        "az" | "azure" => {
+            let state = options.state_dir.clone().unwrap_or_else(default_state_dir);
+            Ok(Box::new(hypersdk_sinks::azure::sink(output, &options.azure, state)?))
+        }
+        #[cfg(not(feature = "azure"))]
+        "az" | "azure" => Err(Error::InvalidArgument(format!(
+            "{output}: this build has no Azure Blob sink; build hypersdk with cargo feature `azure`"
+        ))),
+        "gs" => Err(Error::InvalidArgument(format!(
+            "{output}: {scheme}:// outputs are not supported yet (S3, Azure Blob and local directories are)"
         ))),
         other => Err(Error::InvalidArgument(format!(
-            "{output}: unknown output scheme {other}:// (a local directory, or s3://bucket/prefix/)"
+            "{output}: unknown output scheme {other}:// (a local directory, s3://bucket/prefix/ or az://container/prefix/)"
         ))),
     }
 }
@@ -105,7 +119,7 @@ mod tests {
         assert_eq!(scheme("./a://b"), None);
         assert_eq!(scheme("C:\\x"), None);
         let o = OutputOptions::default();
-        for bad in ["ftp://host/x", "gs://b/x", "az://c/x", "file://relative"] {
+        for bad in ["ftp://host/x", "gs://b/x", "file://relative"] {
             let e = open_output(bad, &o).err().unwrap();
             assert_eq!(e.code(), "invalid_argument", "{bad}: {e}");
         }

@@ -62,3 +62,13 @@ if ! cmp -s "$req" "$venv/.installed-requirements"; then
   cp "$req" "$venv/.installed-requirements"
 fi
 echo "python peers: $venv" >&2
+
+# Azurite, Microsoft's Azure Storage emulator (npm), for the Azure Blob
+# sink: installed once per version outside the checkout, reused by clones.
+azurite_version=3.35.0
+azurite_dir="${HYPERSDK_PEERS_CACHE:-$HOME/.cache/hypersdk/peers}/azurite-$azurite_version"
+if [ ! -x "$azurite_dir/node_modules/.bin/azurite-blob" ]; then
+  mkdir -p "$azurite_dir"
+  (cd "$azurite_dir" && npm install --no-audit --no-fund --silent "azurite@$azurite_version" >/dev/null)
+fi
+echo "azurite: $azurite_dir" >&2

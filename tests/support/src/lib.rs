@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::process::Command;
 
+pub mod azurite;
 pub mod faultproxy;
 pub mod python;
 pub mod s3;

@@ -1,5 +1,6 @@
-//! Exports straight into S3 (moto's server): read back with boto3 (AWS's
-//! own client), checked with `hyperctl verify` and qemu-img; interrupted
+//! Exports straight into object stores — S3 (moto's server) and Azure Blob
+//! (Azurite): read back with each store's own client (boto3,
+//! azure-storage-blob), checked with `hyperctl verify` and qemu-img; interrupted
 //! with kill -9 and continued with --resume without sending finished parts
 //! again; outputs with a scheme never taken as local paths.
 
@@ -26,7 +27,7 @@ fn aws_env(moto: &MotoS3) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn run(args: &[&str], env: &[(&'static str, String)]) -> std::process::Output {
+fn run(args: &[&str], env: &[(&str, String)]) -> std::process::Output {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     hyperctl_env(args, &env)
 }
@@ -294,4 +295,42 @@ fn kill_9_then_resume_sends_no_finished_part_again() {
     }
     assert_eq!(moto.list("wave").len(), 4, "{:?}", moto.list("wave"));
     assert!(moto.open_uploads("wave").is_empty());
+}
+
+#[test]
+fn the_example_vm_exported_to_azure_reads_back_with_the_sdk() {
+    use hypersdk_testsupport::azurite::{Azurite, KEY};
+    let az = Azurite::start();
+    az.create_container("exports");
+    let tmp = tempfile::tempdir().unwrap();
+    let vm = workspace_root().join("examples/vms/demo-vm.xml");
+    let env = [
+        ("AZURE_STORAGE_CONNECTION_STRING", az.connection_string()),
+        ("XDG_STATE_HOME", path_str(tmp.path()).to_string()),
+    ];
+    let o = run(
+        &[
+            "export",
+            path_str(&vm),
+            "--output",
+            "az://exports/wave1/",
+            "--verify",
+            "--json",
+        ],
+        &env,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        report["location"],
+        "azure://devstoreaccount1/exports/wave1/demo-vm.ova"
+    );
+    assert_eq!(report["verified"], true);
+    assert!(!format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o)).contains(KEY));
+    let got = tmp.path().join("got.ova");
+    az.download("exports", "wave1/demo-vm.ova", &got);
+    ok(&["verify", path_str(&got)]);
+    let local = tmp.path().join("local");
+    ok(&["export", path_str(&vm), "--output", path_str(&local)]);
+    assert_eq!(sha256_hex(&got), sha256_hex(&local.join("demo-vm.ova")));
 }
