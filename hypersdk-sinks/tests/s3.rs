@@ -108,3 +108,52 @@ async fn errors_name_the_bucket_and_never_the_secret() {
     assert!(!text.contains(SECRET_KEY), "{text}");
     assert!(!format!("{s:?}").contains(SECRET_KEY));
 }
+
+/// Twenty connections cut mid-upload (a fault-injecting proxy in front of
+/// moto): the sink's retries carry the upload through, and the object is
+/// the one put, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_cut_connections_during_a_256_mib_upload() {
+    use hypersdk_testsupport::faultproxy::FaultProxy;
+    let moto = MotoS3::start();
+    moto.create_bucket("cuts");
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", moto.port).parse().unwrap());
+    let total: u64 = 256 << 20;
+    // Spread over the upload: every ~12 MiB, from 3 MiB on.
+    let cuts: Vec<u64> = (0..20)
+        .map(|i| (3 << 20) + i * (12 << 20) + i * 7919)
+        .collect();
+    proxy.cut_uploads_at_totals(&cuts);
+    let state = tempfile::tempdir().unwrap();
+    let s = sink(
+        "s3://cuts/p",
+        &S3Settings {
+            endpoint: Some(format!("http://{}", proxy.addr())),
+            ..settings(&moto)
+        },
+        state.path().to_path_buf(),
+    )
+    .unwrap();
+    let artifact = Artifact::File("big.ova".into());
+    let mut staging = s.begin(&artifact, false).await.unwrap();
+    let mut w = staging.start("big.ova").await.unwrap();
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    let block = pattern(11, 1 << 20);
+    for i in 0..(total >> 20) {
+        let mut b = block.clone();
+        b[..8].copy_from_slice(&i.to_le_bytes());
+        sha2::Digest::update(&mut h, &b);
+        w.put(&b).await.unwrap();
+    }
+    assert_eq!(w.complete().await.unwrap(), total);
+    staging.commit().await.unwrap();
+    assert_eq!(proxy.upload_cuts_done(), 20, "every planned cut happened");
+    let dir = tempfile::tempdir().unwrap();
+    let got = dir.path().join("big.ova");
+    moto.download("cuts", "p/big.ova", &got);
+    let mut f = std::fs::File::open(&got).unwrap();
+    let mut g = <sha2::Sha256 as sha2::Digest>::new();
+    std::io::copy(&mut f, &mut g).unwrap();
+    assert_eq!(sha2::Digest::finalize(g), sha2::Digest::finalize(h));
+    assert!(moto.open_uploads("cuts").is_empty());
+}

@@ -36,6 +36,7 @@ pub struct FaultProxy {
     stop: Arc<AtomicBool>,
     connections: Arc<AtomicU64>,
     from_server: Arc<Mutex<Totals>>,
+    to_server: Arc<Mutex<Totals>>,
 }
 
 /// Bytes carried from the server by all connections, and the totals at
@@ -116,11 +117,13 @@ impl FaultProxy {
         let stop = Arc::new(AtomicBool::new(false));
         let connections = Arc::new(AtomicU64::new(0));
         let from_server: Arc<Mutex<Totals>> = Arc::default();
-        let (f, s, c, fs) = (
+        let to_server: Arc<Mutex<Totals>> = Arc::default();
+        let (f, s, c, fs, ts) = (
             faults.clone(),
             stop.clone(),
             connections.clone(),
             from_server.clone(),
+            to_server.clone(),
         );
         std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
@@ -149,16 +152,20 @@ impl FaultProxy {
                     continue;
                 };
                 let fs = fs.clone();
+                let ts = ts.clone();
                 std::thread::spawn(move || {
                     let (c2, s2) = match (client.try_clone(), server.try_clone()) {
                         (Ok(a), Ok(b)) => (a, b),
                         _ => return,
                     };
                     let up = std::thread::spawn(move || {
-                        let s3 = s2.try_clone();
-                        pump(c2, s2, None, None);
+                        let (s3, c3) = (s2.try_clone(), c2.try_clone());
+                        let cut = pump(c2, s2, None, Some(ts));
                         if let Ok(s3) = s3 {
-                            let _ = s3.shutdown(Shutdown::Write);
+                            let _ = s3.shutdown(if cut { Shutdown::Both } else { Shutdown::Write });
+                        }
+                        if let (true, Ok(c3)) = (cut, c3) {
+                            let _ = c3.shutdown(Shutdown::Both);
                         }
                     });
                     let limit = match fault {
@@ -188,7 +195,29 @@ impl FaultProxy {
             stop,
             connections,
             from_server,
+            to_server,
         }
+    }
+
+    /// Plans cuts of uploads: when the bytes carried to the server (all
+    /// connections together) reach each of `totals`, the connection
+    /// carrying them is closed there, mid-request.
+    pub fn cut_uploads_at_totals(&self, totals: &[u64]) {
+        if let Ok(mut t) = self.to_server.lock() {
+            let mut all: Vec<u64> = t
+                .cuts
+                .iter()
+                .copied()
+                .chain(totals.iter().copied())
+                .collect();
+            all.sort_unstable();
+            t.cuts = all.into();
+        }
+    }
+
+    /// Planned upload cuts that have happened so far.
+    pub fn upload_cuts_done(&self) -> u64 {
+        self.to_server.lock().map(|t| t.done).unwrap_or(0)
     }
 
     /// Where clients connect.
