@@ -745,6 +745,13 @@ impl Staging for ObjectStaging {
         }
     }
 
+    /// A resumable export's state directory: an OVA's spools (the
+    /// exporter's scratch area) then sit beside its checkpoint, on a disk
+    /// that survives a restart, not in a temporary directory.
+    fn scratch_hint(&self) -> Option<PathBuf> {
+        self.state.as_ref().map(|_| self.shared.state_dir.clone())
+    }
+
     fn checkpoints(&self) -> Option<Arc<dyn CheckpointStore>> {
         self.state
             .as_ref()

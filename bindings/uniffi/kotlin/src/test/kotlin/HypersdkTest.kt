@@ -24,7 +24,11 @@ class HypersdkTest {
     private val root = File(System.getProperty("hypersdk.root")).canonicalFile
     private val examples = File(root, "examples/vms").path
 
-    private fun tmp(): File = Files.createTempDirectory("hypersdk-kotlin-").toFile().also { it.deleteOnExit() }
+    // Removed with everything in it when the test JVM exits (deleteOnExit
+    // removes only empty directories, and exports are not).
+    private fun tmp(): File = Files.createTempDirectory("hypersdk-kotlin-").toFile().also { dir ->
+        Runtime.getRuntime().addShutdownHook(Thread { dir.deleteRecursively() })
+    }
 
     private fun run(vararg cmd: String, dir: File? = null): String {
         val p = ProcessBuilder(*cmd).directory(dir).redirectErrorStream(true).start()
