@@ -54,8 +54,12 @@ pub struct ConvertArgs {
 pub struct VerifyArgs {
     /// An .ova, an .ovf, or a directory holding one .ovf; or an OVA wrapped by
     /// `export --compress/--encrypt-*` (.ova.zst, .ova.enc, …), read through
-    /// once without unwrapping it to disk.
+    /// once without unwrapping it to disk; or an OVA published in an object
+    /// store (s3://bucket/prefix/vm.ova, az://container/prefix/vm.ova),
+    /// read through once.
     path: PathBuf,
+    #[command(flatten)]
+    store: crate::StoreArgs,
     /// Key file, for an encrypted OVA.
     #[arg(long, conflicts_with = "passphrase_file")]
     key_file: Option<PathBuf>,
@@ -330,12 +334,35 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         args.passphrase_file.as_deref(),
     )?;
     let path = args.path.clone();
-    let report = tokio::task::spawn_blocking(move || {
-        hypersdk_core::files::verify_package(&path, key.as_ref())
-    })
-    .await
-    .context("verify task failed")?
-    .with_context(|| format!("cannot read package {}", args.path.display()))?;
+    let shown = path.to_string_lossy().into_owned();
+    let report = if hypersdk::output_scheme(&shown).is_some() {
+        // A published object: its store, then the object read through once.
+        let (dir, name) = shown
+            .trim_end_matches('/')
+            .rsplit_once('/')
+            .filter(|(d, _)| hypersdk::output_scheme(d).is_some())
+            .with_context(|| format!("{shown}: name an object (…/vm.ova), not a bucket"))?;
+        let sink = hypersdk::open_output(dir, &args.store.options())?;
+        let reader = sink
+            .read(name)
+            .await
+            .with_context(|| format!("cannot read {shown}"))?;
+        let label = shown.clone();
+        tokio::task::spawn_blocking(move || {
+            let input = tokio_util::io::SyncIoBridge::new(reader);
+            hypersdk_core::files::verify_ova_stream(input, &label, key.as_ref())
+        })
+        .await
+        .context("verify task failed")?
+        .with_context(|| format!("cannot read package {shown}"))?
+    } else {
+        tokio::task::spawn_blocking(move || {
+            hypersdk_core::files::verify_package(&path, key.as_ref())
+        })
+        .await
+        .context("verify task failed")?
+        .with_context(|| format!("cannot read package {}", args.path.display()))?
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&package_json(&report))?);
     }

@@ -422,7 +422,7 @@ pub(crate) fn human_bytes(n: u64) -> String {
 /// How to reach an object-store output (secrets only from the
 /// environment or the store's own credential files, never the command line).
 #[derive(Args, Debug)]
-struct StoreArgs {
+pub(crate) struct StoreArgs {
     /// Endpoint of an S3-compatible store (http://127.0.0.1:9000); default
     /// AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS.
     #[arg(long, value_name = "URL")]
@@ -443,7 +443,7 @@ struct StoreArgs {
 }
 
 impl StoreArgs {
-    fn options(&self) -> hypersdk::OutputOptions {
+    pub(crate) fn options(&self) -> hypersdk::OutputOptions {
         hypersdk::OutputOptions {
             file_mode: None,
             state_dir: self.state_dir.clone(),

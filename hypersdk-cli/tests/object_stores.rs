@@ -69,6 +69,10 @@ fn the_example_vm_exported_to_s3_reads_back_with_boto3() {
     assert_eq!(sha256_hex(&got), sha256_hex(&local.join("demo-vm.ova")));
     ok(&["verify", path_str(&got)]);
     assert!(moto.open_uploads("exports").is_empty());
+    // Verified in place, read through once from the bucket.
+    let o = run(&["verify", "s3://exports/wave1/demo-vm.ova"], &env);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("verified"));
 
     // An OVF directory: every file under its key, the disks the example's.
     let o = run(
@@ -142,6 +146,23 @@ fn the_example_vm_exported_to_s3_reads_back_with_boto3() {
     let got = tmp.path().join("got.ova.zst.enc");
     moto.download("exports", "enc/demo-vm.ova.zst.enc", &got);
     ok(&["verify", path_str(&got), "--key-file", path_str(&key)]);
+    let o = run(
+        &[
+            "verify",
+            "s3://exports/enc/demo-vm.ova.zst.enc",
+            "--key-file",
+            path_str(&key),
+        ],
+        &env,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["verify", "s3://exports/enc/no-such.ova"], &env);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("s3://exports/enc/no-such.ova"),
+        "{}",
+        stderr(&o)
+    );
     assert!(
         !state.exists()
             || std::fs::read_dir(&state).unwrap().all(|e| {
@@ -330,6 +351,8 @@ fn the_example_vm_exported_to_azure_reads_back_with_the_sdk() {
     let got = tmp.path().join("got.ova");
     az.download("exports", "wave1/demo-vm.ova", &got);
     ok(&["verify", path_str(&got)]);
+    let o = run(&["verify", "az://exports/wave1/demo-vm.ova"], &env);
+    assert!(o.status.success(), "{}", stderr(&o));
     let local = tmp.path().join("local");
     ok(&["export", path_str(&vm), "--output", path_str(&local)]);
     assert_eq!(sha256_hex(&got), sha256_hex(&local.join("demo-vm.ova")));

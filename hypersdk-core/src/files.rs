@@ -94,6 +94,26 @@ pub fn verify_package(path: &Path, key: Option<&KeySource>) -> Result<PackageRep
     Ok(report)
 }
 
+/// [`verify_package`] of an OVA (plain or wrapped) read from `input` in one
+/// pass — a published object read from a store — shown as `label`.
+pub fn verify_ova_stream<R: Read + Send>(
+    input: R,
+    label: &str,
+    key: Option<&KeySource>,
+) -> Result<PackageReport> {
+    let path = Path::new(label);
+    let plain = unwrap_reader(input, key).map_err(|e| match e {
+        Error::Crypto(m) => Error::Crypto(format!("{label}: {m}")),
+        e => e,
+    })?;
+    let mut report = inspect_ova_stream(plain, path).map_err(|e| Error::Format {
+        what: format!("cannot read package {label}"),
+        source: e,
+    })?;
+    check_signature(&mut report);
+    Ok(report)
+}
+
 /// Checks the package's `.cert` against its manifest
 /// ([`crate::signing::verify_cert`]): who signed it, or a problem.
 fn check_signature(report: &mut PackageReport) {
