@@ -6,8 +6,8 @@
 //! ```
 //!
 //! A file of SIZE_MIB (default 1024) of mixed disk content stands for an
-//! export (an OVA). It is uploaded into moto's S3 server (tests/peers,
-//! started here on 127.0.0.1) three times each, alternating:
+//! export (an OVA). It is uploaded into moto's S3 server and into MinIO
+//! (tests/peers, started here on 127.0.0.1) three times each, alternating:
 //! - by the S3 sink (`hypersdk_sinks::s3`, default 16 MiB parts and its
 //!   in-flight bound) in a child process, so its peak RSS is its own: the
 //!   file read in 1 MiB chunks, put, completed, committed;
@@ -16,15 +16,15 @@
 //!
 //! It prints the median time and rate of each, their ratio and each one's
 //! peak RSS, and checks both objects have the file's SHA-256 (boto3 reads
-//! them back). moto is a Python server on the same 2 cores: the figures say
-//! how the two clients compare against one server, not what S3 can take.
+//! them back). The servers run on the same 2 cores: the figures say how the
+//! two clients compare against one server, not what S3 can take.
 
 use std::io::Read;
 use std::process::Command;
 use std::time::Instant;
 
 use hypersdk_core::{Artifact, Sink};
-use hypersdk_testsupport::s3::{MotoS3, ACCESS_KEY, SECRET_KEY};
+use hypersdk_testsupport::s3::{boto3, Minio, MotoS3, ACCESS_KEY, SECRET_KEY};
 use hypersdk_testsupport::{path_str, peak_rss_kib, write_mixed_file};
 
 fn child(file: &str, endpoint: &str, key: &str) -> anyhow::Result<()> {
@@ -37,6 +37,14 @@ fn child(file: &str, endpoint: &str, key: &str) -> anyhow::Result<()> {
         access_key_id: Some(ACCESS_KEY.into()),
         secret_access_key: Some(SECRET_KEY.into()),
         region: Some("us-east-1".into()),
+        // HSDK_CHECKSUM: sha256 or crc64nvme (default: the sink's, SHA-256
+        // over the plain HTTP of these servers).
+        checksum: std::env::var("HSDK_CHECKSUM").ok(),
+        // HSDK_PART_MIB: another part size, for experiments.
+        part_size: std::env::var("HSDK_PART_MIB")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .map(|m| m << 20),
         ..Default::default()
     };
     let sink = hypersdk_sinks::s3::sink("s3://bench", &settings, state.path().to_path_buf())?;
@@ -78,7 +86,7 @@ secs = time.monotonic() - t
 print(json.dumps({"secs": secs, "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 "#;
 
-/// Run by [`MotoS3::boto3`], after its client `s3` is made.
+/// Run by [`boto3`], after its client `s3` is made.
 const SHA: &str = r#"
 import hashlib
 h = hashlib.sha256()
@@ -120,57 +128,63 @@ fn main() -> anyhow::Result<()> {
         hypersdk_formats::manifest::to_hex(&h.finalize())
     };
     let moto = MotoS3::start();
-    moto.create_bucket("bench");
-    let ep = moto.endpoint();
+    let minio = Minio::start();
     let python = hypersdk_testsupport::python::venv_python();
     let me = std::env::current_exe()?;
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    let (mut our_rss, mut their_rss) = (0u64, 0u64);
-    for round in 0..3 {
-        let key = format!("ours-{round}.ova");
-        let mut c = Command::new(&me);
-        c.args(["--child", path_str(&file), &ep, &key]);
-        let v = run_json(c)?;
-        ours.push(v["secs"].as_f64().unwrap_or(f64::NAN));
-        our_rss = our_rss.max(v["rss_kib"].as_u64().unwrap_or(0));
-        let key2 = format!("boto3-{round}.ova");
-        let mut c = Command::new(&python);
-        c.args([
-            "-c",
-            BOTO,
-            &ep,
-            ACCESS_KEY,
-            SECRET_KEY,
-            path_str(&file),
-            &key2,
-        ]);
-        let v = run_json(c)?;
-        theirs.push(v["secs"].as_f64().unwrap_or(f64::NAN));
-        their_rss = their_rss.max(v["rss_kib"].as_u64().unwrap_or(0));
-        for k in [&key, &key2] {
-            let got = moto.boto3(SHA, &[k]);
-            anyhow::ensure!(got.trim() == want, "{k}: sha256 {} != {want}", got.trim());
+    for (server, ep) in [("moto", moto.endpoint()), ("MinIO", minio.endpoint())] {
+        // HSDK_SERVERS=minio: one server only, for experiments.
+        if std::env::var("HSDK_SERVERS").is_ok_and(|v| !v.eq_ignore_ascii_case(server)) {
+            continue;
         }
+        boto3(&ep, "s3.create_bucket(Bucket='bench')", &[]);
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        let (mut our_rss, mut their_rss) = (0u64, 0u64);
+        for round in 0..3 {
+            let key = format!("ours-{round}.ova");
+            let mut c = Command::new(&me);
+            c.args(["--child", path_str(&file), &ep, &key]);
+            let v = run_json(c)?;
+            ours.push(v["secs"].as_f64().unwrap_or(f64::NAN));
+            our_rss = our_rss.max(v["rss_kib"].as_u64().unwrap_or(0));
+            let key2 = format!("boto3-{round}.ova");
+            let mut c = Command::new(&python);
+            c.args([
+                "-c",
+                BOTO,
+                &ep,
+                ACCESS_KEY,
+                SECRET_KEY,
+                path_str(&file),
+                &key2,
+            ]);
+            let v = run_json(c)?;
+            theirs.push(v["secs"].as_f64().unwrap_or(f64::NAN));
+            their_rss = their_rss.max(v["rss_kib"].as_u64().unwrap_or(0));
+            for k in [&key, &key2] {
+                let got = boto3(&ep, SHA, &[k]);
+                anyhow::ensure!(got.trim() == want, "{k}: sha256 {} != {want}", got.trim());
+            }
+            println!(
+                "{server} round {round}: hypersdk {:.2} s, boto3 upload_file {:.2} s",
+                ours[round], theirs[round]
+            );
+        }
+        let bytes = (mib << 20) as f64;
+        let (o, t) = (median(ours), median(theirs));
+        println!("\nupload of {mib} MiB into {server} (median of 3):");
+        println!("| client | time | rate | peak RSS |");
+        println!("|---|---|---|---|");
         println!(
-            "round {round}: hypersdk {:.2} s, boto3 upload_file {:.2} s",
-            ours[round], theirs[round]
+            "| hypersdk S3 sink (16 MiB parts) | {o:.2} s | {:.0} MB/s | {} MiB |",
+            bytes / o / 1e6,
+            our_rss / 1024
         );
+        println!(
+            "| boto3 upload_file (defaults) | {t:.2} s | {:.0} MB/s | {} MiB |",
+            bytes / t / 1e6,
+            their_rss / 1024
+        );
+        println!("ratio (boto3 time / hypersdk time): {:.2}x\n", t / o);
     }
-    let bytes = (mib << 20) as f64;
-    let (o, t) = (median(ours), median(theirs));
-    println!("\nupload of {mib} MiB into moto (median of 3):");
-    println!("| client | time | rate | peak RSS |");
-    println!("|---|---|---|---|");
-    println!(
-        "| hypersdk S3 sink (16 MiB parts) | {o:.2} s | {:.0} MB/s | {} MiB |",
-        bytes / o / 1e6,
-        our_rss / 1024
-    );
-    println!(
-        "| boto3 upload_file (defaults) | {t:.2} s | {:.0} MB/s | {} MiB |",
-        bytes / t / 1e6,
-        their_rss / 1024
-    );
-    println!("ratio (boto3 time / hypersdk time): {:.2}x", t / o);
     Ok(())
 }

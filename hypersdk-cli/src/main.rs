@@ -436,6 +436,10 @@ pub(crate) struct StoreArgs {
     /// Virtual-hosted-style S3 requests (bucket.endpoint) instead of path style.
     #[arg(long)]
     s3_virtual_hosted: bool,
+    /// Checksum of each part, checked by the store: crc64nvme (default over
+    /// HTTPS) or sha256 (default over plain HTTP; for stores without CRC-64).
+    #[arg(long, value_name = "ALGO")]
+    s3_checksum: Option<String>,
     /// Where object-store outputs keep what resuming needs (default
     /// ~/.local/state/hypersdk/uploads).
     #[arg(long, value_name = "DIR")]
@@ -452,6 +456,7 @@ impl StoreArgs {
                 region: self.s3_region.clone(),
                 profile: self.s3_profile.clone(),
                 virtual_hosted: self.s3_virtual_hosted,
+                checksum: self.s3_checksum.clone(),
                 ..Default::default()
             },
             ..Default::default()

@@ -8,8 +8,9 @@
 //!   (an OVF directory's manifest last), so an object appears whole under
 //!   its final key or not at all. A failed or cancelled export aborts its
 //!   uploads (no parts left billing the owner) unless it is kept for resume.
-//! - Stores check each part on receipt: S3 parts carry their SHA-256
-//!   (`x-amz-checksum-sha256`), and a part damaged on the way is refused.
+//! - Stores check each part on receipt: S3 parts carry their CRC-64/NVME
+//!   (`x-amz-checksum-crc64nvme`, over HTTPS) or SHA-256 (over plain HTTP,
+//!   or when asked), and a part damaged on the way is refused.
 //!   Since an upload cannot be read before it completes, the verify pass
 //!   reads the objects back right after publication
 //!   ([`Staging::reads_before_commit`] is false); the export deletes them
@@ -20,7 +21,9 @@
 //! An upload holds the part it is filling, 16 MiB it keeps back so that a
 //! save can always cut a part of at least 5 MiB, and the parts in flight
 //! (about 64 MiB): with the default 16 MiB parts, at most 4 in flight, so
-//! about 100 MiB per object being written. Parts grow (32, 64, 128,
+//! about 96 MiB per object being written. Bytes are kept as the chunks
+//! they were put in (one copy, on `put`); a part is a list of them, split
+//! without copying at its ends. Parts grow (32, 64, 128,
 //! 256 MiB, every 2000 parts) so that an object of up to about 1 TB fits in
 //! S3's 10 000 parts; in-flight parts are then fewer.
 //!
@@ -780,7 +783,11 @@ struct ObjectUpload {
     sizes: Vec<u64>,
     in_flight: JoinSet<(usize, std::result::Result<PartId, object_store::Error>)>,
     /// Bytes put but not yet in a part.
-    buf: Vec<u8>,
+    /// (as the chunks put, so that a part is exactly its bytes: no
+    /// contiguous buffer to grow, split and over-allocate).
+    buf: std::collections::VecDeque<Bytes>,
+    /// Their length.
+    buffered: usize,
     /// Bytes handed to parts.
     flushed: u64,
 }
@@ -813,7 +820,8 @@ impl ObjectUpload {
             sizes: kept.iter().map(|p| p.size).collect(),
             parts: kept.into_iter().map(Some).collect(),
             in_flight: JoinSet::new(),
-            buf: Vec::new(),
+            buf: std::collections::VecDeque::new(),
+            buffered: 0,
             flushed,
         }
     }
@@ -841,21 +849,40 @@ impl ObjectUpload {
         while self.in_flight.len() >= Self::max_in_flight(len) {
             self.join_one().await?;
         }
-        let rest = self.buf.split_off(len);
-        let data = Bytes::from(std::mem::replace(&mut self.buf, rest));
+        let data = self.take(len);
         self.parts.push(None);
-        self.sizes.push(data.len() as u64);
-        self.flushed += data.len() as u64;
+        self.sizes.push(len as u64);
+        self.flushed += len as u64;
         let (mp, key, id) = (
             self.shared.multipart.clone(),
             self.key.clone(),
             self.upload_id.clone(),
         );
         self.in_flight.spawn(async move {
-            let r = mp.put_part(&key, &id, index, PutPayload::from(data)).await;
+            let r = mp.put_part(&key, &id, index, data).await;
             (index, r)
         });
         Ok(())
+    }
+
+    /// The first `len` buffered bytes, as a payload of the chunks (the one
+    /// at the cut split without a copy).
+    fn take(&mut self, len: usize) -> PutPayload {
+        let mut left = len.min(self.buffered);
+        self.buffered -= left;
+        let mut chunks = Vec::new();
+        while left > 0 {
+            let Some(mut c) = self.buf.pop_front() else {
+                break;
+            };
+            if c.len() > left {
+                let rest = c.split_off(left);
+                self.buf.push_front(rest);
+            }
+            left -= c.len();
+            chunks.push(c);
+        }
+        chunks.into_iter().collect()
     }
 
     /// Waits for one part in flight.
@@ -902,10 +929,13 @@ impl ObjectUpload {
 #[async_trait]
 impl Upload for ObjectUpload {
     async fn put(&mut self, data: &[u8]) -> Result<()> {
-        self.buf.extend_from_slice(data);
+        if !data.is_empty() {
+            self.buf.push_back(Bytes::copy_from_slice(data));
+            self.buffered += data.len();
+        }
         loop {
             let len = self.part_len(self.parts.len());
-            if self.buf.len() < len + RESERVE {
+            if self.buffered < len + RESERVE {
                 return Ok(());
             }
             self.send(len).await?;
@@ -913,7 +943,7 @@ impl Upload for ObjectUpload {
     }
 
     fn size(&self) -> u64 {
-        self.flushed + self.buf.len() as u64
+        self.flushed + self.buffered as u64
     }
 
     async fn save(&mut self) -> Result<Option<UploadState>> {
@@ -964,8 +994,8 @@ impl Upload for ObjectUpload {
     }
 
     async fn complete(mut self: Box<Self>) -> Result<u64> {
-        if !self.buf.is_empty() || self.parts.is_empty() {
-            let len = self.buf.len();
+        if self.buffered > 0 || self.parts.is_empty() {
+            let len = self.buffered;
             self.send(len).await?;
         }
         self.join_all().await?;

@@ -59,6 +59,13 @@ pub struct S3Settings {
     /// Part size in bytes (at least 5 MiB; default 16 MiB).
     #[serde(default)]
     pub part_size: Option<usize>,
+    /// The checksum each part carries, which the store checks on receipt:
+    /// `crc64nvme` (default over HTTPS; the payload is then unsigned, TLS
+    /// protecting it, and no SHA-256 is spent on it) or `sha256` (default
+    /// over plain HTTP, the signature then covering the payload; also for
+    /// stores without CRC-64/NVME).
+    #[serde(default)]
+    pub checksum: Option<String>,
 }
 
 impl std::fmt::Debug for S3Settings {
@@ -73,6 +80,7 @@ impl std::fmt::Debug for S3Settings {
             .field("profile", &self.profile)
             .field("virtual_hosted", &self.virtual_hosted)
             .field("part_size", &self.part_size)
+            .field("checksum", &self.checksum)
             .finish()
     }
 }
@@ -200,9 +208,32 @@ pub fn sink(url: &str, settings: &S3Settings, state_dir: PathBuf) -> Result<Obje
             .with_config(AmazonS3ConfigKey::Endpoint, e)
             .with_allow_http(e.starts_with("http://"));
     }
+    let plain_http = endpoint
+        .as_deref()
+        .is_some_and(|e| e.starts_with("http://"));
+    let checksum = match settings
+        .checksum
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None if plain_http => object_store::aws::Checksum::SHA256,
+        None | Some("crc64nvme") => object_store::aws::Checksum::CRC64NVME,
+        Some("sha256") => object_store::aws::Checksum::SHA256,
+        Some(other) => {
+            return Err(Error::InvalidArgument(format!(
+                "S3 checksum {other:?}: sha256 or crc64nvme"
+            )))
+        }
+    };
+    // With SHA-256 the signature covers the payload too (one digest for
+    // both); with CRC-64 no SHA-256 is spent on the bytes and the payload is
+    // unsigned (TLS protects it; over plain HTTP only the checksum does).
+    let crc = matches!(checksum, object_store::aws::Checksum::CRC64NVME);
     b = b
         .with_virtual_hosted_style_request(settings.virtual_hosted)
-        .with_checksum_algorithm(object_store::aws::Checksum::SHA256);
+        .with_checksum_algorithm(checksum)
+        .with_unsigned_payload(crc);
     let store =
         Arc::new(b.build().map_err(|e| {
             Error::InvalidArgument(format!("cannot set up S3 access to {url}: {e}"))

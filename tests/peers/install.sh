@@ -72,3 +72,15 @@ if [ ! -x "$azurite_dir/node_modules/.bin/azurite-blob" ]; then
   (cd "$azurite_dir" && npm install --no-audit --no-fund --silent "azurite@$azurite_version" >/dev/null)
 fi
 echo "azurite: $azurite_dir" >&2
+
+# MinIO, the more faithful S3 (Go module github.com/minio/minio, no binary
+# in a registry): built once per version outside the checkout (about 5
+# minutes on 2 cores), reused by clones.
+minio_version=v0.0.0-20260212201848-7aac2a2c5b7c
+minio_dir="${HYPERSDK_PEERS_CACHE:-$HOME/.cache/hypersdk/peers}/minio-$minio_version"
+if [ ! -x "$minio_dir/minio" ]; then
+  mkdir -p "$minio_dir"
+  echo "building MinIO $minio_version (once)" >&2
+  (cd /tmp && GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOBIN="$minio_dir" go install "github.com/minio/minio@$minio_version")
+fi
+echo "minio: $minio_dir" >&2

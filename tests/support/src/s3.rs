@@ -29,6 +29,14 @@ s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
     config=Config(s3={"addressing_style": "path"}))
 "#;
 
+/// Runs `code` after a boto3 client `s3` for the S3 server at `endpoint`
+/// (the test credentials) is made; `args` follow as `sys.argv[4:]`.
+pub fn boto3(endpoint: &str, code: &str, args: &[&str]) -> String {
+    let mut all = vec![endpoint, ACCESS_KEY, SECRET_KEY];
+    all.extend_from_slice(args);
+    run_python(&format!("{BOTO}\n{code}"), &all)
+}
+
 impl MotoS3 {
     /// Starts one.
     pub fn start() -> MotoS3 {
@@ -44,10 +52,7 @@ impl MotoS3 {
     /// Runs `code` after a boto3 client `s3` for this server is made;
     /// `args` follow as `sys.argv[4:]`.
     pub fn boto3(&self, code: &str, args: &[&str]) -> String {
-        let ep = self.endpoint();
-        let mut all = vec![ep.as_str(), ACCESS_KEY, SECRET_KEY];
-        all.extend_from_slice(args);
-        run_python(&format!("{BOTO}\n{code}"), &all)
+        boto3(&self.endpoint(), code, args)
     }
 
     /// Creates bucket `name`.
@@ -101,5 +106,128 @@ impl Drop for MotoS3 {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// MinIO (built by tests/peers/install.sh) on 127.0.0.1, with the test
+/// credentials as its root user; killed on drop.
+#[derive(Debug)]
+pub struct Minio {
+    /// Its port.
+    pub port: u16,
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Minio {
+    /// Starts one on an empty data directory.
+    pub fn start() -> Minio {
+        use std::io::BufRead;
+        let _ = crate::python::venv_python();
+        let cache = std::env::var_os("HYPERSDK_PEERS_CACHE")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+                    .join(".cache/hypersdk/peers")
+            });
+        let bin = cache.join("minio-v0.0.0-20260212201848-7aac2a2c5b7c/minio");
+        if !bin.exists() {
+            let status = std::process::Command::new("bash")
+                .arg(crate::workspace_root().join("tests/peers/install.sh"))
+                .status()
+                .expect("run tests/peers/install.sh");
+            assert!(status.success(), "tests/peers/install.sh failed");
+        }
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "hypersdk-minio-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("minio data directory");
+        let mut child = std::process::Command::new(bin)
+            .args([
+                "server",
+                dir.to_str().expect("UTF-8"),
+                "--address",
+                "127.0.0.1:0",
+            ])
+            .env("MINIO_ROOT_USER", ACCESS_KEY)
+            .env("MINIO_ROOT_PASSWORD", SECRET_KEY)
+            .env("MINIO_BROWSER", "off")
+            .env("MINIO_UPDATE", "off")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start minio");
+        // It prints its banner, with the port it got, on standard error.
+        let stdout = child.stderr.take().expect("minio stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = std::io::BufReader::new(stdout);
+            let mut line = String::new();
+            let mut sent = false;
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                if let (false, Some(at)) = (sent, line.find("API: http://127.0.0.1:")) {
+                    let port = line[at + "API: http://127.0.0.1:".len()..]
+                        .split_whitespace()
+                        .next()
+                        .and_then(|p| p.parse::<u16>().ok());
+                    let _ = tx.send(port);
+                    sent = true;
+                }
+                line.clear();
+            }
+        });
+        let port = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Some(p)) => p,
+            _ => {
+                let _ = child.kill();
+                panic!("minio did not start within 60 s");
+            }
+        };
+        Minio { port, child, dir }
+    }
+
+    /// Its endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates bucket `name` (with boto3).
+    pub fn create_bucket(&self, name: &str) {
+        boto3(
+            &self.endpoint(),
+            "s3.create_bucket(Bucket=sys.argv[4])",
+            &[name],
+        );
+    }
+
+    /// Downloads `key` of `bucket` into `to` with boto3.
+    pub fn download(&self, bucket: &str, key: &str, to: &std::path::Path) {
+        boto3(
+            &self.endpoint(),
+            "s3.download_file(sys.argv[4], sys.argv[5], sys.argv[6])",
+            &[bucket, key, to.to_str().expect("a UTF-8 path")],
+        );
+    }
+
+    /// Multipart uploads still open in `bucket`.
+    pub fn open_uploads(&self, bucket: &str) -> Vec<String> {
+        let out = boto3(
+            &self.endpoint(),
+            "import json\nr = s3.list_multipart_uploads(Bucket=sys.argv[4])\nprint(json.dumps([u['Key'] for u in r.get('Uploads', [])]))",
+            &[bucket],
+        );
+        serde_json::from_str(out.trim()).expect("a list of uploads")
+    }
+}
+
+impl Drop for Minio {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
