@@ -178,19 +178,13 @@ pub fn sink(
     let store = Arc::new(b.build().map_err(|e| {
         Error::InvalidArgument(format!("cannot set up Azure Blob access to {url}: {e}"))
     })?);
-    let shown = format!(
-        "azure://{account}/{container}{}",
-        if prefix.is_empty() {
-            String::new()
-        } else {
-            format!("/{prefix}")
-        }
-    );
-    let mut sink = ObjectStoreSink::new(store.clone(), store, shown, &prefix, state_dir);
-    if let Some(p) = settings.part_size {
-        sink = sink.with_part_size(p);
-    }
-    Ok(sink)
+    Ok(ObjectStoreSink::over(
+        store,
+        &format!("azure://{account}/{container}"),
+        &prefix,
+        state_dir,
+        settings.part_size,
+    ))
 }
 
 #[cfg(test)]

@@ -119,6 +119,28 @@ impl ObjectStoreSink {
         }
     }
 
+    /// A sink over `store` (one that does multipart uploads), writing
+    /// under `prefix`, shown as `root` (`s3://bucket`) joined with it, with
+    /// parts of `part_size` bytes if given.
+    pub(crate) fn over<T: ObjectStore + MultipartStore>(
+        store: Arc<T>,
+        root: &str,
+        prefix: &str,
+        state_dir: PathBuf,
+        part_size: Option<usize>,
+    ) -> ObjectStoreSink {
+        let shown = if prefix.is_empty() {
+            root.to_string()
+        } else {
+            format!("{root}/{prefix}")
+        };
+        let sink = ObjectStoreSink::new(store.clone(), store, shown, prefix, state_dir);
+        match part_size {
+            Some(p) => sink.with_part_size(p),
+            None => sink,
+        }
+    }
+
     /// Sets the part size (at least 5 MiB).
     pub fn with_part_size(mut self, bytes: usize) -> ObjectStoreSink {
         if let Some(s) = Arc::get_mut(&mut self.shared) {

@@ -238,19 +238,13 @@ pub fn sink(url: &str, settings: &S3Settings, state_dir: PathBuf) -> Result<Obje
         Arc::new(b.build().map_err(|e| {
             Error::InvalidArgument(format!("cannot set up S3 access to {url}: {e}"))
         })?);
-    let shown = format!(
-        "s3://{bucket}{}",
-        if prefix.is_empty() {
-            String::new()
-        } else {
-            format!("/{prefix}")
-        }
-    );
-    let mut sink = ObjectStoreSink::new(store.clone(), store, shown, &prefix, state_dir);
-    if let Some(p) = settings.part_size {
-        sink = sink.with_part_size(p);
-    }
-    Ok(sink)
+    Ok(ObjectStoreSink::over(
+        store,
+        &format!("s3://{bucket}"),
+        &prefix,
+        state_dir,
+        settings.part_size,
+    ))
 }
 
 #[cfg(test)]

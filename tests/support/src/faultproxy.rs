@@ -49,6 +49,18 @@ struct Totals {
 }
 
 impl Totals {
+    /// Adds cuts at `totals`, keeping them ascending.
+    fn plan(&mut self, totals: &[u64]) {
+        let mut all: Vec<u64> = self
+            .cuts
+            .iter()
+            .copied()
+            .chain(totals.iter().copied())
+            .collect();
+        all.sort_unstable();
+        self.cuts = all.into();
+    }
+
     /// Accounts for `n` bytes read; returns how many to forward and whether
     /// to cut the connection after them.
     fn take(&mut self, n: u64) -> (u64, bool) {
@@ -204,14 +216,7 @@ impl FaultProxy {
     /// carrying them is closed there, mid-request.
     pub fn cut_uploads_at_totals(&self, totals: &[u64]) {
         if let Ok(mut t) = self.to_server.lock() {
-            let mut all: Vec<u64> = t
-                .cuts
-                .iter()
-                .copied()
-                .chain(totals.iter().copied())
-                .collect();
-            all.sort_unstable();
-            t.cuts = all.into();
+            t.plan(totals);
         }
     }
 
@@ -247,14 +252,7 @@ impl FaultProxy {
     /// the connection carrying them is closed there.
     pub fn cut_at_totals(&self, totals: &[u64]) {
         if let Ok(mut t) = self.from_server.lock() {
-            let mut all: Vec<u64> = t
-                .cuts
-                .iter()
-                .copied()
-                .chain(totals.iter().copied())
-                .collect();
-            all.sort_unstable();
-            t.cuts = all.into();
+            t.plan(totals);
         }
     }
 
