@@ -24,7 +24,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use hypersdk_core::{Artifact, Sink};
-use hypersdk_testsupport::s3::{boto3, Minio, MotoS3, ACCESS_KEY, SECRET_KEY};
+use hypersdk_testsupport::s3::{boto3, Minio, MotoS3, S3Peer, ACCESS_KEY, SECRET_KEY};
 use hypersdk_testsupport::{path_str, peak_rss_kib, write_mixed_file};
 
 fn child(file: &str, endpoint: &str, key: &str) -> anyhow::Result<()> {

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use hypersdk_testsupport::s3::{MotoS3, ACCESS_KEY, SECRET_KEY};
+use hypersdk_testsupport::s3::{MotoS3, S3Peer, ACCESS_KEY, SECRET_KEY};
 use hypersdk_testsupport::{
     assert_same_guest_data, disk_like_content, domain_xml, mixed_content, path_str, workspace_root,
 };

@@ -9,7 +9,7 @@ use std::time::Duration;
 mod common;
 
 use common::{config, Daemon};
-use hypersdk_testsupport::s3::{MotoS3, ACCESS_KEY, SECRET_KEY};
+use hypersdk_testsupport::s3::{MotoS3, S3Peer, ACCESS_KEY, SECRET_KEY};
 
 #[test]
 fn a_job_exports_into_a_named_s3_sink() {

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use hypersdk_core::{Error, Result};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 
+use crate::object::{endpoint_is_http, hidden, plain_prefix};
 use crate::ObjectStoreSink;
 
 /// How to reach a container, beyond what its URL says.
@@ -53,7 +54,6 @@ pub struct AzureSettings {
 
 impl std::fmt::Debug for AzureSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let hidden = |o: &Option<String>| o.as_ref().map(|_| "<hidden>");
         f.debug_struct("AzureSettings")
             .field("account", &self.account)
             .field("access_key", &hidden(&self.access_key))
@@ -100,14 +100,7 @@ pub fn parse_url(url: &str) -> Result<(Option<String>, String, String)> {
             return Err(bad(&format!("{a:?} is not a storage account name")));
         }
     }
-    if url.contains(['?', '#']) || prefix.split('/').any(|c| c == ".." || c == ".") {
-        return Err(bad("the prefix must be plain path components"));
-    }
-    Ok((
-        account,
-        container.to_string(),
-        prefix.trim_matches('/').to_string(),
-    ))
+    Ok((account, container.to_string(), plain_prefix(url, prefix)?))
 }
 
 /// The fields of a connection string (`Key=Value;…`), by lower-case key.
@@ -166,14 +159,10 @@ pub fn sink(
         .clone()
         .or_else(|| cs.get("blobendpoint").cloned());
     if let Some(e) = &endpoint {
-        if !(e.starts_with("http://") || e.starts_with("https://")) {
-            return Err(Error::InvalidArgument(format!(
-                "Azure endpoint {e:?} is not an http:// or https:// URL"
-            )));
-        }
+        let http = endpoint_is_http("Azure", e)?;
         b = b
             .with_endpoint(e.trim_end_matches('/').to_string())
-            .with_allow_http(e.starts_with("http://"));
+            .with_allow_http(http);
     }
     let store = Arc::new(b.build().map_err(|e| {
         Error::InvalidArgument(format!("cannot set up Azure Blob access to {url}: {e}"))

@@ -231,6 +231,34 @@ fn store_error(action: &str, target: String, e: object_store::Error) -> Error {
     Error::sink(action, target, std::io::Error::new(kind, e))
 }
 
+/// The prefix of object-store URL `url`, without slashes at its ends:
+/// refused unless its components are plain and the URL has no query or
+/// fragment.
+pub(crate) fn plain_prefix(url: &str, prefix: &str) -> Result<String> {
+    if url.contains(['?', '#']) || prefix.split('/').any(|c| c == ".." || c == ".") {
+        return Err(Error::InvalidArgument(format!(
+            "{url}: the prefix must be plain path components"
+        )));
+    }
+    Ok(prefix.trim_matches('/').to_string())
+}
+
+/// Whether endpoint `e` of a `store` ("S3", "Azure") is plain HTTP;
+/// refused unless it is an http:// or https:// URL.
+pub(crate) fn endpoint_is_http(store: &str, e: &str) -> Result<bool> {
+    if !(e.starts_with("http://") || e.starts_with("https://")) {
+        return Err(Error::InvalidArgument(format!(
+            "{store} endpoint {e:?} is not an http:// or https:// URL"
+        )));
+    }
+    Ok(e.starts_with("http://"))
+}
+
+/// A secret as the settings' Debug shows it.
+pub(crate) fn hidden(secret: &Option<String>) -> Option<&'static str> {
+    secret.as_ref().map(|_| "<hidden>")
+}
+
 /// A published path's components must be plain and not hidden.
 fn check_path(path: &str) -> Result<()> {
     for part in path.split('/') {
@@ -663,20 +691,13 @@ impl Staging for ObjectStaging {
                 saved.size
             )));
         }
-        let mut total = 0u64;
-        let mut parts = Vec::new();
-        for p in &s.parts {
-            if total == keep {
-                break;
-            }
-            total += p.size;
-            parts.push(p.clone());
-        }
-        if total != keep {
-            return Err(Error::InvalidArgument(format!(
+        let n = whole_parts(s.parts.iter().map(|p| p.size), keep).ok_or_else(|| {
+            Error::InvalidArgument(format!(
                 "upload {name}: {keep} bytes is not a part boundary (the store keeps whole parts)"
-            )));
-        }
+            ))
+        })?;
+        let mut parts = s.parts;
+        parts.truncate(n);
         Ok(Box::new(ObjectUpload::new(
             self.shared.clone(),
             self.registry.clone(),
@@ -792,6 +813,27 @@ impl Staging for ObjectStaging {
     }
 }
 
+/// A part handed over: its size, and its id once the store took it.
+#[derive(Debug)]
+struct Part {
+    size: u64,
+    id: Option<String>,
+}
+
+/// How many leading parts of these sizes make exactly `end` bytes, if some do.
+fn whole_parts(sizes: impl Iterator<Item = u64>, end: u64) -> Option<usize> {
+    let mut total = 0;
+    let mut n = 0;
+    for s in sizes {
+        if total >= end {
+            break;
+        }
+        total += s;
+        n += 1;
+    }
+    (total == end).then_some(n)
+}
+
 /// One object being uploaded in parts.
 struct ObjectUpload {
     shared: Arc<Shared>,
@@ -799,10 +841,8 @@ struct ObjectUpload {
     name: String,
     key: Key,
     upload_id: String,
-    /// Finished parts, in order (None while in flight).
-    parts: Vec<Option<SavedPart>>,
-    /// Sizes of every part handed over, in order.
-    sizes: Vec<u64>,
+    /// Every part handed over, in order.
+    parts: Vec<Part>,
     in_flight: JoinSet<(usize, std::result::Result<PartId, object_store::Error>)>,
     /// Bytes put but not yet in a part.
     /// (as the chunks put, so that a part is exactly its bytes: no
@@ -839,8 +879,13 @@ impl ObjectUpload {
             name: name.to_string(),
             key,
             upload_id,
-            sizes: kept.iter().map(|p| p.size).collect(),
-            parts: kept.into_iter().map(Some).collect(),
+            parts: kept
+                .into_iter()
+                .map(|p| Part {
+                    size: p.size,
+                    id: Some(p.id),
+                })
+                .collect(),
             in_flight: JoinSet::new(),
             buf: std::collections::VecDeque::new(),
             buffered: 0,
@@ -872,8 +917,10 @@ impl ObjectUpload {
             self.join_one().await?;
         }
         let data = self.take(len);
-        self.parts.push(None);
-        self.sizes.push(len as u64);
+        self.parts.push(Part {
+            size: len as u64,
+            id: None,
+        });
         self.flushed += len as u64;
         let (mp, key, id) = (
             self.shared.multipart.clone(),
@@ -921,10 +968,7 @@ impl ObjectUpload {
                 e,
             )
         })?;
-        self.parts[index] = Some(SavedPart {
-            id: part.content_id,
-            size: self.sizes[index],
-        });
+        self.parts[index].id = Some(part.content_id);
         Ok(())
     }
 
@@ -935,16 +979,18 @@ impl ObjectUpload {
         Ok(())
     }
 
-    fn state(&self) -> Option<UploadState> {
-        let parts: Option<Vec<SavedPart>> = self.parts.iter().cloned().collect();
-        let saved = Saved {
-            upload_id: self.upload_id.clone(),
-            parts: parts?,
-        };
-        Some(UploadState {
-            size: self.flushed,
-            sink: serde_json::to_value(saved).ok()?,
-        })
+    /// The first `n` parts, all finished (call after [`join_all`](Self::join_all)).
+    fn finished(&self, n: usize) -> Result<Vec<SavedPart>> {
+        self.parts[..n]
+            .iter()
+            .map(|p| {
+                Some(SavedPart {
+                    id: p.id.clone()?,
+                    size: p.size,
+                })
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::Internal("a part is still in flight".into()))
     }
 }
 
@@ -992,22 +1038,12 @@ impl Upload for ObjectUpload {
         }
         self.join_all().await?;
         // `end` must be a part boundary.
-        let mut total = 0;
-        let mut n = 0;
-        for s in &self.sizes {
-            if total == end {
-                break;
-            }
-            total += s;
-            n += 1;
-        }
-        if total != end {
+        let Some(n) = whole_parts(self.parts.iter().map(|p| p.size), end) else {
             return Ok(None);
-        }
-        let parts: Option<Vec<SavedPart>> = self.parts[..n].iter().cloned().collect();
+        };
         let saved = Saved {
             upload_id: self.upload_id.clone(),
-            parts: parts.unwrap_or_default(),
+            parts: self.finished(n)?,
         };
         Ok(Some(UploadState {
             size: end,
@@ -1022,17 +1058,13 @@ impl Upload for ObjectUpload {
         }
         self.join_all().await?;
         let size = self.flushed;
-        let state = self
-            .state()
-            .ok_or_else(|| Error::Internal("a finished upload has parts in flight".into()))?;
-        let saved: Saved = serde_json::from_value(state.sink)
-            .map_err(|e| Error::Internal(format!("upload state: {e}")))?;
+        let parts = self.finished(self.parts.len())?;
         let name = self.name.clone();
         let id = self.upload_id.clone();
         self.registry.update(|v| {
             if let Some(e) = v.iter_mut().find(|e| e.name == name && e.upload_id == id) {
                 e.finished = Some(Finished {
-                    parts: saved.parts.iter().map(|p| p.id.clone()).collect(),
+                    parts: parts.into_iter().map(|p| p.id).collect(),
                     size,
                 });
             }

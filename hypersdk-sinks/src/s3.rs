@@ -29,6 +29,7 @@ use std::sync::Arc;
 use hypersdk_core::{Error, Result};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 
+use crate::object::{endpoint_is_http, hidden, plain_prefix};
 use crate::ObjectStoreSink;
 
 /// How to reach a bucket, beyond what its URL says.
@@ -70,7 +71,6 @@ pub struct S3Settings {
 
 impl std::fmt::Debug for S3Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let hidden = |o: &Option<String>| o.as_ref().map(|_| "<hidden>");
         f.debug_struct("S3Settings")
             .field("endpoint", &self.endpoint)
             .field("region", &self.region)
@@ -101,12 +101,7 @@ pub fn parse_url(url: &str) -> Result<(String, String)> {
             "{url}: {bucket:?} is not a bucket name (3 to 63 lower-case letters, digits, dots and hyphens)"
         )));
     }
-    if url.contains(['?', '#']) || prefix.split('/').any(|c| c == ".." || c == ".") {
-        return Err(Error::InvalidArgument(format!(
-            "{url}: the prefix must be plain path components"
-        )));
-    }
-    Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
+    Ok((bucket.to_string(), plain_prefix(url, prefix)?))
 }
 
 /// The values of `profile` in an INI file of the AWS CLI's shape
@@ -198,19 +193,13 @@ pub fn sink(url: &str, settings: &S3Settings, state_dir: PathBuf) -> Result<Obje
             b = b.with_token(t);
         }
     }
+    let mut plain_http = false;
     if let Some(e) = &endpoint {
-        if !(e.starts_with("http://") || e.starts_with("https://")) {
-            return Err(Error::InvalidArgument(format!(
-                "S3 endpoint {e:?} is not an http:// or https:// URL"
-            )));
-        }
+        plain_http = endpoint_is_http("S3", e)?;
         b = b
             .with_config(AmazonS3ConfigKey::Endpoint, e)
-            .with_allow_http(e.starts_with("http://"));
+            .with_allow_http(plain_http);
     }
-    let plain_http = endpoint
-        .as_deref()
-        .is_some_and(|e| e.starts_with("http://"));
     let checksum = match settings
         .checksum
         .as_deref()

@@ -9,7 +9,7 @@ use hypersdk_core::{Artifact, Sink};
 use hypersdk_sinks::s3::{sink, S3Settings};
 use hypersdk_sinks::ObjectStoreSink;
 use hypersdk_testkit::sink::{pattern, run_suite, Capabilities};
-use hypersdk_testsupport::s3::{MotoS3, ACCESS_KEY, SECRET_KEY};
+use hypersdk_testsupport::s3::{MotoS3, S3Peer, ACCESS_KEY, SECRET_KEY};
 
 fn settings(moto: &MotoS3) -> S3Settings {
     S3Settings {

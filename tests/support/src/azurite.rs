@@ -2,12 +2,10 @@
 //! tests/peers/install.sh) as a peer, with Microsoft's Python SDK
 //! (azure-storage-blob) to make containers and read blobs back.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
-use crate::python::{run_python, venv_python};
+use crate::peers::{announced_port, cached, PeerDir};
+use crate::python::run_python;
 
 /// Azurite's well-known development account.
 pub const ACCOUNT: &str = "devstoreaccount1";
@@ -15,58 +13,23 @@ pub const ACCOUNT: &str = "devstoreaccount1";
 pub const KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
-/// Azurite's blob service on 127.0.0.1 (in memory); killed on drop.
+/// Azurite's blob service on 127.0.0.1; killed on drop.
 #[derive(Debug)]
 pub struct Azurite {
     /// Its port.
     pub port: u16,
     child: Child,
-    _dir: tempfile_dir::Dir,
-}
-
-mod tempfile_dir {
-    /// A directory removed on drop (Azurite's workspace).
-    #[derive(Debug)]
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-fn azurite_bin() -> PathBuf {
-    let _ = venv_python(); // runs install.sh if the peers are missing
-    let cache = std::env::var_os("HYPERSDK_PEERS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/hypersdk/peers")
-        });
-    let bin = cache.join("azurite-3.35.0/node_modules/.bin/azurite-blob");
-    if !bin.exists() {
-        let status = Command::new("bash")
-            .arg(crate::workspace_root().join("tests/peers/install.sh"))
-            .status()
-            .expect("run tests/peers/install.sh");
-        assert!(status.success(), "tests/peers/install.sh failed");
-    }
-    bin
+    _dir: PeerDir,
 }
 
 impl Azurite {
     /// Starts one.
     pub fn start() -> Azurite {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "hypersdk-azurite-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("azurite workspace");
-        let mut child = Command::new(azurite_bin())
+        let dir = PeerDir::new("azurite");
+        let mut child = Command::new(cached("azurite-3.35.0/node_modules/.bin/azurite-blob"))
             .args([
                 "--location",
-                dir.to_str().expect("UTF-8 temp dir"),
+                dir.arg(),
                 "--blobHost",
                 "127.0.0.1",
                 "--blobPort",
@@ -80,37 +43,12 @@ impl Azurite {
             .stderr(Stdio::null())
             .spawn()
             .expect("start azurite");
-        let stdout = child.stdout.take().expect("azurite stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            let mut line = String::new();
-            let mut sent = false;
-            while r.read_line(&mut line).unwrap_or(0) > 0 {
-                if !sent {
-                    if let Some(at) = line.find("listens on http://127.0.0.1:") {
-                        let port = line[at + "listens on http://127.0.0.1:".len()..]
-                            .trim()
-                            .parse::<u16>()
-                            .ok();
-                        let _ = tx.send(port);
-                        sent = true;
-                    }
-                }
-                line.clear(); // keep draining so it never blocks on a full pipe
-            }
-        });
-        let port = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(Some(p)) => p,
-            _ => {
-                let _ = child.kill();
-                panic!("azurite did not start within 60 s");
-            }
-        };
+        let out = child.stdout.take().expect("azurite stdout");
+        let port = announced_port(&mut child, out, "listens on http://127.0.0.1:", "azurite");
         Azurite {
             port,
             child,
-            _dir: tempfile_dir::Dir(dir),
+            _dir: dir,
         }
     }
 

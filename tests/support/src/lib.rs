@@ -12,6 +12,7 @@ use std::process::Command;
 
 pub mod azurite;
 pub mod faultproxy;
+mod peers;
 pub mod python;
 pub mod s3;
 pub mod vcsim;

@@ -3,9 +3,10 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::peers::{announced_port, cached, PeerDir};
 use crate::python::{run_python, start_peer};
 
 /// The credentials the tests give moto (any are accepted).
@@ -37,31 +38,25 @@ pub fn boto3(endpoint: &str, code: &str, args: &[&str]) -> String {
     run_python(&format!("{BOTO}\n{code}"), &all)
 }
 
-impl MotoS3 {
-    /// Starts one.
-    pub fn start() -> MotoS3 {
-        let (child, port) = start_peer("tests/peers/moto_s3.py", &[]);
-        MotoS3 { port, child }
-    }
-
+/// An S3 server the tests started, and what they ask of it through
+/// boto3 (AWS's own client).
+pub trait S3Peer {
     /// Its endpoint URL.
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
+    fn endpoint(&self) -> String;
 
     /// Runs `code` after a boto3 client `s3` for this server is made;
     /// `args` follow as `sys.argv[4:]`.
-    pub fn boto3(&self, code: &str, args: &[&str]) -> String {
+    fn boto3(&self, code: &str, args: &[&str]) -> String {
         boto3(&self.endpoint(), code, args)
     }
 
     /// Creates bucket `name`.
-    pub fn create_bucket(&self, name: &str) {
+    fn create_bucket(&self, name: &str) {
         self.boto3("s3.create_bucket(Bucket=sys.argv[4])", &[name]);
     }
 
     /// Downloads `key` of `bucket` into `to` with boto3's download_file.
-    pub fn download(&self, bucket: &str, key: &str, to: &std::path::Path) {
+    fn download(&self, bucket: &str, key: &str, to: &std::path::Path) {
         self.boto3(
             "s3.download_file(sys.argv[4], sys.argv[5], sys.argv[6])",
             &[bucket, key, to.to_str().expect("a UTF-8 path")],
@@ -69,23 +64,36 @@ impl MotoS3 {
     }
 
     /// Keys and sizes in `bucket`, sorted, as boto3 lists them.
-    pub fn list(&self, bucket: &str) -> Vec<(String, u64)> {
+    fn list(&self, bucket: &str) -> Vec<(String, u64)> {
         let out = self.boto3(
             "import json\nr = s3.list_objects_v2(Bucket=sys.argv[4])\nprint(json.dumps([[o['Key'], o['Size']] for o in r.get('Contents', [])]))",
             &[bucket],
         );
-        let v: Vec<(String, u64)> = serde_json::from_str(out.trim()).expect("a listing");
-        v
+        serde_json::from_str(out.trim()).expect("a listing")
     }
 
     /// Multipart uploads still open in `bucket` (what a failed export must
     /// not leave billing its owner).
-    pub fn open_uploads(&self, bucket: &str) -> Vec<String> {
+    fn open_uploads(&self, bucket: &str) -> Vec<String> {
         let out = self.boto3(
             "import json\nr = s3.list_multipart_uploads(Bucket=sys.argv[4])\nprint(json.dumps([u['Key'] for u in r.get('Uploads', [])]))",
             &[bucket],
         );
         serde_json::from_str(out.trim()).expect("a list of uploads")
+    }
+}
+
+impl S3Peer for MotoS3 {
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl MotoS3 {
+    /// Starts one.
+    pub fn start() -> MotoS3 {
+        let (child, port) = start_peer("tests/peers/moto_s3.py", &[]);
+        MotoS3 { port, child }
     }
 
     /// Requests counted so far: `part_puts`, `creates`, `completes`, `aborts`.
@@ -116,111 +124,38 @@ pub struct Minio {
     /// Its port.
     pub port: u16,
     child: Child,
-    dir: std::path::PathBuf,
+    _dir: PeerDir,
 }
 
 impl Minio {
     /// Starts one on an empty data directory.
     pub fn start() -> Minio {
-        use std::io::BufRead;
-        let _ = crate::python::venv_python();
-        let cache = std::env::var_os("HYPERSDK_PEERS_CACHE")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| {
-                std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME"))
-                    .join(".cache/hypersdk/peers")
-            });
-        let bin = cache.join("minio-v0.0.0-20260212201848-7aac2a2c5b7c/minio");
-        if !bin.exists() {
-            let status = std::process::Command::new("bash")
-                .arg(crate::workspace_root().join("tests/peers/install.sh"))
-                .status()
-                .expect("run tests/peers/install.sh");
-            assert!(status.success(), "tests/peers/install.sh failed");
-        }
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "hypersdk-minio-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("minio data directory");
-        let mut child = std::process::Command::new(bin)
-            .args([
-                "server",
-                dir.to_str().expect("UTF-8"),
-                "--address",
-                "127.0.0.1:0",
-            ])
+        let dir = PeerDir::new("minio");
+        let mut child = Command::new(cached("minio-v0.0.0-20260212201848-7aac2a2c5b7c/minio"))
+            .args(["server", dir.arg(), "--address", "127.0.0.1:0"])
             .env("MINIO_ROOT_USER", ACCESS_KEY)
             .env("MINIO_ROOT_PASSWORD", SECRET_KEY)
             .env("MINIO_BROWSER", "off")
             .env("MINIO_UPDATE", "off")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start minio");
         // It prints its banner, with the port it got, on standard error.
-        let stdout = child.stderr.take().expect("minio stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut r = std::io::BufReader::new(stdout);
-            let mut line = String::new();
-            let mut sent = false;
-            while r.read_line(&mut line).unwrap_or(0) > 0 {
-                if let (false, Some(at)) = (sent, line.find("API: http://127.0.0.1:")) {
-                    let port = line[at + "API: http://127.0.0.1:".len()..]
-                        .split_whitespace()
-                        .next()
-                        .and_then(|p| p.parse::<u16>().ok());
-                    let _ = tx.send(port);
-                    sent = true;
-                }
-                line.clear();
-            }
-        });
-        let port = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(Some(p)) => p,
-            _ => {
-                let _ = child.kill();
-                panic!("minio did not start within 60 s");
-            }
-        };
-        Minio { port, child, dir }
+        let out = child.stderr.take().expect("minio stderr");
+        let port = announced_port(&mut child, out, "API: http://127.0.0.1:", "minio");
+        Minio {
+            port,
+            child,
+            _dir: dir,
+        }
     }
+}
 
-    /// Its endpoint URL.
-    pub fn endpoint(&self) -> String {
+impl S3Peer for Minio {
+    fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Creates bucket `name` (with boto3).
-    pub fn create_bucket(&self, name: &str) {
-        boto3(
-            &self.endpoint(),
-            "s3.create_bucket(Bucket=sys.argv[4])",
-            &[name],
-        );
-    }
-
-    /// Downloads `key` of `bucket` into `to` with boto3.
-    pub fn download(&self, bucket: &str, key: &str, to: &std::path::Path) {
-        boto3(
-            &self.endpoint(),
-            "s3.download_file(sys.argv[4], sys.argv[5], sys.argv[6])",
-            &[bucket, key, to.to_str().expect("a UTF-8 path")],
-        );
-    }
-
-    /// Multipart uploads still open in `bucket`.
-    pub fn open_uploads(&self, bucket: &str) -> Vec<String> {
-        let out = boto3(
-            &self.endpoint(),
-            "import json\nr = s3.list_multipart_uploads(Bucket=sys.argv[4])\nprint(json.dumps([u['Key'] for u in r.get('Uploads', [])]))",
-            &[bucket],
-        );
-        serde_json::from_str(out.trim()).expect("a list of uploads")
     }
 }
 
@@ -228,6 +163,5 @@ impl Drop for Minio {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
