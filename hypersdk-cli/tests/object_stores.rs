@@ -204,13 +204,8 @@ fn durable_saved(state: &Path) -> bool {
     let Ok(dirs) = std::fs::read_dir(state) else {
         return false;
     };
-    dirs.filter_map(|d| std::fs::read(d.ok()?.path().join("checkpoint.json")).ok())
-        .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .any(|v| {
-            v["disks"]
-                .as_array()
-                .is_some_and(|d| d.iter().any(|d| d["durable"].as_u64().unwrap_or(0) > 0))
-        })
+    dirs.filter_map(Result::ok)
+        .any(|d| durable_bytes_saved(&d.path().join("checkpoint.json")))
 }
 
 #[test]

@@ -177,19 +177,6 @@ fn kill_9_at_random_moments_then_resume_gives_the_same_export() {
     }
 }
 
-/// Whether the checkpoint at `path` records durable bytes of some disk.
-fn durable_bytes_saved(path: &Path) -> bool {
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|c| {
-            c["disks"]
-                .as_array()
-                .map(|d| d.iter().any(|d| d["durable"].as_u64().unwrap_or(0) > 0))
-        })
-        .unwrap_or(false)
-}
-
 /// Runs `script` with `sh` in a private mount namespace (so it may mount a
 /// small tmpfs), or, where that is not allowed, with a file-size limit
 /// standing in for the full disk. Returns which of the two it used.

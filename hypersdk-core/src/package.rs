@@ -17,7 +17,7 @@
 //! controller the platform does not name go on the first controller of
 //! their bus type, added if missing.
 
-use hypersdk_formats::ovf::{ControllerType, Envelope, OvfVersion};
+use hypersdk_formats::ovf::{ControllerType, Envelope, OvfVersion, BOOT_TYPES};
 use hypersdk_formats::vmdk::STREAM_OPTIMIZED_FORMAT_URI;
 
 use crate::vm::{ControllerKind, DriveKind, Firmware, GuestOs, OsFamily, VmSpec};
@@ -195,10 +195,8 @@ pub fn ovf_envelope(spec: &VmSpec, disks: &[WrittenDisk]) -> Envelope {
     // Boot order where the platform gave one, as vmw:BootOrderSections
     // naming each device's item; a device the descriptor lacks is skipped.
     for dev in &hw_spec.boot_order {
-        let kind = match dev.kind.as_str() {
-            "network" => "net",
-            k @ ("disk" | "cdrom" | "floppy") => k,
-            _ => continue,
+        let Some(&(_, kind, _)) = BOOT_TYPES.iter().find(|(k, _, _)| *k == dev.kind) else {
+            continue;
         };
         if let Some((_, id)) = ids.iter().filter(|(k, _)| *k == kind).nth(dev.index) {
             sys.add_boot_device(*id, kind);

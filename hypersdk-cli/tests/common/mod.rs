@@ -97,3 +97,16 @@ pub fn listing(dir: &Path) -> Vec<String> {
 pub fn sha256_hex(path: &Path) -> String {
     hypersdk_formats::manifest::to_hex(&Sha256::digest(std::fs::read(path).unwrap()))
 }
+
+/// Whether the checkpoint at `path` records durable bytes of some disk.
+pub fn durable_bytes_saved(path: &Path) -> bool {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|c| {
+            c["disks"]
+                .as_array()
+                .map(|d| d.iter().any(|d| d["durable"].as_u64().unwrap_or(0) > 0))
+        })
+        .unwrap_or(false)
+}

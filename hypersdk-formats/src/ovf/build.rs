@@ -149,6 +149,15 @@ impl VirtualSystem {
     }
 }
 
+/// Boot devices: the VM model's kind, `vmw:BootOrderSection`'s
+/// `vmw:type`, and the CIM `ResourceType` of the item it names.
+pub const BOOT_TYPES: [(&str, &str, &str); 4] = [
+    ("disk", "disk", "17"),
+    ("cdrom", "cdrom", "15"),
+    ("floppy", "floppy", "14"),
+    ("network", "net", "10"),
+];
+
 fn local_of(name: &str) -> &str {
     name.rsplit(':').next().unwrap_or(name)
 }

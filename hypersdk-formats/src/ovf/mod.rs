@@ -29,6 +29,6 @@ pub mod model;
 pub mod os;
 pub mod view;
 
-pub use build::ControllerType;
+pub use build::{ControllerType, BOOT_TYPES};
 pub use model::{Envelope, OvfVersion, MAX_OVF_BYTES};
 pub use view::{allocation_units, config_value, Nic};

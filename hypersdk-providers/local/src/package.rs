@@ -15,7 +15,7 @@ use hypersdk_core::{
 };
 use hypersdk_formats::ova::{safe_member_name, OvaReader};
 use hypersdk_formats::ovf::model::{HwItem, VirtualSystem};
-use hypersdk_formats::ovf::{config_value, Envelope, MAX_OVF_BYTES};
+use hypersdk_formats::ovf::{config_value, Envelope, BOOT_TYPES, MAX_OVF_BYTES};
 
 /// Where a disk's image lies.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,13 +208,7 @@ fn boot_order(s: &VirtualSystem) -> Vec<BootDevice> {
     s.boot_devices()
         .into_iter()
         .filter_map(|(id, kind)| {
-            let (kind, t) = match kind {
-                "disk" => ("disk", "17"),
-                "cdrom" => ("cdrom", "15"),
-                "floppy" => ("floppy", "14"),
-                "net" => ("network", "10"),
-                _ => return None,
-            };
+            let &(kind, _, t) = BOOT_TYPES.iter().find(|(_, v, _)| *v == kind)?;
             let id = id.to_string();
             let index = s
                 .items(t)
