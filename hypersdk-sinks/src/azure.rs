@@ -168,7 +168,7 @@ pub fn sink(
         Error::InvalidArgument(format!("cannot set up Azure Blob access to {url}: {e}"))
     })?);
     Ok(ObjectStoreSink::over(
-        store,
+        crate::multipart::Multipart::of(store),
         &format!("azure://{account}/{container}"),
         &prefix,
         state_dir,

@@ -30,8 +30,12 @@
 
 #[cfg(feature = "azure")]
 pub mod azure;
+#[cfg(feature = "gcs")]
+pub mod gcs;
 mod local;
 mod memory;
+#[cfg(feature = "multipart")]
+mod multipart;
 #[cfg(feature = "object")]
 mod object;
 #[cfg(feature = "s3")]
@@ -39,8 +43,10 @@ pub mod s3;
 
 pub use local::{dir_mode, LocalDirSink, DEFAULT_FILE_MODE};
 pub use memory::MemorySink;
+#[cfg(feature = "multipart")]
+pub use multipart::MIN_PART;
 #[cfg(feature = "object")]
-pub use object::{ObjectStoreSink, DEFAULT_PART, MIN_PART};
+pub use object::{ObjectStoreSink, DEFAULT_PART};
 
 /// Artifact and object names are single path components: no separators,
 /// no `.` or `..`, no NUL.

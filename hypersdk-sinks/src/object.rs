@@ -39,52 +39,119 @@
 //! parts, sends none again and never reads back.
 
 use std::collections::HashSet;
+use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use futures_util::TryStreamExt;
 use hypersdk_core::sink::ObjectMeta;
 use hypersdk_core::{Artifact, CheckpointStore, Error, Result, Sink, Staging, Upload, UploadState};
-use object_store::multipart::{MultipartStore, PartId};
-use object_store::path::Path as Key;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use serde_json::json;
 use tokio::io::AsyncRead;
-use tokio::task::JoinSet;
 
 use crate::check_name;
 use crate::local::{lock_staging, FileStore, Modes};
 
-/// The smallest part a store takes that is not an upload's last (S3, Azure).
-pub const MIN_PART: usize = 5 << 20;
 /// The default part size.
 pub const DEFAULT_PART: usize = 16 << 20;
-/// Bytes an upload keeps in flight.
-const IN_FLIGHT_BYTES: usize = 64 << 20;
-/// Parts an upload may have (S3).
-const MAX_PARTS: usize = 10_000;
-/// Bytes an upload keeps back beyond a full part before sending it, so
-/// that a save (at a resume point at most one pipeline chunk behind the
-/// end) can always cut a part of at least [`MIN_PART`].
-const RESERVE: usize = 16 << 20;
+
+/// What the sink needs of a store. Keys are full object keys (the prefix
+/// included); errors are I/O errors whose kind says what went wrong
+/// (`NotFound`, `PermissionDenied`, `AlreadyExists`, or a transient kind),
+/// with messages that never carry credentials.
+#[async_trait]
+pub(crate) trait Store: Send + Sync + 'static {
+    /// Whether object `key` exists.
+    async fn exists(&self, key: &str) -> io::Result<bool>;
+    /// Keys and sizes of the objects whose key starts with `prefix/`
+    /// (every object without one).
+    async fn list(&self, prefix: Option<&str>) -> io::Result<Vec<(String, u64)>>;
+    /// Object `key` from byte `offset` on; `shown` names it in errors.
+    async fn read(
+        &self,
+        key: &str,
+        offset: u64,
+        shown: String,
+    ) -> io::Result<Box<dyn AsyncRead + Send + Unpin>>;
+    /// Deletes object `key`.
+    async fn delete(&self, key: &str) -> io::Result<()>;
+    /// Opens an upload of object `key`; its id.
+    async fn create(&self, key: &str) -> io::Result<String>;
+    /// Abandons upload `id` of `key`; nothing of it stays.
+    async fn abort(&self, key: &str, id: &str) -> io::Result<()>;
+    /// The writer of upload `of`, continuing what `kept` says when given.
+    async fn upload(&self, of: UploadOf, kept: Option<Kept<'_>>) -> Result<Box<dyn Upload>>;
+    /// Makes a finished upload the object under its key.
+    async fn publish(&self, key: &str, id: &str, finished: &Finished) -> io::Result<()>;
+    /// How the export's checkpoint names upload `id` (the id, unless it is a
+    /// secret).
+    fn public_id(&self, id: &str) -> String {
+        id.to_string()
+    }
+}
+
+/// An upload as its writer knows it.
+pub(crate) struct UploadOf {
+    pub(crate) shared: Arc<Shared>,
+    registry: Arc<Registry>,
+    pub(crate) name: String,
+    pub(crate) key: String,
+    pub(crate) id: String,
+}
+
+impl UploadOf {
+    /// The object as errors name it.
+    pub(crate) fn shown(&self) -> String {
+        self.shared.show(&self.key)
+    }
+
+    /// Records that every byte of the upload is with the store: it is
+    /// published at commit with `detail`.
+    pub(crate) fn finish(&self, size: u64, detail: serde_json::Value) -> Result<()> {
+        let detail = match detail {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        self.registry.update(|v| {
+            if let Some(e) = v
+                .iter_mut()
+                .find(|e| e.name == self.name && e.upload_id == self.id)
+            {
+                e.finished = Some(Finished { size, detail });
+            }
+        })
+    }
+
+    /// Forgets the upload (aborted).
+    pub(crate) fn forget(&self) -> Result<()> {
+        self.registry
+            .update(|v| v.retain(|e| !(e.name == self.name && e.upload_id == self.id)))
+    }
+}
+
+/// What an interrupted upload saved, to continue from.
+pub(crate) struct Kept<'a> {
+    /// The store's record ([`UploadState::sink`]).
+    pub(crate) saved: &'a serde_json::Value,
+    /// Bytes it covers ([`UploadState::size`]).
+    pub(crate) size: u64,
+    /// Bytes to keep (at most `size`).
+    pub(crate) keep: u64,
+}
 
 /// A store as a sink: objects under `prefix` of one bucket or container.
 pub struct ObjectStoreSink {
     shared: Arc<Shared>,
 }
 
-struct Shared {
-    store: Arc<dyn ObjectStore>,
-    multipart: Arc<dyn MultipartStore>,
+pub(crate) struct Shared {
+    store: Arc<dyn Store>,
     /// The destination as users write it, without credentials
     /// (`s3://bucket/prefix`).
     url: String,
     /// Key prefix inside the bucket, without slashes at either end.
     prefix: String,
     state_dir: PathBuf,
-    part_size: usize,
+    pub(crate) part_size: usize,
 }
 
 impl std::fmt::Debug for ObjectStoreSink {
@@ -100,9 +167,24 @@ impl ObjectStoreSink {
     /// A sink writing under `prefix` of `store` (which must be the same
     /// store as `multipart`), shown as `url`, keeping resume state under
     /// `state_dir`.
+    #[cfg(feature = "multipart")]
     pub fn new(
-        store: Arc<dyn ObjectStore>,
-        multipart: Arc<dyn MultipartStore>,
+        store: Arc<dyn object_store::ObjectStore>,
+        multipart: Arc<dyn object_store::multipart::MultipartStore>,
+        url: impl Into<String>,
+        prefix: &str,
+        state_dir: impl Into<PathBuf>,
+    ) -> ObjectStoreSink {
+        ObjectStoreSink::on(
+            Arc::new(crate::multipart::Multipart::new(store, multipart)),
+            url,
+            prefix,
+            state_dir,
+        )
+    }
+
+    pub(crate) fn on(
+        store: Arc<dyn Store>,
         url: impl Into<String>,
         prefix: &str,
         state_dir: impl Into<PathBuf>,
@@ -110,7 +192,6 @@ impl ObjectStoreSink {
         ObjectStoreSink {
             shared: Arc::new(Shared {
                 store,
-                multipart,
                 url: url.into().trim_end_matches('/').to_string(),
                 prefix: prefix.trim_matches('/').to_string(),
                 state_dir: state_dir.into(),
@@ -122,8 +203,8 @@ impl ObjectStoreSink {
     /// A sink over `store` (one that does multipart uploads), writing
     /// under `prefix`, shown as `root` (`s3://bucket`) joined with it, with
     /// parts of `part_size` bytes if given.
-    pub(crate) fn over<T: ObjectStore + MultipartStore>(
-        store: Arc<T>,
+    pub(crate) fn over(
+        store: Arc<dyn Store>,
         root: &str,
         prefix: &str,
         state_dir: PathBuf,
@@ -134,7 +215,7 @@ impl ObjectStoreSink {
         } else {
             format!("{root}/{prefix}")
         };
-        let sink = ObjectStoreSink::new(store.clone(), store, shown, prefix, state_dir);
+        let sink = ObjectStoreSink::on(store, shown, prefix, state_dir);
         match part_size {
             Some(p) => sink.with_part_size(p),
             None => sink,
@@ -144,7 +225,7 @@ impl ObjectStoreSink {
     /// Sets the part size (at least 5 MiB).
     pub fn with_part_size(mut self, bytes: usize) -> ObjectStoreSink {
         if let Some(s) = Arc::get_mut(&mut self.shared) {
-            s.part_size = bytes.max(MIN_PART);
+            s.part_size = bytes.max(5 << 20);
         }
         self
     }
@@ -157,21 +238,21 @@ impl ObjectStoreSink {
 
 impl Shared {
     /// The key of `rel` (`/`-separated, below the prefix).
-    fn key(&self, rel: &str) -> Key {
+    fn key(&self, rel: &str) -> String {
         if self.prefix.is_empty() {
-            Key::from(rel)
+            rel.to_string()
         } else {
-            Key::from(format!("{}/{rel}", self.prefix))
+            format!("{}/{rel}", self.prefix)
         }
     }
 
-    fn show(&self, rel: &str) -> String {
+    pub(crate) fn show(&self, rel: &str) -> String {
         format!("{}/{rel}", self.url)
     }
 
     /// The key of object `name` of `artifact`; objects of a file artifact
     /// other than its file are never published and sit under a hidden key.
-    fn object_key(&self, artifact: &Artifact, name: &str) -> (Key, bool) {
+    fn object_key(&self, artifact: &Artifact, name: &str) -> (String, bool) {
         match artifact {
             Artifact::Directory(d) => (self.key(&format!("{d}/{name}")), true),
             Artifact::File(f) if f == name => (self.key(f), true),
@@ -181,24 +262,35 @@ impl Shared {
 
     async fn exists(&self, artifact: &Artifact) -> Result<bool> {
         match artifact {
-            Artifact::File(f) => match self.store.head(&self.key(f)).await {
-                Ok(_) => Ok(true),
-                Err(object_store::Error::NotFound { .. }) => Ok(false),
-                Err(e) => Err(store_error("cannot look for", self.show(f), e)),
-            },
+            Artifact::File(f) => self
+                .store
+                .exists(&self.key(f))
+                .await
+                .map_err(|e| Error::sink("cannot look for", self.show(f), e)),
             Artifact::Directory(d) => Ok(!self.keys_under(d).await?.is_empty()),
         }
     }
 
     /// Keys of the objects in directory `d`.
-    async fn keys_under(&self, d: &str) -> Result<Vec<Key>> {
+    async fn keys_under(&self, d: &str) -> Result<Vec<String>> {
         let prefix = self.key(d);
-        self.store
+        Ok(self
+            .store
             .list(Some(&prefix))
-            .map_ok(|m| m.location)
-            .try_collect()
             .await
-            .map_err(|e| store_error("cannot list", self.show(d), e))
+            .map_err(|e| Error::sink("cannot list", self.show(d), e))?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    /// Abandons upload `id` of `key`, saying so if that fails.
+    async fn abort(&self, key: &str, id: &str) {
+        if let Err(e) = self.store.abort(key, id).await {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(key, error = %e, "cannot abort an upload: its parts stay until the bucket's lifecycle rule removes them");
+            }
+        }
     }
 
     /// The state directory of `artifact`'s resumable staging area.
@@ -214,21 +306,6 @@ impl Shared {
             .collect();
         self.state_dir.join(format!("{readable}-{hex}"))
     }
-}
-
-/// An object-store error as a sink error: not-found and permission errors
-/// keep their kind; the message never carries credentials (object_store
-/// signs in headers, not URLs).
-fn store_error(action: &str, target: String, e: object_store::Error) -> Error {
-    use std::io::ErrorKind;
-    let kind = match &e {
-        object_store::Error::NotFound { .. } => ErrorKind::NotFound,
-        object_store::Error::PermissionDenied { .. }
-        | object_store::Error::Unauthenticated { .. } => ErrorKind::PermissionDenied,
-        object_store::Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
-        _ => ErrorKind::Other,
-    };
-    Error::sink(action, target, std::io::Error::new(kind, e))
 }
 
 /// The prefix of object-store URL `url`, without slashes at its ends:
@@ -282,7 +359,7 @@ impl Sink for ObjectStoreSink {
     /// ones (a file artifact's unpublished objects) are skipped.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
         let s = &self.shared;
-        let base = (!s.prefix.is_empty()).then(|| Key::from(s.prefix.as_str()));
+        let base = (!s.prefix.is_empty()).then_some(s.prefix.as_str());
         let strip = if s.prefix.is_empty() {
             String::new()
         } else {
@@ -290,23 +367,31 @@ impl Sink for ObjectStoreSink {
         };
         let mut out: Vec<ObjectMeta> = s
             .store
-            .list(base.as_ref())
-            .try_filter_map(|m| {
-                let rel = m.location.as_ref().strip_prefix(&strip).map(str::to_string);
-                let keep = rel
-                    .filter(|r| r.starts_with(prefix) && !r.split('/').any(|c| c.starts_with('.')));
-                futures_util::future::ready(Ok(keep.map(|path| ObjectMeta { path, size: m.size })))
-            })
-            .try_collect()
+            .list(base)
             .await
-            .map_err(|e| store_error("cannot list", s.url.clone(), e))?;
+            .map_err(|e| Error::sink("cannot list", s.url.clone(), e))?
+            .into_iter()
+            .filter_map(|(key, size)| {
+                let rel = key.strip_prefix(&strip)?;
+                (rel.starts_with(prefix) && !rel.split('/').any(|c| c.starts_with('.'))).then(
+                    || ObjectMeta {
+                        path: rel.to_string(),
+                        size,
+                    },
+                )
+            })
+            .collect();
         out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
     }
 
     async fn read(&self, path: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>> {
         check_path(path)?;
-        read_from(&self.shared, path, 0).await
+        let s = &self.shared;
+        s.store
+            .read(&s.key(path), 0, s.show(path))
+            .await
+            .map_err(|e| Error::sink("cannot read", s.show(path), e))
     }
 
     async fn delete(&self, artifact: &Artifact) -> Result<bool> {
@@ -326,7 +411,7 @@ impl Sink for ObjectStoreSink {
             s.store
                 .delete(k)
                 .await
-                .map_err(|e| store_error("cannot delete", format!("{}/{k}", s.url), e))?;
+                .map_err(|e| Error::sink("cannot delete", format!("{}/{k}", s.url), e))?;
         }
         Ok(!keys.is_empty())
     }
@@ -428,29 +513,6 @@ impl Sink for ObjectStoreSink {
     }
 }
 
-/// Opens `rel` for reading from `offset` on.
-async fn read_from(
-    s: &Shared,
-    rel: &str,
-    offset: u64,
-) -> Result<Box<dyn AsyncRead + Send + Unpin>> {
-    let key = s.key(rel);
-    let opts = object_store::GetOptions {
-        range: (offset > 0).then_some(object_store::GetRange::Offset(offset)),
-        ..Default::default()
-    };
-    let got = s
-        .store
-        .get_opts(&key, opts)
-        .await
-        .map_err(|e| store_error("cannot read", s.show(rel), e))?;
-    let url = s.show(rel);
-    let stream = got
-        .into_stream()
-        .map_err(move |e| std::io::Error::other(format!("reading {url}: {e}")));
-    Ok(Box::new(tokio_util::io::StreamReader::new(stream)))
-}
-
 /// The registry of a resumable staging area's uploads.
 const REGISTRY: &str = "uploads.json";
 /// Its checkpoint.
@@ -467,10 +529,12 @@ struct Entry {
     finished: Option<Finished>,
 }
 
+/// A finished upload: its size, and what its store publishes it with.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct Finished {
-    parts: Vec<String>,
-    size: u64,
+pub(crate) struct Finished {
+    pub(crate) size: u64,
+    #[serde(flatten)]
+    pub(crate) detail: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A resumable staging area's local state.
@@ -558,10 +622,20 @@ impl ObjectStaging {
         self.registry.snapshot()
     }
 
+    fn upload_of(&self, name: &str, key: String, id: String) -> UploadOf {
+        UploadOf {
+            shared: self.shared.clone(),
+            registry: self.registry.clone(),
+            name: name.to_string(),
+            key,
+            id,
+        }
+    }
+
     /// Aborts every upload opened (finished or not) and forgets them.
     async fn abort_all(&self) {
         for e in self.entries() {
-            abort_upload(&self.shared, &e.key, &e.upload_id).await;
+            self.shared.abort(&e.key, &e.upload_id).await;
         }
         if let Err(e) = self.registry.update(Vec::clear) {
             tracing::warn!(error = %e, "cannot clear the upload registry");
@@ -573,18 +647,6 @@ impl ObjectStaging {
             if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the export's state directory");
             }
-        }
-    }
-}
-
-async fn abort_upload(s: &Shared, key: &str, upload_id: &str) {
-    if let Err(e) = s
-        .multipart
-        .abort_multipart(&Key::from(key), &upload_id.to_string())
-        .await
-    {
-        if !matches!(e, object_store::Error::NotFound { .. }) {
-            tracing::warn!(key, error = %e, "cannot abort an upload: its parts stay until the bucket's lifecycle rule removes them");
         }
     }
 }
@@ -605,24 +667,11 @@ impl Drop for ObjectStaging {
         if let Ok(h) = tokio::runtime::Handle::try_current() {
             h.spawn(async move {
                 for e in entries {
-                    abort_upload(&shared, &e.key, &e.upload_id).await;
+                    shared.abort(&e.key, &e.upload_id).await;
                 }
             });
         }
     }
-}
-
-/// What an upload saves into the export's checkpoint.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct Saved {
-    upload_id: String,
-    parts: Vec<SavedPart>,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct SavedPart {
-    id: String,
-    size: u64,
 }
 
 #[async_trait]
@@ -637,33 +686,25 @@ impl Staging for ObjectStaging {
             .filter(|e| e.name == name)
             .collect();
         for e in &old {
-            abort_upload(&self.shared, &e.key, &e.upload_id).await;
+            self.shared.abort(&e.key, &e.upload_id).await;
         }
         let id = self
             .shared
-            .multipart
-            .create_multipart(&key)
+            .store
+            .create(&key)
             .await
-            .map_err(|e| {
-                store_error("cannot start uploading", self.shared.show(key.as_ref()), e)
-            })?;
+            .map_err(|e| Error::sink("cannot start uploading", self.shared.show(&key), e))?;
         self.registry.update(|v| {
             v.retain(|e| e.name != name);
             v.push(Entry {
                 name: name.to_string(),
-                key: key.to_string(),
+                key: key.clone(),
                 upload_id: id.clone(),
                 finished: None,
             });
         })?;
-        Ok(Box::new(ObjectUpload::new(
-            self.shared.clone(),
-            self.registry.clone(),
-            name,
-            key,
-            id,
-            Vec::new(),
-        )))
+        let of = self.upload_of(name, key, id);
+        self.shared.store.upload(of, None).await
     }
 
     async fn resume(
@@ -673,15 +714,15 @@ impl Staging for ObjectStaging {
         keep: u64,
     ) -> Result<Box<dyn Upload>> {
         check_name(name)?;
-        let s: Saved = serde_json::from_value(saved.sink.clone()).map_err(|e| {
-            Error::InvalidArgument(format!(
-                "saved state of upload {name} is not this sink's: {e}"
-            ))
-        })?;
+        let id = saved.sink.get("upload_id").and_then(|v| v.as_str());
         let entry = self
             .entries()
             .into_iter()
-            .find(|e| e.name == name && e.upload_id == s.upload_id && e.finished.is_none())
+            .find(|e| {
+                e.name == name
+                    && Some(self.shared.store.public_id(&e.upload_id).as_str()) == id
+                    && e.finished.is_none()
+            })
             .ok_or_else(|| {
                 Error::InvalidArgument(format!("upload {name} is no longer open: it starts again"))
             })?;
@@ -691,21 +732,13 @@ impl Staging for ObjectStaging {
                 saved.size
             )));
         }
-        let n = whole_parts(s.parts.iter().map(|p| p.size), keep).ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "upload {name}: {keep} bytes is not a part boundary (the store keeps whole parts)"
-            ))
-        })?;
-        let mut parts = s.parts;
-        parts.truncate(n);
-        Ok(Box::new(ObjectUpload::new(
-            self.shared.clone(),
-            self.registry.clone(),
-            name,
-            Key::from(entry.key),
-            entry.upload_id,
-            parts,
-        )))
+        let of = self.upload_of(name, entry.key, entry.upload_id);
+        let kept = Kept {
+            saved: &saved.sink,
+            size: saved.size,
+            keep,
+        };
+        self.shared.store.upload(of, Some(kept)).await
     }
 
     fn reads_before_commit(&self) -> bool {
@@ -731,34 +764,27 @@ impl Staging for ObjectStaging {
             if public && e.finished.is_some() {
                 publish.push(e);
             } else {
-                abort_upload(&s, &e.key, &e.upload_id).await;
+                s.abort(&e.key, &e.upload_id).await;
             }
         }
         publish.sort_by_key(|e| e.name.ends_with(".mf"));
         let mut written = HashSet::new();
         for e in publish {
             let Some(f) = &e.finished else { continue };
-            let parts: Vec<PartId> = f
-                .parts
-                .iter()
-                .map(|p| PartId {
-                    content_id: p.clone(),
-                })
-                .collect();
-            s.multipart
-                .complete_multipart(&Key::from(e.key.as_str()), &e.upload_id, parts)
+            s.store
+                .publish(&e.key, &e.upload_id, f)
                 .await
-                .map_err(|err| store_error("cannot publish", s.show(&e.name), err))?;
+                .map_err(|err| Error::sink("cannot publish", s.show(&e.name), err))?;
             written.insert(e.key.clone());
         }
         // Replacing a directory: its objects not written again go.
         if let (true, Artifact::Directory(d)) = (self.overwrite, &self.artifact) {
             for k in s.keys_under(d).await? {
-                if !written.contains(k.as_ref()) {
+                if !written.contains(&k) {
                     s.store
                         .delete(&k)
                         .await
-                        .map_err(|e| store_error("cannot delete", format!("{}/{k}", s.url), e))?;
+                        .map_err(|e| Error::sink("cannot delete", format!("{}/{k}", s.url), e))?;
                 }
             }
         }
@@ -810,273 +836,5 @@ impl Staging for ObjectStaging {
             .into_iter()
             .find(|e| e.name == name)
             .and_then(|e| e.finished.map(|f| f.size)))
-    }
-}
-
-/// A part handed over: its size, and its id once the store took it.
-#[derive(Debug)]
-struct Part {
-    size: u64,
-    id: Option<String>,
-}
-
-/// How many leading parts of these sizes make exactly `end` bytes, if some do.
-fn whole_parts(sizes: impl Iterator<Item = u64>, end: u64) -> Option<usize> {
-    let mut total = 0;
-    let mut n = 0;
-    for s in sizes {
-        if total >= end {
-            break;
-        }
-        total += s;
-        n += 1;
-    }
-    (total == end).then_some(n)
-}
-
-/// One object being uploaded in parts.
-struct ObjectUpload {
-    shared: Arc<Shared>,
-    registry: Arc<Registry>,
-    name: String,
-    key: Key,
-    upload_id: String,
-    /// Every part handed over, in order.
-    parts: Vec<Part>,
-    in_flight: JoinSet<(usize, std::result::Result<PartId, object_store::Error>)>,
-    /// Bytes put but not yet in a part.
-    /// (as the chunks put, so that a part is exactly its bytes: no
-    /// contiguous buffer to grow, split and over-allocate).
-    buf: std::collections::VecDeque<Bytes>,
-    /// Their length.
-    buffered: usize,
-    /// Bytes handed to parts.
-    flushed: u64,
-}
-
-impl std::fmt::Debug for ObjectUpload {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ObjectUpload")
-            .field("key", &self.key.as_ref())
-            .field("flushed", &self.flushed)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ObjectUpload {
-    fn new(
-        shared: Arc<Shared>,
-        registry: Arc<Registry>,
-        name: &str,
-        key: Key,
-        upload_id: String,
-        kept: Vec<SavedPart>,
-    ) -> ObjectUpload {
-        let flushed = kept.iter().map(|p| p.size).sum();
-        ObjectUpload {
-            shared,
-            registry,
-            name: name.to_string(),
-            key,
-            upload_id,
-            parts: kept
-                .into_iter()
-                .map(|p| Part {
-                    size: p.size,
-                    id: Some(p.id),
-                })
-                .collect(),
-            in_flight: JoinSet::new(),
-            buf: std::collections::VecDeque::new(),
-            buffered: 0,
-            flushed,
-        }
-    }
-
-    /// The size of part `index` when cut by size: larger every 2000 parts.
-    fn part_len(&self, index: usize) -> usize {
-        self.shared.part_size << (index / 2000).min(4)
-    }
-
-    /// Parts kept in flight at `len` bytes each.
-    fn max_in_flight(len: usize) -> usize {
-        (IN_FLIGHT_BYTES / len.max(1)).max(1)
-    }
-
-    /// Hands the first `len` bytes of the buffer over as the next part.
-    async fn send(&mut self, len: usize) -> Result<()> {
-        let index = self.parts.len();
-        if index >= MAX_PARTS {
-            return Err(Error::sink(
-                "cannot upload",
-                self.shared.show(self.key.as_ref()),
-                std::io::Error::other(format!("more than {MAX_PARTS} parts")),
-            ));
-        }
-        while self.in_flight.len() >= Self::max_in_flight(len) {
-            self.join_one().await?;
-        }
-        let data = self.take(len);
-        self.parts.push(Part {
-            size: len as u64,
-            id: None,
-        });
-        self.flushed += len as u64;
-        let (mp, key, id) = (
-            self.shared.multipart.clone(),
-            self.key.clone(),
-            self.upload_id.clone(),
-        );
-        self.in_flight.spawn(async move {
-            let r = mp.put_part(&key, &id, index, data).await;
-            (index, r)
-        });
-        Ok(())
-    }
-
-    /// The first `len` buffered bytes, as a payload of the chunks (the one
-    /// at the cut split without a copy).
-    fn take(&mut self, len: usize) -> PutPayload {
-        let mut left = len.min(self.buffered);
-        self.buffered -= left;
-        let mut chunks = Vec::new();
-        while left > 0 {
-            let Some(mut c) = self.buf.pop_front() else {
-                break;
-            };
-            if c.len() > left {
-                let rest = c.split_off(left);
-                self.buf.push_front(rest);
-            }
-            left -= c.len();
-            chunks.push(c);
-        }
-        chunks.into_iter().collect()
-    }
-
-    /// Waits for one part in flight.
-    async fn join_one(&mut self) -> Result<()> {
-        let Some(joined) = self.in_flight.join_next().await else {
-            return Ok(());
-        };
-        let (index, r) =
-            joined.map_err(|e| Error::Internal(format!("part upload task failed: {e}")))?;
-        let part = r.map_err(|e| {
-            store_error(
-                "cannot upload a part of",
-                self.shared.show(self.key.as_ref()),
-                e,
-            )
-        })?;
-        self.parts[index].id = Some(part.content_id);
-        Ok(())
-    }
-
-    async fn join_all(&mut self) -> Result<()> {
-        while !self.in_flight.is_empty() {
-            self.join_one().await?;
-        }
-        Ok(())
-    }
-
-    /// The first `n` parts, all finished (call after [`join_all`](Self::join_all)).
-    fn finished(&self, n: usize) -> Result<Vec<SavedPart>> {
-        self.parts[..n]
-            .iter()
-            .map(|p| {
-                Some(SavedPart {
-                    id: p.id.clone()?,
-                    size: p.size,
-                })
-            })
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| Error::Internal("a part is still in flight".into()))
-    }
-}
-
-#[async_trait]
-impl Upload for ObjectUpload {
-    async fn put(&mut self, data: &[u8]) -> Result<()> {
-        if !data.is_empty() {
-            self.buf.push_back(Bytes::copy_from_slice(data));
-            self.buffered += data.len();
-        }
-        loop {
-            let len = self.part_len(self.parts.len());
-            if self.buffered < len + RESERVE {
-                return Ok(());
-            }
-            self.send(len).await?;
-        }
-    }
-
-    fn size(&self) -> u64 {
-        self.flushed + self.buffered as u64
-    }
-
-    async fn save(&mut self) -> Result<Option<UploadState>> {
-        let end = self.size();
-        self.save_to(end).await
-    }
-
-    /// Cuts a part at `end` (if at least 5 MiB since the last) and waits
-    /// for every part: the state then covers exactly `end` bytes. None
-    /// when that cannot be (the last part would be too small, or `end` is
-    /// inside a part already sent).
-    async fn save_to(&mut self, end: u64) -> Result<Option<UploadState>> {
-        if end > self.size() {
-            return Ok(None);
-        }
-        if end > self.flushed {
-            let cut = (end - self.flushed) as usize;
-            // Too little for a part of its own: not now (the next save
-            // has more; put keeps RESERVE bytes back for this).
-            if cut < MIN_PART {
-                return Ok(None);
-            }
-            self.send(cut).await?;
-        }
-        self.join_all().await?;
-        // `end` must be a part boundary.
-        let Some(n) = whole_parts(self.parts.iter().map(|p| p.size), end) else {
-            return Ok(None);
-        };
-        let saved = Saved {
-            upload_id: self.upload_id.clone(),
-            parts: self.finished(n)?,
-        };
-        Ok(Some(UploadState {
-            size: end,
-            sink: json!(saved),
-        }))
-    }
-
-    async fn complete(mut self: Box<Self>) -> Result<u64> {
-        if self.buffered > 0 || self.parts.is_empty() {
-            let len = self.buffered;
-            self.send(len).await?;
-        }
-        self.join_all().await?;
-        let size = self.flushed;
-        let parts = self.finished(self.parts.len())?;
-        let name = self.name.clone();
-        let id = self.upload_id.clone();
-        self.registry.update(|v| {
-            if let Some(e) = v.iter_mut().find(|e| e.name == name && e.upload_id == id) {
-                e.finished = Some(Finished {
-                    parts: parts.into_iter().map(|p| p.id).collect(),
-                    size,
-                });
-            }
-        })?;
-        Ok(size)
-    }
-
-    async fn abort(mut self: Box<Self>) -> Result<()> {
-        self.in_flight.abort_all();
-        abort_upload(&self.shared, self.key.as_ref(), &self.upload_id).await;
-        let (name, id) = (self.name.clone(), self.upload_id.clone());
-        self.registry
-            .update(|v| v.retain(|e| !(e.name == name && e.upload_id == id)))
     }
 }

@@ -228,7 +228,7 @@ pub fn sink(url: &str, settings: &S3Settings, state_dir: PathBuf) -> Result<Obje
             Error::InvalidArgument(format!("cannot set up S3 access to {url}: {e}"))
         })?);
     Ok(ObjectStoreSink::over(
-        store,
+        crate::multipart::Multipart::of(store),
         &format!("s3://{bucket}"),
         &prefix,
         state_dir,

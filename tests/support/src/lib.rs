@@ -12,6 +12,7 @@ use std::process::Command;
 
 pub mod azurite;
 pub mod faultproxy;
+pub mod gcs;
 mod peers;
 pub mod python;
 pub mod s3;
