@@ -440,6 +440,16 @@ pub(crate) struct StoreArgs {
     /// HTTPS) or sha256 (default over plain HTTP; for stores without CRC-64).
     #[arg(long, value_name = "ALGO")]
     s3_checksum: Option<String>,
+    /// Endpoint of another Cloud Storage server (an emulator); default
+    /// STORAGE_EMULATOR_HOST, else Google.
+    #[arg(long, value_name = "URL")]
+    gcs_endpoint: Option<String>,
+    /// Google Cloud credentials file (a service-account key or
+    /// authorized_user JSON); default GOOGLE_APPLICATION_CREDENTIALS, then
+    /// gcloud's application default credentials, then the instance's
+    /// service account.
+    #[arg(long, value_name = "FILE")]
+    gcs_credentials: Option<PathBuf>,
     /// Where object-store outputs keep what resuming needs (default
     /// ~/.local/state/hypersdk/uploads).
     #[arg(long, value_name = "DIR")]
@@ -457,6 +467,11 @@ impl StoreArgs {
                 profile: self.s3_profile.clone(),
                 virtual_hosted: self.s3_virtual_hosted,
                 checksum: self.s3_checksum.clone(),
+                ..Default::default()
+            },
+            gcs: hypersdk::sinks::gcs::GcsSettings {
+                endpoint: self.gcs_endpoint.clone(),
+                credentials: self.gcs_credentials.clone(),
                 ..Default::default()
             },
             ..Default::default()

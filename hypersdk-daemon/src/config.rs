@@ -106,7 +106,8 @@ impl ProviderEntry {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkEntry {
-    /// `s3://bucket/prefix/`.
+    /// `s3://bucket/prefix/`, `az://container/prefix/`,
+    /// `azure://account/container/prefix/` or `gs://bucket/prefix/`.
     pub url: String,
     /// S3 settings: endpoint, region, credentials (else the daemon's
     /// environment, `~/.aws`, the instance role).
@@ -116,6 +117,10 @@ pub struct SinkEntry {
     /// endpoint (else the daemon's environment, its managed identity).
     #[serde(default)]
     pub azure: hypersdk::sinks::azure::AzureSettings,
+    /// Cloud Storage settings: endpoint, credentials file or JSON (else the
+    /// daemon's environment, gcloud's files, the instance's account).
+    #[serde(default)]
+    pub gcs: hypersdk::sinks::gcs::GcsSettings,
 }
 
 impl std::fmt::Debug for SinkEntry {
@@ -124,6 +129,7 @@ impl std::fmt::Debug for SinkEntry {
             .field("url", &self.url)
             .field("s3", &self.s3)
             .field("azure", &self.azure)
+            .field("gcs", &self.gcs)
             .finish()
     }
 }
@@ -155,6 +161,7 @@ impl SinkEntry {
                 state_dir: Some(state_dir),
                 s3: self.s3.clone(),
                 azure: self.azure.clone(),
+                gcs: self.gcs.clone(),
             },
         )
     }

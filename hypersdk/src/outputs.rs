@@ -6,6 +6,7 @@
 //! | a path (`out/`, `/srv/exports`), or `file:///srv/exports` | [`LocalDirSink`] | always |
 //! | `s3://bucket/prefix/` | [`sinks::s3`](hypersdk_sinks) (S3, MinIO, Ceph) | `s3` (default) |
 //! | `az://container/prefix/`, `azure://account/container/prefix/` | `sinks::azure` (Azure Blob, Azurite) | `azure` (default) |
+//! | `gs://bucket/prefix/` | `sinks::gcs` (Cloud Storage, gcp-storage-emulator) | `gcs` (default) |
 //!
 //! An output with a URL scheme is never taken as a local path: a scheme
 //! this build does not carry is refused, naming what would add it.
@@ -32,6 +33,10 @@ pub struct OutputOptions {
     /// the environment fills in the rest.
     #[cfg(feature = "azure")]
     pub azure: hypersdk_sinks::azure::AzureSettings,
+    /// Cloud Storage settings (endpoint, credentials file); the
+    /// environment fills in the rest.
+    #[cfg(feature = "gcs")]
+    pub gcs: hypersdk_sinks::gcs::GcsSettings,
 }
 
 /// The URL scheme of `output` (`s3` of `s3://b/p`), if it has one. A
@@ -99,11 +104,17 @@ pub fn open_output(output: &str, options: &OutputOptions) -> Result<Box<dyn Sink
         "az" | "azure" => Err(Error::InvalidArgument(format!(
             "{output}: this build has no Azure Blob sink; build hypersdk with cargo feature `azure`"
         ))),
+        #[cfg(feature = "gcs")]
+        "gs" => {
+            let state = options.state_dir.clone().unwrap_or_else(default_state_dir);
+            Ok(Box::new(hypersdk_sinks::gcs::sink(output, &options.gcs, state)?))
+        }
+        #[cfg(not(feature = "gcs"))]
         "gs" => Err(Error::InvalidArgument(format!(
-            "{output}: {scheme}:// outputs are not supported yet (S3, Azure Blob and local directories are)"
+            "{output}: this build has no Cloud Storage sink; build hypersdk with cargo feature `gcs`"
         ))),
         other => Err(Error::InvalidArgument(format!(
-            "{output}: unknown output scheme {other}:// (a local directory, s3://bucket/prefix/ or az://container/prefix/)"
+            "{output}: unknown output scheme {other}:// (a local directory, s3://bucket/prefix/, az://container/prefix/ or gs://bucket/prefix/)"
         ))),
     }
 }
@@ -119,7 +130,7 @@ mod tests {
         assert_eq!(scheme("./a://b"), None);
         assert_eq!(scheme("C:\\x"), None);
         let o = OutputOptions::default();
-        for bad in ["ftp://host/x", "gs://b/x", "file://relative"] {
+        for bad in ["ftp://host/x", "gs://B/x", "file://relative"] {
             let e = open_output(bad, &o).err().unwrap();
             assert_eq!(e.code(), "invalid_argument", "{bad}: {e}");
         }
