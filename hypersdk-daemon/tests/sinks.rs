@@ -9,6 +9,7 @@ use std::time::Duration;
 mod common;
 
 use common::{config, Daemon};
+use hypersdk_testsupport::gcs::GcsEmulator;
 use hypersdk_testsupport::s3::{MotoS3, S3Peer, ACCESS_KEY, SECRET_KEY};
 
 #[test]
@@ -63,4 +64,47 @@ fn a_job_exports_into_a_named_s3_sink() {
     assert_eq!(code, 400, "{e}");
     assert!(e.to_string().contains("output: '../other'"), "{e}");
     assert_eq!(moto.list("archive").len(), 1);
+}
+
+/// A named Cloud Storage sink whose service-account key sits in the
+/// daemon's configuration (as JSON text): the job reaches the bucket with
+/// tokens from it, and the key shows nowhere.
+#[test]
+fn a_job_exports_into_a_named_gcs_sink_with_a_service_account() {
+    let gcs = GcsEmulator::start_with_service_account(&["archive"]);
+    let key_text = std::fs::read_to_string(gcs.key_file.as_ref().unwrap()).unwrap();
+    let key: serde_json::Value = serde_json::from_str(&key_text).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "sinks:\n  cold:\n    url: gs://archive/vms/\n    gcs:\n      endpoint: \"{}\"\n      credentials_json: {}\n",
+        gcs.endpoint(),
+        serde_json::to_string(&key_text).unwrap()
+    );
+    let d = Daemon::start(&config(tmp.path(), &extra));
+    let (code, sub) = d.json(
+        "POST",
+        "/api/v1/jobs",
+        Some(r#"{"vm": "demo-vm", "provider": "kvm", "sink": "cold", "output": "wave2", "format": "ovf", "verify": true}"#),
+    );
+    assert_eq!(code, 201, "{sub}");
+    let id = sub["jobs"][0]["id"].as_i64().unwrap();
+    let job = d.wait(id, Duration::from_secs(120));
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["result"]["location"], "gs://archive/vms/wave2/demo-vm/");
+    assert_eq!(
+        gcs.list("archive"),
+        [
+            "vms/wave2/demo-vm/demo-vm-disk1.vmdk",
+            "vms/wave2/demo-vm/demo-vm-disk2.vmdk",
+            "vms/wave2/demo-vm/demo-vm.mf",
+            "vms/wave2/demo-vm/demo-vm.ovf"
+        ]
+    );
+    assert!(gcs.count("tokens") >= 1);
+    let secret = key["private_key"].as_str().unwrap();
+    let body = secret.lines().nth(1).unwrap();
+    let (_, log) = d.call("GET", &format!("/api/v1/jobs/{id}/logs"), None, &[]);
+    for text in [job.to_string(), log] {
+        assert!(!text.contains(body), "the key shows: {text}");
+    }
 }

@@ -1179,7 +1179,9 @@ impl TokenSource {
                 key,
                 token_uri,
             } => {
-                let assertion = jwt(email, key_id.as_deref(), key, token_uri)?;
+                // The audience is Google's token endpoint wherever the
+                // assertion goes.
+                let assertion = jwt(email, key_id.as_deref(), key, OAUTH_TOKEN)?;
                 http.post(token_uri)
                     .header("Content-Type", "application/x-www-form-urlencoded")
                     .body(form(&[

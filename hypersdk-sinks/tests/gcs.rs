@@ -183,3 +183,84 @@ async fn twenty_cut_connections_during_a_256_mib_upload() {
     std::io::copy(&mut f, &mut g).unwrap();
     assert_eq!(sha2::Digest::finalize(g), sha2::Digest::finalize(h));
 }
+
+/// With a service-account key (GOOGLE_APPLICATION_CREDENTIALS' kind of
+/// file), the sink trades a signed assertion for a token at the key's
+/// token_uri and sends it: the emulator, which then refuses requests
+/// without one, checks the assertion with Google's own auth library.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_key_gets_tokens_the_store_accepts() {
+    let gcs = GcsEmulator::start_with_service_account(&["private"]);
+    let key = gcs.key_file.clone().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    // Without credentials: refused, and said so.
+    let anon = sink("gs://private/p", &settings(&gcs), state.path().into()).unwrap();
+    let e = anon
+        .begin(&Artifact::File("vm.ova".into()), false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, hypersdk_core::Error::Sink { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied),
+        "{e}"
+    );
+    let s = sink(
+        "gs://private/p",
+        &GcsSettings {
+            endpoint: Some(gcs.endpoint()),
+            credentials: Some(key.clone()),
+            ..Default::default()
+        },
+        state.path().into(),
+    )
+    .unwrap();
+    let mut staging = s
+        .begin(&Artifact::File("vm.ova".into()), false)
+        .await
+        .unwrap();
+    let mut w = staging.start("vm.ova").await.unwrap();
+    let data = pattern(4, 3 << 20);
+    w.put(&data).await.unwrap();
+    w.complete().await.unwrap();
+    staging.commit().await.unwrap();
+    assert_eq!(gcs.count("tokens"), 1, "one token, kept while valid");
+    assert_eq!(gcs.count("bad_assertions"), 0);
+    let dir = tempfile::tempdir().unwrap();
+    gcs.download("private", "p/vm.ova", &dir.path().join("vm.ova"));
+    assert!(std::fs::read(dir.path().join("vm.ova")).unwrap() == data);
+
+    // A key that is not the account's: its assertion is refused, and the
+    // error says where the credentials came from, never the key.
+    let text = std::fs::read_to_string(&key).unwrap();
+    let mut forged: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let other = GcsEmulator::start_with_service_account(&[]);
+    let other_key: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(other.key_file.as_ref().unwrap()).unwrap())
+            .unwrap();
+    forged["private_key"] = other_key["private_key"].clone();
+    let s = sink(
+        "gs://private/p",
+        &GcsSettings {
+            endpoint: Some(gcs.endpoint()),
+            credentials_json: Some(forged.to_string()),
+            ..Default::default()
+        },
+        state.path().into(),
+    )
+    .unwrap();
+    let e = s
+        .begin(&Artifact::File("other.ova".into()), false)
+        .await
+        .unwrap_err();
+    let shown = hypersdk_core::error::chain(&e);
+    assert!(
+        shown.contains("cannot get an access token with the settings' credentials_json"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("invalid_grant") || shown.contains("Invalid JWT"),
+        "{shown}"
+    );
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+    assert!(!format!("{s:?}").contains("PRIVATE KEY"));
+    assert_eq!(gcs.count("bad_assertions"), 1);
+}

@@ -7,6 +7,7 @@ use std::net::TcpStream;
 use std::process::Child;
 use std::time::Duration;
 
+use crate::peers::PeerDir;
 use crate::python::{run_python, start_peer};
 
 /// A Cloud Storage emulator on 127.0.0.1, in memory; killed on drop.
@@ -14,15 +15,26 @@ use crate::python::{run_python, start_peer};
 pub struct GcsEmulator {
     /// Its port.
     pub port: u16,
+    /// The service-account key file it demands tokens for, if it does.
+    pub key_file: Option<std::path::PathBuf>,
     child: Child,
+    _dir: Option<PeerDir>,
 }
 
 const CLIENT: &str = r#"
-import sys, os
-os.environ["STORAGE_EMULATOR_HOST"] = sys.argv[1]
-from google.auth.credentials import AnonymousCredentials
+import sys
+from google.api_core.client_options import ClientOptions
 from google.cloud import storage
-gcs = storage.Client(project="hypersdk-test", credentials=AnonymousCredentials())
+if sys.argv[2]:
+    from google.oauth2 import service_account
+    creds = service_account.Credentials.from_service_account_file(
+        sys.argv[2], scopes=["https://www.googleapis.com/auth/devstorage.read_write"])
+else:
+    from google.auth.credentials import AnonymousCredentials
+    creds = AnonymousCredentials()
+gcs = storage.Client(project="hypersdk-test", credentials=creds,
+    client_options=ClientOptions(api_endpoint=sys.argv[1]))
+sys.argv[1:3] = sys.argv[1:2]
 "#;
 
 impl GcsEmulator {
@@ -33,7 +45,32 @@ impl GcsEmulator {
             args.extend(["--bucket", b]);
         }
         let (child, port) = start_peer("tests/peers/gcs_emulator.py", &args);
-        GcsEmulator { port, child }
+        GcsEmulator {
+            port,
+            key_file: None,
+            child,
+            _dir: None,
+        }
+    }
+
+    /// Starts one with buckets `buckets` that demands access tokens, as
+    /// Cloud Storage does, for the service account of
+    /// [`key_file`](Self::key_file) (the emulator's token endpoint checks
+    /// its signed assertions with google-auth).
+    pub fn start_with_service_account(buckets: &[&str]) -> GcsEmulator {
+        let dir = PeerDir::new("gcs");
+        let key = dir.0.join("service-account.json");
+        let mut args = vec!["--service-account", key.to_str().expect("a UTF-8 path")];
+        for b in buckets {
+            args.extend(["--bucket", b]);
+        }
+        let (child, port) = start_peer("tests/peers/gcs_emulator.py", &args);
+        GcsEmulator {
+            port,
+            key_file: Some(key),
+            child,
+            _dir: Some(dir),
+        }
     }
 
     /// Its endpoint URL (what `STORAGE_EMULATOR_HOST` names).
@@ -41,12 +78,17 @@ impl GcsEmulator {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Runs `code` after Google's client `gcs` (a storage.Client, no
-    /// credentials) for this emulator is made; `args` follow as
-    /// `sys.argv[2:]`.
+    /// Runs `code` after Google's client `gcs` (a storage.Client, with the
+    /// service account if the emulator demands one, else no credentials)
+    /// for this emulator is made; `args` follow as `sys.argv[2:]`.
     pub fn client(&self, code: &str, args: &[&str]) -> String {
         let endpoint = self.endpoint();
-        let mut all = vec![endpoint.as_str()];
+        let key = self
+            .key_file
+            .as_ref()
+            .map(|k| k.display().to_string())
+            .unwrap_or_default();
+        let mut all = vec![endpoint.as_str(), key.as_str()];
         all.extend_from_slice(args);
         run_python(&format!("{CLIENT}\n{code}"), &all)
     }
