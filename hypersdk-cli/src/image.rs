@@ -337,24 +337,9 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     let shown = path.to_string_lossy().into_owned();
     let report = if hypersdk::output_scheme(&shown).is_some() {
         // A published object: its store, then the object read through once.
-        let (dir, name) = shown
-            .trim_end_matches('/')
-            .rsplit_once('/')
-            .filter(|(d, _)| hypersdk::output_scheme(d).is_some())
-            .with_context(|| format!("{shown}: name an object (…/vm.ova), not a bucket"))?;
-        let sink = hypersdk::open_output(dir, &args.store.options())?;
-        let reader = sink
-            .read(name)
+        hypersdk::verify_published(&shown, &args.store.options(), key)
             .await
-            .with_context(|| format!("cannot read {shown}"))?;
-        let label = shown.clone();
-        tokio::task::spawn_blocking(move || {
-            let input = tokio_util::io::SyncIoBridge::new(reader);
-            hypersdk_core::files::verify_ova_stream(input, &label, key.as_ref())
-        })
-        .await
-        .context("verify task failed")?
-        .with_context(|| format!("cannot read package {shown}"))?
+            .with_context(|| format!("cannot verify {shown}"))?
     } else {
         tokio::task::spawn_blocking(move || {
             hypersdk_core::files::verify_package(&path, key.as_ref())

@@ -70,5 +70,7 @@ pub use hypersdk_sinks as sinks;
 #[cfg(feature = "vsphere")]
 pub use hypersdk_vsphere as vsphere;
 
-pub use outputs::{default_state_dir, open_output, scheme as output_scheme, OutputOptions};
+pub use outputs::{
+    default_state_dir, open_output, scheme as output_scheme, verify_published, OutputOptions,
+};
 pub use registry::{kinds, process_env, ProviderConfig, ProviderKind};

@@ -60,6 +60,32 @@ pub fn default_state_dir() -> PathBuf {
     base.join("hypersdk/uploads")
 }
 
+/// Verifies a package published in an object store (`s3://bucket/x/vm.ova`):
+/// the object is read through once, its members checked against its
+/// manifest (decrypted with `key` if it is encrypted).
+pub async fn verify_published(
+    url: &str,
+    options: &OutputOptions,
+    key: Option<hypersdk_core::transforms::encrypt::KeySource>,
+) -> Result<hypersdk_core::files::PackageReport> {
+    let (dir, name) = url
+        .trim_end_matches('/')
+        .rsplit_once('/')
+        .filter(|(d, _)| scheme(d).is_some())
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!("{url}: name an object (…/vm.ova), not a bucket"))
+        })?;
+    let sink = open_output(dir, options)?;
+    let reader = sink.read(name).await?;
+    let label = url.to_string();
+    tokio::task::spawn_blocking(move || {
+        let input = tokio_util::io::SyncIoBridge::new(reader);
+        hypersdk_core::files::verify_ova_stream(input, &label, key.as_ref())
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("verify task failed: {e}")))?
+}
+
 /// The sink writing to `output`.
 pub fn open_output(output: &str, options: &OutputOptions) -> Result<Box<dyn Sink>> {
     let local = |path: &str| -> Box<dyn Sink> {

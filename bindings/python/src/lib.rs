@@ -420,8 +420,10 @@ fn report_json(r: &hypersdk_core::files::PackageReport) -> PyResult<String> {
 }
 
 /// Checks a package (OVA, OVF directory, or an OVA wrapped by an export's
-/// compression/encryption) against its manifest; the report as JSON. With
-/// `strict`, a mismatch raises IntegrityError naming every failure.
+/// compression/encryption; or an OVA published in an object store, given by
+/// its URL, `s3://bucket/x/vm.ova`) against its manifest; the report as
+/// JSON. With `strict`, a mismatch raises IntegrityError naming every
+/// failure.
 #[pyfunction]
 #[pyo3(signature = (path, *, key_file=None, passphrase_file=None, strict=true))]
 fn verify(
@@ -432,6 +434,25 @@ fn verify(
     strict: bool,
 ) -> PyResult<String> {
     let k = key(key_file, passphrase_file)?;
+    let shown = path.to_string_lossy().into_owned();
+    if hypersdk::output_scheme(&shown).is_some() {
+        // A package published in an object store, read through once.
+        let r = block_on(
+            py,
+            async move {
+                hypersdk::verify_published(&shown, &hypersdk::OutputOptions::default(), k).await
+            },
+            || {},
+        )?
+        .map_err(py_err)?;
+        if strict && !r.verified() {
+            return Err(py_err(hypersdk::Error::Integrity {
+                file: path.display().to_string(),
+                detail: r.failures().join("; "),
+            }));
+        }
+        return report_json(&r);
+    }
     let r = block_on(
         py,
         async move {

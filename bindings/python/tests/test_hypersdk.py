@@ -4,6 +4,9 @@ the vCenter simulator, qemu-img for every disk written."""
 import asyncio
 import hashlib
 import os
+import sys
+import subprocess
+import json
 import shutil
 import tarfile
 
@@ -247,6 +250,37 @@ def test_export_into_s3_reads_back_with_boto3(examples, tmp_path, monkeypatch):
         s3.download_file("py-exports", "wave/demo-vm.ova", str(tmp_path / "got.ova"))
         assert hypersdk.verify(tmp_path / "got.ova").verified
         with pytest.raises(hypersdk.InvalidArgument):
-            hypersdk.local(examples).export("demo-vm", "gs://bucket/x/")
+            hypersdk.local(examples).export("demo-vm", "ftp://host/x/")
     finally:
         server.stop()
+
+
+def test_export_into_gcs_reads_back_with_googles_client(examples, tmp_path, monkeypatch):
+    """A gs:// output goes to the bucket (gcp-storage-emulator, found through
+    STORAGE_EMULATOR_HOST as Google's clients find it); Google's client
+    reads the package back."""
+    storage = pytest.importorskip("google.cloud.storage")
+    from google.auth.credentials import AnonymousCredentials
+    from google.api_core.client_options import ClientOptions
+
+    script = os.path.join(os.path.dirname(__file__), "../../../tests/peers/gcs_emulator.py")
+    peer = subprocess.Popen([sys.executable, script, "--bucket", "py-exports"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        port = json.loads(peer.stdout.readline())["port"]
+        endpoint = f"http://127.0.0.1:{port}"
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
+        monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+        monkeypatch.chdir(tmp_path)
+        report = hypersdk.local(examples).export("demo-vm", "gs://py-exports/wave/", verify=True)
+        assert report.location == "gs://py-exports/wave/demo-vm.ova"
+        assert not os.path.exists(tmp_path / "gs:")
+        gcs = storage.Client(project="p", credentials=AnonymousCredentials(),
+                             client_options=ClientOptions(api_endpoint=endpoint))
+        gcs.bucket("py-exports").blob("wave/demo-vm.ova").download_to_filename(
+            str(tmp_path / "got.ova"))
+        assert hypersdk.verify(tmp_path / "got.ova").verified
+        assert hypersdk.verify("gs://py-exports/wave/demo-vm.ova").verified
+    finally:
+        peer.stdin.close()
+        peer.wait(timeout=30)

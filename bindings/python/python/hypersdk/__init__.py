@@ -412,8 +412,10 @@ async def vsphere_async(url: str, user: str, password: str, *, insecure: bool = 
 def verify(path: StrPath, *, key_file: Optional[StrPath] = None,
            passphrase_file: Optional[StrPath] = None, strict: bool = True) -> PackageReport:
     """Checks a package (OVA, OVF directory, or an export's compressed or
-    encrypted OVA) against its manifest. With ``strict`` (the default) a
-    mismatch raises :class:`IntegrityError` naming every failure."""
+    encrypted OVA; or an OVA published in an object store, by its URL:
+    ``s3://bucket/x/vm.ova``) against its manifest. With ``strict`` (the
+    default) a mismatch raises :class:`IntegrityError` naming every
+    failure."""
     return PackageReport._of(json.loads(_native.verify(
         fspath(path),
         key_file=fspath(key_file) if key_file is not None else None,
