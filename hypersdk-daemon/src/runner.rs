@@ -333,7 +333,7 @@ impl Runner {
         };
         for job in jobs {
             let Some(p) = &job.partial else { continue };
-            let message = match self.remove_partial(p).await {
+            let message = match self.remove_partial(&job).await {
                 Ok(()) => format!(
                     "partial export {} removed: kept {} hours after the job ended",
                     p.path, self.config.partial_max_age_hours
@@ -347,11 +347,27 @@ impl Runner {
         }
     }
 
-    /// Removes a job's recorded partial export (only a `.NAME.partial`
-    /// directory below the output root).
-    pub async fn remove_partial(&self, p: &crate::outputs::PartialExport) -> Result<(), String> {
+    /// Removes a job's recorded partial export: a `.NAME.partial`
+    /// directory below the output root, or, for a job into a named sink, the
+    /// uploads it kept open there (through the sink, which aborts them and
+    /// drops their local state).
+    pub async fn remove_partial(&self, job: &Job) -> Result<(), String> {
+        let Some(p) = job.partial.clone() else {
+            return Ok(());
+        };
+        if let (Some(name), Some(_)) = (&job.spec.sink, hypersdk::output_scheme(&p.path)) {
+            let sink = self
+                .job_sink(job)
+                .ok_or_else(|| format!("its sink '{name}' is no longer usable; left alone"))?;
+            let artifact = artifact_of(&p.path)
+                .ok_or_else(|| format!("{} names no artifact; left alone", p.path))?;
+            return sink
+                .discard_partial(&artifact)
+                .await
+                .map(drop)
+                .map_err(|e| format!("cannot discard {}: {e}", p.path));
+        }
         let root = self.config.output_root.clone();
-        let p = p.clone();
         tokio::task::spawn_blocking(move || crate::outputs::remove_partial(&root, &p).map(|_| ()))
             .await
             .map_err(|e| format!("removal task failed: {e}"))?
@@ -367,7 +383,29 @@ impl Runner {
             return None;
         }
         let result = job.result.clone()?;
-        let location = PathBuf::from(result["location"].as_str()?);
+        let shown = result["location"].as_str()?.to_string();
+        if let (Some(_), Some(sink)) = (hypersdk::output_scheme(&shown), self.job_sink(job)) {
+            // In an object store: its artifact is listed there.
+            let artifact = artifact_of(&shown)?;
+            let name = artifact.name().to_string();
+            let listed = sink.list(&name).await.ok()?;
+            let there = match &artifact {
+                hypersdk_core::Artifact::File(f) => listed.iter().any(|m| &m.path == f),
+                hypersdk_core::Artifact::Directory(d) => {
+                    listed.iter().any(|m| m.path.starts_with(&format!("{d}/")))
+                }
+            };
+            if !there {
+                return None;
+            }
+            let report: hypersdk_core::ExportReport = serde_json::from_value(result).ok()?;
+            info!(job = job.id, location = %shown, "the previous run published this job's export before the daemon stopped; kept");
+            if let Err(e) = sink.discard_partial(&artifact).await {
+                warn!(job = job.id, error = %e, "cannot discard the uploads left behind");
+            }
+            return Some(report);
+        }
+        let location = PathBuf::from(&shown);
         if !location.exists() {
             return None;
         }
@@ -485,6 +523,15 @@ impl Runner {
             .await
     }
 
+    /// The named sink a job writes into, if it names one that is configured.
+    fn job_sink(&self, job: &Job) -> Option<Box<dyn Sink>> {
+        let entry = self.config.sinks.get(job.spec.sink.as_ref()?)?;
+        entry
+            .open(job.spec.output.as_deref(), self.config.uploads_dir())
+            .map_err(|e| warn!(job = job.id, error = %e, "cannot open the job's sink"))
+            .ok()
+    }
+
     /// Names of the configured sinks.
     pub fn sink_names(&self) -> Vec<String> {
         self.config.sinks.keys().cloned().collect()
@@ -506,4 +553,21 @@ impl Runner {
         .map_err(Error::InvalidArgument)?;
         Ok(LocalDirSink::new(out).with_file_mode(file_mode))
     }
+}
+
+/// The artifact a sink destination names: `…/vm.ova` a file, `…/vm/` a
+/// directory.
+fn artifact_of(destination: &str) -> Option<hypersdk_core::Artifact> {
+    let (name, dir) = match destination.strip_suffix('/') {
+        Some(d) => (d.rsplit('/').next()?, true),
+        None => (destination.rsplit('/').next()?, false),
+    };
+    if name.is_empty() {
+        return None;
+    }
+    Some(if dir {
+        hypersdk_core::Artifact::Directory(name.into())
+    } else {
+        hypersdk_core::Artifact::File(name.into())
+    })
 }

@@ -108,3 +108,127 @@ fn a_job_exports_into_a_named_gcs_sink_with_a_service_account() {
         assert!(!text.contains(body), "the key shows: {text}");
     }
 }
+
+/// A daemon killed (-9) while jobs upload into a named sink: after the
+/// restart each job continues its uploads from its checkpoint and publishes
+/// the same bytes as an uninterrupted job.
+#[test]
+fn kill_9_during_sink_jobs_then_restart_continues_them() {
+    let gcs = GcsEmulator::start(&["archive"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let vms = tmp.path().join("vms");
+    std::fs::create_dir_all(&vms).unwrap();
+    hypersdk_testsupport::write_mixed_file(&vms.join("big.raw"), 96 << 20).unwrap();
+    std::fs::write(
+        vms.join("big.xml"),
+        hypersdk_testsupport::domain_xml("big", &[(&vms.join("big.raw"), "raw")]),
+    )
+    .unwrap();
+    let extra = format!(
+        "sinks:\n  cold:\n    url: gs://archive/vms/\n    gcs: {{ endpoint: \"{}\", anonymous: true }}\n",
+        gcs.endpoint()
+    );
+    let cfg = common::config_at(tmp.path(), &vms, "", &extra);
+    let mut d = Daemon::start(&cfg);
+    let body = r#"[{"vm": "big", "provider": "kvm", "sink": "cold", "output": "a", "format": "ovf", "bwlimit": "16M", "checkpoint_mib": 4},
+                   {"vm": "big", "provider": "kvm", "output": "local", "format": "ovf"}]"#;
+    let (code, sub) = d.json("POST", "/api/v1/jobs", Some(body));
+    assert_eq!(code, 201, "{sub}");
+    let ids: Vec<i64> = sub["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_i64().unwrap())
+        .collect();
+    let start = std::time::Instant::now();
+    loop {
+        let (_, j) = d.json("GET", &format!("/api/v1/jobs/{}", ids[0]), None);
+        if j["progress"]["bytes_done"].as_u64().unwrap_or(0) > 48 << 20 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{j}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.kill();
+    assert!(gcs.list("archive").is_empty(), "published before the kill");
+    let sent = gcs.count("chunk_bytes");
+
+    let d = Daemon::start(&cfg);
+    let job = d.wait(ids[0], Duration::from_secs(120));
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 2, "{job}");
+    assert!(job["result"]["resumed_bytes"].as_u64().unwrap() > 0, "{job}");
+    let local = d.wait(ids[1], Duration::from_secs(120));
+    assert_eq!(local["status"], "succeeded", "{local}");
+    let keys = gcs.list("archive");
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    let dl = tempfile::tempdir().unwrap();
+    let mut total = 0;
+    for k in &keys {
+        let name = k.rsplit('/').next().unwrap();
+        let got = dl.path().join(name);
+        gcs.download("archive", k, &got);
+        let want = tmp.path().join("out/local/big").join(name);
+        total += std::fs::metadata(&want).unwrap().len();
+        assert!(
+            std::fs::read(&got).unwrap() == std::fs::read(&want).unwrap(),
+            "{k} differs from the uninterrupted export's"
+        );
+    }
+    assert!(
+        gcs.count("chunk_bytes") - sent < total,
+        "the restarted job sent everything again"
+    );
+}
+
+/// A job into a named sink cancelled midway keeps its uploads for a retry;
+/// deleting the job discards them through the sink (the session cancelled,
+/// the local state gone), and nothing was ever published.
+#[test]
+fn deleting_a_cancelled_sink_job_discards_its_kept_uploads() {
+    let gcs = GcsEmulator::start(&["archive"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let vms = tmp.path().join("vms");
+    std::fs::create_dir_all(&vms).unwrap();
+    hypersdk_testsupport::write_mixed_file(&vms.join("big.raw"), 256 << 20).unwrap();
+    std::fs::write(
+        vms.join("big.xml"),
+        hypersdk_testsupport::domain_xml("big", &[(&vms.join("big.raw"), "raw")]),
+    )
+    .unwrap();
+    let extra = format!(
+        "sinks:\n  cold:\n    url: gs://archive/vms/\n    gcs: {{ endpoint: \"{}\", anonymous: true }}\n",
+        gcs.endpoint()
+    );
+    let d = Daemon::start(&common::config_at(tmp.path(), &vms, "", &extra));
+    let (code, sub) = d.json(
+        "POST",
+        "/api/v1/jobs",
+        Some(r#"{"vm": "big", "provider": "kvm", "sink": "cold", "output": "w", "format": "ovf", "bwlimit": "32M"}"#),
+    );
+    assert_eq!(code, 201, "{sub}");
+    let id = sub["jobs"][0]["id"].as_i64().unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        let (_, j) = d.json("GET", &format!("/api/v1/jobs/{id}"), None);
+        if j["progress"]["bytes_done"].as_u64().unwrap_or(0) > 40 << 20 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{j}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, _) = d.json("POST", &format!("/api/v1/jobs/{id}/cancel"), None);
+    assert_eq!(code, 202);
+    let job = d.wait(id, Duration::from_secs(60));
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert_eq!(job["partial"]["path"], "gs://archive/vms/w/big/", "{job}");
+    let uploads = tmp.path().join("uploads");
+    let state_dirs = || std::fs::read_dir(&uploads).map(|d| d.count()).unwrap_or(0);
+    assert!(gcs.count("sessions") >= 1, "{}", gcs.stats());
+    assert!(gcs.list("archive").is_empty(), "published while cancelled");
+    let (code, body) = d.call("DELETE", &format!("/api/v1/jobs/{id}"), None, &[]);
+    assert_eq!(code, 204, "{body}");
+    assert!(gcs.count("cancels") >= 1, "the kept session was cancelled");
+    assert_eq!(state_dirs(), 0, "the export's local upload state is gone");
+    assert!(gcs.list("archive").is_empty());
+}

@@ -433,6 +433,7 @@ impl Gcs {
                     Accept::Session,
                 )
                 .await;
+            let answered = tried.is_ok();
             let now = match tried {
                 Ok(resp) => held(resp).await?,
                 Err(f) => {
@@ -447,8 +448,8 @@ impl Gcs {
                         "the upload session holds {n} bytes, fewer than the {at} it took before"
                     )))
                 }
-                Held::Bytes(n) if n == at && tried_ok(attempt) => {
-                    // No progress without a failure: the server keeps
+                Held::Bytes(n) if n == at && answered => {
+                    // An answer without progress: the server keeps
                     // refusing the bytes.
                     return Err(io::Error::other(format!(
                         "the upload session took none of the bytes from {at} on"
@@ -464,11 +465,6 @@ impl Gcs {
         }
         Ok(())
     }
-}
-
-/// Whether no failure has happened yet (`attempt` still 1).
-fn tried_ok(attempt: u32) -> bool {
-    attempt == 1
 }
 
 /// What a session holds.
@@ -762,15 +758,17 @@ impl Store for GcsStore {
         let g = &self.0;
         let start = Instant::now();
         let mut attempt = 1;
+        // Bytes the session holds: the last request sends the rest.
+        let mut at = f.sent;
         let object = loop {
-            let range = if tail.is_empty() {
+            let range = if at == total {
                 format!("bytes */{total}")
             } else {
-                format!("bytes {}-{}/{total}", f.sent, total - 1)
+                format!("bytes {at}-{}/{total}", total - 1)
             };
             let (s, body, hash) = (
                 id.to_string(),
-                tail.clone(),
+                tail.slice((at - f.sent) as usize..),
                 format!("crc32c={}", crc_b64(f.crc32c)),
             );
             let tried = g
@@ -784,6 +782,7 @@ impl Store for GcsStore {
                     Accept::Session,
                 )
                 .await;
+            let answered = tried.is_ok();
             let now = match tried {
                 Ok(resp) => held(resp).await?,
                 Err(fail) => {
@@ -794,11 +793,11 @@ impl Store for GcsStore {
             };
             match now {
                 Held::Object(v) => break v,
-                Held::Bytes(n) if n == f.sent && attempt > 1 => continue,
+                // Interrupted: the session says what it holds.
+                Held::Bytes(n) if !answered && n >= f.sent && n <= total => at = n,
                 Held::Bytes(n) => {
                     return Err(io::Error::other(format!(
-                        "the upload session holds {n} bytes, not the {} sent",
-                        f.sent
+                        "the upload session holds {n} bytes, not the {total} of the object"
                     )))
                 }
             }
@@ -922,6 +921,11 @@ impl GcsUpload {
     async fn send(&mut self, len: usize) -> Result<()> {
         self.join().await?;
         let data = self.buf.split_to(len).freeze();
+        // The next chunk in an allocation of its own, sized once: no
+        // doubling past the chunk size as bytes come in.
+        let mut next = BytesMut::with_capacity(self.gcs.chunk.max(self.buf.len()));
+        next.extend_from_slice(&self.buf);
+        self.buf = next;
         debug_assert_eq!(self.hashed, self.sent);
         self.crc = crc32c(self.crc, &data);
         self.hashed += len as u64;

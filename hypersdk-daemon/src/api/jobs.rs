@@ -216,9 +216,9 @@ pub(super) async fn delete_job(State(st): Shared, Path(id): Path<String>) -> Api
             format!("job {} is {}: cancel it first", job.id, job.status.as_str()),
         ));
     }
-    if let Some(p) = &job.partial {
+    if job.partial.is_some() {
         st.runner
-            .remove_partial(p)
+            .remove_partial(&job)
             .await
             .map_err(|e| ApiError::internal(format!("job {}: {e}", job.id)))?;
     }
