@@ -23,6 +23,14 @@
 //! the reference client). The servers run on the same 2 cores: the figures
 //! say how the two clients compare against one server, not what a cloud
 //! can take. HSDK_SERVERS=moto,minio,azurite,gcs picks servers.
+//!
+//! `sink-bench export [SIZE_MIB]` instead exports a VM with one raw disk of
+//! SIZE_MIB (default 1024) of mixed disk content from the local provider
+//! into MinIO and into the GCS emulator, as an OVF directory and as an OVA,
+//! three times each, alternating: an OVA is assembled in the exporter's
+//! local scratch area first (the disks spooled, then the archive uploaded
+//! front to back), an OVF directory goes straight up; the figures say what
+//! the spool costs.
 
 use std::io::Read;
 use std::process::Command;
@@ -87,6 +95,87 @@ fn open_sink(
         )?,
         other => anyhow::bail!("no store {other}"),
     })
+}
+
+/// In the child: one export of `xml` as `format` into the store; prints
+/// its time and peak RSS.
+fn child_export(xml: &str, format: &str, store: &str, endpoint: &str) -> anyhow::Result<()> {
+    use hypersdk_core::{ExportOptions, Exporter, PackageFormat};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let state = tempfile::tempdir()?;
+    let sink = open_sink(store, endpoint, state.path().to_path_buf())?;
+    let options = ExportOptions::new(if format == "ova" {
+        PackageFormat::Ova
+    } else {
+        PackageFormat::Ovf
+    })
+    .with_overwrite(true);
+    let start = Instant::now();
+    rt.block_on(async {
+        let provider = hypersdk_local::LocalProvider::new(".");
+        Exporter::new(options).export(&provider, xml, &sink).await
+    })?;
+    println!(
+        "{{\"secs\": {}, \"rss_kib\": {}}}",
+        start.elapsed().as_secs_f64(),
+        peak_rss_kib().unwrap_or(0)
+    );
+    Ok(())
+}
+
+/// `sink-bench export`: OVF directory vs OVA into MinIO and the GCS emulator.
+fn export_bench(mib: u64) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let disk = tmp.path().join("disk.raw");
+    write_mixed_file(&disk, mib << 20)?;
+    let xml = tmp.path().join("vm.xml");
+    std::fs::write(
+        &xml,
+        hypersdk_testsupport::domain_xml("vm", &[(&disk, "raw")]),
+    )?;
+    let me = std::env::current_exe()?;
+    let minio = Minio::start();
+    minio.create_bucket("bench");
+    let gcs = GcsEmulator::start(&["bench"]);
+    for (name, store, ep) in [
+        ("MinIO", "s3", minio.endpoint()),
+        ("gcp-storage-emulator", "gcs", gcs.endpoint()),
+    ] {
+        let (mut ovf, mut ova) = (Vec::new(), Vec::new());
+        let (mut ovf_rss, mut ova_rss) = (0u64, 0u64);
+        for round in 0..3 {
+            for (format, times, rss) in [
+                ("ovf", &mut ovf, &mut ovf_rss),
+                ("ova", &mut ova, &mut ova_rss),
+            ] {
+                let mut c = Command::new(&me);
+                c.args(["--child-export", path_str(&xml), format, store, &ep]);
+                let v = run_json(c)?;
+                times.push(v["secs"].as_f64().unwrap_or(f64::NAN));
+                *rss = (*rss).max(v["rss_kib"].as_u64().unwrap_or(0));
+            }
+            println!(
+                "{name} round {round}: OVF {:.2} s, OVA {:.2} s",
+                ovf[round], ova[round]
+            );
+        }
+        let (d, a) = (median(ovf), median(ova));
+        println!("\nexport of a {mib} MiB disk into {name} (median of 3):");
+        println!("| package | time | peak RSS |");
+        println!("|---|---|---|");
+        println!(
+            "| OVF directory (straight up) | {d:.2} s | {} MiB |",
+            ovf_rss / 1024
+        );
+        println!(
+            "| OVA (spooled, then uploaded) | {a:.2} s | {} MiB |",
+            ova_rss / 1024
+        );
+        println!("OVA time / OVF time: {:.2}\n", a / d);
+    }
+    Ok(())
 }
 
 fn child(file: &str, store: &str, endpoint: &str, key: &str) -> anyhow::Result<()> {
@@ -208,8 +297,13 @@ struct Server {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("--child") {
-        return child(&args[2], &args[3], &args[4], &args[5]);
+    match args.get(1).map(String::as_str) {
+        Some("--child") => return child(&args[2], &args[3], &args[4], &args[5]),
+        Some("--child-export") => return child_export(&args[2], &args[3], &args[4], &args[5]),
+        Some("export") => {
+            return export_bench(args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1024))
+        }
+        _ => {}
     }
     let mib: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1024);
     let tmp = tempfile::tempdir()?;

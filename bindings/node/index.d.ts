@@ -140,6 +140,8 @@ export function vsphere(
   password: string,
   tls?: { insecure?: boolean; thumbprint?: string; caFile?: string },
 ): Promise<Provider>
+/** Checks a package (OVA, OVF directory, an export's compressed or encrypted OVA, or an OVA
+ * published in an object store, by its URL: `s3://bucket/x/vm.ova`) against its manifest. */
 export function verify(
   path: string,
   options?: { keyFile?: string; passphraseFile?: string; strict?: boolean },

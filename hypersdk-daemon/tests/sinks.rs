@@ -157,7 +157,10 @@ fn kill_9_during_sink_jobs_then_restart_continues_them() {
     let job = d.wait(ids[0], Duration::from_secs(120));
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["attempts"], 2, "{job}");
-    assert!(job["result"]["resumed_bytes"].as_u64().unwrap() > 0, "{job}");
+    assert!(
+        job["result"]["resumed_bytes"].as_u64().unwrap() > 0,
+        "{job}"
+    );
     let local = d.wait(ids[1], Duration::from_secs(120));
     assert_eq!(local["status"], "succeeded", "{local}");
     let keys = gcs.list("archive");

@@ -246,7 +246,8 @@ pub struct KeyOptions {
 }
 
 /// Checks a package (OVA, OVF directory, or an export's compressed or
-/// encrypted OVA) against its manifest; the report as JSON.
+/// encrypted OVA; or an OVA published in an object store, by its URL,
+/// `s3://bucket/x/vm.ova`) against its manifest; the report as JSON.
 #[napi]
 pub async fn verify(path: String, options: Option<KeyOptions>) -> Result<String> {
     let (k, p, strict) = match options {
@@ -254,6 +255,19 @@ pub async fn verify(path: String, options: Option<KeyOptions>) -> Result<String>
         None => (None, None, true),
     };
     let k = key(k, p)?;
+    if hypersdk::output_scheme(&path).is_some() {
+        // A package published in an object store, read through once.
+        let r = hypersdk::verify_published(&path, &hypersdk::OutputOptions::default(), k)
+            .await
+            .map_err(lib_err)?;
+        if strict && !r.verified() {
+            return Err(lib_err(hypersdk::Error::Integrity {
+                file: path,
+                detail: r.failures().join("; "),
+            }));
+        }
+        return json(&files::package_summary(&r));
+    }
     let r = tokio::task::spawn_blocking(move || {
         let path = std::path::Path::new(&path);
         if strict {

@@ -226,3 +226,47 @@ test('the vCenter simulator: CA-verified login, search, export, verify', async (
   await assert.rejects(hypersdk.connect('vsphere', { url: sim.url, colour: 'blue' }), (e) =>
     e instanceof hypersdk.InvalidArgumentError && /unknown field `colour`/.test(e.message))
 })
+
+test('a gs:// output lands in the bucket, read back by Google\'s client and verified in place', async () => {
+  const python = path.join(ROOT, 'target/peers/venv/bin/python')
+  const peer = spawn(python, [path.join(ROOT, 'tests/peers/gcs_emulator.py'), '--bucket', 'node-exports'],
+    { stdio: ['pipe', 'pipe', 'inherit'] })
+  try {
+    const line = await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('the GCS emulator did not start within 60 s')), 60000)
+      readline.createInterface({ input: peer.stdout }).once('line', (l) => {
+        clearTimeout(timer)
+        resolve(l)
+      })
+    })
+    const endpoint = `http://127.0.0.1:${JSON.parse(line).port}`
+    // Found the way Google's clients find an emulator.
+    process.env.STORAGE_EMULATOR_HOST = endpoint
+    process.env.XDG_STATE_HOME = tmp()
+    const cwd = process.cwd()
+    process.chdir(tmp())
+    try {
+      const report = await hypersdk.local(EXAMPLES).export('demo-vm', 'gs://node-exports/wave/', { verify: true })
+      assert.equal(report.location, 'gs://node-exports/wave/demo-vm.ova')
+      assert.equal(report.verified, true)
+      assert.ok(!fs.existsSync('gs:'), 'never a local directory named gs:')
+    } finally {
+      process.chdir(cwd)
+    }
+    const got = path.join(tmp(), 'got.ova')
+    execFileSync(python, ['-c', [
+      'import sys',
+      'from google.api_core.client_options import ClientOptions',
+      'from google.auth.credentials import AnonymousCredentials',
+      'from google.cloud import storage',
+      'c = storage.Client(project="p", credentials=AnonymousCredentials(), client_options=ClientOptions(api_endpoint=sys.argv[1]))',
+      'c.bucket("node-exports").blob("wave/demo-vm.ova").download_to_filename(sys.argv[2])',
+    ].join('\n'), endpoint, got])
+    assert.equal((await hypersdk.verify(got)).verified, true)
+    assert.equal((await hypersdk.verify('gs://node-exports/wave/demo-vm.ova')).verified, true)
+    checkOvaDisks(got)
+  } finally {
+    delete process.env.STORAGE_EMULATOR_HOST
+    peer.stdin.end()
+  }
+})
