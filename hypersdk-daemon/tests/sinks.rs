@@ -109,6 +109,19 @@ fn a_job_exports_into_a_named_gcs_sink_with_a_service_account() {
     }
 }
 
+/// A directory `vms` in `dir` with VM `big`, one raw disk of `bytes`.
+fn big_vm(dir: &std::path::Path, bytes: u64) -> std::path::PathBuf {
+    let vms = dir.join("vms");
+    std::fs::create_dir_all(&vms).unwrap();
+    hypersdk_testsupport::write_mixed_file(&vms.join("big.raw"), bytes).unwrap();
+    std::fs::write(
+        vms.join("big.xml"),
+        hypersdk_testsupport::domain_xml("big", &[(&vms.join("big.raw"), "raw")]),
+    )
+    .unwrap();
+    vms
+}
+
 /// A daemon killed (-9) while jobs upload into a named sink: after the
 /// restart each job continues its uploads from its checkpoint and publishes
 /// the same bytes as an uninterrupted job.
@@ -116,14 +129,7 @@ fn a_job_exports_into_a_named_gcs_sink_with_a_service_account() {
 fn kill_9_during_sink_jobs_then_restart_continues_them() {
     let gcs = GcsEmulator::start(&["archive"]);
     let tmp = tempfile::tempdir().unwrap();
-    let vms = tmp.path().join("vms");
-    std::fs::create_dir_all(&vms).unwrap();
-    hypersdk_testsupport::write_mixed_file(&vms.join("big.raw"), 96 << 20).unwrap();
-    std::fs::write(
-        vms.join("big.xml"),
-        hypersdk_testsupport::domain_xml("big", &[(&vms.join("big.raw"), "raw")]),
-    )
-    .unwrap();
+    let vms = big_vm(tmp.path(), 96 << 20);
     let extra = format!(
         "sinks:\n  cold:\n    url: gs://archive/vms/\n    gcs: {{ endpoint: \"{}\", anonymous: true }}\n",
         gcs.endpoint()
@@ -191,14 +197,7 @@ fn kill_9_during_sink_jobs_then_restart_continues_them() {
 fn deleting_a_cancelled_sink_job_discards_its_kept_uploads() {
     let gcs = GcsEmulator::start(&["archive"]);
     let tmp = tempfile::tempdir().unwrap();
-    let vms = tmp.path().join("vms");
-    std::fs::create_dir_all(&vms).unwrap();
-    hypersdk_testsupport::write_mixed_file(&vms.join("big.raw"), 256 << 20).unwrap();
-    std::fs::write(
-        vms.join("big.xml"),
-        hypersdk_testsupport::domain_xml("big", &[(&vms.join("big.raw"), "raw")]),
-    )
-    .unwrap();
+    let vms = big_vm(tmp.path(), 256 << 20);
     let extra = format!(
         "sinks:\n  cold:\n    url: gs://archive/vms/\n    gcs: {{ endpoint: \"{}\", anonymous: true }}\n",
         gcs.endpoint()

@@ -417,36 +417,59 @@ impl Gcs {
         held(resp).await
     }
 
+    /// One request putting `body` at `range` of `session` (with the
+    /// object's `x-goog-hash`, if given), and what the session holds after
+    /// it: from its answer (true), or, after a failure and the retry
+    /// policy's wait, from a status query (false). `attempt` counts the
+    /// failures of a series of requests begun at `start`.
+    async fn session_put(
+        &self,
+        session: &str,
+        range: String,
+        body: Bytes,
+        hash: Option<String>,
+        attempt: &mut u32,
+        start: Instant,
+    ) -> io::Result<(bool, Held)> {
+        let s = session.to_string();
+        let tried = self
+            .once(
+                &move |c| {
+                    let r = c
+                        .put(&s)
+                        .header("Content-Range", range.clone())
+                        .body(body.clone());
+                    match &hash {
+                        Some(h) => r.header("x-goog-hash", h.clone()),
+                        None => r,
+                    }
+                },
+                Accept::Session,
+            )
+            .await;
+        match tried {
+            Ok(resp) => Ok((true, held(resp).await?)),
+            Err(f) => {
+                self.backoff(&f, *attempt, start).await?;
+                *attempt += 1;
+                Ok((false, self.status(session).await?))
+            }
+        }
+    }
+
     /// Sends `data`, the bytes of the session from `offset` on, in one or
     /// more requests (the session may keep less than a request carried).
     async fn send_chunk(&self, session: &str, offset: u64, data: Bytes) -> io::Result<()> {
         let end = offset + data.len() as u64;
         let mut at = offset;
-        let start = Instant::now();
+        let mut start = Instant::now();
         let mut attempt = 1;
         while at < end {
-            let body = data.slice((at - offset) as usize..);
             let range = format!("bytes {at}-{}/*", end - 1);
-            let s = session.to_string();
-            let tried = self
-                .once(
-                    &move |c| {
-                        c.put(&s)
-                            .header("Content-Range", range.clone())
-                            .body(body.clone())
-                    },
-                    Accept::Session,
-                )
-                .await;
-            let answered = tried.is_ok();
-            let now = match tried {
-                Ok(resp) => held(resp).await?,
-                Err(f) => {
-                    self.backoff(&f, attempt, start).await?;
-                    attempt += 1;
-                    self.status(session).await?
-                }
-            };
+            let body = data.slice((at - offset) as usize..);
+            let (answered, now) = self
+                .session_put(session, range, body, None, &mut attempt, start)
+                .await?;
             match now {
                 Held::Bytes(n) if n < at => {
                     return Err(io::Error::other(format!(
@@ -460,7 +483,15 @@ impl Gcs {
                         "the upload session took none of the bytes from {at} on"
                     )));
                 }
-                Held::Bytes(n) => at = n,
+                Held::Bytes(n) => {
+                    if n > at && !answered {
+                        // Progress despite the failure: a flaky link that
+                        // still carries bytes is not given up on.
+                        attempt = 1;
+                        start = Instant::now();
+                    }
+                    at = n;
+                }
                 Held::Object(_) => {
                     return Err(io::Error::other(
                         "the upload session ended before the object's last bytes",
@@ -746,7 +777,7 @@ impl Store for GcsStore {
         Ok(Box::new(up))
     }
 
-    async fn publish(&self, _key: &str, id: &str, finished: &Finished) -> io::Result<()> {
+    async fn publish(&self, key: &str, id: &str, finished: &Finished) -> io::Result<()> {
         let f: Last = serde_json::from_value(serde_json::Value::Object(finished.detail.clone()))
             .map_err(|e| {
                 io::Error::other(format!("the upload's last bytes are not recorded: {e}"))
@@ -771,31 +802,11 @@ impl Store for GcsStore {
             } else {
                 format!("bytes {at}-{}/{total}", total - 1)
             };
-            let (s, body, hash) = (
-                id.to_string(),
-                tail.slice((at - f.sent) as usize..),
-                format!("crc32c={}", crc_b64(f.crc32c)),
-            );
-            let tried = g
-                .once(
-                    &move |c| {
-                        c.put(&s)
-                            .header("Content-Range", range.clone())
-                            .header("x-goog-hash", hash.clone())
-                            .body(body.clone())
-                    },
-                    Accept::Session,
-                )
-                .await;
-            let answered = tried.is_ok();
-            let now = match tried {
-                Ok(resp) => held(resp).await?,
-                Err(fail) => {
-                    g.backoff(&fail, attempt, start).await?;
-                    attempt += 1;
-                    g.status(id).await?
-                }
-            };
+            let body = tail.slice((at - f.sent) as usize..);
+            let hash = format!("crc32c={}", crc_b64(f.crc32c));
+            let (answered, now) = g
+                .session_put(id, range, body, Some(hash), &mut attempt, start)
+                .await?;
             match now {
                 Held::Object(v) => break v,
                 // Interrupted: the session says what it holds.
@@ -814,6 +825,10 @@ impl Store for GcsStore {
         });
         let crc = object.get("crc32c").and_then(|c| c.as_str());
         if size != Some(total) || crc.is_some_and(|c| c != crc_b64(f.crc32c)) {
+            // Not what was sent: it does not stay under the key.
+            if let Err(e) = self.delete(key).await {
+                tracing::warn!(key, error = %e, "cannot delete an object that differs from what was sent");
+            }
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
@@ -1055,7 +1070,7 @@ enum Credentials {
     ServiceAccount {
         email: String,
         key_id: Option<String>,
-        key: ring::signature::RsaKeyPair,
+        key: Box<ring::signature::RsaKeyPair>,
         token_uri: String,
     },
     /// A user's refresh token (`gcloud auth application-default login`).
@@ -1258,6 +1273,7 @@ fn parse_key(text: &str, from: &str) -> Result<Credentials> {
                 _ => return Err(bad("private_key is not a PKCS#8 PEM key")),
             };
             let key = ring::signature::RsaKeyPair::from_pkcs8(der.secret_pkcs8_der())
+                .map(Box::new)
                 .map_err(|_| bad("private_key is not an RSA key"))?;
             let token_uri = k.token_uri.unwrap_or_else(|| OAUTH_TOKEN.into());
             endpoint_is_http("token", &token_uri)?;

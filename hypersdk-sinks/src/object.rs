@@ -101,7 +101,7 @@ pub(crate) struct UploadOf {
 impl UploadOf {
     /// The object as errors name it.
     pub(crate) fn shown(&self) -> String {
-        self.shared.show(&self.key)
+        self.shared.show_key(&self.key)
     }
 
     /// Records that every byte of the upload is with the store: it is
@@ -243,6 +243,14 @@ impl Shared {
             rel.to_string()
         } else {
             format!("{}/{rel}", self.prefix)
+        }
+    }
+
+    /// Object `key` (the prefix included) as errors name it.
+    fn show_key(&self, key: &str) -> String {
+        match key.strip_prefix(&format!("{}/", self.prefix)) {
+            Some(rel) if !self.prefix.is_empty() => self.show(rel),
+            _ => self.show(key),
         }
     }
 
@@ -688,12 +696,10 @@ impl Staging for ObjectStaging {
         for e in &old {
             self.shared.abort(&e.key, &e.upload_id).await;
         }
-        let id = self
-            .shared
-            .store
-            .create(&key)
-            .await
-            .map_err(|e| Error::sink("cannot start uploading", self.shared.show(&key), e))?;
+        let id =
+            self.shared.store.create(&key).await.map_err(|e| {
+                Error::sink("cannot start uploading", self.shared.show_key(&key), e)
+            })?;
         self.registry.update(|v| {
             v.retain(|e| e.name != name);
             v.push(Entry {

@@ -7,7 +7,9 @@
 
 use hypersdk_core::{Artifact, Sink};
 use hypersdk_sinks::gcs::{sink, GcsSettings};
-use hypersdk_testkit::sink::{pattern, run_suite, Capabilities};
+use hypersdk_testkit::sink::{
+    pattern, publish_numbered_blocks, run_suite, sha256_of_file, Capabilities,
+};
 use hypersdk_testsupport::gcs::GcsEmulator;
 
 fn settings(gcs: &GcsEmulator) -> GcsSettings {
@@ -161,27 +163,12 @@ async fn twenty_cut_connections_during_a_256_mib_upload() {
         state.path().to_path_buf(),
     )
     .unwrap();
-    let artifact = Artifact::File("big.ova".into());
-    let mut staging = s.begin(&artifact, false).await.unwrap();
-    let mut w = staging.start("big.ova").await.unwrap();
-    let mut h = <sha2::Sha256 as sha2::Digest>::new();
-    let block = pattern(11, 1 << 20);
-    for i in 0..(total >> 20) {
-        let mut b = block.clone();
-        b[..8].copy_from_slice(&i.to_le_bytes());
-        sha2::Digest::update(&mut h, &b);
-        w.put(&b).await.unwrap();
-    }
-    assert_eq!(w.complete().await.unwrap(), total);
-    staging.commit().await.unwrap();
+    let sent = publish_numbered_blocks(&s, "big.ova", total).await;
     assert_eq!(proxy.upload_cuts_done(), 20, "every planned cut happened");
     let dir = tempfile::tempdir().unwrap();
     let got = dir.path().join("big.ova");
     gcs.download("cuts", "p/big.ova", &got);
-    let mut f = std::fs::File::open(&got).unwrap();
-    let mut g = <sha2::Sha256 as sha2::Digest>::new();
-    std::io::copy(&mut f, &mut g).unwrap();
-    assert_eq!(sha2::Digest::finalize(g), sha2::Digest::finalize(h));
+    assert_eq!(sha256_of_file(&got), sent);
 }
 
 /// With a service-account key (GOOGLE_APPLICATION_CREDENTIALS' kind of
@@ -263,4 +250,29 @@ async fn a_service_account_key_gets_tokens_the_store_accepts() {
     assert!(!shown.contains("PRIVATE KEY"), "{shown}");
     assert!(!format!("{s:?}").contains("PRIVATE KEY"));
     assert_eq!(gcs.count("bad_assertions"), 1);
+}
+
+/// A byte damaged on the way (the emulator stores it inverted): the
+/// object's CRC32C does not match at publication, the export fails saying
+/// so, and no object stays under the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_upload_is_refused_at_publication_and_removed() {
+    let gcs = GcsEmulator::start_flipping(&["dmg"], 5_000_000);
+    let state = tempfile::tempdir().unwrap();
+    let s = sink("gs://dmg", &settings(&gcs), state.path().into()).unwrap();
+    let mut staging = s
+        .begin(&Artifact::File("vm.ova".into()), false)
+        .await
+        .unwrap();
+    let mut w = staging.start("vm.ova").await.unwrap();
+    w.put(&pattern(8, 9 << 20)).await.unwrap();
+    w.complete().await.unwrap();
+    let e = staging.commit().await.unwrap_err();
+    let text = hypersdk_core::error::chain(&e);
+    assert!(
+        text.contains("CRC32C") && text.contains("gs://dmg/vm.ova"),
+        "{text}"
+    );
+    assert_eq!(gcs.count("flipped"), 1);
+    assert!(gcs.list("dmg").is_empty(), "the damaged object stayed");
 }

@@ -8,7 +8,9 @@
 use hypersdk_core::{Artifact, Sink};
 use hypersdk_sinks::s3::{sink, S3Settings};
 use hypersdk_sinks::ObjectStoreSink;
-use hypersdk_testkit::sink::{pattern, run_suite, Capabilities};
+use hypersdk_testkit::sink::{
+    pattern, publish_numbered_blocks, run_suite, sha256_of_file, Capabilities,
+};
 use hypersdk_testsupport::s3::{MotoS3, S3Peer, ACCESS_KEY, SECRET_KEY};
 
 fn settings(moto: &MotoS3) -> S3Settings {
@@ -134,27 +136,12 @@ async fn twenty_cut_connections_during_a_256_mib_upload() {
         state.path().to_path_buf(),
     )
     .unwrap();
-    let artifact = Artifact::File("big.ova".into());
-    let mut staging = s.begin(&artifact, false).await.unwrap();
-    let mut w = staging.start("big.ova").await.unwrap();
-    let mut h = <sha2::Sha256 as sha2::Digest>::new();
-    let block = pattern(11, 1 << 20);
-    for i in 0..(total >> 20) {
-        let mut b = block.clone();
-        b[..8].copy_from_slice(&i.to_le_bytes());
-        sha2::Digest::update(&mut h, &b);
-        w.put(&b).await.unwrap();
-    }
-    assert_eq!(w.complete().await.unwrap(), total);
-    staging.commit().await.unwrap();
+    let sent = publish_numbered_blocks(&s, "big.ova", total).await;
     assert_eq!(proxy.upload_cuts_done(), 20, "every planned cut happened");
     let dir = tempfile::tempdir().unwrap();
     let got = dir.path().join("big.ova");
     moto.download("cuts", "p/big.ova", &got);
-    let mut f = std::fs::File::open(&got).unwrap();
-    let mut g = <sha2::Sha256 as sha2::Digest>::new();
-    std::io::copy(&mut f, &mut g).unwrap();
-    assert_eq!(sha2::Digest::finalize(g), sha2::Digest::finalize(h));
+    assert_eq!(sha256_of_file(&got), sent);
     assert!(moto.open_uploads("cuts").is_empty());
 }
 

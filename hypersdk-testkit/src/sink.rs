@@ -52,6 +52,37 @@ pub async fn run_suite(sink: &dyn Sink, caps: Capabilities) {
     }
 }
 
+/// For the connection-cut tests of object stores: a file artifact `name` of `total` bytes (1 MiB blocks, each numbered)
+/// written into `sink` in one upload, completed and published; the SHA-256
+/// of what was written.
+pub async fn publish_numbered_blocks(sink: &dyn Sink, name: &str, total: u64) -> [u8; 32] {
+    use sha2::Digest;
+    let artifact = Artifact::File(name.to_string());
+    let mut staging = sink.begin(&artifact, false).await.expect("begin");
+    let mut w = staging.start(name).await.expect("start");
+    let mut h = sha2::Sha256::new();
+    let block = pattern(11, 1 << 20);
+    for i in 0..total.div_ceil(1 << 20) {
+        let mut b = block.clone();
+        b[..8].copy_from_slice(&i.to_le_bytes());
+        b.truncate((total - (i << 20)).min(1 << 20) as usize);
+        h.update(&b);
+        w.put(&b).await.expect("put");
+    }
+    assert_eq!(w.complete().await.expect("complete"), total);
+    staging.commit().await.expect("commit");
+    h.finalize().into()
+}
+
+/// The SHA-256 of a file (one a store's own client downloaded).
+pub fn sha256_of_file(path: &std::path::Path) -> [u8; 32] {
+    use sha2::Digest;
+    let mut f = std::fs::File::open(path).expect("open the downloaded file");
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h).expect("read the downloaded file");
+    h.finalize().into()
+}
+
 /// Bytes of a test object: `len` bytes of a pattern seeded by `seed`.
 pub fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len)

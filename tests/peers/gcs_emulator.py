@@ -13,6 +13,9 @@ Applications": grant_type urn:ietf:params:oauth:grant-type:jwt-bearer),
 checking the assertion's signature, audience and scope with Google's own
 auth library (google-auth). Requests without a token it issued get 401.
 
+--flip-byte N damages what it receives, as a faulty network path would: the
+byte at offset N of every resumable upload is stored inverted.
+
 Two more additions, neither changing what the emulator answers otherwise:
 - GET /_peer/stats answers {"chunk_puts": N, "chunk_bytes": N,
   "sessions": N, "cancels": N}, so tests can tell that a resumed upload
@@ -23,7 +26,9 @@ Two more additions, neither changing what the emulator answers otherwise:
 """
 
 import argparse
+import io
 import json
+import re
 import secrets
 import time
 import logging
@@ -39,6 +44,7 @@ from gcp_storage_emulator.server import RequestHandler
 from gcp_storage_emulator.storage import Storage
 
 COUNTS = Counter()
+FLIP = {"at": None}
 # Set with --service-account: the public key, the token URI, tokens issued.
 AUTH = {"public": None, "uri": None, "tokens": set()}
 SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
@@ -113,7 +119,15 @@ class Counting(RequestHandler):
         # A session URI is its own credential (no token needed).
         if "upload_id" in self._query():
             COUNTS["chunk_puts"] += 1
-            COUNTS["chunk_bytes"] += int(self.headers.get("Content-Length") or 0)
+            length = int(self.headers.get("Content-Length") or 0)
+            COUNTS["chunk_bytes"] += length
+            m = re.match(r"bytes (\d+)-", self.headers.get("Content-Range") or "")
+            at = FLIP["at"]
+            if at is not None and m and int(m.group(1)) <= at < int(m.group(1)) + length:
+                body = bytearray(self.rfile.read(length))
+                body[at - int(m.group(1))] ^= 0xFF
+                COUNTS["flipped"] += 1
+                self.rfile = io.BytesIO(bytes(body))
         return super().do_PUT()
 
     def do_DELETE(self):
@@ -176,8 +190,10 @@ def main():
     ap.add_argument("--lifetime", type=float, default=1800)
     ap.add_argument("--bucket", action="append", default=[])
     ap.add_argument("--service-account")
+    ap.add_argument("--flip-byte", type=int)
     args = ap.parse_args()
     logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)
+    FLIP["at"] = args.flip_byte
     storage = Storage(use_memory_fs=True)
     for b in args.bucket:
         buckets.create_bucket(b, storage)

@@ -53,6 +53,23 @@ impl GcsEmulator {
         }
     }
 
+    /// Starts one with buckets `buckets` that stores the byte at `offset`
+    /// of every upload inverted, as a faulty network path would deliver it.
+    pub fn start_flipping(buckets: &[&str], offset: u64) -> GcsEmulator {
+        let at = offset.to_string();
+        let mut args = vec!["--flip-byte", at.as_str()];
+        for b in buckets {
+            args.extend(["--bucket", b]);
+        }
+        let (child, port) = start_peer("tests/peers/gcs_emulator.py", &args);
+        GcsEmulator {
+            port,
+            key_file: None,
+            child,
+            _dir: None,
+        }
+    }
+
     /// Starts one with buckets `buckets` that demands access tokens, as
     /// Cloud Storage does, for the service account of
     /// [`key_file`](Self::key_file) (the emulator's token endpoint checks
