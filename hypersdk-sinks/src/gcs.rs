@@ -88,6 +88,8 @@ pub const DEFAULT_CHUNK: usize = 64 << 20;
 const SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
 /// Where user credentials are refreshed unless their file says otherwise.
 const OAUTH_TOKEN: &str = "https://oauth2.googleapis.com/token";
+/// Pages of an object list read at most (1000 objects each).
+const MAX_PAGES: usize = 100_000;
 /// The longest error text kept from a server's answer.
 const MAX_MESSAGE: usize = 300;
 
@@ -471,9 +473,9 @@ impl Gcs {
                 .session_put(session, range, body, None, &mut attempt, start)
                 .await?;
             match now {
-                Held::Bytes(n) if n < at => {
+                Held::Bytes(n) if n < at || n > end => {
                     return Err(io::Error::other(format!(
-                        "the upload session holds {n} bytes, fewer than the {at} it took before"
+                        "the upload session holds {n} bytes, not between the {at} it took and the {end} sent"
                     )))
                 }
                 Held::Bytes(n) if n == at && answered => {
@@ -523,7 +525,7 @@ async fn held(resp: reqwest::Response) -> io::Result<Held> {
             // session, where GCS sends no Range: taken as nothing held
             // (were it one byte, the next request would be refused, and
             // the CRC32C checked at publication catches any mix-up).
-            .map_or(0, |last| if last == 0 { 0 } else { last + 1 });
+            .map_or(0, |last| if last == 0 { 0 } else { last.saturating_add(1) });
         return Ok(Held::Bytes(n));
     }
     let body = read_bounded(resp, 1 << 20).await?;
@@ -566,7 +568,7 @@ impl Store for GcsStore {
         let g = &self.0;
         let mut out = Vec::new();
         let mut page: Option<String> = None;
-        loop {
+        for _ in 0..MAX_PAGES {
             let mut url = g.url(&format!(
                 "/storage/v1/b/{}/o?fields=items(name,size),nextPageToken",
                 enc(&g.bucket)
@@ -605,6 +607,10 @@ impl Store for GcsStore {
                 return Ok(out);
             }
         }
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the object list goes on past {MAX_PAGES} pages"),
+        ))
     }
 
     async fn read(
