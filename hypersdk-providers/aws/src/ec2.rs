@@ -1,0 +1,411 @@
+//! The EC2 Query API (API version 2016-11-15): the calls the provider makes,
+//! each request signed with SigV4, each answer parsed from the XML the EC2
+//! API Reference documents.
+
+use std::time::Duration;
+
+use hypersdk_core::{Error, Result};
+use hypersdk_formats::xml::{self, Element};
+
+use crate::sigv4::{self, Credentials};
+
+/// The API version every request names.
+const VERSION: &str = "2016-11-15";
+/// The longest answer read (a page of DescribeInstances is far smaller).
+const MAX_ANSWER: usize = 16 << 20;
+/// Pages of one listing read at most.
+const MAX_PAGES: usize = 10_000;
+
+/// An EC2 endpoint with credentials.
+pub struct Ec2 {
+    http: reqwest::Client,
+    /// `https://ec2.eu-west-1.amazonaws.com` or another server, no trailing `/`.
+    endpoint: String,
+    /// Its `host[:port]`.
+    host: String,
+    region: String,
+    creds: Credentials,
+}
+
+impl std::fmt::Debug for Ec2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ec2")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("creds", &self.creds)
+            .finish()
+    }
+}
+
+/// An instance as DescribeInstances describes it (the fields used).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Instance {
+    /// `i-0123…`.
+    pub id: String,
+    /// Its `Name` tag, if any.
+    pub name: Option<String>,
+    /// `t3.large`, …
+    pub instance_type: String,
+    /// `pending`, `running`, `stopping`, `stopped`, …
+    pub state: String,
+    /// `x86_64`, `arm64`.
+    pub architecture: Option<String>,
+    /// `windows` for Windows instances (else absent).
+    pub platform: Option<String>,
+    /// `Linux/UNIX`, `Windows`, … (platformDetails).
+    pub platform_details: Option<String>,
+    /// `legacy-bios` or `uefi` (bootMode, or currentInstanceBootMode).
+    pub boot_mode: Option<String>,
+    /// The root device's name (`/dev/xvda`).
+    pub root_device: Option<String>,
+    /// Cores and threads per core, if reported.
+    pub cpu: Option<(u32, u32)>,
+    /// Block devices: device name and volume id.
+    pub volumes: Vec<(String, String)>,
+    /// Network interfaces: id, MAC address, subnet, private IP.
+    pub nics: Vec<Nic>,
+    /// Tags.
+    pub tags: Vec<(String, String)>,
+}
+
+/// A network interface of an instance.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Nic {
+    /// `eni-…`.
+    pub id: String,
+    /// Its MAC address.
+    pub mac: Option<String>,
+    /// `subnet-…`.
+    pub subnet: Option<String>,
+    /// `vpc-…`.
+    pub vpc: Option<String>,
+    /// Its device index (0 is the primary interface).
+    pub index: u32,
+}
+
+/// An EBS volume (DescribeVolumes).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Volume {
+    /// `vol-…`.
+    pub id: String,
+    /// Size in GiB.
+    pub size_gib: u64,
+    /// The snapshot it was made from, if any.
+    pub snapshot: Option<String>,
+}
+
+/// An instance type's size (DescribeInstanceTypes).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TypeInfo {
+    /// Default vCPUs.
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+}
+
+impl Ec2 {
+    /// A client of `endpoint` (`https://ec2.REGION.amazonaws.com`, or an
+    /// `http://` test server) in `region`.
+    pub fn new(endpoint: &str, region: &str, creds: Credentials) -> Result<Ec2> {
+        let endpoint = endpoint.trim_end_matches('/').to_string();
+        let host = endpoint
+            .strip_prefix("https://")
+            .or_else(|| endpoint.strip_prefix("http://"))
+            .filter(|h| !h.is_empty() && !h.contains(['/', '?', '#', '@']))
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "EC2 endpoint {endpoint:?} is not an http(s)://host[:port] URL"
+                ))
+            })?
+            .to_string();
+        // reqwest uses the process's rustls provider: ring, as everywhere here.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(15))
+            .timeout(Duration::from_secs(120))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Ec2 {
+            http,
+            endpoint,
+            host,
+            region: region.to_string(),
+            creds,
+        })
+    }
+
+    fn err(&self, message: String, retryable: bool) -> Error {
+        Error::Provider {
+            provider: "aws".into(),
+            message,
+            retryable,
+            source: None,
+        }
+    }
+
+    /// Calls `action` with `params`; the answer's root element.
+    pub async fn call(&self, action: &str, params: &[(String, String)]) -> Result<Element> {
+        let mut form = vec![
+            ("Action".to_string(), action.to_string()),
+            ("Version".to_string(), VERSION.to_string()),
+        ];
+        form.extend_from_slice(params);
+        let body = sigv4::canonical_query(&form);
+        let ct = "application/x-www-form-urlencoded; charset=utf-8";
+        let headers = [("content-type".to_string(), ct.to_string())];
+        let req = sigv4::Request {
+            method: "POST",
+            host: &self.host,
+            path: "/",
+            query: &[],
+            headers: &headers,
+            body: body.as_bytes(),
+        };
+        let signed = sigv4::sign(
+            &req,
+            &self.creds,
+            (&self.region, "ec2"),
+            &sigv4::amz_date_now(),
+            false,
+        );
+        let mut rb = self
+            .http
+            .post(format!("{}/", self.endpoint))
+            .header("content-type", ct)
+            .body(body);
+        for (k, v) in signed {
+            rb = rb.header(k, v);
+        }
+        let resp = rb.send().await.map_err(|e| {
+            self.err(
+                format!("EC2 {action} at {}: {}", self.endpoint, e.without_url()),
+                true,
+            )
+        })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| {
+            self.err(
+                format!("EC2 {action}: reading the answer: {}", e.without_url()),
+                true,
+            )
+        })?;
+        if bytes.len() > MAX_ANSWER {
+            return Err(self.err(
+                format!("EC2 {action}: answer longer than {MAX_ANSWER} bytes"),
+                false,
+            ));
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        if !status.is_success() {
+            // <Response><Errors><Error><Code/><Message/></Error></Errors>…
+            let (code, message) = xml::parse(&text)
+                .ok()
+                .and_then(|root| {
+                    let e = root.find("Errors")?.find("Error")?;
+                    Some((
+                        e.find_text("Code").unwrap_or("").to_string(),
+                        e.find_text("Message").unwrap_or("").to_string(),
+                    ))
+                })
+                .unwrap_or_else(|| (String::new(), format!("HTTP {status}")));
+            let message: String = message
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(300)
+                .collect();
+            let retryable = status.is_server_error()
+                || matches!(code.as_str(), "RequestLimitExceeded" | "Throttling");
+            if matches!(
+                code.as_str(),
+                "AuthFailure"
+                    | "UnauthorizedOperation"
+                    | "InvalidClientTokenId"
+                    | "SignatureDoesNotMatch"
+            ) {
+                return Err(Error::Auth {
+                    provider: "aws".into(),
+                    target: self.endpoint.clone(),
+                    user: self.creds.access_key_id.clone(),
+                    message: format!("{code}: {message}"),
+                });
+            }
+            return Err(self.err(
+                format!(
+                    "EC2 {action}: {code}{}{message}",
+                    if code.is_empty() { "" } else { ": " }
+                ),
+                retryable,
+            ));
+        }
+        xml::parse(&text).map_err(|e| self.err(format!("EC2 {action}: {e}"), false))
+    }
+
+    /// Every page of `action`, following `nextToken`.
+    async fn pages(&self, action: &str, params: &[(String, String)]) -> Result<Vec<Element>> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let mut p = params.to_vec();
+            if let Some(t) = &token {
+                p.push(("NextToken".into(), t.clone()));
+            }
+            let page = self.call(action, &p).await?;
+            token = page
+                .find_text("nextToken")
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            out.push(page);
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+        Err(self.err(format!("EC2 {action}: more than {MAX_PAGES} pages"), false))
+    }
+
+    /// Instances, all or those with ids `ids`.
+    pub async fn instances(&self, ids: &[&str]) -> Result<Vec<Instance>> {
+        let params: Vec<(String, String)> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (format!("InstanceId.{}", i + 1), id.to_string()))
+            .collect();
+        let mut out = Vec::new();
+        for page in self.pages("DescribeInstances", &params).await? {
+            for r in items(&page, "reservationSet") {
+                for i in items(r, "instancesSet") {
+                    out.push(instance(i));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Volumes with ids `ids`.
+    pub async fn volumes(&self, ids: &[&str]) -> Result<Vec<Volume>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let params: Vec<(String, String)> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (format!("VolumeId.{}", i + 1), id.to_string()))
+            .collect();
+        let mut out = Vec::new();
+        for page in self.pages("DescribeVolumes", &params).await? {
+            for v in items(&page, "volumeSet") {
+                out.push(Volume {
+                    id: v.find_text("volumeId").unwrap_or_default().to_string(),
+                    size_gib: v
+                        .find_text("size")
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0),
+                    snapshot: v
+                        .find_text("snapshotId")
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The size of instance type `name`.
+    pub async fn instance_type(&self, name: &str) -> Result<TypeInfo> {
+        let page = self
+            .call(
+                "DescribeInstanceTypes",
+                &[("InstanceType.1".into(), name.to_string())],
+            )
+            .await?;
+        let t = items(&page, "instanceTypeSet")
+            .next()
+            .ok_or_else(|| self.err(format!("EC2 knows no instance type {name}"), false))?;
+        Ok(TypeInfo {
+            vcpus: t
+                .find("vCpuInfo")
+                .and_then(|v| v.find_text("defaultVCpus"))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            memory_mib: t
+                .find("memoryInfo")
+                .and_then(|m| m.find_text("sizeInMiB"))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        })
+    }
+}
+
+/// The `item`s of list `name` in `e`.
+fn items<'a>(e: &'a Element, name: &'a str) -> impl Iterator<Item = &'a Element> + 'a {
+    e.find(name).into_iter().flat_map(|l| l.find_all("item"))
+}
+
+fn text(e: &Element, name: &str) -> Option<String> {
+    e.find_text(name)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+}
+
+/// An instance from its `item` of DescribeInstances' `instancesSet`.
+fn instance(i: &Element) -> Instance {
+    let tags: Vec<(String, String)> = items(i, "tagSet")
+        .map(|t| {
+            (
+                t.find_text("key").unwrap_or_default().to_string(),
+                t.find_text("value").unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let mut nics: Vec<Nic> = items(i, "networkInterfaceSet")
+        .map(|n| Nic {
+            id: n
+                .find_text("networkInterfaceId")
+                .unwrap_or_default()
+                .to_string(),
+            mac: text(n, "macAddress"),
+            subnet: text(n, "subnetId"),
+            vpc: text(n, "vpcId"),
+            index: n
+                .find("attachment")
+                .and_then(|a| a.find_text("deviceIndex"))
+                .and_then(|d| d.parse().ok())
+                .unwrap_or(0),
+        })
+        .collect();
+    nics.sort_by_key(|n| n.index);
+    Instance {
+        id: i.find_text("instanceId").unwrap_or_default().to_string(),
+        name: tags
+            .iter()
+            .find(|(k, _)| k == "Name")
+            .map(|(_, v)| v.clone()),
+        instance_type: i.find_text("instanceType").unwrap_or_default().to_string(),
+        state: i
+            .find("instanceState")
+            .and_then(|s| s.find_text("name"))
+            .unwrap_or_default()
+            .to_string(),
+        architecture: text(i, "architecture"),
+        platform: text(i, "platform"),
+        platform_details: text(i, "platformDetails"),
+        boot_mode: text(i, "currentInstanceBootMode").or_else(|| text(i, "bootMode")),
+        root_device: text(i, "rootDeviceName"),
+        cpu: i.find("cpuOptions").and_then(|c| {
+            Some((
+                c.find_text("coreCount")?.parse().ok()?,
+                c.find_text("threadsPerCore")?.parse().ok()?,
+            ))
+        }),
+        volumes: items(i, "blockDeviceMapping")
+            .filter_map(|b| {
+                Some((
+                    b.find_text("deviceName")?.to_string(),
+                    b.find("ebs")?.find_text("volumeId")?.to_string(),
+                ))
+            })
+            .collect(),
+        nics,
+        tags,
+    }
+}
