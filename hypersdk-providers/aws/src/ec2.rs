@@ -16,6 +16,20 @@ const MAX_ANSWER: usize = 16 << 20;
 /// Pages of one listing read at most.
 const MAX_PAGES: usize = 10_000;
 
+/// The `host[:port]` of an `http(s)://host[:port]` endpoint of `service`.
+pub(crate) fn host_of(service: &str, endpoint: &str) -> Result<String> {
+    endpoint
+        .strip_prefix("https://")
+        .or_else(|| endpoint.strip_prefix("http://"))
+        .filter(|h| !h.is_empty() && !h.contains(['/', '?', '#', '@']))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{service} endpoint {endpoint:?} is not an http(s)://host[:port] URL"
+            ))
+        })
+}
+
 /// An EC2 endpoint with credentials.
 pub struct Ec2 {
     http: reqwest::Client,
@@ -108,16 +122,7 @@ impl Ec2 {
     /// `http://` test server) in `region`.
     pub fn new(endpoint: &str, region: &str, creds: Credentials) -> Result<Ec2> {
         let endpoint = endpoint.trim_end_matches('/').to_string();
-        let host = endpoint
-            .strip_prefix("https://")
-            .or_else(|| endpoint.strip_prefix("http://"))
-            .filter(|h| !h.is_empty() && !h.contains(['/', '?', '#', '@']))
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "EC2 endpoint {endpoint:?} is not an http(s)://host[:port] URL"
-                ))
-            })?
-            .to_string();
+        let host = host_of("EC2", &endpoint)?;
         // reqwest uses the process's rustls provider: ring, as everywhere here.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
