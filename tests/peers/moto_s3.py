@@ -3,7 +3,8 @@
 Runs moto (PyPI moto[server]) on 127.0.0.1 on a port the OS picks and
 prints {"port": N} as its first line; exits when its standard input closes
 (so it never outlives the test that started it) or after --lifetime
-seconds. Counts the requests it serves by kind — GET /_peer/stats answers
+seconds. Loads moto_ebs.py, the extension the AWS provider's tests need.
+Counts the requests it serves by kind — GET /_peer/stats answers
 {"part_puts": N, "part_bytes": N, "creates": N, "completes": N,
 "aborts": N} — so tests can
 tell that a resumed upload did not send finished parts again.
@@ -22,6 +23,8 @@ from moto.moto_server.werkzeug_app import (
     create_backend_app,
 )
 from werkzeug.serving import make_server
+
+import moto_ebs  # noqa: F401  (volumes with content, EBS-readable EC2 snapshots)
 
 COUNTS = Counter()
 LOCK = threading.Lock()

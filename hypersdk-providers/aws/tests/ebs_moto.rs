@@ -1,6 +1,8 @@
-//! The EBS direct API reads against moto's EBS: a snapshot written with
-//! boto3's `ebs` client (StartSnapshot, PutSnapshotBlock, CompleteSnapshot)
-//! is listed and read back block by block, each block's SHA-256 checked.
+//! The EBS direct API reads against moto's EBS (with tests/peers/moto_ebs.py):
+//! a snapshot written with boto3's `ebs` client (StartSnapshot,
+//! PutSnapshotBlock, CompleteSnapshot) becomes a volume (EC2 CreateVolume),
+//! whose EC2 snapshot (CreateSnapshot) is listed and read back block by
+//! block, each block's SHA-256 checked.
 
 #![allow(clippy::unwrap_used)]
 
@@ -20,7 +22,13 @@ for index, seed in [(0, 1), (3, 2), (7, 3)]:
         Checksum=base64.b64encode(hashlib.sha256(data).digest()).decode(), ChecksumAlgorithm='SHA256')
     blocks[index] = hashlib.sha256(data).hexdigest()
 ebs.complete_snapshot(SnapshotId=snap, ChangedBlocksCount=3)
-print(json.dumps({'snap': snap, 'blocks': blocks}))
+ec2 = boto3.client('ec2', endpoint_url=sys.argv[1], region_name='us-east-1',
+    aws_access_key_id=sys.argv[2], aws_secret_access_key=sys.argv[3])
+vol = ec2.create_volume(SnapshotId=snap, AvailabilityZone='us-east-1a', Size=1)['VolumeId']
+snap2 = ec2.create_snapshot(VolumeId=vol)['SnapshotId']
+listed = ebs.list_snapshot_blocks(SnapshotId=snap2)
+assert listed['BlockSize'] == 524288, listed['BlockSize']
+print(json.dumps({'snap': snap2, 'blocks': blocks}))
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
