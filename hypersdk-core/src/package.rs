@@ -273,10 +273,10 @@ fn ovf_controller(kind: ControllerKind, model: &str, windows: bool) -> Controlle
 }
 
 /// The OVF adapter type (`ResourceSubType`) of a NIC model: VMware's own
-/// keep their name; virtio becomes VmxNet3, the rest E1000.
+/// keep their name; virtio (and AWS's ENA) becomes VmxNet3, the rest E1000.
 fn ovf_nic(model: &str) -> &'static str {
     match model.to_ascii_lowercase().as_str() {
-        "vmxnet3" | "virtio" => "VmxNet3",
+        "vmxnet3" | "virtio" | "ena" => "VmxNet3",
         "vmxnet2" => "VmxNet2",
         "vmxnet" => "VmxNet",
         "e1000e" => "E1000e",

@@ -341,6 +341,87 @@ impl Ec2 {
     }
 }
 
+impl Ec2 {
+    /// Snapshots volume `volume`; the snapshot's id.
+    pub async fn create_snapshot(&self, volume: &str, description: &str) -> Result<String> {
+        let r = self
+            .call(
+                "CreateSnapshot",
+                &[
+                    ("VolumeId".into(), volume.to_string()),
+                    ("Description".into(), description.to_string()),
+                    ("TagSpecification.1.ResourceType".into(), "snapshot".into()),
+                    ("TagSpecification.1.Tag.1.Key".into(), "created-by".into()),
+                    ("TagSpecification.1.Tag.1.Value".into(), "hypersdk".into()),
+                ],
+            )
+            .await?;
+        r.find_text("snapshotId")
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                self.err(
+                    format!("EC2 CreateSnapshot of {volume}: no snapshot id"),
+                    false,
+                )
+            })
+    }
+
+    /// Deletes snapshot `id`.
+    pub async fn delete_snapshot(&self, id: &str) -> Result<()> {
+        self.call("DeleteSnapshot", &[("SnapshotId".into(), id.to_string())])
+            .await
+            .map(drop)
+    }
+
+    /// States and progress of snapshots `ids`.
+    pub async fn snapshot_states(&self, ids: &[String]) -> Result<Vec<(String, String, String)>> {
+        let params: Vec<(String, String)> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (format!("SnapshotId.{}", i + 1), id.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for page in self.pages("DescribeSnapshots", &params).await? {
+            for s in items(&page, "snapshotSet") {
+                out.push((
+                    s.find_text("snapshotId").unwrap_or_default().to_string(),
+                    s.find_text("status").unwrap_or_default().to_string(),
+                    s.find_text("progress").unwrap_or_default().to_string(),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Waits until snapshots `ids` are `completed` (an `error` state fails),
+    /// saying how far they are every poll, for at most six hours.
+    pub async fn wait_snapshots(&self, ids: &[String]) -> Result<()> {
+        let start = std::time::Instant::now();
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let states = self.snapshot_states(ids).await?;
+            if let Some((id, _, _)) = states.iter().find(|(_, s, _)| s == "error") {
+                return Err(self.err(format!("snapshot {id} failed"), false));
+            }
+            if states.len() == ids.len() && states.iter().all(|(_, s, _)| s == "completed") {
+                return Ok(());
+            }
+            if start.elapsed() > Duration::from_secs(6 * 3600) {
+                return Err(self.err(
+                    format!("snapshots {} not completed after six hours", ids.join(", ")),
+                    true,
+                ));
+            }
+            for (id, state, progress) in &states {
+                tracing::info!(snapshot = %id, state = %state, progress = %progress, "waiting for the snapshot");
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(15));
+        }
+    }
+}
+
 /// The `item`s of list `name` in `e`.
 fn items<'a>(e: &'a Element, name: &'a str) -> impl Iterator<Item = &'a Element> + 'a {
     e.find(name).into_iter().flat_map(|l| l.find_all("item"))

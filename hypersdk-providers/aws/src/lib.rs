@@ -10,4 +10,6 @@
 
 pub mod ebs;
 pub mod ec2;
+mod provider;
+pub use provider::AwsProvider;
 pub mod sigv4;
