@@ -61,6 +61,8 @@
 mod outputs;
 mod registry;
 
+#[cfg(feature = "aws")]
+pub use hypersdk_aws as aws;
 pub use hypersdk_core as core;
 pub use hypersdk_core::*;
 pub use hypersdk_formats as formats;

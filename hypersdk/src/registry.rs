@@ -109,6 +109,7 @@ macro_rules! providers {
 providers! {
     "local" => Local(hypersdk_local::LocalConfig),
     "vsphere" => Vsphere(hypersdk_vsphere::VsphereConfig),
+    "aws" => Aws(hypersdk_aws::AwsConfig),
 }
 
 /// A variable of this process's environment, None if unset or empty: the

@@ -1,15 +1,24 @@
 //! AWS as an export source: EC2 instances, their EBS volumes read through
 //! the EBS direct APIs.
 //!
-//! In progress (issue 18): the request signer (checked against botocore),
-//! the EC2 inventory calls and the EBS direct API reads (checked against
-//! moto, seeded with boto3) are here; the provider (snapshots, the export
-//! as disk streams, the moto extension) follows. The crate is not in the
-//! provider registry until it exports end to end.
+//! `kind: aws` ([`AwsConfig`]): one region's instances, by id or `Name`
+//! tag. An export snapshots every EBS volume of the instance (tagged
+//! `created-by=hypersdk`), reads each snapshot's blocks through the EBS
+//! direct APIs (`ListSnapshotBlocks`, `GetSnapshotBlock`, 16 blocks in
+//! flight per disk, each block's SHA-256 checked; blocks the snapshot does
+//! not hold read as zeros) and deletes the snapshots when it closes, on
+//! every path. Requests are signed with SigV4 ([`sigv4`], checked against
+//! botocore).
+//!
+//! Not yet (issue 18): existing snapshots or AMIs as sources, the classic
+//! `CreateInstanceExportTask` path, instance roles (IMDS) and web-identity
+//! credentials.
 #![deny(missing_docs)]
 
+mod config;
 pub mod ebs;
 pub mod ec2;
 mod provider;
+pub use config::AwsConfig;
 pub use provider::AwsProvider;
 pub mod sigv4;

@@ -1,6 +1,6 @@
 //! The AWS provider against moto (EC2 and EBS, with tests/peers/moto_ebs.py):
-//! an instance seeded with boto3 — two data volumes made from snapshots of
-//! known content — passes the provider testkit, its disks read back as
+//! an instance seeded with boto3 (tests/peers/seed_ec2_instance.py: two
+//! data volumes made from snapshots of known content) passes the provider testkit, its disks read back as
 //! seeded, and the snapshots the export made are gone afterwards.
 
 #![allow(clippy::unwrap_used)]
@@ -9,52 +9,8 @@ use hypersdk_aws::ebs::Ebs;
 use hypersdk_aws::ec2::Ec2;
 use hypersdk_aws::sigv4::Credentials;
 use hypersdk_aws::AwsProvider;
-use hypersdk_core::{ExportSource, Provider};
+use hypersdk_core::Provider;
 use hypersdk_testsupport::s3::{MotoS3, S3Peer, ACCESS_KEY, SECRET_KEY};
-
-/// Seeds the instance; prints its id, each data volume's device and the
-/// SHA-256 of its whole content.
-const SEED: &str = r#"
-import json, hashlib, base64, random
-kw = dict(endpoint_url=sys.argv[1], region_name='us-east-1',
-    aws_access_key_id=sys.argv[2], aws_secret_access_key=sys.argv[3])
-ebs = boto3.client('ebs', **kw)
-ec2 = boto3.client('ec2', **kw)
-BS = 524288
-rng = random.Random(7)
-def block(kind, n):
-    if kind == 'random':
-        return bytes(rng.getrandbits(8) for _ in range(BS))
-    if kind == 'text':
-        t = (f'line {n}: the quick brown fox jumps over the lazy dog\n').encode()
-        return (t * (BS // len(t) + 1))[:BS]
-    return bytes(BS)
-def seeded(gib, layout):
-    snap = ebs.start_snapshot(VolumeSize=gib)['SnapshotId']
-    whole = bytearray(gib << 30)
-    for index, kind in layout:
-        data = block(kind, index)
-        whole[index * BS:(index + 1) * BS] = data
-        ebs.put_snapshot_block(SnapshotId=snap, BlockIndex=index, BlockData=data, DataLength=BS,
-            Checksum=base64.b64encode(hashlib.sha256(data).digest()).decode(), ChecksumAlgorithm='SHA256')
-    ebs.complete_snapshot(SnapshotId=snap, ChangedBlocksCount=len(layout))
-    return snap, hashlib.sha256(whole).hexdigest()
-image = ec2.describe_images(Owners=['amazon'])['Images'][0]
-root = image.get('RootDeviceName', '/dev/sda1')
-r = ec2.run_instances(ImageId=image['ImageId'], MinCount=1, MaxCount=1, InstanceType='m5.large',
-    BlockDeviceMappings=[{'DeviceName': root, 'Ebs': {'VolumeSize': 1}}],
-    TagSpecifications=[{'ResourceType': 'instance', 'Tags': [{'Key': 'Name', 'Value': 'web-01'}]}])
-i = r['Instances'][0]
-zone = i['Placement']['AvailabilityZone']
-disks = {}
-for dev, gib, layout in [('/dev/sdf', 1, [(0, 'random'), (1, 'text'), (5, 'zeros'), (2047, 'random')]),
-                         ('/dev/sdg', 2, [(3, 'text'), (100, 'random'), (4095, 'text')])]:
-    snap, digest = seeded(gib, layout)
-    vol = ec2.create_volume(SnapshotId=snap, AvailabilityZone=zone, Size=gib)['VolumeId']
-    ec2.attach_volume(VolumeId=vol, InstanceId=i['InstanceId'], Device=dev)
-    disks[dev] = digest
-print(json.dumps({'id': i['InstanceId'], 'disks': disks}))
-"#;
 
 fn provider(moto: &MotoS3) -> AwsProvider {
     let creds = Credentials {
@@ -80,8 +36,7 @@ fn export_snapshots(moto: &MotoS3) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_passes_the_provider_testkit_and_reads_back_as_seeded() {
     let moto = MotoS3::start();
-    let out = moto.boto3(SEED, &[]);
-    let seeded: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let seeded = moto.seed_instance(None);
     let p = provider(&moto);
     hypersdk_testkit::provider::run_suite(&p, "web-01").await;
     assert_eq!(

@@ -110,6 +110,37 @@ impl MotoS3 {
     }
 }
 
+impl MotoS3 {
+    /// Seeds an EC2 instance `web-01` with two data volumes of known content
+    /// (tests/peers/seed_ec2_instance.py); with `dir`, their whole contents
+    /// are written there as `sdf.raw` and `sdg.raw`. Its id and each data
+    /// device's SHA-256.
+    pub fn seed_instance(&self, dir: Option<&std::path::Path>) -> serde_json::Value {
+        let script = crate::workspace_root().join("tests/peers/seed_ec2_instance.py");
+        let endpoint = self.endpoint();
+        let mut args = vec![
+            script.to_str().expect("a UTF-8 path").to_string(),
+            endpoint,
+            ACCESS_KEY.to_string(),
+            SECRET_KEY.to_string(),
+        ];
+        if let Some(d) = dir {
+            args.push(d.to_str().expect("a UTF-8 path").to_string());
+        }
+        let out = Command::new(crate::python::venv_python())
+            .args(&args)
+            .output()
+            .expect("run the seed script");
+        assert!(
+            out.status.success(),
+            "seeding failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.lines().last().expect("a line")).expect("JSON")
+    }
+}
+
 impl Drop for MotoS3 {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -1,0 +1,86 @@
+//! `hyperctl export --provider aws` against moto (EC2 and the EBS direct
+//! APIs, with tests/peers/moto_ebs.py): an instance seeded with boto3 is
+//! exported as an OVF directory whose disks qemu-img finds equal to the
+//! seeded volumes, and the snapshots the export made are gone.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+use common::*;
+
+use hypersdk_testsupport::s3::{MotoS3, S3Peer, ACCESS_KEY, SECRET_KEY};
+use hypersdk_testsupport::{assert_same_guest_data, path_str};
+
+#[test]
+fn an_ec2_instance_exports_through_ebs_snapshots() {
+    let moto = MotoS3::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let seeded = moto.seed_instance(Some(tmp.path()));
+    let env = [
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ENDPOINT_URL", moto.endpoint()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = tmp.path().join("out");
+    let o = hyperctl_env(
+        &[
+            "export",
+            "web-01",
+            "--provider",
+            "aws",
+            "--format",
+            "ovf",
+            "--output",
+            path_str(&out),
+            "--verify",
+            "--json",
+        ],
+        &env,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["verified"], true, "{report}");
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(!text.contains(SECRET_KEY), "the secret was printed");
+    // Disks in order: the root volume, then by device name.
+    for (n, dev) in [(2, "sdf"), (3, "sdg")] {
+        assert_same_guest_data(
+            &out.join(format!("web-01/web-01-disk{n}.vmdk")),
+            Some("vmdk"),
+            &tmp.path().join(format!("{dev}.raw")),
+            Some("raw"),
+        );
+    }
+    let ovf = std::fs::read_to_string(out.join("web-01/web-01.ovf")).unwrap();
+    assert!(
+        ovf.contains("<rasd:VirtualQuantity>2</rasd:VirtualQuantity>"),
+        "2 vCPUs of an m5.large"
+    );
+    assert!(ovf.contains("8192"), "8 GiB of an m5.large");
+    assert!(
+        ovf.contains(seeded["id"].as_str().unwrap()),
+        "the instance id in the annotation"
+    );
+    let left = moto.boto3(
+        "ec2 = boto3.client('ec2', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id=sys.argv[2], aws_secret_access_key=sys.argv[3])\nprint(len(ec2.describe_snapshots(Filters=[{'Name': 'tag:created-by', 'Values': ['hypersdk']}])['Snapshots']))",
+        &[],
+    );
+    assert_eq!(left.trim(), "0", "the export's snapshots are deleted");
+
+    // A missing instance: an error naming it.
+    let o = hyperctl_env(
+        &[
+            "export",
+            "db-99",
+            "--provider",
+            "aws",
+            "--output",
+            path_str(&out),
+        ],
+        &env,
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("db-99"), "{}", stderr(&o));
+}

@@ -1,0 +1,229 @@
+//! `kind: aws` settings: a region, credentials and endpoints, given the way
+//! AWS users already give them.
+
+use async_trait::async_trait;
+use hypersdk_core::{Error, Fields, Provider, ProviderSettings, ProviderUrl, Result};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::ebs::Ebs;
+use crate::ec2::Ec2;
+use crate::sigv4::Credentials;
+use crate::AwsProvider;
+
+/// How to reach one region's instances. Unset fields come from the
+/// environment (`AWS_REGION`, `AWS_ACCESS_KEY_ID`, …, as the AWS CLI reads
+/// them) and then the shared files (`~/.aws/credentials`, `~/.aws/config`,
+/// profile `AWS_PROFILE` or `default`).
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    /// Region (`eu-west-1`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// EC2 endpoint (default `https://ec2.REGION.amazonaws.com`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// EBS direct API endpoint (default `https://ebs.REGION.amazonaws.com`,
+    /// or `endpoint` when that is given and this is not).
+    #[serde(default)]
+    pub ebs_endpoint: Option<String>,
+    /// Access key id.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// Session token of temporary credentials.
+    #[serde(default)]
+    pub session_token: Option<String>,
+    /// Profile of the shared files.
+    #[serde(default)]
+    pub profile: Option<String>,
+}
+
+impl std::fmt::Debug for AwsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hide = |s: &Option<String>| s.as_ref().map(|_| "<hidden>");
+        f.debug_struct("AwsConfig")
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("ebs_endpoint", &self.ebs_endpoint)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &hide(&self.secret_access_key))
+            .field("session_token", &hide(&self.session_token))
+            .field("profile", &self.profile)
+            .finish()
+    }
+}
+
+/// The keys of `[profile]` (or `[profile NAME]` in the config file) of an
+/// INI text.
+fn profile_of(text: &str, profile: &str, config: bool) -> Vec<(String, String)> {
+    let wanted = |h: &str| {
+        h == profile
+            || (config
+                && h.strip_prefix("profile ")
+                    .is_some_and(|p| p.trim() == profile))
+    };
+    let mut inside = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
+            continue;
+        }
+        if let Some(h) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            inside = wanted(h.trim());
+            continue;
+        }
+        if inside {
+            if let Some((k, v)) = line.split_once('=') {
+                out.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+    }
+    out
+}
+
+impl AwsConfig {
+    /// Fills what is unset from the shared files.
+    fn with_files(mut self) -> AwsConfig {
+        let profile = self.profile.clone().unwrap_or_else(|| "default".into());
+        let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+        let file = |var: &str, rel: &str| {
+            std::env::var_os(var)
+                .map(std::path::PathBuf::from)
+                .or_else(|| home.as_ref().map(|h| h.join(rel)))
+                .and_then(|p| std::fs::read_to_string(p).ok())
+        };
+        let mut keys = Vec::new();
+        if let Some(t) = file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials") {
+            keys.extend(profile_of(&t, &profile, false));
+        }
+        if let Some(t) = file("AWS_CONFIG_FILE", ".aws/config") {
+            keys.extend(profile_of(&t, &profile, true));
+        }
+        let get = |k: &str| keys.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        if self.access_key_id.is_none() {
+            if let (Some(id), Some(secret)) =
+                (get("aws_access_key_id"), get("aws_secret_access_key"))
+            {
+                self.access_key_id = Some(id);
+                self.secret_access_key = Some(secret);
+                self.session_token = get("aws_session_token");
+            }
+        }
+        if self.region.is_none() {
+            self.region = get("region");
+        }
+        if self.endpoint.is_none() {
+            self.endpoint = get("endpoint_url");
+        }
+        self
+    }
+
+    /// The provider these settings reach.
+    pub fn provider(&self) -> Result<AwsProvider> {
+        let c = self.clone().with_files();
+        let region = c.region.clone().ok_or_else(|| {
+            Error::InvalidArgument(
+                "no AWS region: set region, AWS_REGION or the profile's region".into(),
+            )
+        })?;
+        if region.is_empty()
+            || !region
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
+        {
+            return Err(Error::InvalidArgument(format!(
+                "{region:?} is not an AWS region"
+            )));
+        }
+        let (Some(id), Some(secret)) = (c.access_key_id.clone(), c.secret_access_key.clone())
+        else {
+            return Err(Error::InvalidArgument(
+                "no AWS credentials: set access_key_id and secret_access_key, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials".into(),
+            ));
+        };
+        let creds = Credentials {
+            access_key_id: id,
+            secret_access_key: secret,
+            session_token: c.session_token.clone(),
+        };
+        let ec2 = c
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://ec2.{region}.amazonaws.com"));
+        let ebs = c
+            .ebs_endpoint
+            .clone()
+            .or(c.endpoint.clone())
+            .unwrap_or_else(|| format!("https://ebs.{region}.amazonaws.com"));
+        Ok(AwsProvider::new(
+            Ec2::new(&ec2, &region, creds.clone())?,
+            Ebs::new(&ebs, &region, creds)?,
+        ))
+    }
+}
+
+#[async_trait]
+impl ProviderSettings for AwsConfig {
+    const KIND: &'static str = "aws";
+    const ABOUT: &'static str = "AWS EC2 instances, read through EBS snapshots (EBS direct APIs)";
+
+    /// `aws://REGION` → `region: REGION`.
+    fn url_fields(url: &ProviderUrl) -> Result<Fields> {
+        let mut f = Fields::new();
+        if !url.host.is_empty() {
+            f.insert("region".into(), Value::String(url.host.clone()));
+        }
+        Ok(f)
+    }
+
+    /// The AWS CLI's variables: AWS_REGION (or AWS_DEFAULT_REGION),
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+    /// AWS_PROFILE, AWS_ENDPOINT_URL_EC2 (or AWS_ENDPOINT_URL),
+    /// AWS_ENDPOINT_URL_EBS.
+    fn env_fields(env: &dyn Fn(&str) -> Option<String>) -> Fields {
+        let mut f = Fields::new();
+        let mut put = |field: &str, vars: &[&str]| {
+            if let Some(v) = vars.iter().find_map(|v| env(v).filter(|v| !v.is_empty())) {
+                f.insert(field.into(), Value::String(v));
+            }
+        };
+        put("region", &["AWS_REGION", "AWS_DEFAULT_REGION"]);
+        put("access_key_id", &["AWS_ACCESS_KEY_ID"]);
+        put("secret_access_key", &["AWS_SECRET_ACCESS_KEY"]);
+        put("session_token", &["AWS_SESSION_TOKEN"]);
+        put("profile", &["AWS_PROFILE"]);
+        put("endpoint", &["AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL"]);
+        put("ebs_endpoint", &["AWS_ENDPOINT_URL_EBS"]);
+        f
+    }
+
+    async fn connect(&self) -> Result<Box<dyn Provider>> {
+        Ok(Box::new(self.provider()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profiles_and_hidden_secrets() {
+        let creds = "[default]\naws_access_key_id = A\naws_secret_access_key = S\n[prod]\naws_access_key_id = P\n";
+        assert_eq!(
+            profile_of(creds, "prod", false),
+            [("aws_access_key_id".to_string(), "P".to_string())]
+        );
+        let config = "[profile prod]\nregion = eu-west-1\n[default]\nregion = us-east-1\n";
+        assert_eq!(profile_of(config, "prod", true)[0].1, "eu-west-1");
+        let c = AwsConfig {
+            secret_access_key: Some("very-secret".into()),
+            ..Default::default()
+        };
+        assert!(!format!("{c:?}").contains("very-secret"));
+    }
+}
