@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use hypersdk_core::provider::DiskStream;
+use hypersdk_core::retry::RetryPolicy;
 use hypersdk_core::vm::{
     ControllerKind, DiskFormat, DiskSpec, Firmware, GuestOs, Hardware, NicSpec, OsFamily,
     PowerState, VmInfo, VmSpec,
@@ -305,7 +306,13 @@ impl AwsSource {
         let ids: Vec<String> = self.snapshots.iter().map(|(s, _)| s.clone()).collect();
         self.ec2.wait_snapshots(&ids).await?;
         for (snap, blocks) in &mut self.snapshots {
-            *blocks = Some(Arc::new(self.ebs.blocks(snap).await?));
+            let listed = RetryPolicy::default()
+                .run("EBS ListSnapshotBlocks", |_| {
+                    let (ebs, snap) = (self.ebs.clone(), snap.clone());
+                    async move { ebs.blocks(&snap).await }
+                })
+                .await?;
+            *blocks = Some(Arc::new(listed));
         }
         Ok(())
     }
@@ -347,7 +354,14 @@ impl ExportSource for AwsSource {
                 let len = bs.min(capacity - i * bs);
                 async move {
                     let data = match token {
-                        Some(t) => Bytes::from(ebs.block(&snap, i, &t, bs).await?),
+                        Some(t) => Bytes::from(
+                            RetryPolicy::default()
+                                .run("EBS GetSnapshotBlock", |_| {
+                                    let (ebs, snap, t) = (ebs.clone(), snap.clone(), t.clone());
+                                    async move { ebs.block(&snap, i, &t, bs).await }
+                                })
+                                .await?,
+                        ),
                         None => Bytes::from_static(&ZEROS[..bs as usize]),
                     };
                     let mut data = data.slice(..len as usize);

@@ -9,7 +9,7 @@ use hypersdk_aws::ebs::Ebs;
 use hypersdk_aws::ec2::Ec2;
 use hypersdk_aws::sigv4::Credentials;
 use hypersdk_aws::AwsProvider;
-use hypersdk_core::Provider;
+use hypersdk_core::{ExportSource, Provider};
 use hypersdk_testsupport::s3::{MotoS3, S3Peer, ACCESS_KEY, SECRET_KEY};
 
 fn provider(moto: &MotoS3) -> AwsProvider {
@@ -80,4 +80,50 @@ async fn an_instance_passes_the_provider_testkit_and_reads_back_as_seeded() {
         0,
         "the export's snapshots are deleted"
     );
+}
+
+/// Connections to the EBS endpoint reset or cut mid-answer (a
+/// fault-injecting proxy in front of moto): the reads are tried again and
+/// the disk reads back as seeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_ebs_connections_are_tried_again() {
+    use hypersdk_testsupport::faultproxy::{Fault, FaultProxy};
+    let moto = MotoS3::start();
+    let seeded = moto.seed_instance(None);
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", moto.port).parse().unwrap());
+    let creds = Credentials {
+        access_key_id: ACCESS_KEY.into(),
+        secret_access_key: SECRET_KEY.into(),
+        session_token: None,
+    };
+    let p = AwsProvider::new(
+        Ec2::new(&moto.endpoint(), "us-east-1", creds.clone()).unwrap(),
+        Ebs::new(&format!("http://{}", proxy.addr()), "us-east-1", creds).unwrap(),
+    );
+    proxy.inject(&[
+        Fault::Reset,
+        Fault::CutAfter(1000),
+        Fault::Pass,
+        Fault::Reset,
+    ]);
+    let source = p.open_export("web-01").await.unwrap();
+    let spec = source.spec().clone();
+    let i = spec
+        .disks
+        .iter()
+        .position(|d| d.name == "web-01-sdf")
+        .unwrap();
+    let mut s = source.open_disk(i, 0).await.unwrap();
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    while let Some(b) = futures_util::StreamExt::next(&mut s).await {
+        sha2::Digest::update(&mut h, &b.unwrap());
+    }
+    let got: String = sha2::Digest::finalize(h)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(got, seeded["disks"]["/dev/sdf"].as_str().unwrap());
+    assert!(proxy.connections() >= 4, "the faults were met");
+    source.close_after(true).await.unwrap();
+    assert_eq!(export_snapshots(&moto), 0);
 }
