@@ -9,7 +9,7 @@ use hypersdk_aws::ebs::Ebs;
 use hypersdk_aws::ec2::Ec2;
 use hypersdk_aws::sigv4::Credentials;
 use hypersdk_aws::AwsProvider;
-use hypersdk_core::{ExportSource, Provider};
+use hypersdk_core::Provider;
 use hypersdk_testsupport::s3::{MotoS3, S3Peer, ACCESS_KEY, SECRET_KEY};
 
 fn provider(moto: &MotoS3) -> AwsProvider {
@@ -116,7 +116,7 @@ async fn cut_ebs_connections_are_tried_again() {
     let mut s = source.open_disk(i, 0).await.unwrap();
     let mut h = <sha2::Sha256 as sha2::Digest>::new();
     while let Some(b) = futures_util::StreamExt::next(&mut s).await {
-        sha2::Digest::update(&mut h, &b.unwrap());
+        sha2::Digest::update(&mut h, b.unwrap());
     }
     let got: String = sha2::Digest::finalize(h)
         .iter()
