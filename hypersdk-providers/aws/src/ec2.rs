@@ -149,8 +149,16 @@ impl Ec2 {
         }
     }
 
-    /// Calls `action` with `params`; the answer's root element.
+    /// Calls `action` with `params`; the answer's root element. Transient
+    /// failures (connection errors, 5xx, throttling) are tried again with
+    /// the core retry policy.
     pub async fn call(&self, action: &str, params: &[(String, String)]) -> Result<Element> {
+        hypersdk_core::retry::RetryPolicy::default()
+            .run(&format!("EC2 {action}"), |_| self.call_once(action, params))
+            .await
+    }
+
+    async fn call_once(&self, action: &str, params: &[(String, String)]) -> Result<Element> {
         let mut form = vec![
             ("Action".to_string(), action.to_string()),
             ("Version".to_string(), VERSION.to_string()),
@@ -344,8 +352,10 @@ impl Ec2 {
 impl Ec2 {
     /// Snapshots volume `volume`; the snapshot's id.
     pub async fn create_snapshot(&self, volume: &str, description: &str) -> Result<String> {
+        // Not tried again: a retry after a lost answer would leave a
+        // second snapshot behind (CreateSnapshot takes no client token).
         let r = self
-            .call(
+            .call_once(
                 "CreateSnapshot",
                 &[
                     ("VolumeId".into(), volume.to_string()),
@@ -369,9 +379,14 @@ impl Ec2 {
 
     /// Deletes snapshot `id`.
     pub async fn delete_snapshot(&self, id: &str) -> Result<()> {
-        self.call("DeleteSnapshot", &[("SnapshotId".into(), id.to_string())])
+        match self
+            .call("DeleteSnapshot", &[("SnapshotId".into(), id.to_string())])
             .await
-            .map(drop)
+        {
+            // Gone already (a retried request that had been carried out).
+            Err(e) if e.to_string().contains("InvalidSnapshot.NotFound") => Ok(()),
+            r => r.map(drop),
+        }
     }
 
     /// States and progress of snapshots `ids`.
