@@ -6,12 +6,16 @@ use std::time::Duration;
 
 use hypersdk_core::{Error, Result};
 
+use crate::ec2::read_bounded;
 use crate::sigv4::{self, Credentials};
 
 /// Blocks asked for per ListSnapshotBlocks page (the API's maximum).
 const PAGE: u32 = 10_000;
 /// Pages read at most (16 TiB volumes of 512 KiB blocks need 3 356).
 const MAX_PAGES: usize = 100_000;
+/// The longest ListSnapshotBlocks page read (10 000 blocks of about 200
+/// bytes of JSON each).
+const MAX_PAGE_BYTES: usize = 16 << 20;
 /// The largest block accepted (AWS serves 512 KiB).
 const MAX_BLOCK: usize = 8 << 20;
 
@@ -133,7 +137,7 @@ impl Ebs {
         if status.is_success() {
             return Ok(resp);
         }
-        let body = resp.bytes().await.unwrap_or_default();
+        let body = read_bounded(resp, 64 << 10).await.unwrap_or_default();
         let said: String = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| {
@@ -173,12 +177,11 @@ impl Ebs {
                 q.push(("pageToken".into(), t.clone()));
             }
             let resp = self.get("ListSnapshotBlocks", &path, &q).await?;
-            let page: Page = resp.json().await.map_err(|e| {
-                self.err(
-                    format!("EBS ListSnapshotBlocks: {}", e.without_url()),
-                    false,
-                )
-            })?;
+            let body = read_bounded(resp, MAX_PAGE_BYTES)
+                .await
+                .map_err(|e| self.err(format!("EBS ListSnapshotBlocks: {e}"), true))?;
+            let page: Page = serde_json::from_slice(&body)
+                .map_err(|e| self.err(format!("EBS ListSnapshotBlocks: {e}"), false))?;
             if let Some(b) = page.block_size {
                 out.block_size = b;
             }
@@ -238,12 +241,13 @@ impl Ebs {
         };
         let checksum = header("x-amz-Checksum");
         let algorithm = header("x-amz-Checksum-Algorithm");
-        let data = resp.bytes().await.map_err(|e| {
-            self.err(
-                format!("EBS GetSnapshotBlock {index}: {}", e.without_url()),
-                true,
-            )
-        })?;
+        // A block longer than asked for is an error, never buffered whole.
+        let data = read_bounded(resp, len as usize)
+            .await
+            .map_err(|e| Error::Integrity {
+                file: format!("{snapshot} block {index}"),
+                detail: format!("{e} (the block holds {len})"),
+            })?;
         if data.len() as u64 != len {
             return Err(Error::Integrity {
                 file: format!("{snapshot} block {index}"),
@@ -269,7 +273,7 @@ impl Ebs {
                 })
             }
         }
-        Ok(data.to_vec())
+        Ok(data)
     }
 }
 

@@ -16,6 +16,37 @@ const MAX_ANSWER: usize = 16 << 20;
 /// Pages of one listing read at most.
 const MAX_PAGES: usize = 10_000;
 
+/// At most `limit` bytes of an answer's body: a longer one is an error,
+/// never buffered whole.
+pub(crate) async fn read_bounded(
+    resp: reqwest::Response,
+    limit: usize,
+) -> std::io::Result<Vec<u8>> {
+    use futures_util::TryStreamExt;
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("answer longer than {limit} bytes"),
+        ));
+    }
+    let mut out = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(b) = stream
+        .try_next()
+        .await
+        .map_err(|e| std::io::Error::other(e.without_url()))?
+    {
+        if out.len() + b.len() > limit {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("answer longer than {limit} bytes"),
+            ));
+        }
+        out.extend_from_slice(&b);
+    }
+    Ok(out)
+}
+
 /// The `host[:port]` of an `http(s)://host[:port]` endpoint of `service`.
 pub(crate) fn host_of(service: &str, endpoint: &str) -> Result<String> {
     endpoint
@@ -197,18 +228,9 @@ impl Ec2 {
             )
         })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| {
-            self.err(
-                format!("EC2 {action}: reading the answer: {}", e.without_url()),
-                true,
-            )
-        })?;
-        if bytes.len() > MAX_ANSWER {
-            return Err(self.err(
-                format!("EC2 {action}: answer longer than {MAX_ANSWER} bytes"),
-                false,
-            ));
-        }
+        let bytes = read_bounded(resp, MAX_ANSWER)
+            .await
+            .map_err(|e| self.err(format!("EC2 {action}: reading the answer: {e}"), true))?;
         let text = String::from_utf8_lossy(&bytes);
         if !status.is_success() {
             // <Response><Errors><Error><Code/><Message/></Error></Errors>…
