@@ -195,6 +195,58 @@ pub fn truthy(v: &str) -> bool {
     )
 }
 
+/// The values of `profile` in an INI file of the AWS CLI's shape
+/// (`[name]` in the credentials file, `[profile name]` or `[default]` in
+/// the config file), keys lower-cased.
+pub fn aws_ini_profile(
+    text: &str,
+    profile: &str,
+    config: bool,
+) -> std::collections::HashMap<String, String> {
+    let wanted = if config && profile != "default" {
+        format!("profile {profile}")
+    } else {
+        profile.to_string()
+    };
+    let mut out = std::collections::HashMap::new();
+    let mut inside = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
+            continue;
+        }
+        if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            inside = section.trim() == wanted;
+            continue;
+        }
+        if inside {
+            if let Some((k, v)) = line.split_once('=') {
+                out.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The values of `profile` in the AWS CLI's shared files: the credentials
+/// file (`AWS_SHARED_CREDENTIALS_FILE`, else `~/.aws/credentials`) over the
+/// config file (`AWS_CONFIG_FILE`, else `~/.aws/config`).
+pub fn aws_shared_profile(profile: &str) -> std::collections::HashMap<String, String> {
+    let file = |var: &str, rel: &str| {
+        std::env::var_os(var)
+            .map(std::path::PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(rel)))
+            .and_then(|p| std::fs::read_to_string(p).ok())
+    };
+    let mut out = file("AWS_CONFIG_FILE", ".aws/config")
+        .map(|t| aws_ini_profile(&t, profile, true))
+        .unwrap_or_default();
+    if let Some(t) = file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials") {
+        out.extend(aws_ini_profile(&t, profile, false));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -133,6 +133,7 @@ pub(crate) struct Kept<'a> {
     /// The store's record ([`UploadState::sink`]).
     pub(crate) saved: &'a serde_json::Value,
     /// Bytes it covers ([`UploadState::size`]).
+    #[cfg_attr(not(feature = "gcs"), allow(dead_code))]
     pub(crate) size: u64,
     /// Bytes to keep (at most `size`).
     pub(crate) keep: u64,

@@ -22,7 +22,6 @@
 //! TLS, verified against the system's roots. Secrets are never logged or
 //! shown: [`S3Settings`]' Debug hides them.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -104,40 +103,6 @@ pub fn parse_url(url: &str) -> Result<(String, String)> {
     Ok((bucket.to_string(), plain_prefix(url, prefix)?))
 }
 
-/// The values of `profile` in an INI file of the AWS CLI's shape
-/// (`[name]` in credentials, `[profile name]` or `[default]` in config).
-fn profile_of(text: &str, profile: &str, config: bool) -> HashMap<String, String> {
-    let wanted = if config && profile != "default" {
-        format!("profile {profile}")
-    } else {
-        profile.to_string()
-    };
-    let mut out = HashMap::new();
-    let mut inside = false;
-    for line in text.lines() {
-        let line = line.trim();
-        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
-            continue;
-        }
-        if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            inside = section.trim() == wanted;
-            continue;
-        }
-        if inside {
-            if let Some((k, v)) = line.split_once('=') {
-                out.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-            }
-        }
-    }
-    out
-}
-
-fn home_file(var: &str, default: &str) -> Option<PathBuf> {
-    std::env::var_os(var)
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(default)))
-}
-
 /// An S3 sink for `url` (`s3://bucket/prefix/`), keeping resume state in
 /// `state_dir`.
 pub fn sink(url: &str, settings: &S3Settings, state_dir: PathBuf) -> Result<ObjectStoreSink> {
@@ -153,14 +118,8 @@ pub fn sink(url: &str, settings: &S3Settings, state_dir: PathBuf) -> Result<Obje
         .clone()
         .or_else(|| std::env::var("AWS_PROFILE").ok())
         .unwrap_or_else(|| "default".into());
-    let read = |p: Option<PathBuf>| p.and_then(|p| std::fs::read_to_string(p).ok());
-    let creds = read(home_file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials"))
-        .map(|t| profile_of(&t, &profile, false))
-        .unwrap_or_default();
-    let config = read(home_file("AWS_CONFIG_FILE", ".aws/config"))
-        .map(|t| profile_of(&t, &profile, true))
-        .unwrap_or_default();
-    let from_files = |k: &str| creds.get(k).or_else(|| config.get(k)).cloned();
+    let files = hypersdk_core::connect::aws_shared_profile(&profile);
+    let from_files = |k: &str| files.get(k).cloned();
     if !env_has("AWS_ACCESS_KEY_ID") {
         if let (Some(id), Some(secret)) = (
             from_files("aws_access_key_id"),
@@ -258,10 +217,19 @@ mod tests {
         }
         let ini =
             "[default]\naws_access_key_id = A\n[prod]\naws_access_key_id=P\nregion = eu-west-1\n";
-        assert_eq!(profile_of(ini, "prod", false)["aws_access_key_id"], "P");
+        assert_eq!(
+            hypersdk_core::connect::aws_ini_profile(ini, "prod", false)["aws_access_key_id"],
+            "P"
+        );
         let cfg = "[profile prod]\nregion = eu-west-1\n[default]\nregion=us-west-2\n";
-        assert_eq!(profile_of(cfg, "prod", true)["region"], "eu-west-1");
-        assert_eq!(profile_of(cfg, "default", true)["region"], "us-west-2");
+        assert_eq!(
+            hypersdk_core::connect::aws_ini_profile(cfg, "prod", true)["region"],
+            "eu-west-1"
+        );
+        assert_eq!(
+            hypersdk_core::connect::aws_ini_profile(cfg, "default", true)["region"],
+            "us-west-2"
+        );
         let s = S3Settings {
             secret_access_key: Some("very-secret".into()),
             ..Default::default()

@@ -57,54 +57,12 @@ impl std::fmt::Debug for AwsConfig {
     }
 }
 
-/// The keys of `[profile]` (or `[profile NAME]` in the config file) of an
-/// INI text.
-fn profile_of(text: &str, profile: &str, config: bool) -> Vec<(String, String)> {
-    let wanted = |h: &str| {
-        h == profile
-            || (config
-                && h.strip_prefix("profile ")
-                    .is_some_and(|p| p.trim() == profile))
-    };
-    let mut inside = false;
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
-            continue;
-        }
-        if let Some(h) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            inside = wanted(h.trim());
-            continue;
-        }
-        if inside {
-            if let Some((k, v)) = line.split_once('=') {
-                out.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-            }
-        }
-    }
-    out
-}
-
 impl AwsConfig {
     /// Fills what is unset from the shared files.
     fn with_files(mut self) -> AwsConfig {
         let profile = self.profile.clone().unwrap_or_else(|| "default".into());
-        let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
-        let file = |var: &str, rel: &str| {
-            std::env::var_os(var)
-                .map(std::path::PathBuf::from)
-                .or_else(|| home.as_ref().map(|h| h.join(rel)))
-                .and_then(|p| std::fs::read_to_string(p).ok())
-        };
-        let mut keys = Vec::new();
-        if let Some(t) = file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials") {
-            keys.extend(profile_of(&t, &profile, false));
-        }
-        if let Some(t) = file("AWS_CONFIG_FILE", ".aws/config") {
-            keys.extend(profile_of(&t, &profile, true));
-        }
-        let get = |k: &str| keys.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let keys = hypersdk_core::connect::aws_shared_profile(&profile);
+        let get = |k: &str| keys.get(k).cloned();
         if self.access_key_id.is_none() {
             if let (Some(id), Some(secret)) =
                 (get("aws_access_key_id"), get("aws_secret_access_key"))
@@ -212,14 +170,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn profiles_and_hidden_secrets() {
-        let creds = "[default]\naws_access_key_id = A\naws_secret_access_key = S\n[prod]\naws_access_key_id = P\n";
-        assert_eq!(
-            profile_of(creds, "prod", false),
-            [("aws_access_key_id".to_string(), "P".to_string())]
-        );
-        let config = "[profile prod]\nregion = eu-west-1\n[default]\nregion = us-east-1\n";
-        assert_eq!(profile_of(config, "prod", true)[0].1, "eu-west-1");
+    fn hidden_secrets() {
         let c = AwsConfig {
             secret_access_key: Some("very-secret".into()),
             ..Default::default()
