@@ -2,11 +2,9 @@
 //! `GetSnapshotBlock`): a snapshot's allocated blocks, each read with its
 //! SHA-256 checked.
 
-use std::time::Duration;
-
 use hypersdk_core::{Error, Result};
 
-use crate::ec2::read_bounded;
+use crate::client::{err, read_bounded, Endpoint};
 use crate::sigv4::{self, Credentials};
 
 /// Blocks asked for per ListSnapshotBlocks page (the API's maximum).
@@ -21,20 +19,12 @@ const MAX_BLOCK: usize = 8 << 20;
 
 /// An EBS direct API endpoint with credentials.
 pub struct Ebs {
-    http: reqwest::Client,
-    endpoint: String,
-    host: String,
-    region: String,
-    creds: Credentials,
+    ep: Endpoint,
 }
 
 impl std::fmt::Debug for Ebs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ebs")
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("creds", &self.creds)
-            .finish()
+        f.debug_struct("Ebs").field("endpoint", &self.ep).finish()
     }
 }
 
@@ -70,31 +60,13 @@ impl Ebs {
     /// A client of `endpoint` (`https://ebs.REGION.amazonaws.com`, or an
     /// `http://` test server) in `region`.
     pub fn new(endpoint: &str, region: &str, creds: Credentials) -> Result<Ebs> {
-        let endpoint = endpoint.trim_end_matches('/').to_string();
-        let host = crate::ec2::host_of("EBS", &endpoint)?;
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(15))
-            .read_timeout(Duration::from_secs(120))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
         Ok(Ebs {
-            http,
-            endpoint,
-            host,
-            region: region.to_string(),
-            creds,
+            ep: Endpoint::new("EBS", endpoint, region, creds)?,
         })
     }
 
     fn err(&self, message: String, retryable: bool) -> Error {
-        Error::Provider {
-            provider: "aws".into(),
-            message,
-            retryable,
-            source: None,
-        }
+        err(message, retryable)
     }
 
     /// A signed GET of `path` with `query`.
@@ -106,26 +78,20 @@ impl Ebs {
     ) -> Result<reqwest::Response> {
         let req = sigv4::Request {
             method: "GET",
-            host: &self.host,
+            host: &self.ep.host,
             path,
             query,
             headers: &[],
             body: b"",
         };
-        let signed = sigv4::sign(
-            &req,
-            &self.creds,
-            (&self.region, "ebs"),
-            &sigv4::amz_date_now(),
-            false,
-        );
+        let signed = self.ep.sign(&req, "ebs");
         let q = sigv4::canonical_query(query);
         let url = if q.is_empty() {
-            format!("{}{path}", self.endpoint)
+            format!("{}{path}", self.ep.url)
         } else {
-            format!("{}{path}?{q}", self.endpoint)
+            format!("{}{path}?{q}", self.ep.url)
         };
-        let mut rb = self.http.get(url);
+        let mut rb = self.ep.http.get(url);
         for (k, v) in signed {
             rb = rb.header(k, v);
         }
@@ -154,8 +120,8 @@ impl Ebs {
         if matches!(status.as_u16(), 401 | 403) {
             return Err(Error::Auth {
                 provider: "aws".into(),
-                target: self.endpoint.clone(),
-                user: self.creds.access_key_id.clone(),
+                target: self.ep.url.clone(),
+                user: self.ep.creds.access_key_id.clone(),
                 message: format!("EBS {what}: HTTP {status} {said}"),
             });
         }

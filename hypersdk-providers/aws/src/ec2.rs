@@ -7,6 +7,7 @@ use std::time::Duration;
 use hypersdk_core::{Error, Result};
 use hypersdk_formats::xml::{self, Element};
 
+use crate::client::{err, read_bounded, Endpoint};
 use crate::sigv4::{self, Credentials};
 
 /// The API version every request names.
@@ -16,69 +17,14 @@ const MAX_ANSWER: usize = 16 << 20;
 /// Pages of one listing read at most.
 const MAX_PAGES: usize = 10_000;
 
-/// At most `limit` bytes of an answer's body: a longer one is an error,
-/// never buffered whole.
-pub(crate) async fn read_bounded(
-    resp: reqwest::Response,
-    limit: usize,
-) -> std::io::Result<Vec<u8>> {
-    use futures_util::TryStreamExt;
-    if resp.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("answer longer than {limit} bytes"),
-        ));
-    }
-    let mut out = Vec::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(b) = stream
-        .try_next()
-        .await
-        .map_err(|e| std::io::Error::other(e.without_url()))?
-    {
-        if out.len() + b.len() > limit {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("answer longer than {limit} bytes"),
-            ));
-        }
-        out.extend_from_slice(&b);
-    }
-    Ok(out)
-}
-
-/// The `host[:port]` of an `http(s)://host[:port]` endpoint of `service`.
-pub(crate) fn host_of(service: &str, endpoint: &str) -> Result<String> {
-    endpoint
-        .strip_prefix("https://")
-        .or_else(|| endpoint.strip_prefix("http://"))
-        .filter(|h| !h.is_empty() && !h.contains(['/', '?', '#', '@']))
-        .map(str::to_string)
-        .ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "{service} endpoint {endpoint:?} is not an http(s)://host[:port] URL"
-            ))
-        })
-}
-
 /// An EC2 endpoint with credentials.
 pub struct Ec2 {
-    http: reqwest::Client,
-    /// `https://ec2.eu-west-1.amazonaws.com` or another server, no trailing `/`.
-    endpoint: String,
-    /// Its `host[:port]`.
-    host: String,
-    region: String,
-    creds: Credentials,
+    ep: Endpoint,
 }
 
 impl std::fmt::Debug for Ec2 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ec2")
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("creds", &self.creds)
-            .finish()
+        f.debug_struct("Ec2").field("endpoint", &self.ep).finish()
     }
 }
 
@@ -152,32 +98,13 @@ impl Ec2 {
     /// A client of `endpoint` (`https://ec2.REGION.amazonaws.com`, or an
     /// `http://` test server) in `region`.
     pub fn new(endpoint: &str, region: &str, creds: Credentials) -> Result<Ec2> {
-        let endpoint = endpoint.trim_end_matches('/').to_string();
-        let host = host_of("EC2", &endpoint)?;
-        // reqwest uses the process's rustls provider: ring, as everywhere here.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(15))
-            .timeout(Duration::from_secs(120))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
         Ok(Ec2 {
-            http,
-            endpoint,
-            host,
-            region: region.to_string(),
-            creds,
+            ep: Endpoint::new("EC2", endpoint, region, creds)?,
         })
     }
 
     fn err(&self, message: String, retryable: bool) -> Error {
-        Error::Provider {
-            provider: "aws".into(),
-            message,
-            retryable,
-            source: None,
-        }
+        err(message, retryable)
     }
 
     /// Calls `action` with `params`; the answer's root element. Transient
@@ -200,22 +127,17 @@ impl Ec2 {
         let headers = [("content-type".to_string(), ct.to_string())];
         let req = sigv4::Request {
             method: "POST",
-            host: &self.host,
+            host: &self.ep.host,
             path: "/",
             query: &[],
             headers: &headers,
             body: body.as_bytes(),
         };
-        let signed = sigv4::sign(
-            &req,
-            &self.creds,
-            (&self.region, "ec2"),
-            &sigv4::amz_date_now(),
-            false,
-        );
+        let signed = self.ep.sign(&req, "ec2");
         let mut rb = self
+            .ep
             .http
-            .post(format!("{}/", self.endpoint))
+            .post(format!("{}/", self.ep.url))
             .header("content-type", ct)
             .body(body);
         for (k, v) in signed {
@@ -223,7 +145,7 @@ impl Ec2 {
         }
         let resp = rb.send().await.map_err(|e| {
             self.err(
-                format!("EC2 {action} at {}: {}", self.endpoint, e.without_url()),
+                format!("EC2 {action} at {}: {}", self.ep.url, e.without_url()),
                 true,
             )
         })?;
@@ -260,8 +182,8 @@ impl Ec2 {
             ) {
                 return Err(Error::Auth {
                     provider: "aws".into(),
-                    target: self.endpoint.clone(),
-                    user: self.creds.access_key_id.clone(),
+                    target: self.ep.url.clone(),
+                    user: self.ep.creds.access_key_id.clone(),
                     message: format!("{code}: {message}"),
                 });
             }

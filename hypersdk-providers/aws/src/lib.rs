@@ -15,6 +15,7 @@
 //! credentials.
 #![deny(missing_docs)]
 
+mod client;
 mod config;
 pub mod ebs;
 pub mod ec2;
