@@ -29,6 +29,43 @@ fn aws_env(moto: &MotoS3) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The example VM exported as an OVF directory under `dir/` of a bucket
+/// whose keys are `keys`: its four files, downloaded with `download` into
+/// `tmp/dir`, verify, and its disks hold the example's guest data.
+fn check_example_ovf_dir(keys: &[String], download: &dyn Fn(&str, &Path), tmp: &Path) {
+    let dir = tmp.join("dir");
+    std::fs::create_dir(&dir).unwrap();
+    let mut names = Vec::new();
+    for k in keys.iter().filter(|k| k.starts_with("dir/demo-vm/")) {
+        let name = k.rsplit('/').next().unwrap();
+        names.push(name.to_string());
+        download(k, &dir.join(name));
+    }
+    assert_eq!(
+        names,
+        [
+            "demo-vm-disk1.vmdk",
+            "demo-vm-disk2.vmdk",
+            "demo-vm.mf",
+            "demo-vm.ovf"
+        ]
+    );
+    ok(&["verify", path_str(&dir.join("demo-vm.ovf"))]);
+    let disks = workspace_root().join("examples/vms/disks");
+    assert_same_guest_data(
+        &dir.join("demo-vm-disk1.vmdk"),
+        Some("vmdk"),
+        &disks.join("demo-root.qcow2"),
+        Some("qcow2"),
+    );
+    assert_same_guest_data(
+        &dir.join("demo-vm-disk2.vmdk"),
+        Some("vmdk"),
+        &disks.join("demo-data.raw"),
+        Some("raw"),
+    );
+}
+
 fn run(args: &[&str], env: &[(&str, String)]) -> std::process::Output {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     hyperctl_env(args, &env)
@@ -93,37 +130,7 @@ fn the_example_vm_exported_to_s3_reads_back_with_boto3() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let keys: Vec<String> = moto.list("exports").into_iter().map(|(k, _)| k).collect();
-    let dir = tmp.path().join("dir");
-    std::fs::create_dir(&dir).unwrap();
-    let mut names = Vec::new();
-    for k in keys.iter().filter(|k| k.starts_with("dir/demo-vm/")) {
-        let name = k.rsplit('/').next().unwrap();
-        names.push(name.to_string());
-        moto.download("exports", k, &dir.join(name));
-    }
-    assert_eq!(
-        names,
-        [
-            "demo-vm-disk1.vmdk",
-            "demo-vm-disk2.vmdk",
-            "demo-vm.mf",
-            "demo-vm.ovf"
-        ]
-    );
-    ok(&["verify", path_str(&dir.join("demo-vm.ovf"))]);
-    let disks = workspace_root().join("examples/vms/disks");
-    assert_same_guest_data(
-        &dir.join("demo-vm-disk1.vmdk"),
-        Some("vmdk"),
-        &disks.join("demo-root.qcow2"),
-        Some("qcow2"),
-    );
-    assert_same_guest_data(
-        &dir.join("demo-vm-disk2.vmdk"),
-        Some("vmdk"),
-        &disks.join("demo-data.raw"),
-        Some("raw"),
-    );
+    check_example_ovf_dir(&keys, &|k, to| moto.download("exports", k, to), tmp.path());
 
     // An OVA, compressed and encrypted.
     let key = tmp.path().join("key");
@@ -403,40 +410,10 @@ fn the_example_vm_exported_to_gcs_reads_back_with_googles_client() {
         &env,
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    let dir = tmp.path().join("dir");
-    std::fs::create_dir(&dir).unwrap();
-    let mut names = Vec::new();
-    for k in gcs
-        .list("exports")
-        .iter()
-        .filter(|k| k.starts_with("dir/demo-vm/"))
-    {
-        let name = k.rsplit('/').next().unwrap();
-        names.push(name.to_string());
-        gcs.download("exports", k, &dir.join(name));
-    }
-    assert_eq!(
-        names,
-        [
-            "demo-vm-disk1.vmdk",
-            "demo-vm-disk2.vmdk",
-            "demo-vm.mf",
-            "demo-vm.ovf"
-        ]
-    );
-    ok(&["verify", path_str(&dir.join("demo-vm.ovf"))]);
-    let disks = workspace_root().join("examples/vms/disks");
-    assert_same_guest_data(
-        &dir.join("demo-vm-disk1.vmdk"),
-        Some("vmdk"),
-        &disks.join("demo-root.qcow2"),
-        Some("qcow2"),
-    );
-    assert_same_guest_data(
-        &dir.join("demo-vm-disk2.vmdk"),
-        Some("vmdk"),
-        &disks.join("demo-data.raw"),
-        Some("raw"),
+    check_example_ovf_dir(
+        &gcs.list("exports"),
+        &|k, to| gcs.download("exports", k, to),
+        tmp.path(),
     );
 
     // An OVA, compressed and encrypted, verified in place.
