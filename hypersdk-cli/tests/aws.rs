@@ -84,3 +84,30 @@ fn an_ec2_instance_exports_through_ebs_snapshots() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("db-99"), "{}", stderr(&o));
 }
+
+/// An endpoint nobody listens on: after the retries, an error naming the
+/// call, the endpoint and the cause.
+#[test]
+fn an_unreachable_endpoint_is_named_with_its_cause() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let o = hyperctl_env(
+        &["vms", "list", "--provider", "aws"],
+        &[
+            ("AWS_ACCESS_KEY_ID", "k"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL", &endpoint),
+        ],
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("EC2 DescribeInstances") && err.contains(&endpoint) && err.contains("refused"),
+        "{err}"
+    );
+}

@@ -95,10 +95,15 @@ impl Ebs {
         for (k, v) in signed {
             rb = rb.header(k, v);
         }
-        let resp = rb
-            .send()
-            .await
-            .map_err(|e| self.err(format!("EBS {what}: {}", e.without_url()), true))?;
+        let resp = rb.send().await.map_err(|e| {
+            self.err(
+                format!(
+                    "EBS {what}: {}",
+                    hypersdk_core::error::chain(&e.without_url())
+                ),
+                true,
+            )
+        })?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);

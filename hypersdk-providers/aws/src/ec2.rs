@@ -145,7 +145,11 @@ impl Ec2 {
         }
         let resp = rb.send().await.map_err(|e| {
             self.err(
-                format!("EC2 {action} at {}: {}", self.ep.url, e.without_url()),
+                format!(
+                    "EC2 {action} at {}: {}",
+                    self.ep.url,
+                    hypersdk_core::error::chain(&e.without_url())
+                ),
                 true,
             )
         })?;

@@ -125,10 +125,10 @@ fn guest(i: &Instance) -> GuestOs {
     GuestOs {
         id: details.clone(),
         family,
-        description: if details.is_empty() {
-            "Unknown operating system".into()
-        } else {
-            details
+        description: match (details.is_empty(), family) {
+            (false, _) => details,
+            (true, OsFamily::Windows) => "Windows".into(),
+            (true, _) => "Unknown operating system".into(),
         },
     }
 }
