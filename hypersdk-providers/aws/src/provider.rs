@@ -224,20 +224,7 @@ impl Provider for AwsProvider {
         let types = self.types(&all).await?;
         let vols = self.volumes(&all).await?;
         all.iter()
-            .map(|i| {
-                let s = spec_of(i, &types[&i.instance_type], &vols)?;
-                Ok(VmInfo {
-                    id: s.id.clone(),
-                    name: s.name.clone(),
-                    power_state: s.power_state,
-                    cpus: s.cpus,
-                    memory_mib: s.memory_mib,
-                    guest_os: s.guest_os.description.clone(),
-                    disks: s.disks.len(),
-                    total_capacity: s.disks.iter().map(|d| d.capacity).sum(),
-                    folder: None,
-                })
-            })
+            .map(|i| Ok(VmInfo::from(&spec_of(i, &types[&i.instance_type], &vols)?)))
             .collect()
     }
 
