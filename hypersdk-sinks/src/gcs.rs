@@ -1058,15 +1058,7 @@ impl Upload for GcsUpload {
         if let Some(h) = self.in_flight.take() {
             h.abort();
         }
-        if let Err(e) = GcsStore(self.gcs.clone())
-            .abort(&self.of.key, &self.of.id)
-            .await
-        {
-            if e.kind() != io::ErrorKind::NotFound {
-                tracing::warn!(key = %self.of.key, error = %e, "cannot cancel an upload session: it expires within a week");
-            }
-        }
-        self.of.forget()
+        self.of.abandon().await
     }
 }
 

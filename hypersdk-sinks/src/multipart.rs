@@ -433,11 +433,6 @@ impl Upload for ObjectUpload {
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
         self.in_flight.abort_all();
-        if let Err(e) = self.multipart.abort_multipart(&self.key, &self.of.id).await {
-            if !matches!(e, object_store::Error::NotFound { .. }) {
-                tracing::warn!(key = %self.key, error = %e, "cannot abort an upload: its parts stay until the bucket's lifecycle rule removes them");
-            }
-        }
-        self.of.forget()
+        self.of.abandon().await
     }
 }

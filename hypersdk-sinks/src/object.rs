@@ -121,8 +121,15 @@ impl UploadOf {
         })
     }
 
+    /// Abandons the upload at the store (saying so if that fails) and
+    /// forgets it.
+    pub(crate) async fn abandon(&self) -> Result<()> {
+        self.shared.abort(&self.key, &self.id).await;
+        self.forget()
+    }
+
     /// Forgets the upload (aborted).
-    pub(crate) fn forget(&self) -> Result<()> {
+    fn forget(&self) -> Result<()> {
         self.registry
             .update(|v| v.retain(|e| !(e.name == self.name && e.upload_id == self.id)))
     }
@@ -297,7 +304,7 @@ impl Shared {
     async fn abort(&self, key: &str, id: &str) {
         if let Err(e) = self.store.abort(key, id).await {
             if e.kind() != io::ErrorKind::NotFound {
-                tracing::warn!(key, error = %e, "cannot abort an upload: its parts stay until the bucket's lifecycle rule removes them");
+                tracing::warn!(key, error = %e, "cannot abort an upload: what it holds stays until the store expires it (S3 and Azure: the bucket's lifecycle rule; a Cloud Storage session: a week)");
             }
         }
     }
