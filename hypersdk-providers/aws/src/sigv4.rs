@@ -45,22 +45,17 @@ pub struct Request<'a> {
     pub body: &'a [u8],
 }
 
-/// Characters left as they are in a URI component (RFC 3986 unreserved).
-fn unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~')
-}
+/// What SigV4 leaves as it is in a URI component: RFC 3986's unreserved
+/// characters; every other byte is `%XX` (upper-case hex).
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// URI-encodes `s` as SigV4 wants it (every byte but the unreserved ones).
 pub fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for &b in s.as_bytes() {
-        if unreserved(b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()
 }
 
 /// The query string as sent and as signed: sorted, encoded.
@@ -155,40 +150,19 @@ pub fn sign(
 
 /// Now as SigV4 writes it (`20261130T120000Z`).
 pub fn amz_date_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    amz_date(secs)
+    chrono::Utc::now().format(AMZ_DATE).to_string()
 }
 
 /// Seconds since the epoch as SigV4 writes them.
 pub fn amz_date(secs: u64) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil(days as i64);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    chrono::DateTime::from_timestamp(i64::try_from(secs).unwrap_or(i64::MAX), 0)
+        .unwrap_or_default()
+        .format(AMZ_DATE)
+        .to_string()
 }
 
-/// Year, month, day of a day count since 1970-01-01 (proleptic
-/// Gregorian; H. Hinnant's civil_from_days).
-fn civil(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
+/// SigV4's timestamp format.
+const AMZ_DATE: &str = "%Y%m%dT%H%M%SZ";
 
 #[cfg(test)]
 mod tests {
