@@ -136,9 +136,18 @@ pub const MAX_SHOWN_NAME: usize = 120;
 /// characters with `…` after it, so a crafted name can neither rewrite a
 /// terminal nor flood a log.
 pub fn display_name(name: &str) -> String {
+    display_text(name, MAX_SHOWN_NAME)
+}
+
+/// Longest text from a server (an error's message) shown, in characters.
+pub const MAX_SHOWN_MESSAGE: usize = 300;
+
+/// Text that came from untrusted input, as [`display_name`] shows a name:
+/// invisible characters escaped, cut to `max` characters with `…` after it.
+pub fn display_text(text: &str, max: usize) -> String {
     let mut out = String::new();
-    for (i, c) in name.chars().enumerate() {
-        if i == MAX_SHOWN_NAME {
+    for (i, c) in text.chars().enumerate() {
+        if i == max {
             out.push('…');
             break;
         }

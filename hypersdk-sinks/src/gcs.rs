@@ -67,6 +67,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::TryStreamExt;
 use hypersdk_core::retry::RetryPolicy;
 use hypersdk_core::{Error, Result, Upload, UploadState};
+use hypersdk_formats::error::{display_text, MAX_SHOWN_MESSAGE};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -90,8 +91,6 @@ const SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
 const OAUTH_TOKEN: &str = "https://oauth2.googleapis.com/token";
 /// Pages of an object list read at most (1000 objects each).
 const MAX_PAGES: usize = 100_000;
-/// The longest error text kept from a server's answer.
-const MAX_MESSAGE: usize = 300;
 
 /// How to reach a bucket, beyond what its URL says.
 #[derive(Clone, Default, serde::Deserialize)]
@@ -278,11 +277,7 @@ async fn refused(resp: reqwest::Response) -> Failure {
                 .map(str::to_string)
         })
         .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
-    let said: String = said
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_MESSAGE)
-        .collect();
+    let said = display_text(said.trim(), MAX_SHOWN_MESSAGE);
     let kind = match status.as_u16() {
         404 | 410 => io::ErrorKind::NotFound,
         401 | 403 => io::ErrorKind::PermissionDenied,

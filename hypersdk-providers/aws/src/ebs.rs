@@ -3,6 +3,7 @@
 //! SHA-256 checked.
 
 use hypersdk_core::{Error, Result};
+use hypersdk_formats::error::{display_text, MAX_SHOWN_MESSAGE};
 
 use crate::client::{err, read_bounded, Endpoint};
 use crate::sigv4::{self, Credentials};
@@ -117,11 +118,8 @@ impl Ebs {
                     .and_then(|m| m.as_str())
                     .map(str::to_string)
             })
-            .unwrap_or_default()
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(300)
-            .collect();
+            .unwrap_or_default();
+        let said = display_text(&said, MAX_SHOWN_MESSAGE);
         if matches!(status.as_u16(), 401 | 403) {
             return Err(Error::Auth {
                 provider: "aws".into(),

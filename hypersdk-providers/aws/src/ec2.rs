@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use hypersdk_core::{Error, Result};
+use hypersdk_formats::error::{display_text, MAX_SHOWN_MESSAGE};
 use hypersdk_formats::xml::{self, Element};
 
 use crate::client::{err, read_bounded, Endpoint};
@@ -170,11 +171,7 @@ impl Ec2 {
                     ))
                 })
                 .unwrap_or_else(|| (String::new(), format!("HTTP {status}")));
-            let message: String = message
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(300)
-                .collect();
+            let message = display_text(&message, MAX_SHOWN_MESSAGE);
             let retryable = status.is_server_error()
                 || matches!(code.as_str(), "RequestLimitExceeded" | "Throttling");
             if matches!(
