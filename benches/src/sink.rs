@@ -265,6 +265,12 @@ for c in chunks():
 print(h.hexdigest())
 "#;
 
+/// A reference client's `sys.argv[1:]`: endpoint, file, object key, and
+/// the S3 test credentials.
+fn argv<'a>(endpoint: &'a str, file: &'a str, key: &'a str) -> [&'a str; 5] {
+    [endpoint, file, key, ACCESS_KEY, SECRET_KEY]
+}
+
 fn script(client: &str, then: &str) -> String {
     format!("import sys, time, json, resource, hashlib\n{client}\n{then}")
 }
@@ -370,39 +376,30 @@ fn main() -> anyhow::Result<()> {
         });
     }
     for srv in &servers {
-        let py = |then: &str, key: &str| -> Vec<String> {
-            vec![
-                "-c".into(),
-                script(srv.client, then),
-                srv.endpoint.clone(),
-                path_str(&file).to_string(),
-                key.to_string(),
-                ACCESS_KEY.into(),
-                SECRET_KEY.into(),
-            ]
-        };
-        let a = py("make()", "");
-        let refs: Vec<&str> = a[1..].iter().map(String::as_str).collect();
-        run_python(refs[0], &refs[1..]);
+        let file = path_str(&file);
+        run_python(
+            &script(srv.client, "make()"),
+            &argv(&srv.endpoint, file, ""),
+        );
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         let (mut our_rss, mut their_rss) = (0u64, 0u64);
         for round in 0..3 {
             let key = format!("ours-{round}.ova");
             let mut c = Command::new(&me);
-            c.args(["--child", path_str(&file), srv.store, &srv.endpoint, &key]);
+            c.args(["--child", file, srv.store, &srv.endpoint, &key]);
             let v = run_json(c)?;
             ours.push(v["secs"].as_f64().unwrap_or(f64::NAN));
             our_rss = our_rss.max(v["rss_kib"].as_u64().unwrap_or(0));
             let key2 = format!("theirs-{round}.ova");
             let mut c = Command::new(&python);
-            c.args(py(TIMED, &key2));
+            c.arg("-c")
+                .arg(script(srv.client, TIMED))
+                .args(argv(&srv.endpoint, file, &key2));
             let v = run_json(c)?;
             theirs.push(v["secs"].as_f64().unwrap_or(f64::NAN));
             their_rss = their_rss.max(v["rss_kib"].as_u64().unwrap_or(0));
             for k in [&key, &key2] {
-                let a = py(SHA, k);
-                let refs: Vec<&str> = a[1..].iter().map(String::as_str).collect();
-                let got = run_python(refs[0], &refs[1..]);
+                let got = run_python(&script(srv.client, SHA), &argv(&srv.endpoint, file, k));
                 anyhow::ensure!(got.trim() == want, "{k}: sha256 {} != {want}", got.trim());
             }
             println!(
