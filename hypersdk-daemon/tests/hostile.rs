@@ -511,15 +511,7 @@ fn cancel_midway(d: &Daemon, output: &str) -> Value {
         d,
         &format!(r#"{{"vm": "big", "provider": "kvm", "output": "{output}", "bwlimit": "32M"}}"#),
     );
-    let start = Instant::now();
-    loop {
-        let (_, j) = d.json("GET", &format!("/api/v1/jobs/{id}"), None);
-        if j["progress"]["bytes_done"].as_u64().unwrap_or(0) > 8 << 20 {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "{j}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    d.wait_progress(id, 8 << 20);
     let (code, _) = d.json("POST", &format!("/api/v1/jobs/{id}/cancel"), None);
     assert_eq!(code, 202);
     d.wait(id, Duration::from_secs(60))

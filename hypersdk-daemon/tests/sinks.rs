@@ -146,15 +146,7 @@ fn kill_9_during_sink_jobs_then_restart_continues_them() {
         .iter()
         .map(|j| j["id"].as_i64().unwrap())
         .collect();
-    let start = std::time::Instant::now();
-    loop {
-        let (_, j) = d.json("GET", &format!("/api/v1/jobs/{}", ids[0]), None);
-        if j["progress"]["bytes_done"].as_u64().unwrap_or(0) > 48 << 20 {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "{j}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    d.wait_progress(ids[0], 48 << 20);
     d.kill();
     assert!(gcs.list("archive").is_empty(), "published before the kill");
     let sent = gcs.count("chunk_bytes");
@@ -210,15 +202,7 @@ fn deleting_a_cancelled_sink_job_discards_its_kept_uploads() {
     );
     assert_eq!(code, 201, "{sub}");
     let id = sub["jobs"][0]["id"].as_i64().unwrap();
-    let start = std::time::Instant::now();
-    loop {
-        let (_, j) = d.json("GET", &format!("/api/v1/jobs/{id}"), None);
-        if j["progress"]["bytes_done"].as_u64().unwrap_or(0) > 40 << 20 {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "{j}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    d.wait_progress(id, 40 << 20);
     let (code, _) = d.json("POST", &format!("/api/v1/jobs/{id}/cancel"), None);
     assert_eq!(code, 202);
     let job = d.wait(id, Duration::from_secs(60));

@@ -108,6 +108,19 @@ impl Daemon {
         )
     }
 
+    /// Waits until job `id` has read more than `bytes` (at most 60 s).
+    pub fn wait_progress(&self, id: i64, bytes: u64) {
+        let start = Instant::now();
+        loop {
+            let (_, j) = self.json("GET", &format!("/api/v1/jobs/{id}"), None);
+            if j["progress"]["bytes_done"].as_u64().unwrap_or(0) > bytes {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "{j}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits until job `id` is in a final state; returns it.
     pub fn wait(&self, id: i64, limit: Duration) -> Value {
         let start = Instant::now();
