@@ -63,6 +63,8 @@ mod registry;
 
 #[cfg(feature = "aws")]
 pub use hypersdk_aws as aws;
+#[cfg(feature = "azure")]
+pub use hypersdk_azure as azure;
 pub use hypersdk_core as core;
 pub use hypersdk_core::*;
 pub use hypersdk_formats as formats;

@@ -110,6 +110,7 @@ providers! {
     "local" => Local(hypersdk_local::LocalConfig),
     "vsphere" => Vsphere(hypersdk_vsphere::VsphereConfig),
     "aws" => Aws(hypersdk_aws::AwsConfig),
+    "azure" => Azure(hypersdk_azure::AzureConfig),
 }
 
 /// A variable of this process's environment, None if unset or empty: the

@@ -2,10 +2,7 @@
 //! Google's own Python client (google-cloud-storage) to make buckets and
 //! read objects back.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Child;
-use std::time::Duration;
 
 use crate::peers::PeerDir;
 use crate::python::{run_python, start_peer};
@@ -133,15 +130,7 @@ impl GcsEmulator {
 
     /// What it counted: `chunk_puts`, `chunk_bytes`, `sessions`, `cancels`.
     pub fn stats(&self) -> serde_json::Value {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to the emulator");
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        s.write_all(b"GET /_peer/stats HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .expect("ask the emulator");
-        let mut text = String::new();
-        s.read_to_string(&mut text).expect("read the emulator");
-        let (_, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
-        serde_json::from_str(body).expect("stats as JSON")
+        crate::peers::peer_json(self.port, "/_peer/stats")
     }
 
     /// A count of [`stats`](Self::stats), 0 if absent.

@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::process::Command;
 
+pub mod azure_compute;
 pub mod azurite;
 pub mod faultproxy;
 pub mod gcs;

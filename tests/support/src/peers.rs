@@ -93,3 +93,17 @@ pub(crate) fn announced_port(
         }
     }
 }
+
+/// The JSON a peer on 127.0.0.1:`port` answers to `GET path` (its
+/// `/_peer/stats`).
+pub(crate) fn peer_json(port: u16, path: &str) -> serde_json::Value {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the peer");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("ask the peer");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read the peer");
+    let (_, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    serde_json::from_str(body).expect("JSON")
+}

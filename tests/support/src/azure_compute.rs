@@ -1,0 +1,116 @@
+//! Azure compute as a peer: the ARM stub (tests/peers/azure_arm.py) over a
+//! real Azurite holding the managed disks' page blobs, seeded by
+//! tests/peers/seed_azure_vm.py, and Microsoft's management SDK
+//! (azure-mgmt-compute, azure-mgmt-network, azure-identity) to read the
+//! stub back the way Azure's own clients do.
+
+use std::process::{Child, Command};
+
+use crate::azurite::{Azurite, KEY};
+use crate::python::{run_python, start_peer};
+
+/// The stub's subscription.
+pub const SUBSCRIPTION: &str = "00000000-0000-0000-0000-000000000001";
+/// The service principal it accepts.
+pub const TENANT: &str = "tenant-1";
+/// Its client id.
+pub const CLIENT_ID: &str = "hypersdk-test-app";
+/// Its secret.
+pub const CLIENT_SECRET: &str = "hypersdk-test-secret";
+/// The seeded VM's resource group.
+pub const RESOURCE_GROUP: &str = "rg-hypersdk";
+
+/// The ARM stub on 127.0.0.1 and its Azurite; both killed on drop.
+#[derive(Debug)]
+pub struct AzureCompute {
+    /// The stub's port.
+    pub port: u16,
+    /// The Azurite behind it.
+    pub azurite: Azurite,
+    child: Child,
+}
+
+/// Builds a ComputeManagementClient `c` and NetworkManagementClient `n`
+/// over the stub's managed-identity endpoint (azure-identity refuses an
+/// authority that is not https; its instance metadata path is plain HTTP,
+/// as on Azure); calls take `**o` (the SDK's bearer policy otherwise
+/// refuses a plain-HTTP endpoint).
+const SDK: &str = r#"
+import os, sys, json
+os.environ["AZURE_POD_IDENTITY_AUTHORITY_HOST"] = sys.argv[1]
+from azure.identity import ManagedIdentityCredential
+from azure.mgmt.compute import ComputeManagementClient
+from azure.mgmt.network import NetworkManagementClient
+kw = dict(base_url=sys.argv[1], credential_scopes=[sys.argv[1] + "/.default"])
+cred = ManagedIdentityCredential()
+c = ComputeManagementClient(cred, sys.argv[2], **kw)
+n = NetworkManagementClient(cred, sys.argv[2], **kw)
+o = dict(enforce_https=False)
+"#;
+
+impl AzureCompute {
+    /// Starts Azurite and the stub.
+    pub fn start() -> AzureCompute {
+        let azurite = Azurite::start();
+        let (child, port) = start_peer(
+            "tests/peers/azure_arm.py",
+            &["--blob-endpoint", &azurite.endpoint(), "--key", KEY],
+        );
+        AzureCompute {
+            port,
+            azurite,
+            child,
+        }
+    }
+
+    /// The ARM endpoint (`http://127.0.0.1:PORT`), which is also the
+    /// Entra ID authority and the metadata service.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Seeds VM web-02 (see tests/peers/seed_azure_vm.py): running, or
+    /// deallocated when `stopped`; with `dir`, the disks' raw content is
+    /// written there. Returns the script's JSON (`id`, `disks`: name →
+    /// SHA-256).
+    pub fn seed_vm(&self, dir: Option<&std::path::Path>, stopped: bool) -> serde_json::Value {
+        let script = crate::workspace_root().join("tests/peers/seed_azure_vm.py");
+        let mut cmd = Command::new(crate::python::venv_python());
+        cmd.arg(script)
+            .arg(self.endpoint())
+            .arg(self.azurite.endpoint())
+            .arg(KEY);
+        if let Some(d) = dir {
+            cmd.arg(d);
+        }
+        if stopped {
+            cmd.arg("--stopped");
+        }
+        let out = cmd.output().expect("run the seed script");
+        assert!(
+            out.status.success(),
+            "seeding failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.lines().last().expect("a line")).expect("JSON")
+    }
+
+    /// What the stub saw: grants, revokes, open accesses, snapshots.
+    pub fn stats(&self) -> serde_json::Value {
+        crate::peers::peer_json(self.port, "/_peer/stats")
+    }
+
+    /// Runs `code` with the SDK's clients made (see [`SDK`]); returns its
+    /// standard output.
+    pub fn sdk(&self, code: &str) -> String {
+        run_python(&format!("{SDK}\n{code}"), &[&self.endpoint(), SUBSCRIPTION])
+    }
+}
+
+impl Drop for AzureCompute {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
