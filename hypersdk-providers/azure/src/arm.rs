@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hypersdk_core::connect::Secret;
+use hypersdk_core::error::chain;
 use hypersdk_core::retry::RetryPolicy;
 use hypersdk_core::{Error, Result};
 use hypersdk_formats::error::{display_text, MAX_SHOWN_MESSAGE};
@@ -194,7 +195,12 @@ impl Arm {
                     url.push_str("&client_id=");
                     url.push_str(&utf8_percent_encode(id, NON_ALPHANUMERIC).to_string());
                 }
-                let req = self.http.get(&url).header("Metadata", "true");
+                // Off Azure the address answers nothing: a short limit.
+                let req = self
+                    .http
+                    .get(&url)
+                    .header("Metadata", "true")
+                    .timeout(Duration::from_secs(5));
                 self.token_answer(
                     req,
                     "the instance metadata service",
@@ -216,11 +222,22 @@ impl Arm {
         target: &str,
         user: &str,
     ) -> Result<(Secret, Duration)> {
+        let managed = matches!(self.credential, Credential::ManagedIdentity { .. });
         let resp = req.send().await.map_err(|e| {
-            err(
-                format!("cannot reach {target} for a token: {}", e.without_url()),
-                true,
-            )
+            let cause = chain(&e.without_url());
+            if managed {
+                // Not on Azure, most likely: say what else works, and do
+                // not wait through retries for a service that is not there.
+                err(
+                    format!(
+                        "no Azure credentials: {target} (for the machine's managed identity) cannot be reached ({cause}); \
+                         set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET for a service principal, or access_token"
+                    ),
+                    false,
+                )
+            } else {
+                err(format!("cannot reach {target} for a token: {cause}"), true)
+            }
         })?;
         let status = resp.status();
         let body = read_bounded(resp, 1 << 20).await?;
@@ -309,7 +326,14 @@ impl Arm {
                             req = req.header("Content-Length", "0");
                         }
                         let resp = req.send().await.map_err(|e| {
-                            err(format!("{what} failed: {}", e.without_url()), true)
+                            err(
+                                format!(
+                                    "{what} at {} failed: {}",
+                                    self.endpoint,
+                                    chain(&e.without_url())
+                                ),
+                                true,
+                            )
                         })?;
                         let status = resp.status().as_u16();
                         let header = |n: &str| {
@@ -605,11 +629,12 @@ pub(crate) async fn read_bounded(resp: reqwest::Response, limit: usize) -> Resul
     }
     let mut out = Vec::new();
     let mut stream = resp.bytes_stream();
-    while let Some(b) = stream
-        .try_next()
-        .await
-        .map_err(|e| err(format!("the answer broke off: {}", e.without_url()), true))?
-    {
+    while let Some(b) = stream.try_next().await.map_err(|e| {
+        err(
+            format!("the answer broke off: {}", chain(&e.without_url())),
+            true,
+        )
+    })? {
         if out.len() + b.len() > limit {
             return Err(too_long());
         }

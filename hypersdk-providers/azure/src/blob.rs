@@ -274,7 +274,11 @@ impl PageBlob {
 
     fn broke(&self, what: &str, e: reqwest::Error) -> Error {
         err(
-            format!("{what} of {} failed: {}", self.what, e.without_url()),
+            format!(
+                "{what} of {} failed: {}",
+                self.what,
+                hypersdk_core::error::chain(&e.without_url())
+            ),
             true,
         )
     }
