@@ -149,3 +149,106 @@ fn missing_credentials_say_what_to_set() {
         "{err}"
     );
 }
+
+/// kill -9 in the middle of an export, then the same command with
+/// `--resume`: the resumed run reads the snapshots the killed one made (no
+/// new one is taken), the disks equal the seeded ones, and nothing is left
+/// on the cloud side at the end.
+#[test]
+fn kill_9_then_resume_reads_the_same_snapshots() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let peer = AzureCompute::start();
+    let tmp = tempfile::tempdir().unwrap();
+    peer.seed_vm(Some(tmp.path()), false);
+    let endpoint = peer.endpoint();
+    let provider = format!("azure://{SUBSCRIPTION}/{RESOURCE_GROUP}");
+    let endpoint_opt = format!("endpoint={endpoint}");
+    let out = tmp.path().join("out");
+    let args = |resume: bool| {
+        let mut a = vec![
+            "export",
+            "web-02",
+            "--provider",
+            &provider,
+            "--provider-opt",
+            &endpoint_opt,
+            "--format",
+            "ovf",
+            "--output",
+            path_str(&out),
+            "--checkpoint-mib",
+            "1",
+        ];
+        if resume {
+            a.push("--resume");
+        } else {
+            // Slow enough (30 MiB at 3 MiB/s) for the kill to land mid-export.
+            a.extend(["--bwlimit", "3M"]);
+        }
+        a
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hyperctl"))
+        .args(args(false))
+        .envs([
+            ("AZURE_TENANT_ID", TENANT),
+            ("AZURE_CLIENT_ID", CLIENT_ID),
+            ("AZURE_CLIENT_SECRET", CLIENT_SECRET),
+            ("AZURE_AUTHORITY_HOST", endpoint.as_str()),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let checkpoint = out.join(".web-02.partial/.checkpoint.json");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60)
+        && !std::fs::read_to_string(&checkpoint).is_ok_and(|c| c.contains("\"source\""))
+        && child.try_wait().unwrap().is_none()
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = child.kill(); // SIGKILL
+    assert!(
+        !child.wait().unwrap().success(),
+        "killed before it finished"
+    );
+    let s = peer.stats();
+    assert_eq!(
+        s["snapshots"].as_array().unwrap().len(),
+        3,
+        "the killed run's snapshots stay: {s}"
+    );
+
+    let o = hyperctl_env(
+        &args(true),
+        &[
+            ("AZURE_TENANT_ID", TENANT),
+            ("AZURE_CLIENT_ID", CLIENT_ID),
+            ("AZURE_CLIENT_SECRET", CLIENT_SECRET),
+            ("AZURE_AUTHORITY_HOST", endpoint.as_str()),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = peer.stats();
+    assert_eq!(
+        s["snapshots_made"], 3,
+        "the resumed run made no snapshot: {s}"
+    );
+    assert_eq!(s["snapshots"], serde_json::json!([]), "{s}");
+    assert_eq!(s["open_access"], serde_json::json!([]), "{s}");
+    for (n, disk) in [
+        (1, "web-02_OsDisk"),
+        (2, "web-02-data1"),
+        (3, "web-02-data2"),
+    ] {
+        assert_same_guest_data(
+            &out.join(format!("web-02/web-02-disk{n}.vmdk")),
+            Some("vmdk"),
+            &tmp.path().join(format!("{disk}.raw")),
+            Some("raw"),
+        );
+    }
+}

@@ -209,6 +209,10 @@ pub struct Checkpoint {
     /// are not trusted.
     #[serde(default)]
     pub boot: Option<String>,
+    /// The source's resume token ([`crate::ExportSource::resume_token`]):
+    /// which snapshots the disks' bytes come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// This boot of the host (Linux `/proc/sys/kernel/random/boot_id`), None
@@ -230,7 +234,15 @@ impl Checkpoint {
             disks: vec![DiskState::default(); n],
             archive: None,
             boot: boot_id(),
+            source: None,
         }
+    }
+
+    /// The source token in saved checkpoint `bytes`, read loosely (the
+    /// checkpoint is checked in full later).
+    pub fn source_token(bytes: &[u8]) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+        v.get("source")?.as_str().map(str::to_string)
     }
 
     /// Reads a saved checkpoint and checks it is one for `identity`.

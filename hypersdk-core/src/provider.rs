@@ -40,6 +40,18 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// platform needs) and returns its source.
     async fn open_export(&self, vm: &str) -> Result<Box<dyn ExportSource>>;
 
+    /// Opens the export of `vm` an interrupted run began, from the token
+    /// its source gave ([`ExportSource::resume_token`], kept in the
+    /// checkpoint): the same snapshots, so that the bytes already written
+    /// and the rest come from one point in time, and nothing the first run
+    /// made is left behind. An error when they are gone. The default
+    /// ignores the token and opens a new export: for sources whose data
+    /// does not change under them (files, a powered-off VM's disks).
+    async fn resume_export(&self, vm: &str, token: &str) -> Result<Box<dyn ExportSource>> {
+        let _ = token;
+        self.open_export(vm).await
+    }
+
     /// Snapshots, power and CD-ROM operations, when the platform offers
     /// them (see [`VmOps`]). The default: None.
     fn vm_ops(&self) -> Option<&dyn VmOps> {
@@ -58,6 +70,14 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
 pub trait ExportSource: Send + Sync + std::fmt::Debug {
     /// The VM's hardware, with one entry per disk in `disks`.
     fn spec(&self) -> &VmSpec;
+
+    /// What a later run needs to open this same source again after this
+    /// process dies ([`Provider::resume_export`]): the ids of the
+    /// snapshots it made, say. Saved in the export's checkpoint, so never a
+    /// secret (no SAS, no session). The default: None, nothing to reopen.
+    fn resume_token(&self) -> Option<String> {
+        None
+    }
 
     /// Opens disk `index` (into `spec().disks`) for reading its guest
     /// bytes from byte `offset`. The default decodes what

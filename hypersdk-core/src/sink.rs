@@ -81,6 +81,14 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
         self.begin(artifact, overwrite).await
     }
 
+    /// The checkpoint an interrupted export of `artifact` kept, if there is
+    /// one, read without taking up the partial export: the exporter asks it
+    /// for the token that reopens the same source. The default: None.
+    async fn kept_checkpoint(&self, artifact: &Artifact) -> Result<Option<Vec<u8>>> {
+        let _ = artifact;
+        Ok(None)
+    }
+
     /// Removes what an interrupted export of `artifact` left to be
     /// continued, if anything (true then). For a process that died between
     /// publishing an artifact and removing its staging area: the artifact

@@ -299,6 +299,12 @@ impl Sink for LocalDirSink {
         Ok(true)
     }
 
+    async fn kept_checkpoint(&self, artifact: &Artifact) -> Result<Option<Vec<u8>>> {
+        check_name(artifact.name())?;
+        let dir = self.root.join(format!(".{}.partial", artifact.name()));
+        blocking(move || peek(&dir, CHECKPOINT)).await
+    }
+
     async fn discard_partial(&self, artifact: &Artifact) -> Result<bool> {
         check_name(artifact.name())?;
         let dir = self.root.join(format!(".{}.partial", artifact.name()));
@@ -394,6 +400,35 @@ impl FileStore {
             modes,
         }
     }
+}
+
+/// Checkpoints larger than this are not peeked at.
+const MAX_PEEK: u64 = 16 << 20;
+
+/// Document `file` of staging directory `dir`, read without locking it: a
+/// directory or file that is a symbolic link is refused, and at most
+/// [`MAX_PEEK`] bytes are read.
+pub(crate) fn peek(dir: &Path, file: &str) -> Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !real_dir(dir)? {
+        return Ok(None);
+    }
+    let path = dir.join(file);
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::sink("cannot read checkpoint", show(&path), e)),
+    };
+    let mut out = Vec::new();
+    f.take(MAX_PEEK)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::sink("cannot read checkpoint", show(&path), e))?;
+    Ok(Some(out))
 }
 
 impl CheckpointStore for FileStore {

@@ -517,6 +517,14 @@ impl Sink for ObjectStoreSink {
         Ok(Box::new(staging))
     }
 
+    async fn kept_checkpoint(&self, artifact: &Artifact) -> Result<Option<Vec<u8>>> {
+        check_name(artifact.name())?;
+        let dir = self.shared.state_of(artifact);
+        tokio::task::spawn_blocking(move || crate::local::peek(&dir, CHECKPOINT))
+            .await
+            .map_err(|e| Error::Internal(format!("checkpoint thread failed: {e}")))?
+    }
+
     async fn discard_partial(&self, artifact: &Artifact) -> Result<bool> {
         check_name(artifact.name())?;
         let dir = self.shared.state_of(artifact);

@@ -60,7 +60,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, info_span, Instrument};
+use tracing::{info, info_span, warn, Instrument};
 
 use hypersdk_formats::manifest::{write_manifest, DigestAlgorithm, Hasher, ManifestEntry};
 use hypersdk_formats::ova::{tar_header, tar_padding, END_OF_ARCHIVE};
@@ -192,7 +192,13 @@ impl Exporter {
         vm: &str,
         sink: &dyn Sink,
     ) -> Result<ExportReport> {
-        let source = provider.open_export(vm).await?;
+        let source = match self.kept_source_token(provider, vm, sink).await {
+            Some(token) => {
+                info!(vm, "reopening the snapshots of the interrupted export");
+                provider.resume_export(vm, &token).await?
+            }
+            None => provider.open_export(vm).await?,
+        };
         let result = self
             .export_source(source.as_ref(), provider.name(), sink)
             .await;
@@ -200,6 +206,29 @@ impl Exporter {
         let report = result?;
         closed?;
         Ok(report)
+    }
+
+    /// The resume token the kept partial export of `vm` in `sink` saved, if
+    /// this export resumes one and it saved one.
+    async fn kept_source_token(
+        &self,
+        provider: &dyn Provider,
+        vm: &str,
+        sink: &dyn Sink,
+    ) -> Option<String> {
+        if !(self.options.checkpoint && self.options.resume) {
+            return None;
+        }
+        let spec = provider.vm_spec(vm).await.ok()?;
+        let artifact = self.options.artifact(&spec.name);
+        match sink.kept_checkpoint(&artifact).await {
+            Ok(Some(bytes)) => Checkpoint::source_token(&bytes),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the kept checkpoint");
+                None
+            }
+        }
     }
 
     /// Exports an already opened source into `sink`. The caller closes the source.
@@ -221,7 +250,10 @@ impl Exporter {
             } else {
                 sink.begin(&artifact, self.options.overwrite).await?
             };
-            let ck = match self.checkpointer(&spec, staging.as_ref()).await {
+            let ck = match self
+                .checkpointer(&spec, source.resume_token(), staging.as_ref())
+                .await
+            {
                 Ok(ck) => ck,
                 Err(e) => {
                     // A checkpoint of something else: leave it for the user.
@@ -340,6 +372,7 @@ impl Exporter {
     async fn checkpointer(
         &self,
         spec: &VmSpec,
+        token: Option<String>,
         staging: &dyn Staging,
     ) -> Result<Option<Checkpointer>> {
         let Some(store) = staging.checkpoints().filter(|_| self.options.checkpoint) else {
@@ -354,14 +387,22 @@ impl Exporter {
         } else {
             None
         };
-        let state = match saved {
+        let mut state = match saved {
             Some(bytes) => {
                 let c = Checkpoint::parse(&bytes, &identity, &store.location())?;
-                info!(checkpoint = %store.location(), "continuing the partial export");
-                c
+                if c.source.is_some() && c.source != token {
+                    // The bytes kept came from snapshots this run does not
+                    // read: mixing them would give disks of two moments.
+                    warn!(checkpoint = %store.location(), "the interrupted export read other snapshots: its disks start over");
+                    Checkpoint::new(identity)
+                } else {
+                    info!(checkpoint = %store.location(), "continuing the partial export");
+                    c
+                }
             }
             None => Checkpoint::new(identity),
         };
+        state.source = token;
         let ck = Checkpointer::new(store, state, self.options.checkpoint_every);
         ck.update(|_| {}).await?;
         Ok(Some(ck))

@@ -247,7 +247,7 @@ impl Ebs {
 }
 
 /// A snapshot id is `snap-` and hex: nothing else goes into a request path.
-fn check_id(id: &str) -> Result<()> {
+pub(crate) fn check_id(id: &str) -> Result<()> {
     let ok = id.strip_prefix("snap-").is_some_and(|h| {
         !h.is_empty() && h.len() <= 64 && h.chars().all(|c| c.is_ascii_alphanumeric())
     });

@@ -334,8 +334,11 @@ impl Ec2 {
         }
     }
 
-    /// States and progress of snapshots `ids`.
-    pub async fn snapshot_states(&self, ids: &[String]) -> Result<Vec<(String, String, String)>> {
+    /// Id, state, progress and volume of snapshots `ids`.
+    pub async fn snapshot_states(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<(String, String, String, String)>> {
         let params: Vec<(String, String)> = ids
             .iter()
             .enumerate()
@@ -348,6 +351,7 @@ impl Ec2 {
                     s.find_text("snapshotId").unwrap_or_default().to_string(),
                     s.find_text("status").unwrap_or_default().to_string(),
                     s.find_text("progress").unwrap_or_default().to_string(),
+                    s.find_text("volumeId").unwrap_or_default().to_string(),
                 ));
             }
         }
@@ -361,10 +365,10 @@ impl Ec2 {
         let mut delay = Duration::from_millis(200);
         loop {
             let states = self.snapshot_states(ids).await?;
-            if let Some((id, _, _)) = states.iter().find(|(_, s, _)| s == "error") {
+            if let Some((id, ..)) = states.iter().find(|(_, s, ..)| s == "error") {
                 return Err(self.err(format!("snapshot {id} failed"), false));
             }
-            if states.len() == ids.len() && states.iter().all(|(_, s, _)| s == "completed") {
+            if states.len() == ids.len() && states.iter().all(|(_, s, ..)| s == "completed") {
                 return Ok(());
             }
             if start.elapsed() > Duration::from_secs(6 * 3600) {
@@ -373,7 +377,7 @@ impl Ec2 {
                     true,
                 ));
             }
-            for (id, state, progress) in &states {
+            for (id, state, progress, _) in &states {
                 tracing::info!(snapshot = %id, state = %state, progress = %progress, "waiting for the snapshot");
             }
             tokio::time::sleep(delay).await;

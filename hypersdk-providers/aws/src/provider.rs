@@ -235,6 +235,28 @@ impl Provider for AwsProvider {
         spec_of(&i, &types[&i.instance_type], &vols)
     }
 
+    /// The interrupted export's snapshots, when they all still exist;
+    /// else (a warning) new ones, and the export's disks start over.
+    async fn resume_export(&self, vm: &str, token: &str) -> Result<Box<dyn ExportSource>> {
+        let spec = self.vm_spec(vm).await?;
+        let Some(snaps) = self.kept_snapshots(&spec, token).await? else {
+            tracing::warn!(
+                vm,
+                "the snapshots of the interrupted export are gone: taking new ones"
+            );
+            return self.open_export(vm).await;
+        };
+        let mut source = AwsSource {
+            spec,
+            ec2: self.ec2.clone(),
+            ebs: self.ebs.clone(),
+            snapshots: snaps.into_iter().map(|s| (s, None)).collect(),
+        };
+        // On failure they stay (tagged): a later resume takes them again.
+        source.wait_completed().await?;
+        Ok(Box::new(source))
+    }
+
     async fn open_export(&self, vm: &str) -> Result<Box<dyn ExportSource>> {
         let spec = self.vm_spec(vm).await?;
         let mut source = AwsSource {
@@ -266,6 +288,37 @@ impl Provider for AwsProvider {
             return Err(e);
         }
         Ok(Box::new(source))
+    }
+}
+
+impl AwsProvider {
+    /// The snapshots of resume token `token` if they still exist, each of
+    /// the volume of its disk in `spec`; None when any is gone.
+    async fn kept_snapshots(&self, spec: &VmSpec, token: &str) -> Result<Option<Vec<String>>> {
+        let snaps: Vec<String> = serde_json::from_str::<serde_json::Value>(token)
+            .ok()
+            .and_then(|v| serde_json::from_value(v["snapshots"].clone()).ok())
+            .filter(|s: &Vec<String>| {
+                s.len() == spec.disks.len() && s.iter().all(|id| crate::ebs::check_id(id).is_ok())
+            })
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "the checkpoint's source token is not one of an export of {}",
+                    spec.name
+                ))
+            })?;
+        let states = match self.ec2.snapshot_states(&snaps).await {
+            Ok(s) => s,
+            Err(e) if e.to_string().contains("InvalidSnapshot.NotFound") => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        for (snap, disk) in snaps.iter().zip(&spec.disks) {
+            match states.iter().find(|(id, ..)| id == snap) {
+                Some((_, state, _, volume)) if volume == &disk.location && state != "error" => {}
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(snaps))
     }
 }
 
@@ -309,6 +362,12 @@ impl AwsSource {
 impl ExportSource for AwsSource {
     fn spec(&self) -> &VmSpec {
         &self.spec
+    }
+
+    /// The snapshots' ids, in disk order.
+    fn resume_token(&self) -> Option<String> {
+        let ids: Vec<&str> = self.snapshots.iter().map(|(s, _)| s.as_str()).collect();
+        Some(serde_json::json!({ "snapshots": ids }).to_string())
     }
 
     async fn open_disk(&self, index: usize, offset: u64) -> Result<DiskStream> {

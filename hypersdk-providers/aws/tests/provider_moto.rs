@@ -156,3 +156,50 @@ async fn a_cancelled_export_deletes_its_snapshots() {
         "the cancelled export's snapshots are deleted"
     );
 }
+
+/// A run that dies (its source dropped without closing) leaves its
+/// snapshots; resuming with its token reads the same snapshots — none is
+/// made — and deletes them at the end. A token whose snapshots are gone
+/// gives a new export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_export_reads_the_snapshots_of_the_interrupted_one() {
+    let moto = MotoS3::start();
+    let seeded = moto.seed_instance(None);
+    let p = provider(&moto);
+    let first = p.open_export("web-01").await.unwrap();
+    let token = first.resume_token().unwrap();
+    drop(first); // the process died
+    assert_eq!(export_snapshots(&moto), 3);
+
+    let again = p.resume_export("web-01", &token).await.unwrap();
+    assert_eq!(again.resume_token().as_deref(), Some(token.as_str()));
+    assert_eq!(export_snapshots(&moto), 3, "no new snapshot");
+    let i = again
+        .spec()
+        .disks
+        .iter()
+        .position(|d| d.name == "web-01-sdf")
+        .unwrap();
+    let mut s = again.open_disk(i, 0).await.unwrap();
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    while let Some(b) = futures_util::StreamExt::next(&mut s).await {
+        sha2::Digest::update(&mut h, b.unwrap());
+    }
+    let got: String = sha2::Digest::finalize(h)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(got, seeded["disks"]["/dev/sdf"].as_str().unwrap());
+    again.close_after(true).await.unwrap();
+    assert_eq!(export_snapshots(&moto), 0);
+
+    let fresh = p.resume_export("web-01", &token).await.unwrap();
+    assert_ne!(fresh.resume_token().as_deref(), Some(token.as_str()));
+    fresh.close_after(true).await.unwrap();
+    assert_eq!(export_snapshots(&moto), 0);
+    let e = p
+        .resume_export("web-01", r#"{"snapshots": ["x"]}"#)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "invalid_argument", "{e}");
+}

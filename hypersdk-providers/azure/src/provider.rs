@@ -458,6 +458,45 @@ impl Provider for AzureProvider {
     }
 
     async fn open_export(&self, vm: &str) -> Result<Box<dyn ExportSource>> {
+        self.open(vm, None).await
+    }
+
+    /// The interrupted export's snapshots, when they all still exist;
+    /// else (a warning) a new export, whose disks start over.
+    async fn resume_export(&self, vm: &str, token: &str) -> Result<Box<dyn ExportSource>> {
+        let d = self.describe_one(vm).await?;
+        let snaps: Vec<String> = serde_json::from_str::<Value>(token)
+            .ok()
+            .and_then(|v| serde_json::from_value(v["snapshots"].clone()).ok())
+            .filter(|s: &Vec<String>| s.len() == d.disks.len())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "the checkpoint's source token is not one of an export of {}",
+                    d.spec.name
+                ))
+            })?;
+        for (snap, (disk, _)) in snaps.iter().zip(&d.disks) {
+            let ours = match self.resource(snap, API_DISK).await {
+                Ok(v) => {
+                    v["tags"]["created-by"] == "hypersdk"
+                        && v["properties"]["creationData"]["sourceResourceId"]
+                            .as_str()
+                            .is_some_and(|s| s.eq_ignore_ascii_case(disk))
+                }
+                Err(_) => false,
+            };
+            if !ours {
+                tracing::warn!(vm, snapshot = %snap, "the snapshots of the interrupted export are gone: taking new ones");
+                return self.open(vm, None).await;
+            }
+        }
+        self.open(vm, Some(&snaps)).await
+    }
+}
+
+impl AzureProvider {
+    /// Opens the export of `vm`, through `kept` snapshots if given.
+    async fn open(&self, vm: &str, kept: Option<&[String]>) -> Result<Box<dyn ExportSource>> {
         let d = self.describe_one(vm).await?;
         let mut source = AzureSource {
             arm: self.arm.clone(),
@@ -468,9 +507,14 @@ impl Provider for AzureProvider {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |t| t.as_secs());
         let vm_id = d.vm["id"].as_str().unwrap_or_default().to_string();
+        let how = |i: usize| match kept {
+            Some(k) => Snapshot::Kept(k[i].as_str()),
+            None if d.deallocated => Snapshot::Direct,
+            None => Snapshot::Take,
+        };
         for (index, (disk_id, location)) in d.disks.iter().enumerate() {
             match source
-                .take(index, disk_id, location, &vm_id, !d.deallocated, stamp)
+                .take(index, disk_id, location, &vm_id, how(index), stamp)
                 .await
             {
                 Ok(h) => source.held.push(h),
@@ -482,6 +526,17 @@ impl Provider for AzureProvider {
         }
         Ok(Box::new(source))
     }
+}
+
+/// How a disk is read.
+#[derive(Debug, Clone, Copy)]
+enum Snapshot<'a> {
+    /// Directly (a deallocated VM).
+    Direct,
+    /// Through a new snapshot.
+    Take,
+    /// Through this snapshot an interrupted export made.
+    Kept(&'a str),
 }
 
 /// What an export holds of one disk.
@@ -514,7 +569,7 @@ impl AzureSource {
         disk_id: &str,
         location: &str,
         vm_id: &str,
-        snapshot: bool,
+        snapshot: Snapshot<'_>,
         stamp: u64,
     ) -> Result<Held> {
         let disk = self.spec.disks[index].name.clone();
@@ -525,7 +580,11 @@ impl AzureSource {
             blob: None,
             ranges: Arc::new(Vec::new()),
         };
-        if snapshot {
+        if let Snapshot::Kept(id) = snapshot {
+            held.resource = id.to_string();
+            held.snapshot = true;
+        }
+        if let Snapshot::Take = snapshot {
             // Snapshot names: 1–80 of letters, digits, _ . -
             let vm: String = self
                 .spec
@@ -656,6 +715,18 @@ impl AzureSource {
 impl ExportSource for AzureSource {
     fn spec(&self) -> &VmSpec {
         &self.spec
+    }
+
+    /// The snapshots' resource ids in disk order, when the export made them.
+    fn resume_token(&self) -> Option<String> {
+        let ids: Vec<&str> = self
+            .held
+            .iter()
+            .filter(|h| h.snapshot)
+            .map(|h| h.resource.as_str())
+            .collect();
+        (!ids.is_empty() && ids.len() == self.held.len())
+            .then(|| json!({ "snapshots": ids }).to_string())
     }
 
     async fn open_disk(&self, index: usize, offset: u64) -> Result<DiskStream> {

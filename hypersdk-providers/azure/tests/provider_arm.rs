@@ -229,3 +229,41 @@ async fn a_cancelled_export_releases_access_and_snapshots() {
     released(&peer);
     assert!(peer.stats()["grants"].as_u64().unwrap() >= 1);
 }
+
+/// A run that dies (its source dropped without closing) leaves its
+/// snapshots; resuming with its token reads the same snapshots — none is
+/// made — and releases them at the end. A token whose snapshot is gone
+/// gives a new export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_export_reads_the_snapshots_of_the_interrupted_one() {
+    let peer = AzureCompute::start();
+    let seeded = peer.seed_vm(None, false);
+    let p = provider(&peer, CLIENT_SECRET);
+    let first = p.open_export("web-02").await.unwrap();
+    let token = first.resume_token().unwrap();
+    assert!(!token.contains("sig="), "no SAS in the token: {token}");
+    drop(first); // the process died
+    let s = peer.stats();
+    assert_eq!(s["snapshots"].as_array().unwrap().len(), 3, "{s}");
+
+    let again = p.resume_export("web-02", &token).await.unwrap();
+    assert_eq!(again.resume_token().as_deref(), Some(token.as_str()));
+    assert_eq!(peer.stats()["snapshots_made"], 3, "no new snapshot");
+    let (got, _) = digest(again.as_ref(), 2).await;
+    assert_eq!(got, seeded["disks"]["web-02-data2"].as_str().unwrap());
+    again.close_after(true).await.unwrap();
+    released(&peer);
+
+    // The snapshots are gone now: resuming takes new ones.
+    let fresh = p.resume_export("web-02", &token).await.unwrap();
+    assert_ne!(fresh.resume_token().as_deref(), Some(token.as_str()));
+    assert_eq!(peer.stats()["snapshots_made"], 6);
+    fresh.close_after(true).await.unwrap();
+    released(&peer);
+    // A token of something else is refused.
+    let e = p
+        .resume_export("web-02", r#"{"snapshots": []}"#)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "invalid_argument", "{e}");
+}
