@@ -25,11 +25,16 @@ import urllib.request
 from azure.storage.blob import BlobServiceClient
 
 MiB = 1 << 20
-argv = [a for a in sys.argv[1:] if not a.startswith("--")]
+argv = sys.argv[1:]
+big = None
+if "--big" in argv:
+    at = argv.index("--big")
+    big = int(argv[at + 1])
+    del argv[at:at + 2]
+stopped = "--stopped" in argv
+argv = [a for a in argv if a != "--stopped"]
 arm, blob_endpoint, key = argv[:3]
 out = argv[3] if len(argv) > 3 else None
-stopped = "--stopped" in sys.argv
-big = int(sys.argv[sys.argv.index("--big") + 1]) if "--big" in sys.argv else None
 rng = random.Random(11)
 container = BlobServiceClient(account_url=blob_endpoint, credential={
     "account_name": "devstoreaccount1", "account_key": key}).get_container_client("managed-disks")
@@ -60,15 +65,20 @@ def upload(name, raw, tmp):
     client = container.get_blob_client(blob)
     client.create_page_blob(size)
     with open(vhd, "rb") as f:
-        pos = 0
-        while pos < size:
-            chunk = f.read(4 * MiB)
-            # Only non-zero pages are written: the page ranges stay sparse.
-            for at in range(0, len(chunk), 64 * 1024):
-                piece = chunk[at:at + 64 * 1024]
-                if piece.strip(b"\0"):
-                    client.upload_page(piece, offset=pos + at, length=len(piece))
-            pos += len(chunk)
+        data = f.read()
+    # Only non-zero 64 KiB pieces are written, runs of them in one call of
+    # at most 4 MiB: the page ranges stay sparse.
+    piece, runs = 64 * 1024, []
+    for pos in range(0, size, piece):
+        end = min(pos + piece, size)
+        if not data[pos:end].strip(b"\0"):
+            continue
+        if runs and runs[-1][1] == pos and end - runs[-1][0] <= 4 * MiB:
+            runs[-1][1] = end
+        else:
+            runs.append([pos, end])
+    for start, end in runs:
+        client.upload_page(data[start:end], offset=start, length=end - start)
     if out:
         with open(os.path.join(out, name + ".raw"), "wb") as f:
             f.write(raw)

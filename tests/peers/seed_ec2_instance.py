@@ -1,6 +1,6 @@
 """Seeds moto (with moto_ebs.py) with an EC2 instance for the AWS tests.
 
-Usage: seed_ec2_instance.py ENDPOINT ACCESS_KEY SECRET_KEY [DIR]
+Usage: seed_ec2_instance.py ENDPOINT ACCESS_KEY SECRET_KEY [DIR] [--big MIB]
 
 Runs an m5.large instance named web-01 (a 1 GiB root volume without
 content) with two data volumes made from snapshots written through the EBS
@@ -8,7 +8,9 @@ direct APIs with boto3: /dev/sdf (1 GiB: random, text, an explicit zero
 block, the last block random) and /dev/sdg (2 GiB: text, random, the last
 block text). With DIR, writes each data volume's whole content there as a
 sparse raw image (sdf.raw, sdg.raw). Prints {"id": …, "disks": {device:
-sha256 of the whole content}}.
+sha256 of the whole content}}. With --big MIB (for cloud-bench), also
+/dev/sdh: MIB rounded up to whole GiB, every other block written (random
+and text).
 """
 
 import base64
@@ -20,8 +22,14 @@ import sys
 
 import boto3
 
-endpoint, key, secret = sys.argv[1:4]
-out = sys.argv[4] if len(sys.argv) > 4 else None
+args = sys.argv[1:]
+big = None
+if "--big" in args:
+    at = args.index("--big")
+    big = int(args[at + 1])
+    del args[at:at + 2]
+endpoint, key, secret = args[:3]
+out = args[3] if len(args) > 3 else None
 kw = dict(endpoint_url=endpoint, region_name="us-east-1",
           aws_access_key_id=key, aws_secret_access_key=secret)
 ebs = boto3.client("ebs", **kw)
@@ -73,10 +81,15 @@ r = ec2.run_instances(
 i = r["Instances"][0]
 zone = i["Placement"]["AvailabilityZone"]
 disks = {}
-for dev, gib, layout in [
+volumes = [
     ("/dev/sdf", 1, [(0, "random"), (1, "text"), (5, "zeros"), (2047, "random")]),
     ("/dev/sdg", 2, [(3, "text"), (100, "random"), (4095, "text")]),
-]:
+]
+if big:
+    gib = -(-big // 1024)
+    volumes.append(("/dev/sdh", gib, [(n, "random" if n % 4 else "text")
+                                     for n in range(0, (gib << 30) // BS, 2)]))
+for dev, gib, layout in volumes:
     snap, digest = seeded(dev.rsplit("/", 1)[1], gib, layout)
     vol = ec2.create_volume(SnapshotId=snap, AvailabilityZone=zone, Size=gib)["VolumeId"]
     ec2.attach_volume(VolumeId=vol, InstanceId=i["InstanceId"], Device=dev)

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use hypersdk_core::{Error, Result};
 
-use crate::sigv4::{self, Credentials};
+use crate::creds::CredentialSource;
+use crate::sigv4;
 
 /// One service endpoint of a region, with credentials.
 pub(crate) struct Endpoint {
@@ -15,7 +16,7 @@ pub(crate) struct Endpoint {
     /// Its `host[:port]`.
     pub(crate) host: String,
     pub(crate) region: String,
-    pub(crate) creds: Credentials,
+    pub(crate) creds: CredentialSource,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -36,7 +37,7 @@ impl Endpoint {
         service: &str,
         endpoint: &str,
         region: &str,
-        creds: Credentials,
+        creds: CredentialSource,
     ) -> Result<Endpoint> {
         let url = endpoint.trim_end_matches('/').to_string();
         let host = host_of(service, &url)?;
@@ -58,14 +59,19 @@ impl Endpoint {
     }
 
     /// The signing headers of `req` for `service` (`ec2`, `ebs`), now.
-    pub(crate) fn sign(&self, req: &sigv4::Request<'_>, service: &str) -> Vec<(String, String)> {
-        sigv4::sign(
+    pub(crate) async fn sign(
+        &self,
+        req: &sigv4::Request<'_>,
+        service: &str,
+    ) -> Result<Vec<(String, String)>> {
+        let creds = self.creds.get().await?;
+        Ok(sigv4::sign(
             req,
-            &self.creds,
+            &creds,
             (&self.region, service),
             &sigv4::amz_date_now(),
             false,
-        )
+        ))
     }
 }
 

@@ -6,6 +6,7 @@ use hypersdk_core::{Error, Fields, Provider, ProviderSettings, ProviderUrl, Resu
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::creds::CredentialSource;
 use crate::ebs::Ebs;
 use crate::ec2::Ec2;
 use crate::sigv4::Credentials;
@@ -40,6 +41,13 @@ pub struct AwsConfig {
     /// Profile of the shared files.
     #[serde(default)]
     pub profile: Option<String>,
+    /// The instance metadata service whose instance role signs when no
+    /// keys are given (default `http://169.254.169.254`).
+    #[serde(default)]
+    pub imds_endpoint: Option<String>,
+    /// Never ask the instance metadata service (AWS_EC2_METADATA_DISABLED).
+    #[serde(default)]
+    pub imds_disabled: bool,
 }
 
 impl std::fmt::Debug for AwsConfig {
@@ -53,6 +61,8 @@ impl std::fmt::Debug for AwsConfig {
             .field("secret_access_key", &hide(&self.secret_access_key))
             .field("session_token", &hide(&self.session_token))
             .field("profile", &self.profile)
+            .field("imds_endpoint", &self.imds_endpoint)
+            .field("imds_disabled", &self.imds_disabled)
             .finish()
     }
 }
@@ -98,16 +108,19 @@ impl AwsConfig {
                 "{region:?} is not an AWS region"
             )));
         }
-        let (Some(id), Some(secret)) = (c.access_key_id.clone(), c.secret_access_key.clone())
-        else {
-            return Err(Error::InvalidArgument(
-                "no AWS credentials: set access_key_id and secret_access_key, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials".into(),
-            ));
-        };
-        let creds = Credentials {
-            access_key_id: id,
-            secret_access_key: secret,
-            session_token: c.session_token.clone(),
+        let creds = match (c.access_key_id.clone(), c.secret_access_key.clone()) {
+            (Some(id), Some(secret)) => CredentialSource::Static(Credentials {
+                access_key_id: id,
+                secret_access_key: secret,
+                session_token: c.session_token.clone(),
+            }),
+            _ if c.imds_disabled => return Err(Error::InvalidArgument(
+                "no AWS credentials: set access_key_id and secret_access_key, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials (the instance metadata service is disabled)".into(),
+            )),
+            // On EC2: the instance role.
+            _ => CredentialSource::instance_role(
+                c.imds_endpoint.as_deref().unwrap_or("http://169.254.169.254"),
+            )?,
         };
         let ec2 = c
             .endpoint
@@ -142,7 +155,8 @@ impl ProviderSettings for AwsConfig {
     /// The AWS CLI's variables: AWS_REGION (or AWS_DEFAULT_REGION),
     /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
     /// AWS_PROFILE, AWS_ENDPOINT_URL_EC2 (or AWS_ENDPOINT_URL),
-    /// AWS_ENDPOINT_URL_EBS.
+    /// AWS_ENDPOINT_URL_EBS, AWS_EC2_METADATA_SERVICE_ENDPOINT,
+    /// AWS_EC2_METADATA_DISABLED.
     fn env_fields(env: &dyn Fn(&str) -> Option<String>) -> Fields {
         let mut f = Fields::new();
         let mut put = |field: &str, vars: &[&str]| {
@@ -157,6 +171,10 @@ impl ProviderSettings for AwsConfig {
         put("profile", &["AWS_PROFILE"]);
         put("endpoint", &["AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL"]);
         put("ebs_endpoint", &["AWS_ENDPOINT_URL_EBS"]);
+        put("imds_endpoint", &["AWS_EC2_METADATA_SERVICE_ENDPOINT"]);
+        if env("AWS_EC2_METADATA_DISABLED").is_some_and(|v| hypersdk_core::connect::truthy(&v)) {
+            f.insert("imds_disabled".into(), Value::Bool(true));
+        }
         f
     }
 

@@ -6,7 +6,7 @@ use hypersdk_core::{Error, Result};
 use hypersdk_formats::error::{display_text, MAX_SHOWN_MESSAGE};
 
 use crate::client::{err, read_bounded, Endpoint};
-use crate::sigv4::{self, Credentials};
+use crate::sigv4;
 
 /// Blocks asked for per ListSnapshotBlocks page (the API's maximum).
 const PAGE: u32 = 10_000;
@@ -60,9 +60,13 @@ struct PageBlock {
 impl Ebs {
     /// A client of `endpoint` (`https://ebs.REGION.amazonaws.com`, or an
     /// `http://` test server) in `region`.
-    pub fn new(endpoint: &str, region: &str, creds: Credentials) -> Result<Ebs> {
+    pub fn new(
+        endpoint: &str,
+        region: &str,
+        creds: impl Into<crate::creds::CredentialSource>,
+    ) -> Result<Ebs> {
         Ok(Ebs {
-            ep: Endpoint::new("EBS", endpoint, region, creds)?,
+            ep: Endpoint::new("EBS", endpoint, region, creds.into())?,
         })
     }
 
@@ -85,7 +89,7 @@ impl Ebs {
             headers: &[],
             body: b"",
         };
-        let signed = self.ep.sign(&req, "ebs");
+        let signed = self.ep.sign(&req, "ebs").await?;
         let q = sigv4::canonical_query(query);
         let url = if q.is_empty() {
             format!("{}{path}", self.ep.url)
@@ -124,7 +128,7 @@ impl Ebs {
             return Err(Error::Auth {
                 provider: "aws".into(),
                 target: self.ep.url.clone(),
-                user: self.ep.creds.access_key_id.clone(),
+                user: self.ep.creds.who(),
                 message: format!("EBS {what}: HTTP {status} {said}"),
             });
         }

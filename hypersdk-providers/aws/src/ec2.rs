@@ -9,7 +9,7 @@ use hypersdk_formats::error::{display_text, MAX_SHOWN_MESSAGE};
 use hypersdk_formats::xml::{self, Element};
 
 use crate::client::{err, read_bounded, Endpoint};
-use crate::sigv4::{self, Credentials};
+use crate::sigv4;
 
 /// The API version every request names.
 const VERSION: &str = "2016-11-15";
@@ -98,9 +98,13 @@ pub struct TypeInfo {
 impl Ec2 {
     /// A client of `endpoint` (`https://ec2.REGION.amazonaws.com`, or an
     /// `http://` test server) in `region`.
-    pub fn new(endpoint: &str, region: &str, creds: Credentials) -> Result<Ec2> {
+    pub fn new(
+        endpoint: &str,
+        region: &str,
+        creds: impl Into<crate::creds::CredentialSource>,
+    ) -> Result<Ec2> {
         Ok(Ec2 {
-            ep: Endpoint::new("EC2", endpoint, region, creds)?,
+            ep: Endpoint::new("EC2", endpoint, region, creds.into())?,
         })
     }
 
@@ -134,7 +138,7 @@ impl Ec2 {
             headers: &headers,
             body: body.as_bytes(),
         };
-        let signed = self.ep.sign(&req, "ec2");
+        let signed = self.ep.sign(&req, "ec2").await?;
         let mut rb = self
             .ep
             .http
@@ -184,7 +188,7 @@ impl Ec2 {
                 return Err(Error::Auth {
                     provider: "aws".into(),
                     target: self.ep.url.clone(),
-                    user: self.ep.creds.access_key_id.clone(),
+                    user: self.ep.creds.who(),
                     message: format!("{code}: {message}"),
                 });
             }

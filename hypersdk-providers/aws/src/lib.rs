@@ -17,6 +17,7 @@
 
 mod client;
 mod config;
+pub mod creds;
 pub mod ebs;
 pub mod ec2;
 mod provider;

@@ -74,6 +74,21 @@ impl AzureCompute {
     /// written there. Returns the script's JSON (`id`, `disks`: name →
     /// SHA-256).
     pub fn seed_vm(&self, dir: Option<&std::path::Path>, stopped: bool) -> serde_json::Value {
+        self.seed(dir, stopped, None)
+    }
+
+    /// [`seed_vm`](Self::seed_vm) with data disk web-02-data2 of `mib`
+    /// MiB (every other MiB written), for cloud-bench.
+    pub fn seed_vm_sized(&self, stopped: bool, mib: u64) -> serde_json::Value {
+        self.seed(None, stopped, Some(mib))
+    }
+
+    fn seed(
+        &self,
+        dir: Option<&std::path::Path>,
+        stopped: bool,
+        big: Option<u64>,
+    ) -> serde_json::Value {
         let script = crate::workspace_root().join("tests/peers/seed_azure_vm.py");
         let mut cmd = Command::new(crate::python::venv_python());
         cmd.arg(script)
@@ -85,6 +100,9 @@ impl AzureCompute {
         }
         if stopped {
             cmd.arg("--stopped");
+        }
+        if let Some(mib) = big {
+            cmd.arg("--big").arg(mib.to_string());
         }
         let out = cmd.output().expect("run the seed script");
         assert!(

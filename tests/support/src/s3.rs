@@ -116,6 +116,16 @@ impl MotoS3 {
     /// are written there as `sdf.raw` and `sdg.raw`. Its id and each data
     /// device's SHA-256.
     pub fn seed_instance(&self, dir: Option<&std::path::Path>) -> serde_json::Value {
+        self.seed(dir, None)
+    }
+
+    /// [`seed_instance`](Self::seed_instance), plus volume /dev/sdh of
+    /// `mib` (rounded up to GiB) with every other block written.
+    pub fn seed_instance_big(&self, mib: u64) -> serde_json::Value {
+        self.seed(None, Some(mib))
+    }
+
+    fn seed(&self, dir: Option<&std::path::Path>, big: Option<u64>) -> serde_json::Value {
         let script = crate::workspace_root().join("tests/peers/seed_ec2_instance.py");
         let endpoint = self.endpoint();
         let mut args = vec![
@@ -126,6 +136,9 @@ impl MotoS3 {
         ];
         if let Some(d) = dir {
             args.push(d.to_str().expect("a UTF-8 path").to_string());
+        }
+        if let Some(mib) = big {
+            args.extend(["--big".to_string(), mib.to_string()]);
         }
         let out = Command::new(crate::python::venv_python())
             .args(&args)
@@ -191,6 +204,41 @@ impl S3Peer for Minio {
 }
 
 impl Drop for Minio {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The EC2 instance metadata service stub (tests/peers/imds.py), handing
+/// out an instance role's credentials (moto's test keys); killed on drop.
+#[derive(Debug)]
+pub struct Imds {
+    /// Its port.
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl Imds {
+    /// Starts one.
+    pub fn start() -> Imds {
+        let (child, port) =
+            crate::python::start_peer("tests/peers/imds.py", &[ACCESS_KEY, SECRET_KEY]);
+        Imds { port, child }
+    }
+
+    /// Its endpoint (`http://127.0.0.1:PORT`).
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Tokens issued, requests refused, credentials handed out.
+    pub fn stats(&self) -> serde_json::Value {
+        crate::peers::peer_json(self.port, "/_peer/stats")
+    }
+}
+
+impl Drop for Imds {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

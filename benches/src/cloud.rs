@@ -1,0 +1,243 @@
+//! cloud-bench: reading a cloud VM's disk through hypersdk's provider and
+//! through the cloud's own tool, against the same server, in the same run.
+//!
+//! ```sh
+//! cargo run --release -p hypersdk-bench --bin cloud-bench -- [SIZE_MIB]
+//! ```
+//!
+//! - Azure: VM web-02 (tests/peers/seed_azure_vm.py, deallocated) gets a
+//!   data disk of SIZE_MIB (default 1024; MiB stripes of random and text
+//!   data on every other MiB, the rest unallocated) as a page blob in
+//!   Azurite behind the ARM stub. hypersdk: `AzureProvider` grants access
+//!   and reads the disk (page ranges, 4 MiB ranged GETs, 8 in flight,
+//!   Content-MD5 checked). Baseline: Microsoft's Python SDK —
+//!   azure-mgmt-compute `begin_grant_access`, then azure-storage-blob
+//!   `download_blob(max_concurrency=8)` (its parallel download, which also
+//!   skips empty page ranges).
+//! - AWS (when `coldsnap` is in the peer cache: `cargo install coldsnap
+//!   --version 0.12.0 --locked --root ~/.cache/hypersdk/peers/coldsnap-0.12.0`):
+//!   instance web-01 (tests/peers/seed_ec2_instance.py `--big SIZE_MIB`)
+//!   gets a volume of SIZE_MIB with every other 512 KiB block written.
+//!   hypersdk: `AwsProvider` snapshots it and reads the snapshot through the
+//!   EBS direct APIs (16 blocks in flight, SHA-256 checked). Baseline:
+//!   `coldsnap download` of that same snapshot (AWS's own Rust tool for the
+//!   EBS direct APIs) into a file.
+//!
+//! Each side runs three times, alternating; the median is printed with
+//! its rate (MB/s of guest bytes) and the ratio. Every read is checked
+//! against the seeded SHA-256. The servers share the machine's 2 cores
+//! with the clients: the figures compare clients against one server, not
+//! what a cloud can take.
+
+use std::process::Command;
+use std::time::Instant;
+
+use hypersdk_core::{ExportSource, Provider};
+use hypersdk_testsupport::azure_compute::{
+    AzureCompute, CLIENT_ID, CLIENT_SECRET, SUBSCRIPTION, TENANT,
+};
+use hypersdk_testsupport::s3::{MotoS3, S3Peer, ACCESS_KEY, SECRET_KEY};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Reads disk `index` of `source` whole: (seconds, sha256 hex, bytes).
+async fn read_disk(source: &dyn ExportSource, index: usize) -> anyhow::Result<(f64, String, u64)> {
+    use sha2::Digest;
+    let start = Instant::now();
+    let mut s = source.open_disk(index, 0).await?;
+    let mut h = sha2::Sha256::new();
+    let mut n = 0u64;
+    while let Some(b) = futures_util::StreamExt::next(&mut s).await {
+        let b = b?;
+        n += b.len() as u64;
+        h.update(&b);
+    }
+    let hex = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok((start.elapsed().as_secs_f64(), hex, n))
+}
+
+fn report(what: &str, ours: &[f64], theirs: &[f64], baseline: &str, bytes: u64) {
+    let (o, t) = (median(ours.to_vec()), median(theirs.to_vec()));
+    let mb = bytes as f64 / 1e6;
+    println!(
+        "| {what}: hypersdk | {o:.2} | {:.1} | {:.2}× |",
+        mb / o,
+        t / o
+    );
+    println!(
+        "| {what}: {baseline} (baseline) | {t:.2} | {:.1} | 1.00× |",
+        mb / t
+    );
+}
+
+async fn azure(size_mib: u64) -> anyhow::Result<()> {
+    let peer = AzureCompute::start();
+    let seeded = peer.seed_vm_sized(true, size_mib);
+    let want = seeded["disks"]["web-02-data2"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let arm = hypersdk_azure::arm::Arm::new(
+        &peer.endpoint(),
+        hypersdk_azure::arm::Credential::ClientSecret {
+            authority: peer.endpoint(),
+            tenant: TENANT.into(),
+            client_id: CLIENT_ID.into(),
+            secret: hypersdk_core::connect::Secret::new(CLIENT_SECRET),
+        },
+    )?;
+    let p = hypersdk_azure::AzureProvider::new(arm, SUBSCRIPTION, None)?;
+    let sdk = r#"
+import hashlib, time
+from azure.mgmt.compute.models import GrantAccessData
+from azure.storage.blob import BlobClient
+acc = c.disks.begin_grant_access('rg-hypersdk', 'web-02-data2', GrantAccessData(access='Read', duration_in_seconds=3600), polling_interval=0, **o).result()
+blob = BlobClient.from_blob_url(acc.access_sas)
+size = blob.get_blob_properties().size - 512
+class Sink:
+    def __init__(self):
+        self.h, self.n = hashlib.sha256(), 0
+    def write(self, b):
+        take = max(0, min(len(b), size - self.n))
+        self.h.update(b[:take]); self.n += len(b)
+        return len(b)
+sink = Sink()
+start = time.perf_counter()
+blob.download_blob(max_concurrency=8).readinto(sink)
+secs = time.perf_counter() - start
+c.disks.begin_revoke_access('rg-hypersdk', 'web-02-data2', polling_interval=0, **o).result()
+print(json.dumps({"secs": secs, "sha256": sink.h.hexdigest()}))
+"#;
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let mut bytes = 0;
+    for round in 0..3 {
+        let source = p.open_export("web-02").await?;
+        let (secs, hex, n) = read_disk(source.as_ref(), 2).await?;
+        source.close_after(true).await?;
+        anyhow::ensure!(hex == want, "hypersdk read {hex}, seeded {want}");
+        bytes = n;
+        ours.push(secs);
+        let v: serde_json::Value = serde_json::from_str(peer.sdk(sdk).trim())?;
+        anyhow::ensure!(v["sha256"] == want.as_str(), "the SDK read {}", v["sha256"]);
+        theirs.push(v["secs"].as_f64().unwrap_or(f64::NAN));
+        eprintln!(
+            "azure round {round}: hypersdk {secs:.2} s, SDK {:.2} s",
+            theirs[round]
+        );
+    }
+    report(
+        &format!("Azure page blob, {size_mib} MiB (half allocated)"),
+        &ours,
+        &theirs,
+        "azure-storage-blob download_blob(max_concurrency=8)",
+        bytes,
+    );
+    Ok(())
+}
+
+async fn aws(size_mib: u64) -> anyhow::Result<()> {
+    let home = std::env::var("HOME")?;
+    let coldsnap =
+        std::path::PathBuf::from(home).join(".cache/hypersdk/peers/coldsnap-0.12.0/bin/coldsnap");
+    if !coldsnap.exists() {
+        println!("(AWS skipped: no {})", coldsnap.display());
+        return Ok(());
+    }
+    let moto = MotoS3::start();
+    let seeded = moto.seed_instance_big(size_mib);
+    let want = seeded["disks"]["/dev/sdh"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let creds = hypersdk_aws::sigv4::Credentials {
+        access_key_id: ACCESS_KEY.into(),
+        secret_access_key: SECRET_KEY.into(),
+        session_token: None,
+    };
+    let p = hypersdk_aws::AwsProvider::new(
+        hypersdk_aws::ec2::Ec2::new(&moto.endpoint(), "us-east-1", creds.clone())?,
+        hypersdk_aws::ebs::Ebs::new(&moto.endpoint(), "us-east-1", creds)?,
+    );
+    let tmp = tempfile::tempdir()?;
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let mut bytes = 0;
+    for round in 0..3 {
+        let source = p.open_export("web-01").await?;
+        let index = source
+            .spec()
+            .disks
+            .iter()
+            .position(|d| d.name == "web-01-sdh")
+            .ok_or_else(|| anyhow::anyhow!("no sdh"))?;
+        let (secs, hex, n) = read_disk(source.as_ref(), index).await?;
+        anyhow::ensure!(hex == want, "hypersdk read {hex}, seeded {want}");
+        bytes = n;
+        ours.push(secs);
+        // coldsnap reads the very snapshot hypersdk just read.
+        let token: serde_json::Value =
+            serde_json::from_str(&source.resume_token().unwrap_or_default())?;
+        let snap = token["snapshots"][index]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let file = tmp.path().join("coldsnap.img");
+        let _ = std::fs::remove_file(&file);
+        let start = Instant::now();
+        let o = Command::new(&coldsnap)
+            .args([
+                "--region",
+                "us-east-1",
+                "--endpoint",
+                &moto.endpoint(),
+                "download",
+                &snap,
+            ])
+            .arg(&file)
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .output()?;
+        let secs_c = start.elapsed().as_secs_f64();
+        source.close_after(true).await?;
+        anyhow::ensure!(
+            o.status.success(),
+            "coldsnap: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let got: String = hypersdk_testkit::sink::sha256_of_file(&file)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        anyhow::ensure!(got == want, "coldsnap read {got}");
+        theirs.push(secs_c);
+        eprintln!("aws round {round}: hypersdk {secs:.2} s, coldsnap {secs_c:.2} s");
+    }
+    report(
+        &format!("EBS snapshot, {size_mib} MiB (half allocated)"),
+        &ours,
+        &theirs,
+        "coldsnap download",
+        bytes,
+    );
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let size_mib: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1024);
+    println!("| read | secs | MB/s | vs baseline |");
+    println!("|---|---|---|---|");
+    let clouds = std::env::var("HSDK_CLOUDS").unwrap_or_else(|_| "azure,aws".into());
+    if clouds.contains("azure") {
+        azure(size_mib).await?;
+    }
+    if clouds.contains("aws") {
+        aws(size_mib).await?;
+    }
+    Ok(())
+}
