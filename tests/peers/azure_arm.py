@@ -57,11 +57,13 @@ def blobs():
         "account_name": ARGS.account, "account_key": ARGS.key}).get_container_client(ARGS.container)
 
 
-def sas_url(blob):
+def sas_url(blob, base=None):
+    """A read SAS of `blob` on `base` (default: the endpoint handed out to
+    clients, --sas-endpoint)."""
     sas = generate_blob_sas(ARGS.account, ARGS.container, blob, account_key=ARGS.key,
                             permission=BlobSasPermissions(read=True),
                             expiry=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1))
-    return f"{ARGS.blob_endpoint}/{ARGS.container}/{blob}?{sas}"
+    return f"{base or ARGS.sas_endpoint or ARGS.blob_endpoint}/{ARGS.container}/{blob}?{sas}"
 
 
 def rid(sub, rg, kind, name):
@@ -259,7 +261,7 @@ class Arm(server.BaseHTTPRequestHandler):
         source = next(d for t in ("disks", "snapshots") for d in STATE[t].values() if d["id"].lower() == src)
         blob = f"snapshots/{rg.lower()}/{name.lower()}.vhd"
         c = blobs()
-        c.get_blob_client(blob).start_copy_from_url(sas_url(STATE["blobs"][src]), requires_sync=True)
+        c.get_blob_client(blob).start_copy_from_url(sas_url(STATE["blobs"][src], ARGS.blob_endpoint), requires_sync=True)
         snap_id = rid(sub, rg, "Microsoft.Compute/snapshots", name)
         snap = {
             "id": snap_id, "name": name, "type": "Microsoft.Compute/snapshots",
@@ -442,6 +444,7 @@ def main():
     global ARGS
     ap = argparse.ArgumentParser()
     ap.add_argument("--blob-endpoint", required=True, help="Azurite's http://127.0.0.1:PORT/ACCOUNT")
+    ap.add_argument("--sas-endpoint", help="the blob endpoint in the SAS URLs handed out (a proxy in front of Azurite)")
     ap.add_argument("--account", default="devstoreaccount1")
     ap.add_argument("--key", required=True)
     ap.add_argument("--container", default="managed-disks")

@@ -267,3 +267,34 @@ async fn a_resumed_export_reads_the_snapshots_of_the_interrupted_one() {
         .unwrap_err();
     assert_eq!(e.code(), "invalid_argument", "{e}");
 }
+
+/// Connections to the blob service reset or cut mid-answer (a
+/// fault-injecting proxy between the SAS URLs and Azurite): the reads are
+/// tried again and the disks read back as seeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_blob_connections_are_tried_again() {
+    use hypersdk_testsupport::faultproxy::Fault;
+    let (peer, proxy) = AzureCompute::start_with_proxy();
+    let seeded = peer.seed_vm(None, true);
+    let p = provider(&peer, CLIENT_SECRET);
+    let source = p.open_export("web-02").await.unwrap();
+    proxy.inject(&[
+        Fault::Reset,
+        Fault::CutAfter(100_000),
+        Fault::Pass,
+        Fault::CutAfter(3_000_000),
+        Fault::Reset,
+    ]);
+    for (i, d) in source.spec().disks.clone().iter().enumerate() {
+        let (got, _) = digest(source.as_ref(), i).await;
+        assert_eq!(
+            got,
+            seeded["disks"][&d.name].as_str().unwrap(),
+            "{}",
+            d.name
+        );
+    }
+    assert!(proxy.connections() >= 5, "the faults were met");
+    source.close_after(true).await.unwrap();
+    released(&peer);
+}

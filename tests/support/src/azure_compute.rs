@@ -7,6 +7,7 @@
 use std::process::{Child, Command};
 
 use crate::azurite::{Azurite, KEY};
+use crate::faultproxy::FaultProxy;
 use crate::python::{run_python, start_peer};
 
 /// The stub's subscription.
@@ -51,16 +52,43 @@ o = dict(enforce_https=False)
 impl AzureCompute {
     /// Starts Azurite and the stub.
     pub fn start() -> AzureCompute {
+        Self::start_with(false).0
+    }
+
+    /// Starts Azurite, a fault-injecting proxy in front of it, and the stub
+    /// handing out SAS URLs through the proxy (its own calls to Azurite go
+    /// direct).
+    pub fn start_with_proxy() -> (AzureCompute, FaultProxy) {
+        let (peer, proxy) = Self::start_with(true);
+        (peer, proxy.expect("a proxy"))
+    }
+
+    fn start_with(proxied: bool) -> (AzureCompute, Option<FaultProxy>) {
         let azurite = Azurite::start();
-        let (child, port) = start_peer(
-            "tests/peers/azure_arm.py",
-            &["--blob-endpoint", &azurite.endpoint(), "--key", KEY],
-        );
-        AzureCompute {
-            port,
-            azurite,
-            child,
+        let proxy = proxied.then(|| {
+            FaultProxy::start(
+                format!("127.0.0.1:{}", azurite.port)
+                    .parse()
+                    .expect("an address"),
+            )
+        });
+        let sas = proxy
+            .as_ref()
+            .map(|p| format!("http://{}/{}", p.addr(), crate::azurite::ACCOUNT));
+        let endpoint = azurite.endpoint();
+        let mut args = vec!["--blob-endpoint", endpoint.as_str(), "--key", KEY];
+        if let Some(s) = &sas {
+            args.extend(["--sas-endpoint", s.as_str()]);
         }
+        let (child, port) = start_peer("tests/peers/azure_arm.py", &args);
+        (
+            AzureCompute {
+                port,
+                azurite,
+                child,
+            },
+            proxy,
+        )
     }
 
     /// The ARM endpoint (`http://127.0.0.1:PORT`), which is also the
