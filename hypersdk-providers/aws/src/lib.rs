@@ -10,9 +10,14 @@
 //! every path. Requests are signed with SigV4 ([`sigv4`], checked against
 //! botocore).
 //!
+//! Credentials: keys from settings, `AWS_*` variables or `~/.aws` profiles;
+//! else the instance role, from the instance metadata service (IMDSv2,
+//! [`creds`]). A resumed export reopens the snapshots of the interrupted
+//! one (their ids are its resume token), or takes new ones when they are
+//! gone.
+//!
 //! Not yet (issue 18): existing snapshots or AMIs as sources, the classic
-//! `CreateInstanceExportTask` path, instance roles (IMDS) and web-identity
-//! credentials.
+//! `CreateInstanceExportTask` path, web-identity and container credentials.
 #![deny(missing_docs)]
 
 mod client;
