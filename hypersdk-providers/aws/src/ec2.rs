@@ -343,11 +343,36 @@ impl Ec2 {
         &self,
         ids: &[String],
     ) -> Result<Vec<(String, String, String, String)>> {
-        let params: Vec<(String, String)> = ids
+        self.snapshots_where(ids, &[]).await
+    }
+
+    /// [`snapshot_states`](Self::snapshot_states) of those of `ids` that
+    /// hypersdk made (tag `created-by=hypersdk`).
+    pub async fn own_snapshot_states(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<(String, String, String, String)>> {
+        self.snapshots_where(
+            ids,
+            &[
+                ("Filter.1.Name".into(), "tag:created-by".into()),
+                ("Filter.1.Value.1".into(), "hypersdk".into()),
+            ],
+        )
+        .await
+    }
+
+    async fn snapshots_where(
+        &self,
+        ids: &[String],
+        filters: &[(String, String)],
+    ) -> Result<Vec<(String, String, String, String)>> {
+        let mut params: Vec<(String, String)> = ids
             .iter()
             .enumerate()
             .map(|(i, id)| (format!("SnapshotId.{}", i + 1), id.clone()))
             .collect();
+        params.extend_from_slice(filters);
         let mut out = Vec::new();
         for page in self.pages("DescribeSnapshots", &params).await? {
             for s in items(&page, "snapshotSet") {

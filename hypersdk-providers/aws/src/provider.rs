@@ -307,7 +307,8 @@ impl AwsProvider {
                     spec.name
                 ))
             })?;
-        let states = match self.ec2.snapshot_states(&snaps).await {
+        // Only snapshots hypersdk made are taken (and deleted at the end).
+        let states = match self.ec2.own_snapshot_states(&snaps).await {
             Ok(s) => s,
             Err(e) if e.to_string().contains("InvalidSnapshot.NotFound") => return Ok(None),
             Err(e) => return Err(e),
