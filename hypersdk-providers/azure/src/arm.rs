@@ -490,12 +490,12 @@ impl Arm {
                     match s.status {
                         202 => continue,
                         200 | 201 if method == reqwest::Method::PUT => {
-                            return Ok(self.get(&url, api).await?)
+                            return self.get(&url, api).await
                         }
                         200 | 201 => {
-                            return Ok((!s.body.is_empty())
+                            return (!s.body.is_empty())
                                 .then(|| json(&s.body, &loc))
-                                .transpose()?)
+                                .transpose()
                         }
                         204 => return Ok(None),
                         st => return Err(self.failed("GET", &loc, st, &s.body)),
