@@ -133,6 +133,12 @@ async fn hash_stream(mut s: DiskStream, mark: u64) -> (String, String, u64) {
     (hex(all.finalize()), hex(tail.finalize()), n)
 }
 
+/// Disk `index` of `source` read whole: its SHA-256 (hex) and length.
+pub async fn disk_sha256(source: &dyn ExportSource, index: usize) -> (String, u64) {
+    let (all, _, n) = hash_stream(source.open_disk(index, 0).await.expect("open_disk"), 0).await;
+    (all, n)
+}
+
 fn hex(d: impl AsRef<[u8]>) -> String {
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }

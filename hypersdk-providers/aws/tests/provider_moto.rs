@@ -10,6 +10,7 @@ use hypersdk_aws::ec2::Ec2;
 use hypersdk_aws::sigv4::Credentials;
 use hypersdk_aws::AwsProvider;
 use hypersdk_core::Provider;
+use hypersdk_testkit::provider::disk_sha256;
 use hypersdk_testsupport::s3::{MotoS3, S3Peer, ACCESS_KEY, SECRET_KEY};
 
 fn provider(moto: &MotoS3) -> AwsProvider {
@@ -57,19 +58,8 @@ async fn an_instance_passes_the_provider_testkit_and_reads_back_as_seeded() {
         let Some(want) = seeded["disks"][format!("/dev/{dev}")].as_str() else {
             continue;
         };
-        let mut s = source.open_disk(i, 0).await.unwrap();
-        let mut h = <sha2::Sha256 as sha2::Digest>::new();
-        let mut n = 0u64;
-        while let Some(b) = futures_util::StreamExt::next(&mut s).await {
-            let b = b.unwrap();
-            n += b.len() as u64;
-            sha2::Digest::update(&mut h, &b);
-        }
+        let (got, n) = disk_sha256(source.as_ref(), i).await;
         assert_eq!(n, d.capacity);
-        let got: String = sha2::Digest::finalize(h)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
         assert_eq!(got, want, "{} reads back as seeded", d.name);
         let ranges = source.allocated_ranges(i).await.unwrap().unwrap();
         assert!(!ranges.is_empty());
@@ -113,15 +103,7 @@ async fn cut_ebs_connections_are_tried_again() {
         .iter()
         .position(|d| d.name == "web-01-sdf")
         .unwrap();
-    let mut s = source.open_disk(i, 0).await.unwrap();
-    let mut h = <sha2::Sha256 as sha2::Digest>::new();
-    while let Some(b) = futures_util::StreamExt::next(&mut s).await {
-        sha2::Digest::update(&mut h, b.unwrap());
-    }
-    let got: String = sha2::Digest::finalize(h)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let (got, _) = disk_sha256(source.as_ref(), i).await;
     assert_eq!(got, seeded["disks"]["/dev/sdf"].as_str().unwrap());
     assert!(proxy.connections() >= 4, "the faults were met");
     source.close_after(true).await.unwrap();
@@ -180,15 +162,7 @@ async fn a_resumed_export_reads_the_snapshots_of_the_interrupted_one() {
         .iter()
         .position(|d| d.name == "web-01-sdf")
         .unwrap();
-    let mut s = again.open_disk(i, 0).await.unwrap();
-    let mut h = <sha2::Sha256 as sha2::Digest>::new();
-    while let Some(b) = futures_util::StreamExt::next(&mut s).await {
-        sha2::Digest::update(&mut h, b.unwrap());
-    }
-    let got: String = sha2::Digest::finalize(h)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let (got, _) = disk_sha256(again.as_ref(), i).await;
     assert_eq!(got, seeded["disks"]["/dev/sdf"].as_str().unwrap());
     again.close_after(true).await.unwrap();
     assert_eq!(export_snapshots(&moto), 0);

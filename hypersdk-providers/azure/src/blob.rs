@@ -4,7 +4,6 @@
 //! pages listed (Get Page Ranges) so that holes are never fetched.
 
 use std::ops::Range;
-use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -46,19 +45,19 @@ impl std::fmt::Debug for PageBlob {
 impl PageBlob {
     /// Opens the blob at `url`: its length, and its footer checked to be a
     /// fixed VHD's. `plain_http` allows an `http://` URL (an emulator).
-    pub(crate) async fn open(url: &str, what: &str, plain_http: bool) -> Result<PageBlob> {
+    /// Requests go through `http` (ARM's client: its timeouts, no redirects).
+    pub(crate) async fn open(
+        http: reqwest::Client,
+        url: &str,
+        what: &str,
+        plain_http: bool,
+    ) -> Result<PageBlob> {
         if origin(url).is_none() || (!plain_http && !url.starts_with("https://")) {
             return Err(err(
                 format!("the access URL of {what} is not an https:// URL: refused"),
                 false,
             ));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(15))
-            .read_timeout(Duration::from_secs(120))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
         let mut blob = PageBlob {
             http,
             url: url.to_string(),

@@ -653,7 +653,8 @@ impl AzureSource {
             } else {
                 format!("disk {disk}")
             };
-            let blob = PageBlob::open(sas, &what, self.arm.plain_http()).await?;
+            let blob =
+                PageBlob::open(self.arm.http.clone(), sas, &what, self.arm.plain_http()).await?;
             let ranges = blob.ranges().await?;
             Ok::<_, Error>((blob, ranges))
         }

@@ -32,19 +32,7 @@ fn provider(peer: &AzureCompute, secret: &str) -> AzureProvider {
 
 /// The SHA-256 of disk `i` of `source`, read whole.
 async fn digest(source: &dyn ExportSource, i: usize) -> (String, u64) {
-    let mut s = source.open_disk(i, 0).await.unwrap();
-    let mut h = <sha2::Sha256 as sha2::Digest>::new();
-    let mut n = 0u64;
-    while let Some(b) = futures_util::StreamExt::next(&mut s).await {
-        let b = b.unwrap();
-        n += b.len() as u64;
-        sha2::Digest::update(&mut h, &b);
-    }
-    let hex = sha2::Digest::finalize(h)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    (hex, n)
+    hypersdk_testkit::provider::disk_sha256(source, i).await
 }
 
 fn released(peer: &AzureCompute) {
@@ -281,9 +269,7 @@ async fn cut_blob_connections_are_tried_again() {
     proxy.inject(&[
         Fault::Reset,
         Fault::CutAfter(100_000),
-        Fault::Pass,
         Fault::CutAfter(3_000_000),
-        Fault::Reset,
     ]);
     for (i, d) in source.spec().disks.clone().iter().enumerate() {
         let (got, _) = digest(source.as_ref(), i).await;
@@ -294,7 +280,8 @@ async fn cut_blob_connections_are_tried_again() {
             d.name
         );
     }
-    assert!(proxy.connections() >= 5, "the faults were met");
+    // Each fault ends its connection: the reads opened a new one per fault.
+    assert!(proxy.connections() >= 3, "the faults were met");
     source.close_after(true).await.unwrap();
     released(&peer);
 }
