@@ -140,6 +140,21 @@ impl AzureProvider {
                 )))
             }
         };
+        // Names of resource groups and VMs: letters, digits, - _ . ( ),
+        // never "." or ".." (which a URL would resolve as a path step).
+        let valid = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 90
+                && n != "."
+                && n != ".."
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.()".contains(c))
+        };
+        if !valid(&name) || rg.as_deref().is_some_and(|g| !valid(g)) {
+            return Err(Error::InvalidArgument(format!(
+                "{vm:?} is not a VM name, RESOURCE_GROUP/NAME or a VM resource id"
+            )));
+        }
         if let Some(rg) = rg {
             let path = format!(
                 "{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachines/{}?$expand=instanceView",

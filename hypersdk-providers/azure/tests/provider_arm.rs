@@ -188,8 +188,17 @@ async fn bad_credentials_and_missing_vms_are_named() {
         .unwrap_err();
     assert_eq!(e.code(), "vm_not_found", "{e}");
     assert!(e.to_string().contains("rg-hypersdk"), "{e}");
-    let e = p.vm_spec("a/b/c").await.unwrap_err();
-    assert_eq!(e.code(), "invalid_argument", "{e}");
+    for hostile in [
+        "a/b/c",
+        "../..",
+        "rg/..",
+        "web-02?api-version=1",
+        "rg/web%2f02",
+        "",
+    ] {
+        let e = p.vm_spec(hostile).await.unwrap_err();
+        assert_eq!(e.code(), "invalid_argument", "{hostile:?}: {e}");
+    }
 }
 
 /// An export cancelled while it reads: it ends as cancelled, nothing is
