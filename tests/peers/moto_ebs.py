@@ -13,12 +13,19 @@ provider's tests, where moto departs from AWS:
   the size of the blocks in the snapshot, in bytes", 512 KiB on AWS); moto
   reports 512 for blocks of 512 KiB.
 - DeleteSnapshot and DeleteVolume drop what they held.
+- RegisterImage honours what it is given (EC2 API Reference, RegisterImage:
+  "BlockDeviceMapping.N — the block device mapping entries", RootDeviceName,
+  Architecture, BootMode); moto ignores them and invents one 15 GiB
+  snapshot per AMI.
 
 Imported by moto_s3.py; it only wraps moto's own backend methods.
 """
 
+from moto.core.responses import ActionResult
 from moto.ebs.models import Block, EBSSnapshot, ebs_backends
+from moto.ec2.models.amis import Ami
 from moto.ec2.models.elastic_block_store import EBSBackend as Ec2Volumes
+from moto.ec2.responses.amis import AmisResponse
 
 AWS_BLOCK_SIZE = 524288
 # Volume id -> {block index: Block}.
@@ -92,3 +99,41 @@ def _delete_volume_and_content(self, volume_id):
 
 
 Ec2Volumes.delete_volume = _delete_volume_and_content
+
+
+def _register_image(self):
+    """RegisterImage with its block device mappings, root device,
+    architecture and boot mode kept on the AMI."""
+    self.error_on_dryrun()
+    image = self.ec2_backend.register_image(
+        self._get_param("Name"), self._get_param("Description", ""))
+    mappings = []
+    for m in self._get_param("BlockDeviceMappings", []):
+        ebs = m.get("Ebs") or {}
+        if not ebs.get("SnapshotId"):
+            continue
+        snap = self.ec2_backend.get_snapshot(ebs["SnapshotId"])
+        mappings.append({
+            "DeviceName": m["DeviceName"],
+            "Ebs": {"SnapshotId": snap.id,
+                    "VolumeSize": int(ebs.get("VolumeSize") or snap.volume.size),
+                    "DeleteOnTermination": True, "VolumeType": "gp3"},
+        })
+    if mappings:
+        image._mappings = mappings
+    for param, attr in [("RootDeviceName", "root_device_name"),
+                        ("Architecture", "architecture"), ("BootMode", "boot_mode")]:
+        if self._get_param(param):
+            setattr(image, attr, self._get_param(param))
+    return ActionResult({"ImageId": image.id})
+
+
+AmisResponse.register_image = _register_image
+_moto_mappings = Ami.block_device_mappings
+
+
+def _mappings(self):
+    return getattr(self, "_mappings", None) or _moto_mappings.fget(self)
+
+
+Ami.block_device_mappings = property(_mappings)

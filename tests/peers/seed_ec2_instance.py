@@ -8,7 +8,8 @@ direct APIs with boto3: /dev/sdf (1 GiB: random, text, an explicit zero
 block, the last block random) and /dev/sdg (2 GiB: text, random, the last
 block text). With DIR, writes each data volume's whole content there as a
 sparse raw image (sdf.raw, sdg.raw). Prints {"id": …, "disks": {device:
-sha256 of the whole content}}. With --big MIB (for cloud-bench), also
+sha256 of the whole content}, "snapshots": {device: the snapshot it was
+made from}}. With --big MIB (for cloud-bench), also
 /dev/sdh: MIB rounded up to whole GiB, every other block written (random
 and text).
 """
@@ -81,6 +82,7 @@ r = ec2.run_instances(
 i = r["Instances"][0]
 zone = i["Placement"]["AvailabilityZone"]
 disks = {}
+snapshots = {}
 volumes = [
     ("/dev/sdf", 1, [(0, "random"), (1, "text"), (5, "zeros"), (2047, "random")]),
     ("/dev/sdg", 2, [(3, "text"), (100, "random"), (4095, "text")]),
@@ -94,4 +96,5 @@ for dev, gib, layout in volumes:
     vol = ec2.create_volume(SnapshotId=snap, AvailabilityZone=zone, Size=gib)["VolumeId"]
     ec2.attach_volume(VolumeId=vol, InstanceId=i["InstanceId"], Device=dev)
     disks[dev] = digest
-print(json.dumps({"id": i["InstanceId"], "disks": disks}))
+    snapshots[dev] = snap
+print(json.dumps({"id": i["InstanceId"], "disks": disks, "snapshots": snapshots}))

@@ -243,6 +243,99 @@ impl Ec2 {
         Ok(out)
     }
 
+    /// AMI `id` as an instance that would boot from it (no type, no NICs;
+    /// its block devices' snapshots in place of volumes), with those
+    /// snapshots as volumes; None if there is no such AMI.
+    pub async fn image(&self, id: &str) -> Result<Option<(Instance, Vec<Volume>)>> {
+        let pages = match self
+            .pages("DescribeImages", &[("ImageId.1".into(), id.to_string())])
+            .await
+        {
+            Ok(p) => p,
+            Err(e) if e.to_string().contains("InvalidAMIID") => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(img) = pages.iter().flat_map(|p| items(p, "imagesSet")).next() else {
+            return Ok(None);
+        };
+        let mut vols = Vec::new();
+        let mut devices = Vec::new();
+        for m in items(img, "blockDeviceMapping") {
+            let (Some(dev), Some(ebs)) = (text(m, "deviceName"), m.find("ebs")) else {
+                continue; // an instance-store (ephemeral) device: no data to export
+            };
+            let Some(snap) = text(ebs, "snapshotId") else {
+                continue;
+            };
+            let size_gib = ebs
+                .find_text("volumeSize")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            devices.push((dev, snap.clone()));
+            vols.push(Volume {
+                id: snap.clone(),
+                size_gib,
+                snapshot: Some(snap),
+            });
+        }
+        let tags: Vec<(String, String)> = items(img, "tagSet")
+            .map(|t| {
+                (
+                    t.find_text("key").unwrap_or_default().to_string(),
+                    t.find_text("value").unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        let inst = Instance {
+            id: img.find_text("imageId").unwrap_or(id).to_string(),
+            name: img
+                .children
+                .iter()
+                .find(|c| c.name == "name")
+                .map(|c| c.text.clone())
+                .filter(|n| !n.is_empty()),
+            state: img.find_text("imageState").unwrap_or_default().to_string(),
+            architecture: text(img, "architecture"),
+            platform: text(img, "platform"),
+            platform_details: text(img, "platformDetails"),
+            boot_mode: text(img, "bootMode"),
+            root_device: text(img, "rootDeviceName"),
+            volumes: devices,
+            tags,
+            ..Default::default()
+        };
+        Ok(Some((inst, vols)))
+    }
+
+    /// Snapshot `id` as a volume of its size; None if there is none.
+    pub async fn snapshot(&self, id: &str) -> Result<Option<Volume>> {
+        let pages = match self
+            .pages(
+                "DescribeSnapshots",
+                &[("SnapshotId.1".into(), id.to_string())],
+            )
+            .await
+        {
+            Ok(p) => p,
+            Err(e) if e.to_string().contains("InvalidSnapshot.NotFound") => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let size = pages
+            .iter()
+            .flat_map(|p| items(p, "snapshotSet"))
+            .next()
+            .map(|s| {
+                s.find_text("volumeSize")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            });
+        Ok(size.map(|size_gib| Volume {
+            id: id.to_string(),
+            size_gib,
+            snapshot: Some(id.to_string()),
+        }))
+    }
+
     /// Volumes with ids `ids`.
     pub async fn volumes(&self, ids: &[&str]) -> Result<Vec<Volume>> {
         if ids.is_empty() {

@@ -16,8 +16,11 @@
 //! one (their ids are its resume token), or takes new ones when they are
 //! gone.
 //!
-//! Not yet (issue 18): existing snapshots or AMIs as sources, the classic
-//! `CreateInstanceExportTask` path, web-identity and container credentials.
+//! An AMI (`ami-…`) or a snapshot (`snap-…`) named instead of an instance
+//! is read in place, and kept.
+//!
+//! Not yet (issue 18): the classic `CreateInstanceExportTask` path,
+//! web-identity and container credentials.
 #![deny(missing_docs)]
 
 mod client;

@@ -229,6 +229,9 @@ impl Provider for AwsProvider {
     }
 
     async fn vm_spec(&self, vm: &str) -> Result<VmSpec> {
+        if let Some(spec) = self.stored(vm).await? {
+            return Ok(spec);
+        }
         let i = self.find(vm).await?;
         let types = self.types(std::slice::from_ref(&i)).await?;
         let vols = self.volumes(std::slice::from_ref(&i)).await?;
@@ -251,6 +254,7 @@ impl Provider for AwsProvider {
             ec2: self.ec2.clone(),
             ebs: self.ebs.clone(),
             snapshots: snaps.into_iter().map(|s| (s, None)).collect(),
+            owned: true,
         };
         // On failure they stay (tagged): a later resume takes them again.
         source.wait_completed().await?;
@@ -258,12 +262,29 @@ impl Provider for AwsProvider {
     }
 
     async fn open_export(&self, vm: &str) -> Result<Box<dyn ExportSource>> {
+        if let Some(spec) = self.stored(vm).await? {
+            // An AMI's snapshots, or one snapshot: read in place, kept.
+            let mut source = AwsSource {
+                snapshots: spec
+                    .disks
+                    .iter()
+                    .map(|d| (d.location.clone(), None))
+                    .collect(),
+                spec,
+                ec2: self.ec2.clone(),
+                ebs: self.ebs.clone(),
+                owned: false,
+            };
+            source.wait_completed().await?;
+            return Ok(Box::new(source));
+        }
         let spec = self.vm_spec(vm).await?;
         let mut source = AwsSource {
             spec,
             ec2: self.ec2.clone(),
             ebs: self.ebs.clone(),
             snapshots: Vec::new(),
+            owned: true,
         };
         // One snapshot per volume, made now (crash-consistent per volume),
         // deleted when the export closes.
@@ -292,6 +313,62 @@ impl Provider for AwsProvider {
 }
 
 impl AwsProvider {
+    /// The VM an AMI (`ami-…`) or a snapshot (`snap-…`) holds, read in
+    /// place; None for other names (instances). An AMI has no instance
+    /// type: 1 vCPU and 1 GiB are written, and the annotation says so.
+    async fn stored(&self, vm: &str) -> Result<Option<VmSpec>> {
+        let not_found = |what: &str| Error::VmNotFound {
+            provider: "aws".into(),
+            vm: vm.to_string(),
+            detail: format!("no {what} of that id in the region"),
+        };
+        let (kind, (inst, vols)) = if let Some(hex) = vm.strip_prefix("ami-") {
+            if hex.is_empty() || !hex.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(Error::InvalidArgument(format!("{vm:?} is not an AMI id")));
+            }
+            (
+                "AMI",
+                self.ec2.image(vm).await?.ok_or_else(|| not_found("AMI"))?,
+            )
+        } else if vm.starts_with("snap-") {
+            crate::ebs::check_id(vm)?;
+            let v = self
+                .ec2
+                .snapshot(vm)
+                .await?
+                .ok_or_else(|| not_found("snapshot"))?;
+            let inst = Instance {
+                id: vm.to_string(),
+                root_device: Some("/dev/sda1".into()),
+                volumes: vec![("/dev/sda1".into(), vm.to_string())],
+                ..Default::default()
+            };
+            ("snapshot", (inst, vec![v]))
+        } else {
+            return Ok(None);
+        };
+        if inst.volumes.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "{kind} {vm} has no EBS snapshot to export"
+            )));
+        }
+        let vols: HashMap<String, Volume> = vols.into_iter().map(|v| (v.id.clone(), v)).collect();
+        let unknown = TypeInfo {
+            vcpus: 1,
+            memory_mib: 1024,
+        };
+        let mut spec = spec_of(&inst, &unknown, &vols)?;
+        spec.power_state = PowerState::Off;
+        let tags: Vec<String> = inst.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        spec.annotation = Some(format!(
+            "{kind} {}{}: no instance type, so 1 vCPU and 1 GiB of memory are written: set them on import{}",
+            inst.id,
+            inst.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default(),
+            if tags.is_empty() { String::new() } else { format!("; tags: {}", tags.join(", ")) }
+        ));
+        Ok(Some(spec))
+    }
+
     /// The snapshots of resume token `token` if they still exist, each of
     /// the volume of its disk in `spec`; None when any is gone.
     async fn kept_snapshots(&self, spec: &VmSpec, token: &str) -> Result<Option<Vec<String>>> {
@@ -331,10 +408,16 @@ struct AwsSource {
     ebs: Arc<Ebs>,
     /// Per disk: its snapshot and, once listed, its blocks.
     snapshots: Vec<(String, Option<Arc<Blocks>>)>,
+    /// Whether the export made the snapshots (and deletes them): not when
+    /// it reads an AMI's or a snapshot named by the user.
+    owned: bool,
 }
 
 impl AwsSource {
     async fn delete_snapshots(&self) {
+        if !self.owned {
+            return;
+        }
         for (snap, _) in &self.snapshots {
             if let Err(e) = self.ec2.delete_snapshot(snap).await {
                 tracing::warn!(snapshot = %snap, error = %e, "cannot delete a snapshot the export made: delete it by hand");
@@ -365,8 +448,11 @@ impl ExportSource for AwsSource {
         &self.spec
     }
 
-    /// The snapshots' ids, in disk order.
+    /// The snapshots' ids, in disk order (when the export made them).
     fn resume_token(&self) -> Option<String> {
+        if !self.owned {
+            return None;
+        }
         let ids: Vec<&str> = self.snapshots.iter().map(|(s, _)| s.as_str()).collect();
         Some(serde_json::json!({ "snapshots": ids }).to_string())
     }

@@ -177,3 +177,63 @@ async fn a_resumed_export_reads_the_snapshots_of_the_interrupted_one() {
         .unwrap_err();
     assert_eq!(e.code(), "invalid_argument", "{e}");
 }
+
+/// An AMI (registered with boto3 from two seeded snapshots) and a single
+/// snapshot are exported in place: their bytes read back as seeded, and the
+/// snapshots — the user's, not the export's — are still there afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amis_and_snapshots_are_read_in_place_and_kept() {
+    let moto = MotoS3::start();
+    let seeded = moto.seed_instance(None);
+    let (sdf, sdg) = (
+        seeded["snapshots"]["/dev/sdf"].as_str().unwrap(),
+        seeded["snapshots"]["/dev/sdg"].as_str().unwrap(),
+    );
+    let ami = moto.boto3(
+        "ec2 = boto3.client('ec2', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id=sys.argv[2], aws_secret_access_key=sys.argv[3])\n\
+         print(ec2.register_image(Name='golden-web', Architecture='x86_64', RootDeviceName='/dev/xvda', BootMode='uefi',\n\
+             BlockDeviceMappings=[{'DeviceName': '/dev/xvda', 'Ebs': {'SnapshotId': sys.argv[4], 'VolumeSize': 1}},\n\
+                                  {'DeviceName': '/dev/xvdb', 'Ebs': {'SnapshotId': sys.argv[5], 'VolumeSize': 2}}])['ImageId'])",
+        &[sdf, sdg],
+    );
+    let ami = ami.trim();
+    let p = provider(&moto);
+    let spec = p.vm_spec(ami).await.unwrap();
+    assert_eq!(spec.name, "golden-web");
+    assert_eq!(spec.disks.len(), 2, "{:?}", spec.disks);
+    assert_eq!(spec.disks[0].capacity, 1 << 30);
+    assert!(spec
+        .annotation
+        .as_deref()
+        .unwrap()
+        .contains("no instance type"));
+    assert_eq!(
+        spec.firmware,
+        hypersdk_core::vm::Firmware::Uefi,
+        "BootMode uefi"
+    );
+    let source = p.open_export(ami).await.unwrap();
+    assert_eq!(source.resume_token(), None, "nothing the export made");
+    for (i, dev) in [(0, "/dev/sdf"), (1, "/dev/sdg")] {
+        let (got, _) = disk_sha256(source.as_ref(), i).await;
+        assert_eq!(got, seeded["disks"][dev].as_str().unwrap(), "{dev}");
+    }
+    source.close_after(true).await.unwrap();
+
+    let source = p.open_export(sdg).await.unwrap();
+    assert_eq!(source.spec().disks.len(), 1);
+    let (got, _) = disk_sha256(source.as_ref(), 0).await;
+    assert_eq!(got, seeded["disks"]["/dev/sdg"].as_str().unwrap());
+    source.close_after(true).await.unwrap();
+
+    let left = moto.boto3(
+        "ec2 = boto3.client('ec2', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id=sys.argv[2], aws_secret_access_key=sys.argv[3])\n\
+         print(len(ec2.describe_snapshots(SnapshotIds=sys.argv[4:])['Snapshots']))",
+        &[sdf, sdg],
+    );
+    assert_eq!(left.trim(), "2", "the user's snapshots stay");
+    let e = p.vm_spec("ami-0123456789abcdef0").await.unwrap_err();
+    assert_eq!(e.code(), "vm_not_found", "{e}");
+    let e = p.vm_spec("ami-../x").await.unwrap_err();
+    assert_eq!(e.code(), "invalid_argument", "{e}");
+}
