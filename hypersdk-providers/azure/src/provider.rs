@@ -598,6 +598,20 @@ impl AzureSource {
         if let Snapshot::Kept(id) = snapshot {
             held.resource = id.to_string();
             held.snapshot = true;
+            // The killed run's access may still be granted: end it first,
+            // since a snapshot being exported may refuse another grant.
+            if let Err(e) = self
+                .arm
+                .operation(
+                    reqwest::Method::POST,
+                    &format!("{id}/endGetAccess"),
+                    API_DISK,
+                    None,
+                )
+                .await
+            {
+                tracing::debug!(snapshot = %id, error = %e, "no earlier access to end");
+            }
         }
         if let Snapshot::Take = snapshot {
             // Snapshot names: 1–80 of letters, digits, _ . -
