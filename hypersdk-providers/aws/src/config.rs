@@ -41,6 +41,20 @@ pub struct AwsConfig {
     /// Profile of the shared files.
     #[serde(default)]
     pub profile: Option<String>,
+    /// A role to assume with the web identity token in
+    /// `web_identity_token_file` (EKS service accounts: AWS_ROLE_ARN).
+    #[serde(default)]
+    pub role_arn: Option<String>,
+    /// The web identity token's file (AWS_WEB_IDENTITY_TOKEN_FILE).
+    #[serde(default)]
+    pub web_identity_token_file: Option<std::path::PathBuf>,
+    /// The assumed role's session name (default `hypersdk`).
+    #[serde(default)]
+    pub role_session_name: Option<String>,
+    /// STS endpoint (default `https://sts.REGION.amazonaws.com`, or
+    /// `endpoint` when that is given and this is not).
+    #[serde(default)]
+    pub sts_endpoint: Option<String>,
     /// The instance metadata service whose instance role signs when no
     /// keys are given (default `http://169.254.169.254`).
     #[serde(default)]
@@ -61,6 +75,10 @@ impl std::fmt::Debug for AwsConfig {
             .field("secret_access_key", &hide(&self.secret_access_key))
             .field("session_token", &hide(&self.session_token))
             .field("profile", &self.profile)
+            .field("role_arn", &self.role_arn)
+            .field("web_identity_token_file", &self.web_identity_token_file)
+            .field("role_session_name", &self.role_session_name)
+            .field("sts_endpoint", &self.sts_endpoint)
             .field("imds_endpoint", &self.imds_endpoint)
             .field("imds_disabled", &self.imds_disabled)
             .finish()
@@ -93,6 +111,9 @@ impl AwsConfig {
 
     /// The provider these settings reach.
     pub fn provider(&self) -> Result<AwsProvider> {
+        // Keys given outright win; then a web identity; then the profile's
+        // keys; then the instance role (botocore's order).
+        let keys_given = self.access_key_id.is_some();
         let c = self.clone().with_files();
         let region = c.region.clone().ok_or_else(|| {
             Error::InvalidArgument(
@@ -108,8 +129,21 @@ impl AwsConfig {
                 "{region:?} is not an AWS region"
             )));
         }
-        let creds = match (c.access_key_id.clone(), c.secret_access_key.clone()) {
-            (Some(id), Some(secret)) => CredentialSource::Static(Credentials {
+        let web_identity = match (&c.role_arn, &c.web_identity_token_file) {
+            (Some(role), Some(file)) if !keys_given => Some(CredentialSource::web_identity(
+                &c.sts_endpoint
+                    .clone()
+                    .or(c.endpoint.clone())
+                    .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com")),
+                role,
+                file,
+                c.role_session_name.as_deref().unwrap_or("hypersdk"),
+            )?),
+            _ => None,
+        };
+        let creds = match (web_identity, c.access_key_id.clone(), c.secret_access_key.clone()) {
+            (Some(w), _, _) => w,
+            (None, Some(id), Some(secret)) => CredentialSource::Static(Credentials {
                 access_key_id: id,
                 secret_access_key: secret,
                 session_token: c.session_token.clone(),
@@ -155,8 +189,9 @@ impl ProviderSettings for AwsConfig {
     /// The AWS CLI's variables: AWS_REGION (or AWS_DEFAULT_REGION),
     /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
     /// AWS_PROFILE, AWS_ENDPOINT_URL_EC2 (or AWS_ENDPOINT_URL),
-    /// AWS_ENDPOINT_URL_EBS, AWS_EC2_METADATA_SERVICE_ENDPOINT,
-    /// AWS_EC2_METADATA_DISABLED.
+    /// AWS_ENDPOINT_URL_EBS, AWS_ENDPOINT_URL_STS, AWS_ROLE_ARN,
+    /// AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_SESSION_NAME,
+    /// AWS_EC2_METADATA_SERVICE_ENDPOINT, AWS_EC2_METADATA_DISABLED.
     fn env_fields(env: &dyn Fn(&str) -> Option<String>) -> Fields {
         let mut f = Fields::new();
         let mut put = |field: &str, vars: &[&str]| {
@@ -172,6 +207,10 @@ impl ProviderSettings for AwsConfig {
         put("endpoint", &["AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL"]);
         put("ebs_endpoint", &["AWS_ENDPOINT_URL_EBS"]);
         put("imds_endpoint", &["AWS_EC2_METADATA_SERVICE_ENDPOINT"]);
+        put("role_arn", &["AWS_ROLE_ARN"]);
+        put("web_identity_token_file", &["AWS_WEB_IDENTITY_TOKEN_FILE"]);
+        put("role_session_name", &["AWS_ROLE_SESSION_NAME"]);
+        put("sts_endpoint", &["AWS_ENDPOINT_URL_STS"]);
         if env("AWS_EC2_METADATA_DISABLED").is_some_and(|v| hypersdk_core::connect::truthy(&v)) {
             f.insert("imds_disabled".into(), Value::Bool(true));
         }

@@ -1,8 +1,10 @@
 //! Where request-signing credentials come from: keys given (settings,
-//! `AWS_*` variables, `~/.aws` profiles), or the instance role of the EC2
-//! instance this runs on, through the instance metadata service (IMDSv2:
-//! a session token first, then the role's temporary credentials, fetched
-//! again five minutes before they expire).
+//! `AWS_*` variables, `~/.aws` profiles); a role assumed with a web
+//! identity token (`AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE`, as on
+//! EKS, through STS `AssumeRoleWithWebIdentity`); or the instance role of
+//! the EC2 instance this runs on, through the instance metadata service
+//! (IMDSv2: a session token first, then the role's temporary credentials).
+//! Temporary credentials are fetched again five minutes before they expire.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -19,6 +21,8 @@ pub enum CredentialSource {
     Static(Credentials),
     /// The instance role, from the metadata service.
     InstanceRole(Arc<Imds>),
+    /// A role assumed with a web identity token.
+    WebIdentity(Arc<WebIdentity>),
 }
 
 impl From<Credentials> for CredentialSource {
@@ -47,19 +51,47 @@ impl CredentialSource {
         })))
     }
 
+    /// Role `role_arn` assumed through STS at `sts` (an `http(s)://host`
+    /// endpoint) with the token in `token_file`, read again at every
+    /// renewal (Kubernetes rotates it).
+    pub fn web_identity(
+        sts: &str,
+        role_arn: &str,
+        token_file: &std::path::Path,
+        session: &str,
+    ) -> Result<CredentialSource> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(15))
+            .timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
+        Ok(CredentialSource::WebIdentity(Arc::new(WebIdentity {
+            sts: sts.trim_end_matches('/').to_string(),
+            role_arn: role_arn.to_string(),
+            token_file: token_file.to_path_buf(),
+            session: session.to_string(),
+            http,
+            cached: tokio::sync::Mutex::new(None),
+        })))
+    }
+
     /// Credentials to sign with now.
     pub async fn get(&self) -> Result<Credentials> {
         match self {
             CredentialSource::Static(c) => Ok(c.clone()),
-            CredentialSource::InstanceRole(imds) => imds.get().await,
+            CredentialSource::InstanceRole(imds) => cached(&imds.cached, imds.fetch()).await,
+            CredentialSource::WebIdentity(w) => cached(&w.cached, w.fetch()).await,
         }
     }
 
-    /// Who signs, for messages: the access key id, or "the instance role".
+    /// Who signs, for messages: the access key id, or the role.
     pub fn who(&self) -> String {
         match self {
             CredentialSource::Static(c) => c.access_key_id.clone(),
             CredentialSource::InstanceRole(_) => "the instance role".into(),
+            CredentialSource::WebIdentity(w) => w.role_arn.clone(),
         }
     }
 }
@@ -68,7 +100,7 @@ impl CredentialSource {
 pub struct Imds {
     endpoint: String,
     http: reqwest::Client,
-    cached: tokio::sync::Mutex<Option<(Credentials, SystemTime)>>,
+    cached: Cache,
 }
 
 impl std::fmt::Debug for Imds {
@@ -79,19 +111,153 @@ impl std::fmt::Debug for Imds {
     }
 }
 
-impl Imds {
-    async fn get(&self) -> Result<Credentials> {
-        let mut cached = self.cached.lock().await;
-        if let Some((c, until)) = cached.as_ref() {
-            if SystemTime::now() + Duration::from_secs(300) < *until {
-                return Ok(c.clone());
-            }
-        }
-        let (c, until) = self.fetch().await?;
-        *cached = Some((c.clone(), until));
-        Ok(c)
-    }
+/// Temporary credentials last fetched, and until when they hold.
+type Cache = tokio::sync::Mutex<Option<(Credentials, SystemTime)>>;
 
+/// The cached credentials, or (five minutes before they expire) new ones
+/// from `fetch`.
+async fn cached(
+    cache: &Cache,
+    fetch: impl std::future::Future<Output = Result<(Credentials, SystemTime)>>,
+) -> Result<Credentials> {
+    let mut cached = cache.lock().await;
+    if let Some((c, until)) = cached.as_ref() {
+        if SystemTime::now() + Duration::from_secs(300) < *until {
+            return Ok(c.clone());
+        }
+    }
+    let (c, until) = fetch.await?;
+    *cached = Some((c.clone(), until));
+    Ok(c)
+}
+
+/// An RFC 3339 expiry, or 15 minutes from now.
+fn expiry(text: Option<&str>) -> SystemTime {
+    text.and_then(|e| chrono::DateTime::parse_from_rfc3339(e.trim()).ok())
+        .map(|t| SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64))
+        .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(900))
+}
+
+/// A role assumed with a web identity token.
+pub struct WebIdentity {
+    sts: String,
+    role_arn: String,
+    token_file: std::path::PathBuf,
+    session: String,
+    http: reqwest::Client,
+    cached: Cache,
+}
+
+impl std::fmt::Debug for WebIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebIdentity")
+            .field("sts", &self.sts)
+            .field("role_arn", &self.role_arn)
+            .field("token_file", &self.token_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebIdentity {
+    /// STS API Reference, AssumeRoleWithWebIdentity (an unsigned request:
+    /// the token is the proof).
+    async fn fetch(&self) -> Result<(Credentials, SystemTime)> {
+        use std::io::Read;
+        let mut token = String::new();
+        std::fs::File::open(&self.token_file)
+            .and_then(|f| f.take(64 << 10).read_to_string(&mut token))
+            .map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "cannot read the web identity token file {}: {e}",
+                    self.token_file.display()
+                ))
+            })?;
+        let form = crate::sigv4::canonical_query(&[
+            ("Action".into(), "AssumeRoleWithWebIdentity".into()),
+            ("Version".into(), "2011-06-15".into()),
+            ("RoleArn".into(), self.role_arn.clone()),
+            ("RoleSessionName".into(), self.session.clone()),
+            ("WebIdentityToken".into(), token.trim().to_string()),
+            ("DurationSeconds".into(), "3600".into()),
+        ]);
+        let what = format!(
+            "STS AssumeRoleWithWebIdentity of {} at {}",
+            self.role_arn, self.sts
+        );
+        let resp = self
+            .http
+            .post(format!("{}/", self.sts))
+            .header(
+                "content-type",
+                "application/x-www-form-urlencoded; charset=utf-8",
+            )
+            .body(form)
+            .send()
+            .await
+            .map_err(|e| {
+                err(
+                    format!("{what}: {}", hypersdk_core::error::chain(&e.without_url())),
+                    true,
+                )
+            })?;
+        let status = resp.status();
+        let body = read_bounded(resp, 1 << 20)
+            .await
+            .map_err(|e| err(format!("{what}: {e}"), true))?;
+        let text = String::from_utf8_lossy(&body);
+        let doc = hypersdk_formats::xml::parse(&text).ok();
+        // <ErrorResponse><Error><Code/><Message/></Error></ErrorResponse>
+        let find = |name: &str| {
+            doc.as_ref()
+                .and_then(|d| d.find("Error"))
+                .and_then(|e| e.find_text(name))
+                .map(str::to_string)
+        };
+        if !status.is_success() {
+            let message = hypersdk_formats::error::display_text(
+                &format!(
+                    "{}: {}",
+                    find("Code").unwrap_or_else(|| format!("HTTP {status}")),
+                    find("Message").unwrap_or_default()
+                ),
+                hypersdk_formats::error::MAX_SHOWN_MESSAGE,
+            );
+            if status.is_server_error() {
+                return Err(err(format!("{what}: {message}"), true));
+            }
+            return Err(Error::Auth {
+                provider: "aws".into(),
+                target: self.sts.clone(),
+                user: self.role_arn.clone(),
+                message,
+            });
+        }
+        // <AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult><Credentials>
+        let creds = doc
+            .as_ref()
+            .and_then(|d| d.find("AssumeRoleWithWebIdentityResult"))
+            .and_then(|r| r.find("Credentials"));
+        let get = |n: &str| {
+            creds
+                .and_then(|c| c.find_text(n))
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
+        let (Some(id), Some(secret)) = (get("AccessKeyId"), get("SecretAccessKey")) else {
+            return Err(err(format!("{what}: no credentials in the answer"), false));
+        };
+        Ok((
+            Credentials {
+                access_key_id: id,
+                secret_access_key: secret,
+                session_token: get("SessionToken"),
+            },
+            expiry(get("Expiration").as_deref()),
+        ))
+    }
+}
+
+impl Imds {
     fn failed(&self, what: &str, cause: String) -> Error {
         err(
             format!(
@@ -173,10 +339,7 @@ impl Imds {
         let (Some(id), Some(secret)) = (field("AccessKeyId"), field("SecretAccessKey")) else {
             return Err(self.failed("role credentials", "gave no keys".into()));
         };
-        let until = field("Expiration")
-            .and_then(|e| chrono::DateTime::parse_from_rfc3339(&e).ok())
-            .map(|t| SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64))
-            .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(900));
+        let until = expiry(field("Expiration").as_deref());
         tracing::debug!(role = %role, "credentials of the instance role");
         Ok((
             Credentials {

@@ -10,9 +10,10 @@
 //! every path. Requests are signed with SigV4 ([`sigv4`], checked against
 //! botocore).
 //!
-//! Credentials: keys from settings, `AWS_*` variables or `~/.aws` profiles;
-//! else the instance role, from the instance metadata service (IMDSv2,
-//! [`creds`]). A resumed export reopens the snapshots of the interrupted
+//! Credentials ([`creds`]), in botocore's order: keys from settings or
+//! `AWS_*` variables; a role assumed with a web identity token
+//! (`AWS_ROLE_ARN`, `AWS_WEB_IDENTITY_TOKEN_FILE`); `~/.aws` profiles; else
+//! the instance role, from the instance metadata service (IMDSv2). A resumed export reopens the snapshots of the interrupted
 //! one (their ids are its resume token), or takes new ones when they are
 //! gone.
 //!
@@ -20,7 +21,7 @@
 //! is read in place, and kept.
 //!
 //! Not yet (issue 18): the classic `CreateInstanceExportTask` path,
-//! web-identity and container credentials.
+//! container (ECS) credentials.
 #![deny(missing_docs)]
 
 mod client;
