@@ -179,6 +179,22 @@ async fn bad_credentials_and_missing_vms_are_named() {
     assert!(text.contains("AADSTS7000215"), "{text}");
     assert!(!text.contains("wrong-secret"), "{text}");
 
+    // The machine's managed identity (the stub's metadata endpoint).
+    let mi = AzureProvider::new(
+        Arm::new(
+            &peer.endpoint(),
+            Credential::ManagedIdentity {
+                endpoint: peer.endpoint(),
+                client_id: None,
+            },
+        )
+        .unwrap(),
+        SUBSCRIPTION,
+        Some(RESOURCE_GROUP),
+    )
+    .unwrap();
+    assert_eq!(mi.list_vms().await.unwrap().len(), 1);
+
     let p = provider(&peer, CLIENT_SECRET);
     let e = p.vm_spec("db-99").await.unwrap_err();
     assert_eq!(e.code(), "vm_not_found", "{e}");
