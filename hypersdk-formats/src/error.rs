@@ -57,6 +57,14 @@ pub enum Error {
         /// Why it is refused.
         what: String,
     },
+    /// A tar archive holding a disk (a cloud's image export) is malformed.
+    #[error("corrupt tar archive: {what} at byte {offset}")]
+    TarCorrupt {
+        /// Byte offset in the (uncompressed) archive.
+        offset: u64,
+        /// What is wrong.
+        what: String,
+    },
     /// An OVA (tar) archive is malformed.
     #[error("corrupt OVA: {what} at offset {offset:#x}")]
     OvaCorrupt {

@@ -46,6 +46,7 @@ pub mod ovf;
 pub mod package;
 pub mod qcow2;
 pub mod raw;
+pub mod tar_disk;
 pub mod vhd;
 pub mod vmdk;
 pub mod xml;

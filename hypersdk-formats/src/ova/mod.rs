@@ -16,6 +16,6 @@
 mod reader;
 mod writer;
 
-pub(crate) use reader::MAX_ARCHIVE_MEMBERS;
+pub(crate) use reader::{check_header_checksum, number, MAX_ARCHIVE_MEMBERS};
 pub use reader::{parse_member_header, safe_member_name, OvaEntry, OvaReader, SubFile};
 pub use writer::{tar_header, tar_padding, OvaWriter, BLOCK_SIZE, END_OF_ARCHIVE};

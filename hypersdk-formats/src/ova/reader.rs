@@ -52,7 +52,7 @@ fn corrupt(offset: u64, what: impl Into<String>) -> Error {
 }
 
 /// Parses an octal or base-256 numeric field.
-fn number(field: &[u8], offset: u64) -> Result<u64> {
+pub(crate) fn number(field: &[u8], offset: u64) -> Result<u64> {
     if field[0] & 0x80 != 0 {
         // base-256: the remaining bits, big-endian; refuse values past u64.
         let mut v: u64 = u64::from(field[0] & 0x7f);
@@ -101,16 +101,7 @@ pub fn safe_member_name(raw: &str) -> Result<String> {
 /// type, a safe name) and returns the member's name and size. The caller
 /// handles the all-zero end-of-archive block.
 pub fn parse_member_header(header: &[u8; BLOCK_SIZE], pos: u64) -> Result<(String, u64)> {
-    let stored = number(&header[148..156], pos + 148)?;
-    let mut sum: u64 = header.iter().map(|&b| u64::from(b)).sum();
-    sum -= header[148..156].iter().map(|&b| u64::from(b)).sum::<u64>();
-    sum += 8 * u64::from(b' ');
-    if sum != stored {
-        return Err(corrupt(
-            pos + 148,
-            format!("header checksum {stored} does not match {sum}"),
-        ));
-    }
+    check_header_checksum(header, pos)?;
     let field = |r: std::ops::Range<usize>| {
         let f = &header[r];
         let end = f.iter().position(|&b| b == 0).unwrap_or(f.len());
@@ -146,6 +137,21 @@ pub fn parse_member_header(header: &[u8; BLOCK_SIZE], pos: u64) -> Result<(Strin
     let name = safe_member_name(&raw_name)?;
     let size = number(&header[124..136], pos + 124)?;
     Ok((name, size))
+}
+
+/// Checks the checksum of the tar header block at archive offset `pos`.
+pub(crate) fn check_header_checksum(header: &[u8; BLOCK_SIZE], pos: u64) -> Result<()> {
+    let stored = number(&header[148..156], pos + 148)?;
+    let mut sum: u64 = header.iter().map(|&b| u64::from(b)).sum();
+    sum -= header[148..156].iter().map(|&b| u64::from(b)).sum::<u64>();
+    sum += 8 * u64::from(b' ');
+    if sum != stored {
+        return Err(corrupt(
+            pos + 148,
+            format!("header checksum {stored} does not match {sum}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Most members an archive may have.
