@@ -15,6 +15,17 @@ use hypersdk_testsupport::azure_compute::{
 };
 use hypersdk_testsupport::{assert_same_guest_data, path_str};
 
+/// The stub's service principal the way azure-identity's variables give
+/// it, its authority being the stub at `endpoint`.
+fn service_principal(endpoint: &str) -> [(&'static str, &str); 4] {
+    [
+        ("AZURE_TENANT_ID", TENANT),
+        ("AZURE_CLIENT_ID", CLIENT_ID),
+        ("AZURE_CLIENT_SECRET", CLIENT_SECRET),
+        ("AZURE_AUTHORITY_HOST", endpoint),
+    ]
+}
+
 #[test]
 fn an_azure_vm_exports_through_snapshots_of_its_managed_disks() {
     let peer = AzureCompute::start();
@@ -23,12 +34,7 @@ fn an_azure_vm_exports_through_snapshots_of_its_managed_disks() {
     let endpoint = peer.endpoint();
     let provider = format!("azure://{SUBSCRIPTION}/{RESOURCE_GROUP}");
     let endpoint_opt = format!("endpoint={endpoint}");
-    let env = [
-        ("AZURE_TENANT_ID", TENANT),
-        ("AZURE_CLIENT_ID", CLIENT_ID),
-        ("AZURE_CLIENT_SECRET", CLIENT_SECRET),
-        ("AZURE_AUTHORITY_HOST", endpoint.as_str()),
-    ];
+    let env = service_principal(&endpoint);
     let out = tmp.path().join("out");
     let export = |format: &str| {
         hyperctl_env(
@@ -190,12 +196,7 @@ fn kill_9_then_resume_reads_the_same_snapshots() {
     };
     let mut child = Command::new(env!("CARGO_BIN_EXE_hyperctl"))
         .args(args(false))
-        .envs([
-            ("AZURE_TENANT_ID", TENANT),
-            ("AZURE_CLIENT_ID", CLIENT_ID),
-            ("AZURE_CLIENT_SECRET", CLIENT_SECRET),
-            ("AZURE_AUTHORITY_HOST", endpoint.as_str()),
-        ])
+        .envs(service_principal(&endpoint))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -222,15 +223,7 @@ fn kill_9_then_resume_reads_the_same_snapshots() {
         "the killed run's snapshots stay: {s}"
     );
 
-    let o = hyperctl_env(
-        &args(true),
-        &[
-            ("AZURE_TENANT_ID", TENANT),
-            ("AZURE_CLIENT_ID", CLIENT_ID),
-            ("AZURE_CLIENT_SECRET", CLIENT_SECRET),
-            ("AZURE_AUTHORITY_HOST", endpoint.as_str()),
-        ],
-    );
+    let o = hyperctl_env(&args(true), &service_principal(&endpoint));
     assert!(o.status.success(), "{}", stderr(&o));
     let s = peer.stats();
     assert_eq!(

@@ -19,13 +19,14 @@ import argparse
 import datetime
 import json
 import re
-import sys
 import threading
 import uuid
 from http import server
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from azure.storage.blob import BlobSasPermissions, BlobServiceClient, generate_blob_sas
+
+from peer_serve import serve
 
 STATE = {
     "vms": {},  # (rg, name) -> VM resource
@@ -460,12 +461,7 @@ def main():
     except Exception:
         pass
     httpd = server.ThreadingHTTPServer(("127.0.0.1", 0), Arm)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    print(json.dumps({"port": httpd.server_address[1]}), flush=True)
-    done = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
-    done.wait(ARGS.lifetime)
-    httpd.shutdown()
+    serve(httpd, ARGS.lifetime)
 
 
 if __name__ == "__main__":

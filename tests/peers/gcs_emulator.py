@@ -32,8 +32,6 @@ import re
 import secrets
 import time
 import logging
-import sys
-import threading
 from collections import Counter
 from functools import partial
 from http import server
@@ -42,6 +40,8 @@ from urllib.parse import parse_qs, urlparse
 from gcp_storage_emulator.handlers import buckets
 from gcp_storage_emulator.server import RequestHandler
 from gcp_storage_emulator.storage import Storage
+
+from peer_serve import serve
 
 COUNTS = Counter()
 FLIP = {"at": None}
@@ -200,12 +200,7 @@ def main():
     httpd = server.HTTPServer(("127.0.0.1", 0), partial(Counting, storage))
     if args.service_account:
         service_account(args.service_account, httpd.server_address[1])
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    print(json.dumps({"port": httpd.server_address[1]}), flush=True)
-    done = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
-    done.wait(args.lifetime)
-    httpd.shutdown()
+    serve(httpd, args.lifetime)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,10 @@ counts tokens issued and requests refused.
 import argparse
 import datetime
 import json
-import sys
-import threading
 import uuid
 from http import server
+
+from peer_serve import serve
 
 STATS = {"tokens": 0, "refused": 0, "credentials": 0}
 TOKENS = set()
@@ -86,12 +86,7 @@ def main():
     ap.add_argument("--lifetime", type=float, default=1800)
     ARGS = ap.parse_args()
     httpd = server.ThreadingHTTPServer(("127.0.0.1", 0), Imds)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    print(json.dumps({"port": httpd.server_address[1]}), flush=True)
-    done = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
-    done.wait(ARGS.lifetime)
-    httpd.shutdown()
+    serve(httpd, ARGS.lifetime)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ tell that a resumed upload did not send finished parts again.
 
 import argparse
 import json
-import sys
 import logging
 import threading
 from collections import Counter
@@ -25,6 +24,8 @@ from moto.moto_server.werkzeug_app import (
 from werkzeug.serving import make_server
 
 import moto_ebs  # noqa: F401  (volumes with content, EBS-readable EC2 snapshots)
+
+from peer_serve import serve
 
 COUNTS = Counter()
 LOCK = threading.Lock()
@@ -71,12 +72,7 @@ def main():
     server = make_server(
         "127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler
     )
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    print(json.dumps({"port": server.server_address[1]}), flush=True)
-    done = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
-    done.wait(args.lifetime)
-    server.shutdown()
+    serve(server, args.lifetime)
 
 
 if __name__ == "__main__":
