@@ -10,7 +10,14 @@ X-aws-ec2-metadata-token; a GET without a valid token is 401) and
 GET …/ROLE answers Code, AccessKeyId, SecretAccessKey, Token, Expiration).
 Exercised in the tests by botocore's own InstanceMetadataFetcher.
 
-Usage: imds.py ACCESS_KEY SECRET_KEY [--role NAME]
+Also the ECS/EKS container credentials endpoint (AWS SDKs and Tools
+Reference Guide, "Container credential provider": GET of the URL in
+AWS_CONTAINER_CREDENTIALS_FULL_URI with the Authorization header from
+AWS_CONTAINER_AUTHORIZATION_TOKEN; answers AccessKeyId, SecretAccessKey,
+Token, Expiration) at /v2/credentials/ID, checked by botocore's
+ContainerMetadataFetcher.
+
+Usage: imds.py ACCESS_KEY SECRET_KEY [--role NAME] [--container-token TOKEN]
 Prints {"port": N}; exits when standard input closes. GET /_peer/stats
 counts tokens issued and requests refused.
 """
@@ -53,9 +60,26 @@ class Imds(server.BaseHTTPRequestHandler):
         STATS["tokens"] += 1
         self.answer(200, tok)
 
+    def credentials(self):
+        now = datetime.datetime.now(datetime.timezone.utc)
+        STATS["credentials"] += 1
+        return {
+            "AccessKeyId": ARGS.access_key,
+            "SecretAccessKey": ARGS.secret_key,
+            "Token": "session-token-" + uuid.uuid4().hex,
+            "Expiration": (now + datetime.timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+
     def do_GET(self):
         if self.path == "/_peer/stats":
             return self.answer(200, json.dumps(STATS), "application/json")
+        if self.path.startswith("/v2/credentials/"):
+            if not ARGS.container_token or self.headers.get("Authorization") != ARGS.container_token:
+                STATS["refused"] += 1
+                return self.answer(401, json.dumps({"code": "AccessDenied"}), "application/json")
+            c = self.credentials()
+            c["RoleArn"] = "arn:aws:iam::123456789012:role/" + ARGS.role
+            return self.answer(200, json.dumps(c), "application/json")
         if self.headers.get("X-aws-ec2-metadata-token") not in TOKENS:
             STATS["refused"] += 1
             return self.answer(401, "Unauthorized")
@@ -63,17 +87,11 @@ class Imds(server.BaseHTTPRequestHandler):
         if self.path == base:
             return self.answer(200, ARGS.role)
         if self.path == base + ARGS.role:
-            STATS["credentials"] += 1
             now = datetime.datetime.now(datetime.timezone.utc)
-            return self.answer(200, json.dumps({
-                "Code": "Success",
-                "LastUpdated": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "Type": "AWS-HMAC",
-                "AccessKeyId": ARGS.access_key,
-                "SecretAccessKey": ARGS.secret_key,
-                "Token": "imds-session-token-" + uuid.uuid4().hex,
-                "Expiration": (now + datetime.timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            }), "text/plain")
+            c = self.credentials()
+            c.update({"Code": "Success", "Type": "AWS-HMAC",
+                      "LastUpdated": now.strftime("%Y-%m-%dT%H:%M:%SZ")})
+            return self.answer(200, json.dumps(c), "text/plain")
         self.answer(404, "Not Found")
 
 
@@ -83,6 +101,7 @@ def main():
     ap.add_argument("access_key")
     ap.add_argument("secret_key")
     ap.add_argument("--role", default="hypersdk-exporter")
+    ap.add_argument("--container-token")
     ap.add_argument("--lifetime", type=float, default=1800)
     ARGS = ap.parse_args()
     httpd = server.ThreadingHTTPServer(("127.0.0.1", 0), Imds)

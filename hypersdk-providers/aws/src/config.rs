@@ -55,6 +55,18 @@ pub struct AwsConfig {
     /// `endpoint` when that is given and this is not).
     #[serde(default)]
     pub sts_endpoint: Option<String>,
+    /// The container credentials endpoint (ECS, EKS Pod Identity):
+    /// AWS_CONTAINER_CREDENTIALS_FULL_URI, or 169.254.170.2 and
+    /// AWS_CONTAINER_CREDENTIALS_RELATIVE_URI.
+    #[serde(default)]
+    pub container_credentials_uri: Option<String>,
+    /// Its Authorization header (AWS_CONTAINER_AUTHORIZATION_TOKEN).
+    #[serde(default)]
+    pub container_authorization_token: Option<hypersdk_core::connect::Secret>,
+    /// A file holding it (AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE, as EKS
+    /// Pod Identity sets it), read when connecting.
+    #[serde(default)]
+    pub container_authorization_token_file: Option<std::path::PathBuf>,
     /// The instance metadata service whose instance role signs when no
     /// keys are given (default `http://169.254.169.254`).
     #[serde(default)]
@@ -79,6 +91,18 @@ impl std::fmt::Debug for AwsConfig {
             .field("web_identity_token_file", &self.web_identity_token_file)
             .field("role_session_name", &self.role_session_name)
             .field("sts_endpoint", &self.sts_endpoint)
+            .field("container_credentials_uri", &self.container_credentials_uri)
+            .field(
+                "container_authorization_token",
+                &self
+                    .container_authorization_token
+                    .as_ref()
+                    .map(|_| "<hidden>"),
+            )
+            .field(
+                "container_authorization_token_file",
+                &self.container_authorization_token_file,
+            )
             .field("imds_endpoint", &self.imds_endpoint)
             .field("imds_disabled", &self.imds_disabled)
             .finish()
@@ -148,6 +172,19 @@ impl AwsConfig {
                 secret_access_key: secret,
                 session_token: c.session_token.clone(),
             }),
+            (None, _, _) if c.container_credentials_uri.is_some() => {
+                let token = match (&c.container_authorization_token, &c.container_authorization_token_file) {
+                    (Some(t), _) => Some(t.expose().to_string()),
+                    (None, Some(f)) => Some(
+                        hypersdk_core::connect::read_secret_file(f, "container authorization token")?
+                            .expose()
+                            .trim()
+                            .to_string(),
+                    ),
+                    (None, None) => None,
+                };
+                CredentialSource::container(c.container_credentials_uri.as_deref().unwrap_or(""), token)?
+            }
             _ if c.imds_disabled => return Err(Error::InvalidArgument(
                 "no AWS credentials: set access_key_id and secret_access_key, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials (the instance metadata service is disabled)".into(),
             )),
@@ -191,6 +228,8 @@ impl ProviderSettings for AwsConfig {
     /// AWS_PROFILE, AWS_ENDPOINT_URL_EC2 (or AWS_ENDPOINT_URL),
     /// AWS_ENDPOINT_URL_EBS, AWS_ENDPOINT_URL_STS, AWS_ROLE_ARN,
     /// AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_SESSION_NAME,
+    /// AWS_CONTAINER_CREDENTIALS_FULL_URI (or _RELATIVE_URI),
+    /// AWS_CONTAINER_AUTHORIZATION_TOKEN (or _FILE),
     /// AWS_EC2_METADATA_SERVICE_ENDPOINT, AWS_EC2_METADATA_DISABLED.
     fn env_fields(env: &dyn Fn(&str) -> Option<String>) -> Fields {
         let mut f = Fields::new();
@@ -211,8 +250,30 @@ impl ProviderSettings for AwsConfig {
         put("web_identity_token_file", &["AWS_WEB_IDENTITY_TOKEN_FILE"]);
         put("role_session_name", &["AWS_ROLE_SESSION_NAME"]);
         put("sts_endpoint", &["AWS_ENDPOINT_URL_STS"]);
+        put(
+            "container_credentials_uri",
+            &["AWS_CONTAINER_CREDENTIALS_FULL_URI"],
+        );
+        put(
+            "container_authorization_token",
+            &["AWS_CONTAINER_AUTHORIZATION_TOKEN"],
+        );
+        put(
+            "container_authorization_token_file",
+            &["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"],
+        );
         if env("AWS_EC2_METADATA_DISABLED").is_some_and(|v| hypersdk_core::connect::truthy(&v)) {
             f.insert("imds_disabled".into(), Value::Bool(true));
+        }
+        if !f.contains_key("container_credentials_uri") {
+            if let Some(rel) =
+                env("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").filter(|r| r.starts_with('/'))
+            {
+                f.insert(
+                    "container_credentials_uri".into(),
+                    Value::String(format!("http://169.254.170.2{rel}")),
+                );
+            }
         }
         f
     }

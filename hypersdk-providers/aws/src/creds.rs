@@ -1,7 +1,9 @@
 //! Where request-signing credentials come from: keys given (settings,
 //! `AWS_*` variables, `~/.aws` profiles); a role assumed with a web
 //! identity token (`AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE`, as on
-//! EKS, through STS `AssumeRoleWithWebIdentity`); or the instance role of
+//! EKS, through STS `AssumeRoleWithWebIdentity`); the task or pod role of
+//! a container (`AWS_CONTAINER_CREDENTIALS_FULL_URI` or `_RELATIVE_URI`,
+//! with `AWS_CONTAINER_AUTHORIZATION_TOKEN[_FILE]`); or the instance role of
 //! the EC2 instance this runs on, through the instance metadata service
 //! (IMDSv2: a session token first, then the role's temporary credentials).
 //! Temporary credentials are fetched again five minutes before they expire.
@@ -23,6 +25,8 @@ pub enum CredentialSource {
     InstanceRole(Arc<Imds>),
     /// A role assumed with a web identity token.
     WebIdentity(Arc<WebIdentity>),
+    /// The task or pod role, from the container credentials endpoint.
+    Container(Arc<Container>),
 }
 
 impl From<Credentials> for CredentialSource {
@@ -77,12 +81,60 @@ impl CredentialSource {
         })))
     }
 
+    /// The task or pod role from the container credentials endpoint at
+    /// `url` (ECS, EKS Pod Identity), with `authorization` as the
+    /// Authorization header. Plain HTTP only to the addresses the AWS SDKs
+    /// allow (loopback, 169.254.170.2, 169.254.170.23): the header is a
+    /// secret.
+    pub fn container(url: &str, authorization: Option<String>) -> Result<CredentialSource> {
+        let host = url
+            .strip_prefix("http://")
+            .map(|rest| rest.split(['/', '?']).next().unwrap_or(""))
+            .map(|h| {
+                h.rsplit_once(':')
+                    .map_or(h, |(h, _)| h)
+                    .trim_matches(['[', ']'])
+            });
+        let allowed = match host {
+            None => url.starts_with("https://"),
+            Some(h) => {
+                h == "169.254.170.2"
+                    || h == "169.254.170.23"
+                    || h == "fd00:ec2::23"
+                    || h == "localhost"
+                    || h.parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+        };
+        if !allowed {
+            return Err(Error::InvalidArgument(format!(
+                "container credentials URL {:?}: plain HTTP only to loopback, 169.254.170.2 or 169.254.170.23",
+                url.split('?').next().unwrap_or("")
+            )));
+        }
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
+        Ok(CredentialSource::Container(Arc::new(Container {
+            url: url.to_string(),
+            authorization,
+            http,
+            cached: tokio::sync::Mutex::new(None),
+        })))
+    }
+
     /// Credentials to sign with now.
     pub async fn get(&self) -> Result<Credentials> {
         match self {
             CredentialSource::Static(c) => Ok(c.clone()),
             CredentialSource::InstanceRole(imds) => cached(&imds.cached, imds.fetch()).await,
             CredentialSource::WebIdentity(w) => cached(&w.cached, w.fetch()).await,
+            CredentialSource::Container(c) => cached(&c.cached, c.fetch()).await,
         }
     }
 
@@ -92,6 +144,7 @@ impl CredentialSource {
             CredentialSource::Static(c) => c.access_key_id.clone(),
             CredentialSource::InstanceRole(_) => "the instance role".into(),
             CredentialSource::WebIdentity(w) => w.role_arn.clone(),
+            CredentialSource::Container(_) => "the container's role".into(),
         }
     }
 }
@@ -136,6 +189,64 @@ fn expiry(text: Option<&str>) -> SystemTime {
     text.and_then(|e| chrono::DateTime::parse_from_rfc3339(e.trim()).ok())
         .map(|t| SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64))
         .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(900))
+}
+
+/// The container credentials endpoint.
+pub struct Container {
+    url: String,
+    authorization: Option<String>,
+    http: reqwest::Client,
+    cached: Cache,
+}
+
+impl std::fmt::Debug for Container {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Container")
+            .field("url", &self.url.split('?').next().unwrap_or(""))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Container {
+    async fn fetch(&self) -> Result<(Credentials, SystemTime)> {
+        let shown = self.url.split('?').next().unwrap_or("").to_string();
+        let failed = |why: String| {
+            err(
+                format!("no AWS credentials: the container credentials endpoint {shown} {why}"),
+                false,
+            )
+        };
+        let mut req = self.http.get(&self.url);
+        if let Some(a) = &self.authorization {
+            req = req.header("Authorization", a.trim());
+        }
+        let resp = req.send().await.map_err(|e| {
+            failed(format!(
+                "cannot be reached ({})",
+                hypersdk_core::error::chain(&e.without_url())
+            ))
+        })?;
+        if !resp.status().is_success() {
+            return Err(failed(format!("answered HTTP {}", resp.status())));
+        }
+        let body = read_bounded(resp, 64 << 10)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| failed(format!("answered something not JSON: {e}")))?;
+        let field = |k: &str| v[k].as_str().filter(|s| !s.is_empty()).map(str::to_string);
+        let (Some(id), Some(secret)) = (field("AccessKeyId"), field("SecretAccessKey")) else {
+            return Err(failed("gave no keys".into()));
+        };
+        Ok((
+            Credentials {
+                access_key_id: id,
+                secret_access_key: secret,
+                session_token: field("Token"),
+            },
+            expiry(field("Expiration").as_deref()),
+        ))
+    }
 }
 
 /// A role assumed with a web identity token.

@@ -12,16 +12,16 @@
 //!
 //! Credentials ([`creds`]), in botocore's order: keys from settings or
 //! `AWS_*` variables; a role assumed with a web identity token
-//! (`AWS_ROLE_ARN`, `AWS_WEB_IDENTITY_TOKEN_FILE`); `~/.aws` profiles; else
-//! the instance role, from the instance metadata service (IMDSv2). A resumed export reopens the snapshots of the interrupted
+//! (`AWS_ROLE_ARN`, `AWS_WEB_IDENTITY_TOKEN_FILE`); `~/.aws` profiles; the
+//! container's role (`AWS_CONTAINER_CREDENTIALS_*`); else the instance role,
+//! from the instance metadata service (IMDSv2). A resumed export reopens the snapshots of the interrupted
 //! one (their ids are its resume token), or takes new ones when they are
 //! gone.
 //!
 //! An AMI (`ami-…`) or a snapshot (`snap-…`) named instead of an instance
 //! is read in place, and kept.
 //!
-//! Not yet (issue 18): the classic `CreateInstanceExportTask` path,
-//! container (ECS) credentials.
+//! Not yet (issue 18): the classic `CreateInstanceExportTask` path.
 #![deny(missing_docs)]
 
 mod client;

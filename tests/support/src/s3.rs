@@ -210,6 +210,10 @@ impl Drop for Minio {
     }
 }
 
+/// The Authorization token the container credentials endpoint of [`Imds`]
+/// wants.
+pub const CONTAINER_TOKEN: &str = "container-authorization-token";
+
 /// The EC2 instance metadata service stub (tests/peers/imds.py), handing
 /// out an instance role's credentials (moto's test keys); killed on drop.
 #[derive(Debug)]
@@ -220,10 +224,13 @@ pub struct Imds {
 }
 
 impl Imds {
-    /// Starts one.
+    /// Starts one; its container credentials endpoint
+    /// (`/v2/credentials/…`) wants [`CONTAINER_TOKEN`].
     pub fn start() -> Imds {
-        let (child, port) =
-            crate::python::start_peer("tests/peers/imds.py", &[ACCESS_KEY, SECRET_KEY]);
+        let (child, port) = crate::python::start_peer(
+            "tests/peers/imds.py",
+            &[ACCESS_KEY, SECRET_KEY, "--container-token", CONTAINER_TOKEN],
+        );
         Imds { port, child }
     }
 
