@@ -22,6 +22,22 @@
 //! is read in place, and kept.
 //!
 //! Not yet (issue 18): the classic `CreateInstanceExportTask` path.
+//!
+//! ```
+//! use hypersdk_aws::AwsConfig;
+//! use hypersdk_core::Provider;
+//!
+//! // The fields of a daemon's `providers:` entry (or of `--provider-opt`).
+//! let config: AwsConfig = serde_json::from_value(serde_json::json!({
+//!     "region": "eu-west-1",
+//!     "access_key_id": "AKIAEXAMPLE",
+//!     "secret_access_key": "example",
+//! }))?;
+//! let provider = config.provider()?; // nothing is contacted before a call
+//! assert_eq!(provider.name(), "aws");
+//! // provider.open_export("web-01").await? snapshots the volumes and reads them.
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![deny(missing_docs)]
 
 mod client;

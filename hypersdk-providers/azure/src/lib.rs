@@ -18,6 +18,22 @@
 //! `Azure-AsyncOperation`) must be on the ARM endpoint's origin, and the
 //! disk's access URL must be `https://` (unless the ARM endpoint itself is
 //! plain HTTP: an emulator).
+//!
+//! ```
+//! use hypersdk_azure::AzureConfig;
+//! use hypersdk_core::Provider;
+//!
+//! // The fields of a daemon's `providers:` entry (or of `--provider-opt`).
+//! let config: AzureConfig = serde_json::from_value(serde_json::json!({
+//!     "subscription_id": "00000000-0000-0000-0000-000000000000",
+//!     "resource_group": "rg-prod",
+//!     "access_token": "a token from `az account get-access-token`",
+//! }))?;
+//! let provider = config.provider()?; // nothing is contacted before a call
+//! assert_eq!(provider.name(), "azure");
+//! // provider.open_export("web-02").await? snapshots, grants access, reads.
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![deny(missing_docs)]
 
 pub mod arm;
