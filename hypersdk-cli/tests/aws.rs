@@ -111,3 +111,95 @@ fn an_unreachable_endpoint_is_named_with_its_cause() {
         "{err}"
     );
 }
+
+/// kill -9 in the middle of an export, then the same command with
+/// `--resume`: the resumed run reads the snapshots the killed one made (no
+/// new one is taken), the disks equal the seeded volumes, and the
+/// snapshots are gone at the end.
+#[test]
+fn kill_9_then_resume_reads_the_same_snapshots() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let moto = MotoS3::start();
+    let tmp = tempfile::tempdir().unwrap();
+    moto.seed_instance(Some(tmp.path()));
+    let endpoint = moto.endpoint();
+    let env = [
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+    ];
+    let out = tmp.path().join("out");
+    let args = |resume: bool| {
+        let mut a = vec![
+            "export",
+            "web-01",
+            "--provider",
+            "aws",
+            "--format",
+            "ovf",
+            "--output",
+            path_str(&out),
+            "--checkpoint-mib",
+            "1",
+        ];
+        if resume {
+            a.push("--resume");
+        } else {
+            // Slow (about 4 MiB of allocated blocks at 512 KiB/s) so the kill lands mid-export.
+            a.extend(["--bwlimit", "512K"]);
+        }
+        a
+    };
+    let snapshots = || {
+        moto.boto3(
+            "ec2 = boto3.client('ec2', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id=sys.argv[2], aws_secret_access_key=sys.argv[3])\nprint(sorted(s['SnapshotId'] for s in ec2.describe_snapshots(Filters=[{'Name': 'tag:created-by', 'Values': ['hypersdk']}])['Snapshots']))",
+            &[],
+        )
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hyperctl"))
+        .args(args(false))
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let checkpoint = out.join(".web-01.partial/.checkpoint.json");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60)
+        && !std::fs::read_to_string(&checkpoint).is_ok_and(|c| c.contains("\"source\""))
+        && child.try_wait().unwrap().is_none()
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    let _ = child.kill(); // SIGKILL
+    assert!(
+        !child.wait().unwrap().success(),
+        "killed before it finished"
+    );
+    let kept = snapshots();
+    assert_eq!(
+        kept.matches("snap-").count(),
+        3,
+        "the killed run's snapshots stay: {kept}"
+    );
+
+    let o = hyperctl_env(&args(true), &env);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        snapshots().trim(),
+        "[]",
+        "the resumed run deleted them, and made no other"
+    );
+    for (n, dev) in [(2, "sdf"), (3, "sdg")] {
+        assert_same_guest_data(
+            &out.join(format!("web-01/web-01-disk{n}.vmdk")),
+            Some("vmdk"),
+            &tmp.path().join(format!("{dev}.raw")),
+            Some("raw"),
+        );
+    }
+}

@@ -189,8 +189,8 @@ fn kill_9_then_resume_reads_the_same_snapshots() {
         if resume {
             a.push("--resume");
         } else {
-            // Slow enough (30 MiB at 3 MiB/s) for the kill to land mid-export.
-            a.extend(["--bwlimit", "3M"]);
+            // Slow enough (30 MiB at 1 MiB/s) for the kill to land mid-export.
+            a.extend(["--bwlimit", "1M"]);
         }
         a
     };
