@@ -247,68 +247,73 @@ impl Provider for AwsProvider {
                 vm,
                 "the snapshots of the interrupted export are gone: taking new ones"
             );
-            return self.open_export(vm).await;
-        };
-        let mut source = AwsSource {
-            spec,
-            ec2: self.ec2.clone(),
-            ebs: self.ebs.clone(),
-            snapshots: snaps.into_iter().map(|s| (s, None)).collect(),
-            owned: true,
+            return self.snapshot_and_open(spec).await;
         };
         // On failure they stay (tagged): a later resume takes them again.
-        source.wait_completed().await?;
-        Ok(Box::new(source))
+        self.opened(spec, snaps, true).await.map_err(|(_, e)| e)
     }
 
     async fn open_export(&self, vm: &str) -> Result<Box<dyn ExportSource>> {
         if let Some(spec) = self.stored(vm).await? {
             // An AMI's snapshots, or one snapshot: read in place, kept.
-            let mut source = AwsSource {
-                snapshots: spec
-                    .disks
-                    .iter()
-                    .map(|d| (d.location.clone(), None))
-                    .collect(),
-                spec,
-                ec2: self.ec2.clone(),
-                ebs: self.ebs.clone(),
-                owned: false,
-            };
-            source.wait_completed().await?;
-            return Ok(Box::new(source));
+            let snaps = spec.disks.iter().map(|d| d.location.clone()).collect();
+            return self.opened(spec, snaps, false).await.map_err(|(_, e)| e);
         }
-        let spec = self.vm_spec(vm).await?;
+        self.snapshot_and_open(self.vm_spec(vm).await?).await
+    }
+}
+
+impl AwsProvider {
+    /// The source reading `snapshots` (one per disk of `spec`) once they
+    /// are complete and listed; `owned` ones are deleted when it closes.
+    /// On failure, the source too, so that the caller may delete them.
+    async fn opened(
+        &self,
+        spec: VmSpec,
+        snapshots: Vec<String>,
+        owned: bool,
+    ) -> std::result::Result<Box<dyn ExportSource>, (AwsSource, Error)> {
         let mut source = AwsSource {
             spec,
             ec2: self.ec2.clone(),
             ebs: self.ebs.clone(),
-            snapshots: Vec::new(),
-            owned: true,
+            snapshots: snapshots.into_iter().map(|s| (s, None)).collect(),
+            owned,
         };
-        // One snapshot per volume, made now (crash-consistent per volume),
-        // deleted when the export closes.
-        for d in source.spec.disks.clone() {
+        match source.wait_completed().await {
+            Ok(()) => Ok(Box::new(source)),
+            Err(e) => Err((source, e)),
+        }
+    }
+
+    /// A new export of the instance `spec` describes: one snapshot per
+    /// volume, made now (crash-consistent per volume), deleted when the
+    /// export closes — or at once if it cannot start.
+    async fn snapshot_and_open(&self, spec: VmSpec) -> Result<Box<dyn ExportSource>> {
+        let mut snaps = Vec::new();
+        for d in &spec.disks {
             match self
                 .ec2
                 .create_snapshot(
                     &d.location,
-                    &format!("hypersdk export of {} ({})", source.spec.name, d.name),
+                    &format!("hypersdk export of {} ({})", spec.name, d.name),
                 )
                 .await
             {
-                Ok(snap) => source.snapshots.push((snap, None)),
+                Ok(snap) => snaps.push(snap),
                 Err(e) => {
-                    source.delete_snapshots().await;
+                    delete_snapshots(&self.ec2, &snaps).await;
                     return Err(e);
                 }
             }
         }
-        if let Err(e) = source.wait_completed().await {
-            source.delete_snapshots().await;
-            return Err(e);
+        match self.opened(spec, snaps, true).await {
+            Ok(source) => Ok(source),
+            Err((source, e)) => {
+                source.delete_snapshots().await;
+                Err(e)
+            }
         }
-        Ok(Box::new(source))
     }
 }
 
@@ -413,15 +418,21 @@ struct AwsSource {
     owned: bool,
 }
 
+/// Deletes snapshots the export made; failures are logged (the export's
+/// own error matters more).
+async fn delete_snapshots(ec2: &Ec2, snaps: &[String]) {
+    for snap in snaps {
+        if let Err(e) = ec2.delete_snapshot(snap).await {
+            tracing::warn!(snapshot = %snap, error = %e, "cannot delete a snapshot the export made: delete it by hand");
+        }
+    }
+}
+
 impl AwsSource {
     async fn delete_snapshots(&self) {
-        if !self.owned {
-            return;
-        }
-        for (snap, _) in &self.snapshots {
-            if let Err(e) = self.ec2.delete_snapshot(snap).await {
-                tracing::warn!(snapshot = %snap, error = %e, "cannot delete a snapshot the export made: delete it by hand");
-            }
+        if self.owned {
+            let snaps: Vec<String> = self.snapshots.iter().map(|(s, _)| s.clone()).collect();
+            delete_snapshots(&self.ec2, &snaps).await;
         }
     }
 

@@ -473,7 +473,7 @@ impl Provider for AzureProvider {
     }
 
     async fn open_export(&self, vm: &str) -> Result<Box<dyn ExportSource>> {
-        self.open(vm, None).await
+        self.open(self.describe_one(vm).await?, None).await
     }
 
     /// The interrupted export's snapshots, when they all still exist;
@@ -502,17 +502,17 @@ impl Provider for AzureProvider {
             };
             if !ours {
                 tracing::warn!(vm, snapshot = %snap, "the snapshots of the interrupted export are gone: taking new ones");
-                return self.open(vm, None).await;
+                return self.open(d, None).await;
             }
         }
-        self.open(vm, Some(&snaps)).await
+        self.open(d, Some(&snaps)).await
     }
 }
 
 impl AzureProvider {
-    /// Opens the export of `vm`, through `kept` snapshots if given.
-    async fn open(&self, vm: &str, kept: Option<&[String]>) -> Result<Box<dyn ExportSource>> {
-        let d = self.describe_one(vm).await?;
+    /// Opens the export of the VM `d` describes, through `kept` snapshots
+    /// if given.
+    async fn open(&self, d: Described, kept: Option<&[String]>) -> Result<Box<dyn ExportSource>> {
         let mut source = AzureSource {
             arm: self.arm.clone(),
             spec: d.spec,
