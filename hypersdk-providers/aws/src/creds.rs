@@ -39,15 +39,7 @@ impl CredentialSource {
     /// The instance role of the metadata service at `endpoint`
     /// (`http://169.254.169.254` on EC2).
     pub fn instance_role(endpoint: &str) -> Result<CredentialSource> {
-        // reqwest uses the process's rustls provider: ring, as everywhere here.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .build()
-            .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
+        let http = client(Duration::from_secs(2), Duration::from_secs(5), false)?;
         Ok(CredentialSource::InstanceRole(Arc::new(Imds {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             http,
@@ -64,13 +56,7 @@ impl CredentialSource {
         token_file: &std::path::Path,
         session: &str,
     ) -> Result<CredentialSource> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(15))
-            .timeout(Duration::from_secs(60))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
+        let http = client(Duration::from_secs(15), Duration::from_secs(60), true)?;
         Ok(CredentialSource::WebIdentity(Arc::new(WebIdentity {
             sts: sts.trim_end_matches('/').to_string(),
             role_arn: role_arn.to_string(),
@@ -112,14 +98,7 @@ impl CredentialSource {
                 url.split('?').next().unwrap_or("")
             )));
         }
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .build()
-            .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
+        let http = client(Duration::from_secs(2), Duration::from_secs(5), false)?;
         Ok(CredentialSource::Container(Arc::new(Container {
             url: url.to_string(),
             authorization,
@@ -162,6 +141,23 @@ impl std::fmt::Debug for Imds {
             .field("endpoint", &self.endpoint)
             .finish_non_exhaustive()
     }
+}
+
+/// A client for a credential endpoint: these limits, no redirects, and a
+/// proxy only for `remote` ones (a link-local or loopback endpoint is never
+/// reached through a proxy).
+fn client(connect: Duration, total: Duration, remote: bool) -> Result<reqwest::Client> {
+    // reqwest uses the process's rustls provider: ring, as everywhere here.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(connect)
+        .timeout(total)
+        .redirect(reqwest::redirect::Policy::none());
+    if !remote {
+        b = b.no_proxy();
+    }
+    b.build()
+        .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))
 }
 
 /// Temporary credentials last fetched, and until when they hold.
