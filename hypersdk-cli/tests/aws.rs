@@ -11,18 +11,24 @@ use common::*;
 use hypersdk_testsupport::s3::{MotoS3, S3Peer, ACCESS_KEY, SECRET_KEY};
 use hypersdk_testsupport::{assert_same_guest_data, path_str};
 
+/// moto's keys and region the way the AWS CLI's variables give them, its
+/// endpoint being moto at `endpoint`.
+fn moto_env(endpoint: &str) -> [(&'static str, &str); 4] {
+    [
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ENDPOINT_URL", endpoint),
+    ]
+}
+
 #[test]
 fn an_ec2_instance_exports_through_ebs_snapshots() {
     let moto = MotoS3::start();
     let tmp = tempfile::tempdir().unwrap();
     let seeded = moto.seed_instance(Some(tmp.path()));
-    let env = [
-        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
-        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
-        ("AWS_REGION", "us-east-1".to_string()),
-        ("AWS_ENDPOINT_URL", moto.endpoint()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let endpoint = moto.endpoint();
+    let env = moto_env(&endpoint);
     let out = tmp.path().join("out");
     let o = hyperctl_env(
         &[
@@ -118,18 +124,12 @@ fn an_unreachable_endpoint_is_named_with_its_cause() {
 /// snapshots are gone at the end.
 #[test]
 fn kill_9_then_resume_reads_the_same_snapshots() {
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let moto = MotoS3::start();
     let tmp = tempfile::tempdir().unwrap();
     moto.seed_instance(Some(tmp.path()));
     let endpoint = moto.endpoint();
-    let env = [
-        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
-        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_ENDPOINT_URL", endpoint.as_str()),
-    ];
+    let env = moto_env(&endpoint);
     let out = tmp.path().join("out");
     let args = |resume: bool| {
         let mut a = vec![
@@ -158,27 +158,11 @@ fn kill_9_then_resume_reads_the_same_snapshots() {
             &[],
         )
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hyperctl"))
-        .args(args(false))
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let checkpoint = out.join(".web-01.partial/.checkpoint.json");
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(60)
-        && !std::fs::read_to_string(&checkpoint).is_ok_and(|c| c.contains("\"source\""))
-        && child.try_wait().unwrap().is_none()
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(1000));
-    let _ = child.kill(); // SIGKILL
-    assert!(
-        !child.wait().unwrap().success(),
-        "killed before it finished"
+    kill_9_while_reading(
+        &args(false),
+        &env,
+        &out.join(".web-01.partial/.checkpoint.json"),
+        Duration::from_millis(1000),
     );
     let kept = snapshots();
     assert_eq!(

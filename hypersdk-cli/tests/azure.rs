@@ -162,8 +162,7 @@ fn missing_credentials_say_what_to_set() {
 /// on the cloud side at the end.
 #[test]
 fn kill_9_then_resume_reads_the_same_snapshots() {
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let peer = AzureCompute::start();
     let tmp = tempfile::tempdir().unwrap();
     peer.seed_vm(Some(tmp.path()), false);
@@ -194,27 +193,11 @@ fn kill_9_then_resume_reads_the_same_snapshots() {
         }
         a
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hyperctl"))
-        .args(args(false))
-        .envs(service_principal(&endpoint))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let checkpoint = out.join(".web-02.partial/.checkpoint.json");
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(60)
-        && !std::fs::read_to_string(&checkpoint).is_ok_and(|c| c.contains("\"source\""))
-        && child.try_wait().unwrap().is_none()
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(1500));
-    let _ = child.kill(); // SIGKILL
-    assert!(
-        !child.wait().unwrap().success(),
-        "killed before it finished"
+    kill_9_while_reading(
+        &args(false),
+        &service_principal(&endpoint),
+        &out.join(".web-02.partial/.checkpoint.json"),
+        Duration::from_millis(1500),
     );
     let s = peer.stats();
     assert_eq!(

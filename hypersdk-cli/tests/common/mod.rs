@@ -110,3 +110,39 @@ pub fn durable_bytes_saved(path: &Path) -> bool {
         })
         .unwrap_or(false)
 }
+
+/// Starts hyperctl with `args` and exactly the environment settings in
+/// `env`, waits (at most 60 s) until the checkpoint at `checkpoint` names
+/// the source the export reads (its snapshots are taken), lets it run
+/// `after` longer, and kills it with SIGKILL; it must not have finished.
+pub fn kill_9_while_reading(
+    args: &[&str],
+    env: &[(&str, &str)],
+    checkpoint: &Path,
+    after: std::time::Duration,
+) {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hyperctl"));
+    c.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for k in ENV {
+        c.env_remove(k);
+    }
+    let mut child = c.envs(env.iter().copied()).spawn().expect("start hyperctl");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60)
+        && !std::fs::read_to_string(checkpoint).is_ok_and(|c| c.contains("\"source\""))
+        && child.try_wait().unwrap().is_none()
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(after);
+    let _ = child.kill(); // SIGKILL
+    assert!(
+        !child.wait().unwrap().success(),
+        "killed before it finished"
+    );
+}
