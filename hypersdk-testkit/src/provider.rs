@@ -335,3 +335,33 @@ pub async fn a_cancelled_export_leaves_nothing(provider: &dyn Provider, vm: &str
         "{who}: a cancelled export published files"
     );
 }
+
+/// An OVA export of `vm` into `sink`, cancelled once more than `after`
+/// bytes are read, fails with `cancelled` and publishes nothing. (The
+/// caller then checks its peer: what the export took there — snapshots,
+/// access grants — must be released.)
+pub async fn an_export_cancelled_while_reading_leaves_nothing(
+    provider: &dyn Provider,
+    vm: &str,
+    after: u64,
+    sink: &dyn Sink,
+) {
+    let who = provider.name();
+    let cancel = CancellationToken::new();
+    let on = cancel.clone();
+    let e = Exporter::new(ExportOptions::new(PackageFormat::Ova))
+        .with_cancel(cancel)
+        .on_progress(std::sync::Arc::new(move |e| {
+            if e.bytes_done > after {
+                on.cancel();
+            }
+        }))
+        .export(provider, vm, sink)
+        .await
+        .expect_err("a cancelled export");
+    assert_eq!(e.code(), "cancelled", "{who}: {e}");
+    assert!(
+        sink.list("").await.expect("list").is_empty(),
+        "{who}: a cancelled export published files"
+    );
+}
