@@ -206,6 +206,36 @@ impl Download {
     }
 }
 
+/// At most `limit` bytes of an answer's body, for the small documents
+/// API clients read (JSON, XML, a token): a longer one — by its
+/// Content-Length or as it arrives — is an `InvalidData` error, never
+/// buffered whole; a body that breaks off is any other error.
+pub async fn read_bounded(resp: reqwest::Response, limit: usize) -> std::io::Result<Vec<u8>> {
+    use futures_util::TryStreamExt;
+    let too_long = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("answer longer than {limit} bytes"),
+        )
+    };
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_long());
+    }
+    let mut out = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(b) = stream
+        .try_next()
+        .await
+        .map_err(|e| std::io::Error::other(e.without_url()))?
+    {
+        if out.len() + b.len() > limit {
+            return Err(too_long());
+        }
+        out.extend_from_slice(&b);
+    }
+    Ok(out)
+}
+
 /// A reqwest error's text without its URL (which may carry a token).
 fn without_url(e: &reqwest::Error) -> String {
     let mut shown = e.to_string();

@@ -65,6 +65,7 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use futures_util::TryStreamExt;
+use hypersdk_core::http::read_bounded;
 use hypersdk_core::retry::RetryPolicy;
 use hypersdk_core::{Error, Result, Upload, UploadState};
 use hypersdk_formats::error::{display_text, MAX_SHOWN_MESSAGE};
@@ -294,26 +295,6 @@ async fn refused(resp: reqwest::Response) -> Failure {
         error: io::Error::new(kind, text),
         wait,
     }
-}
-
-/// At most `limit` bytes of a body.
-async fn read_bounded(resp: reqwest::Response, limit: usize) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(b) = stream
-        .try_next()
-        .await
-        .map_err(|e| io::Error::other(e.without_url()))?
-    {
-        if out.len() + b.len() > limit {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("answer longer than {limit} bytes"),
-            ));
-        }
-        out.extend_from_slice(&b);
-    }
-    Ok(out)
 }
 
 /// How a request's answer is taken.

@@ -85,37 +85,6 @@ pub(crate) fn err(message: String, retryable: bool) -> Error {
     }
 }
 
-/// At most `limit` bytes of an answer's body: a longer one is an error,
-/// never buffered whole.
-pub(crate) async fn read_bounded(
-    resp: reqwest::Response,
-    limit: usize,
-) -> std::io::Result<Vec<u8>> {
-    use futures_util::TryStreamExt;
-    if resp.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("answer longer than {limit} bytes"),
-        ));
-    }
-    let mut out = Vec::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(b) = stream
-        .try_next()
-        .await
-        .map_err(|e| std::io::Error::other(e.without_url()))?
-    {
-        if out.len() + b.len() > limit {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("answer longer than {limit} bytes"),
-            ));
-        }
-        out.extend_from_slice(&b);
-    }
-    Ok(out)
-}
-
 /// The `host[:port]` of an `http(s)://host[:port]` endpoint of `service`.
 fn host_of(service: &str, endpoint: &str) -> Result<String> {
     endpoint

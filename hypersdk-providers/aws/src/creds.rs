@@ -13,8 +13,9 @@ use std::time::{Duration, SystemTime};
 
 use hypersdk_core::{Error, Result};
 
-use crate::client::{err, read_bounded};
+use crate::client::err;
 use crate::sigv4::Credentials;
+use hypersdk_core::http::read_bounded;
 
 /// Where credentials come from.
 #[derive(Clone, Debug)]

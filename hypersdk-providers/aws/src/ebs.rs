@@ -5,8 +5,9 @@
 use hypersdk_core::{Error, Result};
 use hypersdk_formats::error::{display_text, MAX_SHOWN_MESSAGE};
 
-use crate::client::{err, read_bounded, Endpoint};
+use crate::client::{err, Endpoint};
 use crate::sigv4;
+use hypersdk_core::http::read_bounded;
 
 /// Blocks asked for per ListSnapshotBlocks page (the API's maximum).
 const PAGE: u32 = 10_000;

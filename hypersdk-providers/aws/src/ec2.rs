@@ -8,8 +8,9 @@ use hypersdk_core::{Error, Result};
 use hypersdk_formats::error::{display_text, MAX_SHOWN_MESSAGE};
 use hypersdk_formats::xml::{self, Element};
 
-use crate::client::{err, read_bounded, Endpoint};
+use crate::client::{err, Endpoint};
 use crate::sigv4;
+use hypersdk_core::http::read_bounded;
 
 /// The API version every request names.
 const VERSION: &str = "2016-11-15";

@@ -620,27 +620,15 @@ fn json(body: &[u8], url: &str) -> Result<Value> {
     })
 }
 
-/// At most `limit` bytes of an answer's body.
+/// At most `limit` bytes of an answer's body ([`hypersdk_core::http::read_bounded`]):
+/// a longer one is a permanent error, one that breaks off a transient one.
 pub(crate) async fn read_bounded(resp: reqwest::Response, limit: usize) -> Result<Vec<u8>> {
-    use futures_util::TryStreamExt;
-    let too_long = || err(format!("an answer longer than {limit} bytes"), false);
-    if resp.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(too_long());
-    }
-    let mut out = Vec::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(b) = stream.try_next().await.map_err(|e| {
-        err(
-            format!("the answer broke off: {}", chain(&e.without_url())),
-            true,
-        )
-    })? {
-        if out.len() + b.len() > limit {
-            return Err(too_long());
-        }
-        out.extend_from_slice(&b);
-    }
-    Ok(out)
+    hypersdk_core::http::read_bounded(resp, limit)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => err(format!("an {e}"), false),
+            _ => err(format!("the answer broke off: {}", chain(&e)), true),
+        })
 }
 
 #[cfg(test)]
