@@ -74,6 +74,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tokio::io::AsyncRead;
 
+use crate::google_auth::GoogleAuth;
 use crate::object::{endpoint_is_http, hidden, plain_prefix, Finished, Kept, Store, UploadOf};
 use crate::ObjectStoreSink;
 
@@ -88,8 +89,6 @@ const ALIGN: usize = 256 << 10;
 pub const DEFAULT_CHUNK: usize = 64 << 20;
 /// The scope an access token asks for.
 const SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
-/// Where user credentials are refreshed unless their file says otherwise.
-const OAUTH_TOKEN: &str = "https://oauth2.googleapis.com/token";
 /// Pages of an object list read at most (1000 objects each).
 const MAX_PAGES: usize = 100_000;
 
@@ -150,51 +149,26 @@ pub fn parse_url(url: &str) -> Result<(String, String)> {
 /// under `state_dir`.
 pub fn sink(url: &str, settings: &GcsSettings, state_dir: PathBuf) -> Result<ObjectStoreSink> {
     let (bucket, prefix) = parse_url(url)?;
-    let emulator = std::env::var("STORAGE_EMULATOR_HOST")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .map(|h| {
-            if h.contains("://") {
-                h
-            } else {
-                format!("http://{h}")
-            }
-        });
+    let emulator = emulator_host();
     let endpoint = settings.endpoint.clone().or(emulator.clone());
-    if let Some(e) = &endpoint {
-        endpoint_is_http("Cloud Storage", e)?;
-    }
     let auth = if settings.anonymous || (settings.endpoint.is_none() && emulator.is_some()) {
         None
     } else {
-        Some(Arc::new(TokenSource::find(settings)?))
+        Some(Arc::new(GoogleAuth::find(
+            settings.credentials_json.as_deref(),
+            settings.credentials.as_deref(),
+            SCOPE,
+            "sink",
+        )?))
     };
-    // reqwest uses the process's rustls provider: ring, as everywhere here.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(15))
-        .read_timeout(Duration::from_secs(120))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
-    let base = endpoint
-        .unwrap_or_else(|| GOOGLE.to_string())
-        .trim_end_matches('/')
-        .to_string();
-    let chunk = settings
+    let mut gcs = Gcs::new(&bucket, endpoint.as_deref(), auth)?;
+    gcs.chunk = settings
         .part_size
         .unwrap_or(DEFAULT_CHUNK)
         .max(ALIGN)
         .div_ceil(ALIGN)
         * ALIGN;
-    let gcs = Arc::new(Gcs {
-        http,
-        base,
-        bucket: bucket.clone(),
-        auth,
-        retry: RetryPolicy::default(),
-        chunk,
-    });
+    let gcs = Arc::new(gcs);
     Ok(ObjectStoreSink::over(
         Arc::new(GcsStore(gcs)),
         &format!("gs://{bucket}"),
@@ -204,6 +178,68 @@ pub fn sink(url: &str, settings: &GcsSettings, state_dir: PathBuf) -> Result<Obj
     ))
 }
 
+/// `STORAGE_EMULATOR_HOST` (what Google's own clients read) as a URL.
+pub fn emulator_host() -> Option<String> {
+    std::env::var("STORAGE_EMULATOR_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            if h.contains("://") {
+                h
+            } else {
+                format!("http://{h}")
+            }
+        })
+}
+
+/// One bucket, for reading and deleting objects others wrote (the
+/// Compute Engine provider reads its image exports with it).
+#[derive(Clone)]
+pub struct GcsBucket(Arc<Gcs>);
+
+impl std::fmt::Debug for GcsBucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GcsBucket")
+            .field("bucket", &self.0.bucket)
+            .field("endpoint", &self.0.base)
+            .finish()
+    }
+}
+
+impl GcsBucket {
+    /// Bucket `bucket` at `endpoint` (Cloud Storage if None), with tokens
+    /// from `auth` (none sent if None: an emulator, a public bucket).
+    pub fn new(
+        bucket: &str,
+        endpoint: Option<&str>,
+        auth: Option<Arc<GoogleAuth>>,
+    ) -> Result<GcsBucket> {
+        parse_url(&format!("gs://{bucket}"))?;
+        Ok(GcsBucket(Arc::new(Gcs::new(bucket, endpoint, auth)?)))
+    }
+
+    /// Object `key`'s bytes from byte `offset` (a server that ignores the
+    /// range is an error); `shown` names it in errors.
+    pub async fn read(
+        &self,
+        key: &str,
+        offset: u64,
+        shown: String,
+    ) -> io::Result<Box<dyn AsyncRead + Send + Unpin>> {
+        GcsStore(self.0.clone()).read(key, offset, shown).await
+    }
+
+    /// Whether object `key` exists.
+    pub async fn exists(&self, key: &str) -> io::Result<bool> {
+        GcsStore(self.0.clone()).exists(key).await
+    }
+
+    /// Deletes object `key` (an error if there is none).
+    pub async fn delete(&self, key: &str) -> io::Result<()> {
+        GcsStore(self.0.clone()).delete(key).await
+    }
+}
+
 /// Characters of an object name sent as they are in a URL path.
 const NAME: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
@@ -211,7 +247,7 @@ const NAME: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     utf8_percent_encode(s, NAME).to_string()
 }
 
@@ -221,7 +257,7 @@ struct Gcs {
     /// `https://storage.googleapis.com` or another server, no trailing `/`.
     base: String,
     bucket: String,
-    auth: Option<Arc<TokenSource>>,
+    auth: Option<Arc<GoogleAuth>>,
     retry: RetryPolicy,
     /// Chunk size, a multiple of [`ALIGN`].
     chunk: usize,
@@ -230,8 +266,8 @@ struct Gcs {
 /// What a request's answer says went wrong, as an I/O error: transient
 /// kinds for what is worth trying again, with how long the server asked
 /// to wait.
-struct Failure {
-    error: io::Error,
+pub(crate) struct Failure {
+    pub(crate) error: io::Error,
     wait: Option<Duration>,
 }
 
@@ -246,7 +282,7 @@ impl Failure {
 
 /// A request that never got an answer (the URL left out: a session URI is
 /// a secret).
-fn unanswered(e: reqwest::Error) -> Failure {
+pub(crate) fn unanswered(e: reqwest::Error) -> Failure {
     let kind = if e.is_timeout() {
         io::ErrorKind::TimedOut
     } else {
@@ -259,7 +295,7 @@ fn unanswered(e: reqwest::Error) -> Failure {
 }
 
 /// An answer with a status that is not success.
-async fn refused(resp: reqwest::Response) -> Failure {
+pub(crate) async fn refused(resp: reqwest::Response) -> Failure {
     let status = resp.status();
     let wait = resp
         .headers()
@@ -307,6 +343,28 @@ enum Accept {
 }
 
 impl Gcs {
+    fn new(bucket: &str, endpoint: Option<&str>, auth: Option<Arc<GoogleAuth>>) -> Result<Gcs> {
+        if let Some(e) = endpoint {
+            endpoint_is_http("Cloud Storage", e)?;
+        }
+        // reqwest uses the process's rustls provider: ring, as everywhere here.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(15))
+            .read_timeout(Duration::from_secs(120))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Gcs {
+            http,
+            base: endpoint.unwrap_or(GOOGLE).trim_end_matches('/').to_string(),
+            bucket: bucket.to_string(),
+            auth,
+            retry: RetryPolicy::default(),
+            chunk: DEFAULT_CHUNK,
+        })
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -1038,281 +1096,6 @@ impl Upload for GcsUpload {
     }
 }
 
-/// Where access tokens come from.
-enum Credentials {
-    /// A service account's key: a signed assertion traded for a token.
-    ServiceAccount {
-        email: String,
-        key_id: Option<String>,
-        key: Box<ring::signature::RsaKeyPair>,
-        token_uri: String,
-    },
-    /// A user's refresh token (`gcloud auth application-default login`).
-    User {
-        client_id: String,
-        client_secret: String,
-        refresh_token: String,
-        token_uri: String,
-    },
-    /// The Compute Engine metadata server.
-    Metadata { base: String },
-}
-
-/// Access tokens, fetched when needed and kept until a minute before they
-/// expire.
-struct TokenSource {
-    credentials: Credentials,
-    /// Where they were found, for errors.
-    from: String,
-    cached: tokio::sync::Mutex<Option<(String, Instant)>>,
-}
-
-/// The key file's fields this module reads.
-#[derive(serde::Deserialize)]
-struct KeyFile {
-    #[serde(rename = "type")]
-    kind: String,
-    client_email: Option<String>,
-    private_key: Option<String>,
-    private_key_id: Option<String>,
-    token_uri: Option<String>,
-    client_id: Option<String>,
-    client_secret: Option<String>,
-    refresh_token: Option<String>,
-}
-
-impl TokenSource {
-    /// The first credentials found (see the module's documentation).
-    fn find(settings: &GcsSettings) -> Result<TokenSource> {
-        let read = |p: &std::path::Path, what: &str| -> Result<(String, String)> {
-            let text = std::fs::read_to_string(p).map_err(|e| {
-                Error::InvalidArgument(format!(
-                    "cannot read the Google Cloud credentials file {} ({what}): {e}",
-                    p.display()
-                ))
-            })?;
-            Ok((text, p.display().to_string()))
-        };
-        let found = if let Some(j) = &settings.credentials_json {
-            Some((j.clone(), "the settings' credentials_json".to_string()))
-        } else if let Some(p) = &settings.credentials {
-            Some(read(p, "the settings' credentials")?)
-        } else if let Some(p) =
-            std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS").filter(|p| !p.is_empty())
-        {
-            Some(read(
-                std::path::Path::new(&p),
-                "GOOGLE_APPLICATION_CREDENTIALS",
-            )?)
-        } else {
-            let dir = std::env::var_os("CLOUDSDK_CONFIG")
-                .map(PathBuf::from)
-                .or_else(|| {
-                    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/gcloud"))
-                });
-            match dir.map(|d| d.join("application_default_credentials.json")) {
-                Some(p) if p.exists() => {
-                    Some(read(&p, "gcloud's application default credentials")?)
-                }
-                _ => None,
-            }
-        };
-        let (credentials, from) = match found {
-            Some((text, from)) => (parse_key(&text, &from)?, from),
-            None => {
-                let host = std::env::var("GCE_METADATA_HOST").ok();
-                let on_gce = std::fs::read_to_string("/sys/class/dmi/id/product_name")
-                    .is_ok_and(|n| n.contains("Google"));
-                if host.is_none() && !on_gce {
-                    return Err(Error::InvalidArgument(
-                        "no Google Cloud credentials: set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, run `gcloud auth application-default login`, or give the sink's credentials".into(),
-                    ));
-                }
-                let host = host.unwrap_or_else(|| "metadata.google.internal".into());
-                (
-                    Credentials::Metadata {
-                        base: format!("http://{host}"),
-                    },
-                    "the Compute Engine metadata server".to_string(),
-                )
-            }
-        };
-        Ok(TokenSource {
-            credentials,
-            from,
-            cached: tokio::sync::Mutex::new(None),
-        })
-    }
-
-    /// A valid access token.
-    async fn token(&self, http: &reqwest::Client) -> io::Result<String> {
-        let mut cached = self.cached.lock().await;
-        if let Some((t, until)) = &*cached {
-            if Instant::now() + Duration::from_secs(60) < *until {
-                return Ok(t.clone());
-            }
-        }
-        let (token, lifetime) = self.fetch(http).await.map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!("cannot get an access token with {}: {e}", self.from),
-            )
-        })?;
-        *cached = Some((token.clone(), Instant::now() + lifetime));
-        Ok(token)
-    }
-
-    async fn fetch(&self, http: &reqwest::Client) -> io::Result<(String, Duration)> {
-        let form = |pairs: &[(&str, &str)]| -> String {
-            pairs
-                .iter()
-                .map(|(k, v)| format!("{k}={}", enc(v)))
-                .collect::<Vec<_>>()
-                .join("&")
-        };
-        let req = match &self.credentials {
-            Credentials::ServiceAccount {
-                email,
-                key_id,
-                key,
-                token_uri,
-            } => {
-                // The audience is Google's token endpoint wherever the
-                // assertion goes.
-                let assertion = jwt(email, key_id.as_deref(), key, OAUTH_TOKEN)?;
-                http.post(token_uri)
-                    .header("Content-Type", "application/x-www-form-urlencoded")
-                    .body(form(&[
-                        ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
-                        ("assertion", &assertion),
-                    ]))
-            }
-            Credentials::User {
-                client_id,
-                client_secret,
-                refresh_token,
-                token_uri,
-            } => http
-                .post(token_uri)
-                .header("Content-Type", "application/x-www-form-urlencoded")
-                .body(form(&[
-                    ("grant_type", "refresh_token"),
-                    ("client_id", client_id),
-                    ("client_secret", client_secret),
-                    ("refresh_token", refresh_token),
-                ])),
-            Credentials::Metadata { base } => http
-                .get(format!(
-                    "{base}/computeMetadata/v1/instance/service-accounts/default/token"
-                ))
-                .header("Metadata-Flavor", "Google"),
-        };
-        let resp = req.send().await.map_err(|e| unanswered(e).error)?;
-        if !resp.status().is_success() {
-            return Err(refused(resp).await.error);
-        }
-        #[derive(serde::Deserialize)]
-        struct Token {
-            access_token: String,
-            expires_in: Option<u64>,
-        }
-        let t: Token =
-            serde_json::from_slice(&read_bounded(resp, 64 << 10).await?).map_err(|e| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("token answer: {e}"))
-            })?;
-        Ok((
-            t.access_token,
-            Duration::from_secs(t.expires_in.unwrap_or(3600)),
-        ))
-    }
-}
-
-/// Credentials from the text of a key file found at `from`.
-fn parse_key(text: &str, from: &str) -> Result<Credentials> {
-    let bad =
-        |what: &str| Error::InvalidArgument(format!("Google Cloud credentials in {from}: {what}"));
-    let k: KeyFile = serde_json::from_str(text).map_err(|e| {
-        // serde's message may quote the file: say only where it went wrong.
-        bad(&format!(
-            "not a credentials file (line {}, column {})",
-            e.line(),
-            e.column()
-        ))
-    })?;
-    match k.kind.as_str() {
-        "service_account" => {
-            let pem = k.private_key.ok_or_else(|| bad("no private_key"))?;
-            let der = match rustls_pemfile::private_key(&mut pem.as_bytes()) {
-                Ok(Some(rustls::pki_types::PrivateKeyDer::Pkcs8(d))) => d,
-                _ => return Err(bad("private_key is not a PKCS#8 PEM key")),
-            };
-            let key = ring::signature::RsaKeyPair::from_pkcs8(der.secret_pkcs8_der())
-                .map(Box::new)
-                .map_err(|_| bad("private_key is not an RSA key"))?;
-            let token_uri = k.token_uri.unwrap_or_else(|| OAUTH_TOKEN.into());
-            endpoint_is_http("token", &token_uri)?;
-            Ok(Credentials::ServiceAccount {
-                email: k.client_email.ok_or_else(|| bad("no client_email"))?,
-                key_id: k.private_key_id,
-                key,
-                token_uri,
-            })
-        }
-        "authorized_user" => {
-            let token_uri = k.token_uri.unwrap_or_else(|| OAUTH_TOKEN.into());
-            endpoint_is_http("token", &token_uri)?;
-            Ok(Credentials::User {
-                client_id: k.client_id.ok_or_else(|| bad("no client_id"))?,
-                client_secret: k.client_secret.ok_or_else(|| bad("no client_secret"))?,
-                refresh_token: k.refresh_token.ok_or_else(|| bad("no refresh_token"))?,
-                token_uri,
-            })
-        }
-        other => Err(bad(&format!(
-            "type {other:?} is not supported (service_account or authorized_user)"
-        ))),
-    }
-}
-
-/// A service account's signed assertion (RFC 7523), valid for an hour.
-fn jwt(
-    email: &str,
-    key_id: Option<&str>,
-    key: &ring::signature::RsaKeyPair,
-    audience: &str,
-) -> io::Result<String> {
-    let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let mut header = json!({ "alg": "RS256", "typ": "JWT" });
-    if let Some(id) = key_id {
-        header["kid"] = json!(id);
-    }
-    let claims = json!({
-        "iss": email,
-        "scope": SCOPE,
-        "aud": audience,
-        "iat": now,
-        "exp": now + 3600,
-    });
-    let signed = format!(
-        "{}.{}",
-        b64(header.to_string().as_bytes()),
-        b64(claims.to_string().as_bytes())
-    );
-    let mut sig = vec![0; key.public().modulus_len()];
-    key.sign(
-        &ring::signature::RSA_PKCS1_SHA256,
-        &ring::rand::SystemRandom::new(),
-        signed.as_bytes(),
-        &mut sig,
-    )
-    .map_err(|_| io::Error::other("cannot sign the token request"))?;
-    Ok(format!("{signed}.{}", b64(&sig)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1353,30 +1136,5 @@ mod tests {
         );
         assert_ne!(origin("http://127.0.0.1:1/x"), origin("http://127.0.0.1:2"));
         assert_eq!(origin("http://user@127.0.0.1:1/x"), None);
-    }
-
-    #[test]
-    fn key_files_are_checked_and_never_echoed() {
-        let e = parse_key(
-            r#"{"type":"service_account","client_email":"a@b","private_key":"secret-material"}"#,
-            "k.json",
-        )
-        .err()
-        .unwrap()
-        .to_string();
-        assert!(
-            e.contains("PKCS#8") && !e.contains("secret-material"),
-            "{e}"
-        );
-        let e = parse_key("{\"type\": \"external_account\"}", "k.json")
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(e.contains("external_account"), "{e}");
-        let e = parse_key("not json secret", "k.json")
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(!e.contains("secret"), "{e}");
     }
 }

@@ -32,6 +32,8 @@
 pub mod azure;
 #[cfg(feature = "gcs")]
 pub mod gcs;
+#[cfg(feature = "gcs")]
+pub mod google_auth;
 mod local;
 mod memory;
 #[cfg(feature = "multipart")]
