@@ -30,6 +30,11 @@ pub enum ServedFormat {
     FixedVhd,
     /// The guest bytes, gzip-compressed.
     GzipRaw,
+    /// A gzip-compressed tar whose first member is the disk (`disk.raw`,
+    /// a regular or GNU sparse file): what Compute Engine's image export
+    /// writes. The gzip's CRC is checked, and nothing but the archive's
+    /// end may follow the disk.
+    TarGz,
 }
 
 /// Which disk, for errors: (VM, disk, location).
@@ -57,6 +62,7 @@ pub fn guest_bytes(
         ServedFormat::FixedVhd => fixed_vhd(served, capacity, of),
         ServedFormat::GzipRaw => gzip_raw(served, capacity, of),
         ServedFormat::StreamOptimizedVmdk => stream_optimized(served, capacity, of),
+        ServedFormat::TarGz => tar_gz(served, capacity, of),
     }
 }
 
@@ -206,6 +212,61 @@ fn gzip_raw(served: DiskStream, capacity: u64, of: DiskOf<'_>) -> DiskStream {
             }
         },
     ))
+}
+
+/// Most bytes that may follow the disk in a [`ServedFormat::TarGz`]
+/// archive (its padding and end blocks take at most 10 KiB).
+const MAX_TAR_TAIL: u64 = 1 << 20;
+
+/// Inflates and unpacks a tar.gz'd disk on a blocking thread.
+fn tar_gz(served: DiskStream, capacity: u64, of: DiskOf<'_>) -> DiskStream {
+    use std::io::Read;
+    let of = (of.0.to_string(), of.1.to_string(), of.2.to_string());
+    let body = served.map(|r| r.map_err(|e| std::io::Error::other(e.to_string())));
+    let bridge = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(body));
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let of = (of.0.as_str(), of.1.as_str(), of.2.as_str());
+        let send_err = |what: String| {
+            let _ = tx.blocking_send(Err(read_err(of, what)));
+        };
+        let gz = flate2::read::MultiGzDecoder::new(std::io::BufReader::with_capacity(1 << 20, bridge));
+        let mut disk = match hypersdk_formats::tar_disk::TarDisk::open(gz) {
+            Ok(d) => d,
+            Err(e) => return send_err(format!("the served archive holds no disk: {e}")),
+        };
+        if disk.size() != capacity {
+            return send_err(format!(
+                "the served archive's {} holds {} bytes, the disk has {capacity}",
+                disk.name(),
+                disk.size()
+            ));
+        }
+        let mut left = capacity;
+        while left > 0 {
+            let mut buf = vec![0u8; (1 << 20).min(left as usize)];
+            if let Err(e) = disk.read_exact(&mut buf) {
+                return send_err(format!("the served archive broke off: {e}"));
+            }
+            left -= buf.len() as u64;
+            if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                return; // the reader stopped
+            }
+        }
+        // The rest: the member's padding and the end blocks, read to the
+        // gzip's end so that its CRC and length are checked.
+        let mut rest = disk.into_inner().take(MAX_TAR_TAIL + 1);
+        match std::io::copy(&mut rest, &mut std::io::sink()) {
+            Ok(n) if n > MAX_TAR_TAIL => send_err(format!(
+                "the served archive holds more than its disk (over {MAX_TAR_TAIL} bytes after it)"
+            )),
+            Ok(_) => {}
+            Err(e) => send_err(format!("the served archive ends badly: {e}")),
+        }
+    });
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
 }
 
 /// Decodes a streamOptimized VMDK on a blocking thread.

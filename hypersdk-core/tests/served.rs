@@ -33,6 +33,12 @@ fn fixed_vhd(data: &[u8]) -> Vec<u8> {
     w.finish().unwrap().into_inner()
 }
 
+fn gunzip(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(data), &mut out).unwrap();
+    out
+}
+
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     e.write_all(data).unwrap();
@@ -150,6 +156,8 @@ async fn served_encodings_decode_to_the_guest_bytes_and_export_alike() {
     for (format, bytes) in [
         (ServedFormat::FixedVhd, fixed_vhd(&g)),
         (ServedFormat::GzipRaw, gzip(&g)),
+        (ServedFormat::TarGz, tar_gz(&g, true)),
+        (ServedFormat::TarGz, tar_gz(&g, false)),
     ] {
         let source = OnlyServed(Served::new(Some(format), bytes));
         hypersdk_testkit::provider::source_suite(&source).await;
@@ -160,6 +168,35 @@ async fn served_encodings_decode_to_the_guest_bytes_and_export_alike() {
             "{format:?}"
         );
     }
+}
+
+/// `data` as Compute Engine's image export writes it: `disk.raw` in a
+/// gzipped GNU tar, sparse (`-S`) or not; written with holes, as a disk
+/// file is.
+fn tar_gz(data: &[u8], sparse: bool) -> Vec<u8> {
+    use std::io::{Seek, SeekFrom};
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = std::fs::File::create(dir.path().join("disk.raw")).unwrap();
+    for (i, chunk) in data.chunks(4096).enumerate() {
+        if chunk.iter().any(|&b| b != 0) {
+            f.seek(SeekFrom::Start((i * 4096) as u64)).unwrap();
+            f.write_all(chunk).unwrap();
+        }
+    }
+    f.set_len(data.len() as u64).unwrap();
+    drop(f);
+    let out = dir.path().join("disk.tar.gz");
+    let flags = if sparse { "-Sczf" } else { "-czf" };
+    let st = std::process::Command::new("tar")
+        .arg(flags)
+        .arg(&out)
+        .arg("-C")
+        .arg(dir.path())
+        .arg("disk.raw")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::read(out).unwrap()
 }
 
 async fn first_error(source: &dyn ExportSource) -> String {
@@ -176,6 +213,12 @@ async fn first_error(source: &dyn ExportSource) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_encodings_fail_naming_the_disk() {
     let g = guest();
+    let tgz = tar_gz(&g, true);
+    // The gzip trailer's CRC-32 of the inflated bytes, damaged.
+    let mut bad_crc = tgz.clone();
+    let n = bad_crc.len();
+    bad_crc[n - 8] ^= 1;
+    let tar_gz_cut = gzip(&gunzip(&tgz)[..(1 << 20) + 1000]);
     let vhd = fixed_vhd(&g);
     let mut bad_sum = vhd.clone();
     let n = bad_sum.len();
@@ -199,6 +242,15 @@ async fn malformed_encodings_fail_naming_the_disk() {
         (ServedFormat::GzipRaw, short_gz, "gzip"),
         (ServedFormat::GzipRaw, long_gz, "the disk has 3145728"),
         (ServedFormat::GzipRaw, g.clone(), "gzip"),
+        (ServedFormat::TarGz, tar_gz(&g[..2 << 20], true), "the disk has 3145728"),
+        (ServedFormat::TarGz, gzip(&g), "holds no disk"),
+        (ServedFormat::TarGz, bad_crc, "ends badly"),
+        (ServedFormat::TarGz, tar_gz_cut, "broke off"),
+        (
+            ServedFormat::TarGz,
+            gzip(&[gunzip(&tar_gz(&g, true)), vec![0; 2 << 20]].concat()),
+            "more than its disk",
+        ),
     ] {
         let e = first_error(&OnlyServed(Served::new(Some(format), bytes))).await;
         assert!(e.contains("disk0") && e.contains(says), "{format:?}: {e}");

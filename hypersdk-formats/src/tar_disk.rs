@@ -156,6 +156,12 @@ impl<R: Read> TarDisk<R> {
         self.size
     }
 
+    /// The stream after the disk's bytes (once they are all read): the
+    /// member's padding, then whatever the archive holds next.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
     /// The stored regions as guest ranges (the rest reads as zeros).
     pub fn allocated(&self) -> Vec<std::ops::Range<u64>> {
         self.map.iter().map(|&(o, l)| o..o + l).collect()
