@@ -274,10 +274,11 @@ fn ovf_controller(kind: ControllerKind, model: &str, windows: bool) -> Controlle
 
 /// The OVF adapter type (`ResourceSubType`) of a NIC model: VMware's own
 /// keep their name; the paravirtual ones of other platforms (virtio, AWS's
-/// ENA, Hyper-V's and Azure's netvsc) become VmxNet3, the rest E1000.
+/// ENA, Hyper-V's and Azure's netvsc, Compute Engine's gVNIC) become
+/// VmxNet3, the rest E1000.
 fn ovf_nic(model: &str) -> &'static str {
     match model.to_ascii_lowercase().as_str() {
-        "vmxnet3" | "virtio" | "ena" | "netvsc" => "VmxNet3",
+        "vmxnet3" | "virtio" | "ena" | "netvsc" | "gvnic" => "VmxNet3",
         "vmxnet2" => "VmxNet2",
         "vmxnet" => "VmxNet",
         "e1000e" => "E1000e",

@@ -230,7 +230,8 @@ fn tar_gz(served: DiskStream, capacity: u64, of: DiskOf<'_>) -> DiskStream {
         let send_err = |what: String| {
             let _ = tx.blocking_send(Err(read_err(of, what)));
         };
-        let gz = flate2::read::MultiGzDecoder::new(std::io::BufReader::with_capacity(1 << 20, bridge));
+        let gz =
+            flate2::read::MultiGzDecoder::new(std::io::BufReader::with_capacity(1 << 20, bridge));
         let mut disk = match hypersdk_formats::tar_disk::TarDisk::open(gz) {
             Ok(d) => d,
             Err(e) => return send_err(format!("the served archive holds no disk: {e}")),

@@ -242,7 +242,11 @@ async fn malformed_encodings_fail_naming_the_disk() {
         (ServedFormat::GzipRaw, short_gz, "gzip"),
         (ServedFormat::GzipRaw, long_gz, "the disk has 3145728"),
         (ServedFormat::GzipRaw, g.clone(), "gzip"),
-        (ServedFormat::TarGz, tar_gz(&g[..2 << 20], true), "the disk has 3145728"),
+        (
+            ServedFormat::TarGz,
+            tar_gz(&g[..2 << 20], true),
+            "the disk has 3145728",
+        ),
         (ServedFormat::TarGz, gzip(&g), "holds no disk"),
         (ServedFormat::TarGz, bad_crc, "ends badly"),
         (ServedFormat::TarGz, tar_gz_cut, "broke off"),

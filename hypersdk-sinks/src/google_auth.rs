@@ -356,7 +356,6 @@ fn jwt(
     Ok(format!("{signed}.{}", b64(&sig)))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ use std::process::Command;
 pub mod azure_compute;
 pub mod azurite;
 pub mod faultproxy;
+pub mod gce;
 pub mod gcs;
 mod peers;
 pub mod python;
