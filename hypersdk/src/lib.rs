@@ -68,6 +68,8 @@ pub use hypersdk_azure as azure;
 pub use hypersdk_core as core;
 pub use hypersdk_core::*;
 pub use hypersdk_formats as formats;
+#[cfg(feature = "gcp")]
+pub use hypersdk_gcp as gcp;
 #[cfg(feature = "local")]
 pub use hypersdk_local as local;
 pub use hypersdk_sinks as sinks;

@@ -111,6 +111,7 @@ providers! {
     "vsphere" => Vsphere(hypersdk_vsphere::VsphereConfig),
     "aws" => Aws(hypersdk_aws::AwsConfig),
     "azure" => Azure(hypersdk_azure::AzureConfig),
+    "gcp" => Gcp(hypersdk_gcp::GcpConfig),
 }
 
 /// A variable of this process's environment, None if unset or empty: the
