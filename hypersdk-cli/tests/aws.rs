@@ -22,6 +22,52 @@ fn moto_env(endpoint: &str) -> [(&'static str, &str); 4] {
     ]
 }
 
+/// The classic path: `--provider-opt export_method=export-task` makes VM
+/// Import/Export write the instance into S3 (moto_export.py), then the
+/// export reads it from there; the package's disk equals the seeded root
+/// volume, and the task's file is gone afterwards.
+#[test]
+fn an_ec2_instance_exports_through_an_instance_export_task() {
+    let moto = MotoS3::start();
+    moto.create_bucket("vm-exports");
+    let tmp = tempfile::tempdir().unwrap();
+    moto.seed_root_only(Some(tmp.path()));
+    let endpoint = moto.endpoint();
+    let out = tmp.path().join("out");
+    let o = hyperctl_env(
+        &[
+            "export",
+            "app-01",
+            "--provider",
+            "aws",
+            "--provider-opt",
+            "export_method=export-task",
+            "--provider-opt",
+            "export_bucket=s3://vm-exports/vms/",
+            "--format",
+            "ovf",
+            "--output",
+            path_str(&out),
+            "--verify",
+            "--json",
+        ],
+        &moto_env(&endpoint),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["verified"], true, "{report}");
+    assert_same_guest_data(
+        &out.join("app-01/app-01-disk1.vmdk"),
+        Some("vmdk"),
+        &tmp.path().join("root.raw"),
+        Some("raw"),
+    );
+    assert!(
+        moto.list("vm-exports").is_empty(),
+        "the task's file is deleted"
+    );
+}
+
 #[test]
 fn an_ec2_instance_exports_through_ebs_snapshots() {
     let moto = MotoS3::start();

@@ -3,7 +3,9 @@
 Runs moto (PyPI moto[server]) on 127.0.0.1 on a port the OS picks and
 prints {"port": N} as its first line; exits when its standard input closes
 (so it never outlives the test that started it) or after --lifetime
-seconds. Loads moto_ebs.py, the extension the AWS provider's tests need.
+seconds. Loads moto_ebs.py and moto_export.py, the extensions the AWS
+provider's tests need (--export-seconds: how long an instance export task
+stays active before it writes).
 Counts the requests it serves by kind — GET /_peer/stats answers
 {"part_puts": N, "part_bytes": N, "creates": N, "completes": N,
 "aborts": N} — so tests can
@@ -24,6 +26,7 @@ from moto.moto_server.werkzeug_app import (
 from werkzeug.serving import make_server
 
 import moto_ebs  # noqa: F401  (volumes with content, EBS-readable EC2 snapshots)
+import moto_export  # VM Import/Export's instance export tasks
 
 from peer_serve import serve
 
@@ -66,7 +69,9 @@ def counting(app):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lifetime", type=float, default=1800)
+    ap.add_argument("--export-seconds", type=float, default=0.5)
     args = ap.parse_args()
+    moto_export.SETTINGS["seconds"] = args.export_seconds
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     app = counting(DomainDispatcherApplication(create_backend_app))
     server = make_server(

@@ -1,6 +1,6 @@
 """Seeds moto (with moto_ebs.py) with an EC2 instance for the AWS tests.
 
-Usage: seed_ec2_instance.py ENDPOINT ACCESS_KEY SECRET_KEY [DIR] [--big MIB]
+Usage: seed_ec2_instance.py ENDPOINT ACCESS_KEY SECRET_KEY [DIR] [--big MIB | --single]
 
 Runs an m5.large instance named web-01 (a 1 GiB root volume without
 content) with two data volumes made from snapshots written through the EBS
@@ -12,6 +12,10 @@ sha256 of the whole content}, "snapshots": {device: the snapshot it was
 made from}}. With --big MIB (for cloud-bench), also
 /dev/sdh: MIB rounded up to whole GiB, every other block written (random
 and text).
+
+With --single, instead: a t3.micro instance named app-01 with only a root
+volume (/dev/sda1, 1 GiB: random, text, zeros, the last block random), as
+the classic instance export path takes (it exports the root volume).
 """
 
 import base64
@@ -24,6 +28,8 @@ import sys
 import boto3
 
 args = sys.argv[1:]
+single = "--single" in args
+args = [a for a in args if a != "--single"]
 big = None
 if "--big" in args:
     at = args.index("--big")
@@ -73,6 +79,22 @@ def seeded(name, gib, layout):
 
 
 image = ec2.describe_images(Owners=["amazon"])["Images"][0]
+if single:
+    root = image.get("RootDeviceName", "/dev/sda1")
+    r = ec2.run_instances(
+        ImageId=image["ImageId"], MinCount=1, MaxCount=1, InstanceType="t3.micro",
+        BlockDeviceMappings=[{"DeviceName": root, "Ebs": {"VolumeSize": 1}}],
+        TagSpecifications=[{"ResourceType": "instance",
+                            "Tags": [{"Key": "Name", "Value": "app-01"}]}])
+    i = r["Instances"][0]
+    old = i["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+    ec2.detach_volume(VolumeId=old, InstanceId=i["InstanceId"], Device=root)
+    ec2.delete_volume(VolumeId=old)
+    snap, digest = seeded("root", 1, [(0, "random"), (1, "text"), (7, "zeros"), (2047, "random")])
+    vol = ec2.create_volume(SnapshotId=snap, AvailabilityZone=i["Placement"]["AvailabilityZone"], Size=1)["VolumeId"]
+    ec2.attach_volume(VolumeId=vol, InstanceId=i["InstanceId"], Device=root)
+    print(json.dumps({"id": i["InstanceId"], "disks": {root: digest}, "snapshots": {root: snap}}))
+    sys.exit(0)
 root = image.get("RootDeviceName", "/dev/sda1")
 r = ec2.run_instances(
     ImageId=image["ImageId"], MinCount=1, MaxCount=1, InstanceType="m5.large",

@@ -58,7 +58,8 @@ impl Endpoint {
         })
     }
 
-    /// The signing headers of `req` for `service` (`ec2`, `ebs`), now.
+    /// The signing headers of `req` for `service` (`ec2`, `ebs`, `s3`),
+    /// now (S3 also wants the payload's digest as a header).
     pub(crate) async fn sign(
         &self,
         req: &sigv4::Request<'_>,
@@ -70,7 +71,7 @@ impl Endpoint {
             &creds,
             (&self.region, service),
             &sigv4::amz_date_now(),
-            false,
+            service == "s3",
         ))
     }
 }

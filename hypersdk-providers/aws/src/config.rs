@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::creds::CredentialSource;
 use crate::ebs::Ebs;
 use crate::ec2::Ec2;
+use crate::s3::S3;
 use crate::sigv4::Credentials;
 use crate::AwsProvider;
 
@@ -74,6 +75,20 @@ pub struct AwsConfig {
     /// Never ask the instance metadata service (AWS_EC2_METADATA_DISABLED).
     #[serde(default)]
     pub imds_disabled: bool,
+    /// How disks are read: `ebs-direct` (default: a snapshot per volume,
+    /// read through the EBS direct APIs) or `export-task` (VM
+    /// Import/Export's CreateInstanceExportTask into `export_bucket`, then
+    /// read from S3; the root volume only).
+    #[serde(default)]
+    pub export_method: Option<String>,
+    /// Where `export-task` writes: `s3://BUCKET[/PREFIX]` (the bucket must
+    /// grant VM Import/Export write access, as its guide says).
+    #[serde(default)]
+    pub export_bucket: Option<String>,
+    /// S3 endpoint, path-style (default: virtual-hosted
+    /// `https://BUCKET.s3.REGION.amazonaws.com`).
+    #[serde(default)]
+    pub s3_endpoint: Option<String>,
 }
 
 impl std::fmt::Debug for AwsConfig {
@@ -105,6 +120,9 @@ impl std::fmt::Debug for AwsConfig {
             )
             .field("imds_endpoint", &self.imds_endpoint)
             .field("imds_disabled", &self.imds_disabled)
+            .field("export_method", &self.export_method)
+            .field("export_bucket", &self.export_bucket)
+            .field("s3_endpoint", &self.s3_endpoint)
             .finish()
     }
 }
@@ -202,10 +220,38 @@ impl AwsConfig {
             .clone()
             .or(c.endpoint.clone())
             .unwrap_or_else(|| format!("https://ebs.{region}.amazonaws.com"));
-        Ok(AwsProvider::new(
+        let provider = AwsProvider::new(
             Ec2::new(&ec2, &region, creds.clone())?,
-            Ebs::new(&ebs, &region, creds)?,
-        ))
+            Ebs::new(&ebs, &region, creds.clone())?,
+        );
+        match c.export_method.as_deref().unwrap_or("ebs-direct") {
+            "ebs-direct" => Ok(provider),
+            "export-task" => {
+                let url = c.export_bucket.as_deref().ok_or_else(|| {
+                    Error::InvalidArgument(
+                        "export_method export-task writes into an S3 bucket: give export_bucket (s3://BUCKET[/PREFIX])".into(),
+                    )
+                })?;
+                let rest = url.strip_prefix("s3://").ok_or_else(|| {
+                    Error::InvalidArgument(format!("export_bucket {url:?} is not an s3:// URL"))
+                })?;
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if prefix
+                    .split('/')
+                    .any(|p| p == "." || p == ".." || p.contains(['?', '#', '\\']))
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "export_bucket {url:?}: not a plain key prefix"
+                    )));
+                }
+                let s3_endpoint = c.s3_endpoint.clone().or(c.endpoint.clone());
+                let s3 = S3::new(bucket, s3_endpoint.as_deref(), &region, creds)?;
+                Ok(provider.with_export_tasks(s3, bucket, prefix))
+            }
+            other => Err(Error::InvalidArgument(format!(
+                "export_method {other:?}: ebs-direct or export-task"
+            ))),
+        }
     }
 }
 
@@ -245,6 +291,7 @@ impl ProviderSettings for AwsConfig {
         put("profile", &["AWS_PROFILE"]);
         put("endpoint", &["AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL"]);
         put("ebs_endpoint", &["AWS_ENDPOINT_URL_EBS"]);
+        put("s3_endpoint", &["AWS_ENDPOINT_URL_S3"]);
         put("imds_endpoint", &["AWS_EC2_METADATA_SERVICE_ENDPOINT"]);
         put("role_arn", &["AWS_ROLE_ARN"]);
         put("web_identity_token_file", &["AWS_WEB_IDENTITY_TOKEN_FILE"]);

@@ -510,6 +510,113 @@ impl Ec2 {
 }
 
 /// The `item`s of list `name` in `e`.
+/// An instance export task (VM Import/Export), as DescribeExportTasks
+/// tells it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportTask {
+    /// `export-i-…`.
+    pub id: String,
+    /// `active`, `cancelling`, `cancelled` or `completed`.
+    pub state: String,
+    /// What the task says of itself (why it failed).
+    pub status: String,
+    /// The instance it exports.
+    pub instance: String,
+    /// The bucket and key of the file it writes.
+    pub bucket: String,
+    /// The file's key (`PREFIXexport-i-….vmdk`).
+    pub key: String,
+}
+
+fn export_task(t: &Element) -> ExportTask {
+    let s3 = t.find("exportToS3");
+    let field = |name: &str| {
+        s3.and_then(|e| e.find_text(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    ExportTask {
+        id: t.find_text("exportTaskId").unwrap_or_default().to_string(),
+        state: t.find_text("state").unwrap_or_default().to_string(),
+        status: t.find_text("statusMessage").unwrap_or_default().to_string(),
+        instance: t
+            .find("instanceExport")
+            .and_then(|e| e.find_text("instanceId"))
+            .unwrap_or_default()
+            .to_string(),
+        bucket: field("s3Bucket"),
+        key: field("s3Key"),
+    }
+}
+
+impl Ec2 {
+    /// Starts VM Import/Export's export of instance `instance` to
+    /// `bucket` under `prefix` as a streamOptimized VMDK for VMware
+    /// (CreateInstanceExportTask).
+    pub async fn create_instance_export_task(
+        &self,
+        instance: &str,
+        bucket: &str,
+        prefix: &str,
+        description: &str,
+    ) -> Result<ExportTask> {
+        // Not tried again: a retry after a lost answer would start a
+        // second export.
+        let r = self
+            .call_once(
+                "CreateInstanceExportTask",
+                &[
+                    ("InstanceId".into(), instance.to_string()),
+                    ("TargetEnvironment".into(), "vmware".into()),
+                    ("Description".into(), description.to_string()),
+                    ("ExportToS3.DiskImageFormat".into(), "VMDK".into()),
+                    ("ExportToS3.S3Bucket".into(), bucket.to_string()),
+                    ("ExportToS3.S3Prefix".into(), prefix.to_string()),
+                ],
+            )
+            .await?;
+        let t = r.find("exportTask").map(export_task);
+        t.filter(|t| !t.id.is_empty() && !t.key.is_empty())
+            .ok_or_else(|| {
+                self.err(
+                    format!("EC2 CreateInstanceExportTask of {instance}: no task in the answer"),
+                    false,
+                )
+            })
+    }
+
+    /// Export task `id`, None if EC2 does not know it.
+    pub async fn export_task(&self, id: &str) -> Result<Option<ExportTask>> {
+        match self
+            .call(
+                "DescribeExportTasks",
+                &[("ExportTaskId.1".into(), id.to_string())],
+            )
+            .await
+        {
+            Ok(r) => Ok(items(&r, "exportTaskSet")
+                .map(export_task)
+                .find(|t| t.id == id)),
+            Err(e) if e.to_string().contains("InvalidExportTaskID.NotFound") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Cancels export task `id` (one no longer active is left as it is).
+    pub async fn cancel_export_task(&self, id: &str) -> Result<()> {
+        match self
+            .call(
+                "CancelExportTask",
+                &[("ExportTaskId".into(), id.to_string())],
+            )
+            .await
+        {
+            Err(e) if e.to_string().contains("IncorrectState") => Ok(()),
+            r => r.map(drop),
+        }
+    }
+}
+
 fn items<'a>(e: &'a Element, name: &'a str) -> impl Iterator<Item = &'a Element> + 'a {
     e.find(name).into_iter().flat_map(|l| l.find_all("item"))
 }

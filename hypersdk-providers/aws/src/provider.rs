@@ -18,6 +18,8 @@ use hypersdk_core::{Error, ExportSource, Provider, Result};
 
 use crate::ebs::{Blocks, Ebs};
 use crate::ec2::{Ec2, Instance, TypeInfo, Volume};
+use crate::export_task::{self, Classic};
+use crate::s3::S3;
 
 /// Blocks read at once per disk (512 KiB each on AWS: 8 MiB in flight).
 const IN_FLIGHT: usize = 16;
@@ -29,6 +31,9 @@ static ZEROS: [u8; 524_288] = [0; 524_288];
 pub struct AwsProvider {
     ec2: Arc<Ec2>,
     ebs: Arc<Ebs>,
+    /// Export through VM Import/Export's instance export tasks instead of
+    /// the EBS direct APIs.
+    classic: Option<Classic>,
 }
 
 impl AwsProvider {
@@ -37,7 +42,26 @@ impl AwsProvider {
         AwsProvider {
             ec2: Arc::new(ec2),
             ebs: Arc::new(ebs),
+            classic: None,
         }
+    }
+
+    /// Exports through VM Import/Export's instance export tasks
+    /// (`CreateInstanceExportTask`), writing into `bucket` (reached with
+    /// `s3`) under `prefix`, instead of reading EBS snapshots: for
+    /// accounts that require it. Only the root volume is exported, so
+    /// instances with data volumes are refused.
+    pub fn with_export_tasks(mut self, s3: S3, bucket: &str, prefix: &str) -> AwsProvider {
+        let mut prefix = prefix.trim_matches('/').to_string();
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        self.classic = Some(Classic {
+            s3: Arc::new(s3),
+            bucket: bucket.to_string(),
+            prefix,
+        });
+        self
     }
 
     /// The instance named `vm`: its id (`i-…`), or its `Name` tag.
@@ -242,6 +266,13 @@ impl Provider for AwsProvider {
     /// else (a warning) new ones, and the export's disks start over.
     async fn resume_export(&self, vm: &str, token: &str) -> Result<Box<dyn ExportSource>> {
         let spec = self.vm_spec(vm).await?;
+        if let Some(classic) = &self.classic {
+            let task = serde_json::from_str::<serde_json::Value>(token)
+                .ok()
+                .and_then(|v| v["export_task"].as_str().map(str::to_string));
+            return export_task::open(self.ec2.clone(), classic.clone(), spec, task.as_deref())
+                .await;
+        }
         let Some(snaps) = self.kept_snapshots(&spec, token).await? else {
             tracing::warn!(
                 vm,
@@ -254,6 +285,15 @@ impl Provider for AwsProvider {
     }
 
     async fn open_export(&self, vm: &str) -> Result<Box<dyn ExportSource>> {
+        if let Some(classic) = &self.classic {
+            if vm.starts_with("ami-") || vm.starts_with("snap-") {
+                return Err(Error::InvalidArgument(format!(
+                    "{vm}: VM Import/Export's instance export takes instances; an AMI or a snapshot is read through the EBS direct APIs (the default export_method)"
+                )));
+            }
+            let spec = self.vm_spec(vm).await?;
+            return export_task::open(self.ec2.clone(), classic.clone(), spec, None).await;
+        }
         if let Some(spec) = self.stored(vm).await? {
             // An AMI's snapshots, or one snapshot: read in place, kept.
             let snaps = spec.disks.iter().map(|d| d.location.clone()).collect();

@@ -125,7 +125,29 @@ impl MotoS3 {
         self.seed(None, Some(mib))
     }
 
+    /// Seeds instance app-01 with only a root volume of known content
+    /// (what VM Import/Export's instance export takes): `disks` has
+    /// `/dev/sda1`; with `dir`, its content is written there as root.raw.
+    pub fn seed_root_only(&self, dir: Option<&std::path::Path>) -> serde_json::Value {
+        self.seed_with(dir, &["--single".to_string()])
+    }
+
+    /// Starts one whose instance export tasks stay active for `seconds`
+    /// before they write.
+    pub fn start_with_export_seconds(seconds: f64) -> MotoS3 {
+        let s = seconds.to_string();
+        let (child, port) = start_peer("tests/peers/moto_s3.py", &["--export-seconds", &s]);
+        MotoS3 { port, child }
+    }
+
     fn seed(&self, dir: Option<&std::path::Path>, big: Option<u64>) -> serde_json::Value {
+        let extra: Vec<String> = big
+            .map(|mib| vec!["--big".to_string(), mib.to_string()])
+            .unwrap_or_default();
+        self.seed_with(dir, &extra)
+    }
+
+    fn seed_with(&self, dir: Option<&std::path::Path>, extra: &[String]) -> serde_json::Value {
         let script = crate::workspace_root().join("tests/peers/seed_ec2_instance.py");
         let endpoint = self.endpoint();
         let mut args = vec![
@@ -137,9 +159,7 @@ impl MotoS3 {
         if let Some(d) = dir {
             args.push(d.to_str().expect("a UTF-8 path").to_string());
         }
-        if let Some(mib) = big {
-            args.extend(["--big".to_string(), mib.to_string()]);
-        }
+        args.extend_from_slice(extra);
         let out = Command::new(crate::python::venv_python())
             .args(&args)
             .output()
