@@ -21,7 +21,13 @@
 //! An AMI (`ami-…`) or a snapshot (`snap-…`) named instead of an instance
 //! is read in place, and kept.
 //!
-//! Not yet (issue 18): the classic `CreateInstanceExportTask` path.
+//! The classic path, for accounts that require VM Import/Export
+//! (`export_method: export-task`, `export_bucket: s3://BUCKET/PREFIX`):
+//! `CreateInstanceExportTask` writes the instance as a VMDK into the
+//! bucket; the export polls the task, streams the file from S3 ([`s3`])
+//! decoding it on the fly, and on every path cancels a task still running
+//! and deletes the file. Only the root volume is exported (VM
+//! Import/Export's limit): instances with data volumes are refused.
 //!
 //! ```
 //! use hypersdk_aws::AwsConfig;
