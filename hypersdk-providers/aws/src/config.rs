@@ -258,7 +258,8 @@ impl AwsConfig {
 #[async_trait]
 impl ProviderSettings for AwsConfig {
     const KIND: &'static str = "aws";
-    const ABOUT: &'static str = "AWS EC2 instances, read through EBS snapshots (EBS direct APIs) or VM Import/Export tasks";
+    const ABOUT: &'static str =
+        "AWS EC2 instances, read through EBS snapshots (EBS direct APIs) or VM Import/Export tasks";
 
     /// `aws://REGION` → `region: REGION`.
     fn url_fields(url: &ProviderUrl) -> Result<Fields> {

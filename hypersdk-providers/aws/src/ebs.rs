@@ -162,11 +162,29 @@ impl Ebs {
             if let Some(v) = page.volume_size {
                 out.volume_gib = v;
             }
+            let before = out.blocks.len();
             out.blocks.extend(
                 page.blocks
                     .into_iter()
                     .map(|b| (b.block_index, b.block_token)),
             );
+            // A block list never holds more blocks than the volume has, nor
+            // one past its end: memory stays bounded by the volume's size
+            // whatever the server sends.
+            if out.block_size > 0 && out.volume_gib > 0 {
+                let count = (out.volume_gib << 30).div_ceil(out.block_size);
+                if out.blocks.len() as u64 > count
+                    || out.blocks[before..].iter().any(|&(i, _)| i >= count)
+                {
+                    return Err(self.err(
+                        format!(
+                            "EBS ListSnapshotBlocks: {snapshot} lists blocks past its {} GiB",
+                            out.volume_gib
+                        ),
+                        false,
+                    ));
+                }
+            }
             token = page.next_token.filter(|t| !t.is_empty());
             if token.is_none() {
                 if out.block_size == 0 || out.block_size as usize > MAX_BLOCK {

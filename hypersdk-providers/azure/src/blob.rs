@@ -20,6 +20,11 @@ const VERSION: &str = "2021-08-06";
 const MAX_PAGE_LIST: usize = 32 << 20;
 /// Pages of page ranges followed.
 const MAX_PAGE_LISTS: usize = 100_000;
+/// The grid allocated ranges are kept on (1 MiB). A page list may hold a
+/// range per 512-byte page; on this grid a disk has at most one range per
+/// 2 MiB, 16 bytes each (8 MiB per TiB of disk, 256 MiB for Azure's
+/// largest, 32 TiB, disk), whatever the server sends.
+pub(crate) const GRID: u64 = 1 << 20;
 
 /// One page blob, by its SAS URL (a secret: never shown).
 pub(crate) struct PageBlob {
@@ -122,6 +127,8 @@ impl PageBlob {
     }
 
     /// The allocated guest ranges (the footer's page left out), merged.
+    /// The blob's allocated ranges (Get Page Ranges, every page list),
+    /// widened to [`GRID`] and merged, within the disk's capacity.
     pub(crate) async fn ranges(&self) -> Result<Vec<Range<u64>>> {
         let mut out: Vec<Range<u64>> = Vec::new();
         let mut marker: Option<String> = None;
@@ -173,7 +180,9 @@ impl PageBlob {
                         false,
                     ));
                 }
-                let r = start..(end + 1).min(self.capacity);
+                // Widened to the grid: a superset of the allocated bytes
+                // (what lies outside still reads as zeros).
+                let r = widen(start, end, self.capacity);
                 if r.is_empty() {
                     continue;
                 }
@@ -202,7 +211,21 @@ impl PageBlob {
             false,
         ))
     }
+}
 
+/// Page range `start..=end` (Get Page Ranges' inclusive ends) widened to
+/// [`GRID`], within `capacity`.
+fn widen(start: u64, end: u64, capacity: u64) -> Range<u64> {
+    let from = (start / GRID * GRID).min(capacity);
+    let to = end
+        .saturating_add(1)
+        .div_ceil(GRID)
+        .saturating_mul(GRID)
+        .min(capacity);
+    from..to.max(from)
+}
+
+impl PageBlob {
     /// The bytes of `range` (at most 4 MiB, so that the service sends their
     /// MD5), checked against it.
     pub(crate) async fn read(&self, range: Range<u64>) -> Result<Bytes> {
@@ -292,5 +315,26 @@ impl PageBlob {
             format!("{what} of {} answered HTTP {status}{hint}", self.what),
             status >= 500 || status == 429,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_ranges_widen_to_the_grid_within_the_disk() {
+        const M: u64 = 1 << 20;
+        assert_eq!(widen(512, 1023, 10 * M), 0..M);
+        assert_eq!(widen(M, 2 * M - 1, 10 * M), M..2 * M);
+        assert_eq!(widen(3 * M - 1, 3 * M, 10 * M), 2 * M..4 * M);
+        // The last MiB of a disk that is not a whole number of them.
+        assert_eq!(
+            widen(10 * M, 10 * M + 511, 10 * M + 512),
+            10 * M..10 * M + 512
+        );
+        // Past the capacity (the footer's pages): nothing.
+        assert_eq!(widen(11 * M, 11 * M + 511, 10 * M), 10 * M..10 * M);
+        assert_eq!(widen(u64::MAX - 1, u64::MAX, 10 * M), 10 * M..10 * M);
     }
 }
