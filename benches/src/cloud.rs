@@ -24,6 +24,15 @@
 //!   EBS direct APIs (16 blocks in flight, SHA-256 checked). Baseline:
 //!   `coldsnap download` of that same snapshot (AWS's own Rust tool for the
 //!   EBS direct APIs) into a file.
+//! - GCP (`HSDK_CLOUDS=gcp`): instance web-03 (tests/peers/seed_gce_vm.py
+//!   `--big GIB`, SIZE_MIB rounded up to GiB) gets a data disk with a random
+//!   MiB on every other MiB of its first 2 GiB; the stub's image export
+//!   writes it as `tar -Sczf` into gcp-storage-emulator. Once the object is
+//!   staged (not timed: that is the cloud's work), hypersdk reads the disk
+//!   from the bucket, inflating and unpacking on the fly. Baseline: Google's
+//!   Python client (google-cloud-storage `download_to_file`) piped into
+//!   GNU `tar -xzSf -` (what one does by hand with the object), the
+//!   unpacked disk.raw hashed after its clock stops.
 //!
 //! Each side runs three times, alternating; the median is printed with
 //! its rate (MB/s of guest bytes) and the ratio. Every read is checked
@@ -229,6 +238,83 @@ async fn aws(size_mib: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn gcp(size_mib: u64) -> anyhow::Result<()> {
+    use hypersdk_testsupport::gce::{GceCompute, BUCKET};
+    let gib = size_mib.div_ceil(1024);
+    let peer = GceCompute::start();
+    let seeded = peer.seed_vm(true, Some(gib));
+    let want = seeded["disks"]["web-03-data"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let config: hypersdk_gcp::GcpConfig = serde_json::from_value(peer.config())?;
+    let p = config.provider()?;
+    let sdk = r#"
+import hashlib, subprocess, tempfile, time
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+gcs = storage.Client(project="hypersdk-test", credentials=AnonymousCredentials(),
+    client_options=ClientOptions(api_endpoint=sys.argv[5]))
+with tempfile.TemporaryDirectory() as d:
+    start = time.perf_counter()
+    tar = subprocess.Popen(["tar", "-xzSf", "-", "-C", d], stdin=subprocess.PIPE)
+    gcs.bucket(sys.argv[6]).blob(sys.argv[7]).download_to_file(tar.stdin)
+    tar.stdin.close()
+    assert tar.wait() == 0
+    secs = time.perf_counter() - start
+    h = hashlib.sha256()
+    with open(d + "/disk.raw", "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+print(json.dumps({"secs": secs, "sha256": h.hexdigest()}))
+"#;
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let mut bytes = 0;
+    for round in 0..3 {
+        let source = p.open_export("web-03").await?;
+        let token: serde_json::Value =
+            serde_json::from_str(&source.resume_token().unwrap_or_default())?;
+        let object = token["exports"][1]["object"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        // Staged first (the cloud's part, not timed).
+        let staged = Instant::now();
+        while !peer.storage.list(BUCKET).contains(&object) {
+            anyhow::ensure!(staged.elapsed().as_secs() < 600, "never staged");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        let (secs, hex, n) = read_disk(source.as_ref(), 1).await?;
+        anyhow::ensure!(hex == want, "hypersdk read {hex}, seeded {want}");
+        bytes = n;
+        ours.push(secs);
+        let storage = peer.storage.endpoint();
+        let v: serde_json::Value = serde_json::from_str(
+            peer.sdk(&format!(
+                "sys.argv[5:] = {:?}\n{sdk}",
+                [storage.as_str(), BUCKET, object.as_str()]
+            ))
+            .trim(),
+        )?;
+        source.close_after(true).await?;
+        anyhow::ensure!(v["sha256"] == want.as_str(), "the SDK read {}", v["sha256"]);
+        theirs.push(v["secs"].as_f64().unwrap_or(f64::NAN));
+        eprintln!(
+            "gcp round {round}: hypersdk {secs:.2} s, SDK + tar {:.2} s",
+            theirs[round]
+        );
+    }
+    report(
+        &format!("Compute Engine image export (tar.gz in GCS), {gib} GiB disk"),
+        &ours,
+        &theirs,
+        "google-cloud-storage download_to_file | tar -xzSf -",
+        bytes,
+    );
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let size_mib: u64 = std::env::args()
@@ -243,6 +329,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if clouds.contains("aws") {
         aws(size_mib).await?;
+    }
+    if clouds.contains("gcp") {
+        gcp(size_mib).await?;
     }
     Ok(())
 }
