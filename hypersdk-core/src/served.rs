@@ -221,94 +221,113 @@ const MAX_TAR_TAIL: u64 = 1 << 20;
 /// Inflates and unpacks a tar.gz'd disk on a blocking thread.
 fn tar_gz(served: DiskStream, capacity: u64, of: DiskOf<'_>) -> DiskStream {
     use std::io::Read;
-    let of = (of.0.to_string(), of.1.to_string(), of.2.to_string());
-    let body = served.map(|r| r.map_err(|e| std::io::Error::other(e.to_string())));
-    let bridge = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(body));
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(4);
-    tokio::task::spawn_blocking(move || {
-        let of = (of.0.as_str(), of.1.as_str(), of.2.as_str());
-        let send_err = |what: String| {
-            let _ = tx.blocking_send(Err(read_err(of, what)));
-        };
-        let gz =
-            flate2::read::MultiGzDecoder::new(std::io::BufReader::with_capacity(1 << 20, bridge));
-        let mut disk = match hypersdk_formats::tar_disk::TarDisk::open(gz) {
-            Ok(d) => d,
-            Err(e) => return send_err(format!("the served archive holds no disk: {e}")),
-        };
-        if disk.size() != capacity {
-            return send_err(format!(
-                "the served archive's {} holds {} bytes, the disk has {capacity}",
-                disk.name(),
-                disk.size()
+    on_thread(
+        served,
+        capacity,
+        of,
+        "archive",
+        move |bridge| {
+            let gz = flate2::read::MultiGzDecoder::new(std::io::BufReader::with_capacity(
+                1 << 20,
+                bridge,
             ));
-        }
-        let mut left = capacity;
-        while left > 0 {
-            let mut buf = vec![0u8; (1 << 20).min(left as usize)];
-            if let Err(e) = disk.read_exact(&mut buf) {
-                return send_err(format!("the served archive broke off: {e}"));
+            let disk = hypersdk_formats::tar_disk::TarDisk::open(gz)
+                .map_err(|e| format!("the served archive holds no disk: {e}"))?;
+            if disk.size() != capacity {
+                return Err(format!(
+                    "the served archive's {} holds {} bytes, the disk has {capacity}",
+                    disk.name(),
+                    disk.size()
+                ));
             }
-            left -= buf.len() as u64;
-            if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
-                return; // the reader stopped
+            Ok(disk)
+        },
+        |disk| {
+            // The rest: the member's padding and the end blocks, read to
+            // the gzip's end so that its CRC and length are checked.
+            let mut rest = disk.into_inner().take(MAX_TAR_TAIL + 1);
+            match std::io::copy(&mut rest, &mut std::io::sink()) {
+                Ok(n) if n > MAX_TAR_TAIL => Err(format!(
+                    "the served archive holds more than its disk (over {MAX_TAR_TAIL} bytes after it)"
+                )),
+                Ok(_) => Ok(()),
+                Err(e) => Err(format!("the served archive ends badly: {e}")),
             }
-        }
-        // The rest: the member's padding and the end blocks, read to the
-        // gzip's end so that its CRC and length are checked.
-        let mut rest = disk.into_inner().take(MAX_TAR_TAIL + 1);
-        match std::io::copy(&mut rest, &mut std::io::sink()) {
-            Ok(n) if n > MAX_TAR_TAIL => send_err(format!(
-                "the served archive holds more than its disk (over {MAX_TAR_TAIL} bytes after it)"
-            )),
-            Ok(_) => {}
-            Err(e) => send_err(format!("the served archive ends badly: {e}")),
-        }
-    });
-    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }))
+        },
+    )
 }
 
 /// Decodes a streamOptimized VMDK on a blocking thread.
 fn stream_optimized(served: DiskStream, capacity: u64, of: DiskOf<'_>) -> DiskStream {
     use std::io::Read;
+    on_thread(
+        served,
+        capacity,
+        of,
+        "VMDK",
+        move |bridge| {
+            let dec = hypersdk_formats::vmdk::StreamDecoder::new(bridge)
+                .map_err(|e| format!("the served disk is not a streamOptimized VMDK: {e}"))?;
+            if dec.capacity() != hypersdk_formats::image::sector_capacity(capacity) {
+                return Err(format!(
+                    "the served VMDK holds {} bytes, the disk has {capacity}",
+                    dec.capacity()
+                ));
+            }
+            Ok(dec)
+        },
+        |mut dec| {
+            dec.read(&mut [0u8; 1])
+                .map(drop)
+                .map_err(|e| format!("the served VMDK ends badly: {e}"))
+        },
+    )
+}
+
+/// The served bytes as a blocking reader.
+type Served = Box<dyn std::io::Read + Send>;
+
+/// Decodes `served` on a blocking thread: `open` makes a reader of the
+/// guest bytes from it (or says why it cannot), `capacity` bytes are read
+/// from that in 1 MiB chunks (four in flight to the caller), then `finish`
+/// checks what follows. Errors name the disk; `what` names the encoding
+/// when it breaks off.
+fn on_thread<D: std::io::Read>(
+    served: DiskStream,
+    capacity: u64,
+    of: DiskOf<'_>,
+    what: &'static str,
+    open: impl FnOnce(Served) -> std::result::Result<D, String> + Send + 'static,
+    finish: impl FnOnce(D) -> std::result::Result<(), String> + Send + 'static,
+) -> DiskStream {
     let of = (of.0.to_string(), of.1.to_string(), of.2.to_string());
     let body = served.map(|r| r.map_err(|e| std::io::Error::other(e.to_string())));
-    let bridge = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(body));
+    let bridge: Served = Box::new(tokio_util::io::SyncIoBridge::new(
+        tokio_util::io::StreamReader::new(body),
+    ));
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(4);
     tokio::task::spawn_blocking(move || {
         let of = (of.0.as_str(), of.1.as_str(), of.2.as_str());
         let send_err = |what: String| {
             let _ = tx.blocking_send(Err(read_err(of, what)));
         };
-        let mut dec = match hypersdk_formats::vmdk::StreamDecoder::new(bridge) {
+        let mut dec = match open(bridge) {
             Ok(d) => d,
-            Err(e) => {
-                return send_err(format!(
-                    "the served disk is not a streamOptimized VMDK: {e}"
-                ))
-            }
+            Err(e) => return send_err(e),
         };
-        if dec.capacity() != hypersdk_formats::image::sector_capacity(capacity) {
-            return send_err(format!(
-                "the served VMDK holds {} bytes, the disk has {capacity}",
-                dec.capacity()
-            ));
-        }
         let mut left = capacity;
         while left > 0 {
             let mut buf = vec![0u8; (1 << 20).min(left as usize)];
             if let Err(e) = dec.read_exact(&mut buf) {
-                return send_err(format!("the served VMDK broke off: {e}"));
+                return send_err(format!("the served {what} broke off: {e}"));
             }
             left -= buf.len() as u64;
             if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
                 return; // the reader stopped
             }
         }
-        if let Err(e) = dec.read(&mut [0u8; 1]) {
-            send_err(format!("the served VMDK ends badly: {e}"));
+        if let Err(e) = finish(dec) {
+            send_err(e);
         }
     });
     Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
