@@ -4,7 +4,7 @@
 //! (azure-mgmt-compute, azure-mgmt-network, azure-identity) to read the
 //! stub back the way Azure's own clients do.
 
-use std::process::{Child, Command};
+use std::process::Child;
 
 use crate::azurite::{Azurite, KEY};
 use crate::faultproxy::FaultProxy;
@@ -117,29 +117,17 @@ impl AzureCompute {
         stopped: bool,
         big: Option<u64>,
     ) -> serde_json::Value {
-        let script = crate::workspace_root().join("tests/peers/seed_azure_vm.py");
-        let mut cmd = Command::new(crate::python::venv_python());
-        cmd.arg(script)
-            .arg(self.endpoint())
-            .arg(self.azurite.endpoint())
-            .arg(KEY);
+        let mut args = vec![self.endpoint(), self.azurite.endpoint(), KEY.to_string()];
         if let Some(d) = dir {
-            cmd.arg(d);
+            args.push(d.display().to_string());
         }
         if stopped {
-            cmd.arg("--stopped");
+            args.push("--stopped".into());
         }
         if let Some(mib) = big {
-            cmd.arg("--big").arg(mib.to_string());
+            args.extend(["--big".into(), mib.to_string()]);
         }
-        let out = cmd.output().expect("run the seed script");
-        assert!(
-            out.status.success(),
-            "seeding failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
-        serde_json::from_str(text.lines().last().expect("a line")).expect("JSON")
+        crate::python::run_seed("tests/peers/seed_azure_vm.py", &args)
     }
 
     /// What the stub saw: grants, revokes, open accesses, snapshots.

@@ -5,7 +5,7 @@
 //! read the stub back the way Google's tools do.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Child;
 
 use crate::gcs::GcsEmulator;
 use crate::peers::PeerDir;
@@ -111,23 +111,14 @@ impl GceCompute {
     /// Returns the script's JSON (`id`, `disks`: name → SHA-256); the disks'
     /// raw files are `NAME.raw` in [`disk_dir`](Self::disk_dir).
     pub fn seed_vm(&self, stopped: bool, big_gib: Option<u64>) -> serde_json::Value {
-        let script = crate::workspace_root().join("tests/peers/seed_gce_vm.py");
-        let mut cmd = Command::new(crate::python::venv_python());
-        cmd.arg(script).arg(self.endpoint()).arg(self.disk_dir());
+        let mut args = vec![self.endpoint(), self.disk_dir().display().to_string()];
         if stopped {
-            cmd.arg("--stopped");
+            args.push("--stopped".into());
         }
         if let Some(g) = big_gib {
-            cmd.arg("--big").arg(g.to_string());
+            args.extend(["--big".into(), g.to_string()]);
         }
-        let out = cmd.output().expect("run the seed script");
-        assert!(
-            out.status.success(),
-            "seeding failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
-        serde_json::from_str(text.lines().last().expect("a line")).expect("JSON")
+        crate::python::run_seed("tests/peers/seed_gce_vm.py", &args)
     }
 
     /// Where the seeded disks' raw files are.

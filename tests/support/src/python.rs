@@ -85,6 +85,24 @@ pub fn run_python(code: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs seed script `script` (a path under the workspace) in the tests'
+/// virtual environment with `args`; returns the JSON of its last output
+/// line, or panics with its standard error.
+pub fn run_seed(script: &str, args: &[String]) -> serde_json::Value {
+    let out = Command::new(venv_python())
+        .arg(crate::workspace_root().join(script))
+        .args(args)
+        .output()
+        .expect("run the seed script");
+    assert!(
+        out.status.success(),
+        "seeding failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().expect("a line")).expect("JSON")
+}
+
 /// An OTLP/HTTP trace receiver on 127.0.0.1 (a port the OS picked); killed
 /// on drop.
 #[derive(Debug)]

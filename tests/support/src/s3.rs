@@ -148,11 +148,8 @@ impl MotoS3 {
     }
 
     fn seed_with(&self, dir: Option<&std::path::Path>, extra: &[String]) -> serde_json::Value {
-        let script = crate::workspace_root().join("tests/peers/seed_ec2_instance.py");
-        let endpoint = self.endpoint();
         let mut args = vec![
-            script.to_str().expect("a UTF-8 path").to_string(),
-            endpoint,
+            self.endpoint(),
             ACCESS_KEY.to_string(),
             SECRET_KEY.to_string(),
         ];
@@ -160,17 +157,7 @@ impl MotoS3 {
             args.push(d.to_str().expect("a UTF-8 path").to_string());
         }
         args.extend_from_slice(extra);
-        let out = Command::new(crate::python::venv_python())
-            .args(&args)
-            .output()
-            .expect("run the seed script");
-        assert!(
-            out.status.success(),
-            "seeding failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
-        serde_json::from_str(text.lines().last().expect("a line")).expect("JSON")
+        crate::python::run_seed("tests/peers/seed_ec2_instance.py", &args)
     }
 }
 
