@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use hypersdk_core::provider::DiskStream;
 use hypersdk_core::served::ServedFormat;
 use hypersdk_core::vm::{
@@ -854,6 +853,97 @@ impl GcpSource {
     }
 }
 
+/// Breaks of one object's read tolerated before it fails (each reopens it
+/// from the byte it broke at, after a pause).
+const MAX_BREAKS: u32 = 100;
+
+/// Object `key` from byte `offset` on, read 1 MiB at a time from `first`,
+/// reopened with a Range from where it broke when the connection drops.
+fn resuming(
+    store: GcsBucket,
+    key: String,
+    shown: String,
+    offset: u64,
+    first: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    read_err: impl Fn(std::io::Error) -> Error + Send + Sync + 'static,
+) -> DiskStream {
+    struct State {
+        reader: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>,
+        pos: u64,
+        breaks: u32,
+        done: bool,
+    }
+    let state = State {
+        reader: Some(first),
+        pos: offset,
+        breaks: 0,
+        done: false,
+    };
+    let read_err = Arc::new(read_err);
+    Box::pin(futures_util::stream::unfold(state, move |mut st| {
+        let (store, key, shown, read_err) =
+            (store.clone(), key.clone(), shown.clone(), read_err.clone());
+        async move {
+            use tokio::io::AsyncReadExt;
+            loop {
+                if st.done {
+                    return None;
+                }
+                let failed = match st.reader.as_mut() {
+                    Some(r) => {
+                        let mut buf = bytes::BytesMut::with_capacity(1 << 20);
+                        let mut got = Ok(0);
+                        while buf.len() < buf.capacity() {
+                            got = r.read_buf(&mut buf).await;
+                            if !matches!(got, Ok(n) if n > 0) {
+                                break;
+                            }
+                        }
+                        match got {
+                            Ok(0) if buf.is_empty() => return None,
+                            Ok(_) => {
+                                st.pos += buf.len() as u64;
+                                return Some((Ok(buf.freeze()), st));
+                            }
+                            Err(e) if !buf.is_empty() => {
+                                // Hand out what came, then reopen.
+                                st.pos += buf.len() as u64;
+                                st.reader = None;
+                                st.breaks += 1;
+                                tracing::warn!(object = %shown, at = st.pos, error = %e, "the read broke off; resuming from there");
+                                return Some((Ok(buf.freeze()), st));
+                            }
+                            Err(e) => e,
+                        }
+                    }
+                    None => match store.read(&key, st.pos, shown.clone()).await {
+                        Ok(r) => {
+                            st.reader = Some(r);
+                            continue;
+                        }
+                        Err(e) => e,
+                    },
+                };
+                st.reader = None;
+                st.breaks += 1;
+                if st.breaks > MAX_BREAKS
+                    || matches!(
+                        failed.kind(),
+                        std::io::ErrorKind::NotFound
+                            | std::io::ErrorKind::PermissionDenied
+                            | std::io::ErrorKind::InvalidData
+                    )
+                {
+                    st.done = true;
+                    return Some((Err(read_err(failed)), st));
+                }
+                tracing::warn!(object = %shown, at = st.pos, error = %failed, "the read broke off; resuming from there");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(st.breaks.min(10)))).await;
+            }
+        }
+    }))
+}
+
 #[async_trait]
 impl ExportSource for GcpSource {
     fn spec(&self) -> &VmSpec {
@@ -894,15 +984,22 @@ impl ExportSource for GcpSource {
             location: location.clone(),
             source: source.into(),
         };
+        // Opened here, so that a missing object fails now; reopened from
+        // the byte it broke at if the connection drops.
         let reader = self
             .staging
             .store
-            .read(&e.object, offset, shown)
+            .read(&e.object, offset, shown.clone())
             .await
             .map_err(&read_err)?;
-        let stream = tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20)
-            .map(move |r| r.map_err(&read_err));
-        Ok(Some(stream.boxed()))
+        Ok(Some(resuming(
+            self.staging.store.clone(),
+            e.object.clone(),
+            shown,
+            offset,
+            reader,
+            read_err,
+        )))
     }
 
     async fn close(&self) -> Result<()> {

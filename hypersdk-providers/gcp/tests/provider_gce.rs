@@ -188,6 +188,33 @@ async fn a_cancelled_or_failed_export_releases_what_it_made() {
     assert_eq!(s["live_images"], json!([]), "{s}");
 }
 
+/// Connections to Cloud Storage cut mid-read (a reset before the answer,
+/// cuts after 100 kB and 300 kB of an object): each read resumes from the
+/// byte it broke at, and the disks still read back as seeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_connections_to_the_bucket_resume_where_they_broke() {
+    use hypersdk_testsupport::faultproxy::{Fault, FaultProxy};
+    let peer = GceCompute::start();
+    let seeded = peer.seed_vm(true, None);
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", peer.storage.port).parse().unwrap());
+    let mut c = peer.config();
+    c["storage_endpoint"] = json!(format!("http://{}", proxy.addr()));
+    let p: GcpProvider = serde_json::from_value::<GcpConfig>(c)
+        .unwrap()
+        .provider()
+        .unwrap();
+    let source = p.open_export("web-03").await.unwrap();
+    proxy.inject(&[
+        Fault::Reset,
+        Fault::CutAfter(100_000),
+        Fault::CutAfter(300_000),
+    ]);
+    assert_eq!(digests(source.as_ref()).await, seeded_digests(&seeded));
+    assert!(proxy.connections() >= 4, "the faults were met");
+    source.close().await.unwrap();
+    released(&peer);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_credentials_a_missing_instance_and_no_bucket_are_named() {
     let peer = GceCompute::start();
