@@ -22,10 +22,10 @@
 //! [`hypersdk_sinks::google_auth`]. Every URL is built from validated names;
 //! nothing the server answers is fetched.
 //!
-//! Memory: per disk being read, the object's bytes in 1 MiB pieces (one
-//! being read, up to four queued for the unpacker), a 1 MiB buffer before
-//! the inflater, its 32 KiB window, and up to four 1 MiB chunks of guest
-//! bytes between the unpacker and the package: about 11 MiB.
+//! Memory: per disk being read, the object's bytes one 1 MiB piece at a
+//! time, a 1 MiB buffer before the inflater, its 32 KiB window, and up to
+//! four 1 MiB chunks of guest bytes between the unpacker and the package:
+//! about 6 MiB, whatever the disk's size.
 //!
 //! ```
 //! use hypersdk_gcp::GcpConfig;
