@@ -28,7 +28,8 @@
 //!   `--big GIB`, SIZE_MIB rounded up to GiB) gets a data disk with a random
 //!   MiB on every other MiB of its first 2 GiB; the stub's image export
 //!   writes it as `tar -Sczf` into gcp-storage-emulator. Once the object is
-//!   staged (not timed: that is the cloud's work), hypersdk reads the disk
+//!   staged and the export has noticed (not timed: that is the cloud's
+//!   work, and the provider's poll of the build), hypersdk reads the disk
 //!   from the bucket, inflating and unpacking on the fly. Baseline: Google's
 //!   Python client (google-cloud-storage `download_to_file`) piped into
 //!   GNU `tar -xzSf -` (what one does by hand with the object), the
@@ -279,12 +280,12 @@ print(json.dumps({"secs": secs, "sha256": h.hexdigest()}))
             .as_str()
             .unwrap_or_default()
             .to_string();
-        // Staged first (the cloud's part, not timed).
-        let staged = Instant::now();
-        while !peer.storage.list(BUCKET).contains(&object) {
-            anyhow::ensure!(staged.elapsed().as_secs() < 600, "never staged");
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
+        // Staged first (the cloud's part, not timed): the first MiB read
+        // and dropped, once the export noticed its build finished (it
+        // polls with a backoff up to 10 s).
+        let mut first = source.open_disk(1, 0).await?;
+        futures_util::StreamExt::next(&mut first).await;
+        drop(first);
         let (secs, hex, n) = read_disk(source.as_ref(), 1).await?;
         anyhow::ensure!(hex == want, "hypersdk read {hex}, seeded {want}");
         bytes = n;
