@@ -89,8 +89,12 @@ class Handler(server.BaseHTTPRequestHandler):
     # --- plumbing ---------------------------------------------------------
 
     def body(self):
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n else b""
+        # Read once, whether a handler wants it or not: a body left unread
+        # would be taken for the next request on the connection.
+        if not hasattr(self, "_body"):
+            n = int(self.headers.get("Content-Length") or 0)
+            self._body = self.rfile.read(n) if n else b""
+        return self._body
 
     def send(self, status, body=None):
         data = b"" if body is None else json.dumps(body).encode()
@@ -164,6 +168,7 @@ class Handler(server.BaseHTTPRequestHandler):
         self.send(200, {"access_token": token, "expires_in": 3599, "token_type": "Bearer"})
 
     def route(self, method):
+        self.body()
         path = urlsplit(self.path).path
         for m, pattern, fn in ROUTES:
             if m == method:
@@ -176,6 +181,12 @@ class Handler(server.BaseHTTPRequestHandler):
 
     def query(self):
         return parse_qs(urlsplit(self.path).query)
+
+    def parse_request(self):
+        # One handler serves every request of a kept-alive connection: the
+        # last request's body is not this one's.
+        self.__dict__.pop("_body", None)
+        return super().parse_request()
 
     def do_GET(self):
         if self.path == "/_peer/stats":
@@ -379,7 +390,8 @@ class Handler(server.BaseHTTPRequestHandler):
                 entry[1].update(status="RUNNING", progress=50, startTime=now())
             else:
                 entry[1].update(status="DONE", progress=100, endTime=now())
-        self.send(200, entry[1])
+            op = dict(entry[1])
+        self.send(200, op)
 
     def wait_operation(self, name):
         """globalOperations.wait: POST .../global/operations/{operation}/wait -> Operation (done, here)."""
@@ -411,14 +423,18 @@ class Handler(server.BaseHTTPRequestHandler):
         with LOCK:
             STATE["builds"][bid] = build
             STATE["stats"]["builds"] += 1
+            shown = dict(build)
         threading.Thread(target=run_export, args=(bid, args), daemon=True).start()
         self.send(200, {"name": f"operations/build/{ARGS.project}/{base64.urlsafe_b64encode(bid.encode()).decode()}",
                         "metadata": {"@type": "type.googleapis.com/google.devtools.cloudbuild.v1.BuildOperationMetadata",
-                                     "build": build}})
+                                     "build": shown}})
 
     def get_build(self, id):
         """projects.builds.get: GET /v1/projects/{projectId}/builds/{id} -> Build."""
-        b = STATE["builds"].get(id)
+        # Copied under the lock: the export job updates the build as it runs.
+        with LOCK:
+            b = STATE["builds"].get(id)
+            b = b and dict(b)
         if b is None:
             return self.error(404, "notFound", f"build {id} not found")
         self.send(200, b)
@@ -434,13 +450,16 @@ class Handler(server.BaseHTTPRequestHandler):
                 b["status"] = "CANCELLED"
                 b["finishTime"] = now()
                 STATE["stats"]["builds_cancelled"] += 1
+            b = dict(b)
         self.send(200, b)
 
     def get_build_operation(self, id):
         """operations.get: GET /v1/operations/build/{project}/{base64 id} -> Operation,
         done with the Build as its response once the build ends."""
         bid = base64.urlsafe_b64decode(id).decode()
-        b = STATE["builds"].get(bid)
+        with LOCK:
+            b = STATE["builds"].get(bid)
+            b = b and dict(b)
         if b is None:
             return self.error(404, "notFound", f"operation {id} not found")
         op = {"name": f"operations/build/{ARGS.project}/{id}",

@@ -101,10 +101,11 @@ def create_instance_export_task(self):
     }
     with LOCK:
         TASKS[tid] = task
+        shown = dict(task)
     blocks = dict(CONTENT.get(volume.id, {}))
     threading.Thread(target=_write, args=(task, blocks, volume.size << 30, fmt, self.current_account),
                      daemon=True).start()
-    return ActionResult({"ExportTask": task})
+    return ActionResult({"ExportTask": shown})
 
 
 def describe_export_tasks(self):

@@ -100,6 +100,61 @@ async fn a_running_instance_passes_the_testkit_and_reads_back_through_image_expo
     released(&peer);
 }
 
+/// Google's own clients make the calls the provider makes — an image of a
+/// running instance's disk (forceCreate), its operation polled, the image
+/// export submitted to Cloud Build and waited for, a build cancelled, the
+/// image deleted — and the stub answers in the shapes they parse; the
+/// staged tar.gz holds the disk as seeded.
+#[test]
+fn googles_clients_drive_the_stub_through_an_image_export() {
+    let peer = GceCompute::start_with(1.0);
+    let seeded = peer.seed_vm(false, None);
+    let out = peer.sdk(
+        "i = instances.get(project=P, zone=Z, instance='web-03')\n\
+         def wait(op):\n\
+         \x20   while operations.get(project=P, operation=op.name).status != compute_v1.Operation.Status.DONE: time.sleep(0.05)\n\
+         errors = []\n\
+         try: images.insert(project=P, image_resource=compute_v1.Image(name='sdk-img', source_disk=i.disks[0].source))\n\
+         except Exception as e: errors.append(type(e).__name__)\n\
+         wait(images.insert(request=compute_v1.InsertImageRequest(project=P, force_create=True, image_resource=compute_v1.Image(name='sdk-img', source_disk=i.disks[0].source, labels={'created-by': 'hypersdk'}))))\n\
+         img = images.get(project=P, image='sdk-img')\n\
+         step = cloudbuild_v1.BuildStep(name='gcr.io/compute-image-tools/gce_vm_image_export:release', args=['-timeout=7000s', '-source_image=projects/%s/global/images/sdk-img' % P, '-client_id=api', '-format=', '-destination_uri=gs://hypersdk-staging/sdk/web-03.tar.gz'])\n\
+         lro = builds.create_build(project_id=P, build=cloudbuild_v1.Build(steps=[step], tags=['gce-daisy'], timeout='7200s'))\n\
+         done = lro.result(timeout=120)\n\
+         other = builds.create_build(project_id=P, build=cloudbuild_v1.Build(steps=[step], timeout='7200s')).metadata.build.id\n\
+         cancelled = builds.cancel_build(project_id=P, id=other).status.name\n\
+         wait(images.delete(project=P, image='sdk-img'))\n\
+         print(json.dumps({'image': img.status, 'size': img.disk_size_gb, 'build': done.status.name, 'fetched': builds.get_build(project_id=P, id=done.id).status.name, 'cancelled': cancelled, 'errors': errors}))",
+    );
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        v,
+        json!({"image": "READY", "size": 1, "build": "SUCCESS", "fetched": "SUCCESS",
+               "cancelled": "CANCELLED", "errors": ["BadRequest"]}),
+        "{out}"
+    );
+    // The staged archive holds the boot disk as seeded (GNU tar unpacks it).
+    let tmp = tempfile::tempdir().unwrap();
+    let tgz = tmp.path().join("web-03.tar.gz");
+    peer.storage.download(BUCKET, "sdk/web-03.tar.gz", &tgz);
+    let st = std::process::Command::new("tar")
+        .arg("-xzSf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(tmp.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let raw = std::fs::read(tmp.path().join("disk.raw")).unwrap();
+    use sha2::Digest;
+    let got: String = sha2::Sha256::digest(&raw)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(got, seeded["disks"]["web-03"].as_str().unwrap());
+    assert_eq!(peer.stats()["live_images"], json!([]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_instance_exports_and_a_killed_export_is_taken_up_again() {
     let peer = GceCompute::start();
