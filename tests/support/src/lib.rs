@@ -15,6 +15,7 @@ pub mod azurite;
 pub mod faultproxy;
 pub mod gce;
 pub mod gcs;
+pub mod kube;
 mod peers;
 pub mod python;
 pub mod s3;

@@ -38,6 +38,15 @@ pub fn venv_python() -> PathBuf {
 /// prints `{"port": N}` first and exits when its standard input closes;
 /// returns it and its port.
 pub fn start_peer(script: &str, args: &[&str]) -> (Child, u16) {
+    let (child, v) = start_peer_json(script, args);
+    let port = v["port"].as_u64().expect("port") as u16;
+    (child, port)
+}
+
+/// [`start_peer`], returning the whole first line the script printed (a
+/// JSON object with at least `port`); it may take up to 4 minutes to
+/// print it (a cluster starting).
+pub fn start_peer_json(script: &str, args: &[&str]) -> (Child, serde_json::Value) {
     let path = workspace_root().join(script);
     let mut child = Command::new(venv_python())
         .arg(path)
@@ -54,17 +63,16 @@ pub fn start_peer(script: &str, args: &[&str]) -> (Child, u16) {
         let _ = BufReader::new(stdout).read_line(&mut line);
         let _ = tx.send(line);
     });
-    let line = match rx.recv_timeout(Duration::from_secs(60)) {
+    let line = match rx.recv_timeout(Duration::from_secs(240)) {
         Ok(l) => l,
         Err(_) => {
             let _ = child.kill();
-            panic!("{script} did not start within 60 s");
+            panic!("{script} did not start within 240 s");
         }
     };
     let v: serde_json::Value =
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{script} printed {line:?}: {e}"));
-    let port = v["port"].as_u64().expect("port") as u16;
-    (child, port)
+    (child, v)
 }
 
 /// Runs a Python snippet in the tests' virtual environment with `args`

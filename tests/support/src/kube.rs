@@ -1,0 +1,98 @@
+//! A Kubernetes API server with KubeVirt's CRDs, and KubeVirt's export
+//! path (tests/peers/kube_cluster.py): etcd, the real kube-apiserver and
+//! the real virt-exportserver (built once by
+//! tests/peers/build_kube_peers.sh), with the script playing KubeVirt's
+//! export controller. Everything on 127.0.0.1; stopped on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+
+use crate::peers::PeerDir;
+use crate::python::start_peer_json;
+
+/// The cluster and its export controller.
+#[derive(Debug)]
+pub struct KubeCluster {
+    /// The API server's port.
+    pub port: u16,
+    /// A kubeconfig for user `admin` (context `test`, namespace `default`).
+    pub kubeconfig: PathBuf,
+    /// The admin's bearer token.
+    pub token: String,
+    stats_port: u16,
+    child: Child,
+    dir: PeerDir,
+}
+
+impl KubeCluster {
+    /// Starts one whose exports become Ready after `ready_after` seconds
+    /// (negative: never).
+    pub fn start_with(ready_after: f64) -> KubeCluster {
+        let dir = PeerDir::new("kube");
+        let volumes = dir.0.join("volumes");
+        std::fs::create_dir_all(&volumes).expect("volumes dir");
+        let ready = ready_after.to_string();
+        let (child, info) = start_peer_json(
+            "tests/peers/kube_cluster.py",
+            &[
+                "--dir",
+                dir.arg(),
+                "--volumes",
+                volumes.to_str().expect("a UTF-8 path"),
+                "--ready-after",
+                &ready,
+            ],
+        );
+        KubeCluster {
+            port: info["port"].as_u64().expect("port") as u16,
+            kubeconfig: PathBuf::from(info["kubeconfig"].as_str().expect("kubeconfig")),
+            token: info["token"].as_str().expect("token").to_string(),
+            stats_port: info["stats_port"].as_u64().expect("stats port") as u16,
+            child,
+            dir,
+        }
+    }
+
+    /// Starts one whose exports become Ready at once.
+    pub fn start() -> KubeCluster {
+        Self::start_with(0.0)
+    }
+
+    /// The API server's URL.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// Where PVC `namespace/name` keeps its disk (`…/disk.img`).
+    pub fn pvc_dir(&self, namespace: &str, name: &str) -> PathBuf {
+        self.dir.0.join("volumes").join(namespace).join(name)
+    }
+
+    /// The cluster's working directory (logs of etcd, the API server and
+    /// each export server).
+    pub fn dir(&self) -> &Path {
+        &self.dir.0
+    }
+
+    /// What the export controller did: `exports_seen`, `servers_started`,
+    /// `servers_running` (NS/NAME of exports still served).
+    pub fn stats(&self) -> serde_json::Value {
+        crate::peers::peer_json(self.stats_port, "/_peer/stats")
+    }
+}
+
+impl Drop for KubeCluster {
+    fn drop(&mut self) {
+        // Closing its standard input lets the script stop its children.
+        drop(self.child.stdin.take());
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
