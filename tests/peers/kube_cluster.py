@@ -59,6 +59,7 @@ from http import server
 ARGS = None
 CLUSTER = {}
 SERVERS = {}  # (ns, name) -> Popen
+SNAPSHOTS_LIVE = set()  # NS/NAME of VirtualMachineSnapshots that exist
 STATS = {"exports_seen": 0, "servers_started": 0}
 LOCK = threading.Lock()
 
@@ -169,11 +170,32 @@ def start_cluster(d, cache):
     return port, kubeconfig, token
 
 
+def export_ca():
+    """The export CA (KubeVirt's `kubevirt-export-ca`), made once: its
+    certificate is what an export's status gives as `cert`."""
+    with LOCK:
+        if "ca" not in CLUSTER:
+            key, crt = os.path.join(ARGS.dir, "export-ca.key"), os.path.join(ARGS.dir, "export-ca.crt")
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                            "-keyout", key, "-out", crt, "-subj", "/CN=kubevirt-export-ca",
+                            "-addext", "basicConstraints=critical,CA:TRUE",
+                            "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+                           check=True, capture_output=True)
+            CLUSTER["ca"] = (key, crt)
+        return CLUSTER["ca"]
+
+
 def serving_cert(d):
-    key, crt = os.path.join(d, "tls.key"), os.path.join(d, "tls.crt")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-keyout", key, "-out", crt, "-subj", "/CN=virt-exportproxy",
-                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+    """A server certificate for 127.0.0.1 signed by the export CA."""
+    ca_key, ca_crt = export_ca()
+    key, csr, crt = (os.path.join(d, n) for n in ("tls.key", "tls.csr", "tls.crt"))
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+                    "-subj", "/CN=virt-exportproxy"], check=True, capture_output=True)
+    ext = os.path.join(d, "ext.cnf")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key,
+                    "-CAcreateserial", "-days", "1", "-out", crt, "-extfile", ext],
                    check=True, capture_output=True)
     return key, crt
 
@@ -191,11 +213,22 @@ def export_volumes(ns, spec):
     kind = source.get("kind")
     if kind == "PersistentVolumeClaim":
         return [source["name"]], None
+    if kind == "VirtualMachineSnapshot":
+        snap = api("GET", f"/apis/snapshot.kubevirt.io/v1beta1/namespaces/{ns}/virtualmachinesnapshots/{source['name']}")
+        if snap is None or not (snap.get("status") or {}).get("readyToUse"):
+            return None, f"VirtualMachineSnapshot {source['name']} is not ready"
+        pvcs, reason = vm_claims(ns, snap["spec"]["source"]["name"])
+        # The snapshot's volumes are restored into PVCs named after it.
+        return (None, reason) if pvcs is None else ([f"{source['name']}-{p}" for p in pvcs], None)
     if kind != "VirtualMachine":
         return None, f"source kind {kind} is not handled here"
-    vm = api("GET", f"/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines/{source['name']}")
+    return vm_claims(ns, source["name"])
+
+
+def vm_claims(ns, name):
+    vm = api("GET", f"/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines/{name}")
     if vm is None:
-        return None, f"VirtualMachine {source['name']} not found"
+        return None, f"VirtualMachine {name} not found"
     pvcs = []
     for v in vm["spec"]["template"]["spec"].get("volumes", []):
         if "persistentVolumeClaim" in v:
@@ -267,7 +300,7 @@ def handle_export(ns, name, vmexport):
             return True
 
     wait_for("virt-exportserver", listening, 30)
-    with open(crt) as f:
+    with open(export_ca()[1]) as f:
         cert = f.read()
     internal = [{"name": v["name"], "formats": [
         {"format": fm["format"], "url": fm["url"].replace(f"https://127.0.0.1:{port}",
@@ -281,6 +314,29 @@ def handle_export(ns, name, vmexport):
     api("PATCH", base + "/status", {"status": ready})
 
 
+def handle_snapshot(ns, name, snap):
+    """VirtualMachineSnapshot (snapshot.kubevirt.io/v1beta1): each PVC of the
+    VM copied (sparse) to VOLUMES/NS/NAME-PVC, then status.readyToUse."""
+    base = f"/apis/snapshot.kubevirt.io/v1beta1/namespaces/{ns}/virtualmachinesnapshots/{name}"
+    pvcs, reason = vm_claims(ns, snap["spec"]["source"]["name"])
+    if pvcs is None:
+        api("PATCH", base + "/status", {"status": {"phase": "Failed", "readyToUse": False,
+                                                   "error": {"message": reason}}})
+        return
+    api("PATCH", base + "/status", {"status": {"phase": "InProgress", "readyToUse": False}})
+    for p in pvcs:
+        src = os.path.join(ARGS.volumes, ns, p, "disk.img")
+        dst = os.path.join(ARGS.volumes, ns, f"{name}-{p}")
+        os.makedirs(dst, exist_ok=True)
+        subprocess.run(["cp", "--sparse=always", src, os.path.join(dst, "disk.img")], check=True)
+    with LOCK:
+        STATS["snapshots_made"] = STATS.get("snapshots_made", 0) + 1
+    api("PATCH", base + "/status", {"status": {
+        "phase": "Succeeded", "readyToUse": True,
+        "virtualMachineSnapshotContentName": f"vmsnapshot-content-{snap['metadata']['uid']}",
+        "creationTime": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}})
+
+
 def controller():
     """Lists VirtualMachineExports every 100 ms (a watch would do the same
     here): new ones are handled, deleted ones have their server stopped."""
@@ -291,6 +347,19 @@ def controller():
         except Exception:
             time.sleep(0.5)
             continue
+        try:
+            snaps = (api("GET", "/apis/snapshot.kubevirt.io/v1beta1/virtualmachinesnapshots") or {}).get("items", [])
+        except Exception:
+            snaps = []
+        for s in snaps:
+            key = ("snap", s["metadata"]["namespace"], s["metadata"]["name"], s["metadata"]["uid"])
+            if key not in seen:
+                seen.add(key)
+                threading.Thread(target=handle_snapshot, args=(key[1], key[2], s), daemon=True).start()
+        live_snaps = {(s["metadata"]["namespace"], s["metadata"]["name"]) for s in snaps}
+        with LOCK:
+            SNAPSHOTS_LIVE.clear()
+            SNAPSHOTS_LIVE.update(f"{a}/{b}" for a, b in live_snaps)
         now = set()
         for e in items:
             key = (e["metadata"]["namespace"], e["metadata"]["name"], e["metadata"]["uid"])
@@ -312,7 +381,7 @@ class Stats(server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         with LOCK:
-            body = json.dumps(dict(STATS, servers_running=sorted(
+            body = json.dumps(dict(STATS, snapshots=sorted(SNAPSHOTS_LIVE), servers_running=sorted(
                 f"{ns}/{n}" for (ns, n), p in SERVERS.items() if p.poll() is None))).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")

@@ -74,6 +74,47 @@ impl KubeCluster {
         &self.dir.0
     }
 
+    /// Seeds VirtualMachine `name` in namespace `default` (see
+    /// tests/peers/seed_kubevirt_vm.py): two PVC disks of known content,
+    /// running or stopped, with a containerDisk too if asked. Returns the
+    /// script's JSON (`disks`: PVC name → SHA-256); the disks are
+    /// [`pvc_dir`](Self::pvc_dir)`/disk.img`.
+    pub fn seed_vm(&self, name: &str, running: bool, container_disk: bool) -> serde_json::Value {
+        let mut args = vec![
+            self.url(),
+            self.token.clone(),
+            self.dir.0.join("certs/apiserver.crt").display().to_string(),
+            self.dir.0.join("volumes").display().to_string(),
+            name.to_string(),
+        ];
+        if running {
+            args.push("--running".into());
+        }
+        if container_disk {
+            args.push("--container-disk".into());
+        }
+        crate::python::run_seed("tests/peers/seed_kubevirt_vm.py", &args)
+    }
+
+    /// Names of the objects a GET of `path` lists (e.g.
+    /// `/api/v1/namespaces/default/secrets?labelSelector=created-by%3Dhypersdk`),
+    /// read as admin.
+    pub fn names(&self, path: &str) -> Vec<String> {
+        let out = crate::python::run_python(
+            "import json, ssl, sys, urllib.request\n\
+             req = urllib.request.Request(sys.argv[1] + sys.argv[2], headers={'Authorization': 'Bearer ' + sys.argv[3]})\n\
+             items = json.loads(urllib.request.urlopen(req, context=ssl.create_default_context(cafile=sys.argv[4]), timeout=30).read())['items']\n\
+             print(json.dumps(sorted(i['metadata']['name'] for i in items)))",
+            &[
+                &self.url(),
+                path,
+                &self.token,
+                &self.dir.0.join("certs/apiserver.crt").display().to_string(),
+            ],
+        );
+        serde_json::from_str(out.trim()).expect("a list of names")
+    }
+
     /// What the export controller did: `exports_seen`, `servers_started`,
     /// `servers_running` (NS/NAME of exports still served).
     pub fn stats(&self) -> serde_json::Value {

@@ -1,0 +1,154 @@
+//! The KubeVirt provider against a real kube-apiserver with KubeVirt's CRDs
+//! and the real virt-exportserver (tests/peers/kube_cluster.py playing
+//! KubeVirt's export and snapshot controllers): VMs seeded with two PVC
+//! disks of known content pass the provider testkit, describe as seeded,
+//! read back byte for byte — directly when stopped, through a snapshot when
+//! running — and every export, token Secret and snapshot the provider made
+//! is gone afterwards, also when the export fails or is cancelled.
+
+#![allow(clippy::unwrap_used)]
+
+use hypersdk_core::vm::{ControllerKind, Firmware, PowerState};
+use hypersdk_core::{ExportSource, Provider};
+use hypersdk_kubevirt::{KubevirtConfig, KubevirtProvider};
+use hypersdk_testsupport::kube::KubeCluster;
+use serde_json::json;
+
+async fn provider(k: &KubeCluster) -> KubevirtProvider {
+    let c: KubevirtConfig = serde_json::from_value(json!({
+        "kubeconfig": k.kubeconfig,
+        "ready_timeout_s": 20,
+    }))
+    .unwrap();
+    c.provider().await.unwrap()
+}
+
+/// Nothing the provider made is left in the cluster.
+fn released(k: &KubeCluster) {
+    let ours = "?labelSelector=created-by%3Dhypersdk";
+    assert_eq!(
+        k.names(&format!(
+            "/apis/export.kubevirt.io/v1beta1/namespaces/default/virtualmachineexports{ours}"
+        )),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        k.names(&format!("/api/v1/namespaces/default/secrets{ours}")),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        k.names(&format!(
+            "/apis/snapshot.kubevirt.io/v1beta1/namespaces/default/virtualmachinesnapshots{ours}"
+        )),
+        Vec::<String>::new()
+    );
+}
+
+async fn digests(source: &dyn ExportSource) -> Vec<String> {
+    let mut out = Vec::new();
+    for i in 0..source.spec().disks.len() {
+        out.push(hypersdk_testkit::provider::disk_sha256(source, i).await.0);
+    }
+    out
+}
+
+fn seeded_digests(seeded: &serde_json::Value, vm: &str) -> Vec<String> {
+    ["root", "data"]
+        .iter()
+        .map(|d| {
+            seeded["disks"][format!("{vm}-{d}")]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_and_running_vms_pass_the_testkit_and_read_back_as_seeded() {
+    let k = KubeCluster::start();
+    let stopped = k.seed_vm("web-1", false, false);
+    let running = k.seed_vm("db-1", true, false);
+    let p = provider(&k).await;
+    hypersdk_testkit::provider::run_suite(&p, "web-1").await;
+    released(&k);
+
+    let spec = p.vm_spec("default/web-1").await.unwrap();
+    assert_eq!(spec.id, "default/web-1");
+    assert_eq!((spec.cpus, spec.hardware.cores_per_socket), (4, Some(2)));
+    assert_eq!(spec.memory_mib, 2048);
+    assert_eq!(spec.firmware, Firmware::Uefi);
+    assert!(!spec.hardware.secure_boot);
+    assert_eq!(spec.power_state, PowerState::Off);
+    let names: Vec<&str> = spec.disks.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["root", "data"],
+        "the cloud-init disk is not VM data"
+    );
+    assert_eq!(spec.disks[0].controller, ControllerKind::Virtio);
+    assert_eq!(spec.disks[1].controller, ControllerKind::Sata);
+    assert_eq!(spec.disks[0].capacity, 16 << 20);
+    let nets: Vec<(&str, Option<&str>, &str)> = spec
+        .nics
+        .iter()
+        .map(|n| (n.network.as_str(), n.mac.as_deref(), n.model.as_str()))
+        .collect();
+    assert_eq!(
+        nets,
+        [
+            ("pod", Some("02:00:00:aa:bb:01"), "virtio"),
+            ("storage-net", Some("02:00:00:aa:bb:02"), "e1000e")
+        ]
+    );
+    assert!(spec
+        .annotation
+        .as_deref()
+        .unwrap()
+        .contains("runStrategy Halted"));
+
+    let source = p.open_export("web-1").await.unwrap();
+    assert_eq!(
+        digests(source.as_ref()).await,
+        seeded_digests(&stopped, "web-1")
+    );
+    source.close().await.unwrap();
+    released(&k);
+
+    // A running VM is exported through a snapshot, deleted afterwards.
+    let made = k.stats()["snapshots_made"].as_u64().unwrap_or(0);
+    let source = p.open_export("db-1").await.unwrap();
+    assert_eq!(k.stats()["snapshots_made"].as_u64().unwrap(), made + 1);
+    assert_eq!(
+        digests(source.as_ref()).await,
+        seeded_digests(&running, "db-1")
+    );
+    source.close().await.unwrap();
+    released(&k);
+    assert_eq!(k.stats()["servers_running"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_cannot_be_exported_is_named_and_nothing_is_left() {
+    let k = KubeCluster::start_with(-1.0);
+    k.seed_vm("app-1", false, true);
+    k.seed_vm("app-2", false, false);
+    let p = provider(&k).await;
+    let e = p.open_export("app-1").await.err().unwrap();
+    assert!(e.to_string().contains("containerDisk"), "{e}");
+    let e = p.vm_spec("nope").await.err().unwrap();
+    assert_eq!(e.code(), "vm_not_found", "{e}");
+    for bad in ["../x", "a/b/c", "UPPER", "x?y"] {
+        assert!(p.vm_spec(bad).await.is_err(), "{bad}");
+    }
+    // An export that never becomes Ready: a timeout naming it, and the
+    // export and its Secret deleted.
+    let c: KubevirtConfig = serde_json::from_value(json!({
+        "kubeconfig": k.kubeconfig, "ready_timeout_s": 2,
+    }))
+    .unwrap();
+    let quick = c.provider().await.unwrap();
+    let e = quick.open_export("app-2").await.err().unwrap();
+    assert!(e.to_string().contains("not ready after 2 s"), "{e}");
+    released(&k);
+}
