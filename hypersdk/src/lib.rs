@@ -70,6 +70,8 @@ pub use hypersdk_core::*;
 pub use hypersdk_formats as formats;
 #[cfg(feature = "gcp")]
 pub use hypersdk_gcp as gcp;
+#[cfg(feature = "kubevirt")]
+pub use hypersdk_kubevirt as kubevirt;
 #[cfg(feature = "local")]
 pub use hypersdk_local as local;
 pub use hypersdk_sinks as sinks;

@@ -115,6 +115,7 @@ providers! {
     "aws" => Aws(hypersdk_aws::AwsConfig),
     "azure" => Azure(hypersdk_azure::AzureConfig),
     "gcp" => Gcp(hypersdk_gcp::GcpConfig),
+    "kubevirt" => Kubevirt(hypersdk_kubevirt::KubevirtConfig),
 }
 
 /// A variable of this process's environment, None if unset or empty: the

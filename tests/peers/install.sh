@@ -84,3 +84,8 @@ if [ ! -x "$minio_dir/minio" ]; then
   (cd /tmp && GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOBIN="$minio_dir" go install "github.com/minio/minio@$minio_version")
 fi
 echo "minio: $minio_dir" >&2
+
+# The KubeVirt provider's peers: kube-apiserver and virt-exportserver (with
+# KubeVirt's CRDs), built once per version outside the checkout (about 10
+# minutes together on 2 cores the first time), reused by clones.
+bash "$root/tests/peers/build_kube_peers.sh"

@@ -17,6 +17,7 @@ const ENV: &[&str] = &[
     "GOVC_INSECURE",
     "GOVC_TLS_CA_CERTS",
     "GOVC_TLS_THUMBPRINT",
+    "KUBECONFIG",
 ];
 
 /// Runs hyperctl with `args` and exactly the environment settings in `env`.

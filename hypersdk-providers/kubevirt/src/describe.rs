@@ -54,7 +54,8 @@ pub(crate) fn quantity(q: &str) -> Option<u64> {
         return n.checked_mul(factor);
     }
     let f: f64 = num.parse().ok()?;
-    (f.is_finite() && f >= 0.0).then(|| (f * factor as f64) as u64)
+    let bytes = f * factor as f64;
+    (f.is_finite() && f >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 /// The size a PVC asks for or has, if it says.
