@@ -31,7 +31,8 @@ is a containerDisk is not exportable: the export goes to phase Skipped
 with a condition saying so, as KubeVirt does.
 
 --ready-after N: the export stays Pending for N seconds first (0: at once;
--1: never ready). Exits when standard input closes or after --lifetime.
+-1: never ready). --wrong-token: the export server is given another token
+than the Secret holds (the client must fail with an authentication error). Exits when standard input closes or after --lifetime.
 GET http://127.0.0.1:STATS/_peer/stats (port in the first line as
 "stats_port") answers {"exports_seen", "servers_running", "servers_started"}.
 """
@@ -270,7 +271,8 @@ def handle_export(ns, name, vmexport):
     os.makedirs(work)
     key, crt = serving_cert(work)
     with open(os.path.join(work, "token"), "w") as f:
-        f.write(token)
+        # --wrong-token: the server expects another token than the Secret's.
+        f.write(token + "-other" if ARGS.wrong_token else token)
     port = free_port()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CERT_FILE": crt, "KEY_FILE": key,
            "TOKEN_FILE": os.path.join(work, "token"), "LISTEN_ADDR": f"127.0.0.1:{port}",
@@ -400,6 +402,7 @@ def main():
     ap.add_argument("--kube-version", default="1.37.2")
     ap.add_argument("--kubevirt-version", default="1.7.0")
     ap.add_argument("--ready-after", type=float, default=0)
+    ap.add_argument("--wrong-token", action="store_true")
     ap.add_argument("--lifetime", type=float, default=1800)
     ARGS = ap.parse_args()
     try:

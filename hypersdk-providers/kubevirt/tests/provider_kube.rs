@@ -128,6 +128,19 @@ async fn stopped_and_running_vms_pass_the_testkit_and_read_back_as_seeded() {
     assert_eq!(k.stats()["servers_running"], json!([]));
 }
 
+/// An export server that refuses the export's token: an authentication
+/// error naming the Secret, and nothing left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_is_an_auth_error() {
+    let k = KubeCluster::start_with_wrong_token();
+    k.seed_vm("web-3", false, false);
+    let p = provider(&k).await;
+    let e = p.open_export("web-3").await.err().unwrap();
+    assert_eq!(e.code(), "auth", "{e}");
+    assert!(e.to_string().contains("Secret"), "{e}");
+    released(&k);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_cannot_be_exported_is_named_and_nothing_is_left() {
     let k = KubeCluster::start_with(-1.0);

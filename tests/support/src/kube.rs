@@ -28,21 +28,30 @@ impl KubeCluster {
     /// Starts one whose exports become Ready after `ready_after` seconds
     /// (negative: never).
     pub fn start_with(ready_after: f64) -> KubeCluster {
+        Self::start_args(ready_after, &[])
+    }
+
+    /// Starts one whose export servers expect another token than the one
+    /// in the export's Secret.
+    pub fn start_with_wrong_token() -> KubeCluster {
+        Self::start_args(0.0, &["--wrong-token"])
+    }
+
+    fn start_args(ready_after: f64, extra: &[&str]) -> KubeCluster {
         let dir = PeerDir::new("kube");
         let volumes = dir.0.join("volumes");
         std::fs::create_dir_all(&volumes).expect("volumes dir");
         let ready = ready_after.to_string();
-        let (child, info) = start_peer_json(
-            "tests/peers/kube_cluster.py",
-            &[
-                "--dir",
-                dir.arg(),
-                "--volumes",
-                volumes.to_str().expect("a UTF-8 path"),
-                "--ready-after",
-                &ready,
-            ],
-        );
+        let mut args = vec![
+            "--dir",
+            dir.arg(),
+            "--volumes",
+            volumes.to_str().expect("a UTF-8 path"),
+            "--ready-after",
+            &ready,
+        ];
+        args.extend_from_slice(extra);
+        let (child, info) = start_peer_json("tests/peers/kube_cluster.py", &args);
         KubeCluster {
             port: info["port"].as_u64().expect("port") as u16,
             kubeconfig: PathBuf::from(info["kubeconfig"].as_str().expect("kubeconfig")),
