@@ -302,6 +302,13 @@ def handle_export(ns, name, vmexport):
             return True
 
     wait_for("virt-exportserver", listening, 30)
+    if ARGS.cuts:
+        # The links go through a proxy that drops the first connections.
+        proxied = cutting_proxy(port)
+        for v in volumes:
+            for fm in v["formats"]:
+                fm["url"] = fm["url"].replace(f"127.0.0.1:{port}", f"127.0.0.1:{proxied}")
+        port = proxied
     with open(export_ca()[1]) as f:
         cert = f.read()
     internal = [{"name": v["name"], "formats": [
@@ -337,6 +344,52 @@ def handle_snapshot(ns, name, snap):
         "phase": "Succeeded", "readyToUse": True,
         "virtualMachineSnapshotContentName": f"vmsnapshot-content-{snap['metadata']['uid']}",
         "creationTime": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}})
+
+
+def cutting_proxy(target):
+    """A TCP forwarder to 127.0.0.1:`target` on a port of its own that cuts
+    the first ARGS.cuts connections once ARGS.cut_after bytes came from the
+    server (both sides closed), as a dropped connection would; TLS passes
+    through untouched. Returns its port."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(16)
+
+    def pipe(src, dst, limit):
+        sent = 0
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if limit is not None and sent + len(data) > limit:
+                    dst.sendall(data[:limit - sent])
+                    with LOCK:
+                        STATS["cuts"] = STATS.get("cuts", 0) + 1
+                    break
+                dst.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def accept():
+        n = 0
+        while True:
+            client, _ = lsock.accept()
+            server = socket.create_connection(("127.0.0.1", target))
+            n += 1
+            limit = ARGS.cut_after if n <= ARGS.cuts else None
+            threading.Thread(target=pipe, args=(client, server, None), daemon=True).start()
+            threading.Thread(target=pipe, args=(server, client, limit), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return lsock.getsockname()[1]
 
 
 def controller():
@@ -403,6 +456,8 @@ def main():
     ap.add_argument("--kubevirt-version", default="1.7.0")
     ap.add_argument("--ready-after", type=float, default=0)
     ap.add_argument("--wrong-token", action="store_true")
+    ap.add_argument("--cuts", type=int, default=0, help="connections to the export server cut")
+    ap.add_argument("--cut-after", type=int, default=0, help="... after this many bytes from it")
     ap.add_argument("--lifetime", type=float, default=1800)
     ARGS = ap.parse_args()
     try:

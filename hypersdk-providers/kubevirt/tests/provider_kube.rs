@@ -128,6 +128,25 @@ async fn stopped_and_running_vms_pass_the_testkit_and_read_back_as_seeded() {
     assert_eq!(k.stats()["servers_running"], json!([]));
 }
 
+/// Connections to the export server cut three times while a 256 MiB
+/// volume is read: each read resumes with Range from the byte it broke at,
+/// and the disks still read back as seeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_connections_during_a_256_mib_volume_resume_with_range() {
+    let k = KubeCluster::start_cutting(3, 40_000_000);
+    let seeded = k.seed_vm_sized("big-1", 256);
+    let p = provider(&k).await;
+    let source = p.open_export("big-1").await.unwrap();
+    assert_eq!(source.spec().disks[1].capacity, 256 << 20);
+    assert_eq!(
+        digests(source.as_ref()).await,
+        seeded_digests(&seeded, "big-1")
+    );
+    assert_eq!(k.stats()["cuts"], 3, "every cut was met");
+    source.close().await.unwrap();
+    released(&k);
+}
+
 /// An export server that refuses the export's token: an authentication
 /// error naming the Secret, and nothing left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

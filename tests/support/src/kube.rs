@@ -37,6 +37,13 @@ impl KubeCluster {
         Self::start_args(0.0, &["--wrong-token"])
     }
 
+    /// Starts one whose export links go through a proxy that cuts the
+    /// first `cuts` connections after `after` bytes from the export server.
+    pub fn start_cutting(cuts: u32, after: u64) -> KubeCluster {
+        let (c, a) = (cuts.to_string(), after.to_string());
+        Self::start_args(0.0, &["--cuts", &c, "--cut-after", &a])
+    }
+
     fn start_args(ready_after: f64, extra: &[&str]) -> KubeCluster {
         let dir = PeerDir::new("kube");
         let volumes = dir.0.join("volumes");
@@ -89,6 +96,22 @@ impl KubeCluster {
     /// script's JSON (`disks`: PVC name → SHA-256); the disks are
     /// [`pvc_dir`](Self::pvc_dir)`/disk.img`.
     pub fn seed_vm(&self, name: &str, running: bool, container_disk: bool) -> serde_json::Value {
+        self.seed(name, running, container_disk, None)
+    }
+
+    /// [`seed_vm`](Self::seed_vm) of a stopped VM whose data disk is
+    /// `mib` MiB (a random MiB every other MiB).
+    pub fn seed_vm_sized(&self, name: &str, mib: u64) -> serde_json::Value {
+        self.seed(name, false, false, Some(mib))
+    }
+
+    fn seed(
+        &self,
+        name: &str,
+        running: bool,
+        container_disk: bool,
+        big: Option<u64>,
+    ) -> serde_json::Value {
         let mut args = vec![
             self.url(),
             self.token.clone(),
@@ -101,6 +124,9 @@ impl KubeCluster {
         }
         if container_disk {
             args.push("--container-disk".into());
+        }
+        if let Some(mib) = big {
+            args.extend(["--big".into(), mib.to_string()]);
         }
         crate::python::run_seed("tests/peers/seed_kubevirt_vm.py", &args)
     }
