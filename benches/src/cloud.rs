@@ -316,6 +316,105 @@ print(json.dumps({"secs": secs, "sha256": h.hexdigest()}))
     Ok(())
 }
 
+/// KubeVirt: a VM's 1 GiB (SIZE_MIB) PVC volume read from the real
+/// virt-exportserver through the provider, and exported as an OVF
+/// directory, against `curl` downloading the same raw volume URL.
+async fn kubevirt(size_mib: u64) -> anyhow::Result<()> {
+    use hypersdk_testsupport::kube::KubeCluster;
+    let k = KubeCluster::start();
+    let seeded = k.seed_vm_sized("bench-1", size_mib);
+    let want = seeded["disks"]["bench-1-data"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let config: hypersdk_kubevirt::KubevirtConfig =
+        serde_json::from_value(serde_json::json!({ "kubeconfig": k.kubeconfig }))?;
+    let p = config.provider().await?;
+    let tmp = tempfile::tempdir()?;
+    let (mut ours, mut theirs, mut exports) = (Vec::new(), Vec::new(), Vec::new());
+    let mut bytes = 0;
+    for round in 0..3 {
+        let source = p.open_export("bench-1").await?;
+        let (secs, hex, n) = read_disk(source.as_ref(), 1).await?;
+        anyhow::ensure!(hex == want, "hypersdk read {hex}, seeded {want}");
+        bytes = n;
+        ours.push(secs);
+        // curl reads the same volume of the same export.
+        let token: serde_json::Value =
+            serde_json::from_str(&source.resume_token().unwrap_or_default())?;
+        let export = k.get(&format!(
+            "/apis/export.kubevirt.io/v1beta1/namespaces/default/virtualmachineexports/{}",
+            token["export"].as_str().unwrap_or_default()
+        ));
+        let links = &export["status"]["links"]["external"];
+        let ca = tmp.path().join("ca.pem");
+        std::fs::write(&ca, links["cert"].as_str().unwrap_or_default())?;
+        let url = links["volumes"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["name"] == "bench-1-data"))
+            .and_then(|v| v["formats"][0]["url"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        let secret = k.get(&format!(
+            "/api/v1/namespaces/default/secrets/{}",
+            token["secret"].as_str().unwrap_or_default()
+        ));
+        use base64::Engine as _;
+        let tok = String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(secret["data"]["token"].as_str().unwrap_or_default())?,
+        )?;
+        let start = Instant::now();
+        let o = Command::new("curl")
+            .args(["-sS", "--fail", "--cacert"])
+            .arg(&ca)
+            .args([
+                "-H",
+                &format!("x-kubevirt-export-token: {tok}"),
+                "-o",
+                "/dev/null",
+                &url,
+            ])
+            .output()?;
+        let secs_c = start.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            o.status.success(),
+            "curl: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        theirs.push(secs_c);
+        source.close_after(true).await?;
+        // The whole export, as an OVF directory.
+        let dir = tmp.path().join(format!("ovf-{round}"));
+        let start = Instant::now();
+        hypersdk_core::Exporter::new(hypersdk_core::ExportOptions::new(
+            hypersdk_core::PackageFormat::Ovf,
+        ))
+        .export(&p, "bench-1", &hypersdk_sinks::LocalDirSink::new(&dir))
+        .await?;
+        exports.push(start.elapsed().as_secs_f64());
+        std::fs::remove_dir_all(&dir)?;
+        eprintln!(
+            "kubevirt round {round}: hypersdk read {secs:.2} s, curl {secs_c:.2} s, OVF export {:.2} s",
+            exports[round]
+        );
+    }
+    report(
+        &format!("KubeVirt volume, {size_mib} MiB (half random)"),
+        &ours,
+        &theirs,
+        "curl (same export URL, to /dev/null)",
+        bytes,
+    );
+    let e = median(exports.clone());
+    println!(
+        "| KubeVirt VM (16 MiB + {size_mib} MiB disks) exported as an OVF directory | {e:.2} | {:.1} | {:.2}× |",
+        (bytes + (16 << 20)) as f64 / 1e6 / e,
+        median(theirs.clone()) / e
+    );
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let size_mib: u64 = std::env::args()
@@ -333,6 +432,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if clouds.contains("gcp") {
         gcp(size_mib).await?;
+    }
+    if clouds.contains("kubevirt") {
+        kubevirt(size_mib).await?;
     }
     Ok(())
 }

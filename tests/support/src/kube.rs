@@ -131,6 +131,22 @@ impl KubeCluster {
         crate::python::run_seed("tests/peers/seed_kubevirt_vm.py", &args)
     }
 
+    /// The JSON a GET of `path` answers, read as admin.
+    pub fn get(&self, path: &str) -> serde_json::Value {
+        let out = crate::python::run_python(
+            "import json, ssl, sys, urllib.request\n\
+             req = urllib.request.Request(sys.argv[1] + sys.argv[2], headers={'Authorization': 'Bearer ' + sys.argv[3]})\n\
+             print(urllib.request.urlopen(req, context=ssl.create_default_context(cafile=sys.argv[4]), timeout=30).read().decode())",
+            &[
+                &self.url(),
+                path,
+                &self.token,
+                &self.dir.0.join("certs/apiserver.crt").display().to_string(),
+            ],
+        );
+        serde_json::from_str(out.trim()).expect("JSON")
+    }
+
     /// Names of the objects a GET of `path` lists (e.g.
     /// `/api/v1/namespaces/default/secrets?labelSelector=created-by%3Dhypersdk`),
     /// read as admin.
