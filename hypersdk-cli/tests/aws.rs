@@ -177,26 +177,14 @@ fn kill_9_then_resume_reads_the_same_snapshots() {
     let endpoint = moto.endpoint();
     let env = moto_env(&endpoint);
     let out = tmp.path().join("out");
+    // Slow (about 4 MiB of allocated blocks at 512 KiB/s) so the kill lands mid-export.
     let args = |resume: bool| {
-        let mut a = vec![
-            "export",
-            "web-01",
-            "--provider",
-            "aws",
-            "--format",
-            "ovf",
-            "--output",
-            path_str(&out),
-            "--checkpoint-mib",
-            "1",
-        ];
-        if resume {
-            a.push("--resume");
-        } else {
-            // Slow (about 4 MiB of allocated blocks at 512 KiB/s) so the kill lands mid-export.
-            a.extend(["--bwlimit", "512K"]);
-        }
-        a
+        resumable_ovf_export(
+            &["export", "web-01", "--provider", "aws"],
+            &out,
+            resume,
+            "512K",
+        )
     };
     let snapshots = || {
         moto.boto3(

@@ -170,29 +170,16 @@ fn kill_9_then_resume_reads_the_same_snapshots() {
     let provider = format!("azure://{SUBSCRIPTION}/{RESOURCE_GROUP}");
     let endpoint_opt = format!("endpoint={endpoint}");
     let out = tmp.path().join("out");
-    let args = |resume: bool| {
-        let mut a = vec![
-            "export",
-            "web-02",
-            "--provider",
-            &provider,
-            "--provider-opt",
-            &endpoint_opt,
-            "--format",
-            "ovf",
-            "--output",
-            path_str(&out),
-            "--checkpoint-mib",
-            "1",
-        ];
-        if resume {
-            a.push("--resume");
-        } else {
-            // Slow enough (30 MiB at 1 MiB/s) for the kill to land mid-export.
-            a.extend(["--bwlimit", "1M"]);
-        }
-        a
-    };
+    // Slow enough (30 MiB at 1 MiB/s) for the kill to land mid-export.
+    let head = [
+        "export",
+        "web-02",
+        "--provider",
+        &provider,
+        "--provider-opt",
+        &endpoint_opt,
+    ];
+    let args = |resume: bool| resumable_ovf_export(&head, &out, resume, "1M");
     kill_9_while_reading(
         &args(false),
         &service_principal(&endpoint),

@@ -146,23 +146,9 @@ fn kill_9_then_resume_takes_up_the_same_images() {
     let cli = Cli::new(&peer);
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let args = |resume: bool| {
-        let mut rest = vec![
-            "--format",
-            "ovf",
-            "--output",
-            path_str(&out),
-            "--checkpoint-mib",
-            "1",
-        ];
-        if resume {
-            rest.push("--resume");
-        } else {
-            // Slow enough for the kill to land mid-export.
-            rest.extend(["--bwlimit", "2M"]);
-        }
-        cli.args(&["export", "web-03"], &rest)
-    };
+    // Slow enough for the kill to land mid-export.
+    let head = cli.args(&["export", "web-03"], &[]);
+    let args = |resume: bool| resumable_ovf_export(&head, &out, resume, "2M");
     kill_9_while_reading(
         &args(false),
         &cli.env(),

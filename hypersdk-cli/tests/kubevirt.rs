@@ -117,26 +117,14 @@ fn kill_9_then_resume_takes_up_the_same_export() {
     let out = tmp.path().join("out");
     let kubeconfig = k.kubeconfig.display().to_string();
     let env = [("KUBECONFIG", kubeconfig.as_str())];
+    // 24 MiB at 1 MiB/s: slow enough for the kill to land mid-export.
     let args = |resume: bool| {
-        let mut a = vec![
-            "export",
-            "web-2",
-            "--provider",
-            "kubevirt",
-            "--format",
-            "ovf",
-            "--output",
-            path_str(&out),
-            "--checkpoint-mib",
-            "1",
-        ];
-        if resume {
-            a.push("--resume");
-        } else {
-            // 24 MiB at 1 MiB/s: slow enough for the kill to land mid-export.
-            a.extend(["--bwlimit", "1M"]);
-        }
-        a
+        resumable_ovf_export(
+            &["export", "web-2", "--provider", "kubevirt"],
+            &out,
+            resume,
+            "1M",
+        )
     };
     kill_9_while_reading(
         &args(false),

@@ -112,6 +112,32 @@ pub fn durable_bytes_saved(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// `head` (`export VM --provider …`) as an OVF export into `out` with a
+/// checkpoint every MiB: resuming when `resume`, else slowed to `bwlimit`
+/// so that a kill lands mid-export.
+pub fn resumable_ovf_export<'a>(
+    head: &[&'a str],
+    out: &'a Path,
+    resume: bool,
+    bwlimit: &'a str,
+) -> Vec<&'a str> {
+    let mut a = head.to_vec();
+    a.extend([
+        "--format",
+        "ovf",
+        "--output",
+        out.to_str().expect("a UTF-8 path"),
+        "--checkpoint-mib",
+        "1",
+    ]);
+    if resume {
+        a.push("--resume");
+    } else {
+        a.extend(["--bwlimit", bwlimit]);
+    }
+    a
+}
+
 /// Starts hyperctl with `args` and exactly the environment settings in
 /// `env`, waits (at most 60 s) until the checkpoint at `checkpoint` names
 /// the source the export reads (its snapshots are taken), lets it run
