@@ -130,8 +130,15 @@ impl Hasher {
                 }
             }
             Chain::Sha256(s) => {
-                for b in blocks.chunks_exact(64) {
-                    sha2::compress256(s, std::slice::from_ref(GenericArray::from_slice(b)));
+                // Whole batches per call: the SHA-NI backend loads and
+                // stores the state once per call, not once per block.
+                let mut tmp = [GenericArray::default(); BATCH];
+                for group in blocks.chunks(64 * BATCH) {
+                    let n = group.len() / 64;
+                    for (t, b) in tmp.iter_mut().zip(group.chunks_exact(64)) {
+                        t.copy_from_slice(b);
+                    }
+                    sha2::compress256(s, &tmp[..n]);
                 }
             }
             Chain::Sha512(s) => {
