@@ -241,6 +241,17 @@ def vm_claims(ns, name):
     return pvcs, None
 
 
+def foreign_links(ns, spec):
+    """Whether the export's VM asks (annotation hypersdk.test/links=foreign,
+    a test hook) for links on a foreign host."""
+    source = spec.get("source") or {}
+    if source.get("kind") != "VirtualMachine":
+        return False
+    vm = api("GET", f"/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines/{source.get('name')}")
+    notes = ((vm or {}).get("metadata") or {}).get("annotations") or {}
+    return notes.get("hypersdk.test/links") == "foreign"
+
+
 def handle_export(ns, name, vmexport):
     spec = vmexport.get("spec") or {}
     base = f"/apis/export.kubevirt.io/v1beta1/namespaces/{ns}/virtualmachineexports/{name}"
@@ -309,6 +320,11 @@ def handle_export(ns, name, vmexport):
             for fm in v["formats"]:
                 fm["url"] = fm["url"].replace(f"127.0.0.1:{port}", f"127.0.0.1:{proxied}")
         port = proxied
+    if foreign_links(ns, spec):
+        # A hostile status: the VM's last volume served from another host
+        # (the cloud metadata address), as if the links were tampered with.
+        for fm in volumes[-1]["formats"]:
+            fm["url"] = fm["url"].replace(f"127.0.0.1:{port}", "169.254.169.254")
     with open(export_ca()[1]) as f:
         cert = f.read()
     internal = [{"name": v["name"], "formats": [

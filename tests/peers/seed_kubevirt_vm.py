@@ -1,6 +1,7 @@
 """Seeds the Kubernetes API server of kube_cluster.py with a KubeVirt VM.
 
 Usage: seed_kubevirt_vm.py API_URL TOKEN CA_FILE VOLUMES NAME [--running] [--container-disk] [--big MIB]
+       [--label K=V]... [--annotation K=V]...
 
 VirtualMachine NAME in namespace default: 2 sockets x 2 cores, 2Gi of
 memory, EFI without secure boot, a virtio interface with a fixed MAC on the
@@ -10,7 +11,10 @@ pod network and a second on a multus network, and two disks on PVCs:
 Each PVC is a PersistentVolumeClaim object asking for the disk's exact
 size, its disk the sparse file VOLUMES/default/PVC/disk.img. --running
 marks the VM Running (status.printableStatus, status.ready);
---container-disk adds a containerDisk disk. Prints {"disks": {PVC: sha256}}.
+--container-disk adds a containerDisk disk; --label and --annotation add
+metadata (labels app=web and kubevirt.io/os=fedora are always there; the
+annotation hypersdk.test/links=foreign makes kube_cluster.py's controller
+serve hostile links for the VM). Prints {"disks": {PVC: sha256}}.
 """
 
 import hashlib
@@ -29,6 +33,15 @@ big = None
 if "--big" in args:
     big = int(args[args.index("--big") + 1])
     del args[args.index("--big"):args.index("--big") + 2]
+labels = {"app": "web", "kubevirt.io/os": "fedora"}
+annotations = {}
+# --label K=V and --annotation K=V (repeatable) add metadata to the VM.
+for flag, into in (("--label", labels), ("--annotation", annotations)):
+    while flag in args:
+        i = args.index(flag)
+        k, v = args[i + 1].split("=", 1)
+        into[k] = v
+        del args[i:i + 2]
 args = [a for a in args if not a.startswith("--")]
 url, token, ca, volumes, name = args[:5]
 tls = ssl.create_default_context(cafile=ca)
@@ -86,7 +99,7 @@ if container:
     vols.append({"name": "tools", "containerDisk": {"image": "quay.io/containerdisks/fedora:41"}})
 api("POST", "/apis/kubevirt.io/v1/namespaces/default/virtualmachines", {
     "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-    "metadata": {"name": name, "labels": {"app": "web", "kubevirt.io/os": "fedora"}},
+    "metadata": {"name": name, "labels": labels, "annotations": annotations},
     "spec": {"runStrategy": "Always" if running else "Halted", "template": {
         "metadata": {"labels": {"kubevirt.io/vm": name}},
         "spec": {

@@ -509,6 +509,7 @@ impl KubevirtProvider {
         let volumes = links["volumes"].as_array().cloned().unwrap_or_default();
         let mut spec = d.spec.clone();
         let mut out = Vec::new();
+        let mut origin = None;
         for (disk, v) in spec.disks.iter_mut().zip(&d.volumes) {
             let Volume::Claim(claim) = v else { continue };
             // A VM's export names each volume after its PVC; a snapshot's
@@ -551,7 +552,18 @@ impl KubevirtProvider {
                     )))
                 }
             };
-            check_url(&link.url)?;
+            check_url(&link.url, &made, self.internal, &mut origin)?;
+            out.push(link);
+        }
+        // Every URL is checked before the first request.
+        for (disk, link) in spec
+            .disks
+            .iter_mut()
+            .zip(&d.volumes)
+            .filter(|(_, v)| matches!(v, Volume::Claim(_)))
+            .map(|(disk, _)| disk)
+            .zip(&out)
+        {
             if !link.gzip {
                 // The raw image's size is the disk's (a filesystem PVC is
                 // larger than the disk.img it holds).
@@ -592,7 +604,6 @@ impl KubevirtProvider {
                     }
                 }
             }
-            out.push(link);
         }
         Ok(KubevirtSource {
             client: self.client.clone(),
@@ -605,13 +616,67 @@ impl KubevirtProvider {
     }
 }
 
-/// Export URLs must be https (their token goes with them).
-fn check_url(u: &str) -> Result<()> {
-    if !u.starts_with("https://") {
-        return Err(err(format!(
-            "the export offers a volume URL that is not https ({})",
-            u.split('?').next().unwrap_or(u)
-        )));
+/// Where an export's volume URLs may point, as KubeVirt's export
+/// controller writes them (pkg/storage/export/export/links.go, `getLinks`):
+/// https, no user info, and all on one host and port; an internal link's
+/// host is the export's Service, `SERVICE.NAMESPACE.svc`; an external one's
+/// path lies below the export's own,
+/// `/api/export.kubevirt.io/v1beta1/namespaces/NAMESPACE/virtualmachineexports/NAME/`
+/// (`externalUrlLinkFormat`). Anything else is refused before a request is
+/// made: the export token would be sent there, and its answer would become
+/// the exported disk. `origin` is the first URL's (scheme, host, port),
+/// which the others must share.
+fn check_url(
+    u: &str,
+    made: &Made,
+    internal: bool,
+    origin: &mut Option<(String, u16)>,
+) -> Result<()> {
+    let shown = u.split('?').next().unwrap_or(u);
+    let refuse = |why: &str| {
+        Err(err(format!(
+            "the VirtualMachineExport {}/{} offers a volume URL {why} ({shown}): refused",
+            made.namespace, made.export
+        )))
+    };
+    let Ok(url) = reqwest::Url::parse(u) else {
+        return refuse("that does not parse");
+    };
+    if url.scheme() != "https" {
+        return refuse("that is not https");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return refuse("with user info");
+    }
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+        return refuse("without a host");
+    };
+    let here = (host.to_ascii_lowercase(), port);
+    match origin {
+        Some(first) if *first != here => {
+            return refuse(&format!(
+                "on another host than its first volume's ({}:{})",
+                first.0, first.1
+            ))
+        }
+        Some(_) => {}
+        None => *origin = Some(here.clone()),
+    }
+    if internal {
+        if !here.0.ends_with(&format!(".{}.svc", made.namespace)) {
+            return refuse(&format!(
+                "outside the namespace's Services (*.{}.svc)",
+                made.namespace
+            ));
+        }
+    } else {
+        let base = format!(
+            "/api/export.kubevirt.io/v1beta1/namespaces/{}/virtualmachineexports/{}/",
+            made.namespace, made.export
+        );
+        if !url.path().starts_with(&base) {
+            return refuse(&format!("outside the export's path ({base})"));
+        }
     }
     Ok(())
 }
@@ -737,5 +802,88 @@ impl KubevirtSource {
             location: disk.location.clone(),
         }
         .stream(offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_urls_stay_on_the_exports_host_and_path() {
+        let made = Made {
+            namespace: "vms".into(),
+            export: "hsdk-web-1".into(),
+            secret: "s".into(),
+            snapshot: None,
+        };
+        let base = "https://export.apps.example:8443/api/export.kubevirt.io/v1beta1/namespaces/vms/virtualmachineexports/hsdk-web-1/volumes";
+        let mut origin = None;
+        check_url(&format!("{base}/root/disk.img"), &made, false, &mut origin).unwrap();
+        check_url(
+            &format!("{base}/data/disk.img.gz"),
+            &made,
+            false,
+            &mut origin,
+        )
+        .unwrap();
+        let refused = |u: &str, internal: bool| {
+            let mut origin = Some(("export.apps.example".to_string(), 8443));
+            check_url(u, &made, internal, &mut origin)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| panic!("{u} accepted"))
+        };
+        for (u, why) in [
+            (format!("http{}", &base[5..]), "not https"),
+            (
+                "https://169.254.169.254/latest/meta-data".into(),
+                "another host",
+            ),
+            (base.replace(":8443", ":6443"), "another host"),
+            (base.replace("https://", "https://u:p@"), "user info"),
+            (
+                base.replace("/vms/", "/other/"),
+                "outside the export's path",
+            ),
+            (
+                base.replace("hsdk-web-1", "hsdk-web-2"),
+                "outside the export's path",
+            ),
+            (
+                format!("{base}/../../../../../../secrets"),
+                "outside the export's path",
+            ),
+            ("https://".into(), "does not parse"),
+        ] {
+            let e = refused(&u, false);
+            assert!(e.contains(why) && e.contains("vms/hsdk-web-1"), "{u}: {e}");
+            assert!(!e.contains("token="), "{e}");
+        }
+        // Internal links: the export's Service in the namespace.
+        let mut origin = None;
+        check_url(
+            "https://virt-export-hsdk-web-1.vms.svc/volumes/root/disk.img",
+            &made,
+            true,
+            &mut origin,
+        )
+        .unwrap();
+        let mut origin = None;
+        let e = check_url(
+            "https://kubernetes.default.svc/api",
+            &made,
+            true,
+            &mut origin,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("*.vms.svc"), "{e}");
+        // The token in a query is never shown.
+        let e = refused(
+            &format!("http{}/x?x-kubevirt-export-token=SECRET", &base[5..]),
+            false,
+        );
+        assert!(!e.contains("SECRET"), "{e}");
     }
 }

@@ -148,15 +148,23 @@ async fn cut_connections_during_a_256_mib_volume_resume_with_range() {
 }
 
 /// An export server that refuses the export's token: an authentication
-/// error naming the Secret, and nothing left behind.
+/// error naming the Secret, and nothing left behind. An export whose status
+/// sends a volume to another host (the cloud metadata address) is refused
+/// before any request goes there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_token_is_an_auth_error() {
+async fn a_refused_token_and_a_foreign_link_are_refused() {
     let k = KubeCluster::start_with_wrong_token();
     k.seed_vm("web-3", false, false);
+    k.seed_vm_with("web-4", &["--annotation", "hypersdk.test/links=foreign"]);
     let p = provider(&k).await;
     let e = p.open_export("web-3").await.err().unwrap();
     assert_eq!(e.code(), "auth", "{e}");
     assert!(e.to_string().contains("Secret"), "{e}");
+    let e = p.open_export("web-4").await.err().unwrap().to_string();
+    assert!(
+        e.contains("another host") && e.contains("169.254.169.254"),
+        "{e}"
+    );
     released(&k);
 }
 
@@ -165,7 +173,34 @@ async fn what_cannot_be_exported_is_named_and_nothing_is_left() {
     let k = KubeCluster::start_with(-1.0);
     k.seed_vm("app-1", false, true);
     k.seed_vm("app-2", false, false);
+    k.seed_vm_with("db-1", &["--label", "app=db", "--label", "tier=backend"]);
     let p = provider(&k).await;
+    // A label selector lists only the VMs it matches.
+    let listed = |selector: &'static str| {
+        let kubeconfig = k.kubeconfig.clone();
+        async move {
+            let c: KubevirtConfig = serde_json::from_value(json!({
+                "kubeconfig": kubeconfig, "label_selector": selector,
+            }))
+            .unwrap();
+            let mut names: Vec<String> = c
+                .provider()
+                .await
+                .unwrap()
+                .list_vms()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|v| v.name)
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    assert_eq!(listed("app=db").await, ["db-1"]);
+    assert_eq!(listed("app=web").await, ["app-1", "app-2"]);
+    assert_eq!(listed("tier in (backend),app!=web").await, ["db-1"]);
+    assert!(listed("app=nothing").await.is_empty());
     let e = p.open_export("app-1").await.err().unwrap();
     assert!(e.to_string().contains("containerDisk"), "{e}");
     let e = p.vm_spec("nope").await.err().unwrap();

@@ -96,13 +96,19 @@ impl KubeCluster {
     /// script's JSON (`disks`: PVC name → SHA-256); the disks are
     /// [`pvc_dir`](Self::pvc_dir)`/disk.img`.
     pub fn seed_vm(&self, name: &str, running: bool, container_disk: bool) -> serde_json::Value {
-        self.seed(name, running, container_disk, None)
+        self.seed(name, running, container_disk, None, &[])
+    }
+
+    /// [`seed_vm`](Self::seed_vm) of a stopped VM with more arguments for
+    /// the seed script (`--label K=V`, `--annotation K=V`).
+    pub fn seed_vm_with(&self, name: &str, extra: &[&str]) -> serde_json::Value {
+        self.seed(name, false, false, None, extra)
     }
 
     /// [`seed_vm`](Self::seed_vm) of a stopped VM whose data disk is
     /// `mib` MiB (a random MiB every other MiB).
     pub fn seed_vm_sized(&self, name: &str, mib: u64) -> serde_json::Value {
-        self.seed(name, false, false, Some(mib))
+        self.seed(name, false, false, Some(mib), &[])
     }
 
     fn seed(
@@ -111,6 +117,7 @@ impl KubeCluster {
         running: bool,
         container_disk: bool,
         big: Option<u64>,
+        extra: &[&str],
     ) -> serde_json::Value {
         let mut args = vec![
             self.url(),
@@ -128,6 +135,7 @@ impl KubeCluster {
         if let Some(mib) = big {
             args.extend(["--big".into(), mib.to_string()]);
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         crate::python::run_seed("tests/peers/seed_kubevirt_vm.py", &args)
     }
 
