@@ -26,6 +26,9 @@ pub(crate) struct Described {
     pub(crate) volumes: Vec<Volume>,
     /// Whether a VM instance runs (the export then goes through a snapshot).
     pub(crate) running: bool,
+    /// Whether this is a lone PersistentVolumeClaim (`pvc:NAME`), exported
+    /// with a VirtualMachineExport of the claim, not of a VM.
+    pub(crate) pvc: bool,
 }
 
 /// Bytes of a Kubernetes quantity (`4Gi`, `512Mi`, `1G`, `1073741824`,
@@ -255,6 +258,52 @@ pub(crate) fn describe(vm: &Value, size_of: &dyn Fn(&str) -> Option<u64>) -> Res
         spec,
         volumes: vols,
         running,
+        pvc: false,
+    })
+}
+
+/// A lone PersistentVolumeClaim as a one-disk machine. A claim carries no
+/// VM hardware: one vCPU, 1 GiB and BIOS are placeholders, and the
+/// annotation says so.
+pub(crate) fn describe_pvc(pvc: &Value) -> Result<Described> {
+    let meta = &pvc["metadata"];
+    let name = meta["name"].as_str().unwrap_or_default().to_string();
+    let ns = meta["namespace"].as_str().unwrap_or("default").to_string();
+    let capacity = claim_size(pvc).ok_or_else(|| Error::Provider {
+        provider: "kubevirt".into(),
+        message: format!("PersistentVolumeClaim {ns}/{name} says no size (status.capacity.storage or spec.resources.requests.storage)"),
+        retryable: false,
+        source: None,
+    })?;
+    let spec = VmSpec {
+        id: format!("{ns}/pvc:{name}"),
+        name: name.clone(),
+        power_state: PowerState::Unknown,
+        cpus: 1,
+        memory_mib: 1024,
+        firmware: Firmware::Bios,
+        guest_os: GuestOs::default(),
+        nics: Vec::new(),
+        disks: vec![DiskSpec {
+            name: name.clone(),
+            capacity,
+            format: DiskFormat::Raw,
+            controller: ControllerKind::Virtio,
+            unit: 0,
+            location: format!("pvc {ns}/{name}"),
+            controller_index: None,
+        }],
+        annotation: Some(format!(
+            "KubeVirt PersistentVolumeClaim {ns}/{name} (uid {}), a disk without a VM: its 1 vCPU, 1 GiB of memory and BIOS are placeholders, set the VM's own on import",
+            meta["uid"].as_str().unwrap_or("unknown")
+        )),
+        hardware: Hardware::default(),
+    };
+    Ok(Described {
+        spec,
+        volumes: vec![Volume::Claim(name)],
+        running: false,
+        pvc: true,
     })
 }
 

@@ -16,7 +16,15 @@
 //! Range-resuming download and the token header; and, when the export
 //! closes on every path, deletes the export, the Secret and the snapshot.
 //! A disk on a containerDisk (an image in a registry) cannot be exported
-//! that way: the export says so and stops. Export URLs must be https.
+//! that way: the export says so and stops. A lone PersistentVolumeClaim is
+//! exported as `pvc:NAME` (or `NAMESPACE/pvc:NAME`): a one-disk machine with
+//! placeholder hardware, through a `VirtualMachineExport` of the claim.
+//!
+//! The export's status is not trusted blindly: every volume URL must be
+//! https, without user info, on one host and port, and where KubeVirt's
+//! controller puts it (below the export's own path on the ingress host, or
+//! on a Service of the namespace for internal links) — checked before the
+//! first request, since the token goes with each one.
 #![deny(missing_docs)]
 
 mod config;

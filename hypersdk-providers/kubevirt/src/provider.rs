@@ -19,7 +19,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{json, Value};
 
-use crate::describe::{claim_size, describe, Described, Volume};
+use crate::describe::{claim_size, describe, describe_pvc, Described, Volume};
 
 /// How the export server's token is sent ("Export API").
 const TOKEN_HEADER: &str = "x-kubevirt-export-token";
@@ -147,18 +147,24 @@ impl KubevirtProvider {
         Api::namespaced_with(self.client.clone(), ns, ar)
     }
 
-    /// `NAME` or `NAMESPACE/NAME`: (namespace, name).
-    fn parse(&self, vm: &str) -> Result<(String, String)> {
+    /// `NAME` or `NAMESPACE/NAME` of a VirtualMachine, or `pvc:NAME` /
+    /// `NAMESPACE/pvc:NAME` of a lone PersistentVolumeClaim (a colon is in
+    /// no Kubernetes name): (namespace, name, whether a PVC).
+    fn parse(&self, vm: &str) -> Result<(String, String, bool)> {
         let (ns, name) = match vm.split_once('/') {
             Some((ns, name)) => (ns.to_string(), name.to_string()),
             None => (self.namespace.clone(), vm.to_string()),
         };
+        let (name, pvc) = match name.strip_prefix("pvc:") {
+            Some(n) => (n.to_string(), true),
+            None => (name, false),
+        };
         if !valid_name(&ns) || !valid_name(&name) || name.contains('/') {
             return Err(Error::InvalidArgument(format!(
-                "{vm:?} is not a VirtualMachine name or NAMESPACE/NAME"
+                "{vm:?} is not a VirtualMachine name or NAMESPACE/NAME (or pvc:NAME, NAMESPACE/pvc:NAME of a PersistentVolumeClaim)"
             )));
         }
-        Ok((ns, name))
+        Ok((ns, name, pvc))
     }
 
     async fn describe_value(&self, vm: &Value) -> Result<Described> {
@@ -190,7 +196,21 @@ impl KubevirtProvider {
     }
 
     async fn find(&self, vm: &str) -> Result<Described> {
-        let (ns, name) = self.parse(vm)?;
+        let (ns, name, pvc) = self.parse(vm)?;
+        if pvc {
+            let obj = self
+                .api(&claims(), &ns)
+                .get_opt(&name)
+                .await
+                .map_err(|e| kube_err(&format!("PersistentVolumeClaim {ns}/{name}"), e))?
+                .ok_or_else(|| Error::VmNotFound {
+                    provider: "kubevirt".into(),
+                    vm: vm.to_string(),
+                    detail: format!("no PersistentVolumeClaim '{name}' in namespace {ns}"),
+                })?;
+            let v = serde_json::to_value(&obj).map_err(|e| err(format!("PVC {vm}: {e}")))?;
+            return describe_pvc(&v);
+        }
         let obj = self
             .api(&vms(), &ns)
             .get_opt(&name)
@@ -309,14 +329,15 @@ impl KubevirtProvider {
                 d.spec.id
             )));
         }
-        let (ns, vm) = d
+        let ns = d
             .spec
             .id
             .split_once('/')
-            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .map(|(a, _)| a.to_string())
             .unwrap_or_default();
+        let vm = d.spec.name.clone();
         let adopted = match kept {
-            Some(m) if m.namespace == ns && self.ours(&m, &vm).await => Some(m),
+            Some(m) if m.namespace == ns && self.ours(&m, &vm, d.pvc).await => Some(m),
             _ => None,
         };
         let made = match adopted {
@@ -335,7 +356,7 @@ impl KubevirtProvider {
                     secret: format!("hypersdk-{base}-{stamp}-token"),
                     snapshot: d.running.then(|| format!("hypersdk-{base}-{stamp}")),
                 };
-                if let Err(e) = self.create(&made, &vm).await {
+                if let Err(e) = self.create(&made, &vm, d.pvc).await {
                     release(&self.client, &made).await;
                     return Err(e);
                 }
@@ -351,21 +372,31 @@ impl KubevirtProvider {
         }
     }
 
-    /// Whether `m` names an export (and secret) this provider made of VM `vm`.
-    async fn ours(&self, m: &Made, vm: &str) -> bool {
+    /// The label naming what an export is of: a VM, or a lone PVC.
+    fn of(pvc: bool) -> &'static str {
+        if pvc {
+            "hypersdk.io/pvc"
+        } else {
+            "hypersdk.io/vm"
+        }
+    }
+
+    /// Whether `m` names an export (and secret) this provider made of VM
+    /// (or PVC) `vm`.
+    async fn ours(&self, m: &Made, vm: &str, pvc: bool) -> bool {
         let Ok(Some(e)) = self.api(&exports(), &m.namespace).get_opt(&m.export).await else {
             return false;
         };
         let labels = e.metadata.labels.clone().unwrap_or_default();
         labels.get("created-by").map(String::as_str) == Some("hypersdk")
-            && labels.get("hypersdk.io/vm").map(String::as_str) == Some(vm)
+            && labels.get(Self::of(pvc)).map(String::as_str) == Some(vm)
             && e.data["spec"]["tokenSecretRef"] == m.secret.as_str()
     }
 
     /// The token Secret, the snapshot if any (waited for), the export.
-    async fn create(&self, made: &Made, vm: &str) -> Result<()> {
+    async fn create(&self, made: &Made, vm: &str, pvc: bool) -> Result<()> {
         let ns = &made.namespace;
-        let labels = json!({"created-by": "hypersdk", "hypersdk.io/vm": vm});
+        let labels = json!({"created-by": "hypersdk", Self::of(pvc): vm});
         let secret: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": made.secret, "labels": labels},
@@ -406,6 +437,8 @@ impl KubevirtProvider {
             })
             .await?;
             json!({"apiGroup": "snapshot.kubevirt.io", "kind": "VirtualMachineSnapshot", "name": snap})
+        } else if pvc {
+            json!({"apiGroup": "", "kind": "PersistentVolumeClaim", "name": vm})
         } else {
             json!({"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": vm})
         };

@@ -125,6 +125,39 @@ async fn stopped_and_running_vms_pass_the_testkit_and_read_back_as_seeded() {
     );
     source.close().await.unwrap();
     released(&k);
+
+    // A lone PVC (`pvc:NAME`): a one-disk export of the claim itself,
+    // labelled as a PVC's, its placeholder hardware said in the annotation.
+    let spec = p.vm_spec("default/pvc:web-1-data").await.unwrap();
+    assert_eq!(spec.id, "default/pvc:web-1-data");
+    assert_eq!(spec.disks.len(), 1);
+    assert!(
+        spec.annotation.as_deref().unwrap().contains("placeholders"),
+        "{spec:?}"
+    );
+    let source = p.open_export("pvc:web-1-data").await.unwrap();
+    let export: serde_json::Value = serde_json::from_str(&source.resume_token().unwrap()).unwrap();
+    let object = k.get(&format!(
+        "/apis/export.kubevirt.io/v1beta1/namespaces/default/virtualmachineexports/{}",
+        export["export"].as_str().unwrap()
+    ));
+    assert_eq!(
+        object["spec"]["source"],
+        json!({"apiGroup": "", "kind": "PersistentVolumeClaim", "name": "web-1-data"})
+    );
+    assert_eq!(
+        object["metadata"]["labels"]["hypersdk.io/pvc"],
+        "web-1-data"
+    );
+    assert_eq!(
+        digests(source.as_ref()).await,
+        seeded_digests(&stopped, "web-1")[1..]
+    );
+    source.close().await.unwrap();
+    released(&k);
+    let e = p.vm_spec("pvc:nope").await.err().unwrap();
+    assert_eq!(e.code(), "vm_not_found", "{e}");
+    assert!(e.to_string().contains("PersistentVolumeClaim"), "{e}");
     assert_eq!(k.stats()["servers_running"], json!([]));
 }
 
