@@ -90,6 +90,29 @@ fn a_kubevirt_vm_exports_through_virtualmachineexport() {
     assert!(out.join("web-1.ova").exists());
     assert_eq!(ours(&k), Vec::<String>::new());
 
+    // One PVC on its own.
+    let o = hyperctl_env(
+        &[
+            "export",
+            "pvc:web-1-data",
+            "--provider",
+            "kubevirt",
+            "--format",
+            "ovf",
+            "--output",
+            path_str(&out),
+        ],
+        &env,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_same_guest_data(
+        &out.join("web-1-data/web-1-data-disk1.vmdk"),
+        Some("vmdk"),
+        &k.pvc_dir("default", "web-1-data").join("disk.img"),
+        Some("raw"),
+    );
+    assert_eq!(ours(&k), Vec::<String>::new());
+
     let o = hyperctl_env(&["vms", "list", "--provider", "kubevirt"], &env);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("web-1"));
