@@ -8,7 +8,9 @@ import sys
 import subprocess
 import json
 import shutil
+import ssl
 import tarfile
+import urllib.request
 
 import pytest
 
@@ -284,3 +286,44 @@ def test_export_into_gcs_reads_back_with_googles_client(examples, tmp_path, monk
     finally:
         peer.stdin.close()
         peer.wait(timeout=30)
+
+
+def test_kubevirt_vm_through_the_registry(tmp_path):
+    """connect("kubevirt", kubeconfig=…) against the real kube-apiserver and
+    virt-exportserver (tests/peers/kube_cluster.py): the VM lists, exports
+    as an OVA whose disks equal the PVCs' images, and the export objects
+    are gone afterwards."""
+    peers = os.path.join(os.path.dirname(__file__), "../../../tests/peers")
+    volumes = tmp_path / "volumes"
+    volumes.mkdir()
+    (tmp_path / "kube").mkdir()
+    cluster = subprocess.Popen(
+        [sys.executable, os.path.join(peers, "kube_cluster.py"), "--dir", str(tmp_path / "kube"),
+         "--volumes", str(volumes)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        info = json.loads(cluster.stdout.readline())
+        subprocess.run([sys.executable, os.path.join(peers, "seed_kubevirt_vm.py"),
+                        f"https://127.0.0.1:{info['port']}", info["token"],
+                        str(tmp_path / "kube/certs/apiserver.crt"), str(volumes), "web-1"],
+                       check=True, stdout=subprocess.DEVNULL, timeout=120)
+        with hypersdk.connect("kubevirt", kubeconfig=info["kubeconfig"]) as k8s:
+            assert [v.name for v in k8s.list_vms()] == ["web-1"]
+            assert k8s.get_vm("web-1")["cpus"] == 4
+            report = k8s.export("web-1", tmp_path / "out", verify=True)
+            assert report.verified and report.location.endswith("web-1.ova")
+            with pytest.raises(hypersdk.HypersdkError, match="not a VirtualMachine name"):
+                k8s.get_vm("../etc")
+        names = check_ova_disks(report.location, tmp_path)
+        assert sorted(names) == ["web-1-disk1.vmdk", "web-1-disk2.vmdk"]
+        for n, pvc in ((1, "web-1-root"), (2, "web-1-data")):
+            qemu_img("compare", "-q", str(tmp_path / "extracted" / f"web-1-disk{n}.vmdk"),
+                     str(volumes / "default" / pvc / "disk.img"))
+        ca = ssl.create_default_context(cafile=str(tmp_path / "kube/certs/apiserver.crt"))
+        req = urllib.request.Request(
+            f"https://127.0.0.1:{info['port']}/apis/export.kubevirt.io/v1beta1/namespaces/default/virtualmachineexports",
+            headers={"Authorization": "Bearer " + info["token"]})
+        assert json.loads(urllib.request.urlopen(req, context=ca, timeout=30).read())["items"] == []
+    finally:
+        cluster.stdin.close()
+        cluster.wait(timeout=60)
