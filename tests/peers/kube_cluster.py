@@ -13,7 +13,9 @@ then writes DIR/kubeconfig (context `test`, namespace `default`) and prints
 
 No KubeVirt controller runs here, so this script plays the part of its
 export controller, as KubeVirt documents it ("Export API": the
-VirtualMachineExport's status): for each new VirtualMachineExport of a
+VirtualMachineExport's status), watching the API (a list, then
+?watch=1 from its resourceVersion, as controllers do): for each new
+VirtualMachineExport of a
 VirtualMachine (or a PersistentVolumeClaim) it
 - takes the token from the Secret `spec.tokenSecretRef` names (key
   `token`), or makes Secret `export-token-NAME` and names it in
@@ -307,6 +309,13 @@ def handle_export(ns, name, vmexport):
     with LOCK:
         SERVERS[(ns, name)] = proc
         STATS["servers_started"] += 1
+    if api("GET", base) is None:
+        # Deleted while this server started (its DELETED event came first).
+        with LOCK:
+            if SERVERS.get((ns, name)) is proc:
+                SERVERS.pop((ns, name))
+        proc.terminate()
+        return
 
     def listening():
         with socket.create_connection(("127.0.0.1", port), timeout=1):
@@ -408,42 +417,67 @@ def cutting_proxy(target):
     return lsock.getsockname()[1]
 
 
-def controller():
-    """Lists VirtualMachineExports every 100 ms (a watch would do the same
-    here): new ones are handled, deleted ones have their server stopped."""
-    seen = set()
+def watch(path, on_event):
+    """Lists `path`, then watches it (Kubernetes API concepts, "Efficient
+    detection of changes": ?watch=1&resourceVersion=RV, one JSON event per
+    line), calling on_event(type, object) for every item listed and every
+    event; lists again after a break or an ERROR event (410 Gone). One
+    long-lived request instead of polling: the API server stays idle."""
     while True:
         try:
-            items = (api("GET", "/apis/export.kubevirt.io/v1beta1/virtualmachineexports") or {}).get("items", [])
+            listed = api("GET", path) or {}
+            for item in listed.get("items", []):
+                on_event("ADDED", item)
+            rv = listed["metadata"]["resourceVersion"]
+            req = urllib.request.Request(
+                CLUSTER["url"] + path + f"?watch=1&resourceVersion={rv}&timeoutSeconds=600",
+                headers={"Authorization": "Bearer " + CLUSTER["token"]})
+            with urllib.request.urlopen(req, context=CLUSTER["tls"], timeout=660) as r:
+                for line in r:
+                    event = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        break
+                    on_event(event["type"], event["object"])
         except Exception:
             time.sleep(0.5)
-            continue
-        try:
-            snaps = (api("GET", "/apis/snapshot.kubevirt.io/v1beta1/virtualmachinesnapshots") or {}).get("items", [])
-        except Exception:
-            snaps = []
-        for s in snaps:
-            key = ("snap", s["metadata"]["namespace"], s["metadata"]["name"], s["metadata"]["uid"])
-            if key not in seen:
-                seen.add(key)
-                threading.Thread(target=handle_snapshot, args=(key[1], key[2], s), daemon=True).start()
-        live_snaps = {(s["metadata"]["namespace"], s["metadata"]["name"]) for s in snaps}
+
+
+def controller():
+    """Watches VirtualMachineSnapshots and VirtualMachineExports: new ones
+    are handled, deleted exports have their server stopped."""
+    seen = set()
+
+    def on_snapshot(kind, s):
+        ns, name = s["metadata"]["namespace"], s["metadata"]["name"]
+        key = ("snap", ns, name, s["metadata"]["uid"])
         with LOCK:
-            SNAPSHOTS_LIVE.clear()
-            SNAPSHOTS_LIVE.update(f"{a}/{b}" for a, b in live_snaps)
-        now = set()
-        for e in items:
-            key = (e["metadata"]["namespace"], e["metadata"]["name"], e["metadata"]["uid"])
-            now.add(key[:2])
-            if key not in seen:
-                seen.add(key)
-                with LOCK:
-                    STATS["exports_seen"] += 1
-                threading.Thread(target=handle_export, args=(key[0], key[1], e), daemon=True).start()
+            if kind == "DELETED":
+                SNAPSHOTS_LIVE.discard(f"{ns}/{name}")
+                return
+            SNAPSHOTS_LIVE.add(f"{ns}/{name}")
+            if key in seen:
+                return
+            seen.add(key)
+        threading.Thread(target=handle_snapshot, args=(ns, name, s), daemon=True).start()
+
+    def on_export(kind, e):
+        ns, name = e["metadata"]["namespace"], e["metadata"]["name"]
+        key = (ns, name, e["metadata"]["uid"])
         with LOCK:
-            for k in [k for k in SERVERS if k not in now]:
-                SERVERS.pop(k).terminate()
-        time.sleep(0.1)
+            if kind == "DELETED":
+                proc = SERVERS.pop((ns, name), None)
+                if proc is not None:
+                    proc.terminate()
+                return
+            if key in seen:
+                return
+            seen.add(key)
+            STATS["exports_seen"] += 1
+        threading.Thread(target=handle_export, args=(ns, name, e), daemon=True).start()
+
+    threading.Thread(target=watch, daemon=True, args=(
+        "/apis/snapshot.kubevirt.io/v1beta1/virtualmachinesnapshots", on_snapshot)).start()
+    watch("/apis/export.kubevirt.io/v1beta1/virtualmachineexports", on_export)
 
 
 class Stats(server.BaseHTTPRequestHandler):

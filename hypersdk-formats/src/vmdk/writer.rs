@@ -80,6 +80,9 @@ pub struct StreamOptimizedWriter<W: Write> {
     pending: Vec<(u64, Vec<u8>)>,
     /// Grain buffers to reuse.
     spare: Vec<Vec<u8>>,
+    /// Framed-grain buffers to reuse (kept at their full length, so that
+    /// reusing one costs no zeroing).
+    spare_out: Vec<Vec<u8>>,
     /// Grains per compression batch.
     batch: usize,
     threads: usize,
@@ -155,6 +158,7 @@ impl<W: Write> StreamOptimizedWriter<W> {
             grain: Vec::with_capacity(GRAIN_SIZE),
             pending: Vec::new(),
             spare: Vec::new(),
+            spare_out: Vec::new(),
             batch: threads * GRAINS_PER_THREAD,
             threads,
             level: options.compression_level.min(9) as i32,
@@ -343,11 +347,18 @@ impl<W: Write> StreamOptimizedWriter<W> {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending);
+        let mut outs: Vec<Vec<u8>> = (0..pending.len())
+            .map(|_| self.spare_out.pop().unwrap_or_default())
+            .collect();
         let level = self.level;
         let workers = self.threads.min(pending.len()).max(1);
-        let compressed: Vec<Result<Vec<u8>>> = if workers == 1 {
+        let framed: Vec<Result<usize>> = if workers == 1 {
             match GrainCompressor::new(level) {
-                Ok(mut c) => pending.iter().map(|(n, g)| c.grain(*n, g)).collect(),
+                Ok(mut c) => pending
+                    .iter()
+                    .zip(outs.iter_mut())
+                    .map(|((n, g), out)| c.grain(*n, g, out))
+                    .collect(),
                 Err(e) => vec![Err(e)],
             }
         } else {
@@ -355,11 +366,14 @@ impl<W: Write> StreamOptimizedWriter<W> {
             std::thread::scope(|scope| {
                 let handles: Vec<_> = pending
                     .chunks(per)
-                    .map(|part| {
+                    .zip(outs.chunks_mut(per))
+                    .map(|(part, out)| {
                         scope.spawn(move || match GrainCompressor::new(level) {
-                            Ok(mut c) => {
-                                part.iter().map(|(n, g)| c.grain(*n, g)).collect::<Vec<_>>()
-                            }
+                            Ok(mut c) => part
+                                .iter()
+                                .zip(out.iter_mut())
+                                .map(|((n, g), out)| c.grain(*n, g, out))
+                                .collect::<Vec<_>>(),
                             Err(e) => vec![Err(e)],
                         })
                     })
@@ -376,8 +390,8 @@ impl<W: Write> StreamOptimizedWriter<W> {
                     .collect()
             })
         };
-        for ((grain_no, mut buf), c) in pending.into_iter().zip(compressed) {
-            let c = c?;
+        for (((grain_no, mut buf), len), out) in pending.into_iter().zip(framed).zip(outs) {
+            let len = len?;
             let gt_index = grain_no / GTES_PER_GT;
             if gt_index != self.gt_index {
                 self.flush_gt()?;
@@ -391,9 +405,10 @@ impl<W: Write> StreamOptimizedWriter<W> {
                 })?;
             self.gt_dirty = true;
             self.populated += GRAIN_SIZE as u64;
-            self.emit(&c)?;
+            self.emit(&out[..len])?;
             buf.clear();
             self.spare.push(buf);
+            self.spare_out.push(out);
         }
         Ok(())
     }
@@ -444,16 +459,21 @@ impl GrainCompressor {
         })
     }
 
-    /// One grain framed for the stream: marker {lba, size} + zlib data,
-    /// padded to a whole sector.
-    fn grain(&mut self, grain_no: u64, data: &[u8]) -> Result<Vec<u8>> {
+    /// One grain framed for the stream into `out`: marker {lba, size} +
+    /// zlib data, padded to a whole sector; returns the framed length.
+    /// `out` keeps its (full) length for reuse.
+    fn grain(&mut self, grain_no: u64, data: &[u8], out: &mut Vec<u8>) -> Result<usize> {
         let c = if entropy_bits(data) >= STORE_ENTROPY_BITS {
             &mut self.store
         } else {
             &mut self.deflate
         };
         let bound = c.zlib_compress_bound(data.len());
-        let mut out = vec![0u8; 12 + bound];
+        // Room for the sector padding too.
+        let room = (12 + bound).next_multiple_of(SECTOR_SIZE as usize);
+        if out.len() < room {
+            out.resize(room, 0);
+        }
         out[..8].copy_from_slice(&(grain_no * GRAIN_SECTORS).to_le_bytes());
         let n = c.zlib_compress(data, &mut out[12..]).map_err(|e| {
             Error::io(
@@ -461,10 +481,10 @@ impl GrainCompressor {
                 std::io::Error::other(format!("{e:?}")),
             )
         })?;
-        out.truncate(12 + n);
         out[8..12].copy_from_slice(&(n as u32).to_le_bytes());
-        out.resize(out.len().next_multiple_of(SECTOR_SIZE as usize), 0);
-        Ok(out)
+        let len = (12 + n).next_multiple_of(SECTOR_SIZE as usize);
+        out[12 + n..len].fill(0);
+        Ok(len)
     }
 }
 
@@ -706,7 +726,9 @@ mod tests {
         assert_eq!(entropy_bits(&[0u8; 4096]), 0.0);
         let mut c = GrainCompressor::new(1).unwrap();
         for (data, stored) in [(&random, true), (&text, false)] {
-            let framed = c.grain(3, data).unwrap();
+            let mut framed = Vec::new();
+            let len = c.grain(3, data, &mut framed).unwrap();
+            assert_eq!(len % 512, 0);
             assert_eq!(
                 u64::from_le_bytes(framed[..8].try_into().unwrap()),
                 3 * GRAIN_SECTORS
