@@ -34,6 +34,13 @@
 //!   Python client (google-cloud-storage `download_to_file`) piped into
 //!   GNU `tar -xzSf -` (what one does by hand with the object), the
 //!   unpacked disk.raw hashed after its clock stops.
+//! - KubeVirt (`HSDK_CLOUDS=kubevirt`): VM bench-1 (tests/peers/seed_kubevirt_vm.py
+//!   `--big SIZE_MIB`) on the real kube-apiserver and virt-exportserver.
+//!   From one open VirtualMachineExport per round (five rounds): hypersdk
+//!   reads the data volume; curl reads it into /dev/null; curl downloads
+//!   both volumes into files (the baseline), and again followed by `sync`;
+//!   hypersdk exports the VM as an OVF directory (checked with `qemu-img
+//!   compare`). CPU seconds of each side are printed.
 //!
 //! Each side runs three times, alternating; the median is printed with
 //! its rate (MB/s of guest bytes) and the ratio. Every read is checked
