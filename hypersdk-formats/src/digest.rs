@@ -9,6 +9,7 @@
 //! does the final padding (FIPS 180-4, §5.1).
 
 use sha2::digest::generic_array::GenericArray;
+use sha2::digest::typenum::U64;
 
 use crate::manifest::{to_hex, DigestAlgorithm};
 
@@ -42,6 +43,20 @@ const H512: [u64; 8] = [
 
 /// Blocks handed to a block function at once.
 const BATCH: usize = 16;
+
+/// Hands whole 64-byte blocks to a block function up to [`BATCH`] at a
+/// time: the SHA-NI backends load and store their state once per call, not
+/// once per block.
+fn in_batches(blocks: &[u8], mut f: impl FnMut(&[GenericArray<u8, U64>])) {
+    let mut tmp = [GenericArray::default(); BATCH];
+    for group in blocks.chunks(64 * BATCH) {
+        let n = group.len() / 64;
+        for (t, b) in tmp.iter_mut().zip(group.chunks_exact(64)) {
+            t.copy_from_slice(b);
+        }
+        f(&tmp[..n]);
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Chain {
@@ -119,28 +134,8 @@ impl Hasher {
     /// Runs the block function over `blocks` (whole blocks).
     fn compress(&mut self, blocks: &[u8]) {
         match &mut self.chain {
-            Chain::Sha1(s) => {
-                let mut tmp = [GenericArray::default(); BATCH];
-                for group in blocks.chunks(64 * BATCH) {
-                    let n = group.len() / 64;
-                    for (t, b) in tmp.iter_mut().zip(group.chunks_exact(64)) {
-                        t.copy_from_slice(b);
-                    }
-                    sha1::compress(s, &tmp[..n]);
-                }
-            }
-            Chain::Sha256(s) => {
-                // Whole batches per call: the SHA-NI backend loads and
-                // stores the state once per call, not once per block.
-                let mut tmp = [GenericArray::default(); BATCH];
-                for group in blocks.chunks(64 * BATCH) {
-                    let n = group.len() / 64;
-                    for (t, b) in tmp.iter_mut().zip(group.chunks_exact(64)) {
-                        t.copy_from_slice(b);
-                    }
-                    sha2::compress256(s, &tmp[..n]);
-                }
-            }
+            Chain::Sha1(s) => in_batches(blocks, |b| sha1::compress(s, b)),
+            Chain::Sha256(s) => in_batches(blocks, |b| sha2::compress256(s, b)),
             Chain::Sha512(s) => {
                 for b in blocks.chunks_exact(128) {
                     sha2::compress512(s, std::slice::from_ref(GenericArray::from_slice(b)));
