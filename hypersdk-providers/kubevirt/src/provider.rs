@@ -115,6 +115,21 @@ impl std::fmt::Debug for KubevirtProvider {
 }
 
 /// A Kubernetes object name (RFC 1123 label, as KubeVirt's names are).
+/// `name` as a label value: names may have 253 characters, label values
+/// 63 (ending alphanumeric). A longer name keeps its first 46 characters
+/// and adds 16 hex digits of its FNV-1a hash (not a secret: `ours` also
+/// checks the export's token Secret).
+fn label_value(name: &str) -> String {
+    if name.len() <= 63 {
+        return name.to_string();
+    }
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let head = name[..46].trim_end_matches(['-', '.']);
+    format!("{head}-{hash:016x}")
+}
+
 fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 253
@@ -389,14 +404,14 @@ impl KubevirtProvider {
         };
         let labels = e.metadata.labels.clone().unwrap_or_default();
         labels.get("created-by").map(String::as_str) == Some("hypersdk")
-            && labels.get(Self::of(pvc)).map(String::as_str) == Some(vm)
+            && labels.get(Self::of(pvc)).map(String::as_str) == Some(label_value(vm).as_str())
             && e.data["spec"]["tokenSecretRef"] == m.secret.as_str()
     }
 
     /// The token Secret, the snapshot if any (waited for), the export.
     async fn create(&self, made: &Made, vm: &str, pvc: bool) -> Result<()> {
         let ns = &made.namespace;
-        let labels = json!({"created-by": "hypersdk", Self::of(pvc): vm});
+        let labels = json!({"created-by": "hypersdk", Self::of(pvc): label_value(vm)});
         let secret: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": made.secret, "labels": labels},
@@ -841,6 +856,17 @@ impl KubevirtSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_names_fit_in_label_values() {
+        assert_eq!(label_value("web-1"), "web-1");
+        let long = format!("{}-x", "a".repeat(44)) + &"b".repeat(200);
+        let v = label_value(&long);
+        assert!(v.len() <= 63 && v.starts_with("aaaa"), "{v}");
+        assert!(v.ends_with(|c: char| c.is_ascii_alphanumeric()));
+        assert_ne!(v, label_value(&format!("{long}c")));
+        assert_eq!(v, label_value(&long));
+    }
 
     #[test]
     fn volume_urls_stay_on_the_exports_host_and_path() {

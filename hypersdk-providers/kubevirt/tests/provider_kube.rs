@@ -193,6 +193,12 @@ async fn a_refused_token_and_a_foreign_link_are_refused() {
     let e = p.open_export("web-3").await.err().unwrap();
     assert_eq!(e.code(), "auth", "{e}");
     assert!(e.to_string().contains("Secret"), "{e}");
+    // A 70-character name (label values hold 63): the export and its
+    // Secret are still made — the server's refusal of the token proves it.
+    let long = format!("web-{}", "x".repeat(66));
+    k.seed_vm(&long, false, false);
+    let e = p.open_export(&long).await.err().unwrap();
+    assert_eq!(e.code(), "auth", "{e}");
     let e = p.open_export("web-4").await.err().unwrap().to_string();
     assert!(
         e.contains("another host") && e.contains("169.254.169.254"),
