@@ -212,32 +212,27 @@ impl KubevirtProvider {
 
     async fn find(&self, vm: &str) -> Result<Described> {
         let (ns, name, pvc) = self.parse(vm)?;
-        if pvc {
-            let obj = self
-                .api(&claims(), &ns)
-                .get_opt(&name)
-                .await
-                .map_err(|e| kube_err(&format!("PersistentVolumeClaim {ns}/{name}"), e))?
-                .ok_or_else(|| Error::VmNotFound {
-                    provider: "kubevirt".into(),
-                    vm: vm.to_string(),
-                    detail: format!("no PersistentVolumeClaim '{name}' in namespace {ns}"),
-                })?;
-            let v = serde_json::to_value(&obj).map_err(|e| err(format!("PVC {vm}: {e}")))?;
-            return describe_pvc(&v);
-        }
+        let (ar, kind) = if pvc {
+            (claims(), "PersistentVolumeClaim")
+        } else {
+            (vms(), "VirtualMachine")
+        };
         let obj = self
-            .api(&vms(), &ns)
+            .api(&ar, &ns)
             .get_opt(&name)
             .await
-            .map_err(|e| kube_err(&format!("VirtualMachine {ns}/{name}"), e))?
+            .map_err(|e| kube_err(&format!("{kind} {ns}/{name}"), e))?
             .ok_or_else(|| Error::VmNotFound {
                 provider: "kubevirt".into(),
                 vm: vm.to_string(),
-                detail: format!("no VirtualMachine '{name}' in namespace {ns}"),
+                detail: format!("no {kind} '{name}' in namespace {ns}"),
             })?;
-        let v = serde_json::to_value(&obj).map_err(|e| err(format!("VM {vm}: {e}")))?;
-        self.describe_value(&v).await
+        let v = serde_json::to_value(&obj).map_err(|e| err(format!("{kind} {vm}: {e}")))?;
+        if pvc {
+            describe_pvc(&v)
+        } else {
+            self.describe_value(&v).await
+        }
     }
 }
 
@@ -558,7 +553,7 @@ impl KubevirtProvider {
         let mut spec = d.spec.clone();
         let mut out = Vec::new();
         let mut origin = None;
-        for (disk, v) in spec.disks.iter_mut().zip(&d.volumes) {
+        for (i, (disk, v)) in spec.disks.iter().zip(&d.volumes).enumerate() {
             let Volume::Claim(claim) = v else { continue };
             // A VM's export names each volume after its PVC; a snapshot's
             // after the PVC restored from it (`…-CLAIM`).
@@ -601,17 +596,11 @@ impl KubevirtProvider {
                 }
             };
             check_url(&link.url, &made, self.internal, &mut origin)?;
-            out.push(link);
+            out.push((i, link));
         }
         // Every URL is checked before the first request.
-        for (disk, link) in spec
-            .disks
-            .iter_mut()
-            .zip(&d.volumes)
-            .filter(|(_, v)| matches!(v, Volume::Claim(_)))
-            .map(|(disk, _)| disk)
-            .zip(&out)
-        {
+        for (i, link) in &out {
+            let disk = &mut spec.disks[*i];
             if !link.gzip {
                 // The raw image's size is the disk's (a filesystem PVC is
                 // larger than the disk.img it holds).
@@ -659,7 +648,7 @@ impl KubevirtProvider {
             made,
             http,
             token,
-            links: out,
+            links: out.into_iter().map(|(_, l)| l).collect(),
         })
     }
 }
