@@ -37,14 +37,8 @@ fn hostile_config(tmp: &Path, extra: &str) -> std::path::PathBuf {
     config_at(tmp, &vm_dir(tmp), "", extra)
 }
 
-fn submit(d: &Daemon, body: &str) -> i64 {
-    let (code, sub) = d.json("POST", "/api/v1/jobs", Some(body));
-    assert_eq!(code, 201, "{sub}");
-    sub["jobs"][0]["id"].as_i64().unwrap()
-}
-
 fn run_job(d: &Daemon, body: &str) -> Value {
-    let id = submit(d, body);
+    let id = d.submit(body);
     d.wait(id, Duration::from_secs(60))
 }
 
@@ -507,10 +501,9 @@ fn big_vm(dir: &Path) {
 }
 
 fn cancel_midway(d: &Daemon, output: &str) -> Value {
-    let id = submit(
-        d,
-        &format!(r#"{{"vm": "big", "provider": "kvm", "output": "{output}", "bwlimit": "32M"}}"#),
-    );
+    let id = d.submit(&format!(
+        r#"{{"vm": "big", "provider": "kvm", "output": "{output}", "bwlimit": "32M"}}"#
+    ));
     d.wait_progress(id, 8 << 20);
     let (code, _) = d.json("POST", &format!("/api/v1/jobs/{id}/cancel"), None);
     assert_eq!(code, 202);

@@ -108,6 +108,13 @@ impl Daemon {
         )
     }
 
+    /// Submits the job `body` (expecting 201); returns its id.
+    pub fn submit(&self, body: &str) -> i64 {
+        let (code, sub) = self.json("POST", "/api/v1/jobs", Some(body));
+        assert_eq!(code, 201, "{sub}");
+        sub["jobs"][0]["id"].as_i64().unwrap()
+    }
+
     /// Waits until job `id` has read more than `bytes` (at most 60 s).
     pub fn wait_progress(&self, id: i64, bytes: u64) {
         let start = Instant::now();
