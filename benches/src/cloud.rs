@@ -394,7 +394,7 @@ async fn kubevirt(size_mib: u64) -> anyhow::Result<()> {
             base64::engine::general_purpose::STANDARD
                 .decode(secret["data"]["token"].as_str().unwrap_or_default())?,
         )?;
-        let curl = |outputs: &[(&str, std::path::PathBuf)]| -> anyhow::Result<(f64, f64)> {
+        let curl = |outputs: &[(&str, std::path::PathBuf)]| -> anyhow::Result<()> {
             let mut c = Command::new("curl");
             c.args(["-sS", "--fail", "--cacert"])
                 .arg(&ca)
@@ -402,48 +402,45 @@ async fn kubevirt(size_mib: u64) -> anyhow::Result<()> {
             for (volume, out) in outputs {
                 c.arg("-o").arg(out).arg(url(volume));
             }
-            let start = Instant::now();
-            let cpu = cpu_seconds().1;
             let o = c.output()?;
-            let secs = start.elapsed().as_secs_f64();
-            let cpu = cpu_seconds().1 - cpu;
             anyhow::ensure!(
                 o.status.success(),
                 "curl: {}",
                 String::from_utf8_lossy(&o.stderr)
             );
-            Ok((secs, cpu))
+            Ok(())
         };
-        let (secs_null, _) = curl(&[("bench-1-data", "/dev/null".into())])?;
+        let start = Instant::now();
+        curl(&[("bench-1-data", "/dev/null".into())])?;
+        let secs_null = start.elapsed().as_secs_f64();
         null.push(secs_null);
-        let got = tmp.path().join("curl");
-        std::fs::create_dir_all(&got)?;
-        let (secs_files, cpu_f) = curl(&[
-            ("bench-1-root", got.join("root.img")),
-            ("bench-1-data", got.join("data.img")),
-        ])?;
+        // Both volumes into files; with `sync`, made durable as the
+        // export makes its files (`sync FILE…` after curl; the export fsyncs
+        // each file before it checkpoints or publishes). (seconds, CPU).
+        let to_files = |sync: bool| -> anyhow::Result<(f64, f64)> {
+            let got = tmp.path().join("curl");
+            std::fs::create_dir_all(&got)?;
+            let files = [got.join("root.img"), got.join("data.img")];
+            let cpu = cpu_seconds().1;
+            let start = Instant::now();
+            curl(&[
+                ("bench-1-root", files[0].clone()),
+                ("bench-1-data", files[1].clone()),
+            ])?;
+            if sync {
+                let synced = Command::new("sync").args(&files).status()?;
+                anyhow::ensure!(synced.success(), "sync");
+            }
+            let timed = (start.elapsed().as_secs_f64(), cpu_seconds().1 - cpu);
+            std::fs::remove_dir_all(&got)?;
+            Ok(timed)
+        };
+        let (secs_files, cpu_f) = to_files(false)?;
         files.push(secs_files);
         cpu_files.push(cpu_f);
-        std::fs::remove_dir_all(&got)?;
-        // The same, made durable as the export makes its files (`sync FILE…`
-        // after curl; the export fsyncs each file before it checkpoints or
-        // publishes).
-        std::fs::create_dir_all(&got)?;
-        let cpu = cpu_seconds().1;
-        let start = Instant::now();
-        curl(&[
-            ("bench-1-root", got.join("root.img")),
-            ("bench-1-data", got.join("data.img")),
-        ])?;
-        let synced = Command::new("sync")
-            .arg(got.join("root.img"))
-            .arg(got.join("data.img"))
-            .status()?;
-        anyhow::ensure!(synced.success(), "sync");
-        let secs_durable = start.elapsed().as_secs_f64();
+        let (secs_durable, cpu_d) = to_files(true)?;
         durable.push(secs_durable);
-        cpu_durable.push(cpu_seconds().1 - cpu);
-        std::fs::remove_dir_all(&got)?;
+        cpu_durable.push(cpu_d);
         // The whole VM from the same export, as an OVF directory.
         let dir = tmp.path().join(format!("ovf-{round}"));
         let cpu = cpu_seconds().0;

@@ -517,9 +517,9 @@ fn entropy_bits(data: &[u8]) -> f64 {
     let mut bits = 0.0;
     let [h0, h1, h2, h3] = &h;
     for (((a, b), c), d) in h0.iter().zip(h1).zip(h2).zip(h3) {
-        let c = a + b + c + d;
-        if c > 0 {
-            let p = f64::from(c) / n;
+        let count = a + b + c + d;
+        if count > 0 {
+            let p = f64::from(count) / n;
             bits -= p * p.log2();
         }
     }
