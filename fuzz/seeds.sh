@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 t=$(mktemp -d); trap 'rm -rf "$t"' EXIT
-mkdir -p corpus/{qcow2,vmdk,vhd,ova,ovf,manifest,vmdk_stream,ova_stream}
+mkdir -p corpus/{qcow2,vmdk,vhd,vhdx,ova,ovf,manifest,vmdk_stream,ova_stream}
 qemu-img create -q -f qcow2 -o cluster_size=4096 "$t/a.qcow2" 256K
 qemu-io -f qcow2 -c "write -P 0x61 0 8k" -c "write -z 64k 4k" "$t/a.qcow2" >/dev/null
 cp "$t/a.qcow2" corpus/qcow2/plain
@@ -16,6 +16,12 @@ qemu-img convert -O vmdk -o subformat=monolithicSparse "$t/a.raw" corpus/vmdk/sp
 cargo run -q --manifest-path ../Cargo.toml -p hypersdk-cli -- convert "$t/a.raw" corpus/vmdk/ours --to vmdk --overwrite >/dev/null
 qemu-img convert -O vpc -o subformat=dynamic "$t/a.raw" corpus/vhd/dynamic
 cargo run -q --manifest-path ../Cargo.toml -p hypersdk-cli -- convert "$t/a.raw" corpus/vhd/fixed --to vhd --overwrite >/dev/null
+# vhdx: the 4 KiB slots fuzz_targets/vhdx.rs places (header, region table,
+# log, BAT, metadata table and items, data), cut from a qemu-written file.
+qemu-img convert -O vhdx -o subformat=dynamic,block_size=1M "$t/a.raw" "$t/a.vhdx"
+for k in 64 192 1024 2048 3072 3136 4096 4100; do
+  dd if="$t/a.vhdx" bs=1K skip=$k count=4 status=none
+done > corpus/vhdx/dynamic
 printf '<domain><name>s</name><memory>1</memory><devices><disk type="file" device="disk"><source file="a.raw"/><target dev="vda"/></disk></devices></domain>' > "$t/s.xml"
 cargo run -q --manifest-path ../Cargo.toml -p hypersdk-cli -- export "$t/s.xml" --output "$t/out" >/dev/null
 cp "$t/out/s.ova" corpus/ova/seed

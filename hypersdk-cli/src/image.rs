@@ -29,7 +29,7 @@ pub enum To {
 
 #[derive(Args, Debug)]
 pub struct ConvertArgs {
-    /// Source image (format detected: qcow2, VMDK sparse/streamOptimized, VHD, raw).
+    /// Source image (format detected: qcow2, VMDK sparse/streamOptimized, VHD, VHDX, raw).
     input: PathBuf,
     /// Output file; written under a temporary name and renamed when complete.
     output: PathBuf,

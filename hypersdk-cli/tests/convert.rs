@@ -67,3 +67,54 @@ fn corrupt_input_fails_clearly_and_leaves_no_output() {
         .collect();
     assert_eq!(left, vec!["bad.qcow2"]);
 }
+
+#[test]
+fn vhdx_from_qemu_img_converts_and_inspects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = workspace_root().join("examples/vms/disks/demo-root.qcow2");
+    let vhdx = tmp.path().join("d.vhdx");
+    hypersdk_testsupport::run_tool(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "vhdx",
+            "-o",
+            "subformat=dynamic,block_size=1M",
+            path_str(&src),
+            path_str(&vhdx),
+        ],
+    );
+    let o = hyperctl(&["inspect", path_str(&vhdx), "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["format"], "vhdx");
+    assert_eq!(r["virtual_size"], 67108864);
+    for to in ["vmdk", "qcow2", "raw"] {
+        let out = tmp.path().join(format!("d.{to}"));
+        let o = hyperctl(&[
+            "convert",
+            path_str(&vhdx),
+            path_str(&out),
+            "--to",
+            to,
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(r["input_format"], "vhdx");
+        assert_same_guest_data(&vhdx, Some("vhdx"), &out, Some(to));
+    }
+    // A VHDX whose headers are both damaged: one line naming the structure.
+    let mut bytes = fs::read(&vhdx).unwrap();
+    bytes[(64 << 10) + 200] ^= 1;
+    bytes[(128 << 10) + 200] ^= 1;
+    let bad = tmp.path().join("bad.vhdx");
+    fs::write(&bad, bytes).unwrap();
+    let o = hyperctl(&["inspect", path_str(&bad)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("corrupt VHDX: neither header"),
+        "{err}"
+    );
+}

@@ -92,6 +92,18 @@ pub enum Error {
     /// A VHD uses a feature this reader does not support.
     #[error("unsupported VHD: {0}")]
     VhdUnsupported(String),
+    /// A VHDX is malformed.
+    #[error("corrupt VHDX: {what} at offset {offset:#x}")]
+    VhdxCorrupt {
+        /// Byte offset in the file.
+        offset: u64,
+        /// What is wrong.
+        what: String,
+    },
+    /// A VHDX this reader cannot read as it is (a log to replay, a
+    /// differencing disk without its parent, an unknown required item).
+    #[error("cannot read this VHDX: {0}")]
+    VhdxUnsupported(String),
     /// A manifest line cannot be used.
     #[error("invalid manifest line {line}: {what}")]
     ManifestInvalid {

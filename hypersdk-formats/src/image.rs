@@ -123,6 +123,8 @@ pub enum ImageFormat {
     /// VHD (`conectix` footer copy at the start of a dynamic disk, or the
     /// footer at the end of a fixed one).
     Vhd,
+    /// VHDX (`vhdxfile` at the start).
+    Vhdx,
     /// Anything else is read as raw.
     Raw,
 }
@@ -136,6 +138,8 @@ pub fn detect_format(head: &[u8]) -> ImageFormat {
         ImageFormat::VmdkSparse
     } else if head.starts_with(b"# Disk DescriptorFile") {
         ImageFormat::VmdkDescriptor
+    } else if head.starts_with(crate::vhdx::FILE_SIGNATURE) {
+        ImageFormat::Vhdx
     } else if head.starts_with(b"conectix") {
         ImageFormat::Vhd
     } else {
@@ -174,6 +178,17 @@ pub fn open_image(path: &std::path::Path) -> Result<Box<dyn DiskImage>> {
     }
     Ok(match format {
         ImageFormat::Vhd => Box::new(crate::vhd::VhdReader::open(file)?),
+        ImageFormat::Vhdx => {
+            let r = crate::vhdx::VhdxReader::open(file)?;
+            if let Some(l) = r.parent_locator() {
+                return Err(crate::Error::VhdxUnsupported(format!(
+                    "{} is a differencing disk; its parent is {}: export the merged chain (Hyper-V: Merge-VHD or Convert-VHD) or read it through the library with its parent",
+                    path.display(),
+                    crate::error::display_name(l.path().unwrap_or("not recorded"))
+                )));
+            }
+            Box::new(r)
+        }
         ImageFormat::Qcow2 => Box::new(crate::qcow2::Qcow2Reader::open(file)?),
         ImageFormat::VmdkSparse | ImageFormat::VmdkDescriptor => {
             Box::new(crate::vmdk::VmdkImage::open(path)?)

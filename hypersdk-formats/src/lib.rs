@@ -15,6 +15,7 @@
 //! | [`qcow2`] | qcow2 v2/v3 reader |
 //! | [`raw`] | raw images (reader; writer leaving holes) |
 //! | [`vhd`] | VHD: fixed and dynamic reader, fixed writer |
+//! | [`vhdx`] | VHDX: fixed, dynamic and differencing reader |
 //! | [`image`] | the [`DiskImage`] trait, format detection, [`open_image`] |
 //! | [`convert`] | any readable image to VMDK or raw, skipping zero regions |
 //!
@@ -48,6 +49,7 @@ pub mod qcow2;
 pub mod raw;
 pub mod tar_disk;
 pub mod vhd;
+pub mod vhdx;
 pub mod vmdk;
 pub mod xml;
 
