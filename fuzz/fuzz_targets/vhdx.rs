@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
     let mut file = vec![0u8; (4 << 20) + data_slots.max(1) * SLOT];
     file[..8].copy_from_slice(b"vhdxfile");
     for (i, s) in slots.iter().enumerate() {
-        let at = AT.get(i).copied().unwrap_or((4 << 20) + (i - AT.len()) * SLOT);
+        let at = AT.get(i).copied().unwrap_or_else(|| (4 << 20) + (i - AT.len()) * SLOT);
         file[at..at + s.len()].copy_from_slice(s);
     }
     if data.len() >= 8 {
