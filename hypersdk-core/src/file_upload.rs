@@ -36,11 +36,21 @@ pub async fn reading_from(
     Ok(file)
 }
 
+/// Bytes written between two background `fdatasync`s of a synced upload.
+const SYNC_EVERY: u64 = 64 << 20;
+
 /// An [`Upload`] into a local file, as a local sink's staging area or the
 /// exporter's scratch area writes them. Reserved regions are holes the
 /// writer skips over and fills in place (`pwrite`); the upload completes
 /// only once every one is filled. [`save`](Upload::save) and
 /// [`complete`](Upload::complete) flush and `fdatasync`.
+///
+/// A synced upload also starts an `fdatasync` on a blocking thread after
+/// every [`SYNC_EVERY`] bytes (one at a time, the writes going on beside
+/// it), so the disk writes what the export produced while it produces more,
+/// and the final sync only waits for the last stretch instead of the whole
+/// file. An error of a background sync is returned by the next write, save
+/// or completion, never lost.
 #[derive(Debug)]
 pub struct FileUpload {
     file: tokio::fs::File,
@@ -49,6 +59,10 @@ pub struct FileUpload {
     unfilled: Vec<Reserved>,
     /// `fdatasync` on save and complete (else only flushed to the OS).
     sync: bool,
+    /// Bytes written since the last background sync started.
+    unsynced: u64,
+    /// The background sync in flight.
+    syncing: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 impl FileUpload {
@@ -61,6 +75,8 @@ impl FileUpload {
             size,
             unfilled: Vec::new(),
             sync: true,
+            unsynced: 0,
+            syncing: None,
         }
     }
 
@@ -109,6 +125,44 @@ impl FileUpload {
     fn err(&self, action: &str, e: std::io::Error) -> Error {
         Error::sink(action, show(&self.path), e)
     }
+
+    /// Waits for the background sync in flight, if any; its error is this
+    /// upload's.
+    async fn settle_sync(&mut self) -> Result<()> {
+        if let Some(task) = self.syncing.take() {
+            task.await
+                .map_err(|e| Error::Internal(format!("file sync task failed: {e}")))?
+                .map_err(|e| self.err("cannot sync", e))?;
+        }
+        Ok(())
+    }
+
+    /// After [`SYNC_EVERY`] bytes, starts a background `fdatasync` of what
+    /// was written so far (once the previous one is done).
+    async fn sync_in_background(&mut self) -> Result<()> {
+        if !self.sync || self.unsynced < SYNC_EVERY {
+            return Ok(());
+        }
+        if self.syncing.as_ref().is_some_and(|t| !t.is_finished()) {
+            return Ok(());
+        }
+        self.settle_sync().await?;
+        // Hand what tokio still holds to the OS, so the sync covers it.
+        self.file
+            .flush()
+            .await
+            .map_err(|e| self.err("cannot write", e))?;
+        let file = self
+            .file
+            .try_clone()
+            .await
+            .map_err(|e| self.err("cannot sync", e))?
+            .into_std()
+            .await;
+        self.syncing = Some(tokio::task::spawn_blocking(move || file.sync_data()));
+        self.unsynced = 0;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -119,7 +173,8 @@ impl Upload for FileUpload {
             .await
             .map_err(|e| self.err("cannot write", e))?;
         self.size += data.len() as u64;
-        Ok(())
+        self.unsynced += data.len() as u64;
+        self.sync_in_background().await
     }
 
     fn size(&self) -> u64 {
@@ -180,6 +235,7 @@ impl Upload for FileUpload {
     }
 
     async fn save(&mut self) -> Result<Option<UploadState>> {
+        self.settle_sync().await?;
         self.file
             .flush()
             .await
@@ -189,6 +245,7 @@ impl Upload for FileUpload {
                 .sync_data()
                 .await
                 .map_err(|e| self.err("cannot sync", e))?;
+            self.unsynced = 0;
         }
         Ok(Some(UploadState {
             size: self.size,
@@ -230,5 +287,41 @@ impl Upload for FileUpload {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::sink("cannot remove", show(&path), e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn syncs_in_the_background_while_writing_and_keeps_every_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = tokio::fs::File::create(&path).await.unwrap();
+        let mut up = FileUpload::new(file, path.clone(), 0);
+        let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        let mut started = 0;
+        for _ in 0..(2 * SYNC_EVERY >> 20) + 3 {
+            let before = up.syncing.is_some() && up.unsynced == 0;
+            up.put(&chunk).await.unwrap();
+            if up.syncing.is_some() && up.unsynced == 0 && !before {
+                started += 1;
+            }
+        }
+        assert!(started >= 1, "no background sync started");
+        let size = Box::new(up).complete().await.unwrap();
+        assert_eq!(size, 2 * SYNC_EVERY + (3 << 20));
+        let got = std::fs::read(&path).unwrap();
+        assert_eq!(got.len() as u64, size);
+        assert!(got.chunks(1 << 20).all(|c| c == chunk.as_slice()));
+
+        // An unsynced upload (scratch files) never syncs in the background.
+        let file = tokio::fs::File::create(dir.path().join("g")).await.unwrap();
+        let mut up = FileUpload::new(file, dir.path().join("g"), 0).unsynced();
+        for _ in 0..(SYNC_EVERY >> 20) + 1 {
+            up.put(&chunk).await.unwrap();
+        }
+        assert!(up.syncing.is_none());
     }
 }
