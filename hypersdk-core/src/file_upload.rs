@@ -302,7 +302,7 @@ mod tests {
         let mut up = FileUpload::new(file, path.clone(), 0);
         let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
         let mut started = 0;
-        for _ in 0..(2 * SYNC_EVERY >> 20) + 3 {
+        for _ in 0..((2 * SYNC_EVERY) >> 20) + 3 {
             let before = up.syncing.is_some() && up.unsynced == 0;
             up.put(&chunk).await.unwrap();
             if up.syncing.is_some() && up.unsynced == 0 && !before {
