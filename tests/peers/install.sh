@@ -2,7 +2,8 @@
 # Installs the real peers the test suite talks to, idempotently and without
 # prompting: qemu-img and qemu-io (Debian package qemu-utils), the
 # zstd and gzip command-line tools (to read what our compression writes),
-# openssl (to make signing keys and check signatures),
+# openssl (to make signing keys and check signatures), OpenSSH's server
+# (the Proxmox peer's node, reading disks over SFTP),
 # the govmomi vCenter simulator launcher (tests/peers/vcsim, built with Go),
 # a Python virtual environment (target/peers/venv) with the packages of
 # tests/peers/requirements.txt, Node.js with npm (the Node binding's
@@ -18,6 +19,8 @@ command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v gzip >/dev/null 2>&1 || need_apt+=(gzip)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# OpenSSH's server: the Proxmox peer's node, serving disk files over SFTP.
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 command -v mvn >/dev/null 2>&1 && command -v java >/dev/null 2>&1 || need_apt+=(maven default-jdk-headless)
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
