@@ -8,6 +8,10 @@ mkdir -p corpus/{qcow2,vmdk,vhd,vhdx,ova,ovf,manifest,vmdk_stream,ova_stream}
 qemu-img create -q -f qcow2 -o cluster_size=4096 "$t/a.qcow2" 256K
 qemu-io -f qcow2 -c "write -P 0x61 0 8k" -c "write -z 64k 4k" "$t/a.qcow2" >/dev/null
 cp "$t/a.qcow2" corpus/qcow2/plain
+cp "$t/a.qcow2" "$t/s.qcow2"
+qemu-img snapshot -c s1 "$t/s.qcow2"
+qemu-io -f qcow2 -c "write -P 0x63 4k 8k" "$t/s.qcow2" >/dev/null
+cp "$t/s.qcow2" corpus/qcow2/snapshot
 qemu-img convert -c -O qcow2 -o cluster_size=4096 "$t/a.qcow2" corpus/qcow2/compressed
 qemu-img create -q -f raw "$t/a.raw" 256K
 qemu-io -f raw -c "write -P 0x62 0 4k" "$t/a.raw" >/dev/null

@@ -543,3 +543,83 @@ fn vmdk_inside_an_ova_is_read_in_place() {
     disk.read_at(0, &mut got).unwrap();
     assert!(got == data, "disk read in place from the OVA differs");
 }
+
+#[test]
+fn qcow2_internal_snapshots_read_as_qemu_img_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let len = 20 << 20;
+    let raw = dir.path().join("src.raw");
+    fs::write(&raw, mixed_content(len)).unwrap();
+    let img = dir.path().join("vm.qcow2");
+    qemu(
+        "qemu-img",
+        &["convert", "-f", "raw", "-O", "qcow2", p(&raw), p(&img)],
+    );
+    // s1, then writes over it (copied on write), a resize, and s2.
+    qemu("qemu-img", &["snapshot", "-c", "s1", p(&img)]);
+    qemu(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x5a 1M 3M",
+            "-c",
+            "write -z 8M 1M",
+            "-c",
+            "discard 12M 2M",
+            p(&img),
+        ],
+    );
+    qemu("qemu-img", &["resize", "-f", "qcow2", p(&img), "+4M"]);
+    qemu("qemu-img", &["snapshot", "-c", "s2", p(&img)]);
+    qemu(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x77 0 64k", p(&img)],
+    );
+    let expect = |snapshot: Option<&str>| {
+        let out = dir
+            .path()
+            .join(format!("{}.raw", snapshot.unwrap_or("now")));
+        let mut args = vec!["convert", "-f", "qcow2", "-O", "raw"];
+        let opt;
+        if let Some(s) = snapshot {
+            opt = format!("snapshot.name={s}");
+            args.extend(["-l", opt.as_str()]);
+        }
+        args.extend([p(&img), p(&out)]);
+        qemu("qemu-img", &args);
+        fs::read(&out).unwrap()
+    };
+    let read = |r: &mut Qcow2Reader<fs::File>| {
+        let mut got = vec![0u8; r.virtual_size() as usize];
+        hypersdk_formats::DiskImage::read_at(r, 0, &mut got).unwrap();
+        got
+    };
+    let mut r = Qcow2Reader::open(fs::File::open(&img).unwrap()).unwrap();
+    let snaps = r.snapshots().unwrap();
+    let names: Vec<_> = snaps
+        .iter()
+        .map(|s| (s.id.as_str(), s.name.as_str()))
+        .collect();
+    assert_eq!(names, [("1", "s1"), ("2", "s2")]);
+    assert_eq!(snaps[0].disk_size, Some(len as u64));
+    assert_eq!(snaps[1].disk_size, Some(len as u64 + (4 << 20)));
+    assert!(read(&mut r) == expect(None), "the active layer");
+    let s = r.select_snapshot("s1").unwrap();
+    assert_eq!(s.name, "s1");
+    assert_eq!(r.virtual_size(), len as u64);
+    // The disk had its snapshot-time size (qemu-img's temporary load of a
+    // snapshot keeps today's size and reads zeros past the old one; applying
+    // it, `qemu-img snapshot -a`, restores the old size as we read it).
+    let (got, want) = (read(&mut r), expect(Some("s1")));
+    assert!(got[..] == want[..len], "snapshot s1");
+    assert!(want[len..].iter().all(|&b| b == 0));
+    r.select_snapshot("2").unwrap();
+    assert!(read(&mut r) == expect(Some("s2")), "snapshot s2 by id");
+    let err = r.select_snapshot("nope").unwrap_err().to_string();
+    assert!(
+        err.contains("no internal snapshot nope") && err.contains("s1, s2"),
+        "{err}"
+    );
+}

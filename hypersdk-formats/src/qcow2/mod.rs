@@ -31,7 +31,7 @@
 mod reader;
 mod writer;
 
-pub use reader::{ClusterMapping, Qcow2Header, Qcow2Reader};
+pub use reader::{ClusterMapping, Qcow2Header, Qcow2Reader, Qcow2Snapshot};
 pub use writer::{Qcow2Writer, Qcow2WriterOptions};
 
 /// The magic at the start of a qcow2 file.

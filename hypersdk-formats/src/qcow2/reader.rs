@@ -61,6 +61,8 @@ pub struct Qcow2Reader<R> {
     l2_entries: u64,
     l1: Vec<u64>,
     l2_cache: Option<(u64, Vec<u64>)>,
+    /// The snapshot table: entries and offset (header bytes 60 and 64).
+    snapshot_table: (u32, u64),
     compressed_cache: Option<(u64, Vec<u8>)>,
     inflater: Decompress,
     backing: Option<Box<dyn DiskImage>>,
@@ -79,6 +81,181 @@ fn corrupt(offset: u64, what: impl Into<String>) -> Error {
     Error::Qcow2Corrupt {
         offset,
         what: what.into(),
+    }
+}
+
+/// Qemu's limits on the snapshot table: entries, and extra data per entry.
+const MAX_SNAPSHOTS: u32 = 65536;
+const MAX_SNAPSHOT_EXTRA: u32 = 1024;
+
+/// An internal snapshot of a qcow2 image (`qemu-img snapshot -c`, what
+/// Proxmox VE and libvirt make on qcow2 disks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Qcow2Snapshot {
+    /// Its unique id (a number as text).
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// The virtual size of the disk when it was taken (version 3 extra
+    /// data), if recorded.
+    pub disk_size: Option<u64>,
+    /// When it was taken, seconds since the epoch.
+    pub date_sec: u32,
+    l1_table_offset: u64,
+    l1_size: u32,
+    /// Where its entry is in the file (for messages).
+    entry_at: u64,
+}
+
+/// Reads and checks an L1 table of `l1_size` entries at `l1_offset` that
+/// maps `size` bytes; `fields` are the offsets of the size and offset
+/// fields that named it, for messages. Only the entries the size needs
+/// are read.
+fn load_l1<R: Read + Seek>(
+    file: &mut R,
+    file_len: u64,
+    cluster_size: u64,
+    size: u64,
+    (l1_size, l1_offset): (u32, u64),
+    (size_at, offset_at): (u64, u64),
+) -> Result<Vec<u64>> {
+    let bytes_per_l1 = cluster_size * (cluster_size / 8);
+    let needed = size.div_ceil(bytes_per_l1);
+    if u64::from(l1_size) < needed {
+        return Err(corrupt(
+            size_at,
+            format!(
+                "L1 table of {l1_size} entries cannot map a {size}-byte disk ({needed} needed)"
+            ),
+        ));
+    }
+    let l1_bytes = u64::from(l1_size) * 8;
+    if l1_bytes > MAX_L1_BYTES {
+        return Err(corrupt(
+            size_at,
+            format!("L1 table of {l1_bytes} bytes exceeds the 32 MiB limit"),
+        ));
+    }
+    if l1_size > 0 {
+        if !l1_offset.is_multiple_of(cluster_size) {
+            return Err(corrupt(
+                offset_at,
+                format!("L1 table offset {l1_offset:#x} is not cluster aligned"),
+            ));
+        }
+        if l1_offset.checked_add(l1_bytes).is_none_or(|e| e > file_len) {
+            return Err(corrupt(offset_at, format!("L1 table at {l1_offset:#x} ({l1_bytes} bytes) extends past the end of the {file_len}-byte file")));
+        }
+    }
+    let mut raw = vec![0u8; (needed * 8) as usize];
+    read_exact_at(file, l1_offset, &mut raw, "reading the qcow2 L1 table")?;
+    Ok(raw.chunks_exact(8).map(|c| be64(c, 0)).collect())
+}
+
+impl<R: Read + Seek> Qcow2Reader<R> {
+    /// The image's internal snapshots, from its snapshot table (at most
+    /// 65536 entries of at most 1 KiB of extra data each, as in QEMU).
+    pub fn snapshots(&mut self) -> Result<Vec<Qcow2Snapshot>> {
+        let (count, mut at) = self.snapshot_table;
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        if count > MAX_SNAPSHOTS || !at.is_multiple_of(8) {
+            return Err(corrupt(
+                60,
+                format!("snapshot table of {count} entries at {at:#x} (at most {MAX_SNAPSHOTS}, 8-byte aligned)"),
+            ));
+        }
+        let mut out = Vec::new();
+        for _ in 0..count {
+            let entry_at = at;
+            let mut e = [0u8; 40];
+            if at.checked_add(40).is_none_or(|end| end > self.file_len) {
+                return Err(corrupt(
+                    64,
+                    format!("snapshot entry at {at:#x} lies past the end of the file"),
+                ));
+            }
+            read_exact_at(&mut self.file, at, &mut e, "reading a qcow2 snapshot entry")?;
+            let id_len = u64::from(u16::from_be_bytes([e[12], e[13]]));
+            let name_len = u64::from(u16::from_be_bytes([e[14], e[15]]));
+            let extra_len = be32(&e, 36);
+            if extra_len > MAX_SNAPSHOT_EXTRA {
+                return Err(corrupt(
+                    at + 36,
+                    format!(
+                        "snapshot extra data of {extra_len} bytes (at most {MAX_SNAPSHOT_EXTRA})"
+                    ),
+                ));
+            }
+            let rest = u64::from(extra_len) + id_len + name_len;
+            if (at + 40)
+                .checked_add(rest)
+                .is_none_or(|end| end > self.file_len)
+            {
+                return Err(corrupt(at, "snapshot entry runs past the end of the file"));
+            }
+            let mut tail = vec![0u8; rest as usize];
+            read_exact_at(
+                &mut self.file,
+                at + 40,
+                &mut tail,
+                "reading a qcow2 snapshot entry",
+            )?;
+            let (extra, strings) = tail.split_at(extra_len as usize);
+            let (id, name) = strings.split_at(id_len as usize);
+            out.push(Qcow2Snapshot {
+                id: String::from_utf8_lossy(id).into_owned(),
+                name: String::from_utf8_lossy(name).into_owned(),
+                disk_size: (extra.len() >= 16).then(|| be64(extra, 8)),
+                date_sec: be32(&e, 16),
+                l1_table_offset: be64(&e, 0),
+                l1_size: be32(&e, 8),
+                entry_at,
+            });
+            at = (at + 40 + rest).next_multiple_of(8);
+        }
+        Ok(out)
+    }
+
+    /// Reads the image as internal snapshot `name` (or id) saw it from now
+    /// on: its L1 table and its disk size. Clusters a snapshot refers to
+    /// are copied on write by the image's writer, so the snapshot reads
+    /// consistently while a VM goes on writing the image.
+    pub fn select_snapshot(&mut self, name: &str) -> Result<Qcow2Snapshot> {
+        let snaps = self.snapshots()?;
+        let snap = snaps
+            .iter()
+            .find(|s| s.name == name)
+            .or_else(|| snaps.iter().find(|s| s.id == name))
+            .cloned()
+            .ok_or_else(|| {
+                let have: Vec<&str> = snaps.iter().map(|s| s.name.as_str()).collect();
+                Error::Qcow2Unsupported(format!(
+                    "no internal snapshot {} (the image has: {})",
+                    crate::error::display_name(name),
+                    if have.is_empty() {
+                        "none".to_string()
+                    } else {
+                        have.join(", ")
+                    }
+                ))
+            })?;
+        let size = snap.disk_size.unwrap_or(self.header.size);
+        self.l1 = load_l1(
+            &mut self.file,
+            self.file_len,
+            self.cluster_size,
+            size,
+            (snap.l1_size, snap.l1_table_offset),
+            (snap.entry_at + 8, snap.entry_at),
+        )?;
+        self.header.size = size;
+        self.header.l1_size = snap.l1_size;
+        self.header.l1_table_offset = snap.l1_table_offset;
+        self.l2_cache = None;
+        self.compressed_cache = None;
+        Ok(snap)
     }
 }
 
@@ -201,47 +378,14 @@ impl<R: Read + Seek> Qcow2Reader<R> {
                 "image has backing file {b:?}; export the flattened chain (qemu-img convert) or the base image"
             )));
         }
-        // The L1 table must cover the whole virtual size.
-        let bytes_per_l1 = cluster_size * l2_entries;
-        let needed = size.div_ceil(bytes_per_l1);
-        if u64::from(l1_size) < needed {
-            return Err(corrupt(
-                36,
-                format!(
-                    "L1 table of {l1_size} entries cannot map a {size}-byte disk ({needed} needed)"
-                ),
-            ));
-        }
-        let l1_bytes = u64::from(l1_size) * 8;
-        if l1_bytes > MAX_L1_BYTES {
-            return Err(corrupt(
-                36,
-                format!("L1 table of {l1_bytes} bytes exceeds the 32 MiB limit"),
-            ));
-        }
-        if l1_size > 0 {
-            if !l1_table_offset.is_multiple_of(cluster_size) {
-                return Err(corrupt(
-                    40,
-                    format!("L1 table offset {l1_table_offset:#x} is not cluster aligned"),
-                ));
-            }
-            if l1_table_offset
-                .checked_add(l1_bytes)
-                .is_none_or(|e| e > file_len)
-            {
-                return Err(corrupt(40, format!("L1 table at {l1_table_offset:#x} ({l1_bytes} bytes) extends past the end of the {file_len}-byte file")));
-            }
-        }
-        // Read only the entries needed to map the virtual size.
-        let mut raw = vec![0u8; (needed * 8) as usize];
-        read_exact_at(
+        let l1 = load_l1(
             &mut file,
-            l1_table_offset,
-            &mut raw,
-            "reading the qcow2 L1 table",
+            file_len,
+            cluster_size,
+            size,
+            (l1_size, l1_table_offset),
+            (36, 40),
         )?;
-        let l1: Vec<u64> = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
         Ok(Qcow2Reader {
             file,
             file_len,
@@ -257,6 +401,7 @@ impl<R: Read + Seek> Qcow2Reader<R> {
             l2_entries,
             l1,
             l2_cache: None,
+            snapshot_table: (be32(&h, 60), be64(&h, 64)),
             compressed_cache: None,
             inflater: Decompress::new(false),
             backing,
