@@ -132,6 +132,8 @@ mod file_upload;
 pub mod files;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "http")]
+pub mod tls;
 pub mod layers;
 pub mod options;
 pub mod package;

@@ -15,7 +15,7 @@ use tracing::debug;
 use zeroize::Zeroizing;
 
 use crate::soap::{el, envelope, parse_reply, Fault, MoRef, Reply};
-use crate::tls::{client_config, Seen, TlsMode};
+use hypersdk_core::tls::{client_config, Seen, TlsMode};
 
 /// Methods that change nothing on the server: safe to send again.
 const READ_ONLY: &[&str] = &[

@@ -54,11 +54,10 @@ mod ops;
 mod provider;
 pub mod soap;
 mod tasks;
-mod tls;
 
 pub use client::{ConnectOptions, Connection, ServiceContent};
 pub use config::VsphereConfig;
 pub use hypersdk_core::vmops::{SnapshotInfo, TaskProgress};
 pub use inventory::VmRecord;
 pub use provider::VsphereProvider;
-pub use tls::{thumbprint_sha1, TlsMode};
+pub use hypersdk_core::tls::{thumbprint_sha1, TlsMode};

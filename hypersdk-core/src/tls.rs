@@ -1,10 +1,12 @@
-//! TLS for vCenter/ESXi connections: verified against the system's trust
-//! store (plus an optional CA file) by default; or pinned to a certificate
-//! thumbprint; or, when asked, not verified at all.
+//! TLS for the management endpoints of platforms whose servers often carry
+//! self-signed certificates (vCenter/ESXi, Proxmox VE): verified against
+//! the system's trust store (plus an optional CA file) by default; or pinned
+//! to a certificate thumbprint (SHA-1 as vSphere and govc show it, or
+//! SHA-256 as Proxmox VE shows it); or, when asked, not verified at all.
 //!
-//! A failed verification is reported with the server certificate's SHA-1
-//! thumbprint (the form vSphere and govc show), so the user can check it and
-//! pin it with `--thumbprint`.
+//! A failed verification is reported with the server certificate's
+//! thumbprint ([`Seen`]), so the provider can tell the user what to check
+//! and pin.
 
 use std::sync::{Arc, Mutex};
 
@@ -71,9 +73,13 @@ fn normalize(t: &str) -> String {
 
 /// What the verifier saw of a certificate it refused.
 #[derive(Debug, Default)]
-pub(crate) struct Seen {
-    pub(crate) thumbprint: Option<String>,
-    pub(crate) reason: Option<String>,
+pub struct Seen {
+    /// The SHA-1 thumbprint of the certificate refused.
+    pub thumbprint: Option<String>,
+    /// The SHA-256 thumbprint of the certificate refused.
+    pub thumbprint_sha256: Option<String>,
+    /// Why it was refused.
+    pub reason: Option<String>,
 }
 
 #[derive(Debug)]
@@ -97,6 +103,7 @@ impl ServerCertVerifier for Verifier {
         let refuse = |reason: String, err: rustls::Error| {
             if let Ok(mut s) = self.seen.lock() {
                 s.thumbprint = Some(sha1.clone());
+                s.thumbprint_sha256 = Some(thumbprint(DigestAlgorithm::Sha256, end_entity));
                 s.reason = Some(reason);
             }
             Err(err)
@@ -175,7 +182,7 @@ impl ServerCertVerifier for Verifier {
 /// Builds the client TLS configuration for `mode`. `ca_pem` adds trusted
 /// certificates (PEM) to the system's. Returns the config and where a refused
 /// certificate is described.
-pub(crate) fn client_config(
+pub fn client_config(
     mode: &TlsMode,
     ca_pem: Option<&[u8]>,
 ) -> Result<(rustls::ClientConfig, Arc<Mutex<Seen>>), String> {
