@@ -200,3 +200,74 @@ mod tests {
         }
     }
 }
+
+/// Bytes of one chunk of [`image_stream`].
+const IMAGE_CHUNK: usize = 1 << 20;
+/// Chunks [`image_stream`] reads ahead of its consumer.
+const IMAGE_AHEAD: usize = 4;
+static IMAGE_ZEROS: [u8; IMAGE_CHUNK] = [0; IMAGE_CHUNK];
+
+/// The guest bytes, from byte `offset`, of the disk image that `open`
+/// opens on a blocking thread (a local file, a file over SFTP, …): data
+/// regions read in 1 MiB chunks, zero regions handed on as shared zeros
+/// without reading, at most 4 chunks ahead of the consumer. The image must
+/// still be `capacity` bytes. Errors name disk `disk` of VM `vm` at
+/// `location`.
+pub fn image_stream<F>(
+    open: F,
+    capacity: u64,
+    offset: u64,
+    (vm, disk, location): (String, String, String),
+) -> DiskStream
+where
+    F: FnOnce() -> std::result::Result<Box<dyn hypersdk_formats::DiskImage>, crate::BoxError>
+        + Send
+        + 'static,
+{
+    use bytes::BytesMut;
+    use hypersdk_formats::Region;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(IMAGE_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        let pump = || -> std::result::Result<(), crate::BoxError> {
+            let mut image = open()?;
+            if image.virtual_size() != capacity {
+                return Err(format!(
+                    "image changed: its size is now {}, was {capacity}",
+                    image.virtual_size()
+                )
+                .into());
+            }
+            let mut pos = offset;
+            while pos < capacity {
+                let chunk = match image.region(pos)? {
+                    Region::Zero(len) => {
+                        let n = len.min(capacity - pos).min(IMAGE_CHUNK as u64) as usize;
+                        Bytes::from_static(&IMAGE_ZEROS[..n])
+                    }
+                    Region::Data(len) => {
+                        let n = len.min(capacity - pos).min(IMAGE_CHUNK as u64) as usize;
+                        let mut buf = BytesMut::zeroed(n);
+                        image.read_at(pos, &mut buf)?;
+                        buf.freeze()
+                    }
+                };
+                pos += chunk.len() as u64;
+                if tx.blocking_send(Ok(chunk)).is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        };
+        if let Err(source) = pump() {
+            let _ = tx.blocking_send(Err(crate::Error::DiskRead {
+                vm,
+                disk,
+                location,
+                source,
+            }));
+        }
+    });
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}

@@ -4,8 +4,6 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
 
 use hypersdk_core::{BoxError, DiskFormat, DiskStream, Error, ExportSource, Result, VmSpec};
 use hypersdk_formats::ova::OvaReader;
@@ -15,11 +13,6 @@ use hypersdk_formats::vmdk::{SparseExtentReader, VmdkImage};
 
 use crate::package::DiskAt;
 use hypersdk_formats::{DiskImage, Region};
-
-/// Chunk size of disk streams.
-const CHUNK: usize = 1 << 20;
-/// Chunks buffered ahead of the consumer per disk.
-const AHEAD: usize = 4;
 
 /// An export of a local VM: its spec and the image file of each disk.
 #[derive(Debug, Clone)]
@@ -63,27 +56,13 @@ impl ExportSource for LocalSource {
                 disk.name, disk.capacity
             )));
         }
-        let (tx, rx) = mpsc::channel::<Result<Bytes>>(AHEAD);
-        let vm = self.spec.name.clone();
-        let disk_name = disk.name.clone();
-        let path = path.clone();
-        let format = disk.format;
-        let capacity = disk.capacity;
-        tokio::task::spawn_blocking(move || {
-            let to_err = |source: BoxError| Error::DiskRead {
-                vm: vm.clone(),
-                disk: disk_name.clone(),
-                location: path.to_string(),
-                source,
-            };
-            if let Err(e) = pump(&path, format, capacity, offset, &tx) {
-                let _ = tx.blocking_send(Err(to_err(e)));
-            }
-        });
-        Ok(Box::pin(futures_util::stream::unfold(
-            rx,
-            |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
-        )))
+        let (at, format) = (path.clone(), disk.format);
+        Ok(hypersdk_core::provider::image_stream(
+            move || open_disk_image(&at, format),
+            disk.capacity,
+            offset,
+            (self.spec.name.clone(), disk.name.clone(), path.to_string()),
+        ))
     }
 
     /// The image's data regions (qcow2 and VMDK allocation, holes of a
@@ -130,9 +109,6 @@ impl ExportSource for LocalSource {
     }
 }
 
-/// A shared buffer of zeros handed out for unallocated regions without copying.
-static ZEROS: [u8; CHUNK] = [0; CHUNK];
-
 /// Opens the image of a disk in its declared format.
 pub(crate) fn open_disk_image(
     at: &DiskAt,
@@ -157,46 +133,6 @@ pub(crate) fn open_disk_image(
         DiskFormat::Vmdk => Box::new(VmdkImage::open(path)?),
         _ => Box::new(RawImage::open(file)?),
     })
-}
-
-/// Reads `[offset, capacity)` of the image in chunks into `tx`; zero regions
-/// are sent from a shared zero buffer without reading. Returns early, without
-/// error, if the receiver goes away.
-fn pump(
-    path: &DiskAt,
-    format: DiskFormat,
-    capacity: u64,
-    offset: u64,
-    tx: &mpsc::Sender<Result<Bytes>>,
-) -> std::result::Result<(), BoxError> {
-    let mut image = open_disk_image(path, format)?;
-    if image.virtual_size() != capacity {
-        return Err(format!(
-            "image changed: its size is now {}, was {capacity}",
-            image.virtual_size()
-        )
-        .into());
-    }
-    let mut pos = offset;
-    while pos < capacity {
-        let chunk = match image.region(pos)? {
-            Region::Zero(len) => {
-                let n = len.min(capacity - pos).min(CHUNK as u64) as usize;
-                Bytes::from_static(&ZEROS[..n])
-            }
-            Region::Data(len) => {
-                let n = len.min(capacity - pos).min(CHUNK as u64) as usize;
-                let mut buf = BytesMut::zeroed(n);
-                image.read_at(pos, &mut buf)?;
-                buf.freeze()
-            }
-        };
-        pos += chunk.len() as u64;
-        if tx.blocking_send(Ok(chunk)).is_err() {
-            return Ok(());
-        }
-    }
-    Ok(())
 }
 
 impl std::fmt::Display for DiskAt {
