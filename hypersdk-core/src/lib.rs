@@ -132,8 +132,6 @@ mod file_upload;
 pub mod files;
 #[cfg(feature = "http")]
 pub mod http;
-#[cfg(feature = "http")]
-pub mod tls;
 pub mod layers;
 pub mod options;
 pub mod package;
@@ -145,6 +143,8 @@ pub mod served;
 pub mod signing;
 pub mod sink;
 pub mod task;
+#[cfg(feature = "http")]
+pub mod tls;
 pub mod transforms;
 pub mod vm;
 pub mod vmops;

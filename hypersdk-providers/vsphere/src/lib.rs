@@ -57,7 +57,7 @@ mod tasks;
 
 pub use client::{ConnectOptions, Connection, ServiceContent};
 pub use config::VsphereConfig;
+pub use hypersdk_core::tls::{thumbprint_sha1, TlsMode};
 pub use hypersdk_core::vmops::{SnapshotInfo, TaskProgress};
 pub use inventory::VmRecord;
 pub use provider::VsphereProvider;
-pub use hypersdk_core::tls::{thumbprint_sha1, TlsMode};
