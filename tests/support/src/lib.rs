@@ -17,6 +17,7 @@ pub mod gce;
 pub mod gcs;
 pub mod kube;
 mod peers;
+pub mod proxmox;
 pub mod python;
 pub mod s3;
 pub mod vcsim;
