@@ -71,7 +71,7 @@ pub(crate) fn size(s: &str) -> Option<u64> {
         return n.checked_mul(factor);
     }
     let f: f64 = num.parse().ok()?;
-    (f >= 0.0).then(|| (f * factor as f64) as u64)
+    (f >= 0.0).then_some((f * factor as f64) as u64)
 }
 
 /// The guest OS an `ostype` names ("qm(1)": l24, l26, win11 … wxp, solaris, other).

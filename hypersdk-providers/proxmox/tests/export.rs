@@ -31,7 +31,7 @@ fn seed(pve: &Proxmox) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         (101, "vm-101-disk-0.raw", "raw", 8 << 20),
     ] {
         let mut data = mixed_content(size);
-        data[..8].copy_from_slice(name[..8].as_bytes());
+        data[..8].copy_from_slice(&name.as_bytes()[..8]);
         let raw = dir.path().join("src.raw");
         std::fs::write(&raw, &data).unwrap();
         let file = pve.volume(vmid, name);
