@@ -333,28 +333,20 @@ impl Provider for ProxmoxProvider {
         "proxmox"
     }
 
+    /// Every QEMU VM of the cluster, each described from its configuration
+    /// (one call per VM) so the listing agrees with [`vm_spec`](Provider::vm_spec).
     async fn list_vms(&self) -> Result<Vec<VmInfo>> {
-        Ok(self
-            .resources()
-            .await?
-            .iter()
-            .map(|r| VmInfo {
-                id: r["vmid"].to_string(),
-                name: r["name"].as_str().unwrap_or_default().to_string(),
-                power_state: match r["status"].as_str() {
-                    Some("running") => PowerState::On,
-                    Some("stopped") => PowerState::Off,
-                    Some("paused") => PowerState::Suspended,
-                    _ => PowerState::Unknown,
-                },
-                cpus: r["maxcpu"].as_u64().unwrap_or(0) as u32,
-                memory_mib: r["maxmem"].as_u64().unwrap_or(0) >> 20,
-                guest_os: String::new(),
-                disks: 0,
-                total_capacity: r["maxdisk"].as_u64().unwrap_or(0),
-                folder: r["node"].as_str().map(|n| format!("/{n}")),
-            })
-            .collect())
+        let mut out = Vec::new();
+        for r in self.resources().await? {
+            let f = Found {
+                node: r["node"].as_str().unwrap_or_default().to_string(),
+                vmid: r["vmid"].as_u64().unwrap_or(0),
+            };
+            let mut info = VmInfo::from(&self.describe(&f).await?.spec);
+            info.folder = Some(format!("/{}", f.node));
+            out.push(info);
+        }
+        Ok(out)
     }
 
     async fn vm_spec(&self, vm: &str) -> Result<VmSpec> {

@@ -162,3 +162,23 @@ async fn bad_token_fingerprint_host_key_and_names_each_say_what_failed() {
     let e = err(p.vm_spec("nope").await.unwrap_err());
     assert!(e.contains("not found"), "{e}");
 }
+
+#[tokio::test]
+async fn running_and_stopped_vms_pass_the_provider_testkit() {
+    let pve = Proxmox::start();
+    seed(&pve);
+    let p = provider(&pve, |_| {});
+    hypersdk_testkit::provider::run_suite(&p, "web-1").await;
+    hypersdk_testkit::provider::run_suite(&p, "db-1").await;
+    // Every snapshot the suite's exports made is gone.
+    let stats = pve.stats();
+    assert_eq!(
+        stats["snapshots"]["100"].as_array().unwrap().len(),
+        0,
+        "{stats}"
+    );
+    assert_eq!(
+        stats["snapshots_made"], stats["snapshots_deleted"],
+        "{stats}"
+    );
+}
