@@ -175,32 +175,6 @@ pub fn skip_bytes(stream: DiskStream, n: u64) -> DiskStream {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use futures_util::StreamExt;
-
-    #[tokio::test]
-    async fn skip_bytes_drops_exactly_the_prefix() {
-        for (n, want) in [
-            (0, "abcdefgh"),
-            (2, "cdefgh"),
-            (3, "defgh"),
-            (6, "gh"),
-            (8, ""),
-            (9, ""),
-        ] {
-            let chunks: Vec<Result<Bytes>> = ["abc", "defg", "h"]
-                .iter()
-                .map(|c| Ok(Bytes::from_static(c.as_bytes())))
-                .collect();
-            let s: DiskStream = Box::pin(futures_util::stream::iter(chunks));
-            let got: Vec<u8> = skip_bytes(s, n).map(|c| c.unwrap().to_vec()).concat().await;
-            assert_eq!(String::from_utf8(got).unwrap(), want, "skip {n}");
-        }
-    }
-}
-
 /// Bytes of one chunk of [`image_stream`].
 const IMAGE_CHUNK: usize = 1 << 20;
 /// Chunks [`image_stream`] reads ahead of its consumer.
@@ -270,4 +244,30 @@ where
     Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    #[tokio::test]
+    async fn skip_bytes_drops_exactly_the_prefix() {
+        for (n, want) in [
+            (0, "abcdefgh"),
+            (2, "cdefgh"),
+            (3, "defgh"),
+            (6, "gh"),
+            (8, ""),
+            (9, ""),
+        ] {
+            let chunks: Vec<Result<Bytes>> = ["abc", "defg", "h"]
+                .iter()
+                .map(|c| Ok(Bytes::from_static(c.as_bytes())))
+                .collect();
+            let s: DiskStream = Box::pin(futures_util::stream::iter(chunks));
+            let got: Vec<u8> = skip_bytes(s, n).map(|c| c.unwrap().to_vec()).concat().await;
+            assert_eq!(String::from_utf8(got).unwrap(), want, "skip {n}");
+        }
+    }
 }
