@@ -182,3 +182,62 @@ async fn running_and_stopped_vms_pass_the_provider_testkit() {
         "{stats}"
     );
 }
+
+/// The stub answers proxmoxer (the client Proxmox users script with) in the
+/// shapes it parses, for every call the provider makes.
+#[tokio::test]
+async fn proxmoxer_reads_the_stub_as_the_provider_does() {
+    let pve = Proxmox::start();
+    seed(&pve);
+    let code = r#"
+import sys, json, time, warnings
+warnings.filterwarnings("ignore")
+from proxmoxer import ProxmoxAPI
+user_token, secret = sys.argv[2].split("=", 1)
+user, token = user_token.split("!")
+px = ProxmoxAPI("127.0.0.1", port=int(sys.argv[1]), user=user, token_name=token,
+                token_value=secret, verify_ssl=False)
+out = {"version": px.version.get()["release"]}
+out["vms"] = [(r["vmid"], r["node"], r["status"]) for r in px.cluster.resources.get(type="vm")]
+out["config"] = px.nodes("pve1").qemu(100).config.get()["scsi0"]
+out["status"] = px.nodes("pve1").qemu(100).status.current.get()["status"]
+upid = px.nodes("pve1").qemu(100).snapshot.post(snapname="fromPy", vmstate=0)
+while px.nodes("pve1").tasks(upid).status.get()["status"] != "stopped":
+    time.sleep(0.1)
+out["exit"] = px.nodes("pve1").tasks(upid).status.get()["exitstatus"]
+out["snaps"] = [s["name"] for s in px.nodes("pve1").qemu(100).snapshot.get()]
+out["path"] = px.nodes("pve1").storage("local").content("local:100/vm-100-disk-0.qcow2").get()["format"]
+out["storage"] = px.storage("local").get()["type"]
+upid = px.nodes("pve1").qemu(100).snapshot("fromPy").delete()
+try:
+    px.nodes("pve1").qemu(999).config.get()
+except Exception as e:
+    out["missing"] = str(e)
+print(json.dumps(out))
+"#;
+    let port = pve.port.to_string();
+    let out = hypersdk_testsupport::python::run_python(
+        code,
+        &[&port, hypersdk_testsupport::proxmox::TOKEN],
+    );
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["version"], "8.3");
+    assert_eq!(
+        v["vms"],
+        json!([[100, "pve1", "running"], [101, "pve2", "stopped"]])
+    );
+    assert_eq!(v["config"], "local:100/vm-100-disk-0.qcow2,size=24M");
+    assert_eq!(
+        (v["status"].as_str(), v["exit"].as_str()),
+        (Some("running"), Some("OK"))
+    );
+    assert_eq!(v["snaps"], json!(["fromPy", "current"]));
+    assert_eq!(
+        (v["path"].as_str(), v["storage"].as_str()),
+        (Some("qcow2"), Some("dir"))
+    );
+    assert!(
+        v["missing"].as_str().unwrap().contains("does not exist"),
+        "{v}"
+    );
+}
