@@ -37,7 +37,11 @@
 //! a provider may offer), [`served`] (disks in a platform's own encoding,
 //! decoded here), [`layers`] (bandwidth limits and idle timeouts wrapping a
 //! stream), [`retry`] and, with the `http` feature, `http` (the
-//! Range-resuming download every HTTP-based provider uses), and [`confine`]
+//! Range-resuming download every HTTP-based provider uses) and `tls` (the
+//! verify / pin-a-thumbprint / insecure modes of management endpoints with
+//! self-signed certificates: vSphere, Proxmox VE), [`provider::image_stream`]
+//! (the guest bytes of any disk image a provider can open, local or over
+//! SFTP), and [`confine`]
 //! (paths kept under allowed directories, for untrusted callers). The
 //! `hypersdk-testkit` crate holds the behaviour every implementation must
 //! show.
