@@ -46,7 +46,7 @@ const SYNC_EVERY: u64 = 64 << 20;
 /// [`complete`](Upload::complete) flush and `fdatasync`.
 ///
 /// A synced upload also starts an `fdatasync` on a blocking thread after
-/// every [`SYNC_EVERY`] bytes (one at a time, the writes going on beside
+/// every 64 MiB (one at a time, the writes going on beside
 /// it), so the disk writes what the export produced while it produces more,
 /// and the final sync only waits for the last stretch instead of the whole
 /// file. An error of a background sync is returned by the next write, save
