@@ -183,6 +183,14 @@ class Pve(server.BaseHTTPRequestHandler):
                 "cpus": int(c.get("cores", 1)) * int(c.get("sockets", 1)),
                 "template": 1 if c.get("template") else 0}
 
+    def cluster_status(self, q):
+        """GET /cluster/status: the cluster entry and one entry per node
+        ({type: "node", name, ip, online, local, nodeid})."""
+        out = [{"type": "cluster", "id": "cluster", "name": "hypersdk-test", "nodes": len(NODES), "quorate": 1}]
+        out += [{"type": "node", "id": f"node/{n}", "name": n, "ip": "127.0.0.1", "online": 1,
+                 "local": int(i == 0), "nodeid": i + 1} for i, n in enumerate(NODES)]
+        self.send(200, out)
+
     def resources(self, q):
         """GET /cluster/resources?type=vm: [{id: "qemu/ID", type, vmid, name,
         node, status, maxmem, maxcpu, template}] across nodes."""
@@ -319,6 +327,7 @@ ROUTES = [
     (r"/version", "GET", Pve.version),
     (r"/nodes", "GET", Pve.nodes),
     (r"/cluster/resources", "GET", Pve.resources),
+    (r"/cluster/status", "GET", Pve.cluster_status),
     (N + r"/qemu", "GET", Pve.list_qemu),
     (Q + r"/config", "GET", Pve.config),
     (Q + r"/status/current", "GET", Pve.status),

@@ -134,7 +134,11 @@ async fn inventory_and_disks_of_a_running_and_a_stopped_vm() {
     );
     assert_eq!(stats["snapshots_deleted"], 1);
 
-    // The stopped VM: no snapshot; raw read as is.
+    // The stopped VM: no snapshot; raw read as is. Its node is reached at
+    // the address the cluster reports (GET /cluster/status), no override.
+    let p = provider(&pve, |s| {
+        s.as_object_mut().unwrap().remove("ssh_hosts");
+    });
     let src = p.open_export("db-1").await.unwrap();
     assert!(read_disk(src.as_ref(), 0, 0).await == db0);
     src.close().await.unwrap();
