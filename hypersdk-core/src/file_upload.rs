@@ -126,6 +126,24 @@ impl FileUpload {
         Error::sink(action, show(&self.path), e)
     }
 
+    /// A second (blocking) handle on the same open file, after handing
+    /// the OS what tokio still holds, so that whatever the handle does
+    /// (a sync, a `pwrite`) sees every byte written so far; `action` names
+    /// a failure to make it.
+    async fn flushed_handle(&mut self, action: &str) -> Result<std::fs::File> {
+        self.file
+            .flush()
+            .await
+            .map_err(|e| self.err("cannot write", e))?;
+        Ok(self
+            .file
+            .try_clone()
+            .await
+            .map_err(|e| self.err(action, e))?
+            .into_std()
+            .await)
+    }
+
     /// Waits for the background sync in flight, if any; its error is this
     /// upload's.
     async fn settle_sync(&mut self) -> Result<()> {
@@ -147,18 +165,7 @@ impl FileUpload {
             return Ok(());
         }
         self.settle_sync().await?;
-        // Hand what tokio still holds to the OS, so the sync covers it.
-        self.file
-            .flush()
-            .await
-            .map_err(|e| self.err("cannot write", e))?;
-        let file = self
-            .file
-            .try_clone()
-            .await
-            .map_err(|e| self.err("cannot sync", e))?
-            .into_std()
-            .await;
+        let file = self.flushed_handle("cannot sync").await?;
         self.syncing = Some(tokio::task::spawn_blocking(move || file.sync_data()));
         self.unsynced = 0;
         Ok(())
@@ -212,19 +219,9 @@ impl Upload for FileUpload {
                 self.size
             )));
         }
-        self.file
-            .flush()
-            .await
-            .map_err(|e| self.err("cannot write", e))?;
-        // A second handle on the same open file: `pwrite` does not move the
-        // position the sequential writes go on from.
-        let file = self
-            .file
-            .try_clone()
-            .await
-            .map_err(|e| self.err("cannot write", e))?
-            .into_std()
-            .await;
+        // `pwrite` on the second handle does not move the position the
+        // sequential writes go on from.
+        let file = self.flushed_handle("cannot write").await?;
         let bytes = data.to_vec();
         tokio::task::spawn_blocking(move || file.write_all_at(&bytes, at.offset))
             .await

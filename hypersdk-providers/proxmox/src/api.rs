@@ -218,13 +218,7 @@ impl Api {
                 false,
             );
         }
-        let mut msg = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            msg.push_str(": ");
-            msg.push_str(&s.to_string());
-            src = s.source();
-        }
+        let msg = hypersdk_core::error::chain(&e);
         if e.is_connect() {
             provider_err(format!("cannot connect to {}: {msg}", self.host), true)
         } else {
