@@ -136,9 +136,18 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Provider { retryable, .. } => *retryable,
-            Error::DiskRead { source, .. } => source
-                .downcast_ref::<io::Error>()
-                .is_some_and(io_is_transient),
+            // The I/O error may sit under a format reader's own error
+            // (a qcow2 table read over a connection that dropped).
+            Error::DiskRead { source, .. } => {
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+                while let Some(c) = cause {
+                    if let Some(e) = c.downcast_ref::<io::Error>() {
+                        return io_is_transient(e);
+                    }
+                    cause = c.source();
+                }
+                false
+            }
             Error::Sink { source, .. } => io_is_transient(source),
             _ => false,
         }
@@ -213,6 +222,21 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transient_io_error_under_a_format_error_is_retryable() {
+        let read = |kind| Error::DiskRead {
+            vm: "vm".into(),
+            disk: "d".into(),
+            location: "node:/x".into(),
+            source: Box::new(hypersdk_formats::Error::io(
+                "reading qcow2 L2 table at offset 0x30000",
+                io::Error::new(kind, "lost"),
+            )),
+        };
+        assert!(read(io::ErrorKind::ConnectionAborted).is_retryable());
+        assert!(!read(io::ErrorKind::PermissionDenied).is_retryable());
+    }
 
     #[test]
     fn classifies_retryable() {

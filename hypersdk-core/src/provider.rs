@@ -148,6 +148,18 @@ pub trait ExportSource: Send + Sync + std::fmt::Debug {
         let _ = succeeded;
         self.close().await
     }
+
+    /// Called instead of [`close_after`](Self::close_after) when the export
+    /// failed and its partial export, with this source's
+    /// [`resume_token`](Self::resume_token), was kept for a resume
+    /// (interrupted, cancelled, a lost connection): release what the
+    /// platform holds for the transfer, but keep what
+    /// [`Provider::resume_export`] reopens (a snapshot), so the resumed
+    /// export reads the same point in time. The resumed export's close
+    /// removes it. The default: `close_after(false)`.
+    async fn close_kept(&self) -> Result<()> {
+        self.close_after(false).await
+    }
 }
 
 /// `stream` without its first `n` bytes: for sources that can only read a

@@ -12,6 +12,11 @@
 //! |---|---|---|---|
 //! | `local` (default) | `local` | `hypersdk-local` | [`local::LocalConfig`] |
 //! | `vsphere` (default) | `vsphere` | `hypersdk-vsphere` | [`vsphere::VsphereConfig`] |
+//! | `aws` (default) | `aws` | `hypersdk-aws` | [`aws::AwsConfig`] |
+//! | `azure` (default) | `azure` | `hypersdk-azure` | [`azure::AzureConfig`] |
+//! | `gcp` (default) | `gcp` | `hypersdk-gcp` | [`gcp::GcpConfig`] |
+//! | `kubevirt` (default) | `kubevirt` | `hypersdk-kubevirt` | [`kubevirt::KubevirtConfig`] |
+//! | `proxmox` (default) | `proxmox` | `hypersdk-proxmox` | [`proxmox::ProxmoxConfig`] |
 //!
 //! The CLI, the daemon, the language bindings and the Ansible module build
 //! every provider through [`ProviderConfig`], so a provider added here
@@ -74,6 +79,8 @@ pub use hypersdk_gcp as gcp;
 pub use hypersdk_kubevirt as kubevirt;
 #[cfg(feature = "local")]
 pub use hypersdk_local as local;
+#[cfg(feature = "proxmox")]
+pub use hypersdk_proxmox as proxmox;
 pub use hypersdk_sinks as sinks;
 #[cfg(feature = "vsphere")]
 pub use hypersdk_vsphere as vsphere;

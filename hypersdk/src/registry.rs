@@ -116,6 +116,7 @@ providers! {
     "azure" => Azure(hypersdk_azure::AzureConfig),
     "gcp" => Gcp(hypersdk_gcp::GcpConfig),
     "kubevirt" => Kubevirt(hypersdk_kubevirt::KubevirtConfig),
+    "proxmox" => Proxmox(hypersdk_proxmox::ProxmoxConfig),
 }
 
 /// A variable of this process's environment, None if unset or empty: the

@@ -214,7 +214,7 @@ async def test_vsphere_simulator_async_login_thumbprint_and_bad_password(vcsim, 
 
 
 def test_any_provider_through_the_registry(vcsim, tmp_path, monkeypatch):
-    assert [k["kind"] for k in hypersdk.provider_kinds()] == ["local", "vsphere", "aws", "azure", "gcp", "kubevirt"]
+    assert [k["kind"] for k in hypersdk.provider_kinds()] == ["local", "vsphere", "aws", "azure", "gcp", "kubevirt", "proxmox"]
     # A URL, and the password the way govc users give it: GOVC_PASSWORD.
     host = vcsim["url"].split("://", 1)[1].split("/", 1)[0]
     monkeypatch.setenv("GOVC_PASSWORD", vcsim["password"])

@@ -18,6 +18,11 @@ const ENV: &[&str] = &[
     "GOVC_TLS_CA_CERTS",
     "GOVC_TLS_THUMBPRINT",
     "KUBECONFIG",
+    "PROXMOX_URL",
+    "PROXMOX_TOKEN",
+    "PM_API_URL",
+    "PM_API_TOKEN_ID",
+    "PM_API_TOKEN_SECRET",
 ];
 
 /// Runs hyperctl with `args` and exactly the environment settings in `env`.

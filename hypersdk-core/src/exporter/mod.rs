@@ -199,10 +199,20 @@ impl Exporter {
             }
             None => provider.open_export(vm).await?,
         };
+        let kept = std::sync::atomic::AtomicBool::new(false);
         let result = self
-            .export_source(source.as_ref(), provider.name(), sink)
+            .export_source_noting(source.as_ref(), provider.name(), sink, &kept)
             .await;
-        let closed = source.close_after(result.is_ok()).await;
+        // A partial export kept for a resume keeps what reopening its
+        // source needs (the snapshots its resume token names).
+        let closed = if result.is_err()
+            && kept.load(std::sync::atomic::Ordering::SeqCst)
+            && source.resume_token().is_some()
+        {
+            source.close_kept().await
+        } else {
+            source.close_after(result.is_ok()).await
+        };
         let report = result?;
         closed?;
         Ok(report)
@@ -237,6 +247,20 @@ impl Exporter {
         source: &dyn ExportSource,
         provider: &str,
         sink: &dyn Sink,
+    ) -> Result<ExportReport> {
+        let kept = std::sync::atomic::AtomicBool::new(false);
+        self.export_source_noting(source, provider, sink, &kept)
+            .await
+    }
+
+    /// [`export_source`](Self::export_source), setting `kept` when it
+    /// fails and its partial export is kept for a resume.
+    async fn export_source_noting(
+        &self,
+        source: &dyn ExportSource,
+        provider: &str,
+        sink: &dyn Sink,
+        kept: &std::sync::atomic::AtomicBool,
     ) -> Result<ExportReport> {
         let spec = source.spec().clone();
         let artifact = self.options.artifact(&spec.name);
@@ -309,6 +333,7 @@ impl Exporter {
                     if keep {
                         match staging.keep().await {
                             Ok(at) => {
+                                kept.store(true, std::sync::atomic::Ordering::SeqCst);
                                 tracing::warn!(
                                     partial = %at,
                                     "the partial export is kept: the same export with resume continues it"

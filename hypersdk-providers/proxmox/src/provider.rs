@@ -251,6 +251,19 @@ impl ProxmoxProvider {
                 .unwrap_or(0)
         );
         let base = format!("/nodes/{}/qemu/{}/snapshot", seg(&f.node), f.vmid);
+        // Snapshots kept with partial exports that were never resumed are
+        // named, not deleted: another export may still resume from one.
+        if let Ok(list) = self.api.get(&base).await {
+            for s in list.as_array().into_iter().flatten() {
+                if let Some(old) = s["name"].as_str().filter(|n| n.starts_with("hypersdk-")) {
+                    tracing::warn!(
+                        vmid = f.vmid,
+                        snapshot = old,
+                        "the VM has a snapshot kept for an interrupted export: export with --resume to finish and delete it, or delete it in Proxmox if that export is abandoned"
+                    );
+                }
+            }
+        }
         let upid = self
             .api
             .post(
@@ -369,7 +382,9 @@ impl Provider for ProxmoxProvider {
                 made.vmid, f.vmid
             )));
         }
-        // The snapshot must still be there; without it, start over.
+        // The snapshot must still be there; without it, a new one is taken
+        // and the export's disks start over (the checkpoint names the old
+        // snapshot, so kept bytes of another moment are never mixed in).
         if let Some(snap) = &made.snapshot {
             let list = self
                 .api
@@ -381,10 +396,12 @@ impl Provider for ProxmoxProvider {
                 .flatten()
                 .any(|s| s["name"] == snap.as_str());
             if !there {
-                return Err(provider_err(format!(
-                    "the interrupted export's snapshot {snap} of VM {} is gone: export again without --resume",
-                    f.vmid
-                )));
+                tracing::warn!(
+                    vmid = f.vmid,
+                    snapshot = %snap,
+                    "the interrupted export's snapshot is gone: taking a new one, the disks start over"
+                );
+                return self.open(f, None).await;
             }
         }
         self.open(f, made.snapshot).await
@@ -443,6 +460,19 @@ impl ExportSource for ProxmoxSource {
 
     async fn close(&self) -> Result<()> {
         release(&self.api, &self.made, self.task_timeout).await;
+        Ok(())
+    }
+
+    /// The partial export is kept for `--resume`: so is the snapshot it
+    /// read, which the resumed export reopens and then deletes.
+    async fn close_kept(&self) -> Result<()> {
+        if let Some(s) = &self.made.snapshot {
+            tracing::warn!(
+                vmid = self.made.vmid,
+                snapshot = %s,
+                "the snapshot is kept with the partial export: the export with --resume reads it on and deletes it"
+            );
+        }
         Ok(())
     }
 }

@@ -188,7 +188,7 @@ pub(crate) struct BlockingFile {
     file: russh_sftp::client::fs::File,
     rt: tokio::runtime::Handle,
     /// Keeps the session (and its connection) open.
-    _session: Arc<Sftp>,
+    session: Arc<Sftp>,
 }
 
 impl std::fmt::Debug for BlockingFile {
@@ -206,21 +206,45 @@ impl BlockingFile {
         Ok(BlockingFile {
             file,
             rt: tokio::runtime::Handle::current(),
-            _session: session,
+            session,
         })
+    }
+}
+
+impl BlockingFile {
+    /// An SFTP status (no such file, permission denied) stays what it is;
+    /// anything else means the connection was lost or stalled, which an
+    /// export is worth resuming after: told as `ConnectionAborted` (or
+    /// `TimedOut`) naming the node, so it counts as transient.
+    fn classify(&self, e: std::io::Error) -> std::io::Error {
+        use russh_sftp::client::error::Error as SftpError;
+        match e.get_ref().and_then(|i| i.downcast_ref::<SftpError>()) {
+            Some(SftpError::Status(_)) => e,
+            Some(SftpError::Timeout) => std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("SFTP read from node {} timed out", self.session.host),
+            ),
+            _ => std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                format!(
+                    "the SFTP connection to node {} was lost: {e}",
+                    self.session.host
+                ),
+            ),
+        }
     }
 }
 
 impl std::io::Read for BlockingFile {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let (rt, file) = (&self.rt, &mut self.file);
-        rt.block_on(file.read(buf))
+        rt.block_on(file.read(buf)).map_err(|e| self.classify(e))
     }
 }
 
 impl std::io::Seek for BlockingFile {
     fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
         let (rt, file) = (&self.rt, &mut self.file);
-        rt.block_on(file.seek(pos))
+        rt.block_on(file.seek(pos)).map_err(|e| self.classify(e))
     }
 }

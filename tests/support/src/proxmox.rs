@@ -32,6 +32,8 @@ pub struct Proxmox {
     pub dir: tempfile::TempDir,
     stub: Child,
     sshds: Arc<Mutex<Vec<Child>>>,
+    /// The accepted connections, for [`cut_connections`](Self::cut_connections).
+    conns: Arc<Mutex<Vec<std::net::TcpStream>>>,
 }
 
 impl Drop for Proxmox {
@@ -101,12 +103,18 @@ impl Proxmox {
         let ssh_port = listener.local_addr().expect("addr").port();
         let sshds = Arc::new(Mutex::new(Vec::new()));
         let children = sshds.clone();
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let accepted = conns.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { break };
                 let (Ok(a), Ok(b)) = (conn.try_clone(), conn.try_clone()) else {
                     continue;
                 };
+                accepted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(conn);
                 let child = Command::new("/usr/sbin/sshd")
                     .args(["-i", "-e", "-f"])
                     .arg(&config)
@@ -128,6 +136,20 @@ impl Proxmox {
             dir,
             stub,
             sshds,
+            conns,
+        }
+    }
+
+    /// Cuts every SSH connection open now (a shutdown of the socket, which
+    /// the node's sshd and the client both see), as a network drop would.
+    pub fn cut_connections(&self) {
+        for c in self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = c.shutdown(std::net::Shutdown::Both);
         }
     }
 
