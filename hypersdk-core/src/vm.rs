@@ -133,6 +133,10 @@ pub enum DiskFormat {
     Qcow2,
     /// VMware VMDK.
     Vmdk,
+    /// Microsoft VHDX (Hyper-V).
+    Vhdx,
+    /// Microsoft VHD (older Hyper-V, Azure).
+    Vhd,
 }
 
 /// One virtual disk.

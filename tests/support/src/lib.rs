@@ -15,6 +15,7 @@ pub mod azurite;
 pub mod faultproxy;
 pub mod gce;
 pub mod gcs;
+pub mod hyperv;
 pub mod kube;
 mod peers;
 pub mod proxmox;

@@ -1,0 +1,539 @@
+//! A small WS-Management client for the Windows Remote Shell: open a shell,
+//! run `powershell -EncodedCommand`, receive its output, close the shell
+//! ([MS-WSMV] 3.1.4: Create, Command, Receive, Signal, Delete). Sign-in is
+//! HTTP Basic or NTLM (raw NTLMSSP tokens under `Negotiate`, once per
+//! connection as HTTP.sys keeps it). Over plain HTTP only Basic is offered:
+//! NTLM there needs WinRM's message encryption, which this client does not
+//! implement, so HTTP with NTLM is refused before anything is sent.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use hypersdk_core::tls::{client_config, Seen, TlsMode};
+use hypersdk_core::{Error, Result};
+
+/// Largest SOAP answer read.
+const MAX_ANSWER: usize = 16 << 20;
+/// Largest output of one script.
+const MAX_OUTPUT: usize = 64 << 20;
+
+const SHELL: &str = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell";
+const TRANSFER: &str = "http://schemas.xmlsoap.org/ws/2004/09/transfer";
+
+pub(crate) fn provider_err(message: String, retryable: bool) -> Error {
+    Error::Provider {
+        provider: "hyperv".into(),
+        message,
+        retryable,
+        source: None,
+    }
+}
+
+/// How the client signs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Auth {
+    Basic,
+    Ntlm,
+}
+
+/// Account for WinRM (and by default SMB).
+#[derive(Clone)]
+pub(crate) struct Account {
+    pub(crate) user: String,
+    pub(crate) domain: String,
+    pub(crate) password: String,
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("user", &self.user)
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Account {
+    /// `DOMAIN\user`, `user@domain` or `user`.
+    pub(crate) fn parse(user: &str, password: String) -> Account {
+        let (domain, user) = match user.split_once('\\') {
+            Some((d, u)) => (d.to_string(), u.to_string()),
+            None => match user.split_once('@') {
+                Some((u, d)) => (d.to_string(), u.to_string()),
+                None => (String::new(), user.to_string()),
+            },
+        };
+        Account {
+            user,
+            domain,
+            password,
+        }
+    }
+
+    pub(crate) fn display(&self) -> String {
+        if self.domain.is_empty() {
+            self.user.clone()
+        } else {
+            format!("{}\\{}", self.domain, self.user)
+        }
+    }
+}
+
+/// The WinRM endpoint of one host.
+#[derive(Debug, Clone)]
+pub(crate) struct WinRm {
+    http: reqwest::Client,
+    url: String,
+    host: String,
+    auth: Auth,
+    account: Account,
+    /// Whether the pooled connection is signed in with NTLM.
+    ntlm_ready: Arc<tokio::sync::Mutex<bool>>,
+    seen: Arc<Mutex<Seen>>,
+}
+
+/// What a script printed and how it ended.
+#[derive(Debug)]
+pub(crate) struct Output {
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+    pub(crate) code: i64,
+}
+
+impl WinRm {
+    pub(crate) fn new(
+        url: &reqwest::Url,
+        auth: Auth,
+        account: Account,
+        tls: &TlsMode,
+        ca: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<WinRm> {
+        let host = format!(
+            "{}:{}",
+            url.host_str().unwrap_or_default(),
+            url.port_or_known_default().unwrap_or(5986)
+        );
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(20))
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .http1_only()
+            // One connection, reused: NTLM signs in a connection, not a request.
+            .pool_max_idle_per_host(1);
+        // Plain HTTP uses no TLS, but the client is built the same way.
+        let (config, seen) = client_config(tls, ca)
+            .map_err(|e| Error::InvalidArgument(format!("hyperv TLS: {e}")))?;
+        b = b.use_preconfigured_tls(config);
+        let http = b
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot make the HTTP client: {e}")))?;
+        Ok(WinRm {
+            http,
+            url: url.to_string(),
+            host,
+            auth,
+            account,
+            ntlm_ready: Arc::new(tokio::sync::Mutex::new(false)),
+            seen,
+        })
+    }
+
+    pub(crate) fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Runs a PowerShell script; its output, whatever its exit code.
+    pub(crate) async fn powershell(&self, script: &str) -> Result<Output> {
+        let utf16: Vec<u8> = script.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let encoded = base64::engine::general_purpose::STANDARD.encode(utf16);
+        let shell = self.open_shell().await?;
+        let result = self
+            .run(
+                &shell,
+                &format!("powershell -NoProfile -NonInteractive -EncodedCommand {encoded}"),
+            )
+            .await;
+        if let Err(e) = self.delete_shell(&shell).await {
+            tracing::debug!(error = %e, "closing the remote shell failed");
+        }
+        result
+    }
+
+    async fn run(&self, shell: &str, command: &str) -> Result<Output> {
+        let body =
+            format!("<rsp:CommandLine><rsp:Command>{command}</rsp:Command></rsp:CommandLine>");
+        let options = r#"<w:OptionSet><w:Option Name="WINRS_CONSOLEMODE_STDIN">TRUE</w:Option><w:Option Name="WINRS_SKIP_CMD_SHELL">TRUE</w:Option></w:OptionSet>"#;
+        let answer = self
+            .call(&format!("{SHELL}/Command"), Some(shell), options, &body)
+            .await?;
+        let id = answer
+            .find("Body")
+            .and_then(|b| b.find("CommandResponse"))
+            .and_then(|c| c.find_text("CommandId"))
+            .map(str::to_string)
+            .ok_or_else(|| self.malformed("a CommandResponse without CommandId"))?;
+        let (mut out, mut err, mut code) = (Vec::new(), Vec::new(), None);
+        while code.is_none() {
+            let body = format!(
+                r#"<rsp:Receive><rsp:DesiredStream CommandId="{id}">stdout stderr</rsp:DesiredStream></rsp:Receive>"#
+            );
+            let answer = match self
+                .call(&format!("{SHELL}/Receive"), Some(shell), "", &body)
+                .await
+            {
+                Ok(a) => a,
+                // WinRM answers a Receive with nothing new after its
+                // OperationTimeout with the fault w:TimedOut: ask again.
+                Err(Error::Provider { message, .. }) if message.contains("2150858793") => continue,
+                Err(e) => return Err(e),
+            };
+            let Some(r) = answer.find("Body").and_then(|b| b.find("ReceiveResponse")) else {
+                return Err(self.malformed("a Receive answer without ReceiveResponse"));
+            };
+            for s in r.find_all("Stream") {
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(s.text.trim())
+                    .map_err(|_| self.malformed("an output stream that is not base64"))?;
+                let into = if s.attr("Name") == Some("stderr") {
+                    &mut err
+                } else {
+                    &mut out
+                };
+                if into.len() + data.len() > MAX_OUTPUT {
+                    return Err(self.malformed("more than 64 MiB of output from one script"));
+                }
+                into.extend_from_slice(&data);
+            }
+            if let Some(state) = r.find("CommandState") {
+                if state.attr("State").is_some_and(|s| s.ends_with("/Done")) {
+                    code = Some(
+                        state
+                            .find_text("ExitCode")
+                            .and_then(|c| c.parse::<i64>().ok())
+                            .unwrap_or(0),
+                    );
+                }
+            }
+        }
+        let signal = format!(
+            r#"<rsp:Signal CommandId="{id}"><rsp:Code>{SHELL}/signal/terminate</rsp:Code></rsp:Signal>"#
+        );
+        let _ = self
+            .call(&format!("{SHELL}/Signal"), Some(shell), "", &signal)
+            .await;
+        Ok(Output {
+            stdout: String::from_utf8_lossy(&out).into_owned(),
+            stderr: clixml_text(&String::from_utf8_lossy(&err)),
+            code: code.unwrap_or(0),
+        })
+    }
+
+    async fn open_shell(&self) -> Result<String> {
+        let options = r#"<w:OptionSet><w:Option Name="WINRS_NOPROFILE">TRUE</w:Option><w:Option Name="WINRS_CODEPAGE">65001</w:Option></w:OptionSet>"#;
+        let body = "<rsp:Shell><rsp:InputStreams>stdin</rsp:InputStreams><rsp:OutputStreams>stdout stderr</rsp:OutputStreams></rsp:Shell>";
+        let answer = self
+            .call(&format!("{TRANSFER}/Create"), None, options, body)
+            .await?;
+        answer
+            .find("Body")
+            .and_then(|b| b.find("ResourceCreated"))
+            .and_then(|r| r.find("ReferenceParameters"))
+            .and_then(|r| r.find("SelectorSet"))
+            .and_then(|s| {
+                s.find_all("Selector")
+                    .find(|s| s.attr("Name") == Some("ShellId"))
+            })
+            .map(|s| s.text.trim().to_string())
+            .ok_or_else(|| self.malformed("a Create answer without ShellId"))
+    }
+
+    async fn delete_shell(&self, shell: &str) -> Result<()> {
+        self.call(&format!("{TRANSFER}/Delete"), Some(shell), "", "")
+            .await
+            .map(|_| ())
+    }
+
+    fn malformed(&self, what: &str) -> Error {
+        provider_err(format!("WinRM at {} answered {what}", self.host), false)
+    }
+
+    /// One WS-Management request; the parsed answer, or its fault.
+    async fn call(
+        &self,
+        action: &str,
+        shell: Option<&str>,
+        options: &str,
+        body: &str,
+    ) -> Result<hypersdk_formats::xml::Element> {
+        let selector = shell
+            .map(|s| {
+                format!(
+                    r#"<w:SelectorSet><w:Selector Name="ShellId">{}</w:Selector></w:SelectorSet>"#,
+                    escape(s)
+                )
+            })
+            .unwrap_or_default();
+        let envelope = format!(
+            r#"<?xml version="1.0" encoding="utf-8"?>
+<env:Envelope xmlns:env="http://www.w3.org/2003/05/soap-envelope" xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing" xmlns:w="http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd" xmlns:p="http://schemas.microsoft.com/wbem/wsman/1/wsman.xsd" xmlns:rsp="{SHELL}">
+<env:Header><a:To>{to}</a:To><a:ReplyTo><a:Address mustUnderstand="true">http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous</a:Address></a:ReplyTo><w:MaxEnvelopeSize mustUnderstand="true">512000</w:MaxEnvelopeSize><a:MessageID>uuid:{id}</a:MessageID><w:Locale mustUnderstand="false" xml:lang="en-US"/><p:DataLocale mustUnderstand="false" xml:lang="en-US"/><w:OperationTimeout>PT60S</w:OperationTimeout><w:ResourceURI mustUnderstand="true">{SHELL}/cmd</w:ResourceURI><a:Action mustUnderstand="true">{action}</a:Action>{selector}{options}</env:Header>
+<env:Body>{body}</env:Body></env:Envelope>"#,
+            to = escape(&self.url),
+            id = message_id(),
+        );
+        let (status, text) = self.send(envelope).await?;
+        let doc = hypersdk_formats::xml::parse(&text).map_err(|e| {
+            provider_err(
+                format!(
+                    "WinRM at {} answered HTTP {status} with no SOAP envelope: {e}",
+                    self.host
+                ),
+                false,
+            )
+        })?;
+        if let Some(f) = doc.find("Body").and_then(|b| b.find("Fault")) {
+            let detail = f.find("Detail").and_then(|d| d.find("WSManFault"));
+            let code = detail.and_then(|d| d.attr("Code")).unwrap_or("");
+            let message = detail
+                .and_then(|d| d.find_text("Message"))
+                .or_else(|| f.find("Reason").and_then(|r| r.find_text("Text")))
+                .unwrap_or("(no message)");
+            return Err(provider_err(
+                format!(
+                    "WinRM at {} refused the request: {message} (fault {code})",
+                    self.host
+                ),
+                false,
+            ));
+        }
+        if status != 200 {
+            return Err(provider_err(
+                format!("WinRM at {} answered HTTP {status}", self.host),
+                status >= 500,
+            ));
+        }
+        Ok(doc)
+    }
+
+    /// Posts the envelope, signing in as configured; (status, body).
+    async fn send(&self, envelope: String) -> Result<(u16, String)> {
+        match self.auth {
+            Auth::Basic => {
+                let resp = self.post(&envelope, Some(self.basic())).await?;
+                self.read(resp).await
+            }
+            Auth::Ntlm => {
+                let mut ready = self.ntlm_ready.lock().await;
+                if *ready {
+                    let resp = self.post(&envelope, None).await?;
+                    if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
+                        return self.read(resp).await;
+                    }
+                    // A new connection: sign in on it.
+                    *ready = false;
+                }
+                let resp = self.ntlm_sign_in(&envelope).await?;
+                let out = self.read(resp).await?;
+                *ready = true;
+                Ok(out)
+            }
+        }
+    }
+
+    fn basic(&self) -> String {
+        let who = if self.account.domain.is_empty() {
+            self.account.user.clone()
+        } else {
+            format!("{}\\{}", self.account.domain, self.account.user)
+        };
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{who}:{}", self.account.password))
+        )
+    }
+
+    /// The NTLM exchange on one connection, the envelope sent with the
+    /// last message.
+    async fn ntlm_sign_in(&self, envelope: &str) -> Result<reqwest::Response> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut ntlm = smb2::auth::NtlmAuthenticator::new(smb2::auth::NtlmCredentials {
+            username: self.account.user.clone(),
+            password: self.account.password.clone(),
+            domain: self.account.domain.clone(),
+        });
+        let first = self
+            .post(
+                "",
+                Some(format!("Negotiate {}", b64.encode(ntlm.negotiate()))),
+            )
+            .await?;
+        let challenge = first
+            .headers()
+            .get_all("www-authenticate")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| {
+                v.strip_prefix("Negotiate ")
+                    .or_else(|| v.strip_prefix("NTLM "))
+                    .map(str::trim)
+                    .map(str::to_string)
+            });
+        let _ = first.bytes().await;
+        let Some(challenge) = challenge.and_then(|c| b64.decode(c).ok()) else {
+            return Err(self.refused("it does not offer NTLM (Negotiate) sign-in"));
+        };
+        let answer = ntlm
+            .authenticate(&challenge)
+            .map_err(|e| self.refused(&format!("its NTLM challenge cannot be answered: {e}")))?;
+        self.post(envelope, Some(format!("Negotiate {}", b64.encode(answer))))
+            .await
+    }
+
+    fn refused(&self, why: &str) -> Error {
+        Error::Auth {
+            provider: "hyperv".into(),
+            target: format!("WinRM at {}", self.host),
+            user: self.account.display(),
+            message: why.to_string(),
+        }
+    }
+
+    async fn post(&self, body: &str, auth: Option<String>) -> Result<reqwest::Response> {
+        let mut req = self
+            .http
+            .post(&self.url)
+            .header("Content-Type", "application/soap+xml;charset=UTF-8")
+            .body(body.to_string());
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        req.send().await.map_err(|e| self.transport_error(e))
+    }
+
+    async fn read(&self, resp: reqwest::Response) -> Result<(u16, String)> {
+        let status = resp.status().as_u16();
+        if status == 401 {
+            let _ = resp.bytes().await;
+            return Err(self.refused(match self.auth {
+                Auth::Basic => "the user name or password was refused (Basic sign-in; is Basic allowed in WinRM's service settings?)",
+                Auth::Ntlm => "the user name or password was refused (NTLM)",
+            }));
+        }
+        if resp.content_length().is_some_and(|n| n > MAX_ANSWER as u64) {
+            return Err(self.malformed("more than 16 MiB in one answer"));
+        }
+        let mut body = Vec::new();
+        let mut resp = resp;
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_error(e))? {
+            if body.len() + chunk.len() > MAX_ANSWER {
+                return Err(self.malformed("more than 16 MiB in one answer"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    fn transport_error(&self, e: reqwest::Error) -> Error {
+        let seen = std::mem::take(&mut *self.seen.lock().unwrap_or_else(|p| p.into_inner()));
+        let chain = hypersdk_core::error::chain(&e);
+        if let (Some(tp), Some(reason)) = (seen.thumbprint_sha256, seen.reason) {
+            return provider_err(
+                format!(
+                    "the TLS certificate of WinRM at {} is not trusted ({reason}); its SHA-256 fingerprint is {tp}: check it on the host and pin it with fingerprint, or trust its CA with ca_file",
+                    self.host
+                ),
+                false,
+            );
+        }
+        provider_err(
+            format!("cannot reach WinRM at {}: {chain}", self.host),
+            e.is_timeout() || e.is_connect(),
+        )
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn message_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let x = (t as u64) ^ (n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    format!(
+        "{:08X}-{:04X}-4{:03X}-8{:03X}-{:012X}",
+        (x >> 32) as u32,
+        (x >> 16) as u16,
+        (x & 0xfff) as u16,
+        (n & 0xfff) as u16,
+        (t as u64) & 0xffff_ffff_ffff
+    )
+}
+
+/// The text of PowerShell's CLIXML error stream (`#< CLIXML` then
+/// `<Objs><S S="Error">…</S></Objs>`), or the text as it is.
+pub(crate) fn clixml_text(stderr: &str) -> String {
+    let Some(xml) = stderr.trim_start().strip_prefix("#< CLIXML") else {
+        return stderr.trim().to_string();
+    };
+    let Ok(doc) = hypersdk_formats::xml::parse(xml.trim()) else {
+        return stderr.trim().to_string();
+    };
+    let mut text = String::new();
+    for s in doc.find_all("S") {
+        if s.attr("S") == Some("Error") {
+            text.push_str(&s.text);
+        }
+    }
+    text.replace("_x000D__x000A_", "\n")
+        .replace("_x000A_", "\n")
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clixml_errors_read_as_text() {
+        let e = "#< CLIXML\r\n<Objs Version=\"1.1.0.1\" xmlns=\"http://schemas.microsoft.com/powershell/2004/04\"><S S=\"Error\">Get-VM : Hyper-V was unable to find a virtual machine with name \"x\"._x000D__x000A_</S><S S=\"Error\">    + CategoryInfo : InvalidArgument_x000D__x000A_</S></Objs>";
+        assert_eq!(
+            clixml_text(e),
+            "Get-VM : Hyper-V was unable to find a virtual machine with name \"x\".\n    + CategoryInfo : InvalidArgument"
+        );
+        assert_eq!(clixml_text("plain\r\n"), "plain");
+    }
+
+    #[test]
+    fn accounts_in_each_form() {
+        let a = Account::parse("CORP\\svc-migrate", String::new());
+        assert_eq!(
+            (a.domain.as_str(), a.user.as_str()),
+            ("CORP", "svc-migrate")
+        );
+        let a = Account::parse("svc@corp.example", String::new());
+        assert_eq!(
+            (a.domain.as_str(), a.user.as_str()),
+            ("corp.example", "svc")
+        );
+        assert_eq!(
+            Account::parse("Administrator", String::new()).display(),
+            "Administrator"
+        );
+    }
+}
