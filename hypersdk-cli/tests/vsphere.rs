@@ -153,8 +153,8 @@ fn connection_settings_from_flags_environment_and_config_file() {
         &[],
     );
     assert!(line.contains("unknown field `colour`"), "{line}");
-    let line = fails_env(&["vms", "list", "--provider", "hyperv"], &[]);
-    assert!(line.contains("unknown provider kind 'hyperv'"), "{line}");
+    let line = fails_env(&["vms", "list", "--provider", "xenserver"], &[]);
+    assert!(line.contains("unknown provider kind 'xenserver'"), "{line}");
     let line = fails_env(
         &[
             "vms",

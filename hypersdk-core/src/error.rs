@@ -181,9 +181,29 @@ impl Error {
         Error::Sink {
             action: action.into(),
             target: target.into(),
-            source,
+            source: with_os_text(source),
         }
     }
+}
+
+/// The operating system's own words for an error that lost them on the
+/// way: tokio's `File` keeps only the `ErrorKind` of a failed background
+/// write, which prints as "no storage space" where the user expects the
+/// system's "No space left on device (os error 28)".
+fn with_os_text(e: io::Error) -> io::Error {
+    if e.raw_os_error().is_some() || e.get_ref().is_some() {
+        return e;
+    }
+    let errno = match e.kind() {
+        io::ErrorKind::StorageFull => libc::ENOSPC,
+        io::ErrorKind::FileTooLarge => libc::EFBIG,
+        io::ErrorKind::QuotaExceeded => libc::EDQUOT,
+        io::ErrorKind::ReadOnlyFilesystem => libc::EROFS,
+        io::ErrorKind::PermissionDenied => libc::EACCES,
+        io::ErrorKind::BrokenPipe => libc::EPIPE,
+        _ => return e,
+    };
+    io::Error::from_raw_os_error(errno)
 }
 
 /// An error and its causes, joined by ": " (a cause already in the text
@@ -246,6 +266,16 @@ mod tests {
             io::Error::from(io::ErrorKind::ConnectionReset),
         );
         assert!(reset.is_retryable());
+        let bare = Error::sink(
+            "cannot write",
+            "x",
+            io::Error::from(io::ErrorKind::StorageFull),
+        );
+        assert!(
+            chain(&bare).contains("No space left on device"),
+            "{}",
+            chain(&bare)
+        );
         let full = Error::sink("cannot write", "x", io::Error::other("disk full"));
         assert!(!full.is_retryable());
         assert!(!Error::Cancelled.is_retryable());

@@ -17,6 +17,7 @@
 //! | `gcp` (default) | `gcp` | `hypersdk-gcp` | [`gcp::GcpConfig`] |
 //! | `kubevirt` (default) | `kubevirt` | `hypersdk-kubevirt` | [`kubevirt::KubevirtConfig`] |
 //! | `proxmox` (default) | `proxmox` | `hypersdk-proxmox` | [`proxmox::ProxmoxConfig`] |
+//! | `hyperv` (default) | `hyperv` | `hypersdk-hyperv` | [`hyperv::HypervConfig`] |
 //!
 //! The CLI, the daemon, the language bindings and the Ansible module build
 //! every provider through [`ProviderConfig`], so a provider added here
@@ -75,6 +76,8 @@ pub use hypersdk_core::*;
 pub use hypersdk_formats as formats;
 #[cfg(feature = "gcp")]
 pub use hypersdk_gcp as gcp;
+#[cfg(feature = "hyperv")]
+pub use hypersdk_hyperv as hyperv;
 #[cfg(feature = "kubevirt")]
 pub use hypersdk_kubevirt as kubevirt;
 #[cfg(feature = "local")]

@@ -117,6 +117,7 @@ providers! {
     "gcp" => Gcp(hypersdk_gcp::GcpConfig),
     "kubevirt" => Kubevirt(hypersdk_kubevirt::KubevirtConfig),
     "proxmox" => Proxmox(hypersdk_proxmox::ProxmoxConfig),
+    "hyperv" => Hyperv(hypersdk_hyperv::HypervConfig),
 }
 
 /// A variable of this process's environment, None if unset or empty: the
@@ -247,9 +248,9 @@ mod tests {
         assert!(e.to_string().contains("unknown field `usr`"), "{e}");
         let e = ProviderConfig::resolve("vsphere", Fields::new(), &none).unwrap_err();
         assert!(e.to_string().contains("missing field `url`"), "{e}");
-        let e = ProviderConfig::resolve("hyperv", Fields::new(), &none).unwrap_err();
+        let e = ProviderConfig::resolve("xenserver", Fields::new(), &none).unwrap_err();
         assert!(
-            e.to_string().contains("unknown provider kind 'hyperv'"),
+            e.to_string().contains("unknown provider kind 'xenserver'"),
             "{e}"
         );
         assert!(e.to_string().contains("local, vsphere"), "{e}");

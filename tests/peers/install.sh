@@ -21,6 +21,8 @@ command -v gzip >/dev/null 2>&1 || need_apt+=(gzip)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # OpenSSH's server: the Proxmox peer's node, serving disk files over SFTP.
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+# The Hyper-V peer's file server (tests/support/src/hyperv.rs): smbd and smbpasswd.
+[ -x /usr/sbin/smbd ] && command -v smbpasswd >/dev/null 2>&1 || need_apt+=(samba)
 command -v mvn >/dev/null 2>&1 && command -v java >/dev/null 2>&1 || need_apt+=(maven default-jdk-headless)
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3 python3-venv)

@@ -23,7 +23,7 @@ reads. Their outputs follow the cmdlets' documented objects
 (learn.microsoft.com/powershell/module/hyper-v): Get-VM (Name, Id, State,
 Generation, ProcessorCount, MemoryStartup), Get-VMFirmware (SecureBoot),
 Get-VMHardDiskDrive (Path, ControllerType, ControllerNumber,
-ControllerLocation), Get-VMNetworkAdapter (Name, MacAddress, SwitchName),
+ControllerLocation), Get-VMNetworkAdapter (Name, MacAddress, SwitchName, IsLegacy),
 Checkpoint-VM / Get-VMSnapshot / Remove-VMSnapshot, rendered by
 ConvertTo-Json -Compress as the scripts ask. A cmdlet error exits 1 with
 the CLIXML error record on stderr, as powershell.exe does.
@@ -215,9 +215,12 @@ class Handler(server.BaseHTTPRequestHandler):
 
     def authorized(self):
         """Basic on each request, or NTLM once per connection."""
-        if getattr(self, "ntlm_done", False):
-            return True
         auth = self.headers.get("Authorization", "")
+        # A connection signed in with NTLM stays so, until the client
+        # starts another exchange on it.
+        if getattr(self, "ntlm_done", False) and not auth:
+            return True
+        self.ntlm_done = False
         scheme, _, token = auth.partition(" ")
         if scheme.lower() == "basic" and "basic" in ARGS.auth:
             try:
@@ -228,10 +231,13 @@ class Handler(server.BaseHTTPRequestHandler):
                 return True
         elif scheme.lower() in ("negotiate", "ntlm") and "ntlm" in ARGS.auth and token:
             import spnego
-            if getattr(self, "ntlm", None) is None:
+            raw = base64.b64decode(token)
+            # A NEGOTIATE message (type 1) starts a new exchange, as HTTP.sys
+            # does when a client starts over on the connection.
+            if getattr(self, "ntlm", None) is None or raw[8:12] == b"\x01\x00\x00\x00":
                 self.ntlm = spnego.server(protocol="ntlm")
             try:
-                out = self.ntlm.step(base64.b64decode(token))
+                out = self.ntlm.step(raw)
             except Exception:
                 self.ntlm = None
                 out = None

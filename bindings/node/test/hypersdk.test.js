@@ -222,7 +222,7 @@ test('the vCenter simulator: CA-verified login, search, export, verify', async (
   } finally {
     await viaUrl.close()
   }
-  assert.deepEqual(hypersdk.providerKinds().map((k) => k.kind), ['local', 'vsphere', 'aws', 'azure', 'gcp', 'kubevirt', 'proxmox'])
+  assert.deepEqual(hypersdk.providerKinds().map((k) => k.kind), ['local', 'vsphere', 'aws', 'azure', 'gcp', 'kubevirt', 'proxmox', 'hyperv'])
   await assert.rejects(hypersdk.connect('vsphere', { url: sim.url, colour: 'blue' }), (e) =>
     e instanceof hypersdk.InvalidArgumentError && /unknown field `colour`/.test(e.message))
 })

@@ -214,7 +214,7 @@ async def test_vsphere_simulator_async_login_thumbprint_and_bad_password(vcsim, 
 
 
 def test_any_provider_through_the_registry(vcsim, tmp_path, monkeypatch):
-    assert [k["kind"] for k in hypersdk.provider_kinds()] == ["local", "vsphere", "aws", "azure", "gcp", "kubevirt", "proxmox"]
+    assert [k["kind"] for k in hypersdk.provider_kinds()] == ["local", "vsphere", "aws", "azure", "gcp", "kubevirt", "proxmox", "hyperv"]
     # A URL, and the password the way govc users give it: GOVC_PASSWORD.
     host = vcsim["url"].split("://", 1)[1].split("/", 1)[0]
     monkeypatch.setenv("GOVC_PASSWORD", vcsim["password"])
@@ -222,8 +222,8 @@ def test_any_provider_through_the_registry(vcsim, tmp_path, monkeypatch):
         assert vc.name == "vsphere" and [v.name for v in vc.search_vms("pyvm")] == ["pyvm"]
     with pytest.raises(hypersdk.InvalidArgument, match="unknown field `colour`"):
         hypersdk.connect("vsphere", url=vcsim["url"], colour="blue")
-    with pytest.raises(hypersdk.InvalidArgument, match="unknown provider kind 'hyperv'"):
-        hypersdk.connect("hyperv")
+    with pytest.raises(hypersdk.InvalidArgument, match="unknown provider kind 'xenserver'"):
+        hypersdk.connect("xenserver")
     with pytest.raises(hypersdk.InvalidArgument, match="password in it"):
         hypersdk.connect("vsphere://root:secret@vc.example")
 

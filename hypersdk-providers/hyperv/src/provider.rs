@@ -107,6 +107,8 @@ struct NicJson {
     mac_address: Option<String>,
     #[serde(default)]
     switch_name: Option<String>,
+    #[serde(default)]
+    is_legacy: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,7 +218,7 @@ ProcessorCount = $vm.ProcessorCount; MemoryStartup = $vm.MemoryStartup; Version 
 Disks = @(Get-VMHardDiskDrive -VM $vm | ForEach-Object {{ $v = Get-VHD -Path $_.Path; [pscustomobject]@{{ Path = $_.Path; \
 ControllerType = $_.ControllerType.ToString(); ControllerNumber = $_.ControllerNumber; ControllerLocation = $_.ControllerLocation; \
 Size = $v.Size; VhdFormat = $v.VhdFormat.ToString(); VhdType = $v.VhdType.ToString() }} }}); \
-Nics = @(Get-VMNetworkAdapter -VM $vm | ForEach-Object {{ [pscustomobject]@{{ Name = $_.Name; MacAddress = $_.MacAddress; SwitchName = $_.SwitchName }} }}) \
+Nics = @(Get-VMNetworkAdapter -VM $vm | ForEach-Object {{ [pscustomobject]@{{ Name = $_.Name; MacAddress = $_.MacAddress; SwitchName = $_.SwitchName; IsLegacy = [bool]$_.IsLegacy }} }}) \
 }} | ConvertTo-Json -Depth 4 -Compress\n"
         );
         let s = script("describe-vm", &Self::vm_params(vm), &body)?;
@@ -267,11 +269,9 @@ Nics = @(Get-VMNetworkAdapter -VM $vm | ForEach-Object {{ [pscustomobject]@{{ Na
             .map(|n| NicSpec {
                 network: n.switch_name.clone().unwrap_or_default(),
                 mac: n.mac_address.as_deref().map(mac_text),
-                model: if v.generation == 2 {
-                    "hyperv-synthetic".into()
-                } else {
-                    "hyperv-synthetic".into()
-                },
+                // A synthetic adapter is netvsc; a legacy one (generation
+                // 1 only) emulates a DEC 21140.
+                model: if n.is_legacy { "dec21140" } else { "netvsc" }.into(),
             })
             .collect();
         let uefi = v.generation == 2;
@@ -345,18 +345,23 @@ Nics = @(Get-VMNetworkAdapter -VM $vm | ForEach-Object {{ [pscustomobject]@{{ Na
         for d in &v.disks {
             self.paths.map(&d.path)?;
         }
-        let (made, cp) = match resumed {
+        // `reopened`: the kept partial holds bytes of this checkpoint.
+        let (made, cp, reopened) = match resumed {
             Some(m) => match self
                 .checkpoint_op("get-checkpoint", &m.vm_id, &m.checkpoint)
                 .await
             {
-                Ok(cp) => (m, cp),
+                Ok(cp) => (m, cp, true),
                 Err(e) => {
                     tracing::warn!(error = %e, "the interrupted export's checkpoint is gone: taking a new one, the disks start over");
-                    self.take_checkpoint(&v).await?
+                    let (m, cp) = self.take_checkpoint(&v).await?;
+                    (m, cp, false)
                 }
             },
-            None => self.take_checkpoint(&v).await?,
+            None => {
+                let (m, cp) = self.take_checkpoint(&v).await?;
+                (m, cp, false)
+            }
         };
         let source = HypervSource {
             spec,
@@ -369,6 +374,7 @@ Nics = @(Get-VMNetworkAdapter -VM $vm | ForEach-Object {{ [pscustomobject]@{{ Na
             smb_account: self.smb_account.clone(),
             smb_port: self.smb_port,
             shares: tokio::sync::Mutex::new(HashMap::new()),
+            read_any: std::sync::atomic::AtomicBool::new(reopened),
         };
         let mut source = source;
         // The checkpoint's drive on the same controller slot as each disk.
@@ -538,6 +544,10 @@ struct HypervSource {
     smb_account: Account,
     smb_port: u16,
     shares: tokio::sync::Mutex<HashMap<(String, String), Arc<SmbShare>>>,
+    /// Whether the partial export can hold bytes of the checkpoint (a
+    /// disk was opened, or this export reopened it): only then is the
+    /// checkpoint worth keeping for a resume.
+    read_any: std::sync::atomic::AtomicBool,
 }
 
 /// A file of a disk chain, open.
@@ -696,6 +706,8 @@ impl ExportSource for HypervSource {
             return Err(Error::InvalidArgument(format!("no disk {index}")));
         };
         let (image, location) = self.open_chain(path).await?;
+        self.read_any
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(hypersdk_core::provider::image_stream(
             move || Ok(image),
             disk.capacity,
@@ -710,8 +722,12 @@ impl ExportSource for HypervSource {
     }
 
     /// The partial export is kept for `--resume`: so is the checkpoint it
-    /// read, which the resumed export reopens and then removes.
+    /// read, which the resumed export reopens and then removes. A
+    /// checkpoint nothing was read from is removed as on any other path.
     async fn close_kept(&self) -> Result<()> {
+        if !self.read_any.load(std::sync::atomic::Ordering::Relaxed) {
+            return self.close().await;
+        }
         tracing::warn!(
             checkpoint = %self.made.checkpoint,
             "the checkpoint is kept with the partial export: the export with --resume reads it on and removes it"

@@ -80,18 +80,48 @@ impl Account {
     }
 }
 
-/// The WinRM endpoint of one host.
+/// The WinRM endpoint of one host, over one HTTP/1.1 connection kept for
+/// the session (made again when it closes).
 #[derive(Debug, Clone)]
 pub(crate) struct WinRm {
-    http: reqwest::Client,
+    conn: Arc<tokio::sync::Mutex<Conn>>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    server: String,
+    port: u16,
+    path: String,
     url: String,
     host: String,
     auth: Auth,
     account: Account,
-    /// Whether the pooled connection is signed in with NTLM.
-    ntlm_ready: Arc<tokio::sync::Mutex<bool>>,
+    timeout: Duration,
     seen: Arc<Mutex<Seen>>,
 }
+
+/// The connection and whether NTLM signed it in.
+#[derive(Default)]
+struct Conn {
+    sender: Option<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>>,
+    ntlm_ready: bool,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("open", &self.sender.is_some())
+            .field("ntlm_ready", &self.ntlm_ready)
+            .finish()
+    }
+}
+
+/// An answer, read whole (at most 16 MiB).
+struct Answer {
+    status: u16,
+    challenges: Vec<String>,
+    body: String,
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 /// What a script printed and how it ended.
 #[derive(Debug)]
@@ -110,32 +140,26 @@ impl WinRm {
         ca: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<WinRm> {
-        let host = format!(
-            "{}:{}",
-            url.host_str().unwrap_or_default(),
-            url.port_or_known_default().unwrap_or(5986)
-        );
-        let mut b = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(20))
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .http1_only()
-            // One connection, reused: NTLM signs in a connection, not a request.
-            .pool_max_idle_per_host(1);
-        // Plain HTTP uses no TLS, but the client is built the same way.
+        let server = url
+            .host_str()
+            .unwrap_or_default()
+            .trim_matches(['[', ']'])
+            .to_string();
+        let port = url.port_or_known_default().unwrap_or(5986);
+        let host = format!("{server}:{port}");
         let (config, seen) = client_config(tls, ca)
             .map_err(|e| Error::InvalidArgument(format!("hyperv TLS: {e}")))?;
-        b = b.use_preconfigured_tls(config);
-        let http = b
-            .build()
-            .map_err(|e| Error::Internal(format!("cannot make the HTTP client: {e}")))?;
         Ok(WinRm {
-            http,
+            conn: Arc::new(tokio::sync::Mutex::new(Conn::default())),
+            tls: (url.scheme() == "https").then(|| Arc::new(config)),
+            server,
+            port,
+            path: url.path().to_string(),
             url: url.to_string(),
             host,
             auth,
             account,
-            ntlm_ready: Arc::new(tokio::sync::Mutex::new(false)),
+            timeout,
             seen,
         })
     }
@@ -319,27 +343,38 @@ impl WinRm {
 
     /// Posts the envelope, signing in as configured; (status, body).
     async fn send(&self, envelope: String) -> Result<(u16, String)> {
-        match self.auth {
+        let mut conn = self.conn.lock().await;
+        let answer = match self.auth {
             Auth::Basic => {
-                let resp = self.post(&envelope, Some(self.basic())).await?;
-                self.read(resp).await
+                let basic = self.basic();
+                self.exchange(&mut conn, &envelope, Some(&basic)).await?
             }
             Auth::Ntlm => {
-                let mut ready = self.ntlm_ready.lock().await;
-                if *ready {
-                    let resp = self.post(&envelope, None).await?;
-                    if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
-                        return self.read(resp).await;
+                let mut answer = None;
+                if conn.ntlm_ready && conn.sender.as_ref().is_some_and(|s| !s.is_closed()) {
+                    let a = self.exchange(&mut conn, &envelope, None).await?;
+                    if a.status != 401 {
+                        answer = Some(a);
                     }
-                    // A new connection: sign in on it.
-                    *ready = false;
                 }
-                let resp = self.ntlm_sign_in(&envelope).await?;
-                let out = self.read(resp).await?;
-                *ready = true;
-                Ok(out)
+                match answer {
+                    Some(a) => a,
+                    None => {
+                        conn.ntlm_ready = false;
+                        let a = self.ntlm_sign_in(&mut conn, &envelope).await?;
+                        conn.ntlm_ready = a.status != 401;
+                        a
+                    }
+                }
             }
+        };
+        if answer.status == 401 {
+            return Err(self.refused(match self.auth {
+                Auth::Basic => "the user name or password was refused (Basic sign-in; is Basic allowed in WinRM's service settings?)",
+                Auth::Ntlm => "the user name or password was refused (NTLM)",
+            }));
         }
+        Ok((answer.status, answer.body))
     }
 
     fn basic(&self) -> String {
@@ -355,41 +390,42 @@ impl WinRm {
         )
     }
 
-    /// The NTLM exchange on one connection, the envelope sent with the
-    /// last message.
-    async fn ntlm_sign_in(&self, envelope: &str) -> Result<reqwest::Response> {
+    /// The NTLM exchange on the held connection, the envelope sent with
+    /// the last message.
+    async fn ntlm_sign_in(&self, conn: &mut Conn, envelope: &str) -> Result<Answer> {
         let b64 = base64::engine::general_purpose::STANDARD;
         let mut ntlm = smb2::auth::NtlmAuthenticator::new(smb2::auth::NtlmCredentials {
             username: self.account.user.clone(),
             password: self.account.password.clone(),
             domain: self.account.domain.clone(),
         });
-        let first = self
-            .post(
-                "",
-                Some(format!("Negotiate {}", b64.encode(ntlm.negotiate()))),
-            )
-            .await?;
-        let challenge = first
-            .headers()
-            .get_all("www-authenticate")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(|v| {
-                v.strip_prefix("Negotiate ")
-                    .or_else(|| v.strip_prefix("NTLM "))
-                    .map(str::trim)
-                    .map(str::to_string)
-            });
-        let _ = first.bytes().await;
-        let Some(challenge) = challenge.and_then(|c| b64.decode(c).ok()) else {
+        // A fresh connection for the exchange: one the server may be
+        // about to close cannot carry it.
+        conn.sender = None;
+        let negotiate = format!("Negotiate {}", b64.encode(ntlm.negotiate()));
+        let first = self.exchange(conn, "", Some(&negotiate)).await?;
+        let challenge = first.challenges.iter().find_map(|v| {
+            v.strip_prefix("Negotiate ")
+                .or_else(|| v.strip_prefix("NTLM "))
+                .and_then(|c| b64.decode(c.trim()).ok())
+        });
+        let Some(challenge) = challenge else {
             return Err(self.refused("it does not offer NTLM (Negotiate) sign-in"));
         };
         let answer = ntlm
             .authenticate(&challenge)
             .map_err(|e| self.refused(&format!("its NTLM challenge cannot be answered: {e}")))?;
-        self.post(envelope, Some(format!("Negotiate {}", b64.encode(answer))))
-            .await
+        if conn.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            return Err(provider_err(
+                format!(
+                    "WinRM at {} closed the connection in the middle of the NTLM sign-in",
+                    self.host
+                ),
+                true,
+            ));
+        }
+        let authenticate = format!("Negotiate {}", b64.encode(answer));
+        self.exchange(conn, envelope, Some(&authenticate)).await
     }
 
     fn refused(&self, why: &str) -> Error {
@@ -401,44 +437,127 @@ impl WinRm {
         }
     }
 
-    async fn post(&self, body: &str, auth: Option<String>) -> Result<reqwest::Response> {
-        let mut req = self
-            .http
-            .post(&self.url)
+    /// Opens the connection (TCP, then TLS for https).
+    async fn connect(
+        &self,
+    ) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>> {
+        let tcp = tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio::net::TcpStream::connect((self.server.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| {
+            provider_err(
+                format!("cannot reach WinRM at {}: no answer within 20 s", self.host),
+                true,
+            )
+        })?
+        .map_err(|e| provider_err(format!("cannot reach WinRM at {}: {e}", self.host), true))?;
+        let _ = tcp.set_nodelay(true);
+        let io: Box<dyn Io> = match &self.tls {
+            Some(config) => {
+                let name =
+                    rustls::pki_types::ServerName::try_from(self.server.clone()).map_err(|e| {
+                        Error::InvalidArgument(format!(
+                            "hyperv settings: url host {}: {e}",
+                            self.server
+                        ))
+                    })?;
+                let tls = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| self.transport_error(&e.to_string()))?;
+                Box::new(tls)
+            }
+            None => Box::new(tcp),
+        };
+        let (sender, driver) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+                .await
+                .map_err(|e| self.transport_error(&hypersdk_core::error::chain(&e)))?;
+        tokio::spawn(async move {
+            let _ = driver.await;
+        });
+        Ok(sender)
+    }
+
+    /// One request on the held connection (made first if there is none,
+    /// or it closed).
+    async fn exchange(&self, conn: &mut Conn, body: &str, auth: Option<&str>) -> Result<Answer> {
+        use http_body_util::BodyExt as _;
+        if conn.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            conn.sender = Some(self.connect().await?);
+            conn.ntlm_ready = false;
+        }
+        let Some(sender) = conn.sender.as_mut() else {
+            return Err(Error::Internal("no WinRM connection".into()));
+        };
+        let mut req = hyper::Request::post(&self.path)
+            .header("Host", &self.host)
             .header("Content-Type", "application/soap+xml;charset=UTF-8")
-            .body(body.to_string());
+            .header("Content-Length", body.len());
         if let Some(a) = auth {
             req = req.header("Authorization", a);
         }
-        req.send().await.map_err(|e| self.transport_error(e))
+        let req = req
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            )))
+            .map_err(|e| Error::Internal(format!("WinRM request: {e}")))?;
+        let call = async {
+            sender
+                .ready()
+                .await
+                .map_err(|e| self.transport_error(&hypersdk_core::error::chain(&e)))?;
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| self.transport_error(&hypersdk_core::error::chain(&e)))?;
+            let status = resp.status().as_u16();
+            let challenges = resp
+                .headers()
+                .get_all("www-authenticate")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::to_string)
+                .collect();
+            let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        self.malformed("more than 16 MiB in one answer")
+                    } else {
+                        self.transport_error(&e.to_string())
+                    }
+                })?
+                .to_bytes();
+            Ok::<_, Error>(Answer {
+                status,
+                challenges,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            })
+        };
+        let answer = match tokio::time::timeout(self.timeout, call).await {
+            Ok(a) => a,
+            Err(_) => Err(provider_err(
+                format!(
+                    "WinRM at {} did not answer within {} s",
+                    self.host,
+                    self.timeout.as_secs()
+                ),
+                true,
+            )),
+        };
+        if answer.is_err() {
+            conn.sender = None;
+            conn.ntlm_ready = false;
+        }
+        answer
     }
 
-    async fn read(&self, resp: reqwest::Response) -> Result<(u16, String)> {
-        let status = resp.status().as_u16();
-        if status == 401 {
-            let _ = resp.bytes().await;
-            return Err(self.refused(match self.auth {
-                Auth::Basic => "the user name or password was refused (Basic sign-in; is Basic allowed in WinRM's service settings?)",
-                Auth::Ntlm => "the user name or password was refused (NTLM)",
-            }));
-        }
-        if resp.content_length().is_some_and(|n| n > MAX_ANSWER as u64) {
-            return Err(self.malformed("more than 16 MiB in one answer"));
-        }
-        let mut body = Vec::new();
-        let mut resp = resp;
-        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_error(e))? {
-            if body.len() + chunk.len() > MAX_ANSWER {
-                return Err(self.malformed("more than 16 MiB in one answer"));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    }
-
-    fn transport_error(&self, e: reqwest::Error) -> Error {
+    fn transport_error(&self, chain: &str) -> Error {
         let seen = std::mem::take(&mut *self.seen.lock().unwrap_or_else(|p| p.into_inner()));
-        let chain = hypersdk_core::error::chain(&e);
         if let (Some(tp), Some(reason)) = (seen.thumbprint_sha256, seen.reason) {
             return provider_err(
                 format!(
@@ -450,7 +569,7 @@ impl WinRm {
         }
         provider_err(
             format!("cannot reach WinRM at {}: {chain}", self.host),
-            e.is_timeout() || e.is_connect(),
+            true,
         )
     }
 }

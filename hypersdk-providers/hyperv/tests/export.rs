@@ -6,7 +6,6 @@
 use hypersdk_core::Provider;
 use hypersdk_hyperv::HypervConfig;
 use hypersdk_testsupport::hyperv::HyperV;
-use hypersdk_testsupport::{mixed_content, path_str, run_tool};
 use serde_json::json;
 
 fn provider(
@@ -20,56 +19,8 @@ fn provider(
     c.provider().unwrap()
 }
 
-/// VM "web-1" (running, generation 2, secure boot; dynamic VHDX of 24 MiB
-/// on SCSI 0:0 and fixed VHDX of 8 MiB on SCSI 0:1) and "db-1" (off,
-/// generation 1; dynamic VHDX of 8 MiB on IDE 0:0); returns the contents.
-pub fn seed(hv: &HyperV) -> Vec<Vec<u8>> {
-    let dir = tempfile::tempdir().unwrap();
-    let mut out = Vec::new();
-    for (rel, sub, size) in [
-        ("web-1\\disk0.vhdx", "dynamic", 24 << 20),
-        ("web-1\\data.vhdx", "fixed", 8 << 20),
-        ("db-1\\disk0.vhdx", "dynamic", 8 << 20),
-    ] {
-        let mut data = mixed_content(size);
-        data[..rel.len()].copy_from_slice(rel.as_bytes());
-        let raw = dir.path().join("src.raw");
-        std::fs::write(&raw, &data).unwrap();
-        let file = hv.file(rel);
-        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-        run_tool(
-            "qemu-img",
-            &[
-                "convert",
-                "-f",
-                "raw",
-                "-O",
-                "vhdx",
-                "-o",
-                &format!("subformat={sub}"),
-                path_str(&raw),
-                path_str(&file),
-            ],
-        );
-        out.push(data);
-    }
-    let drive = |path: &str, t: &str, n: u32, l: u32, size: u64| {
-        json!({"Path": format!("C:\\VMs\\{path}"), "ControllerType": t, "ControllerNumber": n,
-               "ControllerLocation": l, "Size": size})
-    };
-    hv.seed_vm(json!({
-        "Name": "web-1", "Id": "0f4b2c1e-1111-2222-3333-444455556666", "State": "Running",
-        "Generation": 2, "ProcessorCount": 4, "MemoryStartup": 4294967296u64, "SecureBoot": true,
-        "Disks": [drive("web-1\\disk0.vhdx", "SCSI", 0, 0, 24 << 20), drive("web-1\\data.vhdx", "SCSI", 0, 1, 8 << 20)],
-        "Nics": [{"Name": "Network Adapter", "MacAddress": "00155D010203", "SwitchName": "External"}],
-    }));
-    hv.seed_vm(json!({
-        "Name": "db-1", "Id": "7a1b2c3d-aaaa-bbbb-cccc-ddddeeeeffff", "State": "Off",
-        "Generation": 1, "ProcessorCount": 1, "MemoryStartup": 1073741824u64,
-        "Disks": [drive("db-1\\disk0.vhdx", "IDE", 0, 0, 8 << 20)],
-        "Nics": [],
-    }));
-    out
+fn seed(hv: &HyperV) -> Vec<Vec<u8>> {
+    hv.seed_example()
 }
 
 async fn read_disk(src: &dyn hypersdk_core::ExportSource, i: usize, offset: u64) -> Vec<u8> {
@@ -95,12 +46,15 @@ async fn inventory_and_disks_from_a_checkpoint_over_smb() {
     assert!(spec.hardware.secure_boot);
     assert_eq!(spec.nics[0].mac.as_deref(), Some("00:15:5d:01:02:03"));
     assert_eq!(
-        p.vm_spec("7a1b2c3d-aaaa-bbbb-cccc-ddddeeeeffff")
-            .await
-            .unwrap()
-            .name,
-        "db-1"
+        (spec.nics[0].model.as_str(), spec.nics[0].network.as_str()),
+        ("netvsc", "External")
     );
+    let db = p
+        .vm_spec("7a1b2c3d-aaaa-bbbb-cccc-ddddeeeeffff")
+        .await
+        .unwrap();
+    assert_eq!(db.name, "db-1");
+    assert_eq!(db.nics[0].model, "dec21140", "a legacy adapter");
 
     let src = p.open_export("web-1").await.unwrap();
     assert_eq!(

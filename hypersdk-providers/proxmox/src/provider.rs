@@ -131,6 +131,8 @@ impl ProxmoxProvider {
 
     /// Opens the export of `f`, reusing `made.snapshot` when resuming.
     async fn open(&self, f: Found, resumed: Option<String>) -> Result<Box<dyn ExportSource>> {
+        // The kept partial holds bytes of a snapshot this export reopens.
+        let reopened = resumed.is_some();
         let described = self.describe(&f).await?;
         let running = described.spec.power_state != PowerState::Off;
         if described.volumes.is_empty() {
@@ -180,6 +182,7 @@ impl ProxmoxProvider {
             made,
             api: self.api.clone(),
             task_timeout: self.task_timeout,
+            read_any: std::sync::atomic::AtomicBool::new(reopened),
         }))
     }
 
@@ -418,6 +421,10 @@ struct ProxmoxSource {
     made: Made,
     api: Api,
     task_timeout: Duration,
+    /// Whether the partial export can hold bytes of the snapshot (a disk
+    /// was opened, or this export reopened it): only then is the
+    /// snapshot worth keeping for a resume.
+    read_any: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
@@ -439,6 +446,8 @@ impl ExportSource for ProxmoxSource {
         let file = BlockingFile::open(self.session.clone(), path).await?;
         let (format, snapshot) = (*format, self.made.snapshot.clone());
         let location = format!("{}:{path}", self.session.host);
+        self.read_any
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(hypersdk_core::provider::image_stream(
             move || -> std::result::Result<Box<dyn hypersdk_formats::DiskImage>, hypersdk_core::BoxError> {
                 Ok(match format {
@@ -464,8 +473,12 @@ impl ExportSource for ProxmoxSource {
     }
 
     /// The partial export is kept for `--resume`: so is the snapshot it
-    /// read, which the resumed export reopens and then deletes.
+    /// read, which the resumed export reopens and then deletes. A
+    /// snapshot nothing was read from is deleted as on any other path.
     async fn close_kept(&self) -> Result<()> {
+        if !self.read_any.load(std::sync::atomic::Ordering::Relaxed) {
+            return self.close().await;
+        }
         if let Some(s) = &self.made.snapshot {
             tracing::warn!(
                 vmid = self.made.vmid,

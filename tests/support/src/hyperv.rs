@@ -12,7 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::python::start_peer;
-use crate::run_tool;
+use crate::{mixed_content, path_str, run_tool};
+use serde_json::json;
 
 /// The account the host (WinRM and SMB) accepts.
 pub const USER: &str = "Administrator";
@@ -160,6 +161,14 @@ impl HyperV {
         }
     }
 
+    /// Cuts every SMB connection open now: kills the smbd processes that
+    /// serve them (smbd forks one per connection), as a network drop would.
+    pub fn cut_connections(&self) {
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-P", &self.smbd.id().to_string()])
+            .status();
+    }
+
     /// The WinRM URL.
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}/wsman", self.port)
@@ -191,12 +200,65 @@ impl HyperV {
     /// Serves a VM (the cmdlets' property names: Name, Id, State,
     /// Generation, ProcessorCount, MemoryStartup, SecureBoot, Disks with
     /// Path, ControllerType, ControllerNumber, ControllerLocation, Size;
-    /// Nics with Name, MacAddress, SwitchName).
+    /// Nics with Name, MacAddress, SwitchName, IsLegacy).
     pub fn seed_vm(&self, vm: serde_json::Value) {
         self.curl(
             &["-X", "POST", "--data-binary", &vm.to_string()],
             "/_peer/vm",
         );
+    }
+
+    /// VM "web-1" (running, generation 2, secure boot; dynamic VHDX of 24 MiB
+    /// on SCSI 0:0 and fixed VHDX of 8 MiB on SCSI 0:1) and "db-1" (off,
+    /// generation 1; dynamic VHDX of 8 MiB on IDE 0:0); returns the contents.
+    pub fn seed_example(&self) -> Vec<Vec<u8>> {
+        let hv = self;
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = Vec::new();
+        for (rel, sub, size) in [
+            ("web-1\\disk0.vhdx", "dynamic", 24 << 20),
+            ("web-1\\data.vhdx", "fixed", 8 << 20),
+            ("db-1\\disk0.vhdx", "dynamic", 8 << 20),
+        ] {
+            let mut data = mixed_content(size);
+            data[..rel.len()].copy_from_slice(rel.as_bytes());
+            let raw = dir.path().join("src.raw");
+            std::fs::write(&raw, &data).unwrap();
+            let file = hv.file(rel);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            run_tool(
+                "qemu-img",
+                &[
+                    "convert",
+                    "-f",
+                    "raw",
+                    "-O",
+                    "vhdx",
+                    "-o",
+                    &format!("subformat={sub}"),
+                    path_str(&raw),
+                    path_str(&file),
+                ],
+            );
+            out.push(data);
+        }
+        let drive = |path: &str, t: &str, n: u32, l: u32, size: u64| {
+            json!({"Path": format!("C:\\VMs\\{path}"), "ControllerType": t, "ControllerNumber": n,
+                   "ControllerLocation": l, "Size": size})
+        };
+        hv.seed_vm(json!({
+            "Name": "web-1", "Id": "0f4b2c1e-1111-2222-3333-444455556666", "State": "Running",
+            "Generation": 2, "ProcessorCount": 4, "MemoryStartup": 4294967296u64, "SecureBoot": true,
+            "Disks": [drive("web-1\\disk0.vhdx", "SCSI", 0, 0, 24 << 20), drive("web-1\\data.vhdx", "SCSI", 0, 1, 8 << 20)],
+            "Nics": [{"Name": "Network Adapter", "MacAddress": "00155D010203", "SwitchName": "External"}],
+        }));
+        hv.seed_vm(json!({
+            "Name": "db-1", "Id": "7a1b2c3d-aaaa-bbbb-cccc-ddddeeeeffff", "State": "Off",
+            "Generation": 1, "ProcessorCount": 1, "MemoryStartup": 1073741824u64,
+            "Disks": [drive("db-1\\disk0.vhdx", "IDE", 0, 0, 8 << 20)],
+            "Nics": [{"Name": "Legacy Network Adapter", "MacAddress": "00155D0A0B0C", "SwitchName": "Internal", "IsLegacy": true}],
+        }));
+        out
     }
 
     /// What the stub saw: checkpoints made and removed, those each VM

@@ -148,7 +148,7 @@ class HypersdkTest {
             )
             assertTrue(viaUrl.listVms().any { it.name == "ktvm" })
             viaUrl.logout()
-            assertEquals(listOf("local", "vsphere", "aws", "azure", "gcp", "kubevirt", "proxmox"), providerKinds())
+            assertEquals(listOf("local", "vsphere", "aws", "azure", "gcp", "kubevirt", "proxmox", "hyperv"), providerKinds())
         } finally {
             sim.outputStream.close()
             sim.waitFor(10, java.util.concurrent.TimeUnit.SECONDS) || sim.destroyForcibly().let { true }
