@@ -1,0 +1,118 @@
+//! hypervisord with a Hyper-V provider in its configuration (the WinRM stub
+//! of tests/peers/winrm_hyperv.py and a real Samba server sharing the VHDX
+//! files): the inventory lists the host's VMs, a job exports the running VM
+//! as an OVA whose disks equal its VHDX files, a cancelled job keeps its
+//! checkpoint with its partial export and its retry finishes from the same
+//! checkpoint and removes it, and names that are no VM are refused without
+//! touching the host.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+mod common;
+
+use common::Daemon;
+use hypersdk_testsupport::hyperv::{HyperV, PASSWORD};
+use hypersdk_testsupport::path_str;
+use serde_json::json;
+
+fn checkpoints_left(hv: &HyperV) -> usize {
+    hv.stats()["checkpoints"]["web-1"].as_array().unwrap().len()
+}
+
+fn same_disks(hv: &HyperV, dir: &std::path::Path) {
+    for (n, rel) in [(1, "web-1\\disk0.vhdx"), (2, "web-1\\data.vhdx")] {
+        hypersdk_testsupport::assert_same_guest_data(
+            &dir.join(format!("web-1-disk{n}.vmdk")),
+            Some("vmdk"),
+            &hv.file(rel),
+            Some("vhdx"),
+        );
+    }
+}
+
+#[test]
+fn a_daemon_exports_hyperv_vms_and_a_cancelled_job_resumes_from_its_checkpoint() {
+    let hv = HyperV::start();
+    hv.seed_example();
+    let tmp = tempfile::tempdir().unwrap();
+    let pw = tmp.path().join("hv.password");
+    std::fs::write(&pw, PASSWORD).unwrap();
+    let mut settings = hv.settings();
+    let s = settings.as_object_mut().unwrap();
+    s.remove("password");
+    s.insert("password_file".into(), json!(pw));
+    let config = tmp.path().join("hypervisord.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\ndatabase: {}\noutput_root: {}\nproviders:\n  hv: {}\n",
+            tmp.path().join("jobs.db").display(),
+            tmp.path().join("out").display(),
+            settings
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&config);
+
+    let (code, vms) = d.json("GET", "/api/v1/providers/hv/vms", None);
+    assert_eq!(code, 200, "{vms}");
+    let listed = vms.to_string();
+    assert!(listed.contains("web-1") && listed.contains("db-1"), "{vms}");
+
+    let id = d.submit(r#"{"vm": "web-1", "provider": "hv", "format": "ova", "output": "wave1"}"#);
+    let job = d.wait(id, Duration::from_secs(120));
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let ova = tmp.path().join("out/wave1/web-1.ova");
+    let unpacked = tmp.path().join("unpacked");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    hypersdk_testsupport::run_tool("tar", &["-xf", path_str(&ova), "-C", path_str(&unpacked)]);
+    same_disks(&hv, &unpacked);
+    assert_eq!(checkpoints_left(&hv), 0);
+
+    // Cancelled while it reads: the partial export and its checkpoint are
+    // kept together; the retry reads the same checkpoint on and removes it.
+    let id = d.submit(
+        r#"{"vm": "web-1", "provider": "hv", "format": "ovf", "output": "wave2", "bwlimit": "2M"}"#,
+    );
+    d.wait_progress(id, 1 << 20);
+    let (code, v) = d.json("POST", &format!("/api/v1/jobs/{id}/cancel"), None);
+    assert_eq!(code, 202, "{v}");
+    let job = d.wait(id, Duration::from_secs(60));
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert_eq!(checkpoints_left(&hv), 1, "kept with the partial export");
+    let made = hv.stats()["checkpoints_made"].clone();
+    let (code, v) = d.json("POST", &format!("/api/v1/jobs/{id}/retry"), None);
+    assert!(code == 200 || code == 202, "{code} {v}");
+    let job = d.wait(id, Duration::from_secs(120));
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(hv.stats()["checkpoints_made"], made, "no new checkpoint");
+    assert_eq!(checkpoints_left(&hv), 0);
+    same_disks(&hv, &tmp.path().join("out/wave2/web-1"));
+
+    // Names that are no VM of the host fail the job naming them, and no
+    // script with them reaches PowerShell as code.
+    for vm in ["../web-1", "web-1'; Remove-VM -Name db-1; '", "web-9"] {
+        let (code, sub) = d.json(
+            "POST",
+            "/api/v1/jobs",
+            Some(&json!({"vm": vm, "provider": "hv"}).to_string()),
+        );
+        let failed = if code == 201 {
+            let id = sub["jobs"][0]["id"].as_i64().unwrap();
+            d.wait(id, Duration::from_secs(60))
+        } else {
+            sub
+        };
+        assert_ne!(failed["status"], "succeeded", "{vm}: {failed}");
+        assert!(failed.to_string().contains("not found"), "{vm}: {failed}");
+    }
+    let (_, vms) = d.json("GET", "/api/v1/providers/hv/vms", None);
+    assert!(vms.to_string().contains("db-1"), "db-1 still there: {vms}");
+    let stats = hv.stats();
+    assert_eq!(
+        stats["checkpoints_made"], stats["checkpoints_removed"],
+        "{stats}"
+    );
+}
