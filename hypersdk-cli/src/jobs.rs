@@ -633,12 +633,13 @@ fn event_of(p: &Value) -> Option<ProgressEvent> {
     };
     Some(ProgressEvent {
         phase,
-        disk_index: 0,
+        disk_index: p["disk_index"].as_u64().unwrap_or(0) as usize,
         disk: p["disk"].as_str().unwrap_or("").to_string(),
         bytes_done: p["bytes_done"].as_u64().unwrap_or(0),
         bytes_total: p["bytes_total"].as_u64().unwrap_or(0),
+        bytes_resumed: p["bytes_resumed"].as_u64().unwrap_or(0),
         rate_bps: p["rate_bps"].as_f64().unwrap_or(0.0),
-        eta_secs: None,
+        eta_secs: p["eta_secs"].as_f64(),
     })
 }
 

@@ -200,9 +200,20 @@ struct ExportArgs {
     store: StoreArgs,
     #[command(flatten)]
     options: settings::ExportFlags,
-    /// Print the export report as JSON on stdout.
+    /// Print the export report as JSON on stdout (progress on stderr
+    /// only with --progress).
     #[arg(long)]
     json: bool,
+    /// Also write the report to FILE: JSON when it ends in .json, else a
+    /// self-contained HTML page (disks, digests, timings, throughput charts).
+    #[arg(long, value_name = "FILE")]
+    report: Option<std::path::PathBuf>,
+    /// No progress and no summary: only errors (and --json's report).
+    #[arg(long, short)]
+    quiet: bool,
+    /// Show progress even with --json.
+    #[arg(long, conflicts_with = "quiet")]
+    progress: bool,
 }
 
 fn main() -> ExitCode {
@@ -403,21 +414,7 @@ fn print_spec(s: &VmSpec) {
     }
 }
 
-/// Bytes in binary units with one decimal.
-pub(crate) fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub(crate) use hypersdk_core::report::human_bytes;
 
 /// How to reach an object-store output (secrets only from the
 /// environment or the store's own credential files, never the command line).
@@ -490,7 +487,14 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
         }
     });
     let connected = args.provider.connect().await?;
-    let display = Arc::new(progress::Display::new(std::io::stderr().is_terminal()));
+    let mode = if args.quiet || (args.json && !args.progress) {
+        progress::Mode::Off
+    } else if std::io::stderr().is_terminal() {
+        progress::Mode::Bars
+    } else {
+        progress::Mode::Lines
+    };
+    let display = Arc::new(progress::Display::with_mode(mode));
     let shown = display.clone();
     let exporter = Exporter::new(options)
         .with_cancel(cancel)
@@ -509,10 +513,52 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
         }
     }
     let report = result.with_context(|| format!("export of VM '{}' failed", args.vm))?;
+    if let Some(file) = &args.report {
+        write_report(&report, file)?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
+    } else if !args.quiet {
         print_report(&report);
+    }
+    Ok(())
+}
+
+/// Writes `report` to `file` (JSON for `.json`, else HTML) through a
+/// temporary file beside it, so a half-written report never stands there.
+fn write_report(report: &ExportReport, file: &std::path::Path) -> anyhow::Result<()> {
+    let json = file
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let text = if json {
+        serde_json::to_string_pretty(report)? + "\n"
+    } else {
+        report.to_html()
+    };
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let name = file
+        .file_name()
+        .with_context(|| format!("--report {}: not a file name", file.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| {
+            std::io::Write::write_all(&mut f, text.as_bytes())?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, file));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("--report {}: cannot write", file.display()));
     }
     Ok(())
 }

@@ -213,6 +213,9 @@ pub struct Checkpoint {
     /// which snapshots the disks' bytes come from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// The runs of this export so far, oldest first (the report lists them).
+    #[serde(default)]
+    pub attempts: Vec<crate::report::Attempt>,
 }
 
 /// This boot of the host (Linux `/proc/sys/kernel/random/boot_id`), None
@@ -235,6 +238,7 @@ impl Checkpoint {
             archive: None,
             boot: boot_id(),
             source: None,
+            attempts: Vec::new(),
         }
     }
 

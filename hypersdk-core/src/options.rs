@@ -142,6 +142,62 @@ impl Default for ExportOptions {
 }
 
 impl ExportOptions {
+    /// These options in the words of the export settings, for a report:
+    /// never a key, passphrase or file path.
+    pub fn summary(&self) -> std::collections::BTreeMap<String, String> {
+        let mut m = std::collections::BTreeMap::new();
+        let mut put = |k: &str, v: String| {
+            m.insert(k.to_string(), v);
+        };
+        put(
+            "format",
+            match self.format {
+                PackageFormat::Ova => "ova",
+                PackageFormat::Ovf => "ovf",
+            }
+            .into(),
+        );
+        if let Some(n) = &self.name {
+            put("name", n.clone());
+        }
+        put("digest", self.digest.manifest_name().to_ascii_lowercase());
+        put(
+            "compression",
+            self.compression
+                .map_or_else(|| "none".to_string(), |c| c.to_string()),
+        );
+        put("vmdk_compression_level", self.compression_level.to_string());
+        put(
+            "encryption",
+            match &self.encryption {
+                None => "none",
+                Some(crate::transforms::encrypt::KeySource::Key(_)) => "aes-256-gcm (key)",
+                Some(crate::transforms::encrypt::KeySource::Passphrase(_)) => {
+                    "aes-256-gcm (passphrase)"
+                }
+            }
+            .into(),
+        );
+        put("verify", self.verify.to_string());
+        put("resume", (self.checkpoint && self.resume).to_string());
+        put("parallel_disks", self.parallel_disks.to_string());
+        put("workers", self.workers.to_string());
+        put(
+            "bwlimit",
+            if self.bwlimit.is_some() || !self.shared_limiters.is_empty() {
+                "limited"
+            } else {
+                "none"
+            }
+            .into(),
+        );
+        if let Some(h) = &self.hardware_version {
+            put("hardware_version", h.clone());
+        }
+        put("signed", self.signer.is_some().to_string());
+        m
+    }
+
     /// Whether an export with these options that failed with `e` leaves its
     /// partial state for a resume: checkpoints are on, the failure is worth
     /// continuing ([`Error::worth_resuming`](crate::Error::worth_resuming)), and the staged

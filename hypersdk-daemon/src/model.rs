@@ -265,12 +265,22 @@ pub struct Progress {
     pub phase: String,
     /// Disk (or file) being worked on.
     pub disk: String,
+    /// The disk's index in the VM (0 for packaging and verify).
+    #[serde(default)]
+    pub disk_index: usize,
     /// Bytes done and in all of this phase.
     pub bytes_done: u64,
     /// Bytes in all.
     pub bytes_total: u64,
-    /// Bytes per second.
+    /// Of `bytes_done`, those a previous run of the job did (kept).
+    #[serde(default)]
+    pub bytes_resumed: u64,
+    /// Bytes per second over the last seconds (0 for the first second),
+    /// kept bytes never counted.
     pub rate_bps: f64,
+    /// Seconds left at that rate, once there is one.
+    #[serde(default)]
+    pub eta_secs: Option<f64>,
 }
 
 /// A job.

@@ -504,9 +504,12 @@ impl Runner {
                 let p = Progress {
                     phase: format!("{:?}", e.phase).to_lowercase(),
                     disk: e.disk.clone(),
+                    disk_index: e.disk_index,
                     bytes_done: e.bytes_done,
                     bytes_total: e.bytes_total,
+                    bytes_resumed: e.bytes_resumed,
                     rate_bps: e.rate_bps,
+                    eta_secs: e.eta_secs,
                 };
                 if let Some(r) = runner.running().get_mut(&id) {
                     r.progress = p.clone();

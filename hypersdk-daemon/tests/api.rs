@@ -49,6 +49,29 @@ fn a_submitted_export_runs_and_reports_with_logs_progress_and_metrics() {
         .collect();
     assert_eq!(statuses, ["queued", "running", "succeeded"]);
 
+    // Its report: the stored result as JSON, or one HTML page.
+    let (code, report) = d.json("GET", &format!("/api/v1/jobs/{id}/report"), None);
+    assert_eq!(code, 200, "{report}");
+    assert_eq!(report, job["result"]);
+    assert_eq!(report["attempts"].as_array().unwrap().len(), 1);
+    let (code, page) = d.call(
+        "GET",
+        &format!("/api/v1/jobs/{id}/report"),
+        None,
+        &["Accept: text/html,application/xhtml+xml"],
+    );
+    assert_eq!(code, 200);
+    assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
+    assert!(!page.contains("<script"));
+    for f in job["result"]["files"].as_array().unwrap() {
+        assert!(
+            page.contains(f["digest"].as_str().unwrap()),
+            "{f} in the page"
+        );
+    }
+    let (code, e) = d.json("GET", &format!("/api/v1/jobs/{id}/report?format=pdf"), None);
+    assert_eq!(code, 400, "{e}");
+
     // A YAML batch, listed with filters and paging.
     let (code, batch) = d.call(
         "POST",
@@ -72,6 +95,20 @@ fn a_submitted_export_runs_and_reports_with_logs_progress_and_metrics() {
     assert_eq!(list["total"], 3);
     assert_eq!(list["jobs"].as_array().unwrap().len(), 2);
     assert!(tmp.path().join("out/b3/demo-vm.ova").is_file());
+    let (code, queued) = d.json(
+        "POST",
+        "/api/v1/jobs",
+        Some(r#"{"vm": "no-such-vm", "provider": "kvm"}"#),
+    );
+    assert_eq!(code, 201, "{queued}");
+    let failed = queued["jobs"][0]["id"].as_i64().unwrap();
+    d.wait(failed, Duration::from_secs(60));
+    let (code, e) = d.json("GET", &format!("/api/v1/jobs/{failed}/report"), None);
+    assert_eq!(code, 409, "{e}");
+    assert!(
+        e.to_string().contains("only a succeeded job has a report"),
+        "{e}"
+    );
 
     let (_, vms) = d.json("GET", "/api/v1/providers/kvm/vms", None);
     assert_eq!(vms["vms"][0]["name"], "demo-vm");
@@ -83,7 +120,7 @@ fn a_submitted_export_runs_and_reports_with_logs_progress_and_metrics() {
     );
     assert!(
         metrics.contains(
-            "hypersdk_http_requests_total{method=\"POST\",route=\"/api/v1/jobs\",status=\"201\"} 2"
+            "hypersdk_http_requests_total{method=\"POST\",route=\"/api/v1/jobs\",status=\"201\"} 3"
         ),
         "{metrics}"
     );

@@ -220,6 +220,7 @@ impl Exporter {
         p: Box<PreparedDisk>,
     ) -> Result<DiskOutcome> {
         let p = *p;
+        let began = Instant::now();
         let kept = p.resume.as_ref().map_or(0, |r| r.kept);
         let (checker, writer) = match p.resume {
             Some(r) => (Some(r.checker), r.writer),
@@ -240,6 +241,7 @@ impl Exporter {
         }?;
         outcome.kept = kept;
         outcome.place = place;
+        outcome.began = Some(began);
         Ok(outcome)
     }
 
@@ -296,7 +298,7 @@ impl Exporter {
         // Stage 1: read the source (within the bandwidth limits), report
         // progress, feed the encoder.
         let reader = async move {
-            let mut tracker = ProgressTracker::new(PROGRESS_INTERVAL);
+            let mut tracker = ProgressTracker::resumed(PROGRESS_INTERVAL, start);
             let mut done: u64 = start;
             loop {
                 let next = tokio::select! {
@@ -336,7 +338,7 @@ impl Exporter {
                 }
             }
             self.emit(tracker.event(Phase::DiskDone, index, &disk.name, done, capacity, true));
-            Ok(done - start)
+            Ok((done - start, tracker))
         };
 
         // Stages 2 and 3 (digest, transforms) run on the pipeline's threads;
@@ -350,7 +352,7 @@ impl Exporter {
         // encoder failure leaves the pipeline's input unclosed, which the
         // drain reports as Cancelled.)
         let encoded = encoded.and_then(|r| r);
-        let bytes_read = match read_result {
+        let (bytes_read, tracker) = match read_result {
             Err(Some(e)) => return Err(e),
             Err(None) => {
                 return Err(match (write_result, encoded) {
@@ -382,6 +384,9 @@ impl Exporter {
             bytes_read,
             kept: 0,
             place: Place::Object,
+            began: None,
+            secs: tracker.elapsed(),
+            timeline: tracker.timeline().clone(),
         })
     }
 
@@ -430,9 +435,10 @@ impl Exporter {
             source: format!("the VMDK the source serves is not a sound streamOptimized VMDK: {e}")
                 .into(),
         };
+        let mut tracker = ProgressTracker::resumed(PROGRESS_INTERVAL, start);
         let feed = async {
             let mut checker = checker.unwrap_or_default();
-            let mut tracker = ProgressTracker::new(PROGRESS_INTERVAL);
+            let tracker = &mut tracker;
             loop {
                 let next = tokio::select! {
                     biased;
@@ -480,6 +486,9 @@ impl Exporter {
             bytes_read: disk.capacity - start.min(disk.capacity),
             kept: 0,
             place: Place::Object,
+            began: None,
+            secs: tracker.elapsed(),
+            timeline: tracker.timeline().clone(),
         })
     }
 }

@@ -126,6 +126,12 @@ pub(super) struct DiskOutcome {
     pub(super) kept: u64,
     /// Where it was written.
     pub(super) place: Place,
+    /// When this run started it (None: an interrupted run finished it).
+    pub(super) began: Option<Instant>,
+    /// Seconds it took in this run.
+    pub(super) secs: f64,
+    /// Its guest position over this run.
+    pub(super) timeline: crate::progress::Timeline,
 }
 
 impl Exporter {
@@ -288,9 +294,23 @@ impl Exporter {
                 }
             };
             let mut scratch: Option<Scratch> = None;
+            let started_at = now_rfc3339();
             let mut built = self
                 .build(&spec, source, staging.as_mut(), &base, ck.as_ref(), &mut scratch)
                 .await;
+            if let Ok(report) = &mut built {
+                report.started_at = Some(started_at.clone());
+                report.attempts = match &ck {
+                    Some(ck) => ck.snapshot().await.attempts,
+                    None => Vec::new(),
+                };
+                if report.attempts.is_empty() {
+                    report.attempts.push(crate::report::Attempt {
+                        started_at,
+                        kept_bytes: 0,
+                    });
+                }
+            }
             // Spools are copied into the archive by now, unless it failed.
             if built.is_ok() {
                 if let Some(s) = scratch.take() {
@@ -382,6 +402,7 @@ impl Exporter {
                 disk: String::new(),
                 bytes_done: report.bytes_read,
                 bytes_total: report.bytes_read,
+                bytes_resumed: 0,
                 rate_bps: report.throughput_mb_s * 1e6,
                 eta_secs: Some(0.0),
             }));
@@ -428,6 +449,10 @@ impl Exporter {
             None => Checkpoint::new(identity),
         };
         state.source = token;
+        state.attempts.push(crate::report::Attempt {
+            started_at: now_rfc3339(),
+            kept_bytes: state.disks.iter().map(|d| d.durable).sum(),
+        });
         let ck = Checkpointer::new(store, state, self.options.checkpoint_every);
         ck.update(|_| {}).await?;
         Ok(Some(ck))
@@ -494,6 +519,9 @@ impl Exporter {
             populated: done.populated,
             bytes_read: 0,
             place: prev.place,
+            began: None,
+            secs: 0.0,
+            timeline: Default::default(),
         }))
     }
 
@@ -507,6 +535,7 @@ impl Exporter {
         ck: Option<&Checkpointer>,
         scratch: &mut Option<Scratch>,
     ) -> Result<ExportReport> {
+        let start = Instant::now();
         let n = spec.disks.len();
         let ova = self.options.format == PackageFormat::Ova;
         let layout = if ova {
@@ -718,12 +747,24 @@ impl Exporter {
                     capacity: d.capacity,
                     file: o.file.name.clone(),
                     populated: o.populated,
+                    source: d.location.clone(),
+                    source_format: Some(d.format),
+                    bytes_read: o.bytes_read,
+                    resumed_bytes: o.kept,
+                    started_secs: o
+                        .began
+                        .map(|b| b.saturating_duration_since(start).as_secs_f64()),
+                    secs: o.secs,
+                    timeline: o.timeline.points().to_vec(),
                 })
                 .collect(),
             duration_secs: 0.0,
             bytes_read: outcomes.iter().map(|o| o.bytes_read).sum(),
             resumed_bytes: outcomes.iter().map(|o| o.kept).sum(),
             throughput_mb_s: 0.0,
+            started_at: None,
+            options: self.options.summary(),
+            attempts: Vec::new(),
         })
     }
 }
@@ -740,3 +781,8 @@ use object::{digest_hex, first_cause, manifest_entry, ObjectSink, Slot};
 use ova::{padded_descriptor, prefix_bytes, Archive};
 use resume::{Recovered, Tracker};
 use scratch::Scratch;
+
+/// Now, RFC 3339 in UTC to the second.
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}

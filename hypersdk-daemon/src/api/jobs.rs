@@ -127,6 +127,76 @@ pub(super) async fn get_job(State(st): Shared, Path(id): Path<String>) -> ApiRes
     Ok(Json(load(&st, &id).await?))
 }
 
+/// Query of a report.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReportQuery {
+    /// `html` (a self-contained page) or `json` (the default, unless the
+    /// request's Accept header prefers text/html).
+    pub(super) format: Option<String>,
+}
+
+/// The export report of a succeeded job: VM, disks (source, capacity,
+/// allocated and stored bytes, digests), the manifest and its
+/// verification, options, timings, runs and throughput over time; as JSON
+/// or as one HTML page without scripts or external resources.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/report", params(("id" = i64, Path, description = "Job id"), ReportQuery),
+    responses((status = 200, description = "The report (JSON, or HTML with ?format=html)", body = Object),
+              (status = 400, body = ApiErrorBody), (status = 404, body = ApiErrorBody),
+              (status = 409, description = "The job has no report (it did not succeed)", body = ApiErrorBody)))]
+pub(super) async fn job_report(
+    State(st): Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    q: Result<Query<ReportQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = q.map_err(|e| ApiError::bad(e.body_text()))?;
+    let html = match q.format.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        Some("html") => true,
+        Some("json") => false,
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "format: {other:?} is neither html nor json"
+            )))
+        }
+        None => headers
+            .get("accept")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| {
+                a.split(',')
+                    .next()
+                    .is_some_and(|f| f.trim().starts_with("text/html"))
+            }),
+    };
+    let job = load(&st, &id).await?;
+    let Some(result) = job.result.filter(|_| job.status == JobStatus::Succeeded) else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "job {} is {}: only a succeeded job has a report",
+                job.id,
+                job.status.as_str()
+            ),
+        ));
+    };
+    if !html {
+        return Ok(Json(result).into_response());
+    }
+    let report: hypersdk_core::ExportReport = serde_json::from_value(result)
+        .map_err(|e| ApiError::internal(format!("job {}'s stored report: {e}", job.id)))?;
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'",
+            ),
+        ],
+        report.to_html(),
+    )
+        .into_response())
+}
+
 /// Cancel a job: a queued one at once; a running one stops its export
 /// (which keeps its checkpoint) and ends as cancelled.
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", params(("id" = i64, Path, description = "Job id")),

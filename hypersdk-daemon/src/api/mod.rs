@@ -114,6 +114,7 @@ fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(cancel_job))
         .routes(routes!(retry_job))
         .routes(routes!(job_logs))
+        .routes(routes!(job_report))
         .routes(routes!(job_progress))
         .routes(routes!(list_providers))
         .routes(routes!(list_vms))

@@ -95,7 +95,11 @@ class ProgressEvent:
     bytes_done: int
     bytes_total: int
     rate_bps: float
+    """Bytes per second over the last seconds (0 in the first second); bytes
+    kept from an interrupted run are never counted."""
     eta_secs: Optional[float] = None
+    bytes_resumed: int = 0
+    """Of ``bytes_done``, those an interrupted run did before this one."""
 
     @classmethod
     def _of(cls, d: Dict[str, Any]) -> "ProgressEvent":
