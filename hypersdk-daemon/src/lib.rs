@@ -100,7 +100,9 @@ impl Daemon {
             tracing::info!(jobs = ?requeued, "jobs interrupted by the last shutdown queued again; they continue from their checkpoints");
         }
         let metrics = Arc::new(metrics::Metrics::default());
-        let hooks = webhooks::Webhooks::start(store.clone(), config.webhooks.clone()).await?;
+        let hooks =
+            webhooks::Webhooks::start(store.clone(), config.webhooks.clone(), metrics.clone())
+                .await?;
         let runner = runner::Runner::new(store.clone(), config.clone(), metrics.clone(), hooks);
         let submitter = Arc::new(submit::Submitter::new(store.clone(), runner.clone()));
         let state = Arc::new(api::AppState {

@@ -228,7 +228,15 @@ impl Runner {
         crate::telemetry::set_parent(&span, job.trace_parent.as_deref());
         tokio::spawn(async move {
             let id = job.id;
+            let began = std::time::Instant::now();
             info!(job = id, vm = %job.spec.vm, provider = %job.spec.provider, attempt = job.attempts, "job started");
+            if job.attempts <= 1 {
+                if let Ok(created) = chrono::DateTime::parse_from_rfc3339(&job.created_at) {
+                    let waited = chrono::Utc::now().signed_duration_since(created);
+                    self.metrics
+                        .queue_wait(&job.spec.provider, waited.num_milliseconds() as f64 / 1000.0);
+                }
+            }
             self.webhooks.emit(
                 "job.started",
                 id,
@@ -251,6 +259,11 @@ impl Runner {
                 return;
             }
             let span = tracing::Span::current();
+            let (stored, code) = match &outcome {
+                Ok(r) => (r.size, None),
+                Err(Error::Cancelled) => (0, None),
+                Err(e) => (0, Some(e.code())),
+            };
             let partial = lock(&kept).take().map(|path| {
                 let bytes = crate::outputs::size_of(std::path::Path::new(&path));
                 crate::outputs::PartialExport { path, bytes }
@@ -262,7 +275,6 @@ impl Runner {
                         "hypersdk.bytes_read",
                         i64::try_from(report.bytes_read).unwrap_or(i64::MAX),
                     );
-                    self.metrics.add_exported(report.bytes_read);
                     let end = JobEnd {
                         result: serde_json::to_value(&report).ok(),
                         ..JobEnd::default()
@@ -287,6 +299,14 @@ impl Runner {
                 }
             };
             span.record("hypersdk.job.status", status.as_str());
+            self.metrics.run_ended(
+                &job.spec.provider,
+                job.spec.sink.as_deref().unwrap_or("local"),
+                status,
+                began.elapsed().as_secs_f64(),
+                stored,
+                code,
+            );
             if let Some(e) = &end.error {
                 crate::telemetry::set_error(&span, e);
             }
@@ -484,6 +504,10 @@ impl Runner {
         let runner = self.clone();
         let id = job.id;
         let store = self.store.clone();
+        let provider_name = spec.provider.clone();
+        let sink_name = spec.sink.clone().unwrap_or_else(|| "local".into());
+        // Guest bytes of each disk already counted in the metrics.
+        let counted: Mutex<std::collections::HashMap<usize, u64>> = Mutex::default();
         let exporter = Exporter::new(options)
             .with_cancel(cancel)
             .before_publish(Arc::new(move |report| {
@@ -501,6 +525,22 @@ impl Runner {
                 *lock(&kept) = Some(at.to_string());
             }))
             .on_progress(Arc::new(move |e| {
+                if matches!(
+                    e.phase,
+                    hypersdk_core::Phase::Disk | hypersdk_core::Phase::DiskDone
+                ) {
+                    let now = e.bytes_done.saturating_sub(e.bytes_resumed);
+                    let delta = {
+                        let mut c = lock(&counted);
+                        let seen = c.entry(e.disk_index).or_default();
+                        let d = now.saturating_sub(*seen);
+                        *seen = (*seen).max(now);
+                        d
+                    };
+                    if delta > 0 {
+                        runner.metrics.read(&provider_name, &sink_name, delta);
+                    }
+                }
                 let p = Progress {
                     phase: format!("{:?}", e.phase).to_lowercase(),
                     disk: e.disk.clone(),

@@ -81,6 +81,20 @@ pub struct Webhook {
     pub events: Vec<String>,
     /// When it was added.
     pub created_at: String,
+    /// Its circuit breaker now.
+    #[serde(default)]
+    pub circuit: Circuit,
+}
+
+/// A webhook's circuit breaker.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Circuit {
+    /// Whether deliveries are held back now (not sent, logged as such).
+    pub open: bool,
+    /// Events in a row whose every attempt failed.
+    pub failures_in_a_row: u32,
+    /// Until when it stays open (RFC 3339), when open.
+    pub open_until: Option<String>,
 }
 
 /// One delivery attempt.
@@ -169,6 +183,7 @@ impl Store {
                 url: s.url,
                 events: s.events,
                 created_at: at,
+                circuit: Circuit::default(),
             })
         })
         .await
@@ -189,6 +204,7 @@ impl Store {
                             url: r.get(1)?,
                             events: serde_json::from_str(&events).unwrap_or_default(),
                             created_at: r.get(4)?,
+                            circuit: Circuit::default(),
                         },
                         r.get::<_, String>(3)?,
                     ))
@@ -277,11 +293,18 @@ pub struct Webhooks {
     pub policy: Arc<Policy>,
     next_id: AtomicU64,
     last_progress: Mutex<HashMap<i64, Instant>>,
+    /// Each webhook's circuit, as its worker last left it.
+    circuits: Arc<Mutex<HashMap<i64, Circuit>>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Webhooks {
     /// Loads the stored webhooks and starts their workers.
-    pub async fn start(store: Store, settings: WebhookSettings) -> anyhow::Result<Arc<Webhooks>> {
+    pub async fn start(
+        store: Store,
+        settings: WebhookSettings,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> anyhow::Result<Arc<Webhooks>> {
         // reqwest's rustls needs a process-wide crypto provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let policy = Arc::new(Policy::new(&settings.allow_private).map_err(anyhow::Error::msg)?);
@@ -300,6 +323,8 @@ impl Webhooks {
             endpoints: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
             last_progress: Mutex::new(HashMap::new()),
+            circuits: Arc::default(),
+            metrics,
         });
         for (hook, secret) in store.webhooks_with_secrets().await? {
             w.spawn(hook, secret);
@@ -316,7 +341,10 @@ impl Webhooks {
             store: self.store.clone(),
             settings: self.settings.clone(),
             policy: self.policy.clone(),
+            circuits: self.circuits.clone(),
+            metrics: self.metrics.clone(),
         };
+        self.metrics.breaker(hook.id, false);
         tokio::spawn(worker.run(rx));
         lock(&self.endpoints).push(Endpoint { hook, tx });
     }
@@ -333,15 +361,21 @@ impl Webhooks {
 
     /// The registered webhooks, URLs redacted.
     pub fn list(&self) -> Vec<Webhook> {
+        let circuits = lock(&self.circuits).clone();
         lock(&self.endpoints)
             .iter()
-            .map(|e| e.hook.redacted())
+            .map(|e| Webhook {
+                circuit: circuits.get(&e.hook.id).cloned().unwrap_or_default(),
+                ..e.hook.redacted()
+            })
             .collect()
     }
 
     /// Removes a webhook (its worker ends after its queue); false if none.
     pub async fn remove(&self, id: i64) -> StoreResult<bool> {
         lock(&self.endpoints).retain(|e| e.hook.id != id);
+        lock(&self.circuits).remove(&id);
+        self.metrics.forget_webhook(id);
         self.store.delete_webhook(id).await
     }
 
@@ -413,15 +447,49 @@ struct Worker {
     store: Store,
     settings: WebhookSettings,
     policy: Arc<Policy>,
+    circuits: Arc<Mutex<HashMap<i64, Circuit>>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Worker {
+    /// Records the circuit's state for the API and the metrics.
+    fn circuit(&self, failures: u32, open_until: Option<Instant>) {
+        let open = open_until.is_some_and(|t| Instant::now() < t);
+        let until = open_until.filter(|_| open).map(|t| {
+            let left = t.saturating_duration_since(Instant::now());
+            (chrono::Utc::now() + chrono::Duration::milliseconds(left.as_millis() as i64))
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        });
+        lock(&self.circuits).insert(
+            self.hook.id,
+            Circuit {
+                open,
+                failures_in_a_row: failures,
+                open_until: until,
+            },
+        );
+        self.metrics.breaker(self.hook.id, open);
+    }
+
     async fn run(self, mut rx: mpsc::Receiver<Delivery>) {
         let mut failures = 0u32;
         let mut open_until: Option<Instant> = None;
-        while let Some(d) = rx.recv().await {
+        loop {
+            // While open, the circuit closes on its own when its time is up.
+            let next = match open_until {
+                Some(t) if Instant::now() < t => tokio::select! {
+                    d = rx.recv() => d,
+                    _ = tokio::time::sleep_until(t.into()) => {
+                        self.circuit(failures, None);
+                        continue;
+                    }
+                },
+                _ => rx.recv().await,
+            };
+            let Some(d) = next else { break };
             if let Some(t) = open_until {
                 if Instant::now() < t {
+                    self.metrics.delivery("skipped");
                     self.log(
                         &d,
                         0,
@@ -437,6 +505,7 @@ impl Worker {
             }
             let mut delivered = false;
             if let Err(e) = self.target_allowed() {
+                self.metrics.delivery("skipped");
                 self.log(&d, 1, None, false, Some(format!("not sent: {e}")))
                     .await;
                 continue;
@@ -458,6 +527,8 @@ impl Worker {
                     tokio::time::sleep(Duration::from_millis(delay)).await;
                 }
             }
+            self.metrics
+                .delivery(if delivered { "delivered" } else { "failed" });
             if delivered {
                 failures = 0;
                 open_until = None;
@@ -470,6 +541,7 @@ impl Worker {
                     tracing::warn!(webhook = self.hook.id, url = %crate::egress::redact_url(&self.hook.url), failures, "webhook circuit open");
                 }
             }
+            self.circuit(failures, open_until);
         }
     }
 

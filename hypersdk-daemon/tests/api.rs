@@ -836,6 +836,34 @@ fn webhooks_are_signed_retried_logged_and_paused_by_a_circuit_breaker() {
         6,
         "two deliveries of three tries, then none"
     );
+    // The breaker's state in the listing and in the metrics.
+    let (_, hooks) = d.json("GET", "/api/v1/webhooks", None);
+    let listed = hooks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["id"] == badhook["id"])
+        .unwrap()
+        .clone();
+    assert_eq!(listed["circuit"]["open"], true, "{listed}");
+    assert_eq!(listed["circuit"]["failures_in_a_row"], 2, "{listed}");
+    assert!(listed["circuit"]["open_until"].is_string(), "{listed}");
+    let (_, metrics) = d.call("GET", "/metrics", None, &[]);
+    assert!(
+        metrics.contains(&format!(
+            "hypersdk_webhook_breaker_open{{webhook=\"{}\"}} 1",
+            badhook["id"]
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hypersdk_webhook_deliveries_total{result=\"failed\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hypersdk_webhook_deliveries_total{result=\"skipped\"} 2"),
+        "{metrics}"
+    );
     assert_eq!(
         d.call(
             "DELETE",

@@ -65,27 +65,22 @@ pub(super) async fn ready(State(st): Shared, caller: axum::Extension<Caller>) ->
     (code, Json(body)).into_response()
 }
 
-/// Free bytes of the file system holding `path` (from `df`, which every
-/// Unix has; None if it cannot tell).
+/// Free bytes of the file system holding `path` (None if it cannot tell).
 pub(super) fn free_bytes(path: &std::path::Path) -> Option<u64> {
-    let out = std::process::Command::new("df")
-        .args(["-Pk"])
-        .arg(path)
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().nth(1)?;
-    let kib: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
-    Some(kib * 1024)
+    crate::metrics::space(path).map(|(free, _)| free)
 }
 
 /// Prometheus metrics.
-#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String)))]
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "OpenMetrics text format", body = String)))]
 pub(super) async fn metrics(State(st): Shared) -> Response {
     let counts = st.store.counts().await.unwrap_or_default();
+    let space = crate::metrics::space(&st.config.output_root);
     (
-        [("content-type", "text/plain; version=0.0.4")],
-        st.metrics.render(&counts),
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.render(&counts, space),
     )
         .into_response()
 }
