@@ -23,6 +23,8 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 # The Hyper-V peer's file server (tests/support/src/hyperv.rs): smbd and smbpasswd.
 [ -x /usr/sbin/smbd ] && command -v smbpasswd >/dev/null 2>&1 || need_apt+=(samba)
+# promtool checks and unit-tests deploy/prometheus's alert rules.
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v mvn >/dev/null 2>&1 && command -v java >/dev/null 2>&1 || need_apt+=(maven default-jdk-headless)
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
