@@ -50,6 +50,7 @@ pub mod serve;
 pub mod store;
 pub mod submit;
 pub mod telemetry;
+pub mod ui;
 pub mod webhooks;
 
 use std::net::SocketAddr;

@@ -86,6 +86,8 @@ pub struct Runner {
     /// The daemon's `bwlimit`, shared by every job.
     shared_limit: Option<Arc<hypersdk_core::transforms::ratelimit::RateLimiter>>,
     running: Mutex<HashMap<i64, Running>>,
+    /// Every running job's progress, and each end (phase = final status).
+    all: broadcast::Sender<(i64, Progress)>,
     wake: Notify,
     stopping: std::sync::atomic::AtomicBool,
 }
@@ -110,6 +112,7 @@ impl Runner {
             config,
             metrics,
             running: Mutex::new(HashMap::new()),
+            all: broadcast::channel(1024).0,
             wake: Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
         })
@@ -137,6 +140,12 @@ impl Runner {
     /// Progress updates of job `id` while it runs.
     pub fn subscribe(&self, id: i64) -> Option<broadcast::Receiver<Progress>> {
         self.running().get(&id).map(|r| r.events.subscribe())
+    }
+
+    /// Progress updates of every job, and their ends (phase = the final
+    /// status), as `(job id, progress)`.
+    pub fn subscribe_all(&self) -> broadcast::Receiver<(i64, Progress)> {
+        self.all.subscribe()
     }
 
     /// Cancels running job `id`; false if it does not run here.
@@ -324,10 +333,12 @@ impl Runner {
             }
             info!(job = id, status = status.as_str(), "job ended");
             if let Some(r) = self.running().remove(&id) {
-                let _ = r.events.send(Progress {
+                let end = Progress {
                     phase: status.as_str().to_string(),
                     ..r.progress
-                });
+                };
+                let _ = self.all.send((id, end.clone()));
+                let _ = r.events.send(end);
             }
             self.metrics.set_active(self.active());
             self.metrics.job_ended(status);
@@ -554,6 +565,7 @@ impl Runner {
                 if let Some(r) = runner.running().get_mut(&id) {
                     r.progress = p.clone();
                     let _ = r.events.send(p.clone());
+                    let _ = runner.all.send((id, p.clone()));
                 }
                 runner.webhooks.emit(
                     "job.progress",

@@ -25,6 +25,8 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 [ -x /usr/sbin/smbd ] && command -v smbpasswd >/dev/null 2>&1 || need_apt+=(samba)
 # promtool checks and unit-tests deploy/prometheus's alert rules.
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+# Chromium, driven headless by playwright-core in the dashboard's browser tests.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 command -v mvn >/dev/null 2>&1 && command -v java >/dev/null 2>&1 || need_apt+=(maven default-jdk-headless)
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
@@ -79,6 +81,16 @@ if [ ! -x "$azurite_dir/node_modules/.bin/azurite-blob" ]; then
   (cd "$azurite_dir" && npm install --no-audit --no-fund --silent "azurite@$azurite_version" >/dev/null)
 fi
 echo "azurite: $azurite_dir" >&2
+
+# Playwright (its core only: no browser download) drives Debian's Chromium
+# in the dashboard's browser tests (hypersdk-daemon/tests/ui.rs).
+playwright_version=1.64.1
+playwright_dir="${HYPERSDK_PEERS_CACHE:-$HOME/.cache/hypersdk/peers}/playwright-core-$playwright_version"
+if [ ! -f "$playwright_dir/node_modules/playwright-core/package.json" ]; then
+  mkdir -p "$playwright_dir"
+  (cd "$playwright_dir" && npm install --no-audit --no-fund --silent "playwright-core@$playwright_version" >/dev/null)
+fi
+echo "playwright-core: $playwright_dir" >&2
 
 # MinIO, the more faithful S3 (Go module github.com/minio/minio, no binary
 # in a registry): built once per version outside the checkout (about 5

@@ -55,3 +55,30 @@ pub(super) fn authenticate(
         .map(|k| Some((k.name.clone(), k.role)))
         .ok_or(())
 }
+
+/// Who the caller is and what it may do.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    /// The key's name (`anonymous` when the daemon has no keys).
+    pub name: String,
+    /// `viewer` (reads), `operator` (also submits, cancels, retries and
+    /// manages schedules, profiles and webhooks) or `admin` (also the audit
+    /// log).
+    pub role: String,
+    /// Whether the daemon asks for API keys.
+    pub keys_required: bool,
+}
+
+/// The caller's name and role, for clients that show only what it may do.
+#[utoipa::path(get, path = "/api/v1/whoami", responses((status = 200, body = WhoAmI), (status = 401, body = ApiErrorBody)))]
+pub(super) async fn whoami(State(st): Shared, headers: HeaderMap) -> Json<WhoAmI> {
+    let (name, role) = match authenticate(&st.config, &headers) {
+        Ok(Some((name, role))) => (name, role),
+        _ => ("anonymous".to_string(), Role::Admin),
+    };
+    Json(WhoAmI {
+        name,
+        role: format!("{role:?}").to_ascii_lowercase(),
+        keys_required: !st.config.api_keys.is_empty(),
+    })
+}

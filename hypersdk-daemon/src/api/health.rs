@@ -13,6 +13,15 @@ pub struct Health {
     pub active: Option<usize>,
     /// Free bytes on the output root's file system.
     pub free_bytes: Option<u64>,
+    /// Size of that file system.
+    #[serde(default)]
+    pub size_bytes: Option<u64>,
+    /// Exports that may run at once.
+    #[serde(default)]
+    pub max_concurrent: Option<usize>,
+    /// The daemon's version.
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 /// Liveness: the process answers.
@@ -23,6 +32,9 @@ pub(super) async fn health() -> Json<Health> {
         queued: None,
         active: None,
         free_bytes: None,
+        size_bytes: None,
+        max_concurrent: None,
+        version: None,
     })
 }
 
@@ -44,6 +56,9 @@ pub(super) async fn ready(State(st): Shared, caller: axum::Extension<Caller>) ->
             queued: None,
             active: None,
             free_bytes: None,
+            size_bytes: None,
+            max_concurrent: None,
+            version: None,
         };
         return (code, Json(body)).into_response();
     }
@@ -52,7 +67,7 @@ pub(super) async fn ready(State(st): Shared, caller: axum::Extension<Caller>) ->
         .iter()
         .find(|(k, _)| k == "queued")
         .map_or(0, |(_, n)| *n);
-    let free = free_bytes(&st.config.output_root);
+    let space = crate::metrics::space(&st.config.output_root);
     let body = Health {
         status: match &db {
             Ok(()) => "ok".into(),
@@ -60,14 +75,12 @@ pub(super) async fn ready(State(st): Shared, caller: axum::Extension<Caller>) ->
         },
         queued: Some(queued),
         active: Some(st.runner.active()),
-        free_bytes: free,
+        free_bytes: space.map(|s| s.0),
+        size_bytes: space.map(|s| s.1),
+        max_concurrent: Some(st.config.max_concurrent),
+        version: Some(env!("CARGO_PKG_VERSION").to_string()),
     };
     (code, Json(body)).into_response()
-}
-
-/// Free bytes of the file system holding `path` (None if it cannot tell).
-pub(super) fn free_bytes(path: &std::path::Path) -> Option<u64> {
-    crate::metrics::space(path).map(|(free, _)| free)
 }
 
 /// Prometheus metrics.

@@ -388,3 +388,39 @@ pub(super) async fn job_progress(
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
+
+/// Progress of every job as Server-Sent Events, for dashboards: `progress`
+/// events (`{"id": …, "progress": {…}}`) while jobs run, and an `end` event
+/// (`{"id": …, "status": …}`) as each ends. A client that falls behind
+/// skips to the newest events.
+#[utoipa::path(get, path = "/api/v1/progress",
+    responses((status = 200, description = "text/event-stream of progress and end events", content_type = "text/event-stream")))]
+pub(super) async fn all_progress(
+    State(st): Shared,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let rx = st.runner.subscribe_all();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok((id, p)) => {
+                    let ev = if matches!(p.phase.as_str(), "succeeded" | "failed" | "cancelled") {
+                        Event::default()
+                            .event("end")
+                            .json_data(serde_json::json!({ "id": id, "status": p.phase }))
+                    } else {
+                        Event::default()
+                            .event("progress")
+                            .json_data(serde_json::json!({ "id": id, "progress": p }))
+                    };
+                    match ev {
+                        Ok(ev) => return Some((Ok(ev), rx)),
+                        Err(_) => continue,
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return None,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}

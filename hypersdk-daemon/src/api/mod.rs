@@ -115,6 +115,8 @@ fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(retry_job))
         .routes(routes!(job_logs))
         .routes(routes!(job_report))
+        .routes(routes!(all_progress))
+        .routes(routes!(whoami))
         .routes(routes!(job_progress))
         .routes(routes!(list_providers))
         .routes(routes!(list_vms))
@@ -147,6 +149,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.max_body_bytes;
     let (api, _) = routes().split_for_parts();
     api.route_layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        .merge(crate::ui::router())
         .layer(DefaultBodyLimit::max(limit))
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state)

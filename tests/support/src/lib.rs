@@ -18,6 +18,7 @@ pub mod gcs;
 pub mod hyperv;
 pub mod kube;
 mod peers;
+pub use peers::playwright_dir;
 pub mod proxmox;
 pub mod python;
 pub mod s3;

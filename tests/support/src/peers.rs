@@ -107,3 +107,13 @@ pub(crate) fn peer_json(port: u16, path: &str) -> serde_json::Value {
     let (_, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
     serde_json::from_str(body).expect("JSON")
 }
+
+/// Where tests/peers/install.sh installed playwright-core (its
+/// `node_modules` is inside), for the dashboard's browser tests.
+pub fn playwright_dir() -> PathBuf {
+    cached("playwright-core-1.64.1/node_modules/playwright-core")
+        .parent()
+        .and_then(|p| p.parent())
+        .map(PathBuf::from)
+        .expect("the playwright-core directory")
+}
