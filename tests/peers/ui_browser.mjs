@@ -144,8 +144,8 @@ try {
 
   // Filters of the jobs list.
   await a.page.goto(`${BASE}/ui/#/jobs?status=cancelled`);
-  await a.page.locator('tbody tr').first().waitFor();
-  const statuses = await a.page.locator('tbody .badge').allTextContents();
+  await a.page.locator('tr[data-job]').first().waitFor();
+  const statuses = await a.page.locator('tr[data-job] .badge').allTextContents();
   check(statuses.length >= 1 && statuses.every((s) => s === 'cancelled'), `the status filter lists only cancelled jobs (${statuses})`);
 
   for (const p of ['vms', 'schedules', 'profiles', 'webhooks', 'audit', 'health']) {
@@ -180,7 +180,7 @@ try {
   check(await v.page.locator('nav a[data-page=submit]').count() === 0, 'a viewer has no Submit page');
   check(await v.page.locator('nav a[data-page=audit]').count() === 0, 'a viewer has no audit log');
   await v.page.goto(`${BASE}/ui/#/jobs`);
-  await v.page.locator('tbody tr').first().waitFor();
+  await v.page.locator('tr[data-job]').first().waitFor();
   check(await v.page.locator('button[data-action]').count() === 0, 'a viewer sees no Cancel or Retry');
   const overflow = await v.page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   check(overflow <= 1, `the jobs page fits a phone's width (overflow ${overflow}px)`);
@@ -194,7 +194,8 @@ try {
     body: JSON.stringify({ vm: 'demo-vm', provider: 'kvm' }),
   })).status, process.env.VIEWER_KEY);
   check(code === 403, `the API behind the button answers a viewer 403 (${code})`);
-  // Keyboard only: Tab reaches the navigation links from the skip link.
+  // Keyboard only: on a fresh load the first Tab reaches the skip link.
+  await v.page.goto('about:blank');
   await v.page.goto(`${BASE}/ui/#/jobs`);
   await v.page.locator('main h1').waitFor();
   await v.page.keyboard.press('Tab');
