@@ -83,6 +83,9 @@ fn a_report_shows_disks_digests_timings_and_throughput_and_escapes_names() {
     assert!(page.contains("verified: every stored file"));
     assert!(page.contains("<polyline"), "a throughput chart");
     assert!(page.contains("a.raw") && page.contains("b.raw"), "sources");
+    for want in ["CPUs", "Memory", "Firmware", "Network", "Runs", "Options"] {
+        assert!(page.contains(want), "{want} in the report");
+    }
     let mf = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -160,7 +160,7 @@ pub use file_upload::{file_size, reading_from, FileUpload};
 pub use options::{ExportOptions, ExportSettings, PackageFormat};
 pub use progress::{Phase, ProgressEvent, ProgressFn};
 pub use provider::{DiskStream, ExportSource, Provider};
-pub use report::{Attempt, DiskReport, ExportReport, FileReport};
+pub use report::{Attempt, DiskReport, ExportReport, FileReport, VmSummary};
 pub use served::ServedFormat;
 pub use sink::{Artifact, CheckpointStore, Reserved, Sink, Staging, Upload, UploadState};
 pub use tokio_util::sync::CancellationToken;

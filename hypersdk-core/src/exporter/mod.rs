@@ -765,6 +765,7 @@ impl Exporter {
             started_at: None,
             options: self.options.summary(),
             attempts: Vec::new(),
+            machine: Some(crate::report::VmSummary::of(spec)),
         })
     }
 }

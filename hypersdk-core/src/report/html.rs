@@ -59,6 +59,52 @@ pub(crate) fn render(r: &ExportReport) -> String {
     };
     row("VM", esc(&r.vm));
     row("Provider", esc(&r.provider));
+    if let Some(m) = &r.machine {
+        row("Platform id", format!("<code>{}</code>", esc(&m.id)));
+        row("Power state", esc(&m.power_state.to_string()));
+        row("CPUs", m.cpus.to_string());
+        row("Memory", human_bytes(m.memory_mib << 20));
+        row(
+            "Firmware",
+            match (m.firmware, m.secure_boot) {
+                (crate::vm::Firmware::Bios, _) => "BIOS".into(),
+                (crate::vm::Firmware::Uefi, false) => "UEFI".into(),
+                (crate::vm::Firmware::Uefi, true) => "UEFI, secure boot".into(),
+            },
+        );
+        let os = if m.guest_os.description.is_empty() {
+            &m.guest_os.id
+        } else {
+            &m.guest_os.description
+        };
+        row("Guest OS", esc(os));
+        if let Some(v) = &m.hardware_version {
+            row("Hardware", esc(v));
+        }
+        let nics: Vec<String> = m
+            .nics
+            .iter()
+            .map(|n| {
+                format!(
+                    "{} on {}{}",
+                    esc(&n.model),
+                    esc(&n.network),
+                    n.mac
+                        .as_deref()
+                        .map(|mac| format!(" (<code>{}</code>)", esc(mac)))
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        row(
+            "Network",
+            if nics.is_empty() {
+                "none".into()
+            } else {
+                nics.join("<br>")
+            },
+        );
+    }
     row("Artifact", format!("<code>{}</code>", esc(&r.location)));
     row(
         "Format",

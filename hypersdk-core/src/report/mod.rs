@@ -57,6 +57,46 @@ pub struct DiskReport {
     pub timeline: Vec<(f64, u64)>,
 }
 
+/// The VM an export is of, as the platform described it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSummary {
+    /// Its id on the platform.
+    pub id: String,
+    /// Power state when exported.
+    pub power_state: crate::vm::PowerState,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Boot firmware.
+    pub firmware: crate::vm::Firmware,
+    /// Whether UEFI secure boot is on.
+    pub secure_boot: bool,
+    /// Guest OS.
+    pub guest_os: crate::vm::GuestOs,
+    /// Network adapters.
+    pub nics: Vec<crate::vm::NicSpec>,
+    /// The platform's hardware version or machine type, if known.
+    pub hardware_version: Option<String>,
+}
+
+impl VmSummary {
+    /// The summary of `spec`.
+    pub fn of(spec: &crate::vm::VmSpec) -> Self {
+        VmSummary {
+            id: spec.id.clone(),
+            power_state: spec.power_state,
+            cpus: spec.cpus,
+            memory_mib: spec.memory_mib,
+            firmware: spec.firmware,
+            secure_boot: spec.hardware.secure_boot,
+            guest_os: spec.guest_os.clone(),
+            nics: spec.nics.clone(),
+            hardware_version: spec.hardware.version.clone(),
+        }
+    }
+}
+
 /// One run of an export: the first, and each resume of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
@@ -120,6 +160,9 @@ pub struct ExportReport {
     /// Every run of this export, oldest first: one, or more after resumes.
     #[serde(default)]
     pub attempts: Vec<Attempt>,
+    /// The VM as the platform described it.
+    #[serde(default)]
+    pub machine: Option<VmSummary>,
 }
 
 mod html;
