@@ -12,9 +12,8 @@ use std::time::Duration;
 
 mod common;
 
-use common::Daemon;
-use hypersdk_testsupport::hyperv::{HyperV, PASSWORD};
-use hypersdk_testsupport::path_str;
+use common::{provider_config, unpack, Daemon};
+use hypersdk_testsupport::hyperv::HyperV;
 use serde_json::json;
 
 fn checkpoints_left(hv: &HyperV) -> usize {
@@ -37,23 +36,7 @@ fn a_daemon_exports_hyperv_vms_and_a_cancelled_job_resumes_from_its_checkpoint()
     let hv = HyperV::start();
     hv.seed_example();
     let tmp = tempfile::tempdir().unwrap();
-    let pw = tmp.path().join("hv.password");
-    std::fs::write(&pw, PASSWORD).unwrap();
-    let mut settings = hv.settings();
-    let s = settings.as_object_mut().unwrap();
-    s.remove("password");
-    s.insert("password_file".into(), json!(pw));
-    let config = tmp.path().join("hypervisord.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:0\ndatabase: {}\noutput_root: {}\nproviders:\n  hv: {}\n",
-            tmp.path().join("jobs.db").display(),
-            tmp.path().join("out").display(),
-            settings
-        ),
-    )
-    .unwrap();
+    let config = provider_config(tmp.path(), "hv", hv.settings(), "password");
     let d = Daemon::start(&config);
 
     let (code, vms) = d.json("GET", "/api/v1/providers/hv/vms", None);
@@ -66,8 +49,7 @@ fn a_daemon_exports_hyperv_vms_and_a_cancelled_job_resumes_from_its_checkpoint()
     assert_eq!(job["status"], "succeeded", "{job}");
     let ova = tmp.path().join("out/wave1/web-1.ova");
     let unpacked = tmp.path().join("unpacked");
-    std::fs::create_dir_all(&unpacked).unwrap();
-    hypersdk_testsupport::run_tool("tar", &["-xf", path_str(&ova), "-C", path_str(&unpacked)]);
+    unpack(&ova, &unpacked);
     same_disks(&hv, &unpacked);
     assert_eq!(checkpoints_left(&hv), 0);
 

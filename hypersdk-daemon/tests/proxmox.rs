@@ -11,8 +11,8 @@ use std::time::Duration;
 
 mod common;
 
-use common::Daemon;
-use hypersdk_testsupport::proxmox::{make_parent, Proxmox, TOKEN};
+use common::{provider_config, unpack, Daemon};
+use hypersdk_testsupport::proxmox::{make_parent, Proxmox};
 use hypersdk_testsupport::{mixed_content, path_str, run_tool};
 use serde_json::json;
 
@@ -61,23 +61,7 @@ fn a_daemon_exports_proxmox_vms_and_a_cancelled_job_resumes_from_its_snapshot() 
     let pve = Proxmox::start();
     seed(&pve);
     let tmp = tempfile::tempdir().unwrap();
-    let token = tmp.path().join("pve.token");
-    std::fs::write(&token, TOKEN).unwrap();
-    let mut settings = pve.settings();
-    let s = settings.as_object_mut().unwrap();
-    s.remove("token");
-    s.insert("token_file".into(), json!(token));
-    let config = tmp.path().join("hypervisord.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:0\ndatabase: {}\noutput_root: {}\nproviders:\n  pve: {}\n",
-            tmp.path().join("jobs.db").display(),
-            tmp.path().join("out").display(),
-            settings
-        ),
-    )
-    .unwrap();
+    let config = provider_config(tmp.path(), "pve", pve.settings(), "token");
     let d = Daemon::start(&config);
 
     let (code, vms) = d.json("GET", "/api/v1/providers/pve/vms", None);
@@ -89,8 +73,7 @@ fn a_daemon_exports_proxmox_vms_and_a_cancelled_job_resumes_from_its_snapshot() 
     assert_eq!(job["status"], "succeeded", "{job}");
     let ova = tmp.path().join("out/wave1/web-1.ova");
     let unpacked = tmp.path().join("unpacked");
-    std::fs::create_dir_all(&unpacked).unwrap();
-    run_tool("tar", &["-xf", path_str(&ova), "-C", path_str(&unpacked)]);
+    unpack(&ova, &unpacked);
     for (n, vol) in [(1, "vm-100-disk-0.qcow2"), (2, "vm-100-disk-1.qcow2")] {
         hypersdk_testsupport::assert_same_guest_data(
             &unpacked.join(format!("web-1-disk{n}.vmdk")),

@@ -258,3 +258,38 @@ impl Receiver {
         self.seen.lock().unwrap().clone()
     }
 }
+
+/// A config in `dir` (database and output root `out` there) whose one
+/// provider `name` has `settings`, with its field `secret` moved into a
+/// file beside it named by `SECRET_file`, as operators keep secrets.
+pub fn provider_config(dir: &Path, name: &str, mut settings: Value, secret: &str) -> PathBuf {
+    let o = settings.as_object_mut().unwrap();
+    if let Some(v) = o.remove(secret) {
+        let file = dir.join(format!("{name}.{secret}"));
+        std::fs::write(&file, v.as_str().unwrap()).unwrap();
+        o.insert(
+            format!("{secret}_file"),
+            Value::String(file.display().to_string()),
+        );
+    }
+    let path = dir.join("hypervisord.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen: 127.0.0.1:0\ndatabase: {}\noutput_root: {}\nproviders:\n  {name}: {settings}\n",
+            dir.join("jobs.db").display(),
+            dir.join("out").display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Unpacks the OVA at `ova` into `dir` (created).
+pub fn unpack(ova: &Path, dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    run_tool(
+        "tar",
+        &["-xf", ova.to_str().unwrap(), "-C", dir.to_str().unwrap()],
+    );
+}
