@@ -27,6 +27,8 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 # Chromium, driven headless by playwright-core in the dashboard's browser tests.
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+# PostgreSQL: the daemon's shared job store in its tests (a private cluster each).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v mvn >/dev/null 2>&1 && command -v java >/dev/null 2>&1 || need_apt+=(maven default-jdk-headless)
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3 python3-venv)

@@ -19,6 +19,7 @@ pub mod hyperv;
 pub mod kube;
 mod peers;
 pub use peers::playwright_dir;
+pub mod postgres;
 pub mod proxmox;
 pub mod python;
 pub mod s3;
