@@ -569,12 +569,12 @@ fn print_report(r: &ExportReport) {
         r.vm, r.provider, r.location
     );
     println!(
-        "size: {} ({} bytes); read {} in {:.2} s ({:.1} MB/s)",
+        "size: {} ({} bytes); read {} in {:.2} s ({})",
         human_bytes(r.size),
         r.size,
         human_bytes(r.bytes_read),
         r.duration_secs,
-        r.throughput_mb_s
+        hypersdk_core::report::human_rate(r.throughput_mb_s * 1e6)
     );
     if r.resumed_bytes > 0 {
         println!(

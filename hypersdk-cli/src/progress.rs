@@ -193,12 +193,16 @@ impl Display {
             let key = format!("{what} {}", e.disk);
             let last = e.bytes_done >= e.bytes_total;
             if self.due(state, &key, last) {
+                let rate = if e.rate_bps > 0.0 {
+                    format!("  {}", human_rate(e.rate_bps))
+                } else {
+                    String::new()
+                };
                 eprintln!(
-                    "{key}: {:.0}%  {} / {}  {}",
+                    "{key}: {:.0}%  {} / {}{rate}",
                     percent(e.bytes_done, e.bytes_total),
                     human_bytes(e.bytes_done),
                     human_bytes(e.bytes_total),
-                    human_rate(e.rate_bps)
                 );
             }
         }
