@@ -12,9 +12,10 @@ use std::time::Duration;
 
 mod common;
 
-use common::{provider_config, unpack, Daemon};
+use common::{
+    cancel_then_retry_from_the_kept_snapshot, names_are_not_found, provider_config, unpack, Daemon,
+};
 use hypersdk_testsupport::hyperv::HyperV;
-use serde_json::json;
 
 fn checkpoints_left(hv: &HyperV) -> usize {
     hv.stats()["checkpoints"]["web-1"].as_array().unwrap().len()
@@ -55,41 +56,23 @@ fn a_daemon_exports_hyperv_vms_and_a_cancelled_job_resumes_from_its_checkpoint()
 
     // Cancelled while it reads: the partial export and its checkpoint are
     // kept together; the retry reads the same checkpoint on and removes it.
-    let id = d.submit(
-        r#"{"vm": "web-1", "provider": "hv", "format": "ovf", "output": "wave2", "bwlimit": "2M"}"#,
+    cancel_then_retry_from_the_kept_snapshot(
+        &d,
+        "hv",
+        "web-1",
+        "wave2",
+        || checkpoints_left(&hv),
+        || hv.stats()["checkpoints_made"].clone(),
     );
-    d.wait_progress(id, 1 << 20);
-    let (code, v) = d.json("POST", &format!("/api/v1/jobs/{id}/cancel"), None);
-    assert_eq!(code, 202, "{v}");
-    let job = d.wait(id, Duration::from_secs(60));
-    assert_eq!(job["status"], "cancelled", "{job}");
-    assert_eq!(checkpoints_left(&hv), 1, "kept with the partial export");
-    let made = hv.stats()["checkpoints_made"].clone();
-    let (code, v) = d.json("POST", &format!("/api/v1/jobs/{id}/retry"), None);
-    assert!(code == 200 || code == 202, "{code} {v}");
-    let job = d.wait(id, Duration::from_secs(120));
-    assert_eq!(job["status"], "succeeded", "{job}");
-    assert_eq!(hv.stats()["checkpoints_made"], made, "no new checkpoint");
-    assert_eq!(checkpoints_left(&hv), 0);
     same_disks(&hv, &tmp.path().join("out/wave2/web-1"));
 
     // Names that are no VM of the host fail the job naming them, and no
     // script with them reaches PowerShell as code.
-    for vm in ["../web-1", "web-1'; Remove-VM -Name db-1; '", "web-9"] {
-        let (code, sub) = d.json(
-            "POST",
-            "/api/v1/jobs",
-            Some(&json!({"vm": vm, "provider": "hv"}).to_string()),
-        );
-        let failed = if code == 201 {
-            let id = sub["jobs"][0]["id"].as_i64().unwrap();
-            d.wait(id, Duration::from_secs(60))
-        } else {
-            sub
-        };
-        assert_ne!(failed["status"], "succeeded", "{vm}: {failed}");
-        assert!(failed.to_string().contains("not found"), "{vm}: {failed}");
-    }
+    names_are_not_found(
+        &d,
+        "hv",
+        &["../web-1", "web-1'; Remove-VM -Name db-1; '", "web-9"],
+    );
     let (_, vms) = d.json("GET", "/api/v1/providers/hv/vms", None);
     assert!(vms.to_string().contains("db-1"), "db-1 still there: {vms}");
     let stats = hv.stats();

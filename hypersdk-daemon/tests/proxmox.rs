@@ -11,7 +11,9 @@ use std::time::Duration;
 
 mod common;
 
-use common::{provider_config, unpack, Daemon};
+use common::{
+    cancel_then_retry_from_the_kept_snapshot, names_are_not_found, provider_config, unpack, Daemon,
+};
 use hypersdk_testsupport::proxmox::{make_parent, Proxmox};
 use hypersdk_testsupport::{mixed_content, path_str, run_tool};
 use serde_json::json;
@@ -86,22 +88,14 @@ fn a_daemon_exports_proxmox_vms_and_a_cancelled_job_resumes_from_its_snapshot() 
 
     // Cancelled while it reads: the partial export and its snapshot are
     // kept together; the retry reads the same snapshot on and deletes it.
-    let id = d.submit(
-        r#"{"vm": "web-1", "provider": "pve", "format": "ovf", "output": "wave2", "bwlimit": "2M"}"#,
+    cancel_then_retry_from_the_kept_snapshot(
+        &d,
+        "pve",
+        "web-1",
+        "wave2",
+        || snapshots_left(&pve),
+        || pve.stats()["snapshots_made"].clone(),
     );
-    d.wait_progress(id, 1 << 20);
-    let (code, v) = d.json("POST", &format!("/api/v1/jobs/{id}/cancel"), None);
-    assert_eq!(code, 202, "{v}");
-    let job = d.wait(id, Duration::from_secs(60));
-    assert_eq!(job["status"], "cancelled", "{job}");
-    assert_eq!(snapshots_left(&pve), 1, "kept with the partial export");
-    let made = pve.stats()["snapshots_made"].clone();
-    let (code, v) = d.json("POST", &format!("/api/v1/jobs/{id}/retry"), None);
-    assert!(code == 200 || code == 202, "{code} {v}");
-    let job = d.wait(id, Duration::from_secs(120));
-    assert_eq!(job["status"], "succeeded", "{job}");
-    assert_eq!(pve.stats()["snapshots_made"], made, "no new snapshot");
-    assert_eq!(snapshots_left(&pve), 0);
     for (n, vol) in [(1, "vm-100-disk-0.qcow2"), (2, "vm-100-disk-1.qcow2")] {
         hypersdk_testsupport::assert_same_guest_data(
             &tmp.path()
@@ -113,20 +107,6 @@ fn a_daemon_exports_proxmox_vms_and_a_cancelled_job_resumes_from_its_snapshot() 
     }
 
     // Names that are no VM of the cluster fail the job naming them.
-    for vm in ["../web-1", "pve1/../100", "web-9"] {
-        let (code, sub) = d.json(
-            "POST",
-            "/api/v1/jobs",
-            Some(&format!(r#"{{"vm": "{vm}", "provider": "pve"}}"#)),
-        );
-        let failed = if code == 201 {
-            let id = sub["jobs"][0]["id"].as_i64().unwrap();
-            d.wait(id, Duration::from_secs(60))
-        } else {
-            sub
-        };
-        assert_ne!(failed["status"], "succeeded", "{vm}: {failed}");
-        assert!(failed.to_string().contains("not found"), "{vm}: {failed}");
-    }
+    names_are_not_found(&d, "pve", &["../web-1", "pve1/../100", "web-9"]);
     assert_eq!(snapshots_left(&pve), 0);
 }

@@ -293,3 +293,56 @@ pub fn unpack(ova: &Path, dir: &Path) {
         &["-xf", ova.to_str().unwrap(), "-C", dir.to_str().unwrap()],
     );
 }
+
+/// Exports `vm` of `provider` slowly into `output` as OVF, cancels the job
+/// while it reads, and retries it: the cancel must keep one snapshot (as
+/// `kept` counts them on the platform) with the partial export, the retry
+/// must finish without a new one (`made` counts those taken) and leave none.
+/// Returns the job's id.
+pub fn cancel_then_retry_from_the_kept_snapshot(
+    d: &Daemon,
+    provider: &str,
+    vm: &str,
+    output: &str,
+    kept: impl Fn() -> usize,
+    made: impl Fn() -> Value,
+) -> i64 {
+    let id = d.submit(
+        &serde_json::json!({"vm": vm, "provider": provider, "format": "ovf", "output": output, "bwlimit": "2M"})
+            .to_string(),
+    );
+    d.wait_progress(id, 1 << 20);
+    let (code, v) = d.json("POST", &format!("/api/v1/jobs/{id}/cancel"), None);
+    assert_eq!(code, 202, "{v}");
+    let job = d.wait(id, Duration::from_secs(60));
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert_eq!(kept(), 1, "kept with the partial export");
+    let before = made();
+    let (code, v) = d.json("POST", &format!("/api/v1/jobs/{id}/retry"), None);
+    assert!(code == 200 || code == 202, "{code} {v}");
+    let job = d.wait(id, Duration::from_secs(120));
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(made(), before, "no new snapshot");
+    assert_eq!(kept(), 0);
+    id
+}
+
+/// Submits a job for each of `names` to `provider`: each must fail (or be
+/// refused) with "not found".
+pub fn names_are_not_found(d: &Daemon, provider: &str, names: &[&str]) {
+    for vm in names {
+        let (code, sub) = d.json(
+            "POST",
+            "/api/v1/jobs",
+            Some(&serde_json::json!({"vm": vm, "provider": provider}).to_string()),
+        );
+        let failed = if code == 201 {
+            let id = sub["jobs"][0]["id"].as_i64().unwrap();
+            d.wait(id, Duration::from_secs(60))
+        } else {
+            sub
+        };
+        assert_ne!(failed["status"], "succeeded", "{vm}: {failed}");
+        assert!(failed.to_string().contains("not found"), "{vm}: {failed}");
+    }
+}
