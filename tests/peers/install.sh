@@ -74,25 +74,24 @@ if ! cmp -s "$req" "$venv/.installed-requirements"; then
 fi
 echo "python peers: $venv" >&2
 
-# Azurite, Microsoft's Azure Storage emulator (npm), for the Azure Blob
-# sink: installed once per version outside the checkout, reused by clones.
-azurite_version=3.35.0
-azurite_dir="${HYPERSDK_PEERS_CACHE:-$HOME/.cache/hypersdk/peers}/azurite-$azurite_version"
-if [ ! -x "$azurite_dir/node_modules/.bin/azurite-blob" ]; then
-  mkdir -p "$azurite_dir"
-  (cd "$azurite_dir" && npm install --no-audit --no-fund --silent "azurite@$azurite_version" >/dev/null)
-fi
-echo "azurite: $azurite_dir" >&2
+# npm_peer NAME VERSION FILE: npm package NAME@VERSION installed once per
+# version outside the checkout (reused by clones); FILE, relative to its
+# directory, shows that it is there.
+npm_peer() {
+  local dir="${HYPERSDK_PEERS_CACHE:-$HOME/.cache/hypersdk/peers}/$1-$2"
+  if [ ! -e "$dir/$3" ]; then
+    mkdir -p "$dir"
+    (cd "$dir" && npm install --no-audit --no-fund --silent "$1@$2" >/dev/null)
+  fi
+  echo "$1: $dir" >&2
+}
+
+# Azurite, Microsoft's Azure Storage emulator, for the Azure Blob sink.
+npm_peer azurite 3.35.0 node_modules/.bin/azurite-blob
 
 # Playwright (its core only: no browser download) drives Debian's Chromium
 # in the dashboard's browser tests (hypersdk-daemon/tests/ui.rs).
-playwright_version=1.64.1
-playwright_dir="${HYPERSDK_PEERS_CACHE:-$HOME/.cache/hypersdk/peers}/playwright-core-$playwright_version"
-if [ ! -f "$playwright_dir/node_modules/playwright-core/package.json" ]; then
-  mkdir -p "$playwright_dir"
-  (cd "$playwright_dir" && npm install --no-audit --no-fund --silent "playwright-core@$playwright_version" >/dev/null)
-fi
-echo "playwright-core: $playwright_dir" >&2
+npm_peer playwright-core 1.64.1 node_modules/playwright-core/package.json
 
 # MinIO, the more faithful S3 (Go module github.com/minio/minio, no binary
 # in a registry): built once per version outside the checkout (about 5
