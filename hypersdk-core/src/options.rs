@@ -149,14 +149,7 @@ impl ExportOptions {
         let mut put = |k: &str, v: String| {
             m.insert(k.to_string(), v);
         };
-        put(
-            "format",
-            match self.format {
-                PackageFormat::Ova => "ova",
-                PackageFormat::Ovf => "ovf",
-            }
-            .into(),
-        );
+        put("format", self.format.to_string());
         if let Some(n) = &self.name {
             put("name", n.clone());
         }

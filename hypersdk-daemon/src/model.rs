@@ -283,6 +283,13 @@ pub struct Progress {
     pub eta_secs: Option<f64>,
 }
 
+impl Progress {
+    /// Whether this is a job's last update: its phase is its final status.
+    pub fn is_end(&self) -> bool {
+        self.phase.parse::<JobStatus>().is_ok_and(|s| s.is_final())
+    }
+}
+
 /// A job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Job {

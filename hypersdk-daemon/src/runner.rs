@@ -310,7 +310,7 @@ impl Runner {
             span.record("hypersdk.job.status", status.as_str());
             self.metrics.run_ended(
                 &job.spec.provider,
-                job.spec.sink.as_deref().unwrap_or("local"),
+                sink_label(&job.spec),
                 status,
                 began.elapsed().as_secs_f64(),
                 stored,
@@ -516,7 +516,7 @@ impl Runner {
         let id = job.id;
         let store = self.store.clone();
         let provider_name = spec.provider.clone();
-        let sink_name = spec.sink.clone().unwrap_or_else(|| "local".into());
+        let sink_name = sink_label(spec).to_string();
         // Guest bytes of each disk already counted in the metrics.
         let counted: Mutex<std::collections::HashMap<usize, u64>> = Mutex::default();
         let exporter = Exporter::new(options)
@@ -608,6 +608,12 @@ impl Runner {
         .map_err(Error::InvalidArgument)?;
         Ok(LocalDirSink::new(out).with_file_mode(file_mode))
     }
+}
+
+/// The sink a job writes into, as the metrics label it: its name, or
+/// `local` for the output root.
+fn sink_label(spec: &crate::model::JobSpec) -> &str {
+    spec.sink.as_deref().unwrap_or("local")
 }
 
 /// The artifact a sink destination names: `…/vm.ova` a file, `…/vm/` a

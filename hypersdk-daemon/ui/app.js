@@ -518,19 +518,23 @@ async function vmsView(r) {
 
 // ---- schedules, profiles, webhooks, audit, health ---------------------------
 
+// A <details> whose body is fetched from `path` and drawn by `draw` each
+// time it is opened.
+function lazyDetails(summary, path, draw) {
+  const body = h('div', { class: 'hint' }, 'loading…');
+  const det = h('details', { ontoggle: async () => {
+    if (!det.open) return;
+    try { body.replaceChildren(draw(await api('GET', path))); } catch (e) { body.textContent = e.message; }
+  } }, h('summary', {}, summary), body);
+  return det;
+}
+
 async function schedulesView() {
   const list = await api('GET', '/api/v1/schedules');
   const rows = list.map((s) => {
-    const runs = h('div', { class: 'hint' }, 'loading…');
-    const det = h('details', { ontoggle: async () => {
-      if (!det.open) return;
-      try {
-        const rr = await api('GET', `/api/v1/schedules/${s.id}/runs`);
-        runs.replaceChildren(rr.length ? h('table', {}, h('tbody', {}, ...rr.map((x) => h('tr', {},
-          h('td', {}, when(x.at)), h('td', {}, h('span', { class: `badge ${x.status === 'missed' ? 's-failed' : ''}` }, x.status)),
-          h('td', {}, x.jobs.map((j) => h('a', { href: `#/job/${j}` }, `#${j} `))), h('td', {}, x.message))))) : 'no runs yet');
-      } catch (e) { runs.textContent = e.message; }
-    } }, h('summary', {}, 'History'), runs);
+    const det = lazyDetails('History', `/api/v1/schedules/${s.id}/runs`, (rr) => (rr.length ? h('table', {}, h('tbody', {}, ...rr.map((x) => h('tr', {},
+      h('td', {}, when(x.at)), h('td', {}, h('span', { class: `badge ${x.status === 'missed' ? 's-failed' : ''}` }, x.status)),
+      h('td', {}, x.jobs.map((j) => h('a', { href: `#/job/${j}` }, `#${j} `))), h('td', {}, x.message))))) : 'no runs yet'));
     const btn = (label, path) => h('button', { type: 'button', onclick: () => act(`Schedule ${s.name}: ${label.toLowerCase()}`, async () => { await api('POST', `/api/v1/schedules/${s.id}/${path}`); render(); }) }, label);
     return h('tr', {}, h('td', {}, s.name), h('td', {}, h('code', {}, s.cron), ' ', h('span', { class: 'hint' }, s.timezone)),
       h('td', {}, s.enabled ? 'enabled' : 'disabled'), h('td', {}, when(s.next_run_at)), h('td', { class: 'hide-narrow' }, when(s.last_run_at)),
@@ -551,17 +555,10 @@ async function profilesView() {
 async function webhooksView() {
   const list = await api('GET', '/api/v1/webhooks');
   const rows = list.map((w) => {
-    const log = h('div', { class: 'hint' }, 'loading…');
-    const det = h('details', { ontoggle: async () => {
-      if (!det.open) return;
-      try {
-        const d = await api('GET', `/api/v1/webhooks/${w.id}/deliveries`);
-        log.replaceChildren(d.length ? h('table', {}, h('tbody', {}, ...d.slice(-100).reverse().map((a) => h('tr', {},
-          h('td', {}, when(a.at)), h('td', {}, a.event), h('td', {}, a.job_id ? `#${a.job_id}` : ''), h('td', {}, `try ${a.attempt}`),
-          h('td', {}, a.ok ? h('span', { class: 'badge s-succeeded' }, a.status || 'ok') : h('span', { class: 'badge s-failed' }, a.status || 'not sent')),
-          h('td', {}, a.error || ''))))) : 'nothing delivered yet');
-      } catch (e) { log.textContent = e.message; }
-    } }, h('summary', {}, 'Delivery log'), log);
+    const det = lazyDetails('Delivery log', `/api/v1/webhooks/${w.id}/deliveries`, (d) => (d.length ? h('table', {}, h('tbody', {}, ...d.slice(-100).reverse().map((a) => h('tr', {},
+      h('td', {}, when(a.at)), h('td', {}, a.event), h('td', {}, a.job_id ? `#${a.job_id}` : ''), h('td', {}, `try ${a.attempt}`),
+      h('td', {}, a.ok ? h('span', { class: 'badge s-succeeded' }, a.status || 'ok') : h('span', { class: 'badge s-failed' }, a.status || 'not sent')),
+      h('td', {}, a.error || ''))))) : 'nothing delivered yet'));
     const c = w.circuit || {};
     return h('tr', {}, h('td', {}, `#${w.id}`), h('td', {}, h('code', {}, w.url)), h('td', { class: 'hide-narrow' }, w.events.join(', ') || 'all'),
       h('td', {}, c.open ? h('span', { class: 'badge s-failed' }, `open until ${when(c.open_until)}`) : h('span', { class: 'badge s-succeeded' }, 'closed'),

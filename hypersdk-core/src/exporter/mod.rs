@@ -280,8 +280,9 @@ impl Exporter {
             } else {
                 sink.begin(&artifact, self.options.overwrite).await?
             };
+            let started_at = now_rfc3339();
             let ck = match self
-                .checkpointer(&spec, source.resume_token(), staging.as_ref())
+                .checkpointer(&spec, source.resume_token(), staging.as_ref(), &started_at)
                 .await
             {
                 Ok(ck) => ck,
@@ -294,22 +295,19 @@ impl Exporter {
                 }
             };
             let mut scratch: Option<Scratch> = None;
-            let started_at = now_rfc3339();
             let mut built = self
                 .build(&spec, source, staging.as_mut(), &base, ck.as_ref(), &mut scratch)
                 .await;
             if let Ok(report) = &mut built {
-                report.started_at = Some(started_at.clone());
+                // With a checkpoint, its runs (this one last); else this one.
                 report.attempts = match &ck {
                     Some(ck) => ck.snapshot().await.attempts,
-                    None => Vec::new(),
-                };
-                if report.attempts.is_empty() {
-                    report.attempts.push(crate::report::Attempt {
-                        started_at,
+                    None => vec![crate::report::Attempt {
+                        started_at: started_at.clone(),
                         kept_bytes: 0,
-                    });
-                }
+                    }],
+                };
+                report.started_at = Some(started_at);
             }
             // Spools are copied into the archive by now, unless it failed.
             if built.is_ok() {
@@ -414,12 +412,14 @@ impl Exporter {
     }
 
     /// The checkpoint of this export, if it keeps one: the saved one when
-    /// resuming (refused if it is of another export), else a fresh one.
+    /// resuming (refused if it is of another export), else a fresh one;
+    /// this run, started at `started_at`, is added to its runs.
     async fn checkpointer(
         &self,
         spec: &VmSpec,
         token: Option<String>,
         staging: &dyn Staging,
+        started_at: &str,
     ) -> Result<Option<Checkpointer>> {
         let Some(store) = staging.checkpoints().filter(|_| self.options.checkpoint) else {
             return Ok(None);
@@ -450,7 +450,7 @@ impl Exporter {
         };
         state.source = token;
         state.attempts.push(crate::report::Attempt {
-            started_at: now_rfc3339(),
+            started_at: started_at.to_string(),
             kept_bytes: state.disks.iter().map(|d| d.durable).sum(),
         });
         let ck = Checkpointer::new(store, state, self.options.checkpoint_every);

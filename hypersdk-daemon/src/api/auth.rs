@@ -64,7 +64,8 @@ pub struct WhoAmI {
     /// `viewer` (reads), `operator` (also submits, cancels, retries and
     /// manages schedules, profiles and webhooks) or `admin` (also the audit
     /// log).
-    pub role: String,
+    #[schema(value_type = String)]
+    pub role: Role,
     /// Whether the daemon asks for API keys.
     pub keys_required: bool,
 }
@@ -78,7 +79,7 @@ pub(super) async fn whoami(State(st): Shared, headers: HeaderMap) -> Json<WhoAmI
     };
     Json(WhoAmI {
         name,
-        role: format!("{role:?}").to_ascii_lowercase(),
+        role,
         keys_required: !st.config.api_keys.is_empty(),
     })
 }

@@ -363,13 +363,7 @@ pub(super) async fn job_progress(
         if let Some(r) = rx.as_mut() {
             loop {
                 match r.recv().await {
-                    Ok(p)
-                        if p.phase == "succeeded"
-                            || p.phase == "failed"
-                            || p.phase == "cancelled" =>
-                    {
-                        break
-                    }
+                    Ok(p) if p.is_end() => break,
                     Ok(p) => {
                         let ev = Event::default().event("progress").json_data(&p).ok()?;
                         return Some((Ok(ev), (st, id, rx, None, false)));
@@ -403,7 +397,7 @@ pub(super) async fn all_progress(
         loop {
             match rx.recv().await {
                 Ok((id, p)) => {
-                    let ev = if matches!(p.phase.as_str(), "succeeded" | "failed" | "cancelled") {
+                    let ev = if p.is_end() {
                         Event::default()
                             .event("end")
                             .json_data(serde_json::json!({ "id": id, "status": p.phase }))
