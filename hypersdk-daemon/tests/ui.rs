@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: headless Chromium (Debian's), driven by
 //! playwright-core through tests/peers/ui_browser.mjs against a daemon with
 //! API keys of each role, the example VMs, a schedule with missed runs and
-//! a webhook whose circuit is open. Screenshots of every page are kept in
+//! a webhook whose circuit is open; the schedule's name carries HTML that
+//! must show as text and never run. Screenshots of every page are kept in
 //! target/ui-screenshots/ (a CI artifact).
 
 #![allow(clippy::unwrap_used)]
@@ -52,7 +53,7 @@ fn the_dashboard_works_in_a_browser_for_each_role() {
     let s = post(
         &d,
         "/api/v1/schedules",
-        json!({"name": "nightly", "cron": "*/2 * * * * *", "job": {"vm": "demo-vm", "provider": "kvm", "output": "sched", "overwrite": true}}),
+        json!({"name": "nightly <img src=x onerror=\"window.__pwned=1\">", "cron": "*/2 * * * * *", "job": {"vm": "demo-vm", "provider": "kvm", "output": "sched", "overwrite": true}}),
     );
     let id = s["id"].as_i64().unwrap();
     let (code, _) = d.call(

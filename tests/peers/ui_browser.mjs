@@ -162,6 +162,9 @@ try {
   await a.page.locator('details summary').first().click();
   await a.page.getByText('missed').first().waitFor();
   check(true, 'schedules show their history with missed runs');
+  // A name carrying HTML shows as text; its handler never runs.
+  await a.page.getByText('<img src=x onerror=').first().waitFor();
+  check(await a.page.evaluate(() => window.__pwned === undefined), 'HTML in a name is shown as text, never run');
   await a.page.goto(`${BASE}/ui/#/webhooks`);
   await a.page.locator('.badge').filter({ hasText: /open until|closed/ }).first().waitFor();
   check(true, 'webhooks show their circuit');
