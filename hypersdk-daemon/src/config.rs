@@ -2,7 +2,12 @@
 //!
 //! ```yaml
 //! listen: 127.0.0.1:8080          # a port of 0 lets the OS pick
-//! database: /var/lib/hypersdk/jobs.db
+//! database: /var/lib/hypersdk/jobs.db    # or postgres://USER@HOST/DB, shared by a cluster
+//! # database_password_file: /etc/hypersdk/db.pass   # PostgreSQL: the password (or PGPASSWORD)
+//! # database_ca_file: /etc/hypersdk/db-ca.pem       # PostgreSQL: CA of the server's certificate
+//! # node: worker-1                # this hypervisord's name in a cluster (default: the host name)
+//! # lease_secs: 30                # a running job's lease (PostgreSQL clusters)
+//! # cluster_max_concurrent: 40    # exports at once over every hypervisord sharing the database
 //! output_root: /srv/exports       # every job writes below this directory
 //! max_concurrent: 4               # exports at once, all providers
 //! bwlimit: "08:00,200M 20:00,off" # all jobs together (each job's own bwlimit applies too)
@@ -174,8 +179,27 @@ pub struct Config {
     /// Address to listen on.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// SQLite database file (created if missing).
+    /// SQLite database file (created if missing), or a `postgres://` URL
+    /// of a PostgreSQL database that several hypervisord share.
     pub database: PathBuf,
+    /// PostgreSQL: a file whose first line is the password.
+    #[serde(default)]
+    pub database_password_file: Option<PathBuf>,
+    /// PostgreSQL: the CA certificates (PEM) the server's certificate is
+    /// checked against (default: the system's).
+    #[serde(default)]
+    pub database_ca_file: Option<PathBuf>,
+    /// This hypervisord's name among those sharing a database (default: the
+    /// host name); each must have its own.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Seconds a running job's lease lasts without renewal (renewed every
+    /// third of it); after that another hypervisord may take the job over.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+    /// Exports at once over every hypervisord sharing the database.
+    #[serde(default)]
+    pub cluster_max_concurrent: Option<usize>,
     /// Directory all exports are written below.
     pub output_root: PathBuf,
     /// Exports running at once, all providers together.
@@ -366,6 +390,10 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
 
+fn default_lease_secs() -> u64 {
+    30
+}
+
 fn default_concurrency() -> usize {
     2
 }
@@ -381,6 +409,24 @@ impl Config {
             .as_deref()
             .and_then(parse_mode)
             .unwrap_or(hypersdk_sinks::DEFAULT_FILE_MODE)
+    }
+
+    /// The PostgreSQL URL `database` holds, if it holds one.
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.database
+            .to_str()
+            .filter(|d| crate::db::is_postgres_url(d))
+    }
+
+    /// This hypervisord's node name.
+    pub fn node_name(&self) -> String {
+        self.node.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "hypervisord".into())
+        })
     }
 
     /// Reads and checks a YAML configuration.
@@ -403,6 +449,25 @@ impl Config {
 
     /// Refuses settings that cannot work or are unsafe.
     pub fn check(&self) -> anyhow::Result<()> {
+        if let Some(node) = &self.node {
+            if node.is_empty()
+                || node.len() > 64
+                || !node
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                anyhow::bail!("node: 1 to 64 letters, digits, '-', '_' or '.'");
+            }
+        }
+        if self.lease_secs < 3 {
+            anyhow::bail!("lease_secs: at least 3");
+        }
+        if self.postgres_url().is_some() && !self.sinks.is_empty() && self.state_dir.is_none() {
+            anyhow::bail!(
+                "state_dir: with a PostgreSQL database and sinks, say where object-store exports keep what resuming needs \
+                 (a directory every hypervisord of the cluster reaches, for one to continue another's upload)"
+            );
+        }
         if self.api_keys.is_empty() && !self.listen.ip().is_loopback() {
             anyhow::bail!(
                 "refusing to listen on {} without authentication: configure api_keys, or listen on a loopback address",

@@ -38,6 +38,7 @@
 
 pub mod api;
 pub mod config;
+pub mod db;
 pub mod egress;
 pub mod metrics;
 pub mod migrations;
@@ -62,6 +63,31 @@ use hypersdk_core::CancellationToken;
 /// holding it (every value the daemon keeps under a lock stays valid).
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Opens the store `config` names: a SQLite file, or a PostgreSQL
+/// database (connecting on the blocking pool).
+pub async fn open_store(config: &config::Config) -> anyhow::Result<store::Store> {
+    let options = store::OpenOptions {
+        node: config.node_name(),
+        lease: std::time::Duration::from_secs(config.lease_secs),
+        ..store::OpenOptions::default()
+    };
+    let Some(url) = config.postgres_url() else {
+        return Ok(store::Store::open_sqlite(&config.database, &options)?);
+    };
+    let target = db::PgTarget::parse(
+        url,
+        config.database_password_file.as_deref(),
+        config.database_ca_file.as_deref(),
+        &|k| std::env::var(k).ok(),
+    )
+    .map_err(|e| anyhow::anyhow!("database: {e}"))?;
+    let store = tokio::task::spawn_blocking(move || store::Store::open_postgres(target, &options))
+        .await
+        .map_err(|e| anyhow::anyhow!("store task failed: {e}"))??;
+    tracing::info!(node = store.node(), owner = store.owner(), "job store: PostgreSQL, shared");
+    Ok(store)
 }
 
 /// A running daemon.
@@ -95,7 +121,7 @@ impl Daemon {
                     )
                 })?;
         }
-        let store = store::Store::open(&config.database)?;
+        let store = open_store(&config).await?;
         let requeued = store.requeue_interrupted().await?;
         if !requeued.is_empty() {
             tracing::info!(jobs = ?requeued, "jobs interrupted by the last shutdown queued again; they continue from their checkpoints");
@@ -142,12 +168,16 @@ impl Daemon {
         });
         let worker = tokio::spawn(runner.clone().run(stop.clone()));
         let scheduler = tokio::spawn(schedules::run(submitter, stop.clone()));
+        let mut tasks = vec![server, worker, scheduler];
+        if runner.store().shared() {
+            tasks.push(tokio::spawn(runner.clone().watch_remote(stop.clone())));
+        }
         Ok(Daemon {
             addr,
             tls: config.tls.is_some(),
             stop,
             runner,
-            tasks: vec![server, worker, scheduler],
+            tasks,
         })
     }
 
@@ -163,6 +193,17 @@ impl Daemon {
         }
         for t in self.tasks {
             let _ = t.await;
+        }
+        // Shared store: the interrupted runs go back to the queue now, for
+        // another hypervisord to continue (alone, the next start does it).
+        if self.runner.store().shared() {
+            match self.runner.store().release_own().await {
+                Ok(ids) if !ids.is_empty() => {
+                    tracing::info!(jobs = ?ids, "running jobs given back to the queue")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot give running jobs back (their leases run out instead)"),
+            }
         }
     }
 

@@ -324,6 +324,10 @@ pub struct Job {
     pub partial: Option<crate::outputs::PartialExport>,
     /// Live progress while running.
     pub progress: Option<Progress>,
+    /// The hypervisord that runs it, or ran it last (its `node` name, with
+    /// the process after `#`): several may share a PostgreSQL store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// W3C `traceparent` of the request that submitted it, when traces are
     /// exported: its runs are spans of that trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]

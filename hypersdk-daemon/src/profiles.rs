@@ -15,19 +15,20 @@
 use serde_json::{Map, Value};
 
 use crate::model::JobSpec;
-use crate::store::{db_err, now, Store, StoreError, StoreResult};
+use crate::args;
+use crate::store::{now, Store, StoreError, StoreResult};
 
 impl Store {
     /// Creates or replaces profile `name`.
     pub async fn put_profile(&self, name: String, body: Value) -> StoreResult<()> {
         self.write(move |c| {
-            c.execute(
+            c.exec(
+                "save profile",
                 "INSERT INTO profiles (name, body, updated_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(name) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
-                rusqlite::params![name, body.to_string(), now()],
+                 ON CONFLICT (name) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+                args![name, body.to_string(), now()],
             )
-            .map(|_| ())
-            .map_err(db_err("save profile"))
+            .map(drop)
         })
         .await
     }
@@ -35,13 +36,10 @@ impl Store {
     /// Profile `name`.
     pub async fn profile(&self, name: String) -> StoreResult<Option<Value>> {
         self.read(move |c| {
-            use rusqlite::OptionalExtension;
-            let text: Option<String> = c
-                .query_row("SELECT body FROM profiles WHERE name = ?1", [name], |r| {
-                    r.get(0)
-                })
-                .optional()
-                .map_err(db_err("read profile"))?;
+            let text = c
+                .row("read profile", "SELECT body FROM profiles WHERE name = ?1", args![name])?
+                .map(|r| r.text(0))
+                .transpose()?;
             text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError(format!("profile: {e}"))))
                 .transpose()
         })
@@ -51,21 +49,20 @@ impl Store {
     /// Every profile: name, options, last change.
     pub async fn profiles(&self) -> StoreResult<Vec<Value>> {
         self.read(|c| {
-            let mut stmt = c
-                .prepare("SELECT name, body, updated_at FROM profiles ORDER BY name")
-                .map_err(db_err("list profiles"))?;
-            let rows = stmt
-                .query_map([], |r| {
-                    let body: String = r.get(1)?;
-                    Ok(serde_json::json!({
-                        "name": r.get::<_, String>(0)?,
-                        "options": serde_json::from_str::<Value>(&body).unwrap_or(Value::Null),
-                        "updated_at": r.get::<_, String>(2)?,
-                    }))
-                })
-                .map_err(db_err("list profiles"))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(db_err("list profiles"))
+            c.rows(
+                "list profiles",
+                "SELECT name, body, updated_at FROM profiles ORDER BY name",
+                &[],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(serde_json::json!({
+                    "name": r.text(0)?,
+                    "options": serde_json::from_str::<Value>(&r.text(1)?).unwrap_or(Value::Null),
+                    "updated_at": r.text(2)?,
+                }))
+            })
+            .collect()
         })
         .await
     }
@@ -73,9 +70,8 @@ impl Store {
     /// Deletes profile `name`; false if there was none.
     pub async fn delete_profile(&self, name: String) -> StoreResult<bool> {
         self.write(move |c| {
-            c.execute("DELETE FROM profiles WHERE name = ?1", [name])
+            c.exec("delete profile", "DELETE FROM profiles WHERE name = ?1", args![name])
                 .map(|n| n == 1)
-                .map_err(db_err("delete profile"))
         })
         .await
     }

@@ -3,6 +3,13 @@
 //! first. Every export keeps a checkpoint and runs with `resume`, so a job
 //! that was running when the daemon died continues where it stopped when
 //! the daemon starts again.
+//!
+//! On a shared (PostgreSQL) store the limits are counted over every
+//! hypervisord (`max_concurrent` stays this process's own capacity), each
+//! run holds a lease renewed every third of `lease_secs`, and a run whose
+//! lease is gone (taken over after it ran out, or not renewable for two
+//! thirds of it) is stopped here and publishes nothing. A cancel asked on
+//! another process reaches this one at the next renewal.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -18,7 +25,7 @@ use crate::config::{Config, ProviderEntry};
 use crate::lock;
 use crate::metrics::Metrics;
 use crate::model::{Job, JobStatus, Progress};
-use crate::store::{JobEnd, Store};
+use crate::store::{Claim, JobEnd, Limits, Store};
 use crate::webhooks::Webhooks;
 
 /// The configured providers, connected on first use and then shared.
@@ -67,8 +74,11 @@ impl Providers {
 /// A job being exported.
 #[derive(Debug)]
 struct Running {
-    provider: String,
     cancel: CancellationToken,
+    /// The fencing token of this run.
+    fence: i64,
+    /// Set when the run lost its lease: it ends without recording anything.
+    lost: Arc<std::sync::atomic::AtomicBool>,
     progress: Progress,
     events: broadcast::Sender<Progress>,
 }
@@ -116,6 +126,11 @@ impl Runner {
             wake: Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The job store.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Running>> {
@@ -170,32 +185,88 @@ impl Runner {
         }
     }
 
-    /// The providers that have no free slot now.
-    fn busy_providers(&self) -> Vec<String> {
-        let running = self.running();
-        self.config
-            .providers
-            .iter()
-            .filter(|(name, c)| {
-                c.max_concurrent().is_some_and(|max| {
-                    running.values().filter(|r| &r.provider == *name).count() >= max
-                })
-            })
-            .map(|(name, _)| name.clone())
-            .collect()
+    /// The limits claims honour, counted over every process of the store.
+    fn limits(&self) -> Limits {
+        Limits {
+            total: self.config.cluster_max_concurrent,
+            per_provider: self
+                .config
+                .providers
+                .iter()
+                .filter_map(|(name, c)| c.max_concurrent().map(|m| (name.clone(), m)))
+                .collect(),
+        }
+    }
+
+    /// Renews this process's leases: a run the store no longer gives it is
+    /// stopped without recording anything (another run owns the job), a
+    /// run asked to cancel elsewhere is cancelled. After two thirds of a
+    /// lease without a renewal every run stops the same way: by then
+    /// another process may take the jobs over.
+    async fn keep_leases(&self, last_renewed: &mut std::time::Instant) {
+        let lease = Duration::from_millis(u64::try_from(self.store.lease_ms()).unwrap_or(30_000));
+        match self.store.renew_leases().await {
+            Ok(held) => {
+                *last_renewed = std::time::Instant::now();
+                for (id, r) in self.running().iter() {
+                    match held.iter().find(|l| l.id == *id) {
+                        Some(l) if l.fence == r.fence => {
+                            if l.cancel && !r.cancel.is_cancelled() {
+                                info!(job = id, "cancel asked for on another hypervisord");
+                                r.cancel.cancel();
+                            }
+                        }
+                        _ => {
+                            if !r.lost.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                                warn!(job = id, "this run lost its lease (another took the job over): stopping it");
+                                r.cancel.cancel();
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot renew the leases of running jobs");
+                if last_renewed.elapsed() > lease * 2 / 3 {
+                    for (id, r) in self.running().iter() {
+                        if !r.lost.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                            warn!(job = id, "leases not renewed for two thirds of their time: stopping the run, another hypervisord may take it over");
+                            r.cancel.cancel();
+                        }
+                    }
+                }
+            }
+        }
+        match self.store.reap_expired().await {
+            Ok(ids) if !ids.is_empty() => {
+                info!(jobs = ?ids, "jobs whose lease ran out queued again");
+                self.wake();
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cannot look for runs whose lease ran out"),
+        }
     }
 
     /// Starts jobs whenever there is a free slot, until `stop` fires.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut last_sweep: Option<std::time::Instant> = None;
+        let mut last_renewed = std::time::Instant::now();
+        let mut last_lease_check: Option<std::time::Instant> = None;
+        let renew_every = Duration::from_millis(
+            u64::try_from(self.store.lease_ms() / 3).unwrap_or(10_000).max(100),
+        );
         loop {
             if last_sweep.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                 last_sweep = Some(std::time::Instant::now());
                 self.sweep_partials().await;
             }
+            if last_lease_check.is_none_or(|t| t.elapsed() >= renew_every) {
+                last_lease_check = Some(std::time::Instant::now());
+                self.keep_leases(&mut last_renewed).await;
+            }
             while self.active() < self.config.max_concurrent {
-                match self.store.claim_next(self.busy_providers()).await {
-                    Ok(Some(job)) => self.clone().start(job),
+                match self.store.claim_next(self.limits()).await {
+                    Ok(Some(claim)) => self.clone().start(claim),
                     Ok(None) => break,
                     Err(e) => {
                         warn!(error = %e, "cannot take the next job");
@@ -206,19 +277,22 @@ impl Runner {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(500).min(renew_every)) => {}
             }
         }
     }
 
-    fn start(self: Arc<Self>, job: Job) {
+    fn start(self: Arc<Self>, claim: Claim) {
+        let Claim { job, fence } = claim;
         let cancel = CancellationToken::new();
         let (events, _) = broadcast::channel(64);
+        let lost: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         self.running().insert(
             job.id,
             Running {
-                provider: job.spec.provider.clone(),
                 cancel: cancel.clone(),
+                fence,
+                lost: lost.clone(),
                 progress: Progress::default(),
                 events,
             },
@@ -254,8 +328,15 @@ impl Runner {
             let kept: Arc<Mutex<Option<String>>> = Arc::default();
             let outcome = match self.published_before(&job).await {
                 Some(report) => Ok(report),
-                None => self.export(&job, cancel, kept.clone()).await,
+                None => self.export(&job, fence, lost.clone(), cancel, kept.clone()).await,
             };
+            if lost.load(std::sync::atomic::Ordering::SeqCst) {
+                warn!(job = id, "run stopped: its lease is gone; the job is another run's now");
+                self.running().remove(&id);
+                self.metrics.set_active(self.active());
+                self.wake();
+                return;
+            }
             if matches!(outcome, Err(Error::Cancelled))
                 && self.stopping.load(std::sync::atomic::Ordering::SeqCst)
             {
@@ -319,8 +400,16 @@ impl Runner {
             if let Some(e) = &end.error {
                 crate::telemetry::set_error(&span, e);
             }
-            if let Err(e) = self.store.finish(id, status, end).await {
-                warn!(job = id, error = %e, "cannot record the end of the job");
+            match self.store.finish(id, status, end, Some(fence)).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    warn!(job = id, "the end of this run is not recorded: its lease is gone and the job is another run's now");
+                    self.running().remove(&id);
+                    self.metrics.set_active(self.active());
+                    self.wake();
+                    return;
+                }
+                Err(e) => warn!(job = id, error = %e, "cannot record the end of the job"),
             }
             let event = match status {
                 JobStatus::Succeeded => "job.completed",
@@ -345,6 +434,56 @@ impl Runner {
             self.wake();
             self.sweep_partials().await;
         }.instrument(span));
+    }
+
+    /// Relays the progress of jobs running on other hypervisords (as they
+    /// record it in the shared store, each second) to this one's progress
+    /// streams, and their ends, while anyone listens; until `stop` fires.
+    pub async fn watch_remote(self: Arc<Self>, stop: CancellationToken) {
+        let mut seen: HashMap<i64, Option<String>> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            if self.all.receiver_count() == 0 {
+                seen.clear();
+                continue;
+            }
+            let Ok(now) = self.store.running_elsewhere().await else {
+                continue;
+            };
+            let now: HashMap<i64, Option<String>> = now.into_iter().collect();
+            for (id, progress) in &now {
+                if seen.get(id) == Some(progress) {
+                    continue;
+                }
+                let p = progress
+                    .as_deref()
+                    .and_then(|p| serde_json::from_str::<Progress>(p).ok())
+                    .unwrap_or_else(|| Progress {
+                        phase: "starting".into(),
+                        ..Progress::default()
+                    });
+                let _ = self.all.send((*id, p));
+            }
+            for id in seen.keys().filter(|id| !now.contains_key(id)) {
+                if self.progress(*id).is_some() {
+                    continue;
+                }
+                if let Ok(Some(job)) = self.store.get(*id).await {
+                    let phase = job.status.as_str().to_string();
+                    let _ = self.all.send((
+                        *id,
+                        Progress {
+                            phase,
+                            ..Progress::default()
+                        },
+                    ));
+                }
+            }
+            seen = now;
+        }
     }
 
     /// Removes the partial exports of jobs over for longer than
@@ -492,6 +631,8 @@ impl Runner {
     async fn export(
         self: &Arc<Self>,
         job: &Job,
+        fence: i64,
+        lost: Arc<std::sync::atomic::AtomicBool>,
         cancel: CancellationToken,
         kept: Arc<Mutex<Option<String>>>,
     ) -> hypersdk_core::Result<hypersdk_core::ExportReport> {
@@ -519,17 +660,27 @@ impl Runner {
         let sink_name = sink_label(spec).to_string();
         // Guest bytes of each disk already counted in the metrics.
         let counted: Mutex<std::collections::HashMap<usize, u64>> = Mutex::default();
+        let last_saved: Mutex<Option<std::time::Instant>> = Mutex::default();
         let exporter = Exporter::new(options)
             .with_cancel(cancel)
             .before_publish(Arc::new(move |report| {
                 let store = store.clone();
+                let lost = lost.clone();
                 let value = serde_json::to_value(report).unwrap_or_default();
                 Box::pin(async move {
-                    store.save_result(id, value).await.map_err(|e| {
-                        Error::Internal(format!(
+                    match store.save_result(id, fence, value).await {
+                        Ok(true) => Ok(()),
+                        // Fenced off: stop without publishing, and leave the
+                        // partial export to the run that owns the job now.
+                        Ok(false) => {
+                            warn!(job = id, "not publishing: this run's lease is gone");
+                            lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                            Err(Error::Cancelled)
+                        }
+                        Err(e) => Err(Error::Internal(format!(
                             "cannot record the export before publishing it: {e}"
-                        ))
-                    })
+                        ))),
+                    }
                 })
             }))
             .on_partial_kept(Arc::new(move |at| {
@@ -566,6 +717,28 @@ impl Runner {
                     r.progress = p.clone();
                     let _ = r.events.send(p.clone());
                     let _ = runner.all.send((id, p.clone()));
+                }
+                if runner.store.shared() {
+                    // For the other hypervisords' API, at most once a second.
+                    let due = {
+                        let mut last = lock(&last_saved);
+                        let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+                        if due {
+                            *last = Some(std::time::Instant::now());
+                        }
+                        due
+                    };
+                    if due {
+                        if let (Ok(h), Ok(text)) = (
+                            tokio::runtime::Handle::try_current(),
+                            serde_json::to_string(&p),
+                        ) {
+                            let store = runner.store.clone();
+                            h.spawn(async move {
+                                let _ = store.save_progress(id, fence, text).await;
+                            });
+                        }
+                    }
                 }
                 runner.webhooks.emit(
                     "job.progress",

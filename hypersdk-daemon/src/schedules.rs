@@ -26,7 +26,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::store::{db_err, now, Store, StoreError, StoreResult};
+use crate::args;
+use crate::db::{Conn, Row};
+use crate::store::{now, Store, StoreError, StoreResult};
 use crate::submit::Submitter;
 
 /// How late an occurrence may be found and still run.
@@ -141,19 +143,47 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 const COLUMNS: &str =
     "id, name, cron, timezone, job, enabled, created_at, next_run_at, last_run_at";
 
-fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Schedule> {
-    let job: String = r.get(4)?;
+fn from_row(r: &Row) -> StoreResult<Schedule> {
     Ok(Schedule {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        cron: r.get(2)?,
-        timezone: r.get(3)?,
-        job: serde_json::from_str(&job).unwrap_or(Value::Null),
-        enabled: r.get::<_, i64>(5)? != 0,
-        created_at: r.get(6)?,
-        next_run_at: r.get(7)?,
-        last_run_at: r.get(8)?,
+        id: r.int(0)?,
+        name: r.text(1)?,
+        cron: r.text(2)?,
+        timezone: r.text(3)?,
+        job: serde_json::from_str(&r.text(4)?).unwrap_or(Value::Null),
+        enabled: r.flag(5)?,
+        created_at: r.text(6)?,
+        next_run_at: r.opt_text(7)?,
+        last_run_at: r.opt_text(8)?,
     })
+}
+
+fn insert_runs(c: &mut dyn Conn, id: i64, runs: &[ScheduleRun]) -> StoreResult<()> {
+    for r in runs {
+        c.exec(
+            "record schedule run",
+            "INSERT INTO schedule_runs (schedule_id, at, due_at, status, jobs, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            args![
+                id,
+                r.at.as_str(),
+                r.due_at.as_deref(),
+                r.status.as_str(),
+                serde_json::to_string(&r.jobs).unwrap_or_default(),
+                r.message.as_str()
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// An occurrence of a schedule to fire: what it submits.
+#[derive(Debug)]
+pub struct Firing {
+    /// The jobs of the template, resolved and checked.
+    pub specs: Vec<crate::model::JobSpec>,
+    /// Who submits them (`schedule:NAME`).
+    pub who: String,
+    /// When the occurrence was due.
+    pub due_at: Option<String>,
 }
 
 impl Store {
@@ -164,20 +194,15 @@ impl Store {
         next: Option<String>,
     ) -> StoreResult<Option<Schedule>> {
         self.write(move |c| {
-            let n = c
-                .execute(
-                    "INSERT OR IGNORE INTO schedules (name, cron, timezone, job, enabled, created_at, next_run_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    rusqlite::params![s.name, s.cron, s.timezone, s.job.to_string(), s.enabled as i64, now(), next],
-                )
-                .map_err(db_err("add schedule"))?;
-            if n == 0 {
-                return Ok(None);
-            }
-            let id = c.last_insert_rowid();
-            c.query_row(&format!("SELECT {COLUMNS} FROM schedules WHERE id = ?1"), [id], from_row)
-                .map(Some)
-                .map_err(db_err("read schedule"))
+            let row = c.row(
+                "add schedule",
+                &format!(
+                    "INSERT INTO schedules (name, cron, timezone, job, enabled, created_at, next_run_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name) DO NOTHING RETURNING {COLUMNS}"
+                ),
+                args![s.name, s.cron, s.timezone, s.job.to_string(), s.enabled, now(), next],
+            )?;
+            row.as_ref().map(from_row).transpose()
         })
         .await
     }
@@ -185,22 +210,19 @@ impl Store {
     /// Every schedule, or one.
     pub async fn schedules(&self, id: Option<i64>) -> StoreResult<Vec<Schedule>> {
         self.read(move |c| {
-            let (sql, args): (String, Vec<i64>) = match id {
-                Some(id) => (
-                    format!("SELECT {COLUMNS} FROM schedules WHERE id = ?1"),
-                    vec![id],
-                ),
-                None => (
-                    format!("SELECT {COLUMNS} FROM schedules ORDER BY id"),
-                    vec![],
-                ),
+            let rows = match id {
+                Some(id) => c.rows(
+                    "list schedules",
+                    &format!("SELECT {COLUMNS} FROM schedules WHERE id = ?1"),
+                    args![id],
+                )?,
+                None => c.rows(
+                    "list schedules",
+                    &format!("SELECT {COLUMNS} FROM schedules ORDER BY id"),
+                    &[],
+                )?,
             };
-            let mut stmt = c.prepare(&sql).map_err(db_err("list schedules"))?;
-            let rows = stmt
-                .query_map(rusqlite::params_from_iter(args), from_row)
-                .map_err(db_err("list schedules"))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(db_err("list schedules"))
+            rows.iter().map(from_row).collect()
         })
         .await
     }
@@ -213,12 +235,12 @@ impl Store {
         next: Option<String>,
     ) -> StoreResult<()> {
         self.write(move |c| {
-            c.execute(
+            c.exec(
+                "update schedule",
                 "UPDATE schedules SET enabled = ?2, next_run_at = ?3 WHERE id = ?1",
-                rusqlite::params![id, enabled as i64, next],
+                args![id, enabled, next],
             )
-            .map(|_| ())
-            .map_err(db_err("update schedule"))
+            .map(drop)
         })
         .await
     }
@@ -226,42 +248,80 @@ impl Store {
     /// Deletes a schedule and its history; false if there was none.
     pub async fn delete_schedule(&self, id: i64) -> StoreResult<bool> {
         self.write(move |c| {
-            let tx = c.transaction().map_err(db_err("begin"))?;
-            let n = tx
-                .execute("DELETE FROM schedules WHERE id = ?1", [id])
-                .map_err(db_err("delete schedule"))?;
-            tx.execute("DELETE FROM schedule_runs WHERE schedule_id = ?1", [id])
-                .map_err(db_err("delete schedule runs"))?;
-            tx.commit().map_err(db_err("commit"))?;
-            Ok(n == 1)
+            c.tx(|c| {
+                let n = c.exec("delete schedule", "DELETE FROM schedules WHERE id = ?1", args![id])?;
+                c.exec(
+                    "delete schedule runs",
+                    "DELETE FROM schedule_runs WHERE schedule_id = ?1",
+                    args![id],
+                )?;
+                Ok(n == 1)
+            })
         })
         .await
     }
 
-    /// Records runs of a schedule and moves its next occurrence.
-    pub async fn record_runs(
+    /// Records runs of a schedule made outside its timetable (a trigger).
+    pub async fn record_runs(&self, id: i64, runs: Vec<ScheduleRun>, ran: bool) -> StoreResult<()> {
+        self.write(move |c| {
+            c.tx(|c| {
+                insert_runs(c, id, &runs)?;
+                if ran {
+                    c.exec(
+                        "update schedule",
+                        "UPDATE schedules SET last_run_at = ?2 WHERE id = ?1",
+                        args![id, now()],
+                    )?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Fires the occurrences of schedule `id` due at `expected` (its
+    /// `next_run_at` as read): moves it to `next`, records `runs` (missed
+    /// occurrences) and inserts the jobs of `firing`, all in one
+    /// transaction, and only if no other process moved it first. None when
+    /// another did (so each occurrence fires once, however many processes
+    /// share the store); else the jobs inserted.
+    pub async fn fire_schedule(
         &self,
         id: i64,
-        runs: Vec<ScheduleRun>,
+        expected: String,
         next: Option<String>,
-        ran: bool,
-    ) -> StoreResult<()> {
+        mut runs: Vec<ScheduleRun>,
+        firing: Option<Firing>,
+    ) -> StoreResult<Option<Vec<crate::model::Job>>> {
         self.write(move |c| {
-            let tx = c.transaction().map_err(db_err("begin"))?;
-            for r in &runs {
-                tx.execute(
-                    "INSERT INTO schedule_runs (schedule_id, at, due_at, status, jobs, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    rusqlite::params![id, r.at, r.due_at, r.status, serde_json::to_string(&r.jobs).unwrap_or_default(), r.message],
-                )
-                .map_err(db_err("record schedule run"))?;
-            }
-            if ran {
-                tx.execute("UPDATE schedules SET last_run_at = ?2 WHERE id = ?1", rusqlite::params![id, now()])
-                    .map_err(db_err("update schedule"))?;
-            }
-            tx.execute("UPDATE schedules SET next_run_at = ?2 WHERE id = ?1", rusqlite::params![id, next])
-                .map_err(db_err("update schedule"))?;
-            tx.commit().map_err(db_err("commit"))
+            c.tx(|c| {
+                let moved = c.exec(
+                    "move schedule",
+                    "UPDATE schedules SET next_run_at = ?3 WHERE id = ?1 AND next_run_at = ?2",
+                    args![id, expected, next],
+                )?;
+                if moved == 0 {
+                    return Ok(None);
+                }
+                let mut jobs = Vec::new();
+                if let Some(f) = firing {
+                    jobs = crate::store::insert_jobs(c, f.specs, &f.who, None)?;
+                    runs.push(ScheduleRun {
+                        at: now(),
+                        due_at: f.due_at,
+                        status: "submitted".into(),
+                        jobs: jobs.iter().map(|j| j.id).collect(),
+                        message: "on schedule".into(),
+                    });
+                    c.exec(
+                        "update schedule",
+                        "UPDATE schedules SET last_run_at = ?2 WHERE id = ?1",
+                        args![id, now()],
+                    )?;
+                }
+                insert_runs(c, id, &runs)?;
+                Ok(Some(jobs))
+            })
         })
         .await
     }
@@ -269,22 +329,22 @@ impl Store {
     /// A schedule's history, oldest first.
     pub async fn schedule_runs(&self, id: i64) -> StoreResult<Vec<ScheduleRun>> {
         self.read(move |c| {
-            let mut stmt = c
-                .prepare("SELECT at, due_at, status, jobs, message FROM schedule_runs WHERE schedule_id = ?1 ORDER BY id")
-                .map_err(db_err("read schedule runs"))?;
-            let rows = stmt
-                .query_map([id], |r| {
-                    let jobs: String = r.get(3)?;
-                    Ok(ScheduleRun {
-                        at: r.get(0)?,
-                        due_at: r.get(1)?,
-                        status: r.get(2)?,
-                        jobs: serde_json::from_str(&jobs).unwrap_or_default(),
-                        message: r.get(4)?,
-                    })
+            c.rows(
+                "read schedule runs",
+                "SELECT at, due_at, status, jobs, message FROM schedule_runs WHERE schedule_id = ?1 ORDER BY id",
+                args![id],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(ScheduleRun {
+                    at: r.text(0)?,
+                    due_at: r.opt_text(1)?,
+                    status: r.text(2)?,
+                    jobs: serde_json::from_str(&r.text(3)?).unwrap_or_default(),
+                    message: r.text(4)?,
                 })
-                .map_err(db_err("read schedule runs"))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err("read schedule runs"))
+            })
+            .collect()
         })
         .await
     }
@@ -390,13 +450,35 @@ async fn tick(st: &Submitter, t: DateTime<Utc>) -> Result<(), StoreError> {
                 ),
             });
         }
+        let mut firing = None;
         if run_latest && !more {
-            runs.push(submit(st, &s, Some(latest), "on schedule").await);
+            let who = format!("schedule:{}", s.name);
+            match st.resolve(s.job.clone()).await {
+                Ok(specs) => {
+                    firing = Some(Firing {
+                        specs,
+                        who,
+                        due_at: Some(rfc3339(latest)),
+                    })
+                }
+                Err(e) => runs.push(ScheduleRun {
+                    at: now(),
+                    due_at: Some(rfc3339(latest)),
+                    status: "failed".into(),
+                    jobs: vec![],
+                    message: e.to_string(),
+                }),
+            }
         }
         let next = when.next_after(t).map(rfc3339);
-        st.store()
-            .record_runs(s.id, runs, next, run_latest && !more)
-            .await?;
+        let expected = s.next_run_at.clone().unwrap_or_default();
+        if let Some(jobs) = st
+            .store()
+            .fire_schedule(s.id, expected, next, runs, firing)
+            .await?
+        {
+            st.announce(&jobs);
+        }
     }
     Ok(())
 }

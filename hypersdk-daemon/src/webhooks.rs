@@ -42,7 +42,8 @@ use utoipa::ToSchema;
 use crate::config::WebhookSettings;
 use crate::egress::{GuardedResolver, Policy};
 use crate::lock;
-use crate::store::{db_err, now, Store, StoreResult};
+use crate::args;
+use crate::store::{now, Store, StoreError, StoreResult};
 
 /// Every event a webhook can ask for.
 pub const EVENTS: [&str; 6] = [
@@ -168,18 +169,21 @@ impl Store {
     async fn add_webhook(&self, s: WebhookSpec) -> StoreResult<Webhook> {
         self.write(move |c| {
             let at = now();
-            c.execute(
-                "INSERT INTO webhooks (url, events, secret, created_at) VALUES (?1, ?2, ?3, ?4)",
-                rusqlite::params![
-                    s.url,
-                    serde_json::to_string(&s.events).unwrap_or_default(),
-                    s.secret,
-                    at
-                ],
-            )
-            .map_err(db_err("add webhook"))?;
+            let id = c
+                .row(
+                    "add webhook",
+                    "INSERT INTO webhooks (url, events, secret, created_at) VALUES (?1, ?2, ?3, ?4) RETURNING id",
+                    args![
+                        s.url.as_str(),
+                        serde_json::to_string(&s.events).unwrap_or_default(),
+                        s.secret.as_str(),
+                        at.as_str()
+                    ],
+                )?
+                .ok_or_else(|| StoreError("add webhook: no id".into()))?
+                .int(0)?;
             Ok(Webhook {
-                id: c.last_insert_rowid(),
+                id,
                 url: s.url,
                 events: s.events,
                 created_at: at,
@@ -192,48 +196,46 @@ impl Store {
     /// Every webhook, with its secret.
     async fn webhooks_with_secrets(&self) -> StoreResult<Vec<(Webhook, String)>> {
         self.read(|c| {
-            let mut stmt = c
-                .prepare("SELECT id, url, events, secret, created_at FROM webhooks ORDER BY id")
-                .map_err(db_err("list webhooks"))?;
-            let rows = stmt
-                .query_map([], |r| {
-                    let events: String = r.get(2)?;
-                    Ok((
-                        Webhook {
-                            id: r.get(0)?,
-                            url: r.get(1)?,
-                            events: serde_json::from_str(&events).unwrap_or_default(),
-                            created_at: r.get(4)?,
-                            circuit: Circuit::default(),
-                        },
-                        r.get::<_, String>(3)?,
-                    ))
-                })
-                .map_err(db_err("list webhooks"))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(db_err("list webhooks"))
+            c.rows(
+                "list webhooks",
+                "SELECT id, url, events, secret, created_at FROM webhooks ORDER BY id",
+                &[],
+            )?
+            .iter()
+            .map(|r| {
+                Ok((
+                    Webhook {
+                        id: r.int(0)?,
+                        url: r.text(1)?,
+                        events: serde_json::from_str(&r.text(2)?).unwrap_or_default(),
+                        created_at: r.text(4)?,
+                        circuit: Circuit::default(),
+                    },
+                    r.text(3)?,
+                ))
+            })
+            .collect()
         })
         .await
     }
 
     async fn delete_webhook(&self, id: i64) -> StoreResult<bool> {
         self.write(move |c| {
-            c.execute("DELETE FROM webhooks WHERE id = ?1", [id])
+            c.exec("delete webhook", "DELETE FROM webhooks WHERE id = ?1", args![id])
                 .map(|n| n == 1)
-                .map_err(db_err("delete webhook"))
         })
         .await
     }
 
     async fn log_delivery(&self, hook: i64, a: DeliveryAttempt) -> StoreResult<()> {
         self.write(move |c| {
-            c.execute(
+            c.exec(
+                "log delivery",
                 "INSERT INTO webhook_deliveries (webhook_id, delivery, event, job_id, attempt, at, status, ok, error)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                rusqlite::params![hook, a.delivery, a.event, a.job_id, a.attempt, a.at, a.status, a.ok as i64, a.error],
+                args![hook, a.delivery, a.event, a.job_id, a.attempt, a.at, a.status, a.ok, a.error],
             )
-            .map(|_| ())
-            .map_err(db_err("log delivery"))
+            .map(drop)
         })
         .await
     }
@@ -241,27 +243,26 @@ impl Store {
     /// A webhook's delivery log, oldest first.
     pub async fn deliveries(&self, hook: i64) -> StoreResult<Vec<DeliveryAttempt>> {
         self.read(move |c| {
-            let mut stmt = c
-                .prepare(
-                    "SELECT delivery, event, job_id, attempt, at, status, ok, error FROM webhook_deliveries
-                     WHERE webhook_id = ?1 ORDER BY id",
-                )
-                .map_err(db_err("read deliveries"))?;
-            let rows = stmt
-                .query_map([hook], |r| {
-                    Ok(DeliveryAttempt {
-                        delivery: r.get(0)?,
-                        event: r.get(1)?,
-                        job_id: r.get(2)?,
-                        attempt: r.get(3)?,
-                        at: r.get(4)?,
-                        status: r.get(5)?,
-                        ok: r.get::<_, i64>(6)? != 0,
-                        error: r.get(7)?,
-                    })
+            c.rows(
+                "read deliveries",
+                "SELECT delivery, event, job_id, attempt, at, status, ok, error FROM webhook_deliveries
+                 WHERE webhook_id = ?1 ORDER BY id",
+                args![hook],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(DeliveryAttempt {
+                    delivery: r.text(0)?,
+                    event: r.text(1)?,
+                    job_id: r.opt_int(2)?,
+                    attempt: r.int(3)?,
+                    at: r.text(4)?,
+                    status: r.opt_int(5)?,
+                    ok: r.flag(6)?,
+                    error: r.opt_text(7)?,
                 })
-                .map_err(db_err("read deliveries"))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err("read deliveries"))
+            })
+            .collect()
         })
         .await
     }

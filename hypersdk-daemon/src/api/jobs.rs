@@ -93,7 +93,8 @@ pub(super) async fn list_jobs(
         .await
         .map_err(ApiError::internal)?;
     for j in &mut jobs {
-        j.progress = st.runner.progress(j.id);
+        // Running here: live; elsewhere: as its hypervisord last recorded it.
+        j.progress = st.runner.progress(j.id).or(j.progress.take());
     }
     Ok(Json(JobList {
         jobs,
@@ -116,7 +117,7 @@ pub(super) async fn load(st: &AppState, raw: &str) -> ApiResult<Job> {
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
-    job.progress = st.runner.progress(id);
+    job.progress = st.runner.progress(id).or(job.progress.take());
     Ok(job)
 }
 
@@ -219,11 +220,20 @@ pub(super) async fn cancel_job(
         .cancel_queued(job.id, caller.name.clone())
         .await
         .map_err(ApiError::internal)?;
-    if !cancelled_queued && st.runner.cancel(job.id) {
-        st.store
-            .log(job.id, format!("cancel requested by {}", caller.name))
-            .await
-            .map_err(ApiError::internal)?;
+    if !cancelled_queued {
+        if st.runner.cancel(job.id) {
+            st.store
+                .log(job.id, format!("cancel requested by {}", caller.name))
+                .await
+                .map_err(ApiError::internal)?;
+        } else {
+            // Running on another hypervisord: it sees the request when it
+            // next renews its lease.
+            st.store
+                .request_cancel(job.id, caller.name.clone())
+                .await
+                .map_err(ApiError::internal)?;
+        }
     }
     Ok((StatusCode::ACCEPTED, Json(load(&st, &id).await?)))
 }
@@ -355,6 +365,14 @@ pub(super) async fn job_progress(
                     // Started: its runner entry appears at once, or it just ended.
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                     rx = st.runner.subscribe(id);
+                    if rx.is_none() && st.store.shared() {
+                        // It runs on another hypervisord: follow what it
+                        // records, until it ends.
+                        if let Some(p) = remote_progress(&st, id).await {
+                            let ev = Event::default().event("progress").json_data(&p).ok()?;
+                            return Some((Ok(ev), (st, id, None, None, false)));
+                        }
+                    }
                     break;
                 }
                 _ => break,
@@ -381,6 +399,37 @@ pub(super) async fn job_progress(
         Some((Ok(ev), (st, id, None, None, true)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// The next progress of job `id` running on another hypervisord, as the
+/// store shows it (polled each second); None once it no longer runs.
+async fn remote_progress(st: &AppState, id: i64) -> Option<Progress> {
+    let mut rx = st.runner.subscribe_all();
+    loop {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            loop {
+                match rx.recv().await {
+                    Ok((i, p)) if i == id => return Some(p),
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return None,
+                }
+            }
+        })
+        .await;
+        match next {
+            Ok(Some(p)) if p.is_end() => return None,
+            Ok(Some(p)) => return Some(p),
+            Ok(None) => return None,
+            Err(_) => match st.store.get(id).await {
+                Ok(Some(j)) if j.status == JobStatus::Running => {
+                    if st.runner.progress(id).is_some() {
+                        return None;
+                    }
+                }
+                _ => return None,
+            },
+        }
+    }
 }
 
 /// Progress of every job as Server-Sent Events, for dashboards: `progress`

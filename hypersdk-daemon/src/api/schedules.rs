@@ -144,12 +144,7 @@ pub(super) async fn trigger_schedule(
     )
     .await;
     st.store
-        .record_runs(
-            s.id,
-            vec![run.clone()],
-            s.next_run_at.clone(),
-            run.status == "submitted",
-        )
+        .record_runs(s.id, vec![run.clone()], run.status == "submitted")
         .await
         .map_err(ApiError::internal)?;
     if run.status != "submitted" {
