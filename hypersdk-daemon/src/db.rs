@@ -353,8 +353,20 @@ fn pg_sql(sql: &str) -> String {
 
 /// A PostgreSQL connection with its prepared statements.
 pub struct PgConn {
-    client: postgres::Client,
+    client: Option<postgres::Client>,
     statements: HashMap<String, postgres::Statement>,
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        // Closing blocks on the client's own runtime, which panics inside
+        // another runtime's task: close on a thread of its own.
+        if let Some(client) = self.client.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                std::thread::spawn(move || drop(client));
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for PgConn {
@@ -374,7 +386,7 @@ impl PgConn {
         }
         .map_err(|e| pg_error(&e))?;
         Ok(PgConn {
-            client,
+            client: Some(client),
             statements: HashMap::new(),
         })
     }
@@ -383,12 +395,16 @@ impl PgConn {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let s = self.client.prepare(&pg_sql(sql)).map_err(|e| pg_error(&e))?;
+        let s = self.client()?.prepare(&pg_sql(sql)).map_err(|e| pg_error(&e))?;
         if self.statements.len() > 512 {
             self.statements.clear();
         }
         self.statements.insert(sql.to_string(), s.clone());
         Ok(s)
+    }
+
+    fn client(&mut self) -> Result<&mut postgres::Client, String> {
+        self.client.as_mut().ok_or_else(|| "connection closed".to_string())
     }
 
     fn params(args: &[Value]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
@@ -429,7 +445,7 @@ impl Conn for PgConn {
 
     fn exec_raw(&mut self, sql: &str, args: &[Value]) -> Result<u64, String> {
         let stmt = self.statement(sql)?;
-        self.client
+        self.client()?
             .execute(&stmt, &Self::params(args))
             .map_err(|e| pg_error(&e))
     }
@@ -437,7 +453,7 @@ impl Conn for PgConn {
     fn query_raw(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, String> {
         let stmt = self.statement(sql)?;
         let rows = self
-            .client
+            .client()?
             .query(&stmt, &Self::params(args))
             .map_err(|e| pg_error(&e))?;
         rows.iter()
@@ -446,11 +462,11 @@ impl Conn for PgConn {
     }
 
     fn batch(&mut self, sql: &str) -> Result<(), String> {
-        self.client.batch_execute(sql).map_err(|e| pg_error(&e))
+        self.client()?.batch_execute(sql).map_err(|e| pg_error(&e))
     }
 
     fn is_broken(&self) -> bool {
-        self.client.is_closed()
+        self.client.as_ref().is_none_or(|c| c.is_closed())
     }
 }
 

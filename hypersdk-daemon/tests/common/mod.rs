@@ -153,6 +153,22 @@ impl Drop for Daemon {
     }
 }
 
+/// Whether this suite runs on PostgreSQL: the test crates whose name ends
+/// in `_postgres` (they hold the same tests as their SQLite twin).
+pub fn postgres() -> bool {
+    env!("CARGO_CRATE_NAME").ends_with("_postgres")
+}
+
+/// The `database` of a config in `dir`: `dir/jobs.db`, or on PostgreSQL a
+/// fresh database of the test process's private server.
+pub fn database(dir: &Path) -> String {
+    if postgres() {
+        hypersdk_testsupport::postgres::Postgres::shared().fresh_url()
+    } else {
+        dir.join("jobs.db").display().to_string()
+    }
+}
+
 /// A config in `dir` with the example VMs as provider `kvm` and `extra` lines.
 pub fn config(dir: &Path, extra: &str) -> PathBuf {
     config_at(dir, &workspace_root().join("examples/vms"), "", extra)
@@ -168,7 +184,7 @@ pub fn config_at(dir: &Path, vms: &Path, provider: &str, extra: &str) -> PathBuf
         &path,
         format!(
             "listen: 127.0.0.1:0\ndatabase: {}\noutput_root: {}\nproviders:\n  kvm: {{ kind: local, dir: {}{provider} }}\n{extra}",
-            dir.join("jobs.db").display(),
+            database(dir),
             dir.join("out").display(),
             vms.display()
         ),
@@ -277,7 +293,7 @@ pub fn provider_config(dir: &Path, name: &str, mut settings: Value, secret: &str
         &path,
         format!(
             "listen: 127.0.0.1:0\ndatabase: {}\noutput_root: {}\nproviders:\n  {name}: {settings}\n",
-            dir.join("jobs.db").display(),
+            database(dir),
             dir.join("out").display(),
         ),
     )

@@ -62,6 +62,26 @@ fn pg(program: &str, root: bool) -> Command {
 impl Postgres {
     /// A fresh cluster, started; waits (at most 60 s) until it answers.
     pub fn start() -> Postgres {
+        Self::start_with(false)
+    }
+
+    /// One server for the whole test process, started on first use. It
+    /// stops, and its files go, when the process exits (however it exits).
+    pub fn shared() -> &'static Postgres {
+        static SHARED: std::sync::OnceLock<Postgres> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| Self::start_with(true))
+    }
+
+    /// A new empty database of its own; its connection URL.
+    pub fn fresh_url(&self) -> String {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("t{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+        self.create_database(&name);
+        self.url(&name)
+    }
+
+    fn start_with(supervised: bool) -> Postgres {
         let root = running_as_root();
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
@@ -88,7 +108,8 @@ impl Postgres {
             std::os::unix::fs::chown(dir.path().join("server.log"), Some(65534), Some(65534))
                 .unwrap();
         }
-        let server = pg("postgres", root)
+        let mut server = pg("postgres", root);
+        server
             .arg("-D")
             .arg(&data)
             .arg("-k")
@@ -103,13 +124,33 @@ impl Postgres {
                 "-c",
                 "unix_socket_permissions=0777",
                 "-c",
-                "max_connections=200",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("postgres");
+                "max_connections=300",
+            ]);
+        let server = if supervised {
+            // A shell runs the server and waits on its standard input, a
+            // pipe only this process writes to: when this process exits,
+            // however it exits, the read ends, the server stops and its
+            // files go.
+            let mut sh = Command::new("sh");
+            sh.arg("-c")
+                .arg(r#"dir="$1"; shift; "$@" & p=$!; read _ignored; kill -INT "$p"; wait "$p"; rm -rf "$dir""#)
+                .arg("sh")
+                .arg(dir.path())
+                .arg(server.get_program())
+                .args(server.get_args())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("sh running postgres")
+        } else {
+            server
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("postgres")
+        };
         let pg = Postgres {
             dir,
             socket_dir,
