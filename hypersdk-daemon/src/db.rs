@@ -177,10 +177,7 @@ impl dyn Conn + '_ {
 
     /// Runs `f` in a transaction: committed if it returns Ok, rolled back
     /// otherwise.
-    pub fn tx<T>(
-        &mut self,
-        f: impl FnOnce(&mut dyn Conn) -> StoreResult<T>,
-    ) -> StoreResult<T> {
+    pub fn tx<T>(&mut self, f: impl FnOnce(&mut dyn Conn) -> StoreResult<T>) -> StoreResult<T> {
         let begin = match self.dialect() {
             Dialect::Sqlite => "BEGIN IMMEDIATE",
             Dialect::Postgres => "BEGIN",
@@ -379,7 +376,10 @@ impl std::fmt::Debug for PgConn {
 
 impl PgConn {
     /// A connection made with `config` and `tls`.
-    pub fn connect(config: &postgres::Config, tls: Option<rustls::ClientConfig>) -> Result<PgConn, String> {
+    pub fn connect(
+        config: &postgres::Config,
+        tls: Option<rustls::ClientConfig>,
+    ) -> Result<PgConn, String> {
         let client = match tls {
             Some(t) => config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(t)),
             None => config.connect(postgres::NoTls),
@@ -395,7 +395,10 @@ impl PgConn {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let s = self.client()?.prepare(&pg_sql(sql)).map_err(|e| pg_error(&e))?;
+        let s = self
+            .client()?
+            .prepare(&pg_sql(sql))
+            .map_err(|e| pg_error(&e))?;
         if self.statements.len() > 512 {
             self.statements.clear();
         }
@@ -404,7 +407,9 @@ impl PgConn {
     }
 
     fn client(&mut self) -> Result<&mut postgres::Client, String> {
-        self.client.as_mut().ok_or_else(|| "connection closed".to_string())
+        self.client
+            .as_mut()
+            .ok_or_else(|| "connection closed".to_string())
     }
 
     fn params(args: &[Value]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
@@ -412,7 +417,6 @@ impl PgConn {
             .map(|a| a as &(dyn postgres::types::ToSql + Sync))
             .collect()
     }
-
 }
 
 /// PostgreSQL's message, with its detail when it has one.
@@ -457,7 +461,12 @@ impl Conn for PgConn {
             .query(&stmt, &Self::params(args))
             .map_err(|e| pg_error(&e))?;
         rows.iter()
-            .map(|r| (0..r.len()).map(|i| pg_value(r, i)).collect::<Result<_, _>>().map(Row))
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| pg_value(r, i))
+                    .collect::<Result<_, _>>()
+                    .map(Row)
+            })
             .collect()
     }
 
@@ -542,7 +551,10 @@ impl PgTarget {
         }
         if config.get_ports().is_empty() {
             if let Some(p) = env("PGPORT") {
-                config.port(p.parse().map_err(|_| format!("PGPORT: {p:?} is not a port"))?);
+                config.port(
+                    p.parse()
+                        .map_err(|_| format!("PGPORT: {p:?} is not a port"))?,
+                );
             }
         }
         if config.get_user().is_none() {
@@ -557,9 +569,8 @@ impl PgTarget {
             }
         }
         if let Some(file) = password_file {
-            let text = std::fs::read_to_string(file).map_err(|e| {
-                format!("database_password_file {}: {e}", file.display())
-            })?;
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("database_password_file {}: {e}", file.display()))?;
             let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
             config.password(line);
         } else if config.get_password().is_none() {
@@ -607,8 +618,8 @@ impl PgTarget {
                     let pem = std::fs::read(f)
                         .map_err(|e| format!("database_ca_file {}: {e}", f.display()))?;
                     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                        let cert = cert
-                            .map_err(|e| format!("database_ca_file {}: {e}", f.display()))?;
+                        let cert =
+                            cert.map_err(|e| format!("database_ca_file {}: {e}", f.display()))?;
                         roots
                             .add(cert)
                             .map_err(|e| format!("database_ca_file {}: {e}", f.display()))?;
@@ -649,11 +660,7 @@ impl PgTarget {
             hosts.join(","),
             config.get_dbname().unwrap_or_default()
         );
-        Ok(PgTarget {
-            config,
-            tls,
-            shown,
-        })
+        Ok(PgTarget { config, tls, shown })
     }
 
     /// The target as logs show it (no password).

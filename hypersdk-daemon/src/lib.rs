@@ -83,10 +83,12 @@ pub async fn open_store(config: &config::Config) -> anyhow::Result<store::Store>
         &|k| std::env::var(k).ok(),
     )
     .map_err(|e| anyhow::anyhow!("database: {e}"))?;
-    let store = tokio::task::spawn_blocking(move || store::Store::open_postgres(target, &options))
-        .await
-        .map_err(|e| anyhow::anyhow!("store task failed: {e}"))??;
-    tracing::info!(node = store.node(), owner = store.owner(), "job store: PostgreSQL, shared");
+    let store = store::Store::open_postgres(target, options).await?;
+    tracing::info!(
+        node = store.node(),
+        owner = store.owner(),
+        "job store: PostgreSQL, shared"
+    );
     Ok(store)
 }
 
@@ -202,7 +204,9 @@ impl Daemon {
                     tracing::info!(jobs = ?ids, "running jobs given back to the queue")
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot give running jobs back (their leases run out instead)"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot give running jobs back (their leases run out instead)")
+                }
             }
         }
     }

@@ -228,7 +228,11 @@ pub fn migrate_postgres(c: &mut dyn crate::db::Conn) -> Result<(usize, usize), S
         c.batch("CREATE TABLE IF NOT EXISTS hypersdk_schema (version BIGINT NOT NULL)")
             .map_err(|e| format!("create the schema version table: {e}"))?;
         let recorded = c
-            .rows("read the schema version", "SELECT version FROM hypersdk_schema", &[])
+            .rows(
+                "read the schema version",
+                "SELECT version FROM hypersdk_schema",
+                &[],
+            )
             .map_err(|e| e.0)?
             .first()
             .map(|r| r.int(0))
@@ -236,8 +240,12 @@ pub fn migrate_postgres(c: &mut dyn crate::db::Conn) -> Result<(usize, usize), S
             .map_err(|e| e.0)?;
         let from = match recorded {
             None => {
-                c.exec("record the schema version", "INSERT INTO hypersdk_schema (version) VALUES (0)", &[])
-                    .map_err(|e| e.0)?;
+                c.exec(
+                    "record the schema version",
+                    "INSERT INTO hypersdk_schema (version) VALUES (0)",
+                    &[],
+                )
+                .map_err(|e| e.0)?;
                 0
             }
             Some(v) => usize::try_from(v).unwrap_or(usize::MAX),
@@ -268,10 +276,18 @@ pub fn migrate_postgres(c: &mut dyn crate::db::Conn) -> Result<(usize, usize), S
         }
         Ok((from, version))
     };
-    c.exec("take the migration lock", "SELECT pg_advisory_lock(?1)", args![MIGRATION_LOCK])
-        .map_err(|e| e.0)?;
+    c.exec(
+        "take the migration lock",
+        "SELECT pg_advisory_lock(?1)",
+        args![MIGRATION_LOCK],
+    )
+    .map_err(|e| e.0)?;
     let out = locked(c);
-    let _ = c.exec("release the migration lock", "SELECT pg_advisory_unlock(?1)", args![MIGRATION_LOCK]);
+    let _ = c.exec(
+        "release the migration lock",
+        "SELECT pg_advisory_unlock(?1)",
+        args![MIGRATION_LOCK],
+    );
     out
 }
 

@@ -14,8 +14,8 @@
 
 use serde_json::{Map, Value};
 
-use crate::model::JobSpec;
 use crate::args;
+use crate::model::JobSpec;
 use crate::store::{now, Store, StoreError, StoreResult};
 
 impl Store {
@@ -37,7 +37,11 @@ impl Store {
     pub async fn profile(&self, name: String) -> StoreResult<Option<Value>> {
         self.read(move |c| {
             let text = c
-                .row("read profile", "SELECT body FROM profiles WHERE name = ?1", args![name])?
+                .row(
+                    "read profile",
+                    "SELECT body FROM profiles WHERE name = ?1",
+                    args![name],
+                )?
                 .map(|r| r.text(0))
                 .transpose()?;
             text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError(format!("profile: {e}"))))
@@ -70,8 +74,12 @@ impl Store {
     /// Deletes profile `name`; false if there was none.
     pub async fn delete_profile(&self, name: String) -> StoreResult<bool> {
         self.write(move |c| {
-            c.exec("delete profile", "DELETE FROM profiles WHERE name = ?1", args![name])
-                .map(|n| n == 1)
+            c.exec(
+                "delete profile",
+                "DELETE FROM profiles WHERE name = ?1",
+                args![name],
+            )
+            .map(|n| n == 1)
         })
         .await
     }

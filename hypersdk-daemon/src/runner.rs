@@ -79,6 +79,8 @@ struct Running {
     fence: i64,
     /// Set when the run lost its lease: it ends without recording anything.
     lost: Arc<std::sync::atomic::AtomicBool>,
+    /// Set when the run records its end (its lease ends with it).
+    ending: Arc<std::sync::atomic::AtomicBool>,
     progress: Progress,
     events: broadcast::Sender<Progress>,
 }
@@ -209,6 +211,9 @@ impl Runner {
             Ok(held) => {
                 *last_renewed = std::time::Instant::now();
                 for (id, r) in self.running().iter() {
+                    if r.ending.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue;
+                    }
                     match held.iter().find(|l| l.id == *id) {
                         Some(l) if l.fence == r.fence => {
                             if l.cancel && !r.cancel.is_cancelled() {
@@ -253,7 +258,9 @@ impl Runner {
         let mut last_renewed = std::time::Instant::now();
         let mut last_lease_check: Option<std::time::Instant> = None;
         let renew_every = Duration::from_millis(
-            u64::try_from(self.store.lease_ms() / 3).unwrap_or(10_000).max(100),
+            u64::try_from(self.store.lease_ms() / 3)
+                .unwrap_or(10_000)
+                .max(100),
         );
         loop {
             if last_sweep.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
@@ -287,12 +294,14 @@ impl Runner {
         let cancel = CancellationToken::new();
         let (events, _) = broadcast::channel(64);
         let lost: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let ending: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         self.running().insert(
             job.id,
             Running {
                 cancel: cancel.clone(),
                 fence,
                 lost: lost.clone(),
+                ending: ending.clone(),
                 progress: Progress::default(),
                 events,
             },
@@ -400,6 +409,7 @@ impl Runner {
             if let Some(e) = &end.error {
                 crate::telemetry::set_error(&span, e);
             }
+            ending.store(true, std::sync::atomic::Ordering::SeqCst);
             match self.store.finish(id, status, end, Some(fence)).await {
                 Ok(true) => {}
                 Ok(false) => {

@@ -249,7 +249,11 @@ impl Store {
     pub async fn delete_schedule(&self, id: i64) -> StoreResult<bool> {
         self.write(move |c| {
             c.tx(|c| {
-                let n = c.exec("delete schedule", "DELETE FROM schedules WHERE id = ?1", args![id])?;
+                let n = c.exec(
+                    "delete schedule",
+                    "DELETE FROM schedules WHERE id = ?1",
+                    args![id],
+                )?;
                 c.exec(
                     "delete schedule runs",
                     "DELETE FROM schedule_runs WHERE schedule_id = ?1",

@@ -306,11 +306,14 @@ impl Store {
     }
 
     /// Connects to PostgreSQL (several processes may share it), migrating
-    /// its schema under an advisory lock.
-    pub fn open_postgres(
-        target: crate::db::PgTarget,
-        o: &OpenOptions,
-    ) -> StoreResult<Store> {
+    /// its schema under an advisory lock (on the blocking pool).
+    pub async fn open_postgres(target: crate::db::PgTarget, o: OpenOptions) -> StoreResult<Store> {
+        tokio::task::spawn_blocking(move || Self::connect_postgres(target, &o))
+            .await
+            .map_err(|e| StoreError(format!("store thread failed: {e}")))?
+    }
+
+    fn connect_postgres(target: crate::db::PgTarget, o: &OpenOptions) -> StoreResult<Store> {
         let target = Arc::new(target);
         let connect: Connect = {
             let t = target.clone();
@@ -817,7 +820,11 @@ impl Store {
     pub async fn clear_partial(&self, id: i64, message: String) -> StoreResult<()> {
         self.write(move |c| {
             c.tx(|c| {
-                c.exec("clear partial", "UPDATE jobs SET partial = NULL WHERE id = ?1", args![id])?;
+                c.exec(
+                    "clear partial",
+                    "UPDATE jobs SET partial = NULL WHERE id = ?1",
+                    args![id],
+                )?;
                 add_event(c, id, &now(), None, &message)
             })
         })
@@ -878,7 +885,13 @@ impl Store {
                     .collect::<StoreResult<Vec<i64>>>()?;
                 let at = now();
                 for id in &ids {
-                    add_event(c, *id, &at, Some(JobStatus::Queued), "its hypervisord shut down: queued again, to continue from its checkpoint")?;
+                    add_event(
+                        c,
+                        *id,
+                        &at,
+                        Some(JobStatus::Queued),
+                        "its hypervisord shut down: queued again, to continue from its checkpoint",
+                    )?;
                 }
                 Ok(ids)
             })
@@ -1006,7 +1019,13 @@ pub(crate) fn insert_jobs(
             )?
             .ok_or_else(|| StoreError("insert job: no id".into()))?
             .int(0)?;
-        add_event(c, id, &at, Some(JobStatus::Queued), &format!("submitted by {who}"))?;
+        add_event(
+            c,
+            id,
+            &at,
+            Some(JobStatus::Queued),
+            &format!("submitted by {who}"),
+        )?;
         jobs.push(Job {
             id,
             status: JobStatus::Queued,

@@ -39,10 +39,10 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use utoipa::ToSchema;
 
+use crate::args;
 use crate::config::WebhookSettings;
 use crate::egress::{GuardedResolver, Policy};
 use crate::lock;
-use crate::args;
 use crate::store::{now, Store, StoreError, StoreResult};
 
 /// Every event a webhook can ask for.
@@ -221,8 +221,12 @@ impl Store {
 
     async fn delete_webhook(&self, id: i64) -> StoreResult<bool> {
         self.write(move |c| {
-            c.exec("delete webhook", "DELETE FROM webhooks WHERE id = ?1", args![id])
-                .map(|n| n == 1)
+            c.exec(
+                "delete webhook",
+                "DELETE FROM webhooks WHERE id = ?1",
+                args![id],
+            )
+            .map(|n| n == 1)
         })
         .await
     }

@@ -151,7 +151,8 @@ fn three_workers_killed_at_random_finish_every_job_exactly_once() {
     for job in all["jobs"].as_array().unwrap() {
         let id = job["id"].as_i64().unwrap();
         assert_eq!(job["status"], "succeeded", "{job}");
-        let (_, log) = workers[id as usize % 3].json("GET", &format!("/api/v1/jobs/{id}/logs"), None);
+        let (_, log) =
+            workers[id as usize % 3].json("GET", &format!("/api/v1/jobs/{id}/logs"), None);
         let ends = log
             .as_array()
             .unwrap()
@@ -162,7 +163,15 @@ fn three_workers_killed_at_random_finish_every_job_exactly_once() {
         if job["attempts"].as_i64().unwrap() > 1 {
             retaken += 1;
         }
-        nodes_seen.insert(job["node"].as_str().unwrap().split('#').next().unwrap().to_string());
+        nodes_seen.insert(
+            job["node"]
+                .as_str()
+                .unwrap()
+                .split('#')
+                .next()
+                .unwrap()
+                .to_string(),
+        );
     }
     println!("{retaken} jobs ran more than once (continued after a kill); ran on {nodes_seen:?}");
     assert!(kills == 0 || retaken > 0, "kills interrupted no job?");
