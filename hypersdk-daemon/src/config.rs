@@ -202,7 +202,8 @@ pub struct Config {
     pub cluster_max_concurrent: Option<usize>,
     /// Directory all exports are written below.
     pub output_root: PathBuf,
-    /// Exports running at once, all providers together.
+    /// Exports running at once, all providers together (0 with a shared
+    /// PostgreSQL database: this process serves the API and runs nothing).
     #[serde(default = "default_concurrency")]
     pub max_concurrent: usize,
     /// Providers by name.
@@ -488,8 +489,11 @@ impl Config {
                 anyhow::bail!("artifact_mode: '{m}' makes exports writable by everyone");
             }
         }
-        if self.max_concurrent == 0 {
-            anyhow::bail!("max_concurrent must be at least 1");
+        if self.max_concurrent == 0 && self.postgres_url().is_none() {
+            anyhow::bail!(
+                "max_concurrent must be at least 1 (0, a hypervisord that serves the API and runs nothing, \
+                 is for a cluster sharing a PostgreSQL database)"
+            );
         }
         for (name, s) in &self.sinks {
             if hypersdk::output_scheme(&s.url).is_none() {

@@ -28,6 +28,17 @@
 //! `webhooks.allow_private` lists them (see [`crate::egress`]); redirects
 //! are not followed (a 3xx is a failed attempt), and the delivery log keeps
 //! the status code, never a response body.
+//!
+//! **Once per event, at least once per delivery.** An event is emitted by
+//! the one hypervisord that caused it (the one that took the submission,
+//! or the one running the job), so with several sharing a PostgreSQL
+//! store each event is sent once, by that process. A delivery may still
+//! arrive more than once (an answer lost after the endpoint acted, the
+//! process killed between sending and logging): `X-Hypersdk-Delivery` (and
+//! the body's `id`, the same value) is unique over the cluster and the
+//! same on every attempt, so receivers deduplicate on it (an idempotency
+//! key). Webhooks registered on one process reach the others within two
+//! seconds (each re-reads the list from the store).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -334,10 +345,49 @@ impl Webhooks {
         for (hook, secret) in store.webhooks_with_secrets().await? {
             w.spawn(hook, secret);
         }
+        if store.shared() {
+            // Others may add and remove webhooks: follow the store.
+            let weak = Arc::downgrade(&w);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    let Some(w) = weak.upgrade() else { return };
+                    if let Err(e) = w.follow_store().await {
+                        tracing::warn!(error = %e, "cannot re-read the webhooks");
+                    }
+                }
+            });
+        }
         Ok(w)
     }
 
+    /// Starts the webhooks the store has and this process does not, and
+    /// drops the ones it no longer has.
+    async fn follow_store(self: &Arc<Self>) -> StoreResult<()> {
+        let stored = self.store.webhooks_with_secrets().await?;
+        let known: Vec<i64> = lock(&self.endpoints).iter().map(|e| e.hook.id).collect();
+        for gone in known
+            .iter()
+            .filter(|id| !stored.iter().any(|(h, _)| h.id == **id))
+        {
+            lock(&self.endpoints).retain(|e| e.hook.id != *gone);
+            lock(&self.circuits).remove(gone);
+            self.metrics.forget_webhook(*gone);
+        }
+        for (hook, secret) in stored {
+            if !known.contains(&hook.id) {
+                self.spawn(hook, secret);
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the worker of `hook`, unless it has one.
     fn spawn(self: &Arc<Self>, hook: Webhook, secret: String) {
+        let mut endpoints = lock(&self.endpoints);
+        if endpoints.iter().any(|e| e.hook.id == hook.id) {
+            return;
+        }
         let (tx, rx) = mpsc::channel(QUEUE);
         let worker = Worker {
             hook: hook.clone(),
@@ -351,7 +401,7 @@ impl Webhooks {
         };
         self.metrics.breaker(hook.id, false);
         tokio::spawn(worker.run(rx));
-        lock(&self.endpoints).push(Endpoint { hook, tx });
+        endpoints.push(Endpoint { hook, tx });
     }
 
     /// Registers a webhook.
@@ -405,8 +455,10 @@ impl Webhooks {
             .iter()
             .filter(|e| e.hook.events.iter().any(|x| x == event))
         {
+            // Unique over every process sharing the store.
             let id = format!(
-                "{}-{}",
+                "{}-{}-{}",
+                self.store.owner().replace(['#', '.'], "-"),
                 chrono::Utc::now().timestamp_millis(),
                 self.next_id.fetch_add(1, Ordering::Relaxed)
             );

@@ -40,6 +40,7 @@ fn worker_config(dir: &Path, node: &str, url: &str, vms: &Path, slots: usize) ->
         format!(
             "listen: 127.0.0.1:0\ndatabase: '{url}'\nnode: {node}\nlease_secs: 3\n\
              output_root: {}\nmax_concurrent: {slots}\n\
+             webhooks: {{ allow_private: [127.0.0.1/32] }}\n\
              providers:\n  kvm: {{ kind: local, dir: {} }}\n",
             dir.join("out").display(),
             vms.display()
@@ -191,4 +192,108 @@ fn three_workers_killed_at_random_finish_every_job_exactly_once() {
         assert!(report.verified(), "job {i}: {:?}", report.failures());
     }
     assert_eq!(partials(&out), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn any_node_serves_the_jobs_another_runs() {
+    let pg = Postgres::start();
+    pg.create_database("api");
+    let url = pg.url("api");
+    let tmp = tempfile::tempdir().unwrap();
+    // 32 MiB at 8 MiB/s: about 4 s each.
+    let vms = vms(tmp.path(), 1, 32 << 20);
+    // `front` runs nothing (no slots): it only serves the API.
+    let front = Daemon::start(&worker_config(tmp.path(), "front", &url, &vms, 0));
+    let back = Daemon::start(&worker_config(tmp.path(), "back", &url, &vms, 2));
+
+    // A webhook registered on the front reaches the back within seconds.
+    let receiver = common::Receiver::start(0, false);
+    let (code, hook) = front.json(
+        "POST",
+        "/api/v1/webhooks",
+        Some(
+            &json!({"url": receiver.url, "secret": "0123456789abcdef",
+                     "events": ["job.created", "job.started", "job.completed", "job.cancelled"]})
+            .to_string(),
+        ),
+    );
+    assert_eq!(code, 201, "{hook}");
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let submit = |out: &str| -> i64 {
+        let (code, sub) = front.json(
+            "POST",
+            "/api/v1/jobs",
+            Some(
+                &json!({"vm": "vm0", "provider": "kvm", "output": out, "bwlimit": "8M"})
+                    .to_string(),
+            ),
+        );
+        assert_eq!(code, 201, "{sub}");
+        sub["jobs"][0]["id"].as_i64().unwrap()
+    };
+    let first = submit("first");
+    // Its progress, as Server-Sent Events from the front, while the back runs it.
+    let addr = front.addr.clone();
+    let stream = std::thread::spawn(move || {
+        let out = std::process::Command::new("curl")
+            .args(["-sSN", "--max-time", "60"])
+            .arg(format!("http://{addr}/api/v1/jobs/{first}/progress"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    });
+    front.wait_progress(first, 1 << 20);
+    let (_, job) = front.json("GET", &format!("/api/v1/jobs/{first}"), None);
+    assert_eq!(job["status"], "running", "{job}");
+    assert!(job["node"].as_str().unwrap().starts_with("back#"), "{job}");
+    let done = front.wait(first, Duration::from_secs(60));
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let events = stream.join().unwrap();
+    assert!(events.matches("event: progress").count() >= 2, "{events}");
+    assert!(
+        events.contains("event: end") && events.contains("succeeded"),
+        "{events}"
+    );
+
+    // A cancel on the front stops the export on the back.
+    let second = submit("second");
+    front.wait_progress(second, 1 << 20);
+    let (code, _) = front.json("POST", &format!("/api/v1/jobs/{second}/cancel"), None);
+    assert_eq!(code, 202);
+    let over = front.wait(second, Duration::from_secs(30));
+    assert_eq!(over["status"], "cancelled", "{over}");
+    let (_, log) = back.json("GET", &format!("/api/v1/jobs/{second}/logs"), None);
+    assert!(log.to_string().contains("cancel requested by"), "{log}");
+
+    // Each event once: created by the front, started and ended by the back.
+    let start = Instant::now();
+    while receiver.requests().len() < 6 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut seen: Vec<(String, i64)> = Vec::new();
+    let mut ids = std::collections::BTreeSet::new();
+    for (_, body) in receiver.requests() {
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert!(
+            ids.insert(v["id"].as_str().unwrap().to_string()),
+            "delivery ids are unique"
+        );
+        seen.push((
+            v["event"].as_str().unwrap().into(),
+            v["job"]["id"].as_i64().unwrap(),
+        ));
+    }
+    seen.sort();
+    let mut want = vec![
+        ("job.cancelled".to_string(), second),
+        ("job.completed".into(), first),
+        ("job.created".into(), first),
+        ("job.created".into(), second),
+        ("job.started".into(), first),
+        ("job.started".into(), second),
+    ];
+    want.sort();
+    assert_eq!(seen, want);
 }
