@@ -10,6 +10,11 @@
 //! the same run. At the end every job must have succeeded, and no request
 //! may have failed.
 //!
+//! The whole run is made once per job store, in the same process, one
+//! after the other: embedded SQLite, then PostgreSQL (a private server of
+//! Debian's `postgresql`, on a Unix socket; `HSDK_STORES=sqlite` or
+//! `postgres` runs one).
+//!
 //! ```sh
 //! cargo run --release -p hypersdk-bench --bin daemon-bench -- [JOBS] [RPS] [DURATION]
 //! ```
@@ -106,7 +111,23 @@ fn main() -> anyhow::Result<()> {
     let jobs: usize = args.get(1).map_or(Ok(1000), |s| s.parse())?;
     let rps: u64 = args.get(2).map_or(Ok(600), |s| s.parse())?;
     let duration = Duration::from_secs(args.get(3).map_or(Ok(60), |s| s.parse())?);
+    let stores = std::env::var("HSDK_STORES").unwrap_or_else(|_| "sqlite,postgres".into());
+    for store in stores.split(',') {
+        match store {
+            "sqlite" => run(None, jobs, rps, duration)?,
+            "postgres" => {
+                let pg = hypersdk_testsupport::postgres::Postgres::start();
+                pg.create_database("bench");
+                run(Some(pg.url("bench")), jobs, rps, duration)?;
+            }
+            other => bail!("HSDK_STORES: unknown store {other:?} (sqlite, postgres)"),
+        }
+    }
+    Ok(())
+}
 
+/// One load test; `postgres`: the store's URL, else SQLite.
+fn run(postgres: Option<String>, jobs: usize, rps: u64, duration: Duration) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let vms = tmp.path().join("vms");
     std::fs::create_dir(&vms)?;
@@ -116,21 +137,26 @@ fn main() -> anyhow::Result<()> {
         vms.join("tiny.xml"),
         hypersdk_testsupport::domain_xml("tiny", &[(&disk, "raw")]),
     )?;
+    let database = match &postgres {
+        Some(url) => format!("'{url}'"),
+        None => tmp.path().join("jobs.db").display().to_string(),
+    };
     let yaml = format!(
-        "listen: 127.0.0.1:0\ndatabase: {}\noutput_root: {}\nmax_concurrent: 2\nproviders:\n  fast: {{ kind: local, dir: {} }}\n",
-        tmp.path().join("jobs.db").display(),
+        "listen: 127.0.0.1:0\ndatabase: {database}\noutput_root: {}\nmax_concurrent: 2\nproviders:\n  fast: {{ kind: local, dir: {} }}\n",
         tmp.path().join("out").display(),
         vms.display()
     );
     let config = hypersdk_daemon::config::Config::parse(&yaml, "bench")?;
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().expect("daemon runtime");
         rt.block_on(async move {
             match hypersdk_daemon::Daemon::start(config).await {
                 Ok(d) => {
                     let _ = tx.send(Ok(d.addr.to_string()));
-                    std::future::pending::<()>().await;
+                    let _ = stop_rx.await;
+                    d.shutdown().await;
                 }
                 Err(e) => {
                     let _ = tx.send(Err(e));
@@ -140,7 +166,12 @@ fn main() -> anyhow::Result<()> {
     });
     let addr = rx.recv()??;
     println!(
-        "daemon on {addr}; {jobs} jobs, {rps} GET/s target, {} s",
+        "\n## store: {}\ndaemon on {addr}; {jobs} jobs, {rps} GET/s target, {} s",
+        if postgres.is_some() {
+            "PostgreSQL (Unix socket)"
+        } else {
+            "SQLite (WAL, synchronous=FULL)"
+        },
         duration.as_secs()
     );
 
@@ -289,5 +320,8 @@ fn main() -> anyhow::Result<()> {
             bail!("the load test saw errors or unfinished jobs");
         }
         anyhow::Ok(())
-    })
+    })?;
+    let _ = stop_tx.send(());
+    let _ = daemon.join();
+    Ok(())
 }
