@@ -687,6 +687,102 @@ mod tests {
         assert_eq!(pg_sql("SELECT 1"), "SELECT 1");
     }
 
+    fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn urls_are_completed_from_the_environment_and_tls_is_on_away_from_loopback() {
+        use postgres::config::SslMode;
+        let t = PgTarget::parse(
+            "postgres:///jobs",
+            None,
+            None,
+            &env(&[
+                ("PGHOST", "db.example"),
+                ("PGPORT", "6543"),
+                ("PGUSER", "hv"),
+                ("PGPASSWORD", "pw"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(t.shown(), "postgres://hv@db.example/jobs");
+        assert_eq!(t.config.get_ports(), &[6543]);
+        assert_eq!(t.config.get_password(), Some(&b"pw"[..]));
+        assert_eq!(
+            t.config.get_ssl_mode(),
+            SslMode::Require,
+            "not loopback: TLS required"
+        );
+        assert!(t.tls.is_some());
+        let local = PgTarget::parse("postgres://hv@127.0.0.1/jobs", None, None, &env(&[])).unwrap();
+        assert_eq!(local.config.get_ssl_mode(), SslMode::Prefer);
+        let socket = PgTarget::parse(
+            "postgres://hv@/jobs?host=/run/postgresql",
+            None,
+            None,
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(socket.config.get_ssl_mode(), SslMode::Disable);
+        let full = PgTarget::parse(
+            "postgres://hv@db.example/jobs?sslmode=verify-full",
+            None,
+            None,
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(full.config.get_ssl_mode(), SslMode::Require);
+        let off = PgTarget::parse(
+            "postgres://hv@db/jobs",
+            None,
+            None,
+            &env(&[("PGSSLMODE", "disable")]),
+        )
+        .unwrap();
+        assert!(off.tls.is_none());
+    }
+
+    #[test]
+    fn bad_urls_and_files_in_urls_are_refused_by_name() {
+        let e = PgTarget::parse(
+            "postgres://hv@db/jobs?passfile=/etc/shadow",
+            None,
+            None,
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("passfile") && e.contains("database_password_file"),
+            "{e}"
+        );
+        let e = PgTarget::parse(
+            "postgres://hv@db/jobs?sslmode=sometimes",
+            None,
+            None,
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(e.contains("sslmode"), "{e}");
+        let e = PgTarget::parse(
+            "postgres://hv@db/jobs",
+            Some(std::path::Path::new("/nonexistent/db.pass")),
+            None,
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("database_password_file /nonexistent/db.pass"),
+            "{e}"
+        );
+        let e = PgTarget::parse("postgres:///jobs?host=/s", None, None, &env(&[])).unwrap_err();
+        assert!(e.contains("no user"), "{e}");
+    }
+
     #[test]
     fn sqlite_rows_come_back_as_values() {
         let mut c = rusqlite::Connection::open_in_memory().unwrap();

@@ -251,3 +251,76 @@ on_both!(
     a_cancel_asked_on_one_process_reaches_the_one_running_it,
     an_occurrence_fires_once_however_many_processes_check_it,
 );
+
+/// PostgreSQL over TCP with TLS and a password: the server's certificate is
+/// checked against the configured CA (and its name), the password comes
+/// from a file; a wrong CA and a wrong password are refused with errors
+/// that say which.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_over_tls_with_a_password_file() {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let pg = Postgres::start_tls(
+        &hypersdk_testsupport::postgres::ServerTls {
+            cert_pem: ck.cert.pem(),
+            key_pem: ck.signing_key.serialize_pem(),
+        },
+        "s3cret pass",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca, pass) = (tmp.path().join("ca.pem"), tmp.path().join("db.pass"));
+    std::fs::write(&ca, ck.cert.pem()).unwrap();
+    std::fs::write(&pass, "s3cret pass\n").unwrap();
+    let url = format!("postgres://hypersdk@localhost:{}/postgres", pg.port);
+    let no_env = |_: &str| None;
+
+    let target = PgTarget::parse(&url, Some(&pass), Some(&ca), &no_env).unwrap();
+    let store = Store::open_postgres(target, options("tls", 30_000))
+        .await
+        .unwrap();
+    let id = store
+        .insert(vec![spec("v1", "kvm")], "t".into(), None)
+        .await
+        .unwrap()[0]
+        .id;
+    assert_eq!(store.get(id).await.unwrap().unwrap().spec.vm, "v1");
+    // The session really is TLS.
+    let tls_sessions: u32 = pg
+        .psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE s.ssl AND a.application_name = 'hypervisord'",
+        )
+        .parse()
+        .unwrap();
+    assert!(tls_sessions > 0);
+
+    // Another CA: the certificate is not trusted.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let other_ca = tmp.path().join("other.pem");
+    std::fs::write(&other_ca, other.cert.pem()).unwrap();
+    let target = PgTarget::parse(&url, Some(&pass), Some(&other_ca), &no_env).unwrap();
+    let e = Store::open_postgres(target, options("tls", 30_000))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("certificate"), "{e}");
+
+    // A name the certificate is not for: refused too (verify-full).
+    let by_ip = format!("postgres://hypersdk@127.0.0.1:{}/postgres", pg.port);
+    let target = PgTarget::parse(&by_ip, Some(&pass), Some(&ca), &no_env).unwrap();
+    let e = Store::open_postgres(target, options("tls", 30_000))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("certificate"), "{e}");
+
+    // A wrong password.
+    std::fs::write(&pass, "wrong\n").unwrap();
+    let target = PgTarget::parse(&url, Some(&pass), Some(&ca), &no_env).unwrap();
+    let e = Store::open_postgres(target, options("tls", 30_000))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("password authentication failed"), "{e}");
+    assert!(!e.contains("wrong"), "the password is never shown: {e}");
+}

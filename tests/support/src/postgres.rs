@@ -21,7 +21,18 @@ pub struct Postgres {
     pub dir: tempfile::TempDir,
     /// The directory of the server's socket (`host=` of a connection).
     pub socket_dir: PathBuf,
+    /// Its port (on 127.0.0.1 with TLS; else only the socket's name).
+    pub port: u16,
     server: Child,
+}
+
+/// A server certificate for [`Postgres::start_tls`] (PEM).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The certificate chain.
+    pub cert_pem: String,
+    /// Its key.
+    pub key_pem: String,
 }
 
 /// The newest installed PostgreSQL's `bin` directory.
@@ -62,14 +73,29 @@ fn pg(program: &str, root: bool) -> Command {
 impl Postgres {
     /// A fresh cluster, started; waits (at most 60 s) until it answers.
     pub fn start() -> Postgres {
-        Self::start_with(false)
+        Self::start_with(false, None)
+    }
+
+    /// A server that also listens on 127.0.0.1 (a port the OS picked), TLS
+    /// only there with `tls`, and password (SCRAM) authentication for the
+    /// role [`USER`] with `password` (the socket stays `trust`).
+    pub fn start_tls(tls: &ServerTls, password: &str) -> Postgres {
+        let pg = Self::start_with(false, Some(tls));
+        pg.psql(
+            "postgres",
+            &format!(
+                "ALTER ROLE {USER} PASSWORD '{}'",
+                password.replace('\'', "''")
+            ),
+        );
+        pg
     }
 
     /// One server for the whole test process, started on first use. It
     /// stops, and its files go, when the process exits (however it exits).
     pub fn shared() -> &'static Postgres {
         static SHARED: std::sync::OnceLock<Postgres> = std::sync::OnceLock::new();
-        SHARED.get_or_init(|| Self::start_with(true))
+        SHARED.get_or_init(|| Self::start_with(true, None))
     }
 
     /// A new empty database of its own; its connection URL.
@@ -85,7 +111,7 @@ impl Postgres {
         self.url(&name)
     }
 
-    fn start_with(supervised: bool) -> Postgres {
+    fn start_with(supervised: bool, tls: Option<&ServerTls>) -> Postgres {
         let root = running_as_root();
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
@@ -107,6 +133,30 @@ impl Postgres {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let port = match tls {
+            Some(t) => {
+                let own = |p: &Path, mode: u32| {
+                    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+                    if root {
+                        std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+                    }
+                };
+                for (name, text) in [("server.crt", &t.cert_pem), ("server.key", &t.key_pem)] {
+                    std::fs::write(data.join(name), text).unwrap();
+                    own(&data.join(name), 0o600);
+                }
+                std::fs::write(
+                    data.join("pg_hba.conf"),
+                    "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+                )
+                .unwrap();
+                own(&data.join("pg_hba.conf"), 0o600);
+                // A port the OS picks, given to the server.
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap().port()
+            }
+            None => 5432,
+        };
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
         if root {
             std::os::unix::fs::chown(dir.path().join("server.log"), Some(65534), Some(65534))
@@ -129,7 +179,12 @@ impl Postgres {
                 "unix_socket_permissions=0777",
                 "-c",
                 "max_connections=300",
-            ]);
+            ])
+            .arg("-p")
+            .arg(port.to_string());
+        if tls.is_some() {
+            server.args(["-c", "listen_addresses=127.0.0.1", "-c", "ssl=on"]);
+        }
         let server = if supervised {
             // A shell runs the server and waits on its standard input, a
             // pipe only this process writes to: when this process exits,
@@ -158,6 +213,7 @@ impl Postgres {
         let pg = Postgres {
             dir,
             socket_dir,
+            port,
             server,
         };
         let started = Instant::now();
@@ -165,7 +221,7 @@ impl Postgres {
             let ready = Command::new(bin_dir().join("pg_isready"))
                 .arg("-h")
                 .arg(&pg.socket_dir)
-                .args(["-U", USER, "-q"])
+                .args(["-U", USER, "-q", "-p", &pg.port.to_string()])
                 .status()
                 .is_ok_and(|s| s.success());
             if ready {
@@ -184,8 +240,9 @@ impl Postgres {
     /// A connection URL (libpq and tokio-postgres style) for `database`.
     pub fn url(&self, database: &str) -> String {
         format!(
-            "postgresql://{USER}@/{database}?host={}",
-            self.socket_dir.display()
+            "postgresql://{USER}@/{database}?host={}&port={}",
+            self.socket_dir.display(),
+            self.port
         )
     }
 
@@ -194,6 +251,7 @@ impl Postgres {
         let out = Command::new(bin_dir().join("psql"))
             .arg("-h")
             .arg(&self.socket_dir)
+            .args(["-p", &self.port.to_string()])
             .args([
                 "-U",
                 USER,
