@@ -120,10 +120,16 @@ CREATE TABLE IF NOT EXISTS audit (
          ALTER TABLE jobs ADD COLUMN progress TEXT;
          CREATE INDEX IF NOT EXISTS jobs_running ON jobs (owner) WHERE status = 'running';",
     ),
+    (
+        "jobs keep the idempotency key they were submitted with",
+        "ALTER TABLE jobs ADD COLUMN idempotency_key TEXT;
+         CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;",
+    ),
 ];
 
 /// PostgreSQL's steps, in order: (what it does, SQL).
-pub const PG_MIGRATIONS: &[(&str, &str)] = &[(
+pub const PG_MIGRATIONS: &[(&str, &str)] = &[
+    (
     "the schema of SQLite step 5: jobs, job events, profiles, schedules, webhooks, the audit log",
     "
 CREATE TABLE jobs (
@@ -215,7 +221,13 @@ CREATE TABLE audit (
     status BIGINT NOT NULL
 );
 ",
-)];
+    ),
+    (
+        "jobs keep the idempotency key they were submitted with (SQLite step 6)",
+        "ALTER TABLE jobs ADD COLUMN idempotency_key TEXT;
+         CREATE UNIQUE INDEX jobs_idempotency ON jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;",
+    ),
+];
 
 /// The advisory lock migrations take on PostgreSQL.
 const MIGRATION_LOCK: i64 = 0x6879_7065_7273_6d67;

@@ -235,6 +235,9 @@ pub struct JobFilter {
     pub vm: Option<String>,
 }
 
+/// How an error about a reused idempotency key begins.
+pub const KEY_REUSED: &str = "idempotency key";
+
 /// The advisory lock claims take on PostgreSQL ("hypersdk" in ASCII).
 const CLAIM_LOCK: i64 = 0x6879_7065_7273_646b;
 
@@ -404,6 +407,55 @@ impl Store {
     ) -> StoreResult<Vec<Job>> {
         self.write(move |c| c.tx(|c| insert_jobs(c, specs, &who, trace_parent)))
             .await
+    }
+
+    /// Inserts jobs as [`insert`](Self::insert) does, unless `who` already
+    /// submitted with idempotency `key`: then the jobs of that submission,
+    /// and true (a replay). Keys are `who`'s own (another caller's same key
+    /// is another submission); a replay with another number of jobs is
+    /// refused.
+    pub async fn insert_once(
+        &self,
+        specs: Vec<JobSpec>,
+        who: String,
+        trace_parent: Option<String>,
+        key: String,
+    ) -> StoreResult<(Vec<Job>, bool)> {
+        // One key per job, and the one after: a replay must match in number.
+        let keys: Vec<String> = (0..=specs.len())
+            .map(|i| format!("{who}\n{key}#{i}"))
+            .collect();
+        let who2 = who.clone();
+        let keys2 = keys.clone();
+        let key2 = key.clone();
+        let first = self
+            .write(move |c| {
+                c.tx(|c| {
+                    if let Some(jobs) = find_submission(c, &keys2, &key2)? {
+                        return Ok((jobs, true));
+                    }
+                    let jobs = insert_jobs(c, specs, &who2, trace_parent)?;
+                    for (j, k) in jobs.iter().zip(&keys2[..keys2.len() - 1]) {
+                        c.exec(
+                            "record idempotency key",
+                            "UPDATE jobs SET idempotency_key = ?2 WHERE id = ?1",
+                            args![j.id, k.as_str()],
+                        )?;
+                    }
+                    Ok((jobs, false))
+                })
+            })
+            .await;
+        match first {
+            Ok(v) => Ok(v),
+            // Another process inserted the same key meanwhile (unique
+            // index): its submission is the one.
+            Err(e) => self
+                .read(move |c| find_submission(c, &keys, &key))
+                .await?
+                .map(|jobs| (jobs, true))
+                .ok_or(e),
+        }
     }
 
     /// One job.
@@ -988,6 +1040,39 @@ impl Store {
         self.read(|c| c.row("ping", "SELECT 1", &[]).map(drop))
             .await
     }
+}
+
+/// The jobs of an earlier submission with idempotency `keys` (one per job,
+/// then the one after the last), if there was one.
+fn find_submission(c: &mut dyn Conn, keys: &[String], key: &str) -> StoreResult<Option<Vec<Job>>> {
+    let (last, each) = keys.split_last().unwrap_or((&keys[0], &[]));
+    let mut jobs = Vec::new();
+    for k in each {
+        match c.row(
+            "find submission",
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?1"),
+            args![k.as_str()],
+        )? {
+            Some(r) => jobs.push(job_from_row(&r)?),
+            None => break,
+        }
+    }
+    if jobs.is_empty() {
+        return Ok(None);
+    }
+    let more = c
+        .row(
+            "find submission",
+            "SELECT id FROM jobs WHERE idempotency_key = ?1",
+            args![last.as_str()],
+        )?
+        .is_some();
+    if jobs.len() != each.len() || more {
+        return Err(StoreError(format!(
+            "{KEY_REUSED} {key:?} was used for a submission of another number of jobs"
+        )));
+    }
+    Ok(Some(jobs))
 }
 
 /// Inserts queued jobs (in the caller's transaction).

@@ -18,6 +18,8 @@ pub enum SubmitError {
     Invalid(String),
     /// More jobs than [`MAX_BATCH`] at once.
     TooMany(String),
+    /// An idempotency key reused for another submission.
+    Conflict(String),
     /// The store failed.
     Store(StoreError),
 }
@@ -25,7 +27,9 @@ pub enum SubmitError {
 impl std::fmt::Display for SubmitError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SubmitError::Invalid(m) | SubmitError::TooMany(m) => f.write_str(m),
+            SubmitError::Invalid(m) | SubmitError::TooMany(m) | SubmitError::Conflict(m) => {
+                f.write_str(m)
+            }
             SubmitError::Store(e) => write!(f, "{e}"),
         }
     }
@@ -116,6 +120,33 @@ impl Submitter {
             .map_err(SubmitError::Store)?;
         self.announce(&jobs);
         Ok(jobs)
+    }
+
+    /// Resolves and stores a submission by `by` made with idempotency
+    /// `key`, once: submitted again with the same key, the jobs of the first
+    /// submission come back (true: a replay) and nothing new is queued.
+    pub async fn submit_once(
+        &self,
+        value: serde_json::Value,
+        by: String,
+        key: String,
+    ) -> Result<(Vec<Job>, bool), SubmitError> {
+        let specs = self.resolve(value).await?;
+        let (jobs, replayed) = self
+            .store
+            .insert_once(specs, by, crate::telemetry::current_traceparent(), key)
+            .await
+            .map_err(|e| {
+                if e.0.starts_with(crate::store::KEY_REUSED) {
+                    SubmitError::Conflict(e.0)
+                } else {
+                    SubmitError::Store(e)
+                }
+            })?;
+        if !replayed {
+            self.announce(&jobs);
+        }
+        Ok((jobs, replayed))
     }
 
     /// Announces new jobs (webhooks) and wakes the runner.

@@ -31,9 +31,10 @@
 //! The API key for hypervisord comes from a Secret (as the environment
 //! variable `HYPERSDK_API_KEY`, or a file), never from a resource.
 //!
-//! A window remains: if the operator dies after hypervisord accepted a job
-//! and before the status records its id, the next leader submits again (a
-//! second job for the same export, both visible in `hyperctl jobs list`).
+//! Submissions carry an `Idempotency-Key` (the resource's uid and
+//! generation): if the operator dies after hypervisord accepted a job and
+//! before the status records its id, the next pass gets that same job back
+//! rather than queueing a second.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -220,9 +221,24 @@ impl Daemon {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Answer> {
+        self.call_keyed(method, path, body, None).await
+    }
+
+    /// A call; `idempotency`: the submission's key (hypervisord answers a
+    /// repeat with the first submission's jobs).
+    async fn call_keyed(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        idempotency: Option<&str>,
+    ) -> anyhow::Result<Answer> {
         let mut r = self
             .http
             .request(method.clone(), format!("{}{path}", self.base));
+        if let Some(k) = idempotency {
+            r = r.header("Idempotency-Key", k);
+        }
         if let Some(k) = &self.key {
             r = r.bearer_auth(k);
         }
@@ -620,9 +636,22 @@ impl Operator {
             if refused_before {
                 return Ok(());
             }
+            // Keyed by the resource's uid and generation: if an earlier
+            // pass (or replica) submitted and died before recording the job,
+            // this answers that job instead of queueing a second.
+            let key = format!(
+                "vmexport/{}/{}",
+                vx.uid().unwrap_or_default(),
+                generation.unwrap_or(0)
+            );
             return match self
                 .daemon
-                .call(reqwest::Method::POST, "/api/v1/jobs", Some(job_of(vx)))
+                .call_keyed(
+                    reqwest::Method::POST,
+                    "/api/v1/jobs",
+                    Some(job_of(vx)),
+                    Some(&key),
+                )
                 .await?
             {
                 Answer::Ok(v) => {

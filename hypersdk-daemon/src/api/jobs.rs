@@ -10,23 +10,50 @@ pub struct Submitted {
 }
 
 /// Submit one job or a batch (a list), as JSON or YAML
-/// (`Content-Type: application/yaml`).
+/// (`Content-Type: application/yaml`). With an `Idempotency-Key` header
+/// (1 to 200 printable characters, the caller's own), a submission made
+/// again with the same key queues nothing and answers 200 with the jobs of
+/// the first (header `Idempotent-Replayed: true`): a client that lost the
+/// answer may simply try again.
 #[utoipa::path(post, path = "/api/v1/jobs", request_body = JobSpec,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Submit once: a retry with the same key answers the first submission's jobs")),
     responses((status = 201, description = "Queued", body = Submitted),
+              (status = 200, description = "A replay of an earlier submission with the same Idempotency-Key", body = Submitted),
               (status = 400, description = "Malformed or invalid submission", body = ApiErrorBody),
+              (status = 409, description = "The Idempotency-Key was used for another submission", body = ApiErrorBody),
               (status = 413, description = "Body or batch too large", body = ApiErrorBody)))]
 pub(super) async fn submit_jobs(
     State(st): Shared,
     caller: axum::Extension<Caller>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<(StatusCode, Json<Submitted>)> {
+) -> ApiResult<(StatusCode, HeaderMap, Json<Submitted>)> {
     let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
-    let jobs = st
+    let value = parse_body(&headers, &body)?;
+    let mut out = HeaderMap::new();
+    let Some(key) = headers.get("idempotency-key") else {
+        let jobs = st.submitter.submit(value, caller.name.clone()).await?;
+        return Ok((StatusCode::CREATED, out, Json(Submitted { jobs })));
+    };
+    let key = key
+        .to_str()
+        .ok()
+        .filter(|k| {
+            !k.is_empty() && k.len() <= 200 && k.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+        })
+        .ok_or_else(|| ApiError::bad("Idempotency-Key: 1 to 200 printable ASCII characters"))?;
+    let (jobs, replayed) = st
         .submitter
-        .submit(parse_body(&headers, &body)?, caller.name.clone())
+        .submit_once(value, caller.name.clone(), key.to_string())
         .await?;
-    Ok((StatusCode::CREATED, Json(Submitted { jobs })))
+    if replayed {
+        out.insert(
+            "idempotent-replayed",
+            axum::http::HeaderValue::from_static("true"),
+        );
+        return Ok((StatusCode::OK, out, Json(Submitted { jobs })));
+    }
+    Ok((StatusCode::CREATED, out, Json(Submitted { jobs })))
 }
 
 /// A page of jobs.

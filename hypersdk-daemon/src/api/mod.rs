@@ -98,6 +98,7 @@ impl From<SubmitError> for ApiError {
         match e {
             SubmitError::Invalid(m) => ApiError::bad(m),
             SubmitError::TooMany(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m),
+            SubmitError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
             SubmitError::Store(e) => ApiError::internal(e),
         }
     }

@@ -1237,3 +1237,52 @@ fn the_openapi_document_lists_exactly_the_routes_served() {
     assert_eq!(code, 404);
     assert!(body.contains("no such route"), "{body}");
 }
+
+#[test]
+fn a_submission_with_an_idempotency_key_queues_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&config(tmp.path(), ""));
+    let body = r#"[{"vm": "demo-vm", "provider": "kvm", "output": "once-a"},
+                   {"vm": "demo-vm", "provider": "kvm", "output": "once-b"}]"#;
+    let post = |key: &str, body: &str| {
+        d.call(
+            "POST",
+            "/api/v1/jobs",
+            Some(body),
+            &[
+                "Content-Type: application/json",
+                &format!("Idempotency-Key: {key}"),
+            ],
+        )
+    };
+    let (code, first) = post("wave-7", body);
+    assert_eq!(code, 201, "{first}");
+    let first: Value = serde_json::from_str(&first).unwrap();
+    // The answer was lost; the client tries again.
+    let (code, again) = post("wave-7", body);
+    assert_eq!(code, 200, "{again}");
+    let again: Value = serde_json::from_str(&again).unwrap();
+    let ids = |v: &Value| -> Vec<i64> {
+        v["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(ids(&first), ids(&again), "the same jobs, none new");
+    let (_, all) = d.json("GET", "/api/v1/jobs?limit=100", None);
+    assert_eq!(all["total"], 2);
+    // The same key for a submission of another size: refused.
+    let (code, err) = post("wave-7", r#"{"vm": "demo-vm", "provider": "kvm"}"#);
+    assert_eq!(code, 409, "{err}");
+    assert!(err.contains("wave-7"), "{err}");
+    // Another key is another submission; a bad key is refused by name.
+    assert_eq!(post("wave-8", body).0, 201);
+    let (code, err) = post(&"k".repeat(201), body);
+    assert_eq!(code, 400, "{err}");
+    assert!(err.contains("Idempotency-Key"), "{err}");
+    for id in ids(&first) {
+        assert_eq!(d.wait(id, Duration::from_secs(60))["status"], "succeeded");
+    }
+}
