@@ -13,6 +13,10 @@
 
 use rusqlite::Connection;
 
+/// A step both engines take alike: jobs keep their submission's idempotency key.
+const IDEMPOTENCY_KEY: &str = "ALTER TABLE jobs ADD COLUMN idempotency_key TEXT;
+     CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;";
+
 /// The steps, in order: (what it does, SQL). Step N sets `user_version` N.
 pub const MIGRATIONS: &[(&str, &str)] = &[
     (
@@ -122,8 +126,7 @@ CREATE TABLE IF NOT EXISTS audit (
     ),
     (
         "jobs keep the idempotency key they were submitted with",
-        "ALTER TABLE jobs ADD COLUMN idempotency_key TEXT;
-         CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;",
+        IDEMPOTENCY_KEY,
     ),
 ];
 
@@ -224,8 +227,7 @@ CREATE TABLE audit (
     ),
     (
         "jobs keep the idempotency key they were submitted with (SQLite step 6)",
-        "ALTER TABLE jobs ADD COLUMN idempotency_key TEXT;
-         CREATE UNIQUE INDEX jobs_idempotency ON jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;",
+        IDEMPOTENCY_KEY,
     ),
 ];
 

@@ -85,6 +85,16 @@ struct Running {
     events: broadcast::Sender<Progress>,
 }
 
+impl Running {
+    /// Stops a run whose lease is gone (once): it ends recording nothing.
+    fn stop_lost(&self, id: i64, why: &str) {
+        if !self.lost.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            warn!(job = id, "{why}");
+            self.cancel.cancel();
+        }
+    }
+}
+
 /// Runs jobs from the store.
 #[derive(Debug)]
 pub struct Runner {
@@ -222,10 +232,10 @@ impl Runner {
                             }
                         }
                         _ => {
-                            if !r.lost.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                                warn!(job = id, "this run lost its lease (another took the job over): stopping it");
-                                r.cancel.cancel();
-                            }
+                            r.stop_lost(
+                                *id,
+                                "this run lost its lease (another took the job over): stopping it",
+                            );
                         }
                     }
                 }
@@ -234,10 +244,7 @@ impl Runner {
                 warn!(error = %e, "cannot renew the leases of running jobs");
                 if last_renewed.elapsed() > lease * 2 / 3 {
                     for (id, r) in self.running().iter() {
-                        if !r.lost.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                            warn!(job = id, "leases not renewed for two thirds of their time: stopping the run, another hypervisord may take it over");
-                            r.cancel.cancel();
-                        }
+                        r.stop_lost(*id, "leases not renewed for two thirds of their time: stopping the run, another hypervisord may take it over");
                     }
                 }
             }

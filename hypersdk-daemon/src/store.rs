@@ -1045,7 +1045,9 @@ impl Store {
 /// The jobs of an earlier submission with idempotency `keys` (one per job,
 /// then the one after the last), if there was one.
 fn find_submission(c: &mut dyn Conn, keys: &[String], key: &str) -> StoreResult<Option<Vec<Job>>> {
-    let (last, each) = keys.split_last().unwrap_or((&keys[0], &[]));
+    let Some((last, each)) = keys.split_last() else {
+        return Ok(None);
+    };
     let mut jobs = Vec::new();
     for k in each {
         match c.row(
