@@ -2,6 +2,11 @@
 //! (qcow2, VHD) and little-endian (VMDK). The caller has checked that the
 //! slice holds the bytes (headers are read whole before they are parsed).
 
+/// The big-endian u16 at `b[at..at + 2]`.
+pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
 /// The big-endian u32 at `b[at..at + 4]`.
 pub(crate) fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])

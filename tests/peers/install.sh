@@ -15,6 +15,8 @@ set -euo pipefail
 need_apt=()
 command -v qemu-img >/dev/null 2>&1 && command -v qemu-io >/dev/null 2>&1 || need_apt+=(qemu-utils)
 command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
+# nbdinfo: the oracle for qcow2 dirty bitmaps (qemu-nbd -B + --map=qemu:dirty-bitmap:NAME).
+command -v nbdinfo >/dev/null 2>&1 || need_apt+=(libnbd-bin)
 command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v gzip >/dev/null 2>&1 || need_apt+=(gzip)

@@ -28,9 +28,11 @@
 //! tables outside the file, misaligned offsets, undersized L1) is reported as
 //! [`Error::Qcow2Corrupt`](crate::Error::Qcow2Corrupt) with the offset involved.
 
+pub mod bitmap;
 mod reader;
 mod writer;
 
+pub use bitmap::{dirty_ranges, list_bitmaps, Qcow2Bitmap};
 pub use reader::{ClusterMapping, Qcow2Header, Qcow2Reader, Qcow2Snapshot};
 pub use writer::{Qcow2Writer, Qcow2WriterOptions};
 
