@@ -114,6 +114,18 @@ pub enum Error {
         /// What did not match.
         detail: String,
     },
+    /// A change-tracking token of an earlier export is no longer valid on
+    /// the platform (its bitmap or change id is gone, tracking was reset):
+    /// read the whole disk and start again.
+    #[error("change tracking of disk '{disk}' of VM '{vm}' cannot continue from the earlier export: {why}")]
+    TrackingLost {
+        /// VM name.
+        vm: String,
+        /// Disk name.
+        disk: String,
+        /// What the platform said.
+        why: String,
+    },
     /// The export was cancelled.
     #[error("export cancelled")]
     Cancelled,
@@ -156,8 +168,8 @@ impl Error {
     /// A stable, short name of the kind of error, for programs (the
     /// bindings' error codes, JSON output): `vm_not_found`, `provider`,
     /// `disk_read`, `disk_length`, `format`, `sink`, `already_exists`,
-    /// `invalid_argument`, `crypto`, `auth`, `integrity`, `cancelled`,
-    /// `internal`.
+    /// `invalid_argument`, `crypto`, `auth`, `integrity`, `tracking_lost`,
+    /// `cancelled`, `internal`.
     pub fn code(&self) -> &'static str {
         match self {
             Error::VmNotFound { .. } => "vm_not_found",
@@ -171,6 +183,7 @@ impl Error {
             Error::Crypto(_) => "crypto",
             Error::Auth { .. } => "auth",
             Error::Integrity { .. } => "integrity",
+            Error::TrackingLost { .. } => "tracking_lost",
             Error::Cancelled => "cancelled",
             Error::Internal(_) => "internal",
         }

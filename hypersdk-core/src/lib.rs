@@ -149,6 +149,7 @@ pub mod sink;
 pub mod task;
 #[cfg(feature = "http")]
 pub mod tls;
+pub mod tracking;
 pub mod transforms;
 pub mod vm;
 pub mod vmops;
@@ -164,6 +165,7 @@ pub use report::{Attempt, DiskReport, ExportReport, FileReport, VmSummary};
 pub use served::ServedFormat;
 pub use sink::{Artifact, CheckpointStore, Reserved, Sink, Staging, Upload, UploadState};
 pub use tokio_util::sync::CancellationToken;
+pub use tracking::{ChangeTracking, Changes};
 pub use vm::{
     BootDevice, ControllerKind, ControllerSpec, DiskFormat, DiskSpec, DriveKind, DriveSpec,
     Firmware, GuestOs, Hardware, NicSpec, OsFamily, PowerState, VideoSpec, VmInfo, VmQuery, VmSpec,

@@ -135,6 +135,13 @@ pub trait ExportSource: Send + Sync + std::fmt::Debug {
         Ok(None)
     }
 
+    /// Changed-block tracking of this source's disks, when the platform
+    /// offers it (see [`crate::tracking`]). The default: None, and an
+    /// incremental backup reads every allocated byte and deduplicates.
+    fn change_tracking(&self) -> Option<&dyn crate::tracking::ChangeTracking> {
+        None
+    }
+
     /// Releases whatever the export holds on the platform (lease, snapshot,
     /// task). Called on every path, success, failure or cancellation.
     async fn close(&self) -> Result<()> {

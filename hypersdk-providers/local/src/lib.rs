@@ -51,6 +51,7 @@ mod disk_roots;
 mod domain;
 mod package;
 mod source;
+pub mod tracking;
 
 use std::path::{Path, PathBuf};
 

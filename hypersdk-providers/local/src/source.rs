@@ -77,36 +77,61 @@ impl ExportSource for LocalSource {
         let (path, format, capacity) = (path.clone(), disk.format, disk.capacity);
         let (vm, name) = (self.spec.name.clone(), disk.name.clone());
         tokio::task::spawn_blocking(move || {
-            let ranges = (|| -> std::result::Result<_, BoxError> {
-                let mut image = open_disk_image(&path, format)?;
-                let mut ranges: Vec<std::ops::Range<u64>> = Vec::new();
-                let mut pos = 0;
-                while pos < capacity {
-                    let (data, len) = match image.region(pos)? {
-                        Region::Data(len) => (true, len),
-                        Region::Zero(len) => (false, len),
-                    };
-                    let end = (pos + len).min(capacity);
-                    if data {
-                        match ranges.last_mut() {
-                            Some(last) if last.end == pos => last.end = end,
-                            _ => ranges.push(pos..end),
-                        }
-                    }
-                    pos = end;
-                }
-                Ok(ranges)
-            })();
-            ranges.map(Some).map_err(|source| Error::DiskRead {
-                vm,
-                disk: name,
-                location: path.to_string(),
-                source,
-            })
+            allocation(&path, format, capacity)
+                .map(Some)
+                .map_err(|source| Error::DiskRead {
+                    vm,
+                    disk: name,
+                    location: path.to_string(),
+                    source,
+                })
         })
         .await
         .map_err(|e| Error::Internal(format!("allocation map thread failed: {e}")))?
     }
+
+    fn change_tracking(&self) -> Option<&dyn hypersdk_core::ChangeTracking> {
+        Some(self)
+    }
+}
+
+impl LocalSource {
+    /// Disk `index`'s spec and where it lies.
+    pub(crate) fn disk(&self, index: usize) -> Result<(&hypersdk_core::DiskSpec, &DiskAt)> {
+        match (self.spec.disks.get(index), self.disks.get(index)) {
+            (Some(d), Some(at)) => Ok((d, at)),
+            _ => Err(Error::InvalidArgument(format!(
+                "VM '{}' has no disk {index}",
+                self.spec.name
+            ))),
+        }
+    }
+}
+
+/// The data regions of the image at `path` (adjacent ones merged).
+pub(crate) fn allocation(
+    path: &DiskAt,
+    format: DiskFormat,
+    capacity: u64,
+) -> std::result::Result<Vec<std::ops::Range<u64>>, BoxError> {
+    let mut image = open_disk_image(path, format)?;
+    let mut ranges: Vec<std::ops::Range<u64>> = Vec::new();
+    let mut pos = 0;
+    while pos < capacity {
+        let (data, len) = match image.region(pos)? {
+            Region::Data(len) => (true, len),
+            Region::Zero(len) => (false, len),
+        };
+        let end = (pos + len).min(capacity);
+        if data {
+            match ranges.last_mut() {
+                Some(last) if last.end == pos => last.end = end,
+                _ => ranges.push(pos..end),
+            }
+        }
+        pos = end;
+    }
+    Ok(ranges)
 }
 
 /// Opens the image of a disk in its declared format.
