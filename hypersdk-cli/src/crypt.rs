@@ -25,7 +25,7 @@ pub struct KeyArgs {
 }
 
 impl KeyArgs {
-    fn source(&self) -> anyhow::Result<KeySource> {
+    pub(crate) fn source(&self) -> anyhow::Result<KeySource> {
         Ok(match (&self.key_file, &self.passphrase_file) {
             (Some(k), _) => KeySource::from_key_file(k)?,
             (None, Some(p)) => KeySource::from_passphrase_file(p)?,

@@ -31,6 +31,7 @@ mod image;
 mod jobs;
 mod progress;
 mod provider;
+mod repo;
 mod settings;
 mod vmops;
 
@@ -92,6 +93,9 @@ enum Command {
     Webhooks(jobs::WebhooksArgs),
     /// Profiles (named export options) of a hypervisord daemon: put, list, show, delete.
     Profiles(jobs::ProfilesArgs),
+    /// A deduplicating, encrypted backup repository: init, backup (incremental
+    /// with change tracking), list, restore, verify, prune, forget, gc, unlock.
+    Repo(repo::RepoArgs),
     /// The provider kinds this build carries (values of --provider).
     Providers,
 }
@@ -254,6 +258,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Vms { command } => vms(command).await,
         Command::Export(args) => export(*args).await,
+        Command::Repo(args) => repo::run(args).await,
         Command::Convert(args) => image::convert(args).await,
         Command::Inspect(args) => image::inspect(args).await,
         Command::Verify(args) => image::verify(args).await,

@@ -126,6 +126,15 @@ pub enum Error {
         /// What the platform said.
         why: String,
     },
+    /// A repository or other shared store is in use by another operation
+    /// that excludes this one (a garbage collection, a backup).
+    #[error("{target} is in use: {holder}")]
+    Locked {
+        /// What is locked, e.g. "repository /srv/repo".
+        target: String,
+        /// Who holds it: what, host, pid, since when.
+        holder: String,
+    },
     /// The export was cancelled.
     #[error("export cancelled")]
     Cancelled,
@@ -169,7 +178,7 @@ impl Error {
     /// bindings' error codes, JSON output): `vm_not_found`, `provider`,
     /// `disk_read`, `disk_length`, `format`, `sink`, `already_exists`,
     /// `invalid_argument`, `crypto`, `auth`, `integrity`, `tracking_lost`,
-    /// `cancelled`, `internal`.
+    /// `locked`, `cancelled`, `internal`.
     pub fn code(&self) -> &'static str {
         match self {
             Error::VmNotFound { .. } => "vm_not_found",
@@ -184,6 +193,7 @@ impl Error {
             Error::Auth { .. } => "auth",
             Error::Integrity { .. } => "integrity",
             Error::TrackingLost { .. } => "tracking_lost",
+            Error::Locked { .. } => "locked",
             Error::Cancelled => "cancelled",
             Error::Internal(_) => "internal",
         }

@@ -47,6 +47,13 @@ pub struct Changes {
 /// Changed-block tracking of a source's disks; see the [module docs](self).
 #[async_trait]
 pub trait ChangeTracking: Send + Sync + std::fmt::Debug {
+    /// Whether disk `disk` can be tracked at all (a qcow2 file can, a raw
+    /// one cannot); an untracked disk is read whole and deduplicated.
+    fn tracks(&self, disk: usize) -> bool {
+        let _ = disk;
+        true
+    }
+
     /// The ranges of disk `disk` (an index into the spec's disks) changed
     /// since `since`, or its allocated ranges with tracking started when
     /// `since` is None; and the token of now.

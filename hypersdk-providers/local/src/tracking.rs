@@ -82,6 +82,10 @@ fn qemu_img_bitmap(op: &[&str], image: &Path, bitmap: &str, vm: &str, disk: &str
 
 #[async_trait]
 impl ChangeTracking for LocalSource {
+    fn tracks(&self, index: usize) -> bool {
+        self.qcow2_file(index).is_ok()
+    }
+
     async fn changes_since(&self, index: usize, since: Option<&str>) -> Result<Changes> {
         let (path, capacity, disk) = self.qcow2_file(index)?;
         let vm = self.spec().name.clone();
